@@ -1,0 +1,117 @@
+// softmaxlab: vector exp of non-positive arguments, the inner loop of every softmax.
+//
+// pexp_nonpositive(x) = exp(x) for x <= 0 (including -inf, which gives exactly +0), on Eigen
+// packets or plain scalars. Softmax only ever needs exp(x - max) <= 1, so the kernel drops the
+// overflow handling of a general exp and keeps what Eigen's pexp lacks for this use: Eigen 3.4
+// clamps its argument at about -88.7 (float) / -709.8 (double), so exp(-inf) returns ~3e-39 instead
+// of 0, and masked entries would get a small but non-zero probability.
+//
+// Algorithm ("rr2-p6" for float, "rr2-p11" for double, in XNNPACK's naming):
+//   n = round(x / ln2), r = x - n*ln2_hi - n*ln2_lo (two-constant Cody-Waite reduction),
+//   exp(r) = 1 + r + r^2 q(r) on |r| <= ln2/2, q a degree-4 (float) / degree-9 (double) Chebyshev
+//   fit whose coefficients come from scripts/gen_exp_poly.py (mpmath; max relative error of the
+//   rounded polynomial 0.094 eps float, 0.11 eps double),
+//   exp(x) = exp(r) * 2^n, scaled in two steps (2^(n+64) then 2^-64 for float) so that results in
+//   the subnormal range are rounded once.
+// Arguments below -104 (float) / -746 (double) give +0, as the exact result rounds to 0 there.
+// Accuracy: max error 1.07 ulp over every non-positive float, 1.06 ulp on a dense double grid (see
+// tests/test_exp.cpp; subnormal results: error in units of the smallest subnormal).
+// NaN input gives NaN.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "common.hpp"
+
+namespace softmaxlab {
+namespace detail {
+
+template <class Scalar>
+struct ExpConstants;
+
+template <>
+struct ExpConstants<float> {
+  static constexpr float kLog2e = 0x1.715476p+0f;
+  static constexpr float kLn2Hi = 0x1.62e4p-1f;  // 16 significant bits: n * kLn2Hi is exact
+  static constexpr float kLn2Lo = 0x1.7f7d1cp-20f;
+  static constexpr float kLowest = -104.0f;  // exp(-104) < smallest subnormal / 2
+  // q(r) = (exp(r) - 1 - r) / r^2, lowest degree first
+  static constexpr float kQ[] = {0x1p-1f, 0x1.5554d4p-3f, 0x1.555514p-5f, 0x1.121582p-7f,
+                                 0x1.6d1b1cp-10f};
+};
+
+template <>
+struct ExpConstants<double> {
+  static constexpr double kLog2e = 0x1.71547652b82fep+0;
+  static constexpr double kLn2Hi = 0x1.62e42feep-1;  // 32 significant bits
+  static constexpr double kLn2Lo = 0x1.a39ef35793c76p-33;
+  static constexpr double kLowest = -746.0;
+  static constexpr double kQ[] = {0x1.0000000000001p-1,  0x1.5555555555556p-3,
+                                  0x1.555555555394cp-5,  0x1.1111111110871p-7,
+                                  0x1.6c16c17a1c437p-10, 0x1.a01a01a8ba744p-13,
+                                  0x1.a019b31890abfp-16, 0x1.71de0a0471800p-19,
+                                  0x1.289876a2dbdc0p-22, 0x1.af4134720f354p-26};
+};
+
+// exp(r) for |r| <= ~0.35, Horner on q, then 1 + r + r^2 q.
+template <class Packet, class Scalar>
+EIGEN_STRONG_INLINE Packet exp_reduced_poly(const Packet& r) {
+  using Eigen::internal::padd;
+  using Eigen::internal::pmadd;
+  using Eigen::internal::pmul;
+  using Eigen::internal::pset1;
+  constexpr auto& q = ExpConstants<Scalar>::kQ;
+  constexpr int degree = static_cast<int>(sizeof(q) / sizeof(q[0])) - 1;
+  Packet acc = pset1<Packet>(q[degree]);
+  for (int k = degree - 1; k >= 0; --k) acc = pmadd(acc, r, pset1<Packet>(q[k]));
+  const Packet r2 = pmul(r, r);
+  return padd(pmadd(r2, acc, r), pset1<Packet>(Scalar(1)));
+}
+
+// Scalar form: the same reduction and polynomial, with std::ldexp for the scaling.
+template <class Scalar>
+inline Scalar exp_nonpositive_scalar(Scalar x) {
+  using C = ExpConstants<Scalar>;
+  if (x != x) return x;
+  if (x < C::kLowest) return Scalar(0);
+  const Scalar n = std::nearbyint(x * C::kLog2e);
+  Scalar r = std::fma(n, -C::kLn2Hi, x);
+  r = std::fma(n, -C::kLn2Lo, r);
+  return std::ldexp(exp_reduced_poly<Scalar, Scalar>(r), static_cast<int>(n));
+}
+
+template <class Packet>
+EIGEN_STRONG_INLINE Packet pexp_nonpositive(const Packet& x_in) {
+  using namespace Eigen::internal;
+  using Scalar = typename unpacket_traits<Packet>::type;
+  using C = ExpConstants<Scalar>;
+  if constexpr (unpacket_traits<Packet>::size == 1) {
+    return exp_nonpositive_scalar<Scalar>(x_in);
+  } else if constexpr (std::is_same_v<Scalar, float>) {
+    using PacketI = typename unpacket_traits<Packet>::integer_packet;
+    // Eigen's pmax(a, b) returns a when a is NaN, so NaN survives the clamp.
+    const Packet x = pmax(x_in, pset1<Packet>(C::kLowest));
+    // Adding 1.5 * 2^23 rounds x/ln2 to an integer in the low mantissa bits; the extra 191 = 127
+    // + 64 makes those bits the biased exponent of 2^(n + 64), which stays normal for n >= -150.
+    const Packet magic = pset1<Packet>(0x1.8p23f + 191.0f);
+    const Packet t = pmadd(x, pset1<Packet>(C::kLog2e), magic);
+    const Packet n = psub(t, magic);
+    Packet r = pmadd(n, pset1<Packet>(-C::kLn2Hi), x);
+    r = pmadd(n, pset1<Packet>(-C::kLn2Lo), r);
+    const Packet p = exp_reduced_poly<Packet, Scalar>(r);
+    const Packet scale = preinterpret<Packet>(plogical_shift_left<23>(preinterpret<PacketI>(t)));
+    return pmul(pmul(p, scale), pset1<Packet>(0x1p-64f));
+  } else {
+    const Packet x = pmax(x_in, pset1<Packet>(C::kLowest));
+    const Packet n = pround(pmul(x, pset1<Packet>(C::kLog2e)));
+    Packet r = pmadd(n, pset1<Packet>(-C::kLn2Hi), x);
+    r = pmadd(n, pset1<Packet>(-C::kLn2Lo), r);
+    // Eigen's pldexp splits 2^n into factors, so subnormal results are rounded once.
+    return pldexp(exp_reduced_poly<Packet, Scalar>(r), n);
+  }
+}
+
+}  // namespace detail
+}  // namespace softmaxlab

@@ -1,0 +1,203 @@
+// softmaxlab: how vectors, rows, columns and matrices reach a variant's math, written once.
+//
+// A variant derives from DistributionFunctor<Variant> and implements, privately (befriending the
+// base),
+//     template <class Scalar> void compute(Span<const Scalar> x, Span<Scalar> y, Extra&... extra) const;
+// which maps one distribution x to y (same length; y may be x; either may be strided). The base
+// provides the public contract of DESIGN.md: f(x), f.apply(x, y), f.rowwise(X), f.rowwise(X, Y),
+// f.colwise(X), f.colwise(X, Y). Variants that need more arguments per call (a random generator)
+// call the protected *_impl forms with the extra arguments.
+//
+// Inputs are any dense Eigen expression of float or double. Inputs with direct storage are read in
+// place; other expressions are first evaluated into the output's storage (no allocation) and the
+// math runs in place there. Outputs must be writable storage: a plain object, Map, Ref, or a
+// temporary Block such as Y.row(i) (taken by const reference and written through const_cast, the
+// idiom of Eigen's "Writing Functions Taking Eigen Types as Parameters" page).
+#pragma once
+
+#include <algorithm>
+#include <functional>
+
+#include "checks.hpp"
+#include "common.hpp"
+
+namespace softmaxlab {
+namespace detail {
+
+template <class Xpr>
+inline constexpr bool has_direct_access_v = (int(Xpr::Flags) & Eigen::DirectAccessBit) != 0;
+
+template <class Xpr>
+inline constexpr bool is_writable_storage_v =
+    has_direct_access_v<Xpr> && (int(Xpr::Flags) & Eigen::LvalueBit) != 0;
+
+// Element i of a 1-D object with direct access, as a strided span.
+template <class Scalar, class Xpr>
+Span<Scalar> vector_span(Xpr& v) {
+  const Index stride = v.rows() == 1 ? v.colStride() : v.rowStride();
+  return {const_cast<Scalar*>(v.data()), v.size(), stride};
+}
+
+// Row i (or column i when `along_rows` is false) of a matrix with direct access.
+template <class Scalar, class Xpr>
+Span<Scalar> slice_span(Xpr& m, Index i, bool along_rows) {
+  auto* base = const_cast<Scalar*>(m.data());
+  return along_rows ? Span<Scalar>{base + i * m.rowStride(), m.cols(), m.colStride()}
+                    : Span<Scalar>{base + i * m.colStride(), m.rows(), m.rowStride()};
+}
+
+template <class Scalar>
+bool partially_overlap(const Span<const Scalar>& a, const Span<Scalar>& b) {
+  if (a.size == 0 || b.size == 0) return false;
+  if (a.data == b.data && a.stride == b.stride) return false;  // exactly in place: allowed
+  const Scalar* a_end = a.data + (a.size - 1) * a.stride;
+  const Scalar* b_end = b.data + (b.size - 1) * b.stride;
+  return !(std::less<const Scalar*>()(a_end, b.data) || std::less<const Scalar*>()(b_end, a.data));
+}
+
+template <class Scalar>
+bool matrices_partially_overlap(const Scalar* x, const Scalar* x_last, const Scalar* y,
+                                const Scalar* y_last, bool same_layout) {
+  if (x == y && same_layout) return false;
+  return !(std::less<const Scalar*>()(x_last, y) || std::less<const Scalar*>()(y_last, x));
+}
+
+// Writes the expression x into the storage of y (viewed with x's shape), without allocating. For
+// vectors only the element stride matters, so a column may be written into a row and vice versa.
+template <class XprX, class XprY>
+void evaluate_into(const Eigen::DenseBase<XprX>& x, XprY& y) {
+  using Plain = typename XprX::PlainObject;
+  using Strides = Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>;
+  constexpr bool row_major = (int(Plain::Flags) & Eigen::RowMajorBit) != 0;
+  const bool is_vector = x.rows() == 1 || x.cols() == 1;
+  const Index element_stride = y.rows() == 1 ? y.colStride() : y.rowStride();
+  const Index outer = is_vector ? element_stride * y.size() : (row_major ? y.rowStride() : y.colStride());
+  const Index inner = is_vector ? element_stride : (row_major ? y.colStride() : y.rowStride());
+  Eigen::Map<Plain, Eigen::Unaligned, Strides>(y.data(), x.rows(), x.cols(),
+                                               Strides(outer, inner)) = x.derived();
+}
+
+// Address of the last coefficient of a matrix with direct access.
+template <class Xpr>
+const typename Xpr::Scalar* last_coefficient(const Xpr& m) {
+  return m.data() + (m.rows() - 1) * m.rowStride() + (m.cols() - 1) * m.colStride();
+}
+
+template <class Derived>
+class DistributionFunctor {
+ public:
+  // y = f(x) for a 1-D x; returns a plain object of x's shape and scalar.
+  template <class XprX>
+  typename XprX::PlainObject operator()(const Eigen::DenseBase<XprX>& x) const {
+    require_vector(Derived::name, x.rows(), x.cols());
+    typename XprX::PlainObject y(x.rows(), x.cols());
+    apply_impl(x, y);
+    return y;
+  }
+
+  // Writes f(x) into y (same length; either orientation); allocation-free; y may be x.
+  template <class XprX, class XprY>
+  void apply(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& y) const {
+    apply_impl(x, y);
+  }
+
+  // Each row of X is one distribution.
+  template <class XprX>
+  typename XprX::PlainObject rowwise(const Eigen::DenseBase<XprX>& x) const {
+    typename XprX::PlainObject y(x.rows(), x.cols());
+    slices_impl(x, y, true);
+    return y;
+  }
+  template <class XprX, class XprY>
+  void rowwise(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& y) const {
+    slices_impl(x, y, true);
+  }
+
+  // Each column of X is one distribution.
+  template <class XprX>
+  typename XprX::PlainObject colwise(const Eigen::DenseBase<XprX>& x) const {
+    typename XprX::PlainObject y(x.rows(), x.cols());
+    slices_impl(x, y, false);
+    return y;
+  }
+  template <class XprX, class XprY>
+  void colwise(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& y) const {
+    slices_impl(x, y, false);
+  }
+
+ protected:
+  template <class XprX, class XprY>
+  static void static_check_io() {
+    using Scalar = typename XprX::Scalar;
+    static_check_scalar<Scalar>();
+    static_assert(std::is_same_v<Scalar, typename XprY::Scalar>,
+                  "softmaxlab: input and output must have the same scalar type");
+    static_assert(is_writable_storage_v<XprY>,
+                  "softmaxlab: the output must be writable storage (Matrix, Array, Map, Ref or a "
+                  "Block of one), not an expression");
+  }
+
+  template <class XprX, class XprY, class... Extra>
+  void apply_impl(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& y_const,
+                  Extra&... extra) const {
+    static_check_io<XprX, XprY>();
+    using Scalar = typename XprX::Scalar;
+    auto& y = const_cast<Eigen::DenseBase<XprY>&>(y_const).derived();
+    require_vector(Derived::name, x.rows(), x.cols());
+    require_vector(Derived::name, y.rows(), y.cols());
+    if (x.size() != y.size()) {
+      fail(Derived::name, ": output must have the input's length ", x.size(), ", but got ",
+           y.rows(), " x ", y.cols());
+    }
+    if (x.size() == 0) return;
+    const Span<Scalar> ys = vector_span<Scalar>(y);
+    if constexpr (has_direct_access_v<XprX>) {
+      const Span<const Scalar> xs = vector_span<const Scalar>(x.derived());
+      if (partially_overlap(xs, ys)) {
+        fail(Derived::name, ": output partially overlaps the input (only exact in-place is allowed)");
+      }
+      self().template compute<Scalar>(xs, ys, extra...);
+    } else {
+      evaluate_into(x, y);
+      self().template compute<Scalar>(Span<const Scalar>{ys.data, ys.size, ys.stride}, ys,
+                                      extra...);
+    }
+  }
+
+  template <class XprX, class XprY, class... Extra>
+  void slices_impl(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& y_const,
+                   bool along_rows, Extra&... extra) const {
+    static_check_io<XprX, XprY>();
+    using Scalar = typename XprX::Scalar;
+    auto& y = const_cast<Eigen::DenseBase<XprY>&>(y_const).derived();
+    require_same_size(along_rows ? "rowwise" : "colwise", x.rows(), x.cols(), y.rows(), y.cols());
+    if (x.size() == 0) return;
+    const Index count = along_rows ? x.rows() : x.cols();
+    if constexpr (has_direct_access_v<XprX>) {
+      const auto& xd = x.derived();
+      const Scalar* x_last = last_coefficient(xd);
+      const Scalar* y_last = last_coefficient(y);
+      const bool same_layout = xd.rowStride() == y.rowStride() && xd.colStride() == y.colStride();
+      if (matrices_partially_overlap<Scalar>(xd.data(), x_last, y.data(), y_last, same_layout)) {
+        fail(Derived::name, ": output partially overlaps the input (only exact in-place is allowed)");
+      }
+      for (Index i = 0; i < count; ++i) {
+        self().template compute<Scalar>(slice_span<const Scalar>(xd, i, along_rows),
+                                        slice_span<Scalar>(y, i, along_rows), extra...);
+      }
+    } else {
+      evaluate_into(x, y);
+      for (Index i = 0; i < count; ++i) {
+        const Span<Scalar> ys = slice_span<Scalar>(y, i, along_rows);
+        self().template compute<Scalar>(Span<const Scalar>{ys.data, ys.size, ys.stride}, ys,
+                                        extra...);
+      }
+    }
+  }
+
+ private:
+  const Derived& self() const { return static_cast<const Derived&>(*this); }
+};
+
+}  // namespace detail
+}  // namespace softmaxlab

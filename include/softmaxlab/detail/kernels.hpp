@@ -1,0 +1,229 @@
+// softmaxlab: the row passes shared by the softmax-family kernels, on Eigen packets.
+//
+// Each pass works on contiguous memory. Strided rows (a row of a column-major matrix) go through
+// small stack buffers in chunks (`for_chunks`), so every element meets the same packet code and
+// nothing is allocated. Tails shorter than a packet are padded into one packet for the same reason:
+// the last elements of a row are computed exactly like the others.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "common.hpp"
+#include "exp.hpp"
+
+namespace softmaxlab {
+namespace detail {
+
+template <class Scalar>
+using PacketOf = typename Eigen::internal::packet_traits<Scalar>::type;
+
+template <class Scalar>
+inline constexpr int kPacketSize = Eigen::internal::unpacket_traits<PacketOf<Scalar>>::size;
+
+// Elements per chunk when a strided row is staged through the stack (2 KiB of floats).
+inline constexpr Index kChunk = 512;
+
+// Loads the n < packet-size trailing elements, filling the other lanes with `fill`.
+template <class Packet, class Scalar>
+EIGEN_STRONG_INLINE Packet load_partial(const Scalar* x, Index n, Scalar fill) {
+  alignas(64) Scalar buf[kPacketSize<Scalar>];
+  for (int k = 0; k < kPacketSize<Scalar>; ++k) buf[k] = k < n ? x[k] : fill;
+  return Eigen::internal::pload<Packet>(buf);
+}
+
+template <class Packet, class Scalar>
+EIGEN_STRONG_INLINE void store_partial(Scalar* y, Index n, const Packet& p) {
+  alignas(64) Scalar buf[kPacketSize<Scalar>];
+  Eigen::internal::pstore(buf, p);
+  for (Index k = 0; k < n; ++k) y[k] = buf[k];
+}
+
+// Max that propagates NaN: a NaN anywhere gives NaN.
+template <class Scalar>
+Scalar max_propagate_nan(const Scalar* x, Index n) {
+  using namespace Eigen::internal;
+  using Packet = PacketOf<Scalar>;
+  constexpr int P = kPacketSize<Scalar>;
+  const Scalar lowest = -std::numeric_limits<Scalar>::infinity();
+  Packet m0 = pset1<Packet>(lowest), m1 = m0, m2 = m0, m3 = m0;
+  Index i = 0;
+  for (; i + 4 * P <= n; i += 4 * P) {
+    m0 = pmax<Eigen::PropagateNaN>(m0, ploadu<Packet>(x + i));
+    m1 = pmax<Eigen::PropagateNaN>(m1, ploadu<Packet>(x + i + P));
+    m2 = pmax<Eigen::PropagateNaN>(m2, ploadu<Packet>(x + i + 2 * P));
+    m3 = pmax<Eigen::PropagateNaN>(m3, ploadu<Packet>(x + i + 3 * P));
+  }
+  for (; i + P <= n; i += P) m0 = pmax<Eigen::PropagateNaN>(m0, ploadu<Packet>(x + i));
+  if (i < n) m1 = pmax<Eigen::PropagateNaN>(m1, load_partial<Packet>(x + i, n - i, lowest));
+  m0 = pmax<Eigen::PropagateNaN>(pmax<Eigen::PropagateNaN>(m0, m1), pmax<Eigen::PropagateNaN>(m2, m3));
+  alignas(64) Scalar lanes[P];
+  pstore(lanes, m0);
+  Scalar m = lanes[0];
+  for (int k = 1; k < P; ++k) m = (lanes[k] != lanes[k] || lanes[k] > m) ? lanes[k] : m;
+  return m != m ? m : std::max(m, lowest);
+}
+
+// Kahan-compensated sum kept per packet lane. Summands are non-negative, so the compensated sum's
+// relative error is about one rounding whatever the row length (2^24 floats included), where a
+// plain running sum would lose ~sqrt(n) roundings.
+template <class Scalar>
+struct CompensatedSum {
+  using Packet = PacketOf<Scalar>;
+  Packet sum = Eigen::internal::pset1<Packet>(Scalar(0));
+  Packet carry = Eigen::internal::pset1<Packet>(Scalar(0));
+
+  EIGEN_STRONG_INLINE void add(const Packet& v) {
+    using namespace Eigen::internal;
+    const Packet y = psub(v, carry);
+    const Packet t = padd(sum, y);
+    carry = psub(psub(t, sum), y);
+    sum = t;
+  }
+  // Lanes are combined in long double: a handful of additions, off the hot path.
+  long double total() const {
+    constexpr int P = kPacketSize<Scalar>;
+    alignas(64) Scalar s[P], c[P];
+    Eigen::internal::pstore(s, sum);
+    Eigen::internal::pstore(c, carry);
+    long double acc = 0;
+    for (int k = 0; k < P; ++k) acc += static_cast<long double>(s[k]) - c[k];
+    return acc;
+  }
+};
+
+// The shifted, scaled argument d = (x - m) * s of exp. kScaled = false skips the multiply (T = 1).
+template <bool kScaled, class Packet>
+EIGEN_STRONG_INLINE Packet shifted(const Packet& x, const Packet& m, const Packet& s) {
+  using namespace Eigen::internal;
+  if constexpr (kScaled) {
+    return pmul(psub(x, m), s);
+  } else {
+    EIGEN_UNUSED_VARIABLE(s);
+    return psub(x, m);
+  }
+}
+
+// y_i = exp((x_i - m) * s) for contiguous x, y (y may be x); adds every y_i to `sum`.
+// Two independent accumulators hide the Kahan chain's latency behind the exp.
+template <bool kScaled, class Scalar>
+void exp_store_sum(const Scalar* x, Scalar* y, Index n, Scalar m, Scalar s,
+                   CompensatedSum<Scalar>& sum0, CompensatedSum<Scalar>& sum1) {
+  using namespace Eigen::internal;
+  using Packet = PacketOf<Scalar>;
+  constexpr int P = kPacketSize<Scalar>;
+  const Packet pm = pset1<Packet>(m), ps = pset1<Packet>(s);
+  Index i = 0;
+  for (; i + 2 * P <= n; i += 2 * P) {
+    const Packet e0 = pexp_nonpositive(shifted<kScaled>(ploadu<Packet>(x + i), pm, ps));
+    const Packet e1 = pexp_nonpositive(shifted<kScaled>(ploadu<Packet>(x + i + P), pm, ps));
+    pstoreu(y + i, e0);
+    pstoreu(y + i + P, e1);
+    sum0.add(e0);
+    sum1.add(e1);
+  }
+  for (; i + P <= n; i += P) {
+    const Packet e = pexp_nonpositive(shifted<kScaled>(ploadu<Packet>(x + i), pm, ps));
+    pstoreu(y + i, e);
+    sum0.add(e);
+  }
+  if (i < n) {
+    const Scalar masked = -std::numeric_limits<Scalar>::infinity();  // padding lanes give exp = 0
+    const Packet e =
+        pexp_nonpositive(shifted<kScaled>(load_partial<Packet>(x + i, n - i, masked), pm, ps));
+    store_partial(y + i, n - i, e);
+    sum1.add(e);
+  }
+}
+
+// Adds exp((x_i - m) * s) to `sum` without storing (log-softmax, normalizers).
+template <bool kScaled, class Scalar>
+void exp_sum(const Scalar* x, Index n, Scalar m, Scalar s, CompensatedSum<Scalar>& sum0,
+             CompensatedSum<Scalar>& sum1) {
+  using namespace Eigen::internal;
+  using Packet = PacketOf<Scalar>;
+  constexpr int P = kPacketSize<Scalar>;
+  const Packet pm = pset1<Packet>(m), ps = pset1<Packet>(s);
+  Index i = 0;
+  for (; i + 2 * P <= n; i += 2 * P) {
+    sum0.add(pexp_nonpositive(shifted<kScaled>(ploadu<Packet>(x + i), pm, ps)));
+    sum1.add(pexp_nonpositive(shifted<kScaled>(ploadu<Packet>(x + i + P), pm, ps)));
+  }
+  for (; i + P <= n; i += P) sum0.add(pexp_nonpositive(shifted<kScaled>(ploadu<Packet>(x + i), pm, ps)));
+  if (i < n) {
+    const Scalar masked = -std::numeric_limits<Scalar>::infinity();
+    sum1.add(pexp_nonpositive(
+        shifted<kScaled>(load_partial<Packet>(x + i, n - i, masked), pm, ps)));
+  }
+}
+
+// y_i = (x_i - m) * s - offset (log-softmax's last pass).
+template <bool kScaled, class Scalar>
+void shift_scale_offset(const Scalar* x, Scalar* y, Index n, Scalar m, Scalar s, Scalar offset) {
+  using namespace Eigen::internal;
+  using Packet = PacketOf<Scalar>;
+  constexpr int P = kPacketSize<Scalar>;
+  const Packet pm = pset1<Packet>(m), ps = pset1<Packet>(s), po = pset1<Packet>(offset);
+  Index i = 0;
+  for (; i + P <= n; i += P) pstoreu(y + i, psub(shifted<kScaled>(ploadu<Packet>(x + i), pm, ps), po));
+  for (; i < n; ++i) y[i] = shifted<kScaled>(x[i], m, s) - offset;
+}
+
+// y_i *= factor.
+template <class Scalar>
+void scale_in_place(Scalar* y, Index n, Scalar factor) {
+  Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>>(y, n) *= factor;
+}
+
+// Runs fn(const Scalar* x, Scalar* y, Index count) over the row in contiguous pieces: the whole row
+// at once when x and y are contiguous, else chunks staged through stack buffers (read x, call, write
+// y). fn must be elementwise (chunk boundaries must not matter).
+template <class Scalar, class Fn>
+void for_chunks(const Span<const Scalar>& x, const Span<Scalar>& y, Fn&& fn) {
+  if (x.contiguous() && y.contiguous()) {
+    fn(x.data, y.data, x.size);
+    return;
+  }
+  alignas(64) Scalar in[kChunk];
+  alignas(64) Scalar out[kChunk];
+  for (Index start = 0; start < x.size; start += kChunk) {
+    const Index count = std::min(kChunk, x.size - start);
+    for (Index k = 0; k < count; ++k) in[k] = x[start + k];
+    fn(in, out, count);
+    for (Index k = 0; k < count; ++k) y[start + k] = out[k];
+  }
+}
+
+// Runs fn(const Scalar* x, Index count) over the row in contiguous pieces (read-only passes).
+template <class Scalar, class Fn>
+void for_chunks(const Span<const Scalar>& x, Fn&& fn) {
+  if (x.contiguous()) {
+    fn(x.data, x.size);
+    return;
+  }
+  alignas(64) Scalar in[kChunk];
+  for (Index start = 0; start < x.size; start += kChunk) {
+    const Index count = std::min(kChunk, x.size - start);
+    for (Index k = 0; k < count; ++k) in[k] = x[start + k];
+    fn(in, count);
+  }
+}
+
+template <class Scalar>
+Scalar max_propagate_nan(const Span<const Scalar>& x) {
+  Scalar m = -std::numeric_limits<Scalar>::infinity();
+  for_chunks(x, [&](const Scalar* data, Index count) {
+    const Scalar chunk_max = max_propagate_nan(data, count);
+    if (chunk_max != chunk_max || chunk_max > m) m = chunk_max;
+  });
+  return m;
+}
+
+template <class Scalar>
+void fill(const Span<Scalar>& y, Scalar value) {
+  for (Index i = 0; i < y.size; ++i) y[i] = value;
+}
+
+}  // namespace detail
+}  // namespace softmaxlab

@@ -1,0 +1,191 @@
+// softmaxlab: Softmax and LogSoftmax, the exact reference every other variant is measured against.
+//
+//   Softmax(T):    y_i = exp(x_i/T - m) / sum_j exp(x_j/T - m),   m = max_j x_j/T
+//   LogSoftmax(T): y_i = x_i/T - m - log(sum_j exp(x_j/T - m))
+//
+// Parameters: temperature T in [2^-100, 2^100] (default 1); anything else, NaN included, throws
+// std::invalid_argument naming the value. The range keeps 1/T finite in float and makes the
+// shifted argument (x_i - max x) / T exact enough that no overflow can change a result.
+//
+// Algorithm: three passes over a row, on Eigen packets (SSE/AVX/AVX-512/NEON as compiled):
+//   1. m = max x (NaN-propagating);
+//   2. e_i = exp((x_i - m) / T) with the kernel of detail/exp.hpp, stored into y, summed with a
+//      per-lane Kahan-compensated sum (LogSoftmax: summed only);
+//   3. y_i = e_i * (1 / sum) (LogSoftmax: y_i = (x_i - m) / T - log(sum)).
+// Computing (x_i - m) / T rather than x_i/T - m/T keeps the cancellation exact: the result's
+// error then grows only with |x_i/T - m|, the condition number of exp.
+//
+// Accuracy (tests/test_softmax.cpp against the mpmath tables of tests/reference/):
+//   Softmax:    |y_i - exact| <= 4 eps (1 + |x_i/T - m|) |exact|,
+//   LogSoftmax: |y_i - exact| <= 4 eps (1 + |exact|),
+// with eps of the scalar type and, for results below the smallest normal number, |exact| replaced
+// by that number (subnormal results carry an absolute error of a few subnormal steps). Each row's
+// probabilities sum to 1 within 2e-6 (float) at any length up to 2^24.
+//
+// Special values, row by row:
+//   - a -inf entry gets exactly 0 (LogSoftmax: -inf): it is masked out;
+//   - a row of only -inf gives all 0 (LogSoftmax: all -inf), never NaN;
+//   - k > 0 entries equal to +inf share the mass: 1/k each, 0 elsewhere (the limit of the formula;
+//     LogSoftmax: -log k and -inf);
+//   - a NaN anywhere makes the whole row NaN;
+//   - an empty input gives an empty output.
+#pragma once
+
+#include <cmath>
+#include <limits>
+
+#include "detail/checks.hpp"
+#include "detail/functor_base.hpp"
+#include "detail/kernels.hpp"
+
+namespace softmaxlab {
+
+namespace detail {
+
+inline double check_temperature(const char* what, double temperature) {
+  return require_in_range(what, temperature, 0x1p-100, 0x1p100,
+                          "in [2^-100, 2^100] (finite, > 0)");
+}
+
+enum class RowKind { Regular, NaN, AllMasked, PositiveInfinity };
+
+template <class Scalar>
+RowKind classify(Scalar max) {
+  if (max != max) return RowKind::NaN;
+  if (max == -std::numeric_limits<Scalar>::infinity()) return RowKind::AllMasked;
+  if (max == std::numeric_limits<Scalar>::infinity()) return RowKind::PositiveInfinity;
+  return RowKind::Regular;
+}
+
+// Writes `at_inf` where x is +inf and `elsewhere` at every other entry (x and y may alias).
+template <class Scalar>
+void fill_by_infinity(const Span<const Scalar>& x, const Span<Scalar>& y, Scalar at_inf,
+                      Scalar elsewhere) {
+  const Scalar inf = std::numeric_limits<Scalar>::infinity();
+  for (Index i = 0; i < x.size; ++i) y[i] = x[i] == inf ? at_inf : elsewhere;
+}
+
+template <class Scalar>
+Index count_positive_infinity(const Span<const Scalar>& x) {
+  Index k = 0;
+  for (Index i = 0; i < x.size; ++i) k += x[i] == std::numeric_limits<Scalar>::infinity();
+  return k;
+}
+
+// Sum of exp((x_i - m) * s) over the row, optionally storing the terms into y.
+template <bool kStore, class Scalar>
+long double exp_pass(const Span<const Scalar>& x, const Span<Scalar>& y, Scalar m, Scalar s,
+                     bool scaled) {
+  CompensatedSum<Scalar> sum0, sum1;
+  if constexpr (kStore) {
+    if (scaled) {
+      for_chunks(x, y, [&](const Scalar* in, Scalar* out, Index n) {
+        exp_store_sum<true>(in, out, n, m, s, sum0, sum1);
+      });
+    } else {
+      for_chunks(x, y, [&](const Scalar* in, Scalar* out, Index n) {
+        exp_store_sum<false>(in, out, n, m, s, sum0, sum1);
+      });
+    }
+  } else {
+    EIGEN_UNUSED_VARIABLE(y);
+    if (scaled) {
+      for_chunks(x, [&](const Scalar* in, Index n) { exp_sum<true>(in, n, m, s, sum0, sum1); });
+    } else {
+      for_chunks(x, [&](const Scalar* in, Index n) { exp_sum<false>(in, n, m, s, sum0, sum1); });
+    }
+  }
+  return sum0.total() + sum1.total();
+}
+
+}  // namespace detail
+
+// Softmax with temperature: see the header's doc block for the formula, accuracy and special values.
+class Softmax : public detail::DistributionFunctor<Softmax> {
+ public:
+  static constexpr const char* name = "Softmax";
+
+  explicit Softmax(double temperature = 1.0)
+      : temperature_(detail::check_temperature("Softmax: temperature", temperature)) {}
+
+  double temperature() const { return temperature_; }
+
+ private:
+  friend class detail::DistributionFunctor<Softmax>;
+
+  template <class Scalar>
+  void compute(const detail::Span<const Scalar>& x, const detail::Span<Scalar>& y) const {
+    using detail::RowKind;
+    const Scalar m = detail::max_propagate_nan(x);
+    switch (detail::classify(m)) {
+      case RowKind::NaN:
+        return detail::fill(y, m);
+      case RowKind::AllMasked:
+        return detail::fill(y, Scalar(0));
+      case RowKind::PositiveInfinity: {
+        const Index k = detail::count_positive_infinity(x);
+        return detail::fill_by_infinity(x, y, Scalar(1) / Scalar(k), Scalar(0));
+      }
+      case RowKind::Regular:
+        break;
+    }
+    const Scalar s = static_cast<Scalar>(1.0 / temperature_);
+    const long double sum = detail::exp_pass<true>(x, y, m, s, temperature_ != 1.0);
+    const Scalar inverse = static_cast<Scalar>(1.0L / sum);  // sum >= 1: the max term is exp(0)
+    if (y.contiguous()) {
+      detail::scale_in_place(y.data, y.size, inverse);
+    } else {
+      for (Index i = 0; i < y.size; ++i) y[i] *= inverse;
+    }
+  }
+
+  double temperature_;
+};
+
+// Log-softmax with temperature: see the header's doc block.
+class LogSoftmax : public detail::DistributionFunctor<LogSoftmax> {
+ public:
+  static constexpr const char* name = "LogSoftmax";
+
+  explicit LogSoftmax(double temperature = 1.0)
+      : temperature_(detail::check_temperature("LogSoftmax: temperature", temperature)) {}
+
+  double temperature() const { return temperature_; }
+
+ private:
+  friend class detail::DistributionFunctor<LogSoftmax>;
+
+  template <class Scalar>
+  void compute(const detail::Span<const Scalar>& x, const detail::Span<Scalar>& y) const {
+    using detail::RowKind;
+    const Scalar inf = std::numeric_limits<Scalar>::infinity();
+    const Scalar m = detail::max_propagate_nan(x);
+    switch (detail::classify(m)) {
+      case RowKind::NaN:
+        return detail::fill(y, m);
+      case RowKind::AllMasked:
+        return detail::fill(y, -inf);
+      case RowKind::PositiveInfinity: {
+        const Index k = detail::count_positive_infinity(x);
+        return detail::fill_by_infinity(x, y, static_cast<Scalar>(-std::log(double(k))), -inf);
+      }
+      case RowKind::Regular:
+        break;
+    }
+    const Scalar s = static_cast<Scalar>(1.0 / temperature_);
+    const bool scaled = temperature_ != 1.0;
+    const long double sum = detail::exp_pass<false>(x, y, m, s, scaled);
+    const Scalar log_sum = static_cast<Scalar>(std::log(sum));
+    detail::for_chunks(x, y, [&](const Scalar* in, Scalar* out, Index n) {
+      if (scaled) {
+        detail::shift_scale_offset<true>(in, out, n, m, s, log_sum);
+      } else {
+        detail::shift_scale_offset<false>(in, out, n, m, s, log_sum);
+      }
+    });
+  }
+
+  double temperature_;
+};
+
+}  // namespace softmaxlab

@@ -1,0 +1,11 @@
+// softmaxlab: header-only softmax variants for Eigen 3.4.
+//
+// One include for the whole library:
+//   Softmax, LogSoftmax            softmax.hpp    exact reference, temperature
+//
+// Every functor maps each 1-D slice of its input to a distribution of the same length:
+//   f(x), f.apply(x, y), f.rowwise(X), f.rowwise(X, Y), f.colwise(X), f.colwise(X, Y).
+// See README.md for the numerical policy and each header's doc block for its accuracy.
+#pragma once
+
+#include "softmax.hpp"
