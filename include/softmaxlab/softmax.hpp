@@ -43,17 +43,19 @@ namespace softmaxlab {
 namespace detail {
 
 inline double check_temperature(const char* what, double temperature) {
-  return require_in_range(what, temperature, 0x1p-100, 0x1p100,
-                          "in [2^-100, 2^100] (finite, > 0)");
+  return require_in_range(what, temperature, 0x1p-100, 0x1p100, "in [2^-100, 2^100] (finite, > 0)");
 }
 
 enum class RowKind { Regular, NaN, AllMasked, PositiveInfinity };
 
 template <class Scalar>
 RowKind classify(Scalar max) {
-  if (max != max) return RowKind::NaN;
-  if (max == -std::numeric_limits<Scalar>::infinity()) return RowKind::AllMasked;
-  if (max == std::numeric_limits<Scalar>::infinity()) return RowKind::PositiveInfinity;
+  if (max != max)
+    return RowKind::NaN;
+  if (max == -std::numeric_limits<Scalar>::infinity())
+    return RowKind::AllMasked;
+  if (max == std::numeric_limits<Scalar>::infinity())
+    return RowKind::PositiveInfinity;
   return RowKind::Regular;
 }
 
@@ -62,13 +64,15 @@ template <class Scalar>
 void fill_by_infinity(const Span<const Scalar>& x, const Span<Scalar>& y, Scalar at_inf,
                       Scalar elsewhere) {
   const Scalar inf = std::numeric_limits<Scalar>::infinity();
-  for (Index i = 0; i < x.size; ++i) y[i] = x[i] == inf ? at_inf : elsewhere;
+  for (Index i = 0; i < x.size; ++i)
+    y[i] = x[i] == inf ? at_inf : elsewhere;
 }
 
 template <class Scalar>
 Index count_positive_infinity(const Span<const Scalar>& x) {
   Index k = 0;
-  for (Index i = 0; i < x.size; ++i) k += x[i] == std::numeric_limits<Scalar>::infinity();
+  for (Index i = 0; i < x.size; ++i)
+    k += x[i] == std::numeric_limits<Scalar>::infinity();
   return k;
 }
 
@@ -100,7 +104,8 @@ long double exp_pass(const Span<const Scalar>& x, const Span<Scalar>& y, Scalar 
 
 }  // namespace detail
 
-// Softmax with temperature: see the header's doc block for the formula, accuracy and special values.
+// Softmax with temperature: see the header's doc block for the formula, accuracy and special
+// values.
 class Softmax : public detail::DistributionFunctor<Softmax> {
  public:
   static constexpr const char* name = "Softmax";
@@ -135,7 +140,8 @@ class Softmax : public detail::DistributionFunctor<Softmax> {
     if (y.contiguous()) {
       detail::scale_in_place(y.data, y.size, inverse);
     } else {
-      for (Index i = 0; i < y.size; ++i) y[i] *= inverse;
+      for (Index i = 0; i < y.size; ++i)
+        y[i] *= inverse;
     }
   }
 

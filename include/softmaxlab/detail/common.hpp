@@ -1,10 +1,10 @@
 // softmaxlab: shared types and compile-time checks used by every variant.
 #pragma once
 
-#include <Eigen/Core>
-
 #include <cstddef>
 #include <type_traits>
+
+#include <Eigen/Core>
 
 namespace softmaxlab {
 

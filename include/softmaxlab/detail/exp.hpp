@@ -48,11 +48,10 @@ struct ExpConstants<double> {
   static constexpr double kLn2Hi = 0x1.62e42feep-1;  // 32 significant bits
   static constexpr double kLn2Lo = 0x1.a39ef35793c76p-33;
   static constexpr double kLowest = -746.0;
-  static constexpr double kQ[] = {0x1.0000000000001p-1,  0x1.5555555555556p-3,
-                                  0x1.555555555394cp-5,  0x1.1111111110871p-7,
-                                  0x1.6c16c17a1c437p-10, 0x1.a01a01a8ba744p-13,
-                                  0x1.a019b31890abfp-16, 0x1.71de0a0471800p-19,
-                                  0x1.289876a2dbdc0p-22, 0x1.af4134720f354p-26};
+  static constexpr double kQ[] = {
+      0x1.0000000000001p-1,  0x1.5555555555556p-3,  0x1.555555555394cp-5,  0x1.1111111110871p-7,
+      0x1.6c16c17a1c437p-10, 0x1.a01a01a8ba744p-13, 0x1.a019b31890abfp-16, 0x1.71de0a0471800p-19,
+      0x1.289876a2dbdc0p-22, 0x1.af4134720f354p-26};
 };
 
 // exp(r) for |r| <= ~0.35, Horner on q, then 1 + r + r^2 q.
@@ -65,7 +64,8 @@ EIGEN_STRONG_INLINE Packet exp_reduced_poly(const Packet& r) {
   constexpr auto& q = ExpConstants<Scalar>::kQ;
   constexpr int degree = static_cast<int>(sizeof(q) / sizeof(q[0])) - 1;
   Packet acc = pset1<Packet>(q[degree]);
-  for (int k = degree - 1; k >= 0; --k) acc = pmadd(acc, r, pset1<Packet>(q[k]));
+  for (int k = degree - 1; k >= 0; --k)
+    acc = pmadd(acc, r, pset1<Packet>(q[k]));
   const Packet r2 = pmul(r, r);
   return padd(pmadd(r2, acc, r), pset1<Packet>(Scalar(1)));
 }
@@ -74,8 +74,10 @@ EIGEN_STRONG_INLINE Packet exp_reduced_poly(const Packet& r) {
 template <class Scalar>
 inline Scalar exp_nonpositive_scalar(Scalar x) {
   using C = ExpConstants<Scalar>;
-  if (x != x) return x;
-  if (x < C::kLowest) return Scalar(0);
+  if (x != x)
+    return x;
+  if (x < C::kLowest)
+    return Scalar(0);
   const Scalar n = std::nearbyint(x * C::kLog2e);
   Scalar r = std::fma(n, -C::kLn2Hi, x);
   r = std::fma(n, -C::kLn2Lo, r);

@@ -2,7 +2,8 @@
 //
 // A variant derives from DistributionFunctor<Variant> and implements, privately (befriending the
 // base),
-//     template <class Scalar> void compute(Span<const Scalar> x, Span<Scalar> y, Extra&... extra) const;
+//     template <class Scalar> void compute(Span<const Scalar> x, Span<Scalar> y, Extra&... extra)
+//     const;
 // which maps one distribution x to y (same length; y may be x; either may be strided). The base
 // provides the public contract of DESIGN.md: f(x), f.apply(x, y), f.rowwise(X), f.rowwise(X, Y),
 // f.colwise(X), f.colwise(X, Y). Variants that need more arguments per call (a random generator)
@@ -48,8 +49,10 @@ Span<Scalar> slice_span(Xpr& m, Index i, bool along_rows) {
 
 template <class Scalar>
 bool partially_overlap(const Span<const Scalar>& a, const Span<Scalar>& b) {
-  if (a.size == 0 || b.size == 0) return false;
-  if (a.data == b.data && a.stride == b.stride) return false;  // exactly in place: allowed
+  if (a.size == 0 || b.size == 0)
+    return false;
+  if (a.data == b.data && a.stride == b.stride)
+    return false;  // exactly in place: allowed
   const Scalar* a_end = a.data + (a.size - 1) * a.stride;
   const Scalar* b_end = b.data + (b.size - 1) * b.stride;
   return !(std::less<const Scalar*>()(a_end, b.data) || std::less<const Scalar*>()(b_end, a.data));
@@ -58,7 +61,8 @@ bool partially_overlap(const Span<const Scalar>& a, const Span<Scalar>& b) {
 template <class Scalar>
 bool matrices_partially_overlap(const Scalar* x, const Scalar* x_last, const Scalar* y,
                                 const Scalar* y_last, bool same_layout) {
-  if (x == y && same_layout) return false;
+  if (x == y && same_layout)
+    return false;
   return !(std::less<const Scalar*>()(x_last, y) || std::less<const Scalar*>()(y_last, x));
 }
 
@@ -71,7 +75,8 @@ void evaluate_into(const Eigen::DenseBase<XprX>& x, XprY& y) {
   constexpr bool row_major = (int(Plain::Flags) & Eigen::RowMajorBit) != 0;
   const bool is_vector = x.rows() == 1 || x.cols() == 1;
   const Index element_stride = y.rows() == 1 ? y.colStride() : y.rowStride();
-  const Index outer = is_vector ? element_stride * y.size() : (row_major ? y.rowStride() : y.colStride());
+  const Index outer =
+      is_vector ? element_stride * y.size() : (row_major ? y.rowStride() : y.colStride());
   const Index inner = is_vector ? element_stride : (row_major ? y.colStride() : y.rowStride());
   Eigen::Map<Plain, Eigen::Unaligned, Strides>(y.data(), x.rows(), x.cols(),
                                                Strides(outer, inner)) = x.derived();
@@ -149,12 +154,14 @@ class DistributionFunctor {
       fail(Derived::name, ": output must have the input's length ", x.size(), ", but got ",
            y.rows(), " x ", y.cols());
     }
-    if (x.size() == 0) return;
+    if (x.size() == 0)
+      return;
     const Span<Scalar> ys = vector_span<Scalar>(y);
     if constexpr (has_direct_access_v<XprX>) {
       const Span<const Scalar> xs = vector_span<const Scalar>(x.derived());
       if (partially_overlap(xs, ys)) {
-        fail(Derived::name, ": output partially overlaps the input (only exact in-place is allowed)");
+        fail(Derived::name,
+             ": output partially overlaps the input (only exact in-place is allowed)");
       }
       self().template compute<Scalar>(xs, ys, extra...);
     } else {
@@ -171,7 +178,8 @@ class DistributionFunctor {
     using Scalar = typename XprX::Scalar;
     auto& y = const_cast<Eigen::DenseBase<XprY>&>(y_const).derived();
     require_same_size(along_rows ? "rowwise" : "colwise", x.rows(), x.cols(), y.rows(), y.cols());
-    if (x.size() == 0) return;
+    if (x.size() == 0)
+      return;
     const Index count = along_rows ? x.rows() : x.cols();
     if constexpr (has_direct_access_v<XprX>) {
       const auto& xd = x.derived();
@@ -179,7 +187,8 @@ class DistributionFunctor {
       const Scalar* y_last = last_coefficient(y);
       const bool same_layout = xd.rowStride() == y.rowStride() && xd.colStride() == y.colStride();
       if (matrices_partially_overlap<Scalar>(xd.data(), x_last, y.data(), y_last, same_layout)) {
-        fail(Derived::name, ": output partially overlaps the input (only exact in-place is allowed)");
+        fail(Derived::name,
+             ": output partially overlaps the input (only exact in-place is allowed)");
       }
       for (Index i = 0; i < count; ++i) {
         self().template compute<Scalar>(slice_span<const Scalar>(xd, i, along_rows),

@@ -29,7 +29,8 @@ inline constexpr Index kChunk = 512;
 template <class Packet, class Scalar>
 EIGEN_STRONG_INLINE Packet load_partial(const Scalar* x, Index n, Scalar fill) {
   alignas(64) Scalar buf[kPacketSize<Scalar>];
-  for (int k = 0; k < kPacketSize<Scalar>; ++k) buf[k] = k < n ? x[k] : fill;
+  for (int k = 0; k < kPacketSize<Scalar>; ++k)
+    buf[k] = k < n ? x[k] : fill;
   return Eigen::internal::pload<Packet>(buf);
 }
 
@@ -37,7 +38,8 @@ template <class Packet, class Scalar>
 EIGEN_STRONG_INLINE void store_partial(Scalar* y, Index n, const Packet& p) {
   alignas(64) Scalar buf[kPacketSize<Scalar>];
   Eigen::internal::pstore(buf, p);
-  for (Index k = 0; k < n; ++k) y[k] = buf[k];
+  for (Index k = 0; k < n; ++k)
+    y[k] = buf[k];
 }
 
 // Max that propagates NaN: a NaN anywhere gives NaN.
@@ -55,13 +57,17 @@ Scalar max_propagate_nan(const Scalar* x, Index n) {
     m2 = pmax<Eigen::PropagateNaN>(m2, ploadu<Packet>(x + i + 2 * P));
     m3 = pmax<Eigen::PropagateNaN>(m3, ploadu<Packet>(x + i + 3 * P));
   }
-  for (; i + P <= n; i += P) m0 = pmax<Eigen::PropagateNaN>(m0, ploadu<Packet>(x + i));
-  if (i < n) m1 = pmax<Eigen::PropagateNaN>(m1, load_partial<Packet>(x + i, n - i, lowest));
-  m0 = pmax<Eigen::PropagateNaN>(pmax<Eigen::PropagateNaN>(m0, m1), pmax<Eigen::PropagateNaN>(m2, m3));
+  for (; i + P <= n; i += P)
+    m0 = pmax<Eigen::PropagateNaN>(m0, ploadu<Packet>(x + i));
+  if (i < n)
+    m1 = pmax<Eigen::PropagateNaN>(m1, load_partial<Packet>(x + i, n - i, lowest));
+  m0 = pmax<Eigen::PropagateNaN>(pmax<Eigen::PropagateNaN>(m0, m1),
+                                 pmax<Eigen::PropagateNaN>(m2, m3));
   alignas(64) Scalar lanes[P];
   pstore(lanes, m0);
   Scalar m = lanes[0];
-  for (int k = 1; k < P; ++k) m = (lanes[k] != lanes[k] || lanes[k] > m) ? lanes[k] : m;
+  for (int k = 1; k < P; ++k)
+    m = (lanes[k] != lanes[k] || lanes[k] > m) ? lanes[k] : m;
   return m != m ? m : std::max(m, lowest);
 }
 
@@ -88,7 +94,8 @@ struct CompensatedSum {
     Eigen::internal::pstore(s, sum);
     Eigen::internal::pstore(c, carry);
     long double acc = 0;
-    for (int k = 0; k < P; ++k) acc += static_cast<long double>(s[k]) - c[k];
+    for (int k = 0; k < P; ++k)
+      acc += static_cast<long double>(s[k]) - c[k];
     return acc;
   }
 };
@@ -150,11 +157,12 @@ void exp_sum(const Scalar* x, Index n, Scalar m, Scalar s, CompensatedSum<Scalar
     sum0.add(pexp_nonpositive(shifted<kScaled>(ploadu<Packet>(x + i), pm, ps)));
     sum1.add(pexp_nonpositive(shifted<kScaled>(ploadu<Packet>(x + i + P), pm, ps)));
   }
-  for (; i + P <= n; i += P) sum0.add(pexp_nonpositive(shifted<kScaled>(ploadu<Packet>(x + i), pm, ps)));
+  for (; i + P <= n; i += P)
+    sum0.add(pexp_nonpositive(shifted<kScaled>(ploadu<Packet>(x + i), pm, ps)));
   if (i < n) {
     const Scalar masked = -std::numeric_limits<Scalar>::infinity();
-    sum1.add(pexp_nonpositive(
-        shifted<kScaled>(load_partial<Packet>(x + i, n - i, masked), pm, ps)));
+    sum1.add(
+        pexp_nonpositive(shifted<kScaled>(load_partial<Packet>(x + i, n - i, masked), pm, ps)));
   }
 }
 
@@ -166,8 +174,10 @@ void shift_scale_offset(const Scalar* x, Scalar* y, Index n, Scalar m, Scalar s,
   constexpr int P = kPacketSize<Scalar>;
   const Packet pm = pset1<Packet>(m), ps = pset1<Packet>(s), po = pset1<Packet>(offset);
   Index i = 0;
-  for (; i + P <= n; i += P) pstoreu(y + i, psub(shifted<kScaled>(ploadu<Packet>(x + i), pm, ps), po));
-  for (; i < n; ++i) y[i] = shifted<kScaled>(x[i], m, s) - offset;
+  for (; i + P <= n; i += P)
+    pstoreu(y + i, psub(shifted<kScaled>(ploadu<Packet>(x + i), pm, ps), po));
+  for (; i < n; ++i)
+    y[i] = shifted<kScaled>(x[i], m, s) - offset;
 }
 
 // y_i *= factor.
@@ -177,8 +187,8 @@ void scale_in_place(Scalar* y, Index n, Scalar factor) {
 }
 
 // Runs fn(const Scalar* x, Scalar* y, Index count) over the row in contiguous pieces: the whole row
-// at once when x and y are contiguous, else chunks staged through stack buffers (read x, call, write
-// y). fn must be elementwise (chunk boundaries must not matter).
+// at once when x and y are contiguous, else chunks staged through stack buffers (read x, call,
+// write y). fn must be elementwise (chunk boundaries must not matter).
 template <class Scalar, class Fn>
 void for_chunks(const Span<const Scalar>& x, const Span<Scalar>& y, Fn&& fn) {
   if (x.contiguous() && y.contiguous()) {
@@ -189,9 +199,11 @@ void for_chunks(const Span<const Scalar>& x, const Span<Scalar>& y, Fn&& fn) {
   alignas(64) Scalar out[kChunk];
   for (Index start = 0; start < x.size; start += kChunk) {
     const Index count = std::min(kChunk, x.size - start);
-    for (Index k = 0; k < count; ++k) in[k] = x[start + k];
+    for (Index k = 0; k < count; ++k)
+      in[k] = x[start + k];
     fn(in, out, count);
-    for (Index k = 0; k < count; ++k) y[start + k] = out[k];
+    for (Index k = 0; k < count; ++k)
+      y[start + k] = out[k];
   }
 }
 
@@ -205,7 +217,8 @@ void for_chunks(const Span<const Scalar>& x, Fn&& fn) {
   alignas(64) Scalar in[kChunk];
   for (Index start = 0; start < x.size; start += kChunk) {
     const Index count = std::min(kChunk, x.size - start);
-    for (Index k = 0; k < count; ++k) in[k] = x[start + k];
+    for (Index k = 0; k < count; ++k)
+      in[k] = x[start + k];
     fn(in, count);
   }
 }
@@ -215,14 +228,16 @@ Scalar max_propagate_nan(const Span<const Scalar>& x) {
   Scalar m = -std::numeric_limits<Scalar>::infinity();
   for_chunks(x, [&](const Scalar* data, Index count) {
     const Scalar chunk_max = max_propagate_nan(data, count);
-    if (chunk_max != chunk_max || chunk_max > m) m = chunk_max;
+    if (chunk_max != chunk_max || chunk_max > m)
+      m = chunk_max;
   });
   return m;
 }
 
 template <class Scalar>
 void fill(const Span<Scalar>& y, Scalar value) {
-  for (Index i = 0; i < y.size; ++i) y[i] = value;
+  for (Index i = 0; i < y.size; ++i)
+    y[i] = value;
 }
 
 }  // namespace detail
