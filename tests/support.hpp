@@ -1,0 +1,95 @@
+// Test support shared by every test file: error measures in units of eps, worst-case tracking, and
+// allocation counting. Included before Eigen (see main.cpp for the allocation hooks).
+#pragma once
+
+// Eigen's assertions stay on in every build of the tests (Release included), and a forbidden heap
+// allocation (EIGEN_RUNTIME_NO_MALLOC) throws instead of aborting, so a test can report it.
+#include <stdexcept>
+#include <string>
+namespace softmaxlab_test {
+[[noreturn]] void on_eigen_assert(const char* condition, const char* file, int line);
+}
+#ifndef eigen_assert
+#define eigen_assert(x) \
+  ((x) ? static_cast<void>(0) : ::softmaxlab_test::on_eigen_assert(#x, __FILE__, __LINE__))
+#endif
+#ifndef EIGEN_RUNTIME_NO_MALLOC
+#define EIGEN_RUNTIME_NO_MALLOC
+#endif
+
+#include <cmath>
+#include <cstddef>
+#include <limits>
+#include <sstream>
+
+#include <Eigen/Core>
+
+namespace softmaxlab_test {
+
+// Number of calls to the global operator new so far (counted in main.cpp).
+std::size_t allocation_count();
+
+// Counts heap allocations made while it lives, through operator new and through Eigen's allocator
+// (which must not be reached: EIGEN_RUNTIME_NO_MALLOC makes it throw).
+class AllocationGuard {
+ public:
+  AllocationGuard() : start_(allocation_count()) { Eigen::internal::set_is_malloc_allowed(false); }
+  ~AllocationGuard() { Eigen::internal::set_is_malloc_allowed(true); }
+  AllocationGuard(const AllocationGuard&) = delete;
+  AllocationGuard& operator=(const AllocationGuard&) = delete;
+  std::size_t allocations() const { return allocation_count() - start_; }
+
+ private:
+  std::size_t start_;
+};
+
+// Error of y against the exact value hi + lo, in units of eps * max(|exact|, smallest normal): the
+// relative error for normal results, and a fixed absolute floor for subnormal ones (as SLEEF counts
+// ulps near the bottom of the range).
+template <class Scalar>
+double relative_error_eps(Scalar y, double hi, double lo) {
+  const long double exact = static_cast<long double>(hi) + lo;
+  const long double diff = (static_cast<long double>(y) - hi) - lo;
+  const long double floor = std::numeric_limits<Scalar>::min();
+  const long double scale =
+      std::numeric_limits<Scalar>::epsilon() * std::max(std::fabs(exact), floor);
+  return static_cast<double>(std::fabs(diff) / scale);
+}
+
+// |y - exact| in units of eps * (1 + |exact|): the log-domain measure.
+template <class Scalar>
+double log_error_eps(Scalar y, double hi, double lo) {
+  const long double exact = static_cast<long double>(hi) + lo;
+  const long double diff = (static_cast<long double>(y) - hi) - lo;
+  return static_cast<double>(
+      std::fabs(diff) / (std::numeric_limits<Scalar>::epsilon() * (1.0L + std::fabs(exact))));
+}
+
+// Tracks the worst ratio error / allowed over many checks and describes where it happened.
+struct Worst {
+  double ratio = 0;  // error / bound; <= 1 passes
+  double error = 0;  // the error at the worst point, in eps
+  double bound = 0;  // the bound there, in eps
+  std::string where;
+
+  template <class Where>
+  void update(double err, double allowed, const Where& describe) {
+    const double r = err / allowed;
+    if (!(r <= ratio)) {  // NaN errors count as worst
+      ratio = r;
+      error = err;
+      bound = allowed;
+      std::ostringstream s;
+      describe(s);
+      where = s.str();
+    }
+  }
+  std::string report() const {
+    std::ostringstream s;
+    s << "worst error " << error << " eps (bound " << bound << " eps, ratio " << ratio << ") at "
+      << where;
+    return s.str();
+  }
+};
+
+}  // namespace softmaxlab_test
