@@ -1,21 +1,7 @@
 // Test support shared by every test file: error measures in units of eps, worst-case tracking, and
-// allocation counting. Included before Eigen (see main.cpp for the allocation hooks).
+// allocation counting (see main.cpp for the hooks, and eigen_prelude.hpp, which CMake includes
+// before anything else in every test file).
 #pragma once
-
-// Eigen's assertions stay on in every build of the tests (Release included), and a forbidden heap
-// allocation (EIGEN_RUNTIME_NO_MALLOC) throws instead of aborting, so a test can report it.
-#include <stdexcept>
-#include <string>
-namespace softmaxlab_test {
-[[noreturn]] void on_eigen_assert(const char* condition, const char* file, int line);
-}
-#ifndef eigen_assert
-#define eigen_assert(x) \
-  ((x) ? static_cast<void>(0) : ::softmaxlab_test::on_eigen_assert(#x, __FILE__, __LINE__))
-#endif
-#ifndef EIGEN_RUNTIME_NO_MALLOC
-#define EIGEN_RUNTIME_NO_MALLOC
-#endif
 
 #include <cmath>
 #include <cstddef>
@@ -23,6 +9,10 @@ namespace softmaxlab_test {
 #include <sstream>
 
 #include <Eigen/Core>
+
+#ifndef EIGEN_RUNTIME_NO_MALLOC
+#error "compile the tests with eigen_prelude.hpp included first (see tests/CMakeLists.txt)"
+#endif
 
 namespace softmaxlab_test {
 
