@@ -43,7 +43,9 @@
 // Where it degrades (all documented by the bound, and tested):
 //   - rows of spread > R: entries below max - R are clipped to -R, each adding up to e^-R to the
 //     sum: add n e^-R to the bound (n = 4096, R = 20: 8.4e-6);
-//   - RepeatedSquaring: relative error grows like t^2 / 2^(r+1), so it needs r ~ 17 for 1e-4;
+//   - RepeatedSquaring: relative error grows like t^2 / 2^(r+1), so it needs r ~ 17 for 1e-4 in
+//     double; in float it stalls near 2e-4 (the rounding of the base 1 + t/2^r is raised to the
+//     2^r-th power);
 //   - pure Chebyshev (r = 0) on a wide range: an absolute error, multiplied by n in the sum;
 //   - a public bound with a large gap: errors scale with e^gap and the reciprocal needs about
 //     gap / ln 2 more iterations.

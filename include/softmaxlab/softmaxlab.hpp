@@ -2,10 +2,14 @@
 //
 // One include for the whole library:
 //   Softmax, LogSoftmax            softmax.hpp    exact reference, temperature
+//   PowerSoftmax                   power.hpp      x^p / sum x^p (Power-Softmax), HE-friendly
+//   PolynomialSoftmax              polynomial.hpp only + - * after the shift; cost report
 //
 // Every functor maps each 1-D slice of its input to a distribution of the same length:
 //   f(x), f.apply(x, y), f.rowwise(X), f.rowwise(X, Y), f.colwise(X), f.colwise(X, Y).
 // See README.md for the numerical policy and each header's doc block for its accuracy.
 #pragma once
 
+#include "polynomial.hpp"
+#include "power.hpp"
 #include "softmax.hpp"
