@@ -230,8 +230,9 @@ TEMPLATE_TEST_CASE("PowerSoftmax special values on contiguous and strided rows",
   }
 }
 
-TEMPLATE_TEST_CASE("PowerSoftmax: empty in, empty out; wrong output sizes throw; rows sum to one",
-                   "[power][policy]", float, double) {
+TEMPLATE_TEST_CASE(
+    "PowerSoftmax policy: empty in and out, wrong output sizes throw, long rows sum to one",
+    "[power][policy]", float, double) {
   using S = TestType;
   const sml::PowerSoftmax f;
   const Vector<S> empty;
