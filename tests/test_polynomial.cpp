@@ -516,3 +516,91 @@ TEST_CASE("PolynomialSoftmax apply allocates nothing (contiguous, strided, in pl
   g.colwise(X, Y);
   CHECK(guard.allocations() == 0);
 }
+
+namespace {
+
+// A scalar that counts what the HE cost model counts: products of two non-constant values,
+// products with a constant, and the multiplicative depth (additions are free). Running the real
+// scalar algorithms on it checks cost() against the code, beyond the hand counts above.
+struct Tracked {
+  double v = 0;
+  int depth = 0;
+  bool constant = true;
+  static inline int products = 0;
+  static inline int constant_products = 0;
+
+  Tracked() = default;
+  Tracked(double value) : v(value) {}  // NOLINT: constants convert implicitly, as literals do
+  static Tracked variable(double value) {
+    Tracked t(value);
+    t.constant = false;
+    return t;
+  }
+  friend Tracked operator*(const Tracked& a, const Tracked& b) {
+    Tracked r(a.v * b.v);
+    r.constant = a.constant && b.constant;
+    if (!r.constant) {
+      (a.constant || b.constant ? constant_products : products) += 1;
+      r.depth = std::max(a.depth, b.depth) + 1;
+    }
+    return r;
+  }
+  friend Tracked operator+(const Tracked& a, const Tracked& b) {
+    Tracked r(a.v + b.v);
+    r.constant = a.constant && b.constant;
+    r.depth = std::max(a.depth, b.depth);
+    return r;
+  }
+  friend Tracked operator-(const Tracked& a, const Tracked& b) {
+    Tracked r(a.v - b.v);
+    r.constant = a.constant && b.constant;
+    r.depth = std::max(a.depth, b.depth);
+    return r;
+  }
+  Tracked& operator*=(const Tracked& b) { return *this = *this * b; }
+  friend bool operator<(const Tracked& a, const Tracked& b) { return a.v < b.v; }
+  friend bool operator!=(const Tracked& a, const Tracked& b) { return a.v != b.v; }
+  static void reset() { products = constant_products = 0; }
+};
+
+}  // namespace
+
+TEST_CASE("PolynomialSoftmax cost report matches the operations the algorithms perform",
+          "[polynomial][cost]") {
+  const auto gs = sml::ReciprocalMethod::Goldschmidt;
+  const auto nt = sml::ReciprocalMethod::Newton;
+  const PolynomialSoftmaxConfig configs[] = {
+      PolynomialSoftmaxConfig(),
+      PolynomialSoftmaxConfig::chebyshev(1, 0, 1.0).with_reciprocal(gs, 1),
+      PolynomialSoftmaxConfig::chebyshev(7, 3).with_reciprocal(nt, 9),
+      PolynomialSoftmaxConfig::chebyshev(10, 2).with_reciprocal(gs, 5),
+      PolynomialSoftmaxConfig::repeated_squaring(8).with_reciprocal(nt, 6),
+      PolynomialSoftmaxConfig::repeated_squaring(17).with_reciprocal(gs, 3),
+  };
+  for (const auto& cfg : configs) {
+    const sml::PolynomialSoftmax f(cfg);
+    const sml::PolynomialCost c = f.cost(4096);
+    INFO("degree " << cfg.degree << ", r " << cfg.squarings << ", k " << c.reciprocal_iterations);
+    // exp of one element (t = -1 lies inside every range; the clip costs nothing)
+    Tracked::reset();
+    const Tracked e = f.exp_approx().evaluate_scalar<Tracked>(Tracked::variable(-1.0));
+    CHECK(Tracked::products == c.exp.multiplications);
+    CHECK(Tracked::constant_products == c.exp.constant_multiplications);
+    CHECK(e.depth == c.exp.depth);
+    // the sum (additions) and the reciprocal, from the public z0
+    Tracked::reset();
+    const Tracked s = e + e + e;
+    const Tracked z0(f.reciprocal_range<double>(4096).z0);
+    const Tracked r = cfg.reciprocal == gs
+                          ? approx::goldschmidt_reciprocal(s, z0, c.reciprocal_iterations)
+                          : approx::newton_reciprocal(s, z0, c.reciprocal_iterations);
+    CHECK(Tracked::products == c.reciprocal.multiplications);
+    CHECK(Tracked::constant_products == c.reciprocal.constant_multiplications);
+    CHECK(r.depth - s.depth == c.reciprocal.depth);
+    // the final product
+    Tracked::reset();
+    const Tracked y = e * r;
+    CHECK(Tracked::products == c.multiplications_per_element - c.exp.multiplications);
+    CHECK(y.depth == c.depth);
+  }
+}

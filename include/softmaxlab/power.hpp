@@ -4,8 +4,8 @@
 //
 //   Stable (default):  y_j = x_j^p / sum_i x_i^p
 //   Lipschitz:         y_j = x_j^p / (eps + sum_i x_i^p)
-//   LengthAgnostic:    y_j = (x_j^p / n) / (eps + (1/n) sum_i x_i^p)  =  x_j^p / (n eps + sum_i
-//   x_i^p)
+//   LengthAgnostic:    y_j = (x_j^p / n) / (eps + (1/n) sum_i x_i^p)
+//                          = x_j^p / (n eps + sum_i x_i^p)
 //
 // Parameters (the constructor throws std::invalid_argument naming the value otherwise):
 //   p      even integer in [2, 64] (default 4). Odd, zero or negative p makes no distribution;
@@ -19,19 +19,20 @@
 //
 // Algorithm: three passes over a row, on Eigen packets. (1) c = max |x_i|. (2) z_i = x_i 2^-e
 // with 2^(e-1) <= c < 2^e, so max |z_i| is in [1, 2) and the scaling is exact; z_i^p by repeated
-// squaring (p = 4: two products; p = 6, 8: three), stored into y and summed with paired per-lane
-// Kahan sums. Dividing by a power of two of c instead of c itself gives the same result (the
-// formula is homogeneous of degree 0) with one rounding fewer; nothing overflows, whatever the
-// input (near FLT_MAX included), and no z^p that matters underflows (the sum is >= 1).
-// (3) y_i *= 1 / D, D = S (+ eps 2^(p e') or n eps 2^(p e'), the eps rescaled exactly in long
-// double).
+// squaring (p = 4: two products; p = 6, 8: three), stored into y and summed with block-compensated
+// per-lane sums (detail/he_kernels.hpp). Dividing by a power of two of c instead of c itself gives
+// the same result (the formula is homogeneous of degree 0) with one rounding fewer; nothing
+// overflows, whatever the input (near FLT_MAX included), and no z^p that matters underflows (the
+// sum is >= 1). (3) y_i *= 1 / D, D = S (+ eps 2^(p e') or n eps 2^(p e'), the eps rescaled exactly
+// in long double).
 //
-// Accuracy (tests/test_power_polynomial.cpp against the mpmath tables of tests/reference/):
+// Accuracy (tests/test_power.cpp against the mpmath tables of tests/reference/):
 // with exact division, every form has relative error <= (2p + 4) eps (eps of the scalar type),
-// measured relative to max(|exact|, smallest normal) as for Softmax. With Goldschmidt the
+// measured relative to max(|exact|, smallest normal) as for Softmax (measured worst: 1.4, 2.2,
+// 2.9, 4.1 eps for p = 2, 4, 6, 8, float and double alike). With Goldschmidt the
 // reciprocal adds its own bound (approx/reciprocal.hpp): the range of D is [1, n 2^p] (plus eps'
 // at both ends for the eps forms), i.e. l = 1 / (n 2^p), and the error becomes
-//     (2p + 4) eps + e0^(2^k) + (2k + 2) u,   e0 = (1 - l) / (1 + l);
+//     (2p + 4) eps + (e0 + 2u)^(2^k) + (2k + 2) u,   e0 = (1 - l) / (1 + l);
 // k = 0 (auto) picks the fewest iterations with e0^(2^k) <= u: about log2(n 2^p ln(1/u) / 2),
 // e.g. 18 for n = 1000, p = 4 in float. The sum of a row is 1 within a few eps (Stable).
 //

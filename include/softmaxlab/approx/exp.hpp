@@ -16,7 +16,7 @@
 // exists there); inside the range it changes nothing. NaN propagates.
 //
 // Error (ExpApprox::relative_error(), absolute_error(): a-priori bounds, tested against long
-// double exp in tests/test_power_polynomial.cpp for every tabulated configuration):
+// double exp in tests/test_polynomial.cpp for every tabulated configuration):
 //   RepeatedSquaring: rel(t) = 1 - (1 + t/N)^N e^-t (N = 2^r) grows with |t|: rel(-R) bounds it;
 //     the absolute error peaks near t = -2 at about 0.27 / N.
 //   Chebyshev: with rho_p the tabulated max relative error of p (exact arithmetic) and

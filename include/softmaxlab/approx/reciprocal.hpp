@@ -14,7 +14,7 @@
 // convergence; the iterates coincide). In floating point both stay within a few roundings of that:
 // Goldschmidt's N_k / D_k keeps the ratio 1/s up to one rounding per product (F_i's own rounding
 // cancels, it multiplies both), Newton is self-correcting. The stated bound, tested in
-// tests/test_power_polynomial.cpp, is
+// tests/test_polynomial.cpp, is
 //     |r - 1/s| / (1/s) <= (e0 + 2u)^(2^k) + (2k + 2) u,     u = eps / 2 of the scalar type
 // (the 2u: the first residual 1 - s z0 is computed from the rounded z0 and s z0).
 // Iterations needed: e0^(2^k) <= tol  <=>  k >= log2(ln(tol) / ln(e0)); for l = 1/n (a softmax
