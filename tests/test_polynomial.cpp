@@ -451,6 +451,12 @@ TEST_CASE("PolynomialSoftmax rejects bad configurations naming the field and val
                     Catch::Contains("gap"));
   CHECK_THROWS_WITH(sml::PolynomialSoftmax(C().with_public_bound(0, 800)), Catch::Contains("gap"));
   CHECK_NOTHROW(sml::PolynomialSoftmax());
+  // the building blocks check their own parameters
+  CHECK_THROWS_WITH(approx::ExpApprox::chebyshev(11, 5, 20), Catch::Contains("degree"));
+  CHECK_THROWS_WITH(approx::ExpApprox::chebyshev(4, 5, 21), Catch::Contains("tabulated"));
+  CHECK_THROWS_WITH(approx::ExpApprox::repeated_squaring(4, 20), Catch::Contains("range"));
+  CHECK(approx::ExpApprox().relative_error(0x1p-24)
+        == approx::ExpApprox::chebyshev(4, 5, 20).relative_error(0x1p-24));
   CHECK_NOTHROW(sml::PolynomialSoftmax(C::chebyshev(5, 7, 20)));  // L = 0.15625
   CHECK_NOTHROW(sml::PolynomialSoftmax(C::repeated_squaring(5, 32)));
 }

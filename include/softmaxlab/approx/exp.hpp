@@ -37,6 +37,7 @@
 
 #include <Eigen/Core>
 
+#include "../detail/checks.hpp"
 #include "exp_chebyshev_table.hpp"
 #include "reciprocal.hpp"
 
@@ -49,7 +50,8 @@ enum class ExpMethod { RepeatedSquaring, Chebyshev };
 // std::invalid_argument on parameters outside the documented ranges; see polynomial.hpp).
 class ExpApprox {
  public:
-  ExpApprox() = default;
+  // The default of PolynomialSoftmax: Chebyshev degree 4, r = 5, R = 20.
+  ExpApprox() : entry_(&tables::kExpChebyshev[length_index(0.625)][3]) {}
 
   ExpMethod method() const { return method_; }
   int degree() const { return degree_; }
@@ -159,7 +161,12 @@ class ExpApprox {
     return p;
   }
 
+  // Throws std::invalid_argument unless 1 <= squarings <= 24 and 0 < range <= 2^squarings.
   static ExpApprox repeated_squaring(int squarings, double range) {
+    if (squarings < 1 || squarings > 24)
+      detail::fail("ExpApprox: squarings must be in [1, 24], but got ", squarings);
+    if (!(range > 0 && range <= std::ldexp(1.0, squarings)))
+      detail::fail("ExpApprox: range must be in (0, 2^squarings], but got ", range);
     ExpApprox e;
     e.method_ = ExpMethod::RepeatedSquaring;
     e.degree_ = 0;
@@ -168,8 +175,16 @@ class ExpApprox {
     return e;
   }
 
-  // Requires a tabulated L = range / 2^squarings (checked by the caller).
+  // Throws std::invalid_argument unless 1 <= degree <= 10, 0 <= squarings <= 24 and
+  // L = range / 2^squarings is tabulated.
   static ExpApprox chebyshev(int degree, int squarings, double range) {
+    if (degree < 1 || degree > tables::kExpChebyshevMaxDegree)
+      detail::fail("ExpApprox: Chebyshev degree must be in [1, 10], but got ", degree);
+    if (squarings < 0 || squarings > 24)
+      detail::fail("ExpApprox: squarings must be in [0, 24], but got ", squarings);
+    if (!(range > 0) || length_index(std::ldexp(range, -squarings)) < 0)
+      detail::fail("ExpApprox: range / 2^squarings must be a tabulated length, but got range ",
+                   range, " and squarings ", squarings);
     ExpApprox e;
     e.method_ = ExpMethod::Chebyshev;
     e.degree_ = degree;
