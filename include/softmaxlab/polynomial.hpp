@@ -57,8 +57,10 @@
 // An empty input gives an empty output.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "approx/exp.hpp"
 #include "approx/reciprocal.hpp"
@@ -236,6 +238,10 @@ class PolynomialSoftmax : public detail::DistributionFunctor<PolynomialSoftmax> 
     exp_ = config_.exp == ExpMethod::Chebyshev
                ? approx::ExpApprox::chebyshev(config_.degree, config_.squarings, config_.range)
                : approx::ExpApprox::repeated_squaring(config_.squarings, config_.range);
+    // Per-row work depends on these only: computed once, not per row.
+    rho_float_ = std::min(exp_.relative_error(unit_roundoff<float>()), 0.5);
+    rho_double_ = std::min(exp_.relative_error(unit_roundoff<double>()), 0.5);
+    exp_gap_ = std::exp(-gap());
   }
 
   const PolynomialSoftmaxConfig& config() const { return config_; }
@@ -247,8 +253,8 @@ class PolynomialSoftmax : public detail::DistributionFunctor<PolynomialSoftmax> 
   // The range the row sum lies in, for n entries: [s_min (1 - rho), n (1 + rho)].
   template <class Scalar>
   approx::ReciprocalRange reciprocal_range(Index n) const {
-    const double rho = std::min(exp_.relative_error(unit_roundoff<Scalar>()), 0.5);
-    const double lo = std::exp(-gap()) * (1.0 - rho);
+    const double rho = std::is_same_v<Scalar, float> ? rho_float_ : rho_double_;
+    const double lo = exp_gap_ * (1.0 - rho);
     const double hi = static_cast<double>(n) * (1.0 + rho);
     return approx::ReciprocalRange(lo, hi);
   }
@@ -429,6 +435,8 @@ class PolynomialSoftmax : public detail::DistributionFunctor<PolynomialSoftmax> 
 
   PolynomialSoftmaxConfig config_;
   approx::ExpApprox exp_;
+  double rho_float_ = 0, rho_double_ = 0;  // exp's relative error bound, capped at 0.5
+  double exp_gap_ = 1;                     // e^-gap: the smallest possible largest term
 };
 
 }  // namespace softmaxlab
