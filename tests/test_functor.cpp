@@ -1,12 +1,14 @@
 // The functor machinery of detail/functor_base.hpp, exercised through Softmax and LogSoftmax:
 // every input and output form of the public contract, shape errors, aliasing, and allocations.
+// clang-format off
+#include "support.hpp"  // first: it configures Eigen (asserts, malloc checks)
+// clang-format on
+
 #include <string>
 
 #include <catch2/catch.hpp>
 
 #include <softmaxlab/softmaxlab.hpp>
-
-#include "support.hpp"
 
 namespace sml = softmaxlab;
 using softmaxlab_test::AllocationGuard;

@@ -1,6 +1,10 @@
 // Softmax and LogSoftmax properties beyond the reference tables: parameter checks, masking and the
 // +inf/NaN rules on every storage path, sums to one at length 2^24, invariances, and the exp kernel
 // against long double over whole float ranges.
+// clang-format off
+#include "support.hpp"  // first: it configures Eigen (asserts, malloc checks)
+// clang-format on
+
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -10,8 +14,6 @@
 
 #include <softmaxlab/detail/exp.hpp>
 #include <softmaxlab/softmaxlab.hpp>
-
-#include "support.hpp"
 
 namespace sml = softmaxlab;
 using Index = Eigen::Index;

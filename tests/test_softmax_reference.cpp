@@ -1,5 +1,9 @@
 // Softmax and LogSoftmax against the exact mpmath tables of tests/reference/ (float and double):
 // every case of the tables, every element, with the worst error in eps printed per case.
+// clang-format off
+#include "support.hpp"  // first: it configures Eigen (asserts, malloc checks)
+// clang-format on
+
 #include <cmath>
 #include <iostream>
 #include <iterator>
@@ -11,7 +15,6 @@
 
 #include "reference/softmax_f32.ipp"
 #include "reference/softmax_f64.ipp"
-#include "support.hpp"
 
 namespace sml = softmaxlab;
 using softmaxlab_test::SoftmaxCase;
