@@ -2,10 +2,17 @@
 //
 // One include for the whole library:
 //   Softmax, LogSoftmax            softmax.hpp    exact reference, temperature
+//   GumbelSoftmax                  gumbel.hpp     differentiable sampling (Gumbel noise, tau, hard)
+//   NormalizedSoftmax, Margin      normalized.hpp cosine logits, CosFace/ArcFace/SphereFace,
+//   prototypes Philox4x32                     random.hpp     counter-based random bits
+//   (UniformRandomBitGenerator)
 //
 // Every functor maps each 1-D slice of its input to a distribution of the same length:
 //   f(x), f.apply(x, y), f.rowwise(X), f.rowwise(X, Y), f.colwise(X), f.colwise(X, Y).
 // See README.md for the numerical policy and each header's doc block for its accuracy.
 #pragma once
 
+#include "gumbel.hpp"
+#include "normalized.hpp"
+#include "random.hpp"
 #include "softmax.hpp"

@@ -1,0 +1,189 @@
+// softmaxlab: Philox4x32-10, a counter-based random bit generator (Salmon, Moraes, Dror and Shaw,
+// "Parallel random numbers: as easy as 1, 2, 3", SC 2011; the Random123 library).
+//
+// Philox4x32-10 is a keyed bijection of 128-bit counters: block(counter, key) applies ten rounds of
+//   (c0, c1, c2, c3) -> (hi(M1 c2) ^ c1 ^ k0, lo(M1 c2), hi(M0 c0) ^ c3 ^ k1, lo(M0 c0)),
+// M0 = 0xD2511F53, M1 = 0xCD9E8D57 (32 x 32 -> 64-bit products), bumping the key by the Weyl
+// constants (0x9E3779B9, 0xBB67AE85) between rounds. Output word w of block c is word w of
+// block(c, key). Nothing else enters the result, so
+//   - the same seed, stream and position give the same words on every machine and compiler;
+//   - skip-ahead is O(1) (discard(n) adds to the counter), and independent streams are disjoint
+//     counter ranges: Philox4x32(seed, stream) starts at counter {0, 0, stream_lo, stream_hi}, so
+//     every stream holds 2^64 blocks (2^66 words) before it could reach the next one.
+// The ten-round variant passes the BigCrush battery (Salmon et al. 2011, table 2); the tests check
+// block() against the Random123 known-answer vectors (tests/test_gumbel.cpp cites the files).
+//
+// Philox4x32 satisfies the C++ UniformRandomBitGenerator requirements (result_type std::uint32_t,
+// min() = 0, max() = 2^32 - 1, operator()), so it works with every <random> distribution. fill()
+// writes the next n words, exactly what n calls of operator() would return, computing eight blocks
+// at a time in a loop the compiler vectorizes (32 x 32 -> 64-bit multiplies on SIMD lanes);
+// GumbelSoftmax uses it when it is given a Philox4x32.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+
+namespace softmaxlab {
+
+class Philox4x32 {
+ public:
+  using result_type = std::uint32_t;
+  using Counter = std::array<std::uint32_t, 4>;
+  using Key = std::array<std::uint32_t, 2>;
+
+  static constexpr int rounds = 10;
+  static constexpr std::uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
+  static constexpr std::uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
+
+  static constexpr result_type min() { return 0; }
+  static constexpr result_type max() { return 0xFFFFFFFFu; }
+
+  // Key = the seed's two 32-bit halves (low first); counter = {0, 0, stream low, stream high}.
+  explicit Philox4x32(std::uint64_t seed = 0, std::uint64_t stream = 0)
+      : key_{static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(seed >> 32)},
+        next_{0, 0, static_cast<std::uint32_t>(stream), static_cast<std::uint32_t>(stream >> 32)} {}
+
+  // A generator positioned at word 0 of block `counter` under `key`.
+  Philox4x32(const Counter& counter, const Key& key) : key_(key), next_(counter) {}
+
+  // The bijection itself: ten rounds on one counter (the known-answer tests call this).
+  static Counter block(Counter c, Key k) {
+    for (int r = 0; r < rounds; ++r) {
+      if (r > 0) {
+        k[0] += kW0;
+        k[1] += kW1;
+      }
+      const std::uint64_t p0 = std::uint64_t{kM0} * c[0];
+      const std::uint64_t p1 = std::uint64_t{kM1} * c[2];
+      c = {static_cast<std::uint32_t>(p1 >> 32) ^ c[1] ^ k[0], static_cast<std::uint32_t>(p1),
+           static_cast<std::uint32_t>(p0 >> 32) ^ c[3] ^ k[1], static_cast<std::uint32_t>(p0)};
+    }
+    return c;
+  }
+
+  result_type operator()() {
+    if (available_ == 0)
+      refill();
+    return buffer_[4 - available_--];
+  }
+
+  // Skips the next n words in O(1).
+  void discard(unsigned long long n) {
+    if (n <= static_cast<unsigned long long>(available_)) {
+      available_ -= static_cast<int>(n);
+      return;
+    }
+    n -= static_cast<unsigned long long>(available_);
+    available_ = 0;
+    advance(next_, n / 4);
+    if (const int rest = static_cast<int>(n % 4); rest != 0) {
+      refill();
+      available_ = 4 - rest;
+    }
+  }
+
+  // Writes the next n words into out: the same words, in the same order, as n calls of operator().
+  void fill(std::uint32_t* out, std::size_t n) {
+    while (n > 0 && available_ > 0) {
+      *out++ = buffer_[4 - available_--];
+      --n;
+    }
+    const std::size_t blocks = n / 4;
+    blocks_into(next_, key_, blocks, out);
+    advance(next_, blocks);
+    out += 4 * blocks;
+    for (std::size_t i = 0; i < n % 4; ++i)
+      out[i] = (*this)();
+  }
+
+  const Key& key() const { return key_; }
+  // The counter of the next block to compute, and how many words of the current block are left.
+  const Counter& next_counter() const { return next_; }
+  int buffered_words() const { return available_; }
+
+  friend bool operator==(const Philox4x32& a, const Philox4x32& b) {
+    if (a.key_ != b.key_ || a.next_ != b.next_ || a.available_ != b.available_)
+      return false;
+    for (int i = 4 - a.available_; i < 4; ++i) {
+      if (a.buffer_[i] != b.buffer_[i])
+        return false;
+    }
+    return true;
+  }
+  friend bool operator!=(const Philox4x32& a, const Philox4x32& b) { return !(a == b); }
+
+ private:
+  // Adds n to the 128-bit counter (little-endian words), wrapping modulo 2^128.
+  static void advance(Counter& c, unsigned long long n) {
+    const std::uint64_t lo = (std::uint64_t{c[1]} << 32 | c[0]);
+    const std::uint64_t sum = lo + n;
+    std::uint64_t hi = (std::uint64_t{c[3]} << 32 | c[2]) + (sum < lo ? 1 : 0);
+    c = {static_cast<std::uint32_t>(sum), static_cast<std::uint32_t>(sum >> 32),
+         static_cast<std::uint32_t>(hi), static_cast<std::uint32_t>(hi >> 32)};
+  }
+
+  void refill() {
+    buffer_ = block(next_, key_);
+    advance(next_, 1);
+    available_ = 4;
+  }
+
+  // Blocks counter, counter + 1, ..., counter + blocks - 1 into out (4 words each, in order).
+  // Eight blocks at a time in structure-of-arrays form: each statement of the round is one loop
+  // over the lanes, which GCC and Clang vectorize (vpmuludq on AVX2).
+  static void blocks_into(Counter counter, const Key& key, std::size_t blocks, std::uint32_t* out) {
+    constexpr int L = 8;
+    std::size_t b = 0;
+    for (; b + L <= blocks; b += L) {
+      alignas(32) std::uint32_t c0[L], c1[L], c2[L], c3[L];
+      for (int j = 0; j < L; ++j) {
+        Counter c = counter;
+        advance(c, static_cast<unsigned long long>(j));
+        c0[j] = c[0];
+        c1[j] = c[1];
+        c2[j] = c[2];
+        c3[j] = c[3];
+      }
+      std::uint32_t k0 = key[0], k1 = key[1];
+      for (int r = 0; r < rounds; ++r) {
+        if (r > 0) {
+          k0 += kW0;
+          k1 += kW1;
+        }
+        for (int j = 0; j < L; ++j) {
+          const std::uint64_t p0 = std::uint64_t{kM0} * c0[j];
+          const std::uint64_t p1 = std::uint64_t{kM1} * c2[j];
+          const std::uint32_t n0 = static_cast<std::uint32_t>(p1 >> 32) ^ c1[j] ^ k0;
+          const std::uint32_t n2 = static_cast<std::uint32_t>(p0 >> 32) ^ c3[j] ^ k1;
+          c1[j] = static_cast<std::uint32_t>(p1);
+          c3[j] = static_cast<std::uint32_t>(p0);
+          c0[j] = n0;
+          c2[j] = n2;
+        }
+      }
+      for (int j = 0; j < L; ++j) {
+        out[4 * j] = c0[j];
+        out[4 * j + 1] = c1[j];
+        out[4 * j + 2] = c2[j];
+        out[4 * j + 3] = c3[j];
+      }
+      out += 4 * L;
+      advance(counter, L);
+    }
+    for (; b < blocks; ++b) {
+      const Counter r = block(counter, key);
+      for (int w = 0; w < 4; ++w)
+        out[w] = r[w];
+      out += 4;
+      advance(counter, 1);
+    }
+  }
+
+  Key key_;
+  Counter next_;
+  Counter buffer_{};
+  int available_ = 0;
+};
+
+}  // namespace softmaxlab
