@@ -9,12 +9,14 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
 
 #include <catch2/catch.hpp>
 
+#include <softmaxlab/detail/log.hpp>
 #include <softmaxlab/softmaxlab.hpp>
 
 namespace sml = softmaxlab;
@@ -464,4 +466,55 @@ TEST_CASE("apply and rowwise into a given output allocate nothing", "[gumbel][al
   const Index at = sml::GumbelSoftmax::sample(x, gen);
   CHECK(guard.allocations() == 0);
   CHECK(at >= 0);
+}
+
+TEMPLATE_TEST_CASE("the Gumbel log (detail/log.hpp) against long double", "[gumbel][log]", float,
+                   double) {
+  using Packet = sml::detail::PacketOf<TestType>;
+  constexpr int P = sml::detail::kPacketSize<TestType>;
+  softmaxlab_test::Worst worst;
+  alignas(64) TestType in[P], out[P];
+  int lane = 0;
+  auto flush = [&] {
+    Eigen::internal::pstore(out,
+                            sml::detail::plog_positive_normal(Eigen::internal::pload<Packet>(in)));
+    for (int k = 0; k < lane; ++k) {
+      const long double exact = std::log(static_cast<long double>(in[k]));
+      // Error in ulps of the result (at least the smallest normal ulp, for log x near 0).
+      const long double ulp =
+          std::numeric_limits<TestType>::epsilon()
+          * std::max(std::fabs(exact),
+                     static_cast<long double>(std::numeric_limits<TestType>::min()));
+      const double err =
+          static_cast<double>(std::fabs(static_cast<long double>(out[k]) - exact) / ulp);
+      worst.update(err, 2.5, [&](std::ostream& o) { o << "log(" << in[k] << ") = " << out[k]; });
+    }
+    lane = 0;
+  };
+  auto push = [&](TestType v) {
+    in[lane++] = v;
+    if (lane == P)
+      flush();
+  };
+  if constexpr (std::is_same_v<TestType, float>) {
+    // Every 29th float from 2^-24 to 17 (the arguments the noise can produce), and every float
+    // within 2^-10 of 1 (where log x is smallest and relative error hardest).
+    std::uint32_t bits;
+    const float lo = 0x1p-24f;
+    std::memcpy(&bits, &lo, sizeof bits);
+    for (float v = lo; v <= 17.0f; bits += 29, std::memcpy(&v, &bits, sizeof v))
+      push(v);
+    for (float v = 1.0f - 0x1p-10f; v <= 1.0f + 0x1p-10f; v = std::nextafter(v, 2.0f))
+      push(v);
+  } else {
+    std::mt19937_64 rng(3);
+    std::uniform_real_distribution<double> exponent(-53, 5.3);
+    for (int i = 0; i < 2000000; ++i)
+      push(std::exp2(exponent(rng)));
+    for (int i = -100000; i <= 100000; ++i)
+      push(1.0 + i * 0x1p-40);
+  }
+  flush();
+  INFO(worst.report());
+  CHECK(worst.ratio <= 1);
 }

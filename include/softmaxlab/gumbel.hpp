@@ -16,8 +16,8 @@
 // on SIMD lanes. Every distribution of length n consumes exactly n 32-bit words (float) or 2n
 // (double), whatever its values, so a given generator state always maps to the same noise:
 // with Philox4x32 the same seed, stream and position give the same uniforms on every machine.
-// (The Gumbel values then go through Eigen's vector log, whose last bit may differ between
-// instruction sets, e.g. with and without FMA.) Other generators: a 32-bit or 64-bit range is used
+// (The Gumbel values then go through a vector log whose last bit may differ between instruction
+// sets, e.g. with and without FMA.) Other generators: a 32-bit or 64-bit range is used
 // directly (the top 32 bits of a 64-bit word); any other range goes through
 // std::uniform_int_distribution<std::uint32_t>.
 //
@@ -57,6 +57,7 @@
 #include "detail/checks.hpp"
 #include "detail/functor_base.hpp"
 #include "detail/kernels.hpp"
+#include "detail/log.hpp"
 #include "random.hpp"
 
 namespace softmaxlab {
@@ -117,30 +118,53 @@ template <class Packet>
 EIGEN_STRONG_INLINE Packet gumbel_from_one_two(const Packet& v, const Packet& offset) {
   using namespace Eigen::internal;
   const Packet u = psub(v, offset);
-  return pnegate(plog(pnegate(plog(u))));
+  return pnegate(plog_positive_normal(pnegate(plog_positive_normal(u))));
 }
 
-// out_i = x_i + g_i for contiguous x, out (out may be x), drawing n uniforms from gen.
-// `words` and `ones` are scratch of kWordsPerUniform * n words and n scalars.
+// out_i = x_i + g_i for contiguous x, out (out may be x), drawing n uniforms from gen; returns
+// max_i out_i, NaN if any out_i is NaN. `words` and `ones` are scratch of kWordsPerUniform * n
+// words and n scalars.
 template <class Scalar, class Gen>
-void add_gumbel_noise(const Scalar* x, Scalar* out, Index n, Gen& gen, std::uint32_t* words,
-                      Scalar* ones) {
+Scalar add_gumbel_noise(const Scalar* x, Scalar* out, Index n, Gen& gen, std::uint32_t* words,
+                        Scalar* ones) {
   using namespace Eigen::internal;
   using Packet = PacketOf<Scalar>;
   constexpr int P = kPacketSize<Scalar>;
+  const Scalar lowest = -std::numeric_limits<Scalar>::infinity();
   draw_words(gen, words, kWordsPerUniform<Scalar> * n);
   words_to_one_two(words, ones, n);
   const Packet offset = pset1<Packet>(kOneMinusHalfUlp<Scalar>);
+  Packet m0 = pset1<Packet>(lowest), m1 = m0;
   Index i = 0;
+  for (; i + 2 * P <= n; i += 2 * P) {
+    const Packet y0 =
+        padd(ploadu<Packet>(x + i), gumbel_from_one_two(ploadu<Packet>(ones + i), offset));
+    const Packet y1 =
+        padd(ploadu<Packet>(x + i + P), gumbel_from_one_two(ploadu<Packet>(ones + i + P), offset));
+    pstoreu(out + i, y0);
+    pstoreu(out + i + P, y1);
+    m0 = pmax<Eigen::PropagateNaN>(m0, y0);
+    m1 = pmax<Eigen::PropagateNaN>(m1, y1);
+  }
   for (; i + P <= n; i += P) {
-    const Packet g = gumbel_from_one_two(ploadu<Packet>(ones + i), offset);
-    pstoreu(out + i, padd(ploadu<Packet>(x + i), g));
+    const Packet y =
+        padd(ploadu<Packet>(x + i), gumbel_from_one_two(ploadu<Packet>(ones + i), offset));
+    pstoreu(out + i, y);
+    m0 = pmax<Eigen::PropagateNaN>(m0, y);
   }
   if (i < n) {
     const Packet g =
         gumbel_from_one_two(load_partial<Packet>(ones + i, n - i, Scalar(1.5)), offset);
-    store_partial(out + i, n - i, padd(load_partial<Packet>(x + i, n - i, Scalar(0)), g));
+    const Packet y = padd(load_partial<Packet>(x + i, n - i, lowest), g);  // padding: -inf
+    store_partial(out + i, n - i, y);
+    m1 = pmax<Eigen::PropagateNaN>(m1, y);
   }
+  alignas(64) Scalar lanes[P];
+  pstore(lanes, pmax<Eigen::PropagateNaN>(m0, m1));
+  Scalar m = lanes[0];
+  for (int k = 1; k < P; ++k)
+    m = (m != m || lanes[k] != lanes[k]) ? (m != m ? m : lanes[k]) : std::max(m, lanes[k]);
+  return m;
 }
 
 // Writes x + g into y in chunks (any strides; y may be x) and returns max(x + g), NaN-propagating.
@@ -152,8 +176,7 @@ Scalar perturb(const Span<const Scalar>& x, const Span<Scalar>& y, Gen& gen) {
   auto chunk = [&](const Scalar* in, Scalar* out, Index n) {
     for (Index start = 0; start < n; start += kChunk) {
       const Index count = std::min(kChunk, n - start);
-      add_gumbel_noise(in + start, out + start, count, gen, words, ones);
-      const Scalar chunk_max = max_propagate_nan(out + start, count);
+      const Scalar chunk_max = add_gumbel_noise(in + start, out + start, count, gen, words, ones);
       if (m == m && (chunk_max != chunk_max || chunk_max > m))
         m = chunk_max;  // once NaN, stays NaN
     }
