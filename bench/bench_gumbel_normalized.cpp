@@ -150,15 +150,12 @@ void eigen_gemm(benchmark::State& state) {
 
 BENCHMARK(normalized_logits)
     ->Name("normalized/NormalizedSoftmax-logits/float/1024x512x1000")
-    ->Unit(benchmark::kMillisecond)
-    ->UseRealTime();
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(normalized_probabilities)
     ->Name("normalized/NormalizedSoftmax-probabilities/float/1024x512x1000")
-    ->Unit(benchmark::kMillisecond)
-    ->UseRealTime();
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(eigen_gemm)
     ->Name("normalized/EigenGEMM/float/1024x512x1000")
-    ->Unit(benchmark::kMillisecond)
-    ->UseRealTime();
+    ->Unit(benchmark::kMillisecond);
 
 }  // namespace

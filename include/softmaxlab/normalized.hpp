@@ -110,40 +110,6 @@ inline double apply_margin(const Margin& margin, double c) {
   return c;
 }
 
-// |row| computed without overflow or underflow for finite rows (0 for a zero row); NaN for a row
-// holding inf or NaN (the caller then fills the row with NaN).
-template <class Row>
-double row_norm(const Row& row) {
-  using Scalar = typename Row::Scalar;
-  if (!row.allFinite())
-    return std::numeric_limits<double>::quiet_NaN();
-  if constexpr (std::is_same_v<Scalar, float>) {
-    return std::sqrt(row.template cast<double>().squaredNorm());  // exact range for any float
-  } else {
-    const double sq = row.squaredNorm();
-    return (sq >= std::numeric_limits<double>::min() && sq <= std::numeric_limits<double>::max())
-               ? std::sqrt(sq)
-               : row.stableNorm();
-  }
-}
-
-// Writes factor * row / |row| into out (zero row -> 0, non-finite row -> NaN). Divides rather
-// than multiplying by 1 / |row|, which overflows for subnormal norms.
-template <class In, class Out>
-void normalize_row(const In& row, Out&& out, double factor) {
-  using Scalar = typename In::Scalar;
-  const double norm = row_norm(row);
-  if (norm != norm) {
-    out.setConstant(std::numeric_limits<Scalar>::quiet_NaN());
-  } else if (norm == 0) {
-    out.setZero();
-  } else if constexpr (std::is_same_v<Scalar, float>) {
-    out = (row.template cast<double>() * (factor / norm)).template cast<float>();
-  } else {
-    out = (row / norm) * factor;
-  }
-}
-
 }  // namespace detail
 
 // Normalized softmax with optional target margins: see the header's doc block.
@@ -159,39 +125,83 @@ class NormalizedSoftmax {
   const Margin& margin() const { return margin_; }
 
   // Each row of X divided by its norm and multiplied by `factor` (zero rows stay zero, rows with
-  // inf or NaN become NaN).
+  // inf or NaN become NaN). Column-major result; norms from one vectorized pass over X.
   template <class XprX>
   static Eigen::Matrix<typename XprX::Scalar, Eigen::Dynamic, Eigen::Dynamic> normalized_rows(
       const Eigen::DenseBase<XprX>& x, double factor = 1.0) {
     using Scalar = typename XprX::Scalar;
     detail::static_check_scalar<Scalar>();
-    Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> out(x.rows(), x.cols());
-    for (Index i = 0; i < x.rows(); ++i)
-      detail::normalize_row(x.derived().row(i), out.row(i), factor);
+    constexpr double nan = std::numeric_limits<double>::quiet_NaN();
+    // Column-major copy, then column sweeps: every pass below is a contiguous, vectorized loop
+    // (a row-wise reduction over a column-major matrix would stride through memory).
+    Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> out = x;
+    Eigen::Matrix<double, Eigen::Dynamic, 1> scale =
+        Eigen::Matrix<double, Eigen::Dynamic, 1>::Zero(out.rows());
+    // Sums of squares in double: for float inputs they cannot overflow or underflow.
+    for (Index j = 0; j < out.cols(); ++j)
+      scale += out.col(j).template cast<double>().cwiseAbs2();
+    for (Index i = 0; i < scale.size(); ++i) {
+      const double sq = scale(i);
+      if constexpr (std::is_same_v<Scalar, float>) {
+        scale(i) = !(sq <= std::numeric_limits<double>::max()) ? nan  // inf or NaN inside
+                   : sq == 0                                   ? 0.0
+                                                               : factor / std::sqrt(sq);
+      } else {
+        if (sq >= std::numeric_limits<double>::min() && sq <= std::numeric_limits<double>::max()) {
+          scale(i) = factor / std::sqrt(sq);
+          continue;
+        }
+        // Zero, tiny, huge or non-finite: the row on its own, dividing (1 / a subnormal norm
+        // would overflow).
+        auto row = out.row(i);
+        if (!row.allFinite()) {
+          row.setConstant(nan);
+        } else if (const double norm = row.stableNorm(); norm != 0) {
+          row = (row / norm) * factor;
+        }
+        scale(i) = 1.0;
+      }
+    }
+    for (Index j = 0; j < out.cols(); ++j) {
+      if constexpr (std::is_same_v<Scalar, float>) {
+        out.col(j) = (out.col(j).template cast<double>().array() * scale.array())
+                         .template cast<float>()
+                         .matrix();
+      } else {
+        out.col(j).array() *= scale.array();
+      }
+    }
     return out;
   }
 
+  // Logits and probabilities are row-major: each row (one embedding's distribution) contiguous.
+  template <class Scalar>
+  using RowMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
   // s cos(e_n, w_c), N x C, no margin.
   template <class XprE, class XprW>
-  Eigen::Matrix<typename XprE::Scalar, Eigen::Dynamic, Eigen::Dynamic> logits(
-      const Eigen::DenseBase<XprE>& e, const Eigen::DenseBase<XprW>& w) const {
+  RowMatrix<typename XprE::Scalar> logits(const Eigen::DenseBase<XprE>& e,
+                                          const Eigen::DenseBase<XprW>& w) const {
     using Scalar = typename XprE::Scalar;
     check_inputs(e, w);
-    Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> out(e.rows(), w.rows());
+    RowMatrix<Scalar> out(e.rows(), w.rows());
     if (out.size() == 0)
       return out;
     // The scale rides on the normalized embeddings, so the product gives s cos directly.
     const auto en = normalized_rows(e, scale_);
     const auto wn = normalized_rows(w);
-    out.noalias() = en * wn.transpose();
+    // The row-major N x C result is the column-major C x N matrix W_n E_n^T.
+    Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>>(out.data(), w.rows(),
+                                                                      e.rows())
+        .noalias() = wn * en.transpose();
     return out;
   }
 
   // Logits with the margin on each row's target class labels(n).
   template <class XprE, class XprW, class XprL>
-  Eigen::Matrix<typename XprE::Scalar, Eigen::Dynamic, Eigen::Dynamic> logits(
-      const Eigen::DenseBase<XprE>& e, const Eigen::DenseBase<XprW>& w,
-      const Eigen::DenseBase<XprL>& labels) const {
+  RowMatrix<typename XprE::Scalar> logits(const Eigen::DenseBase<XprE>& e,
+                                          const Eigen::DenseBase<XprW>& w,
+                                          const Eigen::DenseBase<XprL>& labels) const {
     using Scalar = typename XprE::Scalar;
     check_labels(labels, e.rows(), w.rows());
     auto out = logits(e, w);
@@ -207,16 +217,16 @@ class NormalizedSoftmax {
 
   // Row-wise probabilities softmax(s cos), N x C (margin on the targets when labels are given).
   template <class XprE, class XprW>
-  Eigen::Matrix<typename XprE::Scalar, Eigen::Dynamic, Eigen::Dynamic> operator()(
-      const Eigen::DenseBase<XprE>& e, const Eigen::DenseBase<XprW>& w) const {
+  RowMatrix<typename XprE::Scalar> operator()(const Eigen::DenseBase<XprE>& e,
+                                              const Eigen::DenseBase<XprW>& w) const {
     auto out = logits(e, w);
     Softmax(1.0).rowwise(out, out);
     return out;
   }
   template <class XprE, class XprW, class XprL>
-  Eigen::Matrix<typename XprE::Scalar, Eigen::Dynamic, Eigen::Dynamic> operator()(
-      const Eigen::DenseBase<XprE>& e, const Eigen::DenseBase<XprW>& w,
-      const Eigen::DenseBase<XprL>& labels) const {
+  RowMatrix<typename XprE::Scalar> operator()(const Eigen::DenseBase<XprE>& e,
+                                              const Eigen::DenseBase<XprW>& w,
+                                              const Eigen::DenseBase<XprL>& labels) const {
     auto out = logits(e, w, labels);
     Softmax(1.0).rowwise(out, out);
     return out;

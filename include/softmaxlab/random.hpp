@@ -141,9 +141,15 @@ class Philox4x32 {
     constexpr int L = 8;
     std::size_t b = 0;
 #if defined(__AVX2__)
-    // AVX2: eight counters per register, word k of every lane in register k.
+    // AVX2: eight counters per register, word k of every lane in register k; two groups of
+    // eight at a time while no carry leaves word 0.
+    for (; b + 2 * L <= blocks && counter[0] <= 0xFFFFFFFFu - (2 * L - 1); b += 2 * L) {
+      blocks_avx2<2>(counter, key, out);
+      out += 8 * L;
+      advance(counter, 2 * L);
+    }
     for (; b + L <= blocks && counter[0] <= 0xFFFFFFFFu - (L - 1); b += L) {
-      blocks8_avx2(counter, key, out);
+      blocks_avx2<1>(counter, key, out);
       out += 4 * L;
       advance(counter, L);
     }
@@ -203,13 +209,19 @@ class Philox4x32 {
     hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
   }
 
-  // Blocks counter .. counter + 7 (no carry out of word 0 within them) into out[0..31].
-  static void blocks8_avx2(const Counter& counter, const Key& key, std::uint32_t* out) {
-    __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(counter[0])),
-                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    __m256i c1 = _mm256_set1_epi32(static_cast<int>(counter[1]));
-    __m256i c2 = _mm256_set1_epi32(static_cast<int>(counter[2]));
-    __m256i c3 = _mm256_set1_epi32(static_cast<int>(counter[3]));
+  // Blocks counter .. counter + 8G - 1 (no carry out of word 0 within them) into out[0..32G-1]:
+  // G independent groups of eight lanes interleaved, so the multiply latency of one group hides
+  // behind the others.
+  template <int G>
+  static void blocks_avx2(const Counter& counter, const Key& key, std::uint32_t* out) {
+    __m256i c0[G], c1[G], c2[G], c3[G];
+    for (int g = 0; g < G; ++g) {
+      c0[g] = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(counter[0] + 8u * g)),
+                               _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+      c1[g] = _mm256_set1_epi32(static_cast<int>(counter[1]));
+      c2[g] = _mm256_set1_epi32(static_cast<int>(counter[2]));
+      c3[g] = _mm256_set1_epi32(static_cast<int>(counter[3]));
+    }
     __m256i k0 = _mm256_set1_epi32(static_cast<int>(key[0]));
     __m256i k1 = _mm256_set1_epi32(static_cast<int>(key[1]));
     const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kM0));
@@ -221,24 +233,30 @@ class Philox4x32 {
         k0 = _mm256_add_epi32(k0, w0);
         k1 = _mm256_add_epi32(k1, w1);
       }
-      __m256i hi0, lo0, hi1, lo1;
-      mulhilo8(c0, m0, hi0, lo0);
-      mulhilo8(c2, m1, hi1, lo1);
-      c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), k0);
-      c1 = lo1;
-      c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), k1);
-      c3 = lo0;
+      for (int g = 0; g < G; ++g) {
+        __m256i hi0, lo0, hi1, lo1;
+        mulhilo8(c0[g], m0, hi0, lo0);
+        mulhilo8(c2[g], m1, hi1, lo1);
+        c0[g] = _mm256_xor_si256(_mm256_xor_si256(hi1, c1[g]), k0);
+        c1[g] = lo1;
+        c2[g] = _mm256_xor_si256(_mm256_xor_si256(hi0, c3[g]), k1);
+        c3[g] = lo0;
+      }
     }
     // Transpose to block order: out[4 j + w] = word w of block j.
-    const __m256i t0 = _mm256_unpacklo_epi32(c0, c1), t1 = _mm256_unpackhi_epi32(c0, c1);
-    const __m256i t2 = _mm256_unpacklo_epi32(c2, c3), t3 = _mm256_unpackhi_epi32(c2, c3);
-    const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
-    const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
-    auto* o = reinterpret_cast<__m256i*>(out);
-    _mm256_storeu_si256(o, _mm256_permute2x128_si256(u0, u1, 0x20));
-    _mm256_storeu_si256(o + 1, _mm256_permute2x128_si256(u2, u3, 0x20));
-    _mm256_storeu_si256(o + 2, _mm256_permute2x128_si256(u0, u1, 0x31));
-    _mm256_storeu_si256(o + 3, _mm256_permute2x128_si256(u2, u3, 0x31));
+    for (int g = 0; g < G; ++g) {
+      const __m256i t0 = _mm256_unpacklo_epi32(c0[g], c1[g]);
+      const __m256i t1 = _mm256_unpackhi_epi32(c0[g], c1[g]);
+      const __m256i t2 = _mm256_unpacklo_epi32(c2[g], c3[g]);
+      const __m256i t3 = _mm256_unpackhi_epi32(c2[g], c3[g]);
+      const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+      const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+      auto* o = reinterpret_cast<__m256i*>(out + 32 * g);
+      _mm256_storeu_si256(o, _mm256_permute2x128_si256(u0, u1, 0x20));
+      _mm256_storeu_si256(o + 1, _mm256_permute2x128_si256(u2, u3, 0x20));
+      _mm256_storeu_si256(o + 2, _mm256_permute2x128_si256(u0, u1, 0x31));
+      _mm256_storeu_si256(o + 3, _mm256_permute2x128_si256(u2, u3, 0x31));
+    }
   }
 #endif
 
