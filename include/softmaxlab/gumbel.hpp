@@ -22,10 +22,10 @@
 // std::uniform_int_distribution<std::uint32_t>.
 //
 // Noise: u = k 2^-23 + 2^-24 (float, k the top 23 bits of a word) or k 2^-52 + 2^-53 (double,
-// 52 bits of two words) lies in [2^-24, 1 - 2^-24] (float) and is exact: never 0 or 1, so
-// g in [-2.8, 16.7] (float) or [-3.6, 36.8] (double) is always finite. Bits -> uniform is one
-// integer shift and or into [1, 2) and one exact subtraction, then two Eigen plog calls, on
-// packets.
+// 52 bits of two words) lies in [2^-24, 1 - 2^-24] (float; double [2^-53, 1 - 2^-53]) exactly:
+// never 0 or 1, so g in [-2.8, 16.7] (float) or [-3.6, 36.8] (double) is always finite. Bits ->
+// uniform is one integer shift and or into [1, 2) and one exact subtraction, then two logs on
+// packets with the lean log of detail/log.hpp (positive normal arguments only, <= 1.9 ulp).
 //
 // Algorithm (soft): y = x + g written into the output, m = max y (NaN-propagating), then the passes
 // of detail/kernels.hpp: e_i = exp((y_i - m) / tau) with a compensated sum, y_i = e_i / sum.
@@ -35,8 +35,11 @@
 // Accuracy: given the noise g that was drawn, the soft sample carries Softmax's error bound on the
 // perturbed logits, |y_i - exact| <= 4 eps (1 + |(x_i + g_i - m)/tau|) |exact| plus the rounding of
 // x_i + g_i; rows sum to 1 within 2e-6 (float). The distribution of hard samples is that of
-// softmax(x) up to the 23 (52) bits of the uniforms (tests/test_gumbel.cpp: chi-square over
-// 200,000 draws).
+// softmax(x) up to the 23 (52) bits of the uniforms (tests/test_gumbel.cpp: chi-square of
+// 100,000 hard draws per scalar type and generator path, fixed seeds). Against a long double
+// recomputation from the same random words (exact uniforms, exact logs), the test's bound
+// 4 (1 + |z_i|) + 8 (max |x + g| + 2 max |g|) / tau eps, z_i = (x_i + g_i - m) / tau, is met with
+// a worst ratio of 0.09 (float: 4.5 eps at tau 3; double: 219 eps at tau 0.1, where |z| ~ 400).
 //
 // Special values, per distribution:
 //   - a -inf logit is never drawn: soft 0 exactly, hard 0; a row of only -inf gives all zeros and
