@@ -1,15 +1,22 @@
 // softmaxlab: header-only softmax variants for Eigen 3.4.
 //
 // One include for the whole library:
-//   Softmax, LogSoftmax            softmax.hpp    exact reference, temperature
-//   PowerSoftmax                   power.hpp      x^p / sum x^p (Power-Softmax), HE-friendly
-//   PolynomialSoftmax              polynomial.hpp only + - * after the shift; cost report
+//   Softmax, LogSoftmax          softmax.hpp      exact reference, temperature
+//   PowerSoftmax                 power.hpp        x^p / sum x^p (Power-Softmax), HE-friendly
+//   PolynomialSoftmax            polynomial.hpp   only + - * after the shift; cost report
+//   GumbelSoftmax                gumbel.hpp       differentiable sampling (Gumbel noise, tau, hard)
+//   NormalizedSoftmax, Margin    normalized.hpp   cosine logits, CosFace/ArcFace/SphereFace margins,
+//                                                 prototypes for novel classes
+//   Philox4x32                   random.hpp       counter-based UniformRandomBitGenerator
 //
 // Every functor maps each 1-D slice of its input to a distribution of the same length:
 //   f(x), f.apply(x, y), f.rowwise(X), f.rowwise(X, Y), f.colwise(X), f.colwise(X, Y).
 // See README.md for the numerical policy and each header's doc block for its accuracy.
 #pragma once
 
+#include "gumbel.hpp"
+#include "normalized.hpp"
 #include "polynomial.hpp"
 #include "power.hpp"
+#include "random.hpp"
 #include "softmax.hpp"
