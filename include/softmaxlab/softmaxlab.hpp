@@ -2,10 +2,13 @@
 //
 // One include for the whole library:
 //   Softmax, LogSoftmax            softmax.hpp    exact reference, temperature
+//   SinglePassSoftmax,             single_pass.hpp  one read for the normalizer, one to write;
+//     OnlineNormalizer<Scalar>                        mergeable [max, sum] state for chunked rows
 //
 // Every functor maps each 1-D slice of its input to a distribution of the same length:
 //   f(x), f.apply(x, y), f.rowwise(X), f.rowwise(X, Y), f.colwise(X), f.colwise(X, Y).
 // See README.md for the numerical policy and each header's doc block for its accuracy.
 #pragma once
 
+#include "single_pass.hpp"
 #include "softmax.hpp"
