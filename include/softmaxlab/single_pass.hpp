@@ -65,31 +65,6 @@ namespace softmaxlab {
 
 namespace detail {
 
-// y_i = exp((x_i - m) * s) * factor for contiguous x, y (y may be x).
-template <bool kScaled, class Scalar>
-void exp_scale_store(const Scalar* x, Scalar* y, Index n, Scalar m, Scalar s, Scalar factor) {
-  using namespace Eigen::internal;
-  using Packet = PacketOf<Scalar>;
-  constexpr int P = kPacketSize<Scalar>;
-  const Packet pm = pset1<Packet>(m), ps = pset1<Packet>(s), pf = pset1<Packet>(factor);
-  Index i = 0;
-  for (; i + 2 * P <= n; i += 2 * P) {
-    const Packet e0 = pexp_nonpositive(shifted<kScaled>(ploadu<Packet>(x + i), pm, ps));
-    const Packet e1 = pexp_nonpositive(shifted<kScaled>(ploadu<Packet>(x + i + P), pm, ps));
-    pstoreu(y + i, pmul(e0, pf));
-    pstoreu(y + i + P, pmul(e1, pf));
-  }
-  for (; i + P <= n; i += P) {
-    pstoreu(y + i, pmul(pexp_nonpositive(shifted<kScaled>(ploadu<Packet>(x + i), pm, ps)), pf));
-  }
-  if (i < n) {
-    const Scalar masked = -std::numeric_limits<Scalar>::infinity();
-    const Packet e =
-        pexp_nonpositive(shifted<kScaled>(load_partial<Packet>(x + i, n - i, masked), pm, ps));
-    store_partial(y + i, n - i, pmul(e, pf));
-  }
-}
-
 // Elements per block of the normalizer's update: 8 KiB, so the block's max pass and exp pass both
 // read it from L1.
 template <class Scalar>
@@ -229,12 +204,14 @@ class OnlineNormalizer {
         }
       });
     } else {
-      const Scalar inverse = static_cast<Scalar>(1.0L / sum_);
+      // The kernel's exp carries a factor kExpScale (2^64 for float); the inverse removes it.
+      const Scalar inverse =
+          static_cast<Scalar>(1.0L / std::ldexp(sum_, detail::kExpScaleLog2<Scalar>));
       detail::for_chunks(x, y, [&](const Scalar* in, Scalar* out, Index n) {
         if (scaled) {
-          detail::exp_scale_store<true>(in, out, n, m, s, inverse);
+          detail::scaled_exp_scale_store<true>(in, out, n, m, s, inverse);
         } else {
-          detail::exp_scale_store<false>(in, out, n, m, s, inverse);
+          detail::scaled_exp_scale_store<false>(in, out, n, m, s, inverse);
         }
       });
     }
@@ -285,11 +262,11 @@ class OnlineNormalizer {
     }
     detail::CompensatedSum<Scalar> sum0, sum1;
     if (temperature_ != 1.0) {
-      detail::exp_sum<true>(x, n, max_, scale_, sum0, sum1);
+      detail::scaled_exp_sum<true>(x, n, max_, scale_, sum0, sum1);
     } else {
-      detail::exp_sum<false>(x, n, max_, scale_, sum0, sum1);
+      detail::scaled_exp_sum<false>(x, n, max_, scale_, sum0, sum1);
     }
-    sum_ += sum0.total() + sum1.total();
+    sum_ += std::ldexp(sum0.total() + sum1.total(), -detail::kExpScaleLog2<Scalar>);
   }
 
   static Index count_infinities(const Scalar* x, Index n) {

@@ -115,5 +115,39 @@ EIGEN_STRONG_INLINE Packet pexp_nonpositive(const Packet& x_in) {
   }
 }
 
+// exp(x) * kExpScale<Scalar> for x <= 0: for float, exp(x) * 2^64 = the first product of
+// pexp_nonpositive before its final multiply by 2^-64 (so pexp_nonpositive(x) is exactly
+// pexp_nonpositive_scaled(x) * 2^-64), always a normal number, never rounded in the subnormal
+// range. The softmax kernels store and sum these scaled values and fold 2^-64 into their final
+// scaling, which then rounds a subnormal result once and saves one multiply per element. For double
+// the scale is 1 and this is pexp_nonpositive.
+template <class Scalar>
+inline constexpr Scalar kExpScale = std::is_same_v<Scalar, float> ? Scalar(0x1p64) : Scalar(1);
+template <class Scalar>
+inline constexpr int kExpScaleLog2 = std::is_same_v<Scalar, float> ? 64 : 0;
+
+template <class Packet>
+EIGEN_STRONG_INLINE Packet pexp_nonpositive_scaled(const Packet& x_in) {
+  using namespace Eigen::internal;
+  using Scalar = typename unpacket_traits<Packet>::type;
+  if constexpr (unpacket_traits<Packet>::size > 1 && std::is_same_v<Scalar, float>) {
+    using C = ExpConstants<Scalar>;
+    using PacketI = typename unpacket_traits<Packet>::integer_packet;
+    const Packet x = pmax(x_in, pset1<Packet>(C::kLowest));
+    const Packet magic = pset1<Packet>(0x1.8p23f + 191.0f);
+    const Packet t = pmadd(x, pset1<Packet>(C::kLog2e), magic);
+    const Packet n = psub(t, magic);
+    Packet r = pmadd(n, pset1<Packet>(-C::kLn2Hi), x);
+    r = pmadd(n, pset1<Packet>(-C::kLn2Lo), r);
+    const Packet p = exp_reduced_poly<Packet, Scalar>(r);
+    const Packet scale = preinterpret<Packet>(plogical_shift_left<23>(preinterpret<PacketI>(t)));
+    return pmul(p, scale);
+  } else if constexpr (kExpScaleLog2<Scalar> == 0) {
+    return pexp_nonpositive(x_in);
+  } else {
+    return pmul(pexp_nonpositive(x_in), pset1<Packet>(kExpScale<Scalar>));
+  }
+}
+
 }  // namespace detail
 }  // namespace softmaxlab
