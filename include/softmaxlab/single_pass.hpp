@@ -22,7 +22,8 @@
 // an ascending row). d is kept in long double between blocks.
 //
 // Out-of-cache rows: two passes over memory (read; read + write) instead of Softmax's three (read;
-// read + write; read + write). The two-pass (mantissa, exponent) algorithm of Dukhan & Ablavatski
+// read + write; read + write); outputs of 16 MiB or more are written with streaming
+// (non-temporal) stores, which skip the read-for-ownership of each output line. The two-pass (mantissa, exponent) algorithm of Dukhan & Ablavatski
 // (arXiv 2001.04438) has the same memory traffic and needs an extra exponent rescale per element,
 // so this one-exp-per-element form is the one kept.
 //
@@ -207,6 +208,16 @@ class OnlineNormalizer {
       // The kernel's exp carries a factor kExpScale (2^64 for float); the inverse removes it.
       const Scalar inverse =
           static_cast<Scalar>(1.0L / std::ldexp(sum_, detail::kExpScaleLog2<Scalar>));
+      const bool stream = x.contiguous() && y.contiguous() && x.data != y.data
+                          && y.size * Index(sizeof(Scalar)) >= detail::kStreamingStoreBytes;
+      if (stream) {
+        if (scaled) {
+          detail::scaled_exp_scale_stream<true>(x.data, y.data, y.size, m, s, inverse);
+        } else {
+          detail::scaled_exp_scale_stream<false>(x.data, y.data, y.size, m, s, inverse);
+        }
+        return;
+      }
       detail::for_chunks(x, y, [&](const Scalar* in, Scalar* out, Index n) {
         if (scaled) {
           detail::scaled_exp_scale_store<true>(in, out, n, m, s, inverse);
@@ -223,8 +234,11 @@ class OnlineNormalizer {
     if (is_nan() || x.size == 0)
       return;
     detail::for_chunks(x, [&](const Scalar* data, Index n) {
-      for (Index start = 0; start < n && !is_nan(); start += detail::kNormalizerBlock<Scalar>)
-        update_block(data + start, std::min(detail::kNormalizerBlock<Scalar>, n - start));
+      constexpr Index kBlock = detail::kNormalizerBlock<Scalar>;
+      for (Index start = 0; start < n && !is_nan(); start += kBlock) {
+        const Index count = std::min(kBlock, n - start);
+        update_block(data + start, count);
+      }
     });
   }
 

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 
 #include "common.hpp"
@@ -263,6 +264,75 @@ void scaled_exp_scale_store(const Scalar* x, Scalar* y, Index n, Scalar m, Scala
         shifted<kScaled>(load_partial<Packet>(x + i, n - i, masked), pm, ps));
     store_partial(y + i, n - i, pmul(e, pf));
   }
+}
+
+// Non-temporal (streaming) stores: outputs far larger than the last-level cache are written around
+// the caches, which saves the read-for-ownership of every output line. `to` must be aligned to the
+// packet size. Other packet types fall back to an ordinary aligned store.
+template <class Scalar, class Packet>
+EIGEN_STRONG_INLINE void pstream(Scalar* to, const Packet& p) {
+  Eigen::internal::pstore(to, p);
+}
+#if defined(EIGEN_VECTORIZE_AVX512)
+EIGEN_STRONG_INLINE void pstream(float* to, const __m512& p) {
+  _mm512_stream_ps(to, p);
+}
+EIGEN_STRONG_INLINE void pstream(double* to, const __m512d& p) {
+  _mm512_stream_pd(to, p);
+}
+#endif
+#if defined(EIGEN_VECTORIZE_AVX)
+EIGEN_STRONG_INLINE void pstream(float* to, const __m256& p) {
+  _mm256_stream_ps(to, p);
+}
+EIGEN_STRONG_INLINE void pstream(double* to, const __m256d& p) {
+  _mm256_stream_pd(to, p);
+}
+#endif
+#if defined(EIGEN_VECTORIZE_SSE2)
+EIGEN_STRONG_INLINE void pstream(float* to, const __m128& p) {
+  _mm_stream_ps(to, p);
+}
+EIGEN_STRONG_INLINE void pstream(double* to, const __m128d& p) {
+  _mm_stream_pd(to, p);
+}
+inline void stream_fence() {
+  _mm_sfence();
+}
+#else
+inline void stream_fence() {}
+#endif
+
+// Outputs at least this large are written with streaming stores by the online normalizer's output
+// pass: half of a 32 MiB L3, so what is written would not stay in cache for a reader anyway.
+inline constexpr Index kStreamingStoreBytes = Index(16) << 20;
+
+// scaled_exp_scale_store with streaming stores for the packet-aligned middle of y (y != x).
+template <bool kScaled, class Scalar>
+void scaled_exp_scale_stream(const Scalar* x, Scalar* y, Index n, Scalar m, Scalar s,
+                             Scalar factor) {
+  using namespace Eigen::internal;
+  using Packet = PacketOf<Scalar>;
+  constexpr int P = kPacketSize<Scalar>;
+  constexpr auto kAlign = static_cast<std::uintptr_t>(P * sizeof(Scalar));
+  const auto misalign = reinterpret_cast<std::uintptr_t>(y) % kAlign;
+  if (misalign % sizeof(Scalar) != 0) {  // not even element-aligned: no streaming
+    scaled_exp_scale_store<kScaled>(x, y, n, m, s, factor);
+    return;
+  }
+  const Index head = std::min<Index>(
+      n, misalign == 0 ? 0 : static_cast<Index>((kAlign - misalign) / sizeof(Scalar)));
+  scaled_exp_scale_store<kScaled>(x, y, head, m, s, factor);
+  const Packet pm = pset1<Packet>(m), ps = pset1<Packet>(s), pf = pset1<Packet>(factor);
+  Index i = head;
+  for (; i + 2 * P <= n; i += 2 * P) {
+    const Packet e0 = pexp_nonpositive_scaled(shifted<kScaled>(ploadu<Packet>(x + i), pm, ps));
+    const Packet e1 = pexp_nonpositive_scaled(shifted<kScaled>(ploadu<Packet>(x + i + P), pm, ps));
+    pstream(y + i, pmul(e0, pf));
+    pstream(y + i + P, pmul(e1, pf));
+  }
+  stream_fence();
+  scaled_exp_scale_store<kScaled>(x + i, y + i, n - i, m, s, factor);
 }
 
 // y_i = (x_i - m) * s - offset (log-softmax's last pass).
