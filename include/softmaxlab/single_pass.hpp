@@ -23,9 +23,10 @@
 //
 // Out-of-cache rows: two passes over memory (read; read + write) instead of Softmax's three (read;
 // read + write; read + write); outputs of 16 MiB or more are written with streaming
-// (non-temporal) stores, which skip the read-for-ownership of each output line. The two-pass (mantissa, exponent) algorithm of Dukhan & Ablavatski
-// (arXiv 2001.04438) has the same memory traffic and needs an extra exponent rescale per element,
-// so this one-exp-per-element form is the one kept.
+// (non-temporal) stores, which skip the read-for-ownership of each output line. The two-pass
+// (mantissa, exponent) algorithm of Dukhan & Ablavatski (arXiv 2001.04438) has the same memory
+// traffic and needs an extra exponent rescale per element, so this one-exp-per-element form is the
+// one kept.
 //
 // OnlineNormalizer<Scalar>(T = 1):
 //   update(chunk)         adds a 1-D chunk (any dense Eigen expression), returns *this;
@@ -207,7 +208,7 @@ class OnlineNormalizer {
     } else {
       // The kernel's exp carries a factor kExpScale (2^64 for float); the inverse removes it.
       const Scalar inverse =
-          static_cast<Scalar>(1.0L / std::ldexp(sum_, detail::kExpScaleLog2<Scalar>));
+          detail::reciprocal<Scalar>(std::ldexp(sum_, detail::kExpScaleLog2<Scalar>));
       const bool stream = x.contiguous() && y.contiguous() && x.data != y.data
                           && y.size * Index(sizeof(Scalar)) >= detail::kStreamingStoreBytes;
       if (stream) {

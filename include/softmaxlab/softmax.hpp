@@ -104,6 +104,18 @@ long double exp_pass(const Span<const Scalar>& x, const Span<Scalar>& y, Scalar 
   return sum0.total() + sum1.total();
 }
 
+// 1 / sum rounded to Scalar: through double for float (x87's long double division sits on the
+// critical path of short rows; double already gives a correctly rounded float but for double
+// rounding, an error far below the policy).
+template <class Scalar>
+Scalar reciprocal(long double sum) {
+  if constexpr (std::is_same_v<Scalar, float>) {
+    return static_cast<float>(1.0 / static_cast<double>(sum));
+  } else {
+    return static_cast<Scalar>(1.0L / sum);
+  }
+}
+
 // The tuned form of exp_pass: the terms are exp((x_i - m) * s) * kExpScale<Scalar> (stored into y
 // when kStore), and so is the returned sum (>= kExpScale: the max term is exp(0)).
 template <bool kStore, class Scalar>
@@ -169,7 +181,7 @@ class Softmax : public detail::DistributionFunctor<Softmax> {
     // y holds exp(..) * kExpScale and sum their total (>= kExpScale: the max term is exp(0)), so
     // this one multiply also removes the scale, rounding subnormal results once.
     const long double sum = detail::scaled_exp_pass<true>(x, y, m, s, temperature_ != 1.0);
-    const Scalar inverse = static_cast<Scalar>(1.0L / sum);
+    const Scalar inverse = detail::reciprocal<Scalar>(sum);
     if (y.contiguous()) {
       detail::scale_in_place(y.data, y.size, inverse);
     } else {
