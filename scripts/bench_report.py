@@ -101,7 +101,8 @@ def markdown(context, results, machine_note):
     if context.get("onednn"):
         out.append("oneDNN: " + context["onednn"] + ".")
     if context.get("date"):
-        out.append("Run: %s, %s build of the benchmark library, one thread." %
+        out.append("Run: %s, one thread (Google Benchmark library: %s build; it only times, "
+                   "the measured code is built Release with -march=native)." %
                    (context["date"], context.get("library_build_type", "?")))
     out.append("")
     out.append("Throughput in G elements/s (higher is better). `incache`: rows swept in an L2-sized "
@@ -182,7 +183,7 @@ def chart(context, results, path, machine_note):
               if any(k[1] == t and k[2] == c for k in results)]
     cols = 2
     rows = (len(panels) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(13, 4.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(13, 4.8 * rows), squeeze=False)
     cmap = plt.get_cmap("tab10")
     style = {}
     for k, i in enumerate(impls):
@@ -207,7 +208,7 @@ def chart(context, results, path, machine_note):
     title = "softmaxlab: softmax throughput vs row length"
     line = machine_line(context)
     if machine_note:
-        line += " — " + machine_note
+        line += "\n" + machine_note
     fig.suptitle(title + "\n" + line, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
