@@ -8,6 +8,8 @@
 //   NormalizedSoftmax, Margin    normalized.hpp   cosine logits, CosFace/ArcFace/SphereFace margins,
 //                                                 prototypes for novel classes
 //   Philox4x32                   random.hpp       counter-based UniformRandomBitGenerator
+//   SinglePassSoftmax,           single_pass.hpp  one read for the normalizer, one to write;
+//     OnlineNormalizer<Scalar>                    mergeable [max, sum] state for chunked rows
 //
 // Every functor maps each 1-D slice of its input to a distribution of the same length:
 //   f(x), f.apply(x, y), f.rowwise(X), f.rowwise(X, Y), f.colwise(X), f.colwise(X, Y).
@@ -19,4 +21,5 @@
 #include "polynomial.hpp"
 #include "power.hpp"
 #include "random.hpp"
+#include "single_pass.hpp"
 #include "softmax.hpp"
