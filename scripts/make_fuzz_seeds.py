@@ -49,6 +49,15 @@ def seeds_for(params_list):
 TARGETS = {
     "fuzz_softmax": [[None], [0.05], [1000.0], [-1.0]],
     "fuzz_log_softmax": [[None], [0.3], [2.0 ** 99], [0.0]],
+    "fuzz_single_pass": [[None], [0.05], [7.0], [float("nan")]],
+}
+# PowerSoftmax and PolynomialSoftmax read their own header bytes first (see their targets); the
+# seeds put a few valid configurations in front of the same data.
+HEADERS = {
+    "fuzz_power": [bytes([0x00, 255]), bytes([0x04, 0, *struct.pack("<d", 1e-3)]),
+                   bytes([0x23, 255]), bytes([0x09, 255])],
+    "fuzz_polynomial": [bytes([0x20, 4, 5, 255]), bytes([0x00, 6, 5, 255]),
+                        bytes([0x01, 0, 8, 255]), bytes([0x04, 4, 5, 255])],
 }
 
 root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fuzz", "corpus")
@@ -59,3 +68,14 @@ for target, params_list in TARGETS.items():
         with open(os.path.join(folder, f"seed-{k:02d}"), "wb") as f:
             f.write(data)
     print(target, len(os.listdir(folder)), "seeds")
+
+for target, headers in HEADERS.items():
+    folder = os.path.join(root, target)
+    os.makedirs(folder, exist_ok=True)
+    k = 0
+    for header in headers:
+        for data in seeds_for([[]])[::3]:
+            with open(os.path.join(folder, f"seed-{k:02d}"), "wb") as f:
+                f.write(header + data)
+            k += 1
+    print(target, k, "seeds")

@@ -79,26 +79,42 @@ bool construct(Make&& make) {
 
 enum class Output { Probabilities, LogProbabilities };
 
-// The row rules of DESIGN.md for a softmax-like output y of the row x:
-//   NaN anywhere -> all NaN; k > 0 entries +inf -> 1/k there, 0 elsewhere (log: -log k, -inf);
+// What a functor promises about each row (DESIGN.md's policy, with the variants' documented
+// departures from it).
+struct Rules {
+  Output kind = Output::Probabilities;
+  bool any_infinity_shares = false;  // PowerSoftmax: x^p = +inf for x = +-inf, so both share mass
+  bool sum_is_one = true;            // false: only sum <= 1 (PowerSoftmax's eps forms: 0 / eps)
+  bool approximate = false;          // PolynomialSoftmax: values and sums are approximations
+  double slack_eps = 0;              // a probability may exceed 1 by this many eps (rounding of
+                                     // x^p / sum x^p; Softmax's max is exp(0) / sum <= 1 exactly)
+  Rules() = default;
+  explicit Rules(Output k) : kind(k) {}
+};
+
+// The row rules for an output y of the row x:
+//   NaN anywhere -> all NaN; k > 0 infinite entries -> 1/k there, 0 elsewhere (log: -log k, -inf);
 //   all -inf -> zeros (log: -inf); otherwise finite, -inf entries exactly 0 (log: -inf), and the
-//   probabilities sum to one within the policy's tolerance.
+//   probabilities sum to one within the policy's tolerance (2e-6 float, 1e-12 double).
 template <class X, class Y>
-void check_row(const X& x, const Y& y, Output kind) {
+void check_row(const X& x, const Y& y, const Rules& rules) {
   using Scalar = typename X::Scalar;
   const Scalar inf = std::numeric_limits<Scalar>::infinity();
   const Index n = x.size();
   expect(y.size() == n, "output length");
   if (n == 0)
     return;
+  const auto infinite = [&](Scalar v) {
+    return v == inf || (rules.any_infinity_shares && v == -inf);
+  };
   bool any_nan = false;
   Index k_inf = 0, k_masked = 0;
   for (Index i = 0; i < n; ++i) {
     any_nan |= std::isnan(x(i));
-    k_inf += x(i) == inf;
+    k_inf += infinite(x(i));
     k_masked += x(i) == -inf;
   }
-  const bool log = kind == Output::LogProbabilities;
+  const bool log = rules.kind == Output::LogProbabilities;
   if (any_nan) {
     for (Index i = 0; i < n; ++i)
       expect(std::isnan(y(i)), "NaN row must be all NaN", i, y(i));
@@ -107,9 +123,10 @@ void check_row(const X& x, const Y& y, Output kind) {
   if (k_inf > 0) {
     const double share = 1.0 / static_cast<double>(k_inf);
     for (Index i = 0; i < n; ++i) {
-      const double want = x(i) == inf ? (log ? std::log(share) : share) : (log ? -inf : 0.0);
+      const double want = infinite(x(i)) ? (log ? std::log(share) : share) : (log ? -inf : 0.0);
       const double tol = std::numeric_limits<Scalar>::epsilon() * 4 * (1 + std::fabs(want));
-      expect(y(i) == want || std::fabs(y(i) - want) <= tol, "+inf entries share the mass", i, y(i));
+      expect(y(i) == want || std::fabs(y(i) - want) <= tol, "infinite entries share the mass", i,
+             y(i));
     }
     return;
   }
@@ -125,17 +142,26 @@ void check_row(const X& x, const Y& y, Output kind) {
       continue;
     }
     if (log) {
-      expect(!std::isnan(y(i)) && y(i) <= 0 && y(i) != inf, "log-probability in [-inf, 0]", i,
-             y(i));
+      expect(!std::isnan(y(i)) && y(i) <= 0, "log-probability in [-inf, 0]", i, y(i));
       sum += std::exp(static_cast<long double>(y(i)));
+    } else if (rules.approximate) {
+      expect(std::isfinite(y(i)), "finite input gives finite output", i, y(i));
     } else {
-      expect(std::isfinite(y(i)) && y(i) >= 0 && y(i) <= 1, "probability in [0, 1]", i, y(i));
+      const double top = 1 + rules.slack_eps * std::numeric_limits<Scalar>::epsilon();
+      expect(std::isfinite(y(i)) && y(i) >= 0 && y(i) <= top, "probability in [0, 1]", i, y(i));
       sum += y(i);
     }
   }
+  if (rules.approximate)
+    return;
   const double tol = std::is_same_v<Scalar, float> ? 2e-6 : 1e-12;
-  expect(std::fabs(static_cast<double>(sum) - 1) <= tol, "probabilities sum to 1", -1,
-         static_cast<double>(sum));
+  if (rules.sum_is_one) {
+    expect(std::fabs(static_cast<double>(sum) - 1) <= tol, "probabilities sum to 1", -1,
+           static_cast<double>(sum));
+  } else {
+    expect(static_cast<double>(sum) <= 1 + tol, "probabilities sum to at most 1", -1,
+           static_cast<double>(sum));
+  }
 }
 
 // Fills an Eigen object from the bytes.
@@ -150,7 +176,7 @@ void fill(Bytes& bytes, M& m) {
 // strided row, rowwise, colwise, row-major, in place, expression input) and checks every row
 // against the policy. The forms must agree exactly with each other where they compute the same row.
 template <class Scalar, class F>
-void exercise(const F& f, Bytes& bytes, Output kind) {
+void exercise(const F& f, Bytes& bytes, const Rules& rules) {
   using Mat = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
   using RowMajor = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using Vec = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
@@ -169,7 +195,7 @@ void exercise(const F& f, Bytes& bytes, Output kind) {
       for (Index i = 0; i < rows; ++i) {
         const Vec v = x.row(i).transpose();
         const Vec y = f(v);
-        check_row(v, y, kind);
+        check_row(v, y, rules);
         Vec z = v;
         f.apply(z, z);
         for (Index j = 0; j < cols; ++j)
@@ -181,46 +207,53 @@ void exercise(const F& f, Bytes& bytes, Output kind) {
       Mat y(rows, cols);
       f.rowwise(x, y);
       for (Index i = 0; i < rows; ++i)
-        check_row(Vec(x.row(i).transpose()), Vec(y.row(i).transpose()), kind);
+        check_row(Vec(x.row(i).transpose()), Vec(y.row(i).transpose()), rules);
       break;
     }
     case 2: {  // colwise on row-major (strided columns)
       const RowMajor xr = x;
       const RowMajor y = f.colwise(xr);
       for (Index j = 0; j < cols; ++j)
-        check_row(Vec(xr.col(j)), Vec(y.col(j)), kind);
+        check_row(Vec(xr.col(j)), Vec(y.col(j)), rules);
       break;
     }
     case 3: {  // expression input, strided output rows
       Mat y(rows, cols);
       for (Index i = 0; i < rows; ++i) {
         f.apply(x.row(i) * Scalar(1), y.row(i));
-        check_row(Vec(x.row(i).transpose()), Vec(y.row(i).transpose()), kind);
+        check_row(Vec(x.row(i).transpose()), Vec(y.row(i).transpose()), rules);
       }
       break;
     }
     default: {  // the whole matrix as one long row (column-major order)
       const Vec v = Eigen::Map<const Vec>(x.data(), x.size());
-      check_row(v, Vec(f(v)), kind);
+      check_row(v, Vec(f(v)), rules);
       break;
     }
   }
 }
 
 // The whole target for a DistributionFunctor F: make(bytes) builds F from fuzzed parameters (it may
-// throw std::invalid_argument, which ends the input), then float or double data are exercised.
+// throw std::invalid_argument, which ends the input), then float or double data are exercised
+// from the bytes that follow.
 template <class F, class Make>
-int run_functor_target(const std::uint8_t* data, std::size_t size, Output kind, Make&& make) {
-  Bytes bytes(data, size);
+int run_functor_target(Bytes& bytes, const Rules& rules, Make&& make) {
   std::optional<F> f;
   if (!construct([&] { f.emplace(make(bytes)); }))
     return 0;
   if (bytes.take<std::uint8_t>() & 1) {
-    exercise<double>(*f, bytes, kind);
+    exercise<double>(*f, bytes, rules);
   } else {
-    exercise<float>(*f, bytes, kind);
+    exercise<float>(*f, bytes, rules);
   }
   return 0;
+}
+
+template <class F, class Make>
+int run_functor_target(const std::uint8_t* data, std::size_t size, const Rules& rules,
+                       Make&& make) {
+  Bytes bytes(data, size);
+  return run_functor_target<F>(bytes, rules, make);
 }
 
 }  // namespace softmaxlab_fuzz

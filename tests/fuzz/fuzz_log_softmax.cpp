@@ -6,6 +6,6 @@
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   using namespace softmaxlab_fuzz;
   return run_functor_target<softmaxlab::LogSoftmax>(
-      data, size, Output::LogProbabilities,
+      data, size, Rules(Output::LogProbabilities),
       [](Bytes& bytes) { return softmaxlab::LogSoftmax(bytes.parameter(1.0)); });
 }

@@ -6,6 +6,6 @@
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   using namespace softmaxlab_fuzz;
   return run_functor_target<softmaxlab::Softmax>(
-      data, size, Output::Probabilities,
+      data, size, Rules(Output::Probabilities),
       [](Bytes& bytes) { return softmaxlab::Softmax(bytes.parameter(1.0)); });
 }
