@@ -58,6 +58,10 @@ HEADERS = {
                    bytes([0x23, 255]), bytes([0x09, 255])],
     "fuzz_polynomial": [bytes([0x20, 4, 5, 255]), bytes([0x00, 6, 5, 255]),
                         bytes([0x01, 0, 8, 255]), bytes([0x04, 4, 5, 255])],
+    # tau byte, flags (1 hard, 2 Philox, 4 double), seed; then form, rows, cols, values
+    "fuzz_gumbel": [bytes([255, 0x02]) + struct.pack("<Q", 7), bytes([255, 0x03]) + struct.pack("<Q", 8),
+                    bytes([0]) + struct.pack("<d", 0.1) + bytes([0x06]) + struct.pack("<Q", 9),
+                    bytes([255, 0x00]) + struct.pack("<Q", 10)],
 }
 
 root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fuzz", "corpus")
@@ -75,6 +79,8 @@ for target, headers in HEADERS.items():
     k = 0
     for header in headers:
         for data in seeds_for([[]])[::3]:
+            if target == "fuzz_gumbel":
+                data = data[1:]  # no float/double byte: the flags choose the type
             with open(os.path.join(folder, f"seed-{k:02d}"), "wb") as f:
                 f.write(header + data)
             k += 1

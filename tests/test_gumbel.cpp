@@ -147,10 +147,14 @@ TEST_CASE("Philox4x32 fill, discard and streams agree with word-by-word generati
 TEST_CASE("bad tau throws std::invalid_argument naming the value", "[gumbel][parameters]") {
   const double nan = std::numeric_limits<double>::quiet_NaN();
   const double inf = std::numeric_limits<double>::infinity();
-  for (double tau : {0.0, -0.0, -1.0, nan, inf, -inf}) {
+  // 3.6e-305 and 1e40: finite and positive, but 1/tau overflows float (a fuzz finding: the soft
+  // sample came out NaN), or the scaled logits do; the range is Softmax's, [2^-100, 2^100].
+  for (double tau : {0.0, -0.0, -1.0, nan, inf, -inf, 3.6e-305, 1e-31, 1e40}) {
     INFO("tau " << tau);
     CHECK_THROWS_AS(sml::GumbelSoftmax(tau), std::invalid_argument);
   }
+  CHECK(sml::GumbelSoftmax(0x1p-100).tau() == 0x1p-100);
+  CHECK(sml::GumbelSoftmax(0x1p100).tau() == 0x1p100);
   CHECK_THROWS_WITH(sml::GumbelSoftmax(-0.25),
                     Catch::Contains("GumbelSoftmax: tau") && Catch::Contains("-0.25"));
   CHECK(sml::GumbelSoftmax(0.1, true).tau() == 0.1);

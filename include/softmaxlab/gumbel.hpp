@@ -6,8 +6,9 @@
 //   hard:  y = one_hot(argmax_i (x_i + g_i))   (straight-through: a backward pass uses the soft y)
 //   sample(x, gen) = argmax_i (x_i + g_i), a draw from softmax(x) (the Gumbel-max trick).
 //
-// Parameters: tau (temperature) finite and > 0, default 1; zero, negative, infinite or NaN throws
-// std::invalid_argument naming the value. hard, default false.
+// Parameters: tau (temperature) in [2^-100, 2^100], default 1 (the range of Softmax's temperature:
+// 1/tau stays finite in float); anything else, NaN included, throws std::invalid_argument naming
+// the value. hard, default false.
 //
 // Random numbers: every call takes a generator by reference, `g(x, gen)`, `g.apply(x, y, gen)`,
 // `g.rowwise(X, gen)`, `g.colwise(X, gen)` (the generator-less forms of the other functors do not
@@ -209,7 +210,7 @@ class GumbelSoftmax : public detail::DistributionFunctor<GumbelSoftmax> {
   static constexpr const char* name = "GumbelSoftmax";
 
   explicit GumbelSoftmax(double tau = 1.0, bool hard = false)
-      : tau_(detail::require_positive_finite("GumbelSoftmax: tau", tau)), hard_(hard) {}
+      : tau_(detail::check_temperature("GumbelSoftmax: tau", tau)), hard_(hard) {}
 
   double tau() const { return tau_; }
   bool hard() const { return hard_; }

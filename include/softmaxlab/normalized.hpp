@@ -33,8 +33,9 @@
 //
 // Cost: normalizing E and W (N + C) D in column sweeps, then one matrix product (2 N C D flops,
 // Eigen's GEMM), then the softmax. bench/bench_gumbel_normalized.cpp measures it beside a plain
-// GEMM of the same shape. Accuracy: each cosine is a D-term dot product of unit vectors, error <= ~(D + 2) eps
-// absolute (typically ~sqrt(D) eps); tests/test_normalized.cpp compares with long double.
+// GEMM of the same shape. Accuracy: each cosine is a D-term dot product of unit vectors, error <=
+// ~(D + 2) eps absolute (typically ~sqrt(D) eps); tests/test_normalized.cpp compares with long
+// double.
 //
 // Novel classes (arXiv 2102.03243): prototypes(E, labels, C) = the normalized mean of the
 // normalized embeddings of each class; classify(E, P) = index of the highest cosine per row.

@@ -44,10 +44,6 @@ namespace softmaxlab {
 
 namespace detail {
 
-inline double check_temperature(const char* what, double temperature) {
-  return require_in_range(what, temperature, 0x1p-100, 0x1p100, "in [2^-100, 2^100] (finite, > 0)");
-}
-
 enum class RowKind { Regular, NaN, AllMasked, PositiveInfinity };
 
 template <class Scalar>

@@ -5,8 +5,8 @@
 //   PowerSoftmax                 power.hpp        x^p / sum x^p (Power-Softmax), HE-friendly
 //   PolynomialSoftmax            polynomial.hpp   only + - * after the shift; cost report
 //   GumbelSoftmax                gumbel.hpp       differentiable sampling (Gumbel noise, tau, hard)
-//   NormalizedSoftmax, Margin    normalized.hpp   cosine logits, CosFace/ArcFace/SphereFace margins,
-//                                                 prototypes for novel classes
+//   NormalizedSoftmax, Margin    normalized.hpp   cosine logits with CosFace/ArcFace/SphereFace
+//                                                 margins; prototypes for novel classes
 //   Philox4x32                   random.hpp       counter-based UniformRandomBitGenerator
 //   SinglePassSoftmax,           single_pass.hpp  one read for the normalizer, one to write;
 //     OnlineNormalizer<Scalar>                    mergeable [max, sum] state for chunked rows

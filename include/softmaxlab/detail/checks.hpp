@@ -38,6 +38,12 @@ inline double require_positive_finite(const char* what, double value) {
   return value;
 }
 
+// Temperatures (Softmax's T, GumbelSoftmax's tau, ...): [2^-100, 2^100] keeps 1/T finite in float
+// and no shifted argument (x_i - max x) / T can overflow into a wrong result.
+inline double check_temperature(const char* what, double temperature) {
+  return require_in_range(what, temperature, 0x1p-100, 0x1p100, "in [2^-100, 2^100] (finite, > 0)");
+}
+
 inline void require_same_size(const char* function, Index in_rows, Index in_cols, Index out_rows,
                               Index out_cols) {
   if (in_rows != out_rows || in_cols != out_cols) {
