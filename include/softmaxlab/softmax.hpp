@@ -34,6 +34,7 @@
 #include <cmath>
 #include <limits>
 
+#include "detail/backward_base.hpp"
 #include "detail/checks.hpp"
 #include "detail/functor_base.hpp"
 #include "detail/kernels.hpp"
@@ -106,9 +107,11 @@ long double exp_pass(const Span<const Scalar>& x, const Span<Scalar>& y, Scalar 
 
 // Softmax with temperature: see the header's doc block for the formula, accuracy and special
 // values.
-class Softmax : public detail::DistributionFunctor<Softmax> {
+class Softmax : public detail::DistributionFunctor<Softmax>,
+                public detail::BackwardFunctor<Softmax> {
  public:
   static constexpr const char* name = "Softmax";
+  static constexpr bool backward_reads_input = false;  // the gradient needs only y and dy
 
   explicit Softmax(double temperature = 1.0)
       : temperature_(detail::check_temperature("Softmax: temperature", temperature)) {}
@@ -117,6 +120,7 @@ class Softmax : public detail::DistributionFunctor<Softmax> {
 
  private:
   friend class detail::DistributionFunctor<Softmax>;
+  friend class detail::BackwardFunctor<Softmax>;
 
   template <class Scalar>
   void compute(const detail::Span<const Scalar>& x, const detail::Span<Scalar>& y) const {
@@ -145,13 +149,19 @@ class Softmax : public detail::DistributionFunctor<Softmax> {
     }
   }
 
+  template <class Scalar>
+  void compute_backward(const detail::Span<const Scalar>& x, const detail::Span<const Scalar>& y,
+                        const detail::Span<const Scalar>& dy, const detail::Span<Scalar>& dx) const;
+
   double temperature_;
 };
 
 // Log-softmax with temperature: see the header's doc block.
-class LogSoftmax : public detail::DistributionFunctor<LogSoftmax> {
+class LogSoftmax : public detail::DistributionFunctor<LogSoftmax>,
+                   public detail::BackwardFunctor<LogSoftmax> {
  public:
   static constexpr const char* name = "LogSoftmax";
+  static constexpr bool backward_reads_input = false;  // the gradient needs only y and dy
 
   explicit LogSoftmax(double temperature = 1.0)
       : temperature_(detail::check_temperature("LogSoftmax: temperature", temperature)) {}
@@ -160,6 +170,7 @@ class LogSoftmax : public detail::DistributionFunctor<LogSoftmax> {
 
  private:
   friend class detail::DistributionFunctor<LogSoftmax>;
+  friend class detail::BackwardFunctor<LogSoftmax>;
 
   template <class Scalar>
   void compute(const detail::Span<const Scalar>& x, const detail::Span<Scalar>& y) const {
@@ -191,7 +202,58 @@ class LogSoftmax : public detail::DistributionFunctor<LogSoftmax> {
     });
   }
 
+  template <class Scalar>
+  void compute_backward(const detail::Span<const Scalar>& x, const detail::Span<const Scalar>& y,
+                        const detail::Span<const Scalar>& dy, const detail::Span<Scalar>& dx) const;
+
   double temperature_;
 };
+
+// ---------------------------------------------------------------------------------------------
+// Backward passes (vector-Jacobian products, see detail/backward_base.hpp for the call forms).
+//
+//   Softmax:    dx = y * (dy - <dy, y>) / T
+//   LogSoftmax: dx = (dy - softmax(x) * sum(dy)) / T,  softmax(x) = exp(y)
+//
+// Both read only y and dy (x is shape-checked). A masked entry (x_i = -inf, so y_i = 0, log form
+// -inf) is a constant: it gets dx_i = 0 and, in the log form, its dy_i is left out of sum(dy).
+// Rows with +inf entries use the same formulas at y (the limit with those entries equal). NaN in y
+// gives a NaN row; so does NaN in dy (except, in the log form, at a masked entry).
+// Accuracy: a few eps relative to max |dy| * max |y| / T per entry (Softmax), or to
+// (|dy_i| + max|dy|) / T (LogSoftmax): errors come from the one reduction and the final product.
+
+template <class Scalar>
+void Softmax::compute_backward(const detail::Span<const Scalar>& /*x*/,
+                               const detail::Span<const Scalar>& y,
+                               const detail::Span<const Scalar>& dy,
+                               const detail::Span<Scalar>& dx) const {
+  const Scalar inverse_t = static_cast<Scalar>(1.0 / temperature_);
+  const bool scaled = temperature_ != 1.0;
+  detail::with_arrays(
+      [&](auto ya, auto dya, auto dxa) {
+        const Scalar s = (ya * dya).sum();
+        if (scaled) {
+          dxa = ya * (dya - s) * inverse_t;
+        } else {
+          dxa = ya * (dya - s);
+        }
+      },
+      y, dy, dx);
+}
+
+template <class Scalar>
+void LogSoftmax::compute_backward(const detail::Span<const Scalar>& /*x*/,
+                                  const detail::Span<const Scalar>& y,
+                                  const detail::Span<const Scalar>& dy,
+                                  const detail::Span<Scalar>& dx) const {
+  const Scalar inf = std::numeric_limits<Scalar>::infinity();
+  const Scalar inverse_t = static_cast<Scalar>(1.0 / temperature_);
+  detail::with_arrays(
+      [&](auto ya, auto dya, auto dxa) {
+        const Scalar sum = (ya > -inf).select(dya, Scalar(0)).sum();
+        dxa = (ya == -inf).select(Scalar(0), (dya - ya.exp() * sum) * inverse_t);
+      },
+      y, dy, dx);
+}
 
 }  // namespace softmaxlab
