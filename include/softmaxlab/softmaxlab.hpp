@@ -1,11 +1,13 @@
 // softmaxlab: header-only softmax variants for Eigen 3.4.
 //
 // One include for the whole library:
-//   Softmax, LogSoftmax            softmax.hpp    exact reference, temperature
+//   Softmax, LogSoftmax            softmax.hpp    exact reference, temperature (+ backward)
+//   CrossEntropyLoss, L2SvmLoss    loss.hpp       training losses with their gradients
 //
 // Every functor maps each 1-D slice of its input to a distribution of the same length:
 //   f(x), f.apply(x, y), f.rowwise(X), f.rowwise(X, Y), f.colwise(X), f.colwise(X, Y).
 // See README.md for the numerical policy and each header's doc block for its accuracy.
 #pragma once
 
+#include "loss.hpp"
 #include "softmax.hpp"
