@@ -24,6 +24,26 @@ void on_eigen_assert(const char* condition, const char* file, int line) {
 }
 }  // namespace softmaxlab_test
 
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SOFTMAXLAB_TEST_ASAN 1
+#endif
+#elif defined(__SANITIZE_ADDRESS__)
+#define SOFTMAXLAB_TEST_ASAN 1
+#endif
+
+#ifdef SOFTMAXLAB_TEST_ASAN
+// AddressSanitizer owns operator new; its allocator hook counts every heap allocation instead.
+#include <sanitizer/allocator_interface.h>
+namespace {
+void count_malloc(const volatile void*, std::size_t) {
+  ++g_allocations;
+}
+void ignore_free(const volatile void*) {}
+[[maybe_unused]] const int g_hooks_installed =
+    __sanitizer_install_malloc_and_free_hooks(count_malloc, ignore_free);
+}  // namespace
+#else
 // The replacement operators are the one place where new pairs with malloc and delete with free;
 // GCC's -Wmismatched-new-delete cannot tell a replacement from a mismatch once they are inlined.
 #if defined(__GNUC__) && !defined(__clang__)
@@ -51,3 +71,4 @@ void operator delete(void* p, std::size_t) noexcept {
 void operator delete[](void* p, std::size_t) noexcept {
   std::free(p);
 }
+#endif

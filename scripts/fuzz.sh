@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Build the libFuzzer targets (tests/fuzz, clang with ASan + UBSan) and run each for a bounded time
+# from its committed seed corpus. Any crash, sanitizer report or broken invariant fails the run and
+# leaves the reproducer in <build>/artifacts/.
+#
+#   scripts/fuzz.sh [SECONDS_PER_TARGET]     (default 10, or $FUZZ_SECONDS)
+#
+# Environment: BUILD_DIR (default build/fuzz), SOFTMAXLAB_WERROR, JOBS.
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo_root"
+
+bash scripts/install-deps.sh cmake make clang libclang-rt-14-dev libeigen3-dev
+
+seconds="${1:-${FUZZ_SECONDS:-10}}"
+build_dir="${BUILD_DIR:-build/fuzz}"
+jobs="${JOBS:-$(nproc 2>/dev/null || echo 2)}"
+
+cmake -S . -B "$build_dir" \
+  -DCMAKE_CXX_COMPILER="${FUZZ_CXX:-clang++}" \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DSOFTMAXLAB_WERROR="${SOFTMAXLAB_WERROR:-OFF}" \
+  -DSOFTMAXLAB_BUILD_FUZZERS=ON \
+  -DSOFTMAXLAB_BUILD_TESTS=OFF \
+  -DSOFTMAXLAB_BUILD_BENCHMARKS=OFF \
+  -DSOFTMAXLAB_BUILD_EXAMPLES=OFF
+cmake --build "$build_dir" -j"$jobs"
+
+mkdir -p "$build_dir/artifacts"
+targets=0
+for exe in "$build_dir"/tests/fuzz/fuzz_*; do
+  [[ -x "$exe" && -f "$exe" ]] || continue
+  name="$(basename "$exe")"
+  work="$(mktemp -d)"  # grows during the run; the committed corpus stays as it is
+  if [[ -d "tests/fuzz/corpus/$name" ]]; then cp -r "tests/fuzz/corpus/$name/." "$work/"; fi
+  echo "fuzz: $name for ${seconds}s"
+  "$exe" -max_total_time="$seconds" -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 \
+    -artifact_prefix="$build_dir/artifacts/$name-" "$work" 2>&1 | tail -n 12
+  rm -rf "$work"
+  targets=$((targets + 1))
+done
+[[ $targets -gt 0 ]] || { echo "fuzz: no targets were built" >&2; exit 1; }
+echo "fuzz: $targets targets ran ${seconds}s each, no findings"
