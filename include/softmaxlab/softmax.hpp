@@ -222,14 +222,16 @@ class LogSoftmax : public detail::DistributionFunctor<LogSoftmax>,
 // Accuracy: a few eps relative to max |dy| * max |y| / T per entry (Softmax), or to
 // (|dy_i| + max|dy|) / T (LogSoftmax): errors come from the one reduction and the final product.
 
+namespace detail {
+
+// dx = y (dy - <dy, y>) / T for one distribution: the softmax backward, shared by every variant
+// that computes softmax (Softmax, SinglePassSoftmax, the soft Gumbel sample). dx may be y or dy.
 template <class Scalar>
-void Softmax::compute_backward(const detail::Span<const Scalar>& /*x*/,
-                               const detail::Span<const Scalar>& y,
-                               const detail::Span<const Scalar>& dy,
-                               const detail::Span<Scalar>& dx) const {
-  const Scalar inverse_t = static_cast<Scalar>(1.0 / temperature_);
-  const bool scaled = temperature_ != 1.0;
-  detail::with_arrays(
+void softmax_backward(const Span<const Scalar>& y, const Span<const Scalar>& dy,
+                      const Span<Scalar>& dx, double temperature) {
+  const Scalar inverse_t = static_cast<Scalar>(1.0 / temperature);
+  const bool scaled = temperature != 1.0;
+  with_arrays(
       [&](auto ya, auto dya, auto dxa) {
         const Scalar s = (ya * dya).sum();
         if (scaled) {
@@ -239,6 +241,16 @@ void Softmax::compute_backward(const detail::Span<const Scalar>& /*x*/,
         }
       },
       y, dy, dx);
+}
+
+}  // namespace detail
+
+template <class Scalar>
+void Softmax::compute_backward(const detail::Span<const Scalar>& /*x*/,
+                               const detail::Span<const Scalar>& y,
+                               const detail::Span<const Scalar>& dy,
+                               const detail::Span<Scalar>& dx) const {
+  detail::softmax_backward(y, dy, dx, temperature_);
 }
 
 template <class Scalar>
