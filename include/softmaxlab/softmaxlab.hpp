@@ -1,9 +1,11 @@
 // softmaxlab: header-only softmax variants for Eigen 3.4.
 //
 // One include for the whole library:
-//   Softmax, LogSoftmax            softmax.hpp    exact reference, temperature (+ backward)
+//   Softmax, LogSoftmax            softmax.hpp    exact reference, temperature
+//   PowerSoftmax                   power.hpp      x^p / sum x^p (Power-Softmax), HE-friendly
+//   PolynomialSoftmax              polynomial.hpp only + - * after the shift; cost report
 //   CrossEntropyLoss, L2SvmLoss    loss.hpp       training losses with their gradients
-//   HardFusion, SoftFusion         fusion.hpp     SurfaceFusion of two logit sources (+ backward)
+//   HardFusion, SoftFusion         fusion.hpp     SurfaceFusion of two logit sources
 //
 // Every functor maps each 1-D slice of its input to a distribution of the same length:
 //   f(x), f.apply(x, y), f.rowwise(X), f.rowwise(X, Y), f.colwise(X), f.colwise(X, Y).
@@ -14,4 +16,6 @@
 
 #include "fusion.hpp"
 #include "loss.hpp"
+#include "polynomial.hpp"
+#include "power.hpp"
 #include "softmax.hpp"
