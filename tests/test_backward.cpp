@@ -88,7 +88,7 @@ TEST_CASE("Softmax and LogSoftmax backward match finite differences in double", 
   check_backward_against_fd(sml::LogSoftmax());
 }
 
-TEST_CASE("Softmax backward: closed form on a tiny row; LogSoftmax excludes masked dy",
+TEST_CASE("Softmax backward: closed form on a tiny row, and LogSoftmax excludes masked dy",
           "[backward]") {
   // y = (1/2, 1/2): J = [[1/4, -1/4], [-1/4, 1/4]], so dx = (dy0 - dy1) / 4 * (1, -1).
   const Vec x = Vec::Zero(2);
