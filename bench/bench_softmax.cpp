@@ -1,13 +1,14 @@
-#include <benchmark/benchmark.h>
+// Softmax and LogSoftmax over the suite's lengths and cache cases (see common.hpp).
+#include <softmaxlab/softmax.hpp>
 
-#include <softmaxlab/softmaxlab.hpp>
-static void BM_Softmax(benchmark::State& state) {
-  Eigen::VectorXf x = Eigen::VectorXf::Random(state.range(0)) * 10, y(x.size());
-  const softmaxlab::Softmax f;
-  for (auto _ : state) {
-    f.apply(x, y);
-    benchmark::DoNotOptimize(y.data());
-  }
-  state.SetItemsProcessed(state.iterations() * x.size());
-}
-BENCHMARK(BM_Softmax)->Arg(4096);
+#include "common.hpp"
+
+namespace {
+
+namespace sml = softmaxlab;
+
+const bool softmax_registered = softmaxlab_bench::register_functor("softmax", sml::Softmax());
+const bool log_softmax_registered =
+    softmaxlab_bench::register_functor("log_softmax", sml::LogSoftmax());
+
+}  // namespace

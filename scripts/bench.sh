@@ -3,15 +3,20 @@
 #
 #   scripts/bench.sh [BENCHMARK ARGS...]
 #
-# Extra arguments go to the benchmark binary, e.g.
-#   scripts/bench.sh --benchmark_filter='Softmax' --benchmark_repetitions=5
-# Results: <build>/bench.json (Google Benchmark JSON) and, when scripts/bench_report.py exists,
-# a report in <build>/report.
+# Extra arguments go to the benchmark binary (after the defaults, so they override them), e.g.
+#   scripts/bench.sh --benchmark_filter='softmax/(softmax|eigen_expr)/float' --benchmark_repetitions=3
+# Benchmarks are named softmax/<impl>/<float|double>/<incache|outcache>/<n> (bench/common.hpp).
+# Results: <build>/bench.json (Google Benchmark JSON) and the report of scripts/bench_report.py in
+# <build>/report: bench.md (throughput, ratios against each baseline, the speed targets) and
+# bench.png (throughput against row length).
+# Everything runs on one thread (OMP_NUM_THREADS=1 for oneDNN's OpenMP runtime).
 #
 # Environment:
 #   BUILD_DIR          build directory (default build/bench, relative to the repository root)
 #   SOFTMAXLAB_NATIVE  ON to compile with -march=native (default ON)
 #   JOBS               parallel build jobs (default: nproc)
+#   MIN_TIME           seconds per benchmark (default 0.25; the full suite runs in 2-5 minutes)
+#   SOFTMAXLAB_MACHINE_NOTE  a line about the machine, printed in the report and chart
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,11 +37,21 @@ cmake -S . -B "$build_dir" \
 
 cmake --build "$build_dir" --target softmaxlab_bench -j"$jobs"
 
-"$build_dir/bench/softmaxlab_bench" \
+OMP_NUM_THREADS=1 "$build_dir/bench/softmaxlab_bench" \
+  --benchmark_min_time="${MIN_TIME:-0.25}" \
   --benchmark_out="$build_dir/bench.json" \
   --benchmark_out_format=json \
   "$@"
 
 if [[ -f scripts/bench_report.py ]]; then
-  python3 scripts/bench_report.py "$build_dir/bench.json" --out-dir "$build_dir/report"
+  # The chart needs matplotlib: Debian's python3-matplotlib is for /usr/bin/python3, which may not
+  # be the python3 on PATH (pyenv, venvs). Use the first interpreter that has it.
+  python=python3
+  for candidate in /usr/bin/python3 python3; do
+    if "$candidate" -c "import matplotlib" >/dev/null 2>&1; then
+      python="$candidate"
+      break
+    fi
+  done
+  "$python" scripts/bench_report.py "$build_dir/bench.json" --out-dir "$build_dir/report"
 fi

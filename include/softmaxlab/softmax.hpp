@@ -9,9 +9,11 @@
 //
 // Algorithm: three passes over a row, on Eigen packets (SSE/AVX/AVX-512/NEON as compiled):
 //   1. m = max x (NaN-propagating);
-//   2. e_i = exp((x_i - m) / T) with the kernel of detail/exp.hpp, stored into y, summed with a
-//      per-lane Kahan-compensated sum (LogSoftmax: summed only);
-//   3. y_i = e_i * (1 / sum) (LogSoftmax: y_i = (x_i - m) / T - log(sum)).
+//   2. e_i = exp((x_i - m) / T) with the kernel of detail/exp.hpp, stored into y, summed in pairs
+//      and then with a per-lane Kahan-compensated sum (LogSoftmax: summed only); for float e_i is
+//      kept scaled by 2^64 (always normal), which saves the exp a multiply;
+//   3. y_i = e_i * (1 / sum) (LogSoftmax: y_i = (x_i - m) / T - log(sum)); the scale cancels, and
+//      subnormal results are rounded once.
 // Computing (x_i - m) / T rather than x_i/T - m/T keeps the cancellation exact: the result's
 // error then grows only with |x_i/T - m|, the condition number of exp.
 //
@@ -103,6 +105,47 @@ long double exp_pass(const Span<const Scalar>& x, const Span<Scalar>& y, Scalar 
   return sum0.total() + sum1.total();
 }
 
+// 1 / sum rounded to Scalar: through double for float (x87's long double division sits on the
+// critical path of short rows; double already gives a correctly rounded float but for double
+// rounding, an error far below the policy).
+template <class Scalar>
+Scalar reciprocal(long double sum) {
+  if constexpr (std::is_same_v<Scalar, float>) {
+    return static_cast<float>(1.0 / static_cast<double>(sum));
+  } else {
+    return static_cast<Scalar>(1.0L / sum);
+  }
+}
+
+// The tuned form of exp_pass: the terms are exp((x_i - m) * s) * kExpScale<Scalar> (stored into y
+// when kStore), and so is the returned sum (>= kExpScale: the max term is exp(0)).
+template <bool kStore, class Scalar>
+long double scaled_exp_pass(const Span<const Scalar>& x, const Span<Scalar>& y, Scalar m, Scalar s,
+                            bool scaled) {
+  CompensatedSum<Scalar> sum0, sum1;
+  if constexpr (kStore) {
+    if (scaled) {
+      for_chunks(x, y, [&](const Scalar* in, Scalar* out, Index n) {
+        scaled_exp_store_sum<true>(in, out, n, m, s, sum0, sum1);
+      });
+    } else {
+      for_chunks(x, y, [&](const Scalar* in, Scalar* out, Index n) {
+        scaled_exp_store_sum<false>(in, out, n, m, s, sum0, sum1);
+      });
+    }
+  } else {
+    EIGEN_UNUSED_VARIABLE(y);
+    if (scaled) {
+      for_chunks(x,
+                 [&](const Scalar* in, Index n) { scaled_exp_sum<true>(in, n, m, s, sum0, sum1); });
+    } else {
+      for_chunks(
+          x, [&](const Scalar* in, Index n) { scaled_exp_sum<false>(in, n, m, s, sum0, sum1); });
+    }
+  }
+  return sum0.total() + sum1.total();
+}
+
 }  // namespace detail
 
 // Softmax with temperature: see the header's doc block for the formula, accuracy and special
@@ -139,8 +182,10 @@ class Softmax : public detail::DistributionFunctor<Softmax>,
         break;
     }
     const Scalar s = static_cast<Scalar>(1.0 / temperature_);
-    const long double sum = detail::exp_pass<true>(x, y, m, s, temperature_ != 1.0);
-    const Scalar inverse = static_cast<Scalar>(1.0L / sum);  // sum >= 1: the max term is exp(0)
+    // y holds exp(..) * kExpScale and sum their total (>= kExpScale: the max term is exp(0)), so
+    // this one multiply also removes the scale, rounding subnormal results once.
+    const long double sum = detail::scaled_exp_pass<true>(x, y, m, s, temperature_ != 1.0);
+    const Scalar inverse = detail::reciprocal<Scalar>(sum);
     if (y.contiguous()) {
       detail::scale_in_place(y.data, y.size, inverse);
     } else {
@@ -191,7 +236,8 @@ class LogSoftmax : public detail::DistributionFunctor<LogSoftmax>,
     }
     const Scalar s = static_cast<Scalar>(1.0 / temperature_);
     const bool scaled = temperature_ != 1.0;
-    const long double sum = detail::exp_pass<false>(x, y, m, s, scaled);
+    const long double sum = std::ldexp(detail::scaled_exp_pass<false>(x, y, m, s, scaled),
+                                       -detail::kExpScaleLog2<Scalar>);
     const Scalar log_sum = static_cast<Scalar>(std::log(sum));
     detail::for_chunks(x, y, [&](const Scalar* in, Scalar* out, Index n) {
       if (scaled) {

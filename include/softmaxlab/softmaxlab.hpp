@@ -1,11 +1,17 @@
 // softmaxlab: header-only softmax variants for Eigen 3.4.
 //
 // One include for the whole library:
-//   Softmax, LogSoftmax            softmax.hpp    exact reference, temperature
-//   PowerSoftmax                   power.hpp      x^p / sum x^p (Power-Softmax), HE-friendly
-//   PolynomialSoftmax              polynomial.hpp only + - * after the shift; cost report
-//   CrossEntropyLoss, L2SvmLoss    loss.hpp       training losses with their gradients
-//   HardFusion, SoftFusion         fusion.hpp     SurfaceFusion of two logit sources
+//   Softmax, LogSoftmax          softmax.hpp      exact reference, temperature
+//   PowerSoftmax                 power.hpp        x^p / sum x^p (Power-Softmax), HE-friendly
+//   PolynomialSoftmax            polynomial.hpp   only + - * after the shift; cost report
+//   GumbelSoftmax                gumbel.hpp       differentiable sampling (Gumbel noise, tau, hard)
+//   NormalizedSoftmax, Margin    normalized.hpp   cosine logits, CosFace/ArcFace/SphereFace margins,
+//                                                 prototypes for novel classes
+//   Philox4x32                   random.hpp       counter-based UniformRandomBitGenerator
+//   SinglePassSoftmax,           single_pass.hpp  one read for the normalizer, one to write;
+//     OnlineNormalizer<Scalar>                    mergeable [max, sum] state for chunked rows
+//   CrossEntropyLoss, L2SvmLoss  loss.hpp         training losses with their gradients
+//   HardFusion, SoftFusion       fusion.hpp       SurfaceFusion of two logit sources
 //
 // Every functor maps each 1-D slice of its input to a distribution of the same length:
 //   f(x), f.apply(x, y), f.rowwise(X), f.rowwise(X, Y), f.colwise(X), f.colwise(X, Y).
@@ -15,7 +21,11 @@
 #pragma once
 
 #include "fusion.hpp"
+#include "gumbel.hpp"
 #include "loss.hpp"
+#include "normalized.hpp"
 #include "polynomial.hpp"
 #include "power.hpp"
+#include "random.hpp"
+#include "single_pass.hpp"
 #include "softmax.hpp"

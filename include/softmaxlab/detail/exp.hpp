@@ -22,6 +22,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "common.hpp"
 
@@ -84,6 +85,81 @@ inline Scalar exp_nonpositive_scalar(Scalar x) {
   return std::ldexp(exp_reduced_poly<Scalar, Scalar>(r), static_cast<int>(n));
 }
 
+// 2^(n + 64) from t = x * log2e + magic, where adding the magic constant left the biased integer
+// n + 64 + bias in t's low mantissa bits: shifting them into the exponent field gives the power of
+// two. Float uses Eigen's integer packets; double needs 64-bit lane shifts, which Eigen 3.4 does
+// not wrap, so they come from the intrinsics of the compiled instruction set (AVX2, AVX-512, SSE2).
+template <class Packet>
+EIGEN_STRONG_INLINE Packet exponent_from_magic_f32(const Packet& t) {
+  using namespace Eigen::internal;
+  using PacketI = typename unpacket_traits<Packet>::integer_packet;
+  return preinterpret<Packet>(plogical_shift_left<23>(preinterpret<PacketI>(t)));
+}
+#if defined(EIGEN_VECTORIZE_AVX512)
+EIGEN_STRONG_INLINE __m512d exponent_from_magic_f64(const __m512d& t) {
+  return _mm512_castsi512_pd(_mm512_slli_epi64(_mm512_castpd_si512(t), 52));
+}
+#endif
+#if defined(EIGEN_VECTORIZE_AVX2)
+EIGEN_STRONG_INLINE __m256d exponent_from_magic_f64(const __m256d& t) {
+  return _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_castpd_si256(t), 52));
+}
+#endif
+#if defined(EIGEN_VECTORIZE_SSE2)
+EIGEN_STRONG_INLINE __m128d exponent_from_magic_f64(const __m128d& t) {
+  return _mm_castsi128_pd(_mm_slli_epi64(_mm_castpd_si128(t), 52));
+}
+#endif
+
+// Which double packet widths (lanes) have exponent_from_magic_f64 in this build.
+template <int kLanes>
+inline constexpr bool kF64ShiftLanes = false;
+#if defined(EIGEN_VECTORIZE_AVX512)
+template <>
+inline constexpr bool kF64ShiftLanes<8> = true;
+#endif
+#if defined(EIGEN_VECTORIZE_AVX2)
+template <>
+inline constexpr bool kF64ShiftLanes<4> = true;
+#endif
+#if defined(EIGEN_VECTORIZE_SSE2)
+template <>
+inline constexpr bool kF64ShiftLanes<2> = true;
+#endif
+
+// Whether pexp_nonpositive has the magic-number path for this packet (every float packet; double
+// packets with 64-bit lane shifts). Without it, double falls back to Eigen's pldexp.
+template <class Packet>
+inline constexpr bool kMagicExp =
+    Eigen::internal::unpacket_traits<Packet>::size > 1
+    && (std::is_same_v<typename Eigen::internal::unpacket_traits<Packet>::type,
+                       float> || kF64ShiftLanes<Eigen::internal::unpacket_traits<Packet>::size>);
+
+// exp(x) * 2^64 for x <= 0 on the magic-number path: always a normal number (x >= kLowest gives
+// n + 64 >= -86 for float, >= -1012 for double), with p and 2^(n + 64) multiplied exactly.
+template <class Packet>
+EIGEN_STRONG_INLINE Packet exp_times_2p64(const Packet& x_in) {
+  using namespace Eigen::internal;
+  using Scalar = typename unpacket_traits<Packet>::type;
+  using C = ExpConstants<Scalar>;
+  constexpr bool kFloat = std::is_same_v<Scalar, float>;
+  // Eigen's pmax(a, b) returns a when a is NaN, so NaN survives the clamp.
+  const Packet x = pmax(x_in, pset1<Packet>(C::kLowest));
+  // Adding 1.5 * 2^23 (2^52) rounds x/ln2 to an integer in the low mantissa bits; the extra
+  // 191 = 127 + 64 (1087 = 1023 + 64) makes those bits the biased exponent of 2^(n + 64).
+  const Packet magic = pset1<Packet>(kFloat ? Scalar(0x1.8p23 + 191.0) : Scalar(0x1.8p52 + 1087.0));
+  const Packet t = pmadd(x, pset1<Packet>(C::kLog2e), magic);
+  const Packet n = psub(t, magic);
+  Packet r = pmadd(n, pset1<Packet>(-C::kLn2Hi), x);
+  r = pmadd(n, pset1<Packet>(-C::kLn2Lo), r);
+  const Packet p = exp_reduced_poly<Packet, Scalar>(r);
+  if constexpr (kFloat) {
+    return pmul(p, exponent_from_magic_f32(t));
+  } else {
+    return pmul(p, exponent_from_magic_f64(t));
+  }
+}
+
 template <class Packet>
 EIGEN_STRONG_INLINE Packet pexp_nonpositive(const Packet& x_in) {
   using namespace Eigen::internal;
@@ -91,20 +167,9 @@ EIGEN_STRONG_INLINE Packet pexp_nonpositive(const Packet& x_in) {
   using C = ExpConstants<Scalar>;
   if constexpr (unpacket_traits<Packet>::size == 1) {
     return exp_nonpositive_scalar<Scalar>(x_in);
-  } else if constexpr (std::is_same_v<Scalar, float>) {
-    using PacketI = typename unpacket_traits<Packet>::integer_packet;
-    // Eigen's pmax(a, b) returns a when a is NaN, so NaN survives the clamp.
-    const Packet x = pmax(x_in, pset1<Packet>(C::kLowest));
-    // Adding 1.5 * 2^23 rounds x/ln2 to an integer in the low mantissa bits; the extra 191 = 127
-    // + 64 makes those bits the biased exponent of 2^(n + 64), which stays normal for n >= -150.
-    const Packet magic = pset1<Packet>(0x1.8p23f + 191.0f);
-    const Packet t = pmadd(x, pset1<Packet>(C::kLog2e), magic);
-    const Packet n = psub(t, magic);
-    Packet r = pmadd(n, pset1<Packet>(-C::kLn2Hi), x);
-    r = pmadd(n, pset1<Packet>(-C::kLn2Lo), r);
-    const Packet p = exp_reduced_poly<Packet, Scalar>(r);
-    const Packet scale = preinterpret<Packet>(plogical_shift_left<23>(preinterpret<PacketI>(t)));
-    return pmul(pmul(p, scale), pset1<Packet>(0x1p-64f));
+  } else if constexpr (kMagicExp<Packet>) {
+    // The one rounding into the subnormal range happens here.
+    return pmul(exp_times_2p64(x_in), pset1<Packet>(Scalar(0x1p-64)));
   } else {
     const Packet x = pmax(x_in, pset1<Packet>(C::kLowest));
     const Packet n = pround(pmul(x, pset1<Packet>(C::kLog2e)));
@@ -112,6 +177,27 @@ EIGEN_STRONG_INLINE Packet pexp_nonpositive(const Packet& x_in) {
     r = pmadd(n, pset1<Packet>(-C::kLn2Lo), r);
     // Eigen's pldexp splits 2^n into factors, so subnormal results are rounded once.
     return pldexp(exp_reduced_poly<Packet, Scalar>(r), n);
+  }
+}
+
+// exp(x) * kExpScale for x <= 0, kExpScale = 2^64: the product of pexp_nonpositive before its final
+// multiply by 2^-64 (so pexp_nonpositive(x) is exactly pexp_nonpositive_scaled(x) * 2^-64), always
+// a normal number, never rounded in the subnormal range. The softmax kernels store and sum these
+// scaled values and fold 2^-64 into their final scaling, which then rounds a subnormal result once
+// and saves one multiply per element.
+template <class Scalar>
+inline constexpr Scalar kExpScale = Scalar(0x1p64);
+template <class Scalar>
+inline constexpr int kExpScaleLog2 = 64;
+
+template <class Packet>
+EIGEN_STRONG_INLINE Packet pexp_nonpositive_scaled(const Packet& x_in) {
+  using namespace Eigen::internal;
+  using Scalar = typename unpacket_traits<Packet>::type;
+  if constexpr (kMagicExp<Packet>) {
+    return exp_times_2p64(x_in);
+  } else {
+    return pmul(pexp_nonpositive(x_in), pset1<Packet>(kExpScale<Scalar>));
   }
 }
 

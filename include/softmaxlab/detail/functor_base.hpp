@@ -14,6 +14,14 @@
 // math runs in place there. Outputs must be writable storage: a plain object, Map, Ref, or a
 // temporary Block such as Y.row(i) (taken by const reference and written through const_cast, the
 // idiom of Eigen's "Writing Functions Taking Eigen Types as Parameters" page).
+//
+// Parallel batches: rowwise/colwise spread their slices over OpenMP threads when the program is
+// compiled with OpenMP (-fopenmp, so _OPENMP is defined) AND defines SOFTMAXLAB_USE_OPENMP before
+// including softmaxlab (off by default: a header library must not start threads behind its user's
+// back). Each slice is computed by exactly the same code whatever thread runs it, so the results
+// are bit-for-bit the same for any thread count. Batches under kParallelMinElements elements, calls
+// from inside a parallel region, and variants with extra per-call arguments (a random generator,
+// which threads must not share) stay sequential.
 #pragma once
 
 #include <algorithm>
@@ -21,6 +29,13 @@
 
 #include "checks.hpp"
 #include "common.hpp"
+
+#if defined(_OPENMP) && defined(SOFTMAXLAB_USE_OPENMP)
+#include <omp.h>
+#define SOFTMAXLAB_PARALLEL_SLICES 1
+#else
+#define SOFTMAXLAB_PARALLEL_SLICES 0
+#endif
 
 namespace softmaxlab {
 namespace detail {
@@ -80,6 +95,33 @@ void evaluate_into(const Eigen::DenseBase<XprX>& x, XprY& y) {
   const Index inner = is_vector ? element_stride : (row_major ? y.colStride() : y.rowStride());
   Eigen::Map<Plain, Eigen::Unaligned, Strides>(y.data(), x.rows(), x.cols(),
                                                Strides(outer, inner)) = x.derived();
+}
+
+// Smallest batch (elements) worth spreading over threads.
+inline constexpr Index kParallelMinElements = Index(1) << 15;
+
+// Whether rowwise/colwise of this build may use OpenMP threads.
+inline constexpr bool kParallelSlices = SOFTMAXLAB_PARALLEL_SLICES != 0;
+
+// Runs fn(i) for i in [0, count): on OpenMP threads (static schedule) when kParallel and the batch
+// is large enough, else in order. fn must not throw (checks happen before) and must touch only
+// slice i's data.
+template <bool kParallel, class Fn>
+void for_each_slice(Index count, Index slice_size, const Fn& fn) {
+#if SOFTMAXLAB_PARALLEL_SLICES
+  if constexpr (kParallel) {
+    if (count > 1 && count * slice_size >= kParallelMinElements && !omp_in_parallel()) {
+#pragma omp parallel for schedule(guided)
+      for (Index i = 0; i < count; ++i)
+        fn(i);
+      return;
+    }
+  }
+#else
+  EIGEN_UNUSED_VARIABLE(slice_size);
+#endif
+  for (Index i = 0; i < count; ++i)
+    fn(i);
 }
 
 // Address of the last coefficient of a matrix with direct access.
@@ -181,6 +223,9 @@ class DistributionFunctor {
     if (x.size() == 0)
       return;
     const Index count = along_rows ? x.rows() : x.cols();
+    const Index size = along_rows ? x.cols() : x.rows();
+    // Extra per-call arguments (a random generator) are shared state: those batches stay in order.
+    constexpr bool kParallel = kParallelSlices && sizeof...(Extra) == 0;
     if constexpr (has_direct_access_v<XprX>) {
       const auto& xd = x.derived();
       const Scalar* x_last = last_coefficient(xd);
@@ -190,17 +235,17 @@ class DistributionFunctor {
         fail(Derived::name,
              ": output partially overlaps the input (only exact in-place is allowed)");
       }
-      for (Index i = 0; i < count; ++i) {
+      for_each_slice<kParallel>(count, size, [&](Index i) {
         self().template compute<Scalar>(slice_span<const Scalar>(xd, i, along_rows),
                                         slice_span<Scalar>(y, i, along_rows), extra...);
-      }
+      });
     } else {
       evaluate_into(x, y);
-      for (Index i = 0; i < count; ++i) {
+      for_each_slice<kParallel>(count, size, [&](Index i) {
         const Span<Scalar> ys = slice_span<Scalar>(y, i, along_rows);
         self().template compute<Scalar>(Span<const Scalar>{ys.data, ys.size, ys.stride}, ys,
                                         extra...);
-      }
+      });
     }
   }
 

@@ -1,0 +1,374 @@
+// softmaxlab: GumbelSoftmax, differentiable sampling from a categorical distribution (Jang, Gu and
+// Poole, "Categorical Reparameterization with Gumbel-Softmax", ICLR 2017, arXiv 1611.01144; the
+// Sparse Concept Bottleneck Models paper uses the soft form, tau = 1, on concept logits).
+//
+//   soft:  y = softmax((x + g) / tau),   g_i = -log(-log u_i),   u_i ~ Uniform(0, 1) open interval
+//   hard:  y = one_hot(argmax_i (x_i + g_i))   (straight-through: a backward pass uses the soft y)
+//   sample(x, gen) = argmax_i (x_i + g_i), a draw from softmax(x) (the Gumbel-max trick).
+//
+// Parameters: tau (temperature) finite and > 0, default 1; zero, negative, infinite or NaN throws
+// std::invalid_argument naming the value. hard, default false.
+//
+// Random numbers: every call takes a generator by reference, `g(x, gen)`, `g.apply(x, y, gen)`,
+// `g.rowwise(X, gen)`, `g.colwise(X, gen)` (the generator-less forms of the other functors do not
+// exist here: a Gumbel sample without a generator has no meaning). `gen` is any C++
+// UniformRandomBitGenerator; softmaxlab::Philox4x32 (random.hpp) is the fast path, filled in bulk
+// on SIMD lanes. Every distribution of length n consumes exactly n 32-bit words (float) or 2n
+// (double), whatever its values, so a given generator state always maps to the same noise:
+// with Philox4x32 the same seed, stream and position give the same uniforms on every machine.
+// (The Gumbel values then go through a vector log whose last bit may differ between instruction
+// sets, e.g. with and without FMA.) Other generators: a 32-bit or 64-bit range is used
+// directly (the top 32 bits of a 64-bit word); any other range goes through
+// std::uniform_int_distribution<std::uint32_t>.
+//
+// Noise: u = k 2^-23 + 2^-24 (float, k the top 23 bits of a word) or k 2^-52 + 2^-53 (double,
+// 52 bits of two words) lies in [2^-24, 1 - 2^-24] (float; double [2^-53, 1 - 2^-53]) exactly:
+// never 0 or 1, so g in [-2.8, 16.7] (float) or [-3.6, 36.8] (double) is always finite. Bits ->
+// uniform is one integer shift and or into [1, 2) and one exact subtraction, then two logs on
+// packets with the lean log of detail/log.hpp (positive normal arguments only, <= 1.9 ulp).
+//
+// Algorithm (soft): y = x + g written into the output, m = max y (NaN-propagating), then the passes
+// of detail/kernels.hpp: e_i = exp((y_i - m) / tau) with a compensated sum, y_i = e_i / sum.
+// Subtracting the max of x + g before dividing by tau keeps logits up to +-FLT_MAX with tau = 0.1
+// finite: (y_i - m) may overflow to -inf, which exp maps to 0. Hard and sample() skip the exp.
+//
+// Accuracy: given the noise g that was drawn, the soft sample carries Softmax's error bound on the
+// perturbed logits, |y_i - exact| <= 4 eps (1 + |(x_i + g_i - m)/tau|) |exact| plus the rounding of
+// x_i + g_i; rows sum to 1 within 2e-6 (float). The distribution of hard samples is that of
+// softmax(x) up to the 23 (52) bits of the uniforms (tests/test_gumbel.cpp: chi-square of
+// 100,000 hard draws per scalar type and generator path, fixed seeds). Against a long double
+// recomputation from the same random words (exact uniforms, exact logs), the test's bound
+// 4 (1 + |z_i|) + 8 (max |x + g| + 2 max |g|) / tau eps, z_i = (x_i + g_i - m) / tau, is met with
+// a worst ratio of 0.09 (float: 4.5 eps at tau 3; double: 219 eps at tau 0.1, where |z| ~ 400).
+//
+// Special values, per distribution:
+//   - a -inf logit is never drawn: soft 0 exactly, hard 0; a row of only -inf gives all zeros and
+//     sample() returns -1;
+//   - k > 0 logits equal to +inf: the noise cannot order them; soft gives 1/k to each (like
+//     Softmax), hard and sample() pick the first of them;
+//   - a NaN anywhere makes the whole output NaN (hard included); sample() returns -1;
+//   - an empty input gives an empty output (and consumes no random words).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <type_traits>
+
+#include "detail/checks.hpp"
+#include "detail/functor_base.hpp"
+#include "detail/kernels.hpp"
+#include "detail/log.hpp"
+#include "random.hpp"
+
+namespace softmaxlab {
+
+namespace detail {
+
+// 32-bit words per uniform of the scalar type.
+template <class Scalar>
+inline constexpr int kWordsPerUniform = std::is_same_v<Scalar, float> ? 1 : 2;
+
+// Next 32-bit word of an arbitrary UniformRandomBitGenerator.
+template <class Gen>
+std::uint32_t draw_word(Gen& gen) {
+  using R = typename Gen::result_type;
+  constexpr auto range = static_cast<unsigned long long>(Gen::max() - Gen::min());
+  if constexpr (range == 0xFFFFFFFFull) {
+    return static_cast<std::uint32_t>(static_cast<R>(gen() - Gen::min()));
+  } else if constexpr (range == ~0ull) {
+    return static_cast<std::uint32_t>(static_cast<unsigned long long>(gen() - Gen::min()) >> 32);
+  } else {
+    std::uniform_int_distribution<std::uint32_t> words(0, 0xFFFFFFFFu);
+    return words(gen);
+  }
+}
+
+template <class Gen>
+void draw_words(Gen& gen, std::uint32_t* out, Index n) {
+  if constexpr (std::is_same_v<Gen, Philox4x32>) {
+    gen.fill(out, static_cast<std::size_t>(n));
+  } else {
+    for (Index i = 0; i < n; ++i)
+      out[i] = draw_word(gen);
+  }
+}
+
+// Words -> numbers in [1, 2) with the top 23 (52) random bits as mantissa: u + (1 - 2^-24) exactly.
+inline void words_to_one_two(const std::uint32_t* w, float* v, Index n) {
+  for (Index i = 0; i < n; ++i) {
+    const std::uint32_t bits = (w[i] >> 9) | 0x3F800000u;
+    std::memcpy(v + i, &bits, sizeof bits);
+  }
+}
+inline void words_to_one_two(const std::uint32_t* w, double* v, Index n) {
+  for (Index i = 0; i < n; ++i) {
+    const std::uint64_t word = (std::uint64_t{w[2 * i + 1]} << 32) | w[2 * i];
+    const std::uint64_t bits = (word >> 12) | 0x3FF0000000000000ull;
+    std::memcpy(v + i, &bits, sizeof bits);
+  }
+}
+
+// 1 - 2^-(p+1): subtracting it from 1 + k 2^-p gives k 2^-p + 2^-(p+1) exactly (Sterbenz).
+template <class Scalar>
+inline constexpr Scalar kOneMinusHalfUlp = Scalar(1)
+                                           - std::numeric_limits<Scalar>::epsilon() / Scalar(2);
+
+// The Gumbel noise of one packet of [1, 2) values: -log(-log(v - (1 - 2^-(p+1)))).
+template <class Packet>
+EIGEN_STRONG_INLINE Packet gumbel_from_one_two(const Packet& v, const Packet& offset) {
+  using namespace Eigen::internal;
+  const Packet u = psub(v, offset);
+  return pnegate(plog_positive_normal(pnegate(plog_positive_normal(u))));
+}
+
+// out_i = x_i + g_i for contiguous x, out (out may be x), drawing n uniforms from gen; returns
+// max_i out_i, NaN if any out_i is NaN. `words` and `ones` are scratch of kWordsPerUniform * n
+// words and n scalars.
+template <class Scalar, class Gen>
+Scalar add_gumbel_noise(const Scalar* x, Scalar* out, Index n, Gen& gen, std::uint32_t* words,
+                        Scalar* ones) {
+  using namespace Eigen::internal;
+  using Packet = PacketOf<Scalar>;
+  constexpr int P = kPacketSize<Scalar>;
+  const Scalar lowest = -std::numeric_limits<Scalar>::infinity();
+  draw_words(gen, words, kWordsPerUniform<Scalar> * n);
+  words_to_one_two(words, ones, n);
+  const Packet offset = pset1<Packet>(kOneMinusHalfUlp<Scalar>);
+  Packet m0 = pset1<Packet>(lowest), m1 = m0;
+  Index i = 0;
+  for (; i + 2 * P <= n; i += 2 * P) {
+    const Packet y0 =
+        padd(ploadu<Packet>(x + i), gumbel_from_one_two(ploadu<Packet>(ones + i), offset));
+    const Packet y1 =
+        padd(ploadu<Packet>(x + i + P), gumbel_from_one_two(ploadu<Packet>(ones + i + P), offset));
+    pstoreu(out + i, y0);
+    pstoreu(out + i + P, y1);
+    m0 = pmax<Eigen::PropagateNaN>(m0, y0);
+    m1 = pmax<Eigen::PropagateNaN>(m1, y1);
+  }
+  for (; i + P <= n; i += P) {
+    const Packet y =
+        padd(ploadu<Packet>(x + i), gumbel_from_one_two(ploadu<Packet>(ones + i), offset));
+    pstoreu(out + i, y);
+    m0 = pmax<Eigen::PropagateNaN>(m0, y);
+  }
+  if (i < n) {
+    const Packet g =
+        gumbel_from_one_two(load_partial<Packet>(ones + i, n - i, Scalar(1.5)), offset);
+    const Packet y = padd(load_partial<Packet>(x + i, n - i, lowest), g);  // padding: -inf
+    store_partial(out + i, n - i, y);
+    m1 = pmax<Eigen::PropagateNaN>(m1, y);
+  }
+  alignas(64) Scalar lanes[P];
+  pstore(lanes, pmax<Eigen::PropagateNaN>(m0, m1));
+  Scalar m = lanes[0];
+  for (int k = 1; k < P; ++k)
+    m = (m != m || lanes[k] != lanes[k]) ? (m != m ? m : lanes[k]) : std::max(m, lanes[k]);
+  return m;
+}
+
+// Writes x + g into y in chunks (any strides; y may be x) and returns max(x + g), NaN-propagating.
+template <class Scalar, class Gen>
+Scalar perturb(const Span<const Scalar>& x, const Span<Scalar>& y, Gen& gen) {
+  alignas(64) std::uint32_t words[kWordsPerUniform<Scalar> * kChunk];
+  alignas(64) Scalar ones[kChunk];
+  Scalar m = -std::numeric_limits<Scalar>::infinity();
+  auto chunk = [&](const Scalar* in, Scalar* out, Index n) {
+    for (Index start = 0; start < n; start += kChunk) {
+      const Index count = std::min(kChunk, n - start);
+      const Scalar chunk_max = add_gumbel_noise(in + start, out + start, count, gen, words, ones);
+      if (m == m && (chunk_max != chunk_max || chunk_max > m))
+        m = chunk_max;  // once NaN, stays NaN
+    }
+  };
+  for_chunks(x, y, chunk);
+  return m;
+}
+
+// Index of the first entry equal to m (m not NaN), or of the first +inf when m is +inf.
+template <class Scalar>
+Index first_index_of(const Span<const Scalar>& y, Scalar m) {
+  for (Index i = 0; i < y.size; ++i) {
+    if (y[i] == m)
+      return i;
+  }
+  return -1;
+}
+
+}  // namespace detail
+
+// Gumbel-softmax sampling: see the header's doc block for the formula, accuracy and special
+// values.
+class GumbelSoftmax : public detail::DistributionFunctor<GumbelSoftmax> {
+  using Base = detail::DistributionFunctor<GumbelSoftmax>;
+
+ public:
+  static constexpr const char* name = "GumbelSoftmax";
+
+  explicit GumbelSoftmax(double tau = 1.0, bool hard = false)
+      : tau_(detail::require_positive_finite("GumbelSoftmax: tau", tau)), hard_(hard) {}
+
+  double tau() const { return tau_; }
+  bool hard() const { return hard_; }
+
+  // One sample for the 1-D x; returns a plain object of x's shape and scalar.
+  template <class XprX, class Gen>
+  typename XprX::PlainObject operator()(const Eigen::DenseBase<XprX>& x, Gen& gen) const {
+    detail::require_vector(name, x.rows(), x.cols());
+    typename XprX::PlainObject y(x.rows(), x.cols());
+    this->apply_impl(x, y, gen);
+    return y;
+  }
+
+  // Writes one sample into y (same length; either orientation); allocation-free; y may be x.
+  template <class XprX, class XprY, class Gen>
+  void apply(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& y, Gen& gen) const {
+    this->apply_impl(x, y, gen);
+  }
+
+  // One independent sample per row (rows drawn in order, each consuming its words in order).
+  template <class XprX, class Gen>
+  typename XprX::PlainObject rowwise(const Eigen::DenseBase<XprX>& x, Gen& gen) const {
+    typename XprX::PlainObject y(x.rows(), x.cols());
+    this->slices_impl(x, y, true, gen);
+    return y;
+  }
+  template <class XprX, class XprY, class Gen>
+  void rowwise(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& y, Gen& gen) const {
+    this->slices_impl(x, y, true, gen);
+  }
+
+  // One independent sample per column.
+  template <class XprX, class Gen>
+  typename XprX::PlainObject colwise(const Eigen::DenseBase<XprX>& x, Gen& gen) const {
+    typename XprX::PlainObject y(x.rows(), x.cols());
+    this->slices_impl(x, y, false, gen);
+    return y;
+  }
+  template <class XprX, class XprY, class Gen>
+  void colwise(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& y, Gen& gen) const {
+    this->slices_impl(x, y, false, gen);
+  }
+
+  // The Gumbel-max trick: argmax_i (x_i + g_i), an exact draw from softmax(x) (tau plays no part).
+  // Returns -1 when nothing can be drawn (every logit -inf, or a NaN present). Allocation-free;
+  // consumes the same words as apply() on x.
+  template <class XprX, class Gen>
+  static Index sample(const Eigen::DenseBase<XprX>& x, Gen& gen) {
+    using Scalar = typename XprX::Scalar;
+    detail::static_check_scalar<Scalar>();
+    detail::require_vector("GumbelSoftmax::sample", x.rows(), x.cols());
+    const Index n = x.size();
+    alignas(64) Scalar in[detail::kChunk];
+    alignas(64) Scalar out[detail::kChunk];
+    alignas(64) std::uint32_t words[detail::kWordsPerUniform<Scalar> * detail::kChunk];
+    alignas(64) Scalar ones[detail::kChunk];
+    const auto& xd = x.derived();
+    Scalar best = -std::numeric_limits<Scalar>::infinity();
+    Index best_index = -1;
+    bool nan = false;
+    for (Index start = 0; start < n; start += detail::kChunk) {
+      const Index count = std::min(detail::kChunk, n - start);
+      for (Index k = 0; k < count; ++k)
+        in[k] = xd.coeff(start + k);
+      detail::add_gumbel_noise(in, out, count, gen, words, ones);
+      for (Index k = 0; k < count; ++k) {
+        nan = nan || out[k] != out[k];
+        if (out[k] > best) {
+          best = out[k];
+          best_index = start + k;
+        }
+      }
+    }
+    return nan ? -1 : best_index;
+  }
+
+  // A Gumbel-max draw with its log-probability under softmax(x): log p = x_i - m - log sum exp(x -
+  // m), m = max x. index = -1 and log_prob = NaN when nothing can be drawn.
+  struct Draw {
+    Index index;
+    double log_prob;
+  };
+  template <class XprX, class Gen>
+  static Draw sample_with_log_prob(const Eigen::DenseBase<XprX>& x, Gen& gen) {
+    using Scalar = typename XprX::Scalar;
+    const Index index = sample(x, gen);
+    if (index < 0)
+      return {-1, std::numeric_limits<double>::quiet_NaN()};
+    const auto& xd = x.derived();
+    Scalar m = -std::numeric_limits<Scalar>::infinity();
+    for (Index i = 0; i < xd.size(); ++i)
+      m = std::max(m, xd.coeff(i));
+    if (m == std::numeric_limits<Scalar>::infinity()) {
+      Index k = 0;
+      for (Index i = 0; i < xd.size(); ++i)
+        k += xd.coeff(i) == m;
+      return {index, -std::log(static_cast<double>(k))};
+    }
+    long double sum = 0;
+    for (Index i = 0; i < xd.size(); ++i)
+      sum += std::exp(static_cast<long double>(xd.coeff(i)) - m);
+    return {index,
+            static_cast<double>(static_cast<long double>(xd.coeff(index)) - m - std::log(sum))};
+  }
+
+ private:
+  friend class detail::DistributionFunctor<GumbelSoftmax>;
+  // The generator-less forms of the base make no sense for a sampler: keep them out of reach.
+  using Base::apply;
+  using Base::colwise;
+  using Base::rowwise;
+  using Base::operator();
+
+  template <class Scalar, class Gen>
+  void compute(const detail::Span<const Scalar>& x, const detail::Span<Scalar>& y, Gen& gen) const {
+    const Scalar m = detail::perturb(x, y, gen);
+    const detail::Span<const Scalar> perturbed{y.data, y.size, y.stride};
+    if (m != m)
+      return detail::fill(y, m);
+    if (m == -std::numeric_limits<Scalar>::infinity())
+      return detail::fill(y, Scalar(0));
+    if (hard_ || m == std::numeric_limits<Scalar>::infinity()) {
+      if (hard_) {
+        const Index at = detail::first_index_of(perturbed, m);
+        detail::fill(y, Scalar(0));
+        y[at] = Scalar(1);
+        return;
+      }
+      Index k = 0;
+      for (Index i = 0; i < y.size; ++i)
+        k += y[i] == m;
+      const Scalar share = Scalar(1) / static_cast<Scalar>(k);
+      for (Index i = 0; i < y.size; ++i)
+        y[i] = y[i] == m ? share : Scalar(0);
+      return;
+    }
+    const Scalar s = static_cast<Scalar>(1.0 / tau_);
+    detail::CompensatedSum<Scalar> sum0, sum1;
+    if (tau_ != 1.0) {
+      detail::for_chunks(perturbed, y, [&](const Scalar* in, Scalar* out, Index n) {
+        detail::exp_store_sum<true>(in, out, n, m, s, sum0, sum1);
+      });
+    } else {
+      detail::for_chunks(perturbed, y, [&](const Scalar* in, Scalar* out, Index n) {
+        detail::exp_store_sum<false>(in, out, n, m, s, sum0, sum1);
+      });
+    }
+    // sum >= 1: the max term is exp(0).
+    const Scalar inverse = static_cast<Scalar>(1.0L / (sum0.total() + sum1.total()));
+    if (y.contiguous()) {
+      detail::scale_in_place(y.data, y.size, inverse);
+    } else {
+      for (Index i = 0; i < y.size; ++i)
+        y[i] *= inverse;
+    }
+  }
+
+  double tau_;
+  bool hard_;
+};
+
+}  // namespace softmaxlab

@@ -1,0 +1,356 @@
+// softmaxlab: SinglePassSoftmax and OnlineNormalizer: softmax that reads its input once to build
+// the normalizer and once more to write, and a normalizer state that merges exactly across chunks,
+// threads and machines.
+//
+//   SinglePassSoftmax(T): y_i = exp(x_i/T - m) / d,   m = max_j x_j/T,   d = sum_j exp(x_j/T - m)
+// (the same result as Softmax(T), within the same accuracy policy).
+//
+// The online normalizer (Milakov & Gimelshein, "Online normalizer calculation for softmax",
+// arXiv 1805.02867) is a state [m, d]: m the running max, d = sum exp((x_j - m)/T) over the
+// elements seen so far. States merge with
+//   [m1, d1] (+) [m2, d2] = [M, d1 exp((m1 - M)/T) + d2 exp((m2 - M)/T)],   M = max(m1, m2),
+// which is associative and commutative, so a row may be split into any chunks, processed in any
+// order or on any machine, and combined. Edge-MoE's single-exp update (arXiv 2305.18691) adds an
+// element with one exp: if x > m then d = d exp(m - x) + 1, m = x, else d += exp(x - m).
+//
+// Our update applies that single-exp rule per block of up to 8 KiB of the chunk (kept in L1), not
+// per element: the block's max b is read first; if b > m, d = d exp((m - b)/T) and m = b (one exp
+// per block); then d += sum exp((x_j - m)/T) over the block, with the exp kernel and the per-lane
+// Kahan-compensated sum of Softmax. So the row still crosses memory once, every element costs one
+// exp (never two), all lanes share one max (no per-lane merges), and d is as accurate as Softmax's
+// sum: an element-wise running rescale would add one rounding per max increase (up to n of them on
+// an ascending row). d is kept in long double between blocks.
+//
+// Out-of-cache rows: two passes over memory (read; read + write) instead of Softmax's three (read;
+// read + write; read + write); outputs of 16 MiB or more are written with streaming
+// (non-temporal) stores, which skip the read-for-ownership of each output line. The two-pass
+// (mantissa, exponent) algorithm of Dukhan & Ablavatski (arXiv 2001.04438) has the same memory
+// traffic and needs an extra exponent rescale per element, so this one-exp-per-element form is the
+// one kept.
+//
+// OnlineNormalizer<Scalar>(T = 1):
+//   update(chunk)         adds a 1-D chunk (any dense Eigen expression), returns *this;
+//   merge(other)          combines two states (same temperature, else std::invalid_argument);
+//   max()                 m = max x_j (the raw max, not divided by T);
+//   sum()                 d = sum exp((x_j - m)/T), in double (at least 1 once a finite x is seen);
+//   log_sum_exp()         log sum exp(x_j / T) = m/T + log d, in double;
+//   write(chunk, y)       y_i = exp((x_i - m)/T) / d for a chunk that went into the state;
+//   write_log(chunk, y)   y_i = (x_i - m)/T - log d (log-probabilities);
+//   count()               number of elements seen.
+// update, merge and write never allocate. write(chunk, y) may write in place (y is chunk).
+//
+// Parameters: temperature T in [2^-100, 2^100] (default 1), else std::invalid_argument naming the
+// value, as for Softmax.
+//
+// Accuracy (tests/test_single_pass.cpp, against the mpmath tables of tests/reference/):
+//   |y_i - exact| <= 4 eps (1 + |x_i/T - m|) |exact|   (write_log: 4 eps (1 + |exact|)),
+// the policy of Softmax, for the whole row and for any split into chunks and merges.
+//
+// Special values (the same rules as Softmax):
+//   - a -inf entry gets exactly 0: it is masked out; a row of only -inf gives all 0, never NaN;
+//   - k > 0 entries equal to +inf share the mass: 1/k each, 0 elsewhere (the state is m = +inf,
+//     d = k; no inf - inf is ever formed);
+//   - a NaN anywhere makes the whole row NaN (the state's max is NaN, and stays NaN on merges);
+//   - an empty input gives an empty output; an empty state has m = -inf, d = 0.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "detail/checks.hpp"
+#include "detail/functor_base.hpp"
+#include "detail/kernels.hpp"
+#include "softmax.hpp"
+
+namespace softmaxlab {
+
+namespace detail {
+
+// Elements per block of the normalizer's update: 8 KiB, so the block's max pass and exp pass both
+// read it from L1.
+template <class Scalar>
+inline constexpr Index kNormalizerBlock = Index(8192) / Index(sizeof(Scalar));
+
+}  // namespace detail
+
+// The online softmax normalizer [max, sum] of a row seen in chunks: see the header's doc block.
+template <class Scalar>
+class OnlineNormalizer {
+  static_assert(detail::is_supported_scalar_v<Scalar>,
+                "softmaxlab: only float and double scalars are supported");
+
+ public:
+  static constexpr const char* name = "OnlineNormalizer";
+
+  explicit OnlineNormalizer(double temperature = 1.0)
+      : temperature_(detail::check_temperature("OnlineNormalizer: temperature", temperature)),
+        scale_(static_cast<Scalar>(1.0 / temperature)) {}
+
+  double temperature() const { return temperature_; }
+
+  // Adds the elements of a 1-D chunk (any dense Eigen expression; strided views are fine).
+  template <class Xpr>
+  OnlineNormalizer& update(const Eigen::DenseBase<Xpr>& chunk) {
+    static_assert(std::is_same_v<typename Xpr::Scalar, Scalar>,
+                  "softmaxlab: OnlineNormalizer<Scalar>::update needs a chunk of the same scalar");
+    detail::require_vector(name, chunk.rows(), chunk.cols());
+    if constexpr (detail::has_direct_access_v<Xpr>) {
+      update_span(detail::vector_span<const Scalar>(chunk.derived()));
+    } else {
+      // An expression: evaluated piecewise into a stack buffer, never into the heap.
+      alignas(64) Scalar buffer[detail::kChunk];
+      const auto& x = chunk.derived();
+      const Index n = x.size();
+      const bool is_row = x.rows() == 1;
+      for (Index start = 0; start < n; start += detail::kChunk) {
+        const Index count = std::min(detail::kChunk, n - start);
+        for (Index k = 0; k < count; ++k)
+          buffer[k] = is_row ? x.coeff(0, start + k) : x.coeff(start + k, 0);
+        update_span(detail::Span<const Scalar>{buffer, count, 1});
+      }
+    }
+    return *this;
+  }
+
+  // Combines another state into this one: the result is the state of both inputs together.
+  OnlineNormalizer& merge(const OnlineNormalizer& other) {
+    if (other.temperature_ != temperature_) {
+      detail::fail(name, ": merge needs the same temperature, but got ", other.temperature_,
+                   " and ", temperature_);
+    }
+    count_ += other.count_;
+    if (is_nan() || other.is_nan()) {
+      max_ = std::numeric_limits<Scalar>::quiet_NaN();
+      return *this;
+    }
+    const Scalar inf = std::numeric_limits<Scalar>::infinity();
+    if (other.max_ == -inf)
+      return *this;  // nothing to add (empty or fully masked)
+    if (max_ == inf || other.max_ == inf) {
+      // Only +inf entries carry mass; d counts them.
+      sum_ = (max_ == inf ? sum_ : 0.0L) + (other.max_ == inf ? other.sum_ : 0.0L);
+      max_ = inf;
+      return *this;
+    }
+    if (max_ == -inf) {
+      max_ = other.max_;
+      sum_ = other.sum_;
+      return *this;
+    }
+    if (other.max_ > max_) {
+      sum_ = sum_ * rescale(max_, other.max_) + other.sum_;
+      max_ = other.max_;
+    } else {
+      sum_ += other.sum_ * rescale(other.max_, max_);
+    }
+    return *this;
+  }
+
+  // The running max of the raw inputs: -inf for an empty or fully masked state, NaN after a NaN.
+  Scalar max() const { return max_; }
+
+  // d = sum_j exp((x_j - max)/T) (for a +inf max: the number of +inf entries); NaN after a NaN.
+  double sum() const {
+    return is_nan() ? std::numeric_limits<double>::quiet_NaN() : static_cast<double>(sum_);
+  }
+
+  // log sum_j exp(x_j / T): -inf when empty or fully masked, +inf with a +inf entry, NaN after a
+  // NaN.
+  double log_sum_exp() const {
+    const Scalar inf = std::numeric_limits<Scalar>::infinity();
+    if (is_nan())
+      return std::numeric_limits<double>::quiet_NaN();
+    if (max_ == -inf || max_ == inf)
+      return static_cast<double>(max_);
+    return static_cast<double>(static_cast<long double>(max_) / temperature_ + std::log(sum_));
+  }
+
+  // Number of elements that went into the state (updates and merges).
+  Index count() const { return count_; }
+
+  // y_i = exp((x_i - max)/T) / sum for a chunk that went into this state (y may be the chunk).
+  template <class XprX, class XprY>
+  void write(const Eigen::DenseBase<XprX>& chunk, const Eigen::DenseBase<XprY>& y) const {
+    write_impl<false>(chunk, y);
+  }
+
+  // y_i = (x_i - max)/T - log(sum): the log-probabilities of a chunk that went into this state.
+  template <class XprX, class XprY>
+  void write_log(const Eigen::DenseBase<XprX>& chunk, const Eigen::DenseBase<XprY>& y) const {
+    write_impl<true>(chunk, y);
+  }
+
+  // The same, on spans (used by SinglePassSoftmax; y may be x).
+  template <bool kLog>
+  void write_span(const detail::Span<const Scalar>& x, const detail::Span<Scalar>& y) const {
+    const Scalar inf = std::numeric_limits<Scalar>::infinity();
+    if (is_nan())
+      return detail::fill(y, max_);
+    if (max_ == -inf)
+      return detail::fill(y, kLog ? -inf : Scalar(0));
+    if (max_ == inf) {
+      const Scalar at_inf =
+          kLog ? static_cast<Scalar>(-std::log(sum_)) : static_cast<Scalar>(1.0L / sum_);
+      return detail::fill_by_infinity(x, y, at_inf, kLog ? -inf : Scalar(0));
+    }
+    const bool scaled = temperature_ != 1.0;
+    const Scalar m = max_, s = scale_;
+    if constexpr (kLog) {
+      const Scalar log_sum = static_cast<Scalar>(std::log(sum_));
+      detail::for_chunks(x, y, [&](const Scalar* in, Scalar* out, Index n) {
+        if (scaled) {
+          detail::shift_scale_offset<true>(in, out, n, m, s, log_sum);
+        } else {
+          detail::shift_scale_offset<false>(in, out, n, m, s, log_sum);
+        }
+      });
+    } else {
+      // The kernel's exp carries a factor kExpScale (2^64 for float); the inverse removes it.
+      const Scalar inverse =
+          detail::reciprocal<Scalar>(std::ldexp(sum_, detail::kExpScaleLog2<Scalar>));
+      const bool stream = x.contiguous() && y.contiguous() && x.data != y.data
+                          && y.size * Index(sizeof(Scalar)) >= detail::kStreamingStoreBytes;
+      if (stream) {
+        if (scaled) {
+          detail::scaled_exp_scale_stream<true>(x.data, y.data, y.size, m, s, inverse);
+        } else {
+          detail::scaled_exp_scale_stream<false>(x.data, y.data, y.size, m, s, inverse);
+        }
+        return;
+      }
+      detail::for_chunks(x, y, [&](const Scalar* in, Scalar* out, Index n) {
+        if (scaled) {
+          detail::scaled_exp_scale_store<true>(in, out, n, m, s, inverse);
+        } else {
+          detail::scaled_exp_scale_store<false>(in, out, n, m, s, inverse);
+        }
+      });
+    }
+  }
+
+  // Adds a span (used by SinglePassSoftmax and update()).
+  void update_span(const detail::Span<const Scalar>& x) {
+    count_ += x.size;
+    if (is_nan() || x.size == 0)
+      return;
+    detail::for_chunks(x, [&](const Scalar* data, Index n) {
+      constexpr Index kBlock = detail::kNormalizerBlock<Scalar>;
+      for (Index start = 0; start < n && !is_nan(); start += kBlock) {
+        const Index count = std::min(kBlock, n - start);
+        update_block(data + start, count);
+      }
+    });
+  }
+
+ private:
+  bool is_nan() const { return max_ != max_; }
+
+  // exp((from - to)/T) for from <= to, both finite, in long double (off the hot path: once per
+  // block whose max raises the state's).
+  long double rescale(Scalar from, Scalar to) const {
+    return std::exp((static_cast<long double>(from) - static_cast<long double>(to))
+                    / static_cast<long double>(temperature_));
+  }
+
+  // One block (contiguous, in L1): the single-exp online update at block granularity.
+  void update_block(const Scalar* x, Index n) {
+    const Scalar inf = std::numeric_limits<Scalar>::infinity();
+    const Scalar block_max = detail::max_propagate_nan(x, n);
+    if (block_max != block_max) {
+      max_ = block_max;
+      return;
+    }
+    if (block_max == -inf || max_ == inf) {
+      if (block_max == inf)
+        sum_ += static_cast<long double>(count_infinities(x, n));
+      return;  // a masked block adds nothing; after +inf only +inf entries count
+    }
+    if (block_max == inf) {
+      max_ = inf;
+      sum_ = static_cast<long double>(count_infinities(x, n));
+      return;
+    }
+    if (block_max > max_) {
+      sum_ = max_ == -inf ? 0.0L : sum_ * rescale(max_, block_max);
+      max_ = block_max;
+    }
+    detail::CompensatedSum<Scalar> sum0, sum1;
+    if (temperature_ != 1.0) {
+      detail::scaled_exp_sum<true>(x, n, max_, scale_, sum0, sum1);
+    } else {
+      detail::scaled_exp_sum<false>(x, n, max_, scale_, sum0, sum1);
+    }
+    sum_ += std::ldexp(sum0.total() + sum1.total(), -detail::kExpScaleLog2<Scalar>);
+  }
+
+  static Index count_infinities(const Scalar* x, Index n) {
+    Index k = 0;
+    for (Index i = 0; i < n; ++i)
+      k += x[i] == std::numeric_limits<Scalar>::infinity();
+    return k;
+  }
+
+  template <bool kLog, class XprX, class XprY>
+  void write_impl(const Eigen::DenseBase<XprX>& chunk,
+                  const Eigen::DenseBase<XprY>& y_const) const {
+    static_assert(std::is_same_v<typename XprX::Scalar,
+                                 Scalar> && std::is_same_v<typename XprY::Scalar, Scalar>,
+                  "softmaxlab: OnlineNormalizer<Scalar>::write needs chunks of the same scalar");
+    static_assert(detail::is_writable_storage_v<XprY>,
+                  "softmaxlab: the output must be writable storage (Matrix, Array, Map, Ref or a "
+                  "Block of one), not an expression");
+    auto& y = const_cast<Eigen::DenseBase<XprY>&>(y_const).derived();
+    detail::require_vector(name, chunk.rows(), chunk.cols());
+    detail::require_vector(name, y.rows(), y.cols());
+    if (chunk.size() != y.size()) {
+      detail::fail(name, ": output must have the chunk's length ", chunk.size(), ", but got ",
+                   y.rows(), " x ", y.cols());
+    }
+    if (chunk.size() == 0)
+      return;
+    const detail::Span<Scalar> ys = detail::vector_span<Scalar>(y);
+    if constexpr (detail::has_direct_access_v<XprX>) {
+      const auto xs = detail::vector_span<const Scalar>(chunk.derived());
+      if (detail::partially_overlap(xs, ys))
+        detail::fail(name,
+                     ": output partially overlaps the chunk (only exact in-place is allowed)");
+      write_span<kLog>(xs, ys);
+    } else {
+      detail::evaluate_into(chunk, y);
+      write_span<kLog>(detail::Span<const Scalar>{ys.data, ys.size, ys.stride}, ys);
+    }
+  }
+
+  double temperature_;
+  Scalar scale_;
+  Scalar max_ = -std::numeric_limits<Scalar>::infinity();
+  long double sum_ = 0;
+  Index count_ = 0;
+};
+
+// Softmax through the online normalizer: one read of the row for [max, sum], one read and write
+// for the output. Same results as Softmax within the policy; see the header's doc block.
+class SinglePassSoftmax : public detail::DistributionFunctor<SinglePassSoftmax> {
+ public:
+  static constexpr const char* name = "SinglePassSoftmax";
+
+  explicit SinglePassSoftmax(double temperature = 1.0)
+      : temperature_(detail::check_temperature("SinglePassSoftmax: temperature", temperature)) {}
+
+  double temperature() const { return temperature_; }
+
+ private:
+  friend class detail::DistributionFunctor<SinglePassSoftmax>;
+
+  template <class Scalar>
+  void compute(const detail::Span<const Scalar>& x, const detail::Span<Scalar>& y) const {
+    OnlineNormalizer<Scalar> normalizer(temperature_);
+    normalizer.update_span(x);
+    normalizer.template write_span<false>(x, y);
+  }
+
+  double temperature_;
+};
+
+}  // namespace softmaxlab

@@ -1,0 +1,244 @@
+#!/usr/bin/env python3
+"""Turn softmaxlab_bench's JSON into a markdown report and a throughput chart.
+
+    python3 scripts/bench_report.py build/bench/bench.json --out-dir build/bench/report
+
+Reads the Google Benchmark JSON of bench/ (names softmax/<impl>/<float|double>/<cache>/<n>, see
+bench/common.hpp) and writes, in --out-dir:
+  bench.md   throughput per case (G elements/s), ratios of every variant against every baseline
+             per length, and the DESIGN.md speed targets with PASS/MISS;
+  bench.png  throughput against row length, one line per variant and peer, one panel per
+             (type, cache) case (needs matplotlib; without it only bench.md is written).
+With repetitions (--benchmark_repetitions), the median aggregate is used. Standard library only,
+apart from matplotlib for the chart (Debian: python3-matplotlib, for /usr/bin/python3).
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+
+BASELINES = ["scalar_exp", "eigen_expr", "onednn", "stream"]
+CACHES = ["incache", "outcache"]
+TYPES = ["float", "double"]
+
+# DESIGN.md's targets: (description, variant, baseline, type, cache, lengths, minimum ratio)
+TARGETS = [
+    ("Softmax, in-cache rows of 1,000 to 32,000, vs the plain Eigen expression",
+     "softmax", "eigen_expr", "float", "incache", [1000, 4096, 32000], 1.4),
+    ("Softmax, in-cache rows of 1,000 to 32,000, vs oneDNN softmax_accurate",
+     "softmax", "onednn", "float", "incache", [1000, 4096, 32000], 2.0),
+    ("SinglePassSoftmax, one row of 2^24, vs the plain Eigen expression",
+     "single_pass", "eigen_expr", "float", "outcache", [1 << 24], 1.3),
+    ("SinglePassSoftmax, one row of 2^24, vs the two-reads-one-write memory bound",
+     "single_pass", "stream", "float", "outcache", [1 << 24], 0.85),
+]
+
+
+def load(path):
+    """Returns (context, {(impl, type, cache, n): items_per_second})."""
+    with open(path) as f:
+        data = json.load(f)
+    has_aggregates = any(b.get("run_type") == "aggregate" for b in data["benchmarks"])
+    results = {}
+    for b in data["benchmarks"]:
+        if has_aggregates:
+            if b.get("run_type") != "aggregate" or b.get("aggregate_name") != "median":
+                continue
+            name = b["run_name"]
+        else:
+            name = b["name"]
+        parts = name.split("/")
+        if len(parts) != 5 or parts[0] != "softmax" or "items_per_second" not in b:
+            continue
+        _, impl, typ, cache, n = parts
+        results[(impl, typ, cache, int(n))] = float(b["items_per_second"])
+    return data.get("context", {}), results
+
+
+def impls_in(results):
+    """Variants first (in order of appearance), then the baselines present."""
+    seen = []
+    for (impl, _, _, _) in results:
+        if impl not in seen:
+            seen.append(impl)
+    variants = [i for i in seen if i not in BASELINES]
+    return variants, [b for b in BASELINES if b in seen]
+
+
+def length_label(n):
+    if n >= 1 << 20 and n & (n - 1) == 0:
+        return "2^%d" % int(math.log2(n))
+    return "{:,}".format(n)
+
+
+def machine_line(context):
+    parts = []
+    if context.get("cpu_model"):
+        parts.append(context["cpu_model"])
+    if context.get("simd"):
+        parts.append(context["simd"])
+    if context.get("num_cpus"):
+        parts.append("%s CPUs" % context["num_cpus"])
+    if context.get("mhz_per_cpu"):
+        parts.append("%s MHz" % context["mhz_per_cpu"])
+    caches = context.get("caches", [])
+    if caches:
+        parts.append("caches " + ", ".join(
+            "L%d%s %d KiB" % (c["level"], "d" if c["type"] == "Data" else
+                              ("i" if c["type"] == "Instruction" else ""), c["size"] // 1024)
+            for c in caches if c.get("type") != "Instruction"))
+    return ", ".join(parts)
+
+
+def markdown(context, results, machine_note):
+    variants, baselines = impls_in(results)
+    out = ["# softmaxlab benchmark report", ""]
+    out.append("Machine: " + machine_line(context) + ".")
+    if machine_note:
+        out.append("Note: " + machine_note)
+    if context.get("onednn"):
+        out.append("oneDNN: " + context["onednn"] + ".")
+    if context.get("date"):
+        out.append("Run: %s, one thread (Google Benchmark library: %s build; it only times, "
+                   "the measured code is built Release with -march=native)." %
+                   (context["date"], context.get("library_build_type", "?")))
+    out.append("")
+    out.append("Throughput in G elements/s (higher is better). `incache`: rows swept in an L2-sized "
+               "buffer; `outcache`: rows streamed from a 64 MiB buffer (one row of 2^24 is 64 MiB "
+               "float, 128 MiB double). Ratios are variant / baseline throughput, measured side by "
+               "side in one run: > 1 means the variant is faster.")
+    out.append("")
+
+    out.append("## Targets (DESIGN.md)")
+    out.append("")
+    out.append("| target | lengths | measured ratio (min) | required | |")
+    out.append("|---|---|---|---|---|")
+    for desc, v, b, typ, cache, lengths, need in TARGETS:
+        ratios = []
+        for n in lengths:
+            a, c = results.get((v, typ, cache, n)), results.get((b, typ, cache, n))
+            if a and c:
+                ratios.append(a / c)
+        if not ratios:
+            out.append("| %s | | not measured | %.2f | |" % (desc, need))
+            continue
+        lo = min(ratios)
+        out.append("| %s | %s | %s | %.2f | %s |" % (
+            desc, ", ".join(length_label(n) for n in lengths),
+            ", ".join("%.2f" % r for r in ratios) + (" (%.2f)" % lo if len(ratios) > 1 else ""),
+            need, "PASS" if lo >= need else "MISS"))
+    out.append("")
+
+    for typ in TYPES:
+        for cache in CACHES:
+            lengths = sorted({n for (i, t, c, n) in results if t == typ and c == cache})
+            if not lengths:
+                continue
+            impls = [i for i in variants + baselines
+                     if any((i, typ, cache, n) in results for n in lengths)]
+            out.append("## %s, %s" % (typ, cache))
+            out.append("")
+            out.append("| impl | " + " | ".join(length_label(n) for n in lengths) + " |")
+            out.append("|---|" + "---:|" * len(lengths))
+            for i in impls:
+                cells = []
+                for n in lengths:
+                    v = results.get((i, typ, cache, n))
+                    cells.append("%.3f" % (v / 1e9) if v else "")
+                out.append("| %s | %s |" % (i, " | ".join(cells)))
+            out.append("")
+            case_baselines = [b for b in baselines if b in impls]
+            case_variants = [v for v in variants if v in impls]
+            if case_baselines and case_variants:
+                out.append("Ratios (variant / baseline):")
+                out.append("")
+                out.append("| variant / baseline | " +
+                           " | ".join(length_label(n) for n in lengths) + " |")
+                out.append("|---|" + "---:|" * len(lengths))
+                for v in case_variants:
+                    for b in case_baselines:
+                        cells = []
+                        for n in lengths:
+                            a, c = results.get((v, typ, cache, n)), results.get((b, typ, cache, n))
+                            cells.append("%.2f" % (a / c) if a and c else "")
+                        out.append("| %s / %s | %s |" % (v, b, " | ".join(cells)))
+                out.append("")
+    return "\n".join(out) + "\n"
+
+
+def chart(context, results, path, machine_note):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench_report: matplotlib not available (Debian: apt install python3-matplotlib, "
+              "then run with /usr/bin/python3); chart skipped", file=sys.stderr)
+        return False
+    variants, baselines = impls_in(results)
+    impls = variants + baselines
+    panels = [(t, c) for t in TYPES for c in CACHES
+              if any(k[1] == t and k[2] == c for k in results)]
+    cols = 2
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(13, 4.8 * rows), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    style = {}
+    for k, i in enumerate(impls):
+        is_base = i in baselines
+        style[i] = dict(color=cmap(k % 10), linestyle="--" if is_base else "-",
+                        marker="s" if is_base else "o", linewidth=1.4 if is_base else 2.0)
+    for ax, (typ, cache) in zip(axes.flat, panels):
+        for i in impls:
+            pts = sorted((n, v) for (ii, t, c, n), v in results.items()
+                         if ii == i and t == typ and c == cache)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] / 1e9 for p in pts], label=i, **style[i])
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title("%s, %s" % (typ, "in cache (L2)" if cache == "incache" else "out of cache"))
+        ax.set_xlabel("row length n")
+        ax.set_ylabel("G elements / s (one thread)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    title = "softmaxlab: softmax throughput vs row length"
+    line = machine_line(context)
+    if machine_note:
+        line += "\n" + machine_note
+    fig.suptitle(title + "\n" + line, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("json", help="Google Benchmark JSON written by softmaxlab_bench")
+    p.add_argument("--out-dir", default=None, help="where to write bench.md and bench.png "
+                   "(default: a 'report' directory next to the JSON)")
+    p.add_argument("--note", default=os.environ.get("SOFTMAXLAB_MACHINE_NOTE", ""),
+                   help="a line about the machine for the report and chart "
+                   "(default: $SOFTMAXLAB_MACHINE_NOTE)")
+    args = p.parse_args()
+    out_dir = args.out_dir or os.path.join(os.path.dirname(os.path.abspath(args.json)), "report")
+    os.makedirs(out_dir, exist_ok=True)
+    context, results = load(args.json)
+    if not results:
+        sys.exit("bench_report: no softmax/<impl>/<type>/<cache>/<n> benchmarks in " + args.json)
+    md = markdown(context, results, args.note)
+    md_path = os.path.join(out_dir, "bench.md")
+    with open(md_path, "w") as f:
+        f.write(md)
+    print("bench_report: wrote " + md_path)
+    png_path = os.path.join(out_dir, "bench.png")
+    if chart(context, results, png_path, args.note):
+        print("bench_report: wrote " + png_path)
+
+
+if __name__ == "__main__":
+    main()
