@@ -30,7 +30,26 @@
 //     Eigen::VectorXi c = L2SvmLoss::predict(o);  // = argmax_rows(o)
 //
 // argmax_rows(scores): the index of each row's largest entry (the first on ties; -1 for a row that
-// holds a NaN or has no entries).
+// holds a NaN or has no entries).//
+// NormalizedSoftmaxLoss(head = NormalizedSoftmax(), reduction = Mean, label_smoothing = 0): the
+// cross-entropy of the normalized-softmax logits s cos(e_n, w_c) with the head's margin (CosFace,
+// ArcFace or SphereFace) on each target (Zhai and Wu, arXiv 1811.12649), with its gradients with
+// respect to the embeddings E (N x D) and the class weights W (C x D), through the margin and the
+// L2 normalizations (NormalizedSoftmax::logits_backward):
+//     double l = nsl(E, W, labels);            double l = nsl(E, W, labels, dE, dW);
+//
+// SparseCbmGumbelLoss(tau = 1), the Gumbel loss of Sparse-CBM ("Sparse Concept Bottleneck Models:
+// Gumbel Tricks in Contrastive Learning", 2024), as the issue states it: the mean over every entry
+// of -log gumbel_softmax(x, tau), for concept
+// logits x (N x K, a fresh Gumbel sample per row drawn from `gen` as GumbelSoftmax does, so the
+// same generator state gives the same noise):
+//     loss = -(1 / (N K)) sum_{n,i} log softmax((x_n + g_n) / tau)_i,
+//     dloss/dx_ni = (K y_ni - 1) / (N K tau),   y_n = softmax((x_n + g_n) / tau)
+//   (the noise is held fixed: the reparameterization gradient). The log is taken in the log
+//   domain (never log of a rounded probability), so the loss is finite for finite logits; a -inf
+//   logit makes it +inf.
+//     double l = cbm(logits, gen);          // allocates one row of scratch
+//     double l = cbm(logits, gen, grad);    // grad N x K, may be the logits; no allocation
 #pragma once
 
 #include <cmath>
@@ -42,6 +61,8 @@
 #include "detail/checks.hpp"
 #include "detail/functor_base.hpp"
 #include "detail/log_normalizer.hpp"
+#include "gumbel.hpp"
+#include "normalized.hpp"
 #include "softmax.hpp"
 
 namespace softmaxlab {
@@ -427,6 +448,144 @@ class L2SvmLoss {
   }
 
   double penalty_;
+};
+
+// The normalized-softmax loss: see the header's doc block.
+class NormalizedSoftmaxLoss {
+ public:
+  static constexpr const char* name = "NormalizedSoftmaxLoss";
+
+  explicit NormalizedSoftmaxLoss(NormalizedSoftmax head = NormalizedSoftmax(),
+                                 Reduction reduction = Reduction::Mean,
+                                 double label_smoothing = 0.0)
+      : head_(head), ce_(reduction, label_smoothing) {}
+
+  const NormalizedSoftmax& head() const { return head_; }
+
+  // The loss only. labels: an Eigen integer vector or a std::vector of integers.
+  template <class XprE, class XprW, class Labels>
+  double operator()(const Eigen::DenseBase<XprE>& e, const Eigen::DenseBase<XprW>& w,
+                    const Labels& labels) const {
+    return with_eigen_labels(labels, [&](const auto& l) { return ce_(head_.logits(e, w, l), l); });
+  }
+
+  // The loss, with dE (N x D) and dW (C x D) written. Allocates the logits and the products.
+  template <class XprE, class XprW, class Labels, class XprDE, class XprDW>
+  double operator()(const Eigen::DenseBase<XprE>& e, const Eigen::DenseBase<XprW>& w,
+                    const Labels& labels, const Eigen::DenseBase<XprDE>& de_const,
+                    const Eigen::DenseBase<XprDW>& dw_const) const {
+    auto& de = const_cast<Eigen::DenseBase<XprDE>&>(de_const).derived();
+    auto& dw = const_cast<Eigen::DenseBase<XprDW>&>(dw_const).derived();
+    detail::require_same_shape(name, detail::SliceMode::Rows, "dE", de.rows(), de.cols(), e.rows(),
+                               e.cols());
+    detail::require_same_shape(name, detail::SliceMode::Rows, "dW", dw.rows(), dw.cols(), w.rows(),
+                               w.cols());
+    return with_eigen_labels(labels, [&](const auto& l) {
+      auto z = head_.logits(e, w, l);
+      const double loss = ce_(z, l, z);  // z becomes dloss/dlogits
+      auto grads = head_.logits_backward(e, w, l, z);
+      de = grads.first;
+      dw = grads.second;
+      return loss;
+    });
+  }
+
+ private:
+  template <class Labels, class Fn>
+  static double with_eigen_labels(const Labels& labels, Fn&& fn) {
+    if constexpr (detail::is_std_vector<Labels>::value) {
+      using Int = typename Labels::value_type;
+      const Eigen::Map<const Eigen::Matrix<Int, Eigen::Dynamic, 1>> map(
+          labels.data(), static_cast<Index>(labels.size()));
+      return fn(map);
+    } else {
+      return fn(labels.derived());
+    }
+  }
+
+  NormalizedSoftmax head_;
+  CrossEntropyLoss ce_;
+};
+
+// The Sparse-CBM Gumbel loss: see the header's doc block.
+class SparseCbmGumbelLoss {
+ public:
+  static constexpr const char* name = "SparseCbmGumbelLoss";
+
+  explicit SparseCbmGumbelLoss(double tau = 1.0)
+      : tau_(detail::require_positive_finite("SparseCbmGumbelLoss: tau", tau)) {}
+
+  double tau() const { return tau_; }
+
+  // The loss only (allocates one row of scratch for the perturbed logits).
+  template <class XprZ, class Gen>
+  double operator()(const Eigen::DenseBase<XprZ>& logits, Gen& gen) const {
+    using Scalar = typename XprZ::Scalar;
+    Eigen::Matrix<Scalar, Eigen::Dynamic, 1> row(logits.cols());
+    return detail::with_storage(logits, [&](const auto& z) {
+      double total = 0;
+      for (Index n = 0; n < z.rows(); ++n) {
+        const detail::Span<Scalar> r = detail::vector_span<Scalar>(row);
+        total += row_loss<Scalar>(detail::slice_span<const Scalar>(z, n, true), r, gen, false, 0.0);
+      }
+      return z.size() > 0 ? total / static_cast<double>(z.size()) : 0.0;
+    });
+  }
+
+  // The loss, and dloss/dlogits written into grad (N x K; may be the logits); no allocation.
+  template <class XprZ, class Gen, class XprG>
+  double operator()(const Eigen::DenseBase<XprZ>& logits, Gen& gen,
+                    const Eigen::DenseBase<XprG>& grad_const) const {
+    using Scalar = typename XprZ::Scalar;
+    static_assert(std::is_same_v<Scalar, typename XprG::Scalar>,
+                  "softmaxlab: logits and grad must have the same scalar type");
+    static_assert(detail::is_writable_storage_v<XprG>,
+                  "softmaxlab: grad must be writable storage, not an expression");
+    auto& grad = const_cast<Eigen::DenseBase<XprG>&>(grad_const).derived();
+    detail::require_same_shape(name, detail::SliceMode::Rows, "grad", grad.rows(), grad.cols(),
+                               logits.rows(), logits.cols());
+    if (logits.size() == 0)
+      return 0.0;
+    const double w = 1.0 / static_cast<double>(logits.size());
+    auto run = [&](const auto& z) {
+      double total = 0;
+      for (Index n = 0; n < z.rows(); ++n) {
+        total += row_loss<Scalar>(detail::slice_span<const Scalar>(z, n, true),
+                                  detail::slice_span<Scalar>(grad, n, true), gen, true, w);
+      }
+      return total * w;
+    };
+    if constexpr (detail::has_direct_access_v<XprZ>) {
+      if (detail::storage_partially_overlaps(logits.derived(), grad))
+        detail::fail(name, ": grad partially overlaps the logits (only exact in-place is allowed)");
+      return run(logits.derived());
+    } else {
+      detail::evaluate_into(logits, grad);
+      return run(grad);
+    }
+  }
+
+ private:
+  // -sum_i log softmax((x + g) / tau)_i over one row; the perturbed logits go to `out` (which may
+  // be x), then, when write_grad, out_i = w (k p_i - 1) / tau.
+  template <class Scalar, class Gen>
+  double row_loss(const detail::Span<const Scalar>& x, const detail::Span<Scalar>& out, Gen& gen,
+                  bool write_grad, double w) const {
+    detail::perturb(x, out, gen);
+    const detail::Span<const Scalar> z{out.data, out.size, out.stride};
+    const auto norm = detail::LogNormalizer<Scalar>::of(z, static_cast<Scalar>(1.0 / tau_));
+    double loss = 0;
+    const double k = static_cast<double>(x.size);
+    for (Index i = 0; i < x.size; ++i) {
+      const Scalar zi = z[i];
+      loss -= static_cast<double>(norm.log_p(zi));
+      if (write_grad)
+        out[i] = static_cast<Scalar>(w * (k * static_cast<double>(norm.p(zi)) - 1.0) / tau_);
+    }
+    return loss;
+  }
+
+  double tau_;
 };
 
 }  // namespace softmaxlab
