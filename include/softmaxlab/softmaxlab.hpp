@@ -10,7 +10,8 @@
 //   Philox4x32                   random.hpp       counter-based UniformRandomBitGenerator
 //   SinglePassSoftmax,           single_pass.hpp  one read for the normalizer, one to write;
 //     OnlineNormalizer<Scalar>                    mergeable [max, sum] state for chunked rows
-//   CrossEntropyLoss, L2SvmLoss  loss.hpp         training losses with their gradients
+//   CrossEntropyLoss, L2SvmLoss, loss.hpp         training losses with their gradients
+//     NormalizedSoftmaxLoss, SparseCbmGumbelLoss
 //   HardFusion, SoftFusion       fusion.hpp       SurfaceFusion of two logit sources
 //
 // Every functor maps each 1-D slice of its input to a distribution of the same length:
