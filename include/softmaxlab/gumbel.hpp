@@ -49,6 +49,19 @@
 //     Softmax), hard and sample() pick the first of them;
 //   - a NaN anywhere makes the whole output NaN (hard included); sample() returns -1;
 //   - an empty input gives an empty output (and consumes no random words).
+//
+// Backward (training): g.backward(x, y_soft, dy[, dx]), g.rowwise_backward(X, Y_soft, dY[, dX]),
+// g.colwise_backward(...) give the soft sample's vector-Jacobian product
+//     dx = y_soft * (dy - <dy, y_soft>) / tau,
+// the gradient of y_soft = softmax((x + g) / tau) with the noise g held fixed. In soft mode y_soft
+// is the forward output. In hard mode the forward output is the one-hot, and the gradient is
+// straight-through: it is the soft sample's, so y_soft must be that same draw's soft sample. It is
+// recomputed from the same noise, not stored: the noise is a pure function of the generator's
+// state, so copy the generator before the forward call and run the soft form on the copy,
+//     Philox4x32 saved = gen;  g_hard.apply(x, y_hard, gen);             // forward
+//     GumbelSoftmax(g_hard.tau()).apply(x, y_soft, saved);              // same noise, soft
+//     g_hard.backward(x, y_soft, dy, dx);                               // straight-through
+// (argmax y_soft is then the hot index of y_hard). A masked logit (y_soft = 0) gets dx = 0.
 #pragma once
 
 #include <cmath>
@@ -58,6 +71,7 @@
 #include <random>
 #include <type_traits>
 
+#include "detail/backward_base.hpp"
 #include "detail/checks.hpp"
 #include "detail/functor_base.hpp"
 #include "detail/kernels.hpp"
@@ -203,11 +217,13 @@ Index first_index_of(const Span<const Scalar>& y, Scalar m) {
 
 // Gumbel-softmax sampling: see the header's doc block for the formula, accuracy and special
 // values.
-class GumbelSoftmax : public detail::DistributionFunctor<GumbelSoftmax> {
+class GumbelSoftmax : public detail::DistributionFunctor<GumbelSoftmax>,
+                      public detail::BackwardFunctor<GumbelSoftmax> {
   using Base = detail::DistributionFunctor<GumbelSoftmax>;
 
  public:
   static constexpr const char* name = "GumbelSoftmax";
+  static constexpr bool backward_reads_input = false;  // the gradient needs the soft sample
 
   explicit GumbelSoftmax(double tau = 1.0, bool hard = false)
       : tau_(detail::check_temperature("GumbelSoftmax: tau", tau)), hard_(hard) {}
@@ -318,6 +334,7 @@ class GumbelSoftmax : public detail::DistributionFunctor<GumbelSoftmax> {
 
  private:
   friend class detail::DistributionFunctor<GumbelSoftmax>;
+  friend class detail::BackwardFunctor<GumbelSoftmax>;
   // The generator-less forms of the base make no sense for a sampler: keep them out of reach.
   using Base::apply;
   using Base::colwise;
@@ -366,6 +383,15 @@ class GumbelSoftmax : public detail::DistributionFunctor<GumbelSoftmax> {
       for (Index i = 0; i < y.size; ++i)
         y[i] *= inverse;
     }
+  }
+
+  // Backward (see the header's doc block): the softmax backward at temperature tau on the soft
+  // sample y, dx = y (dy - <dy, y>) / tau, in soft and hard (straight-through) mode alike.
+  template <class Scalar>
+  void compute_backward(const detail::Span<const Scalar>& /*x*/,
+                        const detail::Span<const Scalar>& y, const detail::Span<const Scalar>& dy,
+                        const detail::Span<Scalar>& dx) const {
+    detail::softmax_backward(y, dy, dx, tau_);
   }
 
   double tau_;

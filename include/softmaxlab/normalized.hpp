@@ -39,11 +39,20 @@
 //
 // Novel classes (arXiv 2102.03243): prototypes(E, labels, C) = the normalized mean of the
 // normalized embeddings of each class; classify(E, P) = index of the highest cosine per row.
+//
+// Backward (training): ns.logits_backward(E, W[, labels], dZ) and ns.backward(E, W[, labels], P,
+// dP) return {dE, dW}, the gradients through the margin (d psi / d cos at each target: CosFace 1,
+// ArcFace sin(t + m) / sin t, 1 in its linear fallback, SphereFace (-1)^k m sin(m t) / sin t, with
+// their limits at |cos| = 1) and through both L2 normalizations,
+//   d x = (d x^ - x^ <d x^, x^>) / |x|  per row (x^ = x / |x|; a zero row gets 0, a non-finite
+//   NaN).
+// NormalizedSoftmaxLoss (loss.hpp) is the cross-entropy on these logits with its gradients.
 #pragma once
 
 #include <cmath>
 #include <limits>
 #include <type_traits>
+#include <utility>
 
 #include "detail/checks.hpp"
 #include "detail/common.hpp"
@@ -113,6 +122,65 @@ inline double apply_margin(const Margin& margin, double c) {
     }
   }
   return c;
+}
+
+// d apply_margin(margin, c) / dc at the clamped cosine c, for the backward pass. ArcFace:
+// sin(t + m) / sin t (1 in the linear fallback past pi - m); SphereFace: (-1)^k m sin(m t) / sin t,
+// whose limit at t = 0 and t = pi is m^2. At |c| = 1 ArcFace's derivative is infinite; sin t is
+// floored at 1e-8 there.
+inline double margin_derivative(const Margin& margin, double c) {
+  constexpr double pi = 3.14159265358979323846;
+  if (c != c)
+    return c;
+  c = std::min(1.0, std::max(-1.0, c));
+  const double m = margin.m;
+  const double t = std::acos(c);
+  const double sin_t = std::sqrt(std::max(0.0, 1.0 - c * c));
+  switch (margin.kind) {
+    case Margin::Kind::None:
+    case Margin::Kind::CosFace:
+      return 1.0;
+    case Margin::Kind::ArcFace:
+      return t + m <= pi ? std::sin(t + m) / std::max(sin_t, 1e-8) : 1.0;
+    case Margin::Kind::SphereFace: {
+      const int mi = static_cast<int>(m);
+      if (sin_t < 1e-8)
+        return static_cast<double>(mi) * mi;
+      const int k = std::min(mi - 1, static_cast<int>(std::floor(t * mi / pi)));
+      return ((k % 2 == 0) ? 1.0 : -1.0) * mi * std::sin(mi * t) / sin_t;
+    }
+  }
+  return 1.0;
+}
+
+// The backward of x -> x / |x| row by row: dx = (dxn - xn <dxn, xn>) / |x|, with xn = x / |x|;
+// a zero row gets 0 (the forward maps a neighbourhood of it to no direction: its gradient is taken
+// as 0, as for a constant), a row with inf or NaN gets NaN.
+template <class Row>
+double backward_row_norm(const Row& row) {
+  if (!row.allFinite())
+    return std::numeric_limits<double>::quiet_NaN();
+  const double sq = row.template cast<double>().squaredNorm();
+  if (sq >= std::numeric_limits<double>::min() && sq <= std::numeric_limits<double>::max())
+    return std::sqrt(sq);
+  return static_cast<double>(row.stableNorm());  // zero, or a double row outside the normal range
+}
+
+template <class X, class Xn, class D, class Out>
+void normalize_rows_backward(const X& x, const Xn& xn, const D& d, Out& out) {
+  using Scalar = typename Out::Scalar;
+  for (Index i = 0; i < x.rows(); ++i) {
+    const double norm = backward_row_norm(x.row(i));
+    if (norm != norm) {
+      out.row(i).setConstant(std::numeric_limits<Scalar>::quiet_NaN());
+    } else if (norm == 0) {
+      out.row(i).setZero();
+    } else {
+      const auto xd = xn.row(i).template cast<double>();
+      const auto dd = d.row(i).template cast<double>();
+      out.row(i) = ((dd - xd * xd.dot(dd)) / norm).template cast<Scalar>();
+    }
+  }
 }
 
 }  // namespace detail
@@ -288,7 +356,76 @@ class NormalizedSoftmax {
     return out;
   }
 
+  // ---- Backward (training) ------------------------------------------------------------------
+  // Gradients with respect to E (N x D) and W (C x D), returned as {dE, dW}, through the L2
+  // normalization of both and, when labels are given, the margin on each row's target logit:
+  //   dcos = s dZ (times d margin / d cos at the targets),  dE^ = dcos W^,  dW^ = dcos^T E^,
+  //   dE_n = (dE^_n - E^_n <dE^_n, E^_n>) / |E_n|  (and likewise for W); zero rows get 0.
+  // logits_backward takes dZ = dL/dlogits (N x C); backward takes the probabilities P = ns(E, W
+  // [, labels]) and dP = dL/dP and goes through the row-wise softmax first.
+  template <class XprE, class XprW, class XprG>
+  std::pair<Eigen::Matrix<typename XprE::Scalar, Eigen::Dynamic, Eigen::Dynamic>,
+            Eigen::Matrix<typename XprE::Scalar, Eigen::Dynamic, Eigen::Dynamic>>
+  logits_backward(const Eigen::DenseBase<XprE>& e, const Eigen::DenseBase<XprW>& w,
+                  const Eigen::DenseBase<XprG>& dz) const {
+    return logits_backward_impl(e, w, static_cast<const Eigen::VectorXi*>(nullptr), dz);
+  }
+  template <class XprE, class XprW, class XprL, class XprG>
+  std::pair<Eigen::Matrix<typename XprE::Scalar, Eigen::Dynamic, Eigen::Dynamic>,
+            Eigen::Matrix<typename XprE::Scalar, Eigen::Dynamic, Eigen::Dynamic>>
+  logits_backward(const Eigen::DenseBase<XprE>& e, const Eigen::DenseBase<XprW>& w,
+                  const Eigen::DenseBase<XprL>& labels, const Eigen::DenseBase<XprG>& dz) const {
+    check_labels(labels, e.rows(), w.rows());
+    return logits_backward_impl(e, w, &labels.derived(), dz);
+  }
+  template <class XprE, class XprW, class XprP, class XprDP>
+  std::pair<Eigen::Matrix<typename XprE::Scalar, Eigen::Dynamic, Eigen::Dynamic>,
+            Eigen::Matrix<typename XprE::Scalar, Eigen::Dynamic, Eigen::Dynamic>>
+  backward(const Eigen::DenseBase<XprE>& e, const Eigen::DenseBase<XprW>& w,
+           const Eigen::DenseBase<XprP>& p, const Eigen::DenseBase<XprDP>& dp) const {
+    return logits_backward(e, w, Softmax(1.0).rowwise_backward(p, p, dp));
+  }
+  template <class XprE, class XprW, class XprL, class XprP, class XprDP>
+  std::pair<Eigen::Matrix<typename XprE::Scalar, Eigen::Dynamic, Eigen::Dynamic>,
+            Eigen::Matrix<typename XprE::Scalar, Eigen::Dynamic, Eigen::Dynamic>>
+  backward(const Eigen::DenseBase<XprE>& e, const Eigen::DenseBase<XprW>& w,
+           const Eigen::DenseBase<XprL>& labels, const Eigen::DenseBase<XprP>& p,
+           const Eigen::DenseBase<XprDP>& dp) const {
+    return logits_backward(e, w, labels, Softmax(1.0).rowwise_backward(p, p, dp));
+  }
+
  private:
+  template <class XprE, class XprW, class L, class XprG>
+  std::pair<Eigen::Matrix<typename XprE::Scalar, Eigen::Dynamic, Eigen::Dynamic>,
+            Eigen::Matrix<typename XprE::Scalar, Eigen::Dynamic, Eigen::Dynamic>>
+  logits_backward_impl(const Eigen::DenseBase<XprE>& e, const Eigen::DenseBase<XprW>& w,
+                       const L* labels, const Eigen::DenseBase<XprG>& dz) const {
+    using Scalar = typename XprE::Scalar;
+    using Mat = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+    static_assert(std::is_same_v<Scalar, typename XprG::Scalar>,
+                  "softmaxlab: dZ must have the embeddings' scalar type");
+    check_inputs(e, w);
+    if (dz.rows() != e.rows() || dz.cols() != w.rows()) {
+      detail::fail(name, ": dZ must be N x C = ", e.rows(), " x ", w.rows(), ", but got ",
+                   dz.rows(), " x ", dz.cols());
+    }
+    const Mat en = normalized_rows(e), wn = normalized_rows(w);
+    Mat g = dz.derived().template cast<Scalar>() * static_cast<Scalar>(scale_);
+    if (labels != nullptr && margin_.kind != Margin::Kind::None) {
+      for (Index n = 0; n < g.rows(); ++n) {
+        const Index c = static_cast<Index>(labels->coeff(n));
+        const double cosine =
+            en.row(n).template cast<double>().dot(wn.row(c).template cast<double>());
+        g(n, c) *= static_cast<Scalar>(detail::margin_derivative(margin_, cosine));
+      }
+    }
+    Mat de_hat = g * wn, dw_hat = g.transpose() * en;
+    std::pair<Mat, Mat> out{Mat(e.rows(), e.cols()), Mat(w.rows(), w.cols())};
+    detail::normalize_rows_backward(e.derived(), en, de_hat, out.first);
+    detail::normalize_rows_backward(w.derived(), wn, dw_hat, out.second);
+    return out;
+  }
+
   template <class XprE, class XprW>
   static void check_inputs(const Eigen::DenseBase<XprE>& e, const Eigen::DenseBase<XprW>& w) {
     static_assert(std::is_same_v<typename XprE::Scalar, typename XprW::Scalar>,

@@ -56,6 +56,17 @@
 // all -inf row gives all 0; with the row max, k entries at +inf share the mass (1/k each, as
 // Softmax); with a public bound, entries above the bound (+inf included) count as the bound.
 // An empty input gives an empty output.
+//
+// Backward (training): f.backward(x, y, dy[, dx]) and the rowwise/colwise forms give the exact
+// vector-Jacobian product of the function computed here, not of softmax: with y_i = E(t_i) R(S),
+// S = sum_j E(t_j), t_i = x_i - shift,
+//   dx_i = (dy_i R + R'(S) sum_j dy_j E_j) E'(t_i),   and, with the row max as shift, the max
+//   entry (the first, on ties) also gets -sum_i of those terms (the shift moves with it),
+// where E' and R' are the derivatives of the polynomial exp approximation (0 where it clips) and of
+// the reciprocal iteration actually run (Goldschmidt, Newton or exact), taken by forward-mode dual
+// numbers through the same scalar code (approx::ExpApprox::evaluate_scalar, the iteration
+// templates). A public-bound shift is a constant. Masked (-inf) entries get 0; NaN in x or dy
+// gives NaN; rows with +inf or only -inf entries (locally constant) and rows whose sum is 0 give 0.
 #pragma once
 
 #include <algorithm>
@@ -65,6 +76,7 @@
 
 #include "approx/exp.hpp"
 #include "approx/reciprocal.hpp"
+#include "detail/backward_base.hpp"
 #include "detail/checks.hpp"
 #include "detail/functor_base.hpp"
 #include "detail/he_kernels.hpp"
@@ -225,10 +237,30 @@ void max_min(const Scalar* x, Index n, Scalar& max_out, Scalar& min_out) {
   min_out = std::min(min_out, predux_min(pmin(pmin(b0, b1), pmin(b2, b3))));
 }
 
+// A forward-mode dual number v + d eps (eps^2 = 0): enough arithmetic to run the scalar exp
+// approximation and the reciprocal iterations of approx/ and get their exact derivatives.
+template <class T>
+struct Dual {
+  T v = 0;
+  T d = 0;
+  Dual() = default;
+  constexpr Dual(T value, T derivative) : v(value), d(derivative) {}
+  template <class U, class = std::enable_if_t<std::is_arithmetic_v<U>>>
+  explicit constexpr Dual(U value) : v(static_cast<T>(value)) {}
+  friend Dual operator+(Dual a, Dual b) { return {a.v + b.v, a.d + b.d}; }
+  friend Dual operator-(Dual a, Dual b) { return {a.v - b.v, a.d - b.d}; }
+  friend Dual operator*(Dual a, Dual b) { return {a.v * b.v, a.d * b.v + a.v * b.d}; }
+  Dual& operator*=(Dual b) { return *this = *this * b; }
+  Dual& operator+=(Dual b) { return *this = *this + b; }
+  friend bool operator<(Dual a, Dual b) { return a.v < b.v; }
+  friend bool operator!=(Dual a, Dual b) { return a.v != b.v; }
+};
+
 }  // namespace detail
 
 // PolynomialSoftmax: see the header's doc block.
-class PolynomialSoftmax : public detail::DistributionFunctor<PolynomialSoftmax> {
+class PolynomialSoftmax : public detail::DistributionFunctor<PolynomialSoftmax>,
+                          public detail::BackwardFunctor<PolynomialSoftmax> {
  public:
   static constexpr const char* name = "PolynomialSoftmax";
   // Target of the automatic iteration count: e0^(2^k) <= 2^-26.
@@ -311,6 +343,7 @@ class PolynomialSoftmax : public detail::DistributionFunctor<PolynomialSoftmax> 
 
  private:
   friend class detail::DistributionFunctor<PolynomialSoftmax>;
+  friend class detail::BackwardFunctor<PolynomialSoftmax>;
 
   template <class Scalar>
   static double unit_roundoff() {
@@ -432,6 +465,77 @@ class PolynomialSoftmax : public detail::DistributionFunctor<PolynomialSoftmax> 
       default:
         return detail::poly_exp_store_sum<10, kMask, kClipTop>(in, out, n, shift, exp_, sum);
     }
+  }
+
+  // Backward (see the header's doc block): the exact Jacobian of the computed function, by
+  // forward-mode dual numbers through the same scalar exp approximation and reciprocal iteration.
+  template <class Scalar>
+  void compute_backward(const detail::Span<const Scalar>& x,
+                        const detail::Span<const Scalar>& /*y*/,
+                        const detail::Span<const Scalar>& dy,
+                        const detail::Span<Scalar>& dx) const {
+    using D = detail::Dual<Scalar>;
+    const Scalar inf = std::numeric_limits<Scalar>::infinity();
+    bool nan = false;
+    for (Index i = 0; i < x.size; ++i)
+      nan = nan || x[i] != x[i] || dy[i] != dy[i];
+    if (nan)
+      return detail::fill(dx, std::numeric_limits<Scalar>::quiet_NaN());
+    Scalar shift;
+    Index argmax = -1;
+    if (config_.shift == Shift::RowMax) {
+      Scalar hi = -inf;
+      for (Index i = 0; i < x.size; ++i) {
+        if (x[i] > hi) {
+          hi = x[i];
+          argmax = i;
+        }
+      }
+      if (!(hi > -inf && hi < inf))
+        return detail::fill(dx, Scalar(0));  // all masked, or +inf entries: locally constant
+      shift = hi;
+    } else {
+      shift = static_cast<Scalar>(config_.bound);
+    }
+    // E_i and E'(t_i): masked entries (-inf) are exactly 0 with derivative 0, as in the forward.
+    auto term = [&](Scalar xi) {
+      if (xi == -inf)
+        return D{Scalar(0), Scalar(0)};
+      return exp_.evaluate_scalar(D{xi - shift, Scalar(1)});
+    };
+    Scalar sum = 0;
+    for (Index i = 0; i < x.size; ++i)
+      sum += term(x[i]).v;
+    if (sum == Scalar(0))
+      return detail::fill(dx, Scalar(0));
+    D r;
+    const D s{sum, Scalar(1)};
+    if (config_.reciprocal == ReciprocalMethod::Exact) {
+      r = D{Scalar(1) / sum, -Scalar(1) / (sum * sum)};
+    } else {
+      const approx::ReciprocalRange range = reciprocal_range<Scalar>(x.size);
+      const int k =
+          config_.iterations > 0 ? config_.iterations : range.iterations_for(kAutoTolerance);
+      const D z0{static_cast<Scalar>(range.z0), Scalar(0)};
+      r = config_.reciprocal == ReciprocalMethod::Goldschmidt
+              ? approx::goldschmidt_reciprocal(s, z0, k)
+              : approx::newton_reciprocal(s, z0, k);
+    }
+    // y_i = E_i R(S): dL/dE_i = dy_i R + R'(S) sum_j dy_j E_j; dL/dx_i = dL/dE_i E'(t_i), and with
+    // the row max as shift, the max entry also receives -sum_i dL/dt_i (t_i = x_i - max x).
+    Scalar weighted = 0;
+    for (Index i = 0; i < x.size; ++i)
+      weighted += dy[i] * term(x[i]).v;
+    const Scalar common = r.d * weighted;
+    Scalar total = 0;
+    for (Index i = 0; i < x.size; ++i) {
+      const D e = term(x[i]);
+      const Scalar g = (dy[i] * r.v + common) * e.d;
+      total += g;
+      dx[i] = g;
+    }
+    if (argmax >= 0)
+      dx[argmax] -= total;
   }
 
   PolynomialSoftmaxConfig config_;

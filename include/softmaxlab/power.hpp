@@ -51,12 +51,23 @@
 // mask: y_j = m_j x_j^p / sum_i m_i x_i^p, m_j = (mask_j != 0). A masked entry gets exactly 0 and
 // is ignored entirely (a NaN or inf under a zero mask does not reach the row); all entries masked
 // gives all 0; kept entries that are all zero share the mass uniformly (Stable).
+//
+// Backward (training): f.backward(x, y, dy[, dx]) and the rowwise/colwise forms give the
+// vector-Jacobian product of y_j = x_j^p / D, D = sum_i x_i^p + eps' (eps' = 0, eps or n eps by
+// form):  dx_i = p x_i^(p-1) (dy_i - <dy, y>) / D, in long double on the forward's power-of-two
+// scaling (so nothing overflows), every form. With the Goldschmidt reciprocal the backward
+// differentiates the exact-reciprocal function, which the forward matches within the
+// reciprocal's stated bound. Rows with a NaN (in x or dy) give NaN; all-zero rows and rows with
+// infinite entries (where the function is locally constant or undefined) give 0. The masked forms
+// have no backward of their own: they equal the unmasked function of the kept entries, so take
+// the backward on those (masked entries get 0).
 #pragma once
 
 #include <cmath>
 #include <limits>
 
 #include "approx/reciprocal.hpp"
+#include "detail/backward_base.hpp"
 #include "detail/checks.hpp"
 #include "detail/functor_base.hpp"
 #include "detail/he_kernels.hpp"
@@ -155,7 +166,8 @@ void power_store_sum(const Scalar* x, Scalar* y, Index n, Scalar s1, Scalar s2, 
 }  // namespace detail
 
 // PowerSoftmax: see the header's doc block for the formulas, accuracy and special values.
-class PowerSoftmax : public detail::DistributionFunctor<PowerSoftmax> {
+class PowerSoftmax : public detail::DistributionFunctor<PowerSoftmax>,
+                     public detail::BackwardFunctor<PowerSoftmax> {
  public:
   static constexpr const char* name = "PowerSoftmax";
   static constexpr double kDefaultEps = 1e-6;
@@ -215,6 +227,7 @@ class PowerSoftmax : public detail::DistributionFunctor<PowerSoftmax> {
 
  private:
   friend class detail::DistributionFunctor<PowerSoftmax>;
+  friend class detail::BackwardFunctor<PowerSoftmax>;
 
   template <class XprM>
   struct MaskRef {
@@ -358,6 +371,51 @@ class PowerSoftmax : public detail::DistributionFunctor<PowerSoftmax> {
         return detail::power_store_sum<8, false>(in, out, count, s1, s2, p_, sum);
       default:
         return detail::power_store_sum<0, false>(in, out, count, s1, s2, p_, sum);
+    }
+  }
+
+  // Backward (see the header's doc block): dx_i = p x_i^(p-1) (dy_i - <dy, y>) / D, evaluated in
+  // long double on the same power-of-two scaling as the forward pass.
+  template <class Scalar>
+  void compute_backward(const detail::Span<const Scalar>& x,
+                        const detail::Span<const Scalar>& /*y*/,
+                        const detail::Span<const Scalar>& dy,
+                        const detail::Span<Scalar>& dx) const {
+    bool nan = false;
+    for (Index i = 0; i < x.size; ++i)
+      nan = nan || x[i] != x[i] || dy[i] != dy[i];
+    if (nan)
+      return detail::fill(dx, std::numeric_limits<Scalar>::quiet_NaN());
+    const Scalar c = detail::max_abs(x);
+    if (!(c > Scalar(0) && c < std::numeric_limits<Scalar>::infinity()))
+      return detail::fill(dx, Scalar(0));  // zero row or infinite entries: locally constant
+    int e = 0;
+    std::frexp(c, &e);
+    const int shift = 1 - e;
+    long double sum = 0;
+    for (Index i = 0; i < x.size; ++i)
+      sum += std::pow(std::ldexp(static_cast<long double>(x[i]), shift), p_);
+    long double eps_scaled = 0;
+    if (options_.form != PowerForm::Stable) {
+      const long long ex = static_cast<long long>(p_) * shift;
+      eps_scaled = ex > 20000 ? std::numeric_limits<long double>::infinity()
+                   : ex < -20000
+                       ? 0.0L
+                       : std::ldexp(static_cast<long double>(options_.eps), static_cast<int>(ex));
+      if (options_.form == PowerForm::LengthAgnostic)
+        eps_scaled *= static_cast<long double>(x.size);
+    }
+    const long double d = sum + eps_scaled;
+    if (!(d < std::numeric_limits<long double>::infinity()))
+      return detail::fill(dx, Scalar(0));
+    long double dot = 0;  // <dy, y>
+    for (Index i = 0; i < x.size; ++i)
+      dot += static_cast<long double>(dy[i])
+             * std::pow(std::ldexp(static_cast<long double>(x[i]), shift), p_) / d;
+    for (Index i = 0; i < x.size; ++i) {
+      const long double z = std::ldexp(static_cast<long double>(x[i]), shift);
+      const long double slope = p_ * std::ldexp(std::pow(z, p_ - 1), shift) / d;
+      dx[i] = static_cast<Scalar>(slope * (static_cast<long double>(dy[i]) - dot));
     }
   }
 

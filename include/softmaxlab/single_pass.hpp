@@ -58,6 +58,7 @@
 #include <cmath>
 #include <limits>
 
+#include "detail/backward_base.hpp"
 #include "detail/checks.hpp"
 #include "detail/functor_base.hpp"
 #include "detail/kernels.hpp"
@@ -331,9 +332,11 @@ class OnlineNormalizer {
 
 // Softmax through the online normalizer: one read of the row for [max, sum], one read and write
 // for the output. Same results as Softmax within the policy; see the header's doc block.
-class SinglePassSoftmax : public detail::DistributionFunctor<SinglePassSoftmax> {
+class SinglePassSoftmax : public detail::DistributionFunctor<SinglePassSoftmax>,
+                          public detail::BackwardFunctor<SinglePassSoftmax> {
  public:
   static constexpr const char* name = "SinglePassSoftmax";
+  static constexpr bool backward_reads_input = false;  // the gradient needs only y and dy
 
   explicit SinglePassSoftmax(double temperature = 1.0)
       : temperature_(detail::check_temperature("SinglePassSoftmax: temperature", temperature)) {}
@@ -342,6 +345,16 @@ class SinglePassSoftmax : public detail::DistributionFunctor<SinglePassSoftmax> 
 
  private:
   friend class detail::DistributionFunctor<SinglePassSoftmax>;
+  friend class detail::BackwardFunctor<SinglePassSoftmax>;
+
+  // Backward: the same function as Softmax, so the same vector-Jacobian product,
+  // dx = y (dy - <dy, y>) / T (softmax.hpp's backward section states the rules).
+  template <class Scalar>
+  void compute_backward(const detail::Span<const Scalar>& /*x*/,
+                        const detail::Span<const Scalar>& y, const detail::Span<const Scalar>& dy,
+                        const detail::Span<Scalar>& dx) const {
+    detail::softmax_backward(y, dy, dx, temperature_);
+  }
 
   template <class Scalar>
   void compute(const detail::Span<const Scalar>& x, const detail::Span<Scalar>& y) const {

@@ -36,6 +36,7 @@
 #include <cmath>
 #include <limits>
 
+#include "detail/backward_base.hpp"
 #include "detail/checks.hpp"
 #include "detail/functor_base.hpp"
 #include "detail/kernels.hpp"
@@ -145,9 +146,11 @@ long double scaled_exp_pass(const Span<const Scalar>& x, const Span<Scalar>& y, 
 
 // Softmax with temperature: see the header's doc block for the formula, accuracy and special
 // values.
-class Softmax : public detail::DistributionFunctor<Softmax> {
+class Softmax : public detail::DistributionFunctor<Softmax>,
+                public detail::BackwardFunctor<Softmax> {
  public:
   static constexpr const char* name = "Softmax";
+  static constexpr bool backward_reads_input = false;  // the gradient needs only y and dy
 
   explicit Softmax(double temperature = 1.0)
       : temperature_(detail::check_temperature("Softmax: temperature", temperature)) {}
@@ -156,6 +159,7 @@ class Softmax : public detail::DistributionFunctor<Softmax> {
 
  private:
   friend class detail::DistributionFunctor<Softmax>;
+  friend class detail::BackwardFunctor<Softmax>;
 
   template <class Scalar>
   void compute(const detail::Span<const Scalar>& x, const detail::Span<Scalar>& y) const {
@@ -186,13 +190,19 @@ class Softmax : public detail::DistributionFunctor<Softmax> {
     }
   }
 
+  template <class Scalar>
+  void compute_backward(const detail::Span<const Scalar>& x, const detail::Span<const Scalar>& y,
+                        const detail::Span<const Scalar>& dy, const detail::Span<Scalar>& dx) const;
+
   double temperature_;
 };
 
 // Log-softmax with temperature: see the header's doc block.
-class LogSoftmax : public detail::DistributionFunctor<LogSoftmax> {
+class LogSoftmax : public detail::DistributionFunctor<LogSoftmax>,
+                   public detail::BackwardFunctor<LogSoftmax> {
  public:
   static constexpr const char* name = "LogSoftmax";
+  static constexpr bool backward_reads_input = false;  // the gradient needs only y and dy
 
   explicit LogSoftmax(double temperature = 1.0)
       : temperature_(detail::check_temperature("LogSoftmax: temperature", temperature)) {}
@@ -201,6 +211,7 @@ class LogSoftmax : public detail::DistributionFunctor<LogSoftmax> {
 
  private:
   friend class detail::DistributionFunctor<LogSoftmax>;
+  friend class detail::BackwardFunctor<LogSoftmax>;
 
   template <class Scalar>
   void compute(const detail::Span<const Scalar>& x, const detail::Span<Scalar>& y) const {
@@ -233,7 +244,70 @@ class LogSoftmax : public detail::DistributionFunctor<LogSoftmax> {
     });
   }
 
+  template <class Scalar>
+  void compute_backward(const detail::Span<const Scalar>& x, const detail::Span<const Scalar>& y,
+                        const detail::Span<const Scalar>& dy, const detail::Span<Scalar>& dx) const;
+
   double temperature_;
 };
+
+// ---------------------------------------------------------------------------------------------
+// Backward passes (vector-Jacobian products, see detail/backward_base.hpp for the call forms).
+//
+//   Softmax:    dx = y * (dy - <dy, y>) / T
+//   LogSoftmax: dx = (dy - softmax(x) * sum(dy)) / T,  softmax(x) = exp(y)
+//
+// Both read only y and dy (x is shape-checked). A masked entry (x_i = -inf, so y_i = 0, log form
+// -inf) is a constant: it gets dx_i = 0 and, in the log form, its dy_i is left out of sum(dy).
+// Rows with +inf entries use the same formulas at y (the limit with those entries equal). NaN in y
+// gives a NaN row; so does NaN in dy (except, in the log form, at a masked entry).
+// Accuracy: a few eps relative to max |dy| * max |y| / T per entry (Softmax), or to
+// (|dy_i| + max|dy|) / T (LogSoftmax): errors come from the one reduction and the final product.
+
+namespace detail {
+
+// dx = y (dy - <dy, y>) / T for one distribution: the softmax backward, shared by every variant
+// that computes softmax (Softmax, SinglePassSoftmax, the soft Gumbel sample). dx may be y or dy.
+template <class Scalar>
+void softmax_backward(const Span<const Scalar>& y, const Span<const Scalar>& dy,
+                      const Span<Scalar>& dx, double temperature) {
+  const Scalar inverse_t = static_cast<Scalar>(1.0 / temperature);
+  const bool scaled = temperature != 1.0;
+  with_arrays(
+      [&](auto ya, auto dya, auto dxa) {
+        const Scalar s = (ya * dya).sum();
+        if (scaled) {
+          dxa = ya * (dya - s) * inverse_t;
+        } else {
+          dxa = ya * (dya - s);
+        }
+      },
+      y, dy, dx);
+}
+
+}  // namespace detail
+
+template <class Scalar>
+void Softmax::compute_backward(const detail::Span<const Scalar>& /*x*/,
+                               const detail::Span<const Scalar>& y,
+                               const detail::Span<const Scalar>& dy,
+                               const detail::Span<Scalar>& dx) const {
+  detail::softmax_backward(y, dy, dx, temperature_);
+}
+
+template <class Scalar>
+void LogSoftmax::compute_backward(const detail::Span<const Scalar>& /*x*/,
+                                  const detail::Span<const Scalar>& y,
+                                  const detail::Span<const Scalar>& dy,
+                                  const detail::Span<Scalar>& dx) const {
+  const Scalar inf = std::numeric_limits<Scalar>::infinity();
+  const Scalar inverse_t = static_cast<Scalar>(1.0 / temperature_);
+  detail::with_arrays(
+      [&](auto ya, auto dya, auto dxa) {
+        const Scalar sum = (ya > -inf).select(dya, Scalar(0)).sum();
+        dxa = (ya == -inf).select(Scalar(0), (dya - ya.exp() * sum) * inverse_t);
+      },
+      y, dy, dx);
+}
 
 }  // namespace softmaxlab

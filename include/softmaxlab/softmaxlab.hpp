@@ -10,13 +10,20 @@
 //   Philox4x32                   random.hpp       counter-based UniformRandomBitGenerator
 //   SinglePassSoftmax,           single_pass.hpp  one read for the normalizer, one to write;
 //     OnlineNormalizer<Scalar>                    mergeable [max, sum] state for chunked rows
+//   CrossEntropyLoss, L2SvmLoss, loss.hpp         training losses with their gradients
+//     NormalizedSoftmaxLoss, SparseCbmGumbelLoss
+//   HardFusion, SoftFusion       fusion.hpp       SurfaceFusion of two logit sources
 //
 // Every functor maps each 1-D slice of its input to a distribution of the same length:
 //   f(x), f.apply(x, y), f.rowwise(X), f.rowwise(X, Y), f.colwise(X), f.colwise(X, Y).
+// and its gradient (vector-Jacobian product): f.backward(x, y, dy), f.backward(x, y, dy, dx),
+//   f.rowwise_backward(X, Y, dY[, dX]), f.colwise_backward(X, Y, dY[, dX]).
 // See README.md for the numerical policy and each header's doc block for its accuracy.
 #pragma once
 
+#include "fusion.hpp"
 #include "gumbel.hpp"
+#include "loss.hpp"
 #include "normalized.hpp"
 #include "polynomial.hpp"
 #include "power.hpp"

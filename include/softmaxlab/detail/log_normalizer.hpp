@@ -1,0 +1,85 @@
+// softmaxlab: the log-normalizer of one row, for code that needs log_softmax(x)_i and softmax(x)_i
+// one entry at a time (fused losses, SurfaceFusion) without writing a whole row first.
+//
+// LogNormalizer<Scalar>::of(x, s) reads the row twice (max, then sum of exp((x_i - m) s)) with the
+// kernels of softmax.hpp and then gives, for any entry x_i of that row,
+//   log_p(x_i) = (x_i - m) s - log(sum)     (LogSoftmax with temperature 1/s, same rounding order)
+//   p(x_i)     = exp((x_i - m) s) / sum     (Softmax)
+// following the special-value rules of softmax.hpp: NaN row -> NaN; all -inf -> log_p = -inf, p =
+// 0; k entries at +inf -> -log k and 1/k there, -inf and 0 elsewhere.
+#pragma once
+
+#include <cmath>
+#include <limits>
+
+#include "../softmax.hpp"
+
+namespace softmaxlab {
+namespace detail {
+
+template <class Scalar>
+struct LogNormalizer {
+  RowKind kind = RowKind::Regular;
+  Scalar m = 0;        // row max
+  Scalar s = 1;        // scale (1 / temperature)
+  Scalar log_sum = 0;  // log sum_j exp((x_j - m) s)   (Regular)
+  Scalar inv_sum = 1;  // 1 / that sum                 (Regular)
+  Scalar log_k = 0;    // log of the number of +inf entries (PositiveInfinity)
+  Scalar inv_k = 1;
+
+  // With `store` non-empty, the terms exp((x_i - m) s) of a Regular row are also written there
+  // (same length as x; p(i) is then store[i] * inv_sum).
+  static LogNormalizer of(const Span<const Scalar>& x, Scalar s = Scalar(1),
+                          const Span<Scalar>& store = Span<Scalar>{nullptr, 0, 1}) {
+    LogNormalizer n;
+    n.s = s;
+    n.m = max_propagate_nan(x);
+    n.kind = classify(n.m);
+    if (n.kind == RowKind::PositiveInfinity) {
+      const Index k = count_positive_infinity(x);
+      n.log_k = static_cast<Scalar>(std::log(double(k)));
+      n.inv_k = Scalar(1) / Scalar(k);
+    } else if (n.kind == RowKind::Regular) {
+      const bool scaled = s != Scalar(1);
+      const long double sum = store.data != nullptr ? exp_pass<true>(x, store, n.m, s, scaled)
+                                                    : exp_pass<false>(x, store, n.m, s, scaled);
+      n.log_sum = static_cast<Scalar>(std::log(sum));
+      n.inv_sum = static_cast<Scalar>(1.0L / sum);
+    }
+    return n;
+  }
+
+  Scalar shifted(Scalar xi) const { return s == Scalar(1) ? xi - m : (xi - m) * s; }
+
+  Scalar log_p(Scalar xi) const {
+    const Scalar inf = std::numeric_limits<Scalar>::infinity();
+    switch (kind) {
+      case RowKind::Regular:
+        return shifted(xi) - log_sum;
+      case RowKind::NaN:
+        return m;
+      case RowKind::AllMasked:
+        return -inf;
+      case RowKind::PositiveInfinity:
+        return xi == inf ? -log_k : -inf;
+    }
+    return m;
+  }
+
+  Scalar p(Scalar xi) const {
+    switch (kind) {
+      case RowKind::Regular:
+        return std::exp(shifted(xi)) * inv_sum;
+      case RowKind::NaN:
+        return m;
+      case RowKind::AllMasked:
+        return Scalar(0);
+      case RowKind::PositiveInfinity:
+        return xi == std::numeric_limits<Scalar>::infinity() ? inv_k : Scalar(0);
+    }
+    return m;
+  }
+};
+
+}  // namespace detail
+}  // namespace softmaxlab

@@ -1,0 +1,388 @@
+// softmaxlab: SurfaceFusion, the fusion of two logit sources at the softmax layer (Liu et al.,
+// "Understanding and Improving Encoder Layer Fusion in Sequence-to-Sequence Learning", ICLR 2021,
+// arXiv 2012.14768): tgt are the decoder's output logits, src the logits read from the encoder's
+// embedding layer, over the same vocabulary. Both variants return log-probabilities.
+//
+//   HardFusion(lambda = 0.8):  y = lambda * log_softmax(tgt) + (1 - lambda) * log_softmax(src)
+//     lambda in [0, 1]. As in the paper the result is NOT renormalized: exp(y) is a weighted
+//     geometric mean of the two distributions and sums to at most 1 (exactly 1 only when they
+//     agree, or lambda is 0 or 1). Apply LogSoftmax to y if a normalized distribution is needed.
+//     A weight of exactly 0 drops its term (so lambda = 1 ignores src entirely, masks included).
+//   SoftFusion(tau = 1):       y = log_softmax(tgt + log_softmax(tau * src))
+//     normalized; tau in [2^-100, 2^100] scales src before its normalization (a temperature 1/tau).
+//
+// Calls (tgt, src, y, dy and the gradients all have one shape; each row or column is a vector):
+//   y = f(tgt, src);  f.apply(tgt, src, y);  Y = f.rowwise(T, S);  f.rowwise(T, S, Y);  colwise
+//   auto [dtgt, dsrc] = f.backward(tgt, src, y, dy);  f.backward(tgt, src, y, dy, dtgt, dsrc);
+//   f.rowwise_backward(T, S, Y, dY[, dT, dS]);  f.colwise_backward(...)
+// The forward forms writing into y never allocate; y may be tgt or src itself, and one of tgt, src
+// may be an expression (evaluated into y). The backward forms writing into dtgt and dsrc never
+// allocate; their inputs must then be storage, and dtgt, dsrc must not overlap the inputs or each
+// other. The forms returning results accept any expressions.
+//
+// Backward (vector-Jacobian products; the log-softmax backward of softmax.hpp applied twice):
+//   Hard: dtgt = lambda (dy - softmax(tgt) sum(dy)),  dsrc = (1 - lambda) (dy - softmax(src)
+//   sum(dy)) Soft: da = dy - exp(y) sum(dy);  dtgt = da;  dsrc = tau (da - softmax(tau src)
+//   sum(da))
+// where an output entry equal to -inf (masked) is a constant: its dy is left out of the sums, and a
+// masked input entry (-inf) gets gradient 0.
+//
+// Special values: a -inf entry of either input masks that output entry (-inf); NaN in a row of
+// either input makes the output row NaN; +inf entries follow softmax.hpp's rules for each
+// log_softmax. Accuracy: each log_softmax as in softmax.hpp (4 eps (1 + |value|)); the fusion adds
+// one rounding per operation.
+#pragma once
+
+#include <cmath>
+#include <limits>
+#include <type_traits>
+#include <utility>
+
+#include "detail/backward_base.hpp"
+#include "detail/checks.hpp"
+#include "detail/functor_base.hpp"
+#include "detail/log_normalizer.hpp"
+#include "softmax.hpp"
+
+namespace softmaxlab {
+namespace detail {
+
+// Two inputs -> one output, and the backward 4 inputs -> 2 outputs, over vectors, rows or columns.
+template <class Derived>
+class FusionFunctor {
+ public:
+  template <class XprT, class XprS>
+  typename XprT::PlainObject operator()(const Eigen::DenseBase<XprT>& tgt,
+                                        const Eigen::DenseBase<XprS>& src) const {
+    require_vector(Derived::name, tgt.rows(), tgt.cols());
+    typename XprT::PlainObject y(tgt.rows(), tgt.cols());
+    with_storage(src, [&](const auto& s) { forward_impl(tgt, s, y, SliceMode::Vector); });
+    return y;
+  }
+  template <class XprT, class XprS, class XprY>
+  void apply(const Eigen::DenseBase<XprT>& tgt, const Eigen::DenseBase<XprS>& src,
+             const Eigen::DenseBase<XprY>& y) const {
+    forward_impl(tgt, src, y, SliceMode::Vector);
+  }
+  template <class XprT, class XprS>
+  typename XprT::PlainObject rowwise(const Eigen::DenseBase<XprT>& tgt,
+                                     const Eigen::DenseBase<XprS>& src) const {
+    typename XprT::PlainObject y(tgt.rows(), tgt.cols());
+    with_storage(src, [&](const auto& s) { forward_impl(tgt, s, y, SliceMode::Rows); });
+    return y;
+  }
+  template <class XprT, class XprS, class XprY>
+  void rowwise(const Eigen::DenseBase<XprT>& tgt, const Eigen::DenseBase<XprS>& src,
+               const Eigen::DenseBase<XprY>& y) const {
+    forward_impl(tgt, src, y, SliceMode::Rows);
+  }
+  template <class XprT, class XprS>
+  typename XprT::PlainObject colwise(const Eigen::DenseBase<XprT>& tgt,
+                                     const Eigen::DenseBase<XprS>& src) const {
+    typename XprT::PlainObject y(tgt.rows(), tgt.cols());
+    with_storage(src, [&](const auto& s) { forward_impl(tgt, s, y, SliceMode::Cols); });
+    return y;
+  }
+  template <class XprT, class XprS, class XprY>
+  void colwise(const Eigen::DenseBase<XprT>& tgt, const Eigen::DenseBase<XprS>& src,
+               const Eigen::DenseBase<XprY>& y) const {
+    forward_impl(tgt, src, y, SliceMode::Cols);
+  }
+
+  // Backward: returns {dtgt, dsrc}.
+  template <class XprT, class XprS, class XprY, class XprDy>
+  std::pair<typename XprT::PlainObject, typename XprT::PlainObject> backward(
+      const Eigen::DenseBase<XprT>& tgt, const Eigen::DenseBase<XprS>& src,
+      const Eigen::DenseBase<XprY>& y, const Eigen::DenseBase<XprDy>& dy) const {
+    require_vector(Derived::name, tgt.rows(), tgt.cols());
+    return backward_alloc(tgt, src, y, dy, SliceMode::Vector);
+  }
+  template <class XprT, class XprS, class XprY, class XprDy, class XprDT, class XprDS>
+  void backward(const Eigen::DenseBase<XprT>& tgt, const Eigen::DenseBase<XprS>& src,
+                const Eigen::DenseBase<XprY>& y, const Eigen::DenseBase<XprDy>& dy,
+                const Eigen::DenseBase<XprDT>& dtgt, const Eigen::DenseBase<XprDS>& dsrc) const {
+    backward_impl(tgt, src, y, dy, dtgt, dsrc, SliceMode::Vector);
+  }
+  template <class XprT, class XprS, class XprY, class XprDy>
+  std::pair<typename XprT::PlainObject, typename XprT::PlainObject> rowwise_backward(
+      const Eigen::DenseBase<XprT>& tgt, const Eigen::DenseBase<XprS>& src,
+      const Eigen::DenseBase<XprY>& y, const Eigen::DenseBase<XprDy>& dy) const {
+    return backward_alloc(tgt, src, y, dy, SliceMode::Rows);
+  }
+  template <class XprT, class XprS, class XprY, class XprDy, class XprDT, class XprDS>
+  void rowwise_backward(const Eigen::DenseBase<XprT>& tgt, const Eigen::DenseBase<XprS>& src,
+                        const Eigen::DenseBase<XprY>& y, const Eigen::DenseBase<XprDy>& dy,
+                        const Eigen::DenseBase<XprDT>& dtgt,
+                        const Eigen::DenseBase<XprDS>& dsrc) const {
+    backward_impl(tgt, src, y, dy, dtgt, dsrc, SliceMode::Rows);
+  }
+  template <class XprT, class XprS, class XprY, class XprDy>
+  std::pair<typename XprT::PlainObject, typename XprT::PlainObject> colwise_backward(
+      const Eigen::DenseBase<XprT>& tgt, const Eigen::DenseBase<XprS>& src,
+      const Eigen::DenseBase<XprY>& y, const Eigen::DenseBase<XprDy>& dy) const {
+    return backward_alloc(tgt, src, y, dy, SliceMode::Cols);
+  }
+  template <class XprT, class XprS, class XprY, class XprDy, class XprDT, class XprDS>
+  void colwise_backward(const Eigen::DenseBase<XprT>& tgt, const Eigen::DenseBase<XprS>& src,
+                        const Eigen::DenseBase<XprY>& y, const Eigen::DenseBase<XprDy>& dy,
+                        const Eigen::DenseBase<XprDT>& dtgt,
+                        const Eigen::DenseBase<XprDS>& dsrc) const {
+    backward_impl(tgt, src, y, dy, dtgt, dsrc, SliceMode::Cols);
+  }
+
+ private:
+  const Derived& self() const { return static_cast<const Derived&>(*this); }
+
+  static Index slice_count(Index rows, Index cols, SliceMode mode) {
+    return mode == SliceMode::Vector ? 1 : mode == SliceMode::Rows ? rows : cols;
+  }
+
+  template <class XprT, class XprS, class XprY>
+  void forward_impl(const Eigen::DenseBase<XprT>& tgt_in, const Eigen::DenseBase<XprS>& src_in,
+                    const Eigen::DenseBase<XprY>& y_const, SliceMode mode) const {
+    using Scalar = typename XprT::Scalar;
+    static_check_scalar<Scalar>();
+    static_assert(
+        std::is_same_v<Scalar,
+                       typename XprS::Scalar> && std::is_same_v<Scalar, typename XprY::Scalar>,
+        "softmaxlab: tgt, src and y must have the same scalar type");
+    static_assert(is_writable_storage_v<XprY>,
+                  "softmaxlab: y must be writable storage (Matrix, Array, Map, Ref or a Block of "
+                  "one), not an expression");
+    static_assert(has_direct_access_v<XprT> || has_direct_access_v<XprS>,
+                  "softmaxlab: at most one of tgt and src may be an expression in the forms "
+                  "writing into y; evaluate the other first, or use the form returning y");
+    const auto& tgt = tgt_in.derived();
+    const auto& src = src_in.derived();
+    auto& y = const_cast<Eigen::DenseBase<XprY>&>(y_const).derived();
+    const char* name = Derived::name;
+    if (mode == SliceMode::Vector)
+      require_vector(name, tgt.rows(), tgt.cols());
+    require_same_shape(name, mode, "src", src.rows(), src.cols(), tgt.rows(), tgt.cols());
+    require_same_shape(name, mode, "y", y.rows(), y.cols(), tgt.rows(), tgt.cols());
+    if (tgt.size() == 0)
+      return;
+    constexpr bool one_expression = !has_direct_access_v<XprT> || !has_direct_access_v<XprS>;
+    auto check = [&](const auto& in) {
+      using In = std::decay_t<decltype(in)>;
+      if constexpr (has_direct_access_v<In>) {
+        if (one_expression ? storage_overlaps(in, y) : storage_partially_overlaps(in, y))
+          fail(name, ": y ",
+               one_expression ? "must not share storage with an input when the other "
+                                "input is an expression evaluated into y"
+                              : "partially overlaps an input (only exact in-place "
+                                "is allowed)");
+      }
+    };
+    check(tgt);
+    check(src);
+    if constexpr (!has_direct_access_v<XprT>) {
+      evaluate_into(tgt, y);
+    } else if constexpr (!has_direct_access_v<XprS>) {
+      evaluate_into(src, y);
+    }
+    auto span_of = [&](const auto& in, Index i) -> Span<const Scalar> {
+      using In = std::decay_t<decltype(in)>;
+      if constexpr (has_direct_access_v<In>) {
+        return slice_of<const Scalar>(in, i, mode);
+      } else {
+        const Span<Scalar> s = slice_of<Scalar>(y, i, mode);
+        return {s.data, s.size, s.stride};
+      }
+    };
+    for (Index i = 0; i < slice_count(tgt.rows(), tgt.cols(), mode); ++i) {
+      self().template compute<Scalar>(span_of(tgt, i), span_of(src, i),
+                                      slice_of<Scalar>(y, i, mode));
+    }
+  }
+
+  template <class XprT, class XprS, class XprY, class XprDy>
+  auto backward_alloc(const Eigen::DenseBase<XprT>& tgt, const Eigen::DenseBase<XprS>& src,
+                      const Eigen::DenseBase<XprY>& y, const Eigen::DenseBase<XprDy>& dy,
+                      SliceMode mode) const {
+    using Plain = typename XprT::PlainObject;
+    std::pair<Plain, Plain> out{Plain(tgt.rows(), tgt.cols()), Plain(tgt.rows(), tgt.cols())};
+    with_storage(tgt, [&](const auto& t) {
+      with_storage(src, [&](const auto& s) {
+        with_storage(y, [&](const auto& ys) {
+          with_storage(dy, [&](const auto& dys) {
+            backward_impl(t, s, ys, dys, out.first, out.second, mode);
+          });
+        });
+      });
+    });
+    return out;
+  }
+
+  template <class XprT, class XprS, class XprY, class XprDy, class XprDT, class XprDS>
+  void backward_impl(const Eigen::DenseBase<XprT>& tgt_in, const Eigen::DenseBase<XprS>& src_in,
+                     const Eigen::DenseBase<XprY>& y_in, const Eigen::DenseBase<XprDy>& dy_in,
+                     const Eigen::DenseBase<XprDT>& dt_const,
+                     const Eigen::DenseBase<XprDS>& ds_const, SliceMode mode) const {
+    using Scalar = typename XprT::Scalar;
+    static_check_scalar<Scalar>();
+    static_assert(
+        std::is_same_v<
+            Scalar,
+            typename XprS::
+                Scalar> && std::is_same_v<Scalar, typename XprY::Scalar> && std::is_same_v<Scalar, typename XprDy::Scalar> && std::is_same_v<Scalar, typename XprDT::Scalar> && std::is_same_v<Scalar, typename XprDS::Scalar>,
+        "softmaxlab: tgt, src, y, dy, dtgt and dsrc must have the same scalar type");
+    static_assert(is_writable_storage_v<XprDT> && is_writable_storage_v<XprDS>,
+                  "softmaxlab: dtgt and dsrc must be writable storage, not expressions");
+    static_assert(
+        has_direct_access_v<
+            XprT> && has_direct_access_v<XprS> && has_direct_access_v<XprY> && has_direct_access_v<XprDy>,
+        "softmaxlab: the fusion backward forms writing into dtgt and dsrc take storage "
+        "inputs; evaluate expressions first, or use the form returning the gradients");
+    const auto& tgt = tgt_in.derived();
+    const auto& src = src_in.derived();
+    const auto& y = y_in.derived();
+    const auto& dy = dy_in.derived();
+    auto& dt = const_cast<Eigen::DenseBase<XprDT>&>(dt_const).derived();
+    auto& ds = const_cast<Eigen::DenseBase<XprDS>&>(ds_const).derived();
+    const char* name = Derived::name;
+    if (mode == SliceMode::Vector)
+      require_vector(name, tgt.rows(), tgt.cols());
+    require_same_shape(name, mode, "src", src.rows(), src.cols(), tgt.rows(), tgt.cols());
+    require_same_shape(name, mode, "y", y.rows(), y.cols(), tgt.rows(), tgt.cols());
+    require_same_shape(name, mode, "dy", dy.rows(), dy.cols(), tgt.rows(), tgt.cols());
+    require_same_shape(name, mode, "dtgt", dt.rows(), dt.cols(), tgt.rows(), tgt.cols());
+    require_same_shape(name, mode, "dsrc", ds.rows(), ds.cols(), tgt.rows(), tgt.cols());
+    if (tgt.size() == 0)
+      return;
+    auto check = [&](const auto& in) {
+      if (storage_overlaps(in, dt) || storage_overlaps(in, ds))
+        fail(name, ": dtgt and dsrc must not share storage with the inputs");
+    };
+    check(tgt);
+    check(src);
+    check(y);
+    check(dy);
+    if (storage_overlaps(dt, ds))
+      fail(name, ": dtgt and dsrc must not share storage");
+    for (Index i = 0; i < slice_count(tgt.rows(), tgt.cols(), mode); ++i) {
+      self().template compute_backward<Scalar>(
+          slice_of<const Scalar>(tgt, i, mode), slice_of<const Scalar>(src, i, mode),
+          slice_of<const Scalar>(y, i, mode), slice_of<const Scalar>(dy, i, mode),
+          slice_of<Scalar>(dt, i, mode), slice_of<Scalar>(ds, i, mode));
+    }
+  }
+};
+
+}  // namespace detail
+
+// Hard SurfaceFusion: see the header's doc block.
+class HardFusion : public detail::FusionFunctor<HardFusion> {
+ public:
+  static constexpr const char* name = "HardFusion";
+
+  explicit HardFusion(double lambda = 0.8)
+      : lambda_(detail::require_in_range("HardFusion: lambda", lambda, 0.0, 1.0, "in [0, 1]")) {}
+
+  double lambda() const { return lambda_; }
+
+ private:
+  friend class detail::FusionFunctor<HardFusion>;
+
+  // w * v, with a zero weight dropping its term (so that 0 * -inf never makes a NaN).
+  template <class Scalar>
+  static Scalar weighted(Scalar w, Scalar v) {
+    return w == Scalar(0) ? Scalar(0) : w * v;
+  }
+
+  template <class Scalar>
+  void compute(const detail::Span<const Scalar>& tgt, const detail::Span<const Scalar>& src,
+               const detail::Span<Scalar>& y) const {
+    const auto nt = detail::LogNormalizer<Scalar>::of(tgt);
+    const auto ns = detail::LogNormalizer<Scalar>::of(src);
+    const Scalar lt = static_cast<Scalar>(lambda_), ls = static_cast<Scalar>(1.0 - lambda_);
+    for (Index i = 0; i < y.size; ++i) {
+      const Scalar t = tgt[i], s = src[i];
+      y[i] = weighted(lt, nt.log_p(t)) + weighted(ls, ns.log_p(s));
+    }
+  }
+
+  template <class Scalar>
+  void compute_backward(const detail::Span<const Scalar>& tgt,
+                        const detail::Span<const Scalar>& src, const detail::Span<const Scalar>& y,
+                        const detail::Span<const Scalar>& dy, const detail::Span<Scalar>& dtgt,
+                        const detail::Span<Scalar>& dsrc) const {
+    const Scalar inf = std::numeric_limits<Scalar>::infinity();
+    const Scalar lt = static_cast<Scalar>(lambda_), ls = static_cast<Scalar>(1.0 - lambda_);
+    // The upstream gradient of the entries that are not masked outputs, summed per input's mask.
+    Scalar sum_t = 0, sum_s = 0;
+    for (Index i = 0; i < y.size; ++i) {
+      const Scalar g = y[i] == -inf ? Scalar(0) : dy[i];
+      if (tgt[i] != -inf)
+        sum_t += g;
+      if (src[i] != -inf)
+        sum_s += g;
+    }
+    const auto nt = detail::LogNormalizer<Scalar>::of(tgt);
+    const auto ns = detail::LogNormalizer<Scalar>::of(src);
+    for (Index i = 0; i < y.size; ++i) {
+      const Scalar g = y[i] == -inf ? Scalar(0) : dy[i];
+      dtgt[i] = lt == Scalar(0) || tgt[i] == -inf ? Scalar(0) : lt * (g - nt.p(tgt[i]) * sum_t);
+      dsrc[i] = ls == Scalar(0) || src[i] == -inf ? Scalar(0) : ls * (g - ns.p(src[i]) * sum_s);
+    }
+  }
+
+  double lambda_;
+};
+
+// Soft SurfaceFusion: see the header's doc block.
+class SoftFusion : public detail::FusionFunctor<SoftFusion> {
+ public:
+  static constexpr const char* name = "SoftFusion";
+
+  explicit SoftFusion(double tau = 1.0)
+      : tau_(detail::require_in_range("SoftFusion: tau", tau, 0x1p-100, 0x1p100,
+                                      "in [2^-100, 2^100] (finite, > 0)")) {}
+
+  double tau() const { return tau_; }
+
+ private:
+  friend class detail::FusionFunctor<SoftFusion>;
+
+  template <class Scalar>
+  void compute(const detail::Span<const Scalar>& tgt, const detail::Span<const Scalar>& src,
+               const detail::Span<Scalar>& y) const {
+    const auto ns = detail::LogNormalizer<Scalar>::of(src, static_cast<Scalar>(tau_));
+    for (Index i = 0; i < y.size; ++i) {
+      const Scalar t = tgt[i], s = src[i];
+      y[i] = t + ns.log_p(s);
+    }
+    detail::StridedArray<Scalar> a = detail::strided_array(y);
+    LogSoftmax().apply(a, a);
+  }
+
+  template <class Scalar>
+  void compute_backward(const detail::Span<const Scalar>& /*tgt*/,
+                        const detail::Span<const Scalar>& src, const detail::Span<const Scalar>& y,
+                        const detail::Span<const Scalar>& dy, const detail::Span<Scalar>& dtgt,
+                        const detail::Span<Scalar>& dsrc) const {
+    const Scalar inf = std::numeric_limits<Scalar>::infinity();
+    const Scalar tau = static_cast<Scalar>(tau_);
+    Scalar sum_dy = 0;
+    for (Index i = 0; i < y.size; ++i) {
+      if (y[i] != -inf)
+        sum_dy += dy[i];
+    }
+    Scalar sum_da = 0;
+    for (Index i = 0; i < y.size; ++i) {
+      const Scalar da = y[i] == -inf ? Scalar(0) : dy[i] - std::exp(y[i]) * sum_dy;
+      dtgt[i] = da;
+      if (src[i] != -inf)
+        sum_da += da;
+    }
+    const auto ns = detail::LogNormalizer<Scalar>::of(src, tau);
+    for (Index i = 0; i < y.size; ++i) {
+      const Scalar s = src[i];
+      dsrc[i] = s == -inf ? Scalar(0) : tau * (dtgt[i] - ns.p(s) * sum_da);
+    }
+  }
+
+  double tau_;
+};
+
+}  // namespace softmaxlab
