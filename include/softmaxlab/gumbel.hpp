@@ -77,6 +77,7 @@
 #include "detail/kernels.hpp"
 #include "detail/log.hpp"
 #include "random.hpp"
+#include "softmax.hpp"
 
 namespace softmaxlab {
 
