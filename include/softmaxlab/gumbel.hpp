@@ -50,6 +50,11 @@
 //   - a NaN anywhere makes the whole output NaN (hard included); sample() returns -1;
 //   - an empty input gives an empty output (and consumes no random words).
 //
+// Errors (std::invalid_argument naming the value or shapes, nothing else is thrown): tau out of
+// range (constructor); sample() or the vector forms given a matrix that is not a vector; outputs
+// of the wrong shape or partially overlapping the input (exact in-place is allowed); backward
+// arguments of different shapes.
+//
 // Backward (training): g.backward(x, y_soft, dy[, dx]), g.rowwise_backward(X, Y_soft, dY[, dX]),
 // g.colwise_backward(...) give the soft sample's vector-Jacobian product
 //     dx = y_soft * (dy - <dy, y_soft>) / tau,
@@ -365,25 +370,7 @@ class GumbelSoftmax : public detail::DistributionFunctor<GumbelSoftmax>,
         y[i] = y[i] == m ? share : Scalar(0);
       return;
     }
-    const Scalar s = static_cast<Scalar>(1.0 / tau_);
-    detail::CompensatedSum<Scalar> sum0, sum1;
-    if (tau_ != 1.0) {
-      detail::for_chunks(perturbed, y, [&](const Scalar* in, Scalar* out, Index n) {
-        detail::exp_store_sum<true>(in, out, n, m, s, sum0, sum1);
-      });
-    } else {
-      detail::for_chunks(perturbed, y, [&](const Scalar* in, Scalar* out, Index n) {
-        detail::exp_store_sum<false>(in, out, n, m, s, sum0, sum1);
-      });
-    }
-    // sum >= 1: the max term is exp(0).
-    const Scalar inverse = static_cast<Scalar>(1.0L / (sum0.total() + sum1.total()));
-    if (y.contiguous()) {
-      detail::scale_in_place(y.data, y.size, inverse);
-    } else {
-      for (Index i = 0; i < y.size; ++i)
-        y[i] *= inverse;
-    }
+    detail::softmax_regular_row(perturbed, y, m, static_cast<Scalar>(1.0 / tau_), tau_ != 1.0);
   }
 
   // Backward (see the header's doc block): the softmax backward at temperature tau on the soft

@@ -31,6 +31,12 @@
 //     LogSoftmax: -log k and -inf);
 //   - a NaN anywhere makes the whole row NaN;
 //   - an empty input gives an empty output.
+//
+// Errors: every failure throws std::invalid_argument with a message naming the function, the
+// parameter and the value or shapes: a temperature out of range (constructor); an output whose
+// shape differs from the input's; an output that partially overlaps the input (exact in-place,
+// y being x, is allowed); rowwise/colwise outputs of the wrong shape. Nothing else is thrown,
+// and no input value (NaN, inf, subnormal, +-FLT_MAX) is an error.
 #pragma once
 
 #include <cmath>
@@ -75,32 +81,6 @@ Index count_positive_infinity(const Span<const Scalar>& x) {
   return k;
 }
 
-// Sum of exp((x_i - m) * s) over the row, optionally storing the terms into y.
-template <bool kStore, class Scalar>
-long double exp_pass(const Span<const Scalar>& x, const Span<Scalar>& y, Scalar m, Scalar s,
-                     bool scaled) {
-  CompensatedSum<Scalar> sum0, sum1;
-  if constexpr (kStore) {
-    if (scaled) {
-      for_chunks(x, y, [&](const Scalar* in, Scalar* out, Index n) {
-        exp_store_sum<true>(in, out, n, m, s, sum0, sum1);
-      });
-    } else {
-      for_chunks(x, y, [&](const Scalar* in, Scalar* out, Index n) {
-        exp_store_sum<false>(in, out, n, m, s, sum0, sum1);
-      });
-    }
-  } else {
-    EIGEN_UNUSED_VARIABLE(y);
-    if (scaled) {
-      for_chunks(x, [&](const Scalar* in, Index n) { exp_sum<true>(in, n, m, s, sum0, sum1); });
-    } else {
-      for_chunks(x, [&](const Scalar* in, Index n) { exp_sum<false>(in, n, m, s, sum0, sum1); });
-    }
-  }
-  return sum0.total() + sum1.total();
-}
-
 // 1 / sum rounded to Scalar: through double for float (x87's long double division sits on the
 // critical path of short rows; double already gives a correctly rounded float but for double
 // rounding, an error far below the policy).
@@ -113,8 +93,8 @@ Scalar reciprocal(long double sum) {
   }
 }
 
-// The tuned form of exp_pass: the terms are exp((x_i - m) * s) * kExpScale<Scalar> (stored into y
-// when kStore), and so is the returned sum (>= kExpScale: the max term is exp(0)).
+// Sum of the terms exp((x_i - m) * s) * kExpScale<Scalar> over the row, storing them into y when
+// kStore; the sum is >= kExpScale (the max term is exp(0)).
 template <bool kStore, class Scalar>
 long double scaled_exp_pass(const Span<const Scalar>& x, const Span<Scalar>& y, Scalar m, Scalar s,
                             bool scaled) {
@@ -140,6 +120,22 @@ long double scaled_exp_pass(const Span<const Scalar>& x, const Span<Scalar>& y, 
     }
   }
   return sum0.total() + sum1.total();
+}
+
+// y = softmax((x - m) * s) for a row whose max m is finite (RowKind::Regular); y may alias x.
+// `scaled` is false when s == 1 (the multiply is skipped). Shared by Softmax and GumbelSoftmax.
+template <class Scalar>
+void softmax_regular_row(const Span<const Scalar>& x, const Span<Scalar>& y, Scalar m, Scalar s,
+                         bool scaled) {
+  // y holds exp(..) * kExpScale and sum their total (>= kExpScale: the max term is exp(0)), so
+  // this one multiply also removes the scale, rounding subnormal results once.
+  const Scalar inverse = reciprocal<Scalar>(scaled_exp_pass<true>(x, y, m, s, scaled));
+  if (y.contiguous()) {
+    scale_in_place(y.data, y.size, inverse);
+  } else {
+    for (Index i = 0; i < y.size; ++i)
+      y[i] *= inverse;
+  }
 }
 
 }  // namespace detail
@@ -177,17 +173,8 @@ class Softmax : public detail::DistributionFunctor<Softmax>,
       case RowKind::Regular:
         break;
     }
-    const Scalar s = static_cast<Scalar>(1.0 / temperature_);
-    // y holds exp(..) * kExpScale and sum their total (>= kExpScale: the max term is exp(0)), so
-    // this one multiply also removes the scale, rounding subnormal results once.
-    const long double sum = detail::scaled_exp_pass<true>(x, y, m, s, temperature_ != 1.0);
-    const Scalar inverse = detail::reciprocal<Scalar>(sum);
-    if (y.contiguous()) {
-      detail::scale_in_place(y.data, y.size, inverse);
-    } else {
-      for (Index i = 0; i < y.size; ++i)
-        y[i] *= inverse;
-    }
+    detail::softmax_regular_row(x, y, m, static_cast<Scalar>(1.0 / temperature_),
+                                temperature_ != 1.0);
   }
 
   template <class Scalar>

@@ -123,60 +123,6 @@ EIGEN_STRONG_INLINE Packet shifted(const Packet& x, const Packet& m, const Packe
   }
 }
 
-// y_i = exp((x_i - m) * s) for contiguous x, y (y may be x); adds every y_i to `sum`.
-// Two independent accumulators hide the Kahan chain's latency behind the exp.
-template <bool kScaled, class Scalar>
-void exp_store_sum(const Scalar* x, Scalar* y, Index n, Scalar m, Scalar s,
-                   CompensatedSum<Scalar>& sum0, CompensatedSum<Scalar>& sum1) {
-  using namespace Eigen::internal;
-  using Packet = PacketOf<Scalar>;
-  constexpr int P = kPacketSize<Scalar>;
-  const Packet pm = pset1<Packet>(m), ps = pset1<Packet>(s);
-  Index i = 0;
-  for (; i + 2 * P <= n; i += 2 * P) {
-    const Packet e0 = pexp_nonpositive(shifted<kScaled>(ploadu<Packet>(x + i), pm, ps));
-    const Packet e1 = pexp_nonpositive(shifted<kScaled>(ploadu<Packet>(x + i + P), pm, ps));
-    pstoreu(y + i, e0);
-    pstoreu(y + i + P, e1);
-    sum0.add(e0);
-    sum1.add(e1);
-  }
-  for (; i + P <= n; i += P) {
-    const Packet e = pexp_nonpositive(shifted<kScaled>(ploadu<Packet>(x + i), pm, ps));
-    pstoreu(y + i, e);
-    sum0.add(e);
-  }
-  if (i < n) {
-    const Scalar masked = -std::numeric_limits<Scalar>::infinity();  // padding lanes give exp = 0
-    const Packet e =
-        pexp_nonpositive(shifted<kScaled>(load_partial<Packet>(x + i, n - i, masked), pm, ps));
-    store_partial(y + i, n - i, e);
-    sum1.add(e);
-  }
-}
-
-// Adds exp((x_i - m) * s) to `sum` without storing (log-softmax, normalizers).
-template <bool kScaled, class Scalar>
-void exp_sum(const Scalar* x, Index n, Scalar m, Scalar s, CompensatedSum<Scalar>& sum0,
-             CompensatedSum<Scalar>& sum1) {
-  using namespace Eigen::internal;
-  using Packet = PacketOf<Scalar>;
-  constexpr int P = kPacketSize<Scalar>;
-  const Packet pm = pset1<Packet>(m), ps = pset1<Packet>(s);
-  Index i = 0;
-  for (; i + 2 * P <= n; i += 2 * P) {
-    sum0.add(pexp_nonpositive(shifted<kScaled>(ploadu<Packet>(x + i), pm, ps)));
-    sum1.add(pexp_nonpositive(shifted<kScaled>(ploadu<Packet>(x + i + P), pm, ps)));
-  }
-  for (; i + P <= n; i += P)
-    sum0.add(pexp_nonpositive(shifted<kScaled>(ploadu<Packet>(x + i), pm, ps)));
-  if (i < n) {
-    const Scalar masked = -std::numeric_limits<Scalar>::infinity();
-    sum1.add(
-        pexp_nonpositive(shifted<kScaled>(load_partial<Packet>(x + i, n - i, masked), pm, ps)));
-  }
-}
-
 // The fused middle pass of softmax ("raddstore-expminusmax" in XNNPACK's naming), tuned:
 // y_i = exp((x_i - m) * s) * kExpScale (see exp.hpp: for float the 2^-64 of the exp is left to the
 // caller's final scaling) for contiguous x, y (y may be x); adds every y_i to `sum0`/`sum1`.

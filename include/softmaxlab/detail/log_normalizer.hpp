@@ -20,15 +20,16 @@ namespace detail {
 template <class Scalar>
 struct LogNormalizer {
   RowKind kind = RowKind::Regular;
-  Scalar m = 0;        // row max
-  Scalar s = 1;        // scale (1 / temperature)
-  Scalar log_sum = 0;  // log sum_j exp((x_j - m) s)   (Regular)
-  Scalar inv_sum = 1;  // 1 / that sum                 (Regular)
-  Scalar log_k = 0;    // log of the number of +inf entries (PositiveInfinity)
+  Scalar m = 0;               // row max
+  Scalar s = 1;               // scale (1 / temperature)
+  Scalar log_sum = 0;         // log sum_j exp((x_j - m) s)   (Regular)
+  Scalar inv_sum = 1;         // 1 / that sum                 (Regular)
+  Scalar inv_stored_sum = 1;  // 1 / the sum of the stored terms (they carry kExpScale<Scalar>)
+  Scalar log_k = 0;           // log of the number of +inf entries (PositiveInfinity)
   Scalar inv_k = 1;
 
-  // With `store` non-empty, the terms exp((x_i - m) s) of a Regular row are also written there
-  // (same length as x; p(i) is then store[i] * inv_sum).
+  // With `store` non-empty, the terms exp((x_i - m) s) * kExpScale<Scalar> of a Regular row are
+  // also written there (same length as x; p(i) is then store[i] * inv_stored_sum).
   static LogNormalizer of(const Span<const Scalar>& x, Scalar s = Scalar(1),
                           const Span<Scalar>& store = Span<Scalar>{nullptr, 0, 1}) {
     LogNormalizer n;
@@ -41,10 +42,13 @@ struct LogNormalizer {
       n.inv_k = Scalar(1) / Scalar(k);
     } else if (n.kind == RowKind::Regular) {
       const bool scaled = s != Scalar(1);
-      const long double sum = store.data != nullptr ? exp_pass<true>(x, store, n.m, s, scaled)
-                                                    : exp_pass<false>(x, store, n.m, s, scaled);
+      const long double scaled_sum = store.data != nullptr
+                                         ? scaled_exp_pass<true>(x, store, n.m, s, scaled)
+                                         : scaled_exp_pass<false>(x, store, n.m, s, scaled);
+      const long double sum = std::ldexp(scaled_sum, -kExpScaleLog2<Scalar>);
       n.log_sum = static_cast<Scalar>(std::log(sum));
       n.inv_sum = static_cast<Scalar>(1.0L / sum);
+      n.inv_stored_sum = static_cast<Scalar>(1.0L / scaled_sum);
     }
     return n;
   }
