@@ -31,6 +31,11 @@
 // either input makes the output row NaN; +inf entries follow softmax.hpp's rules for each
 // log_softmax. Accuracy: each log_softmax as in softmax.hpp (4 eps (1 + |value|)); the fusion adds
 // one rounding per operation.
+//
+// Errors (std::invalid_argument naming the value or shapes, nothing else is thrown): lambda
+// outside [0, 1] or tau outside [2^-100, 2^100] (constructors); tgt, src, y, dy or the gradients
+// of different shapes; an output partially overlapping an input, or gradients sharing storage
+// with the inputs or each other (see Calls).
 #pragma once
 
 #include <cmath>

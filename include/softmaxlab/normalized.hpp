@@ -18,7 +18,9 @@
 //
 // Parameters: scale s finite and > 0 (default 20, temperature 0.05); margins within the ranges
 // above. Anything else throws std::invalid_argument naming the value. Labels outside [0, C) or of
-// the wrong length throw.
+// the wrong length throw, as do E and W with different numbers of columns (D), a dZ or dP that is
+// not N x C, and prototypes() with num_classes < 1 or a class without embeddings. Nothing else is
+// thrown; NaN and inf inputs are not errors (see below).
 //
 // Zero and non-finite rows: a row of E or W whose norm is 0 normalizes to the zero vector (as
 // torch.nn.functional.normalize does): its cosines are 0, so an all-zero embedding gets logits 0

@@ -55,7 +55,12 @@
 // Special values: a NaN anywhere gives a NaN row; -inf entries get exactly 0 (masked) and an
 // all -inf row gives all 0; with the row max, k entries at +inf share the mass (1/k each, as
 // Softmax); with a public bound, entries above the bound (+inf included) count as the bound.
-// An empty input gives an empty output.
+// An empty input gives an empty output. Rows are finite for finite input, but, being
+// approximations, sum to 1 only within error_bound() times n.
+//
+// Errors (std::invalid_argument naming the field and value or the shapes, nothing else is
+// thrown): a configuration outside the ranges above (constructor); an output whose shape differs
+// from the input's, or that partially overlaps it (exact in-place is allowed).
 //
 // Backward (training): f.backward(x, y, dy[, dx]) and the rowwise/colwise forms give the exact
 // vector-Jacobian product of the function computed here, not of softmax: with y_i = E(t_i) R(S),

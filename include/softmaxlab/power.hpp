@@ -44,6 +44,10 @@
 //     to 0); Lipschitz and LengthAgnostic give all 0 (0 / eps, exactly their formula);
 //   - an empty input gives an empty output.
 //
+// Errors (std::invalid_argument naming the value or shapes, nothing else is thrown): p, eps or
+// iterations out of range (constructor); an output or mask whose length differs from the input's;
+// an output that partially overlaps the input (exact in-place is allowed).
+//
 // Speed (bench/bench_power_polynomial.cpp, float rows of 4096 in cache, AVX2): PowerSoftmax(4)
 // about 2.9x Softmax with exact division, 1.8x with Goldschmidt.
 //

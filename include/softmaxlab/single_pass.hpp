@@ -52,6 +52,11 @@
 //     d = k; no inf - inf is ever formed);
 //   - a NaN anywhere makes the whole row NaN (the state's max is NaN, and stays NaN on merges);
 //   - an empty input gives an empty output; an empty state has m = -inf, d = 0.
+//
+// Errors (std::invalid_argument naming the value or shapes, nothing else is thrown): a
+// temperature out of range; merging states of different temperatures; write/write_log into an
+// output whose length differs from the chunk's, or that partially overlaps it; the shape errors of
+// Softmax for SinglePassSoftmax's forms.
 #pragma once
 
 #include <algorithm>

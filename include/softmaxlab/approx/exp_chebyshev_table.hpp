@@ -5,6 +5,7 @@
 // arithmetic, over a 1200-point grid, times 1.02. sum_abs = sum_i |c_i|.
 #pragma once
 
+// clang-format off
 namespace softmaxlab {
 namespace approx {
 namespace tables {
@@ -468,3 +469,4 @@ inline constexpr ExpChebyshevEntry kExpChebyshev[kExpChebyshevLengths][kExpCheby
 }  // namespace tables
 }  // namespace approx
 }  // namespace softmaxlab
+// clang-format on
