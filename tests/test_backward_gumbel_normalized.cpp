@@ -28,12 +28,7 @@ namespace {
 const double kInf = std::numeric_limits<double>::infinity();
 
 Mat random_matrix(Index rows, Index cols, unsigned seed, double scale = 1.0) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<double> normal(0.0, scale);
-  Mat m(rows, cols);
-  for (Index i = 0; i < m.size(); ++i)
-    m(i) = normal(gen);
-  return m;
+  return softmaxlab_test::random_normal(rows, cols, seed, scale);
 }
 
 }  // namespace

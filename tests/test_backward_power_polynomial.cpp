@@ -29,12 +29,7 @@ namespace {
 const double kInf = std::numeric_limits<double>::infinity();
 
 Vec random_vec(Index n, unsigned seed, double scale) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<double> normal(0.0, scale);
-  Vec v(n);
-  for (Index i = 0; i < n; ++i)
-    v(i) = normal(gen);
-  return v;
+  return softmaxlab_test::random_normal(n, 1, seed, scale);
 }
 
 // tie_tolerance: the bound for rows whose max is tied (all equal), where PolynomialSoftmax has a

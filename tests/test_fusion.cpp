@@ -29,12 +29,7 @@ namespace {
 const double kInf = std::numeric_limits<double>::infinity();
 
 Vec random_vec(Index n, unsigned seed, double scale = 2.0) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<double> normal(0.0, scale);
-  Vec v(n);
-  for (Index i = 0; i < n; ++i)
-    v(i) = normal(gen);
-  return v;
+  return softmaxlab_test::random_normal(n, 1, seed, scale);
 }
 
 struct Case {

@@ -27,12 +27,7 @@ const double kInf = std::numeric_limits<double>::infinity();
 const double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 Mat random_matrix(Index rows, Index cols, unsigned seed, double scale = 2.0) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<double> normal(0.0, scale);
-  Mat m(rows, cols);
-  for (Index i = 0; i < m.size(); ++i)
-    m(i) = normal(gen);
-  return m;
+  return softmaxlab_test::random_normal(rows, cols, seed, scale);
 }
 
 // The cross-entropy of one row, straight from the formula in long double.
