@@ -3,6 +3,7 @@
 #pragma once
 #include "power_table.hpp"
 
+// clang-format off
 namespace softmaxlab_test {
 namespace poly {
 
