@@ -50,3 +50,29 @@ TEMPLATE_TEST_CASE("NormalizedSoftmax with zero-dimensional embeddings", "[regre
   const Eigen::Matrix<Eigen::Index, Eigen::Dynamic, 1> cls = sml::NormalizedSoftmax::classify(e, w);
   CHECK((cls.array() == 0).all());  // all cosines 0: the first class
 }
+
+// fuzz_soft_fusion: a +inf tgt entry where src is -inf gave inf + (-inf) = NaN, and the whole row
+// NaN; fusion.hpp says a -inf entry of either input masks that output entry. Likewise an entry
+// that src's log_softmax sends to -inf (beside a +inf src entry) is masked against a +inf tgt.
+TEMPLATE_TEST_CASE("SoftFusion masks a -inf src entry against a +inf tgt entry",
+                   "[regression][fusion]", float, double) {
+  using Vec = Eigen::Matrix<TestType, Eigen::Dynamic, 1>;
+  const TestType inf = std::numeric_limits<TestType>::infinity();
+  const sml::SoftFusion soft(1.0);
+  const Vec y = soft((Vec(2) << inf, 0).finished(), (Vec(2) << -inf, 0).finished());
+  CHECK(y(0) == -inf);
+  CHECK(y(1) == 0);
+  const Vec y2 = soft((Vec(3) << inf, 1, 0).finished(), (Vec(3) << 0, inf, 0).finished());
+  CHECK(y2(0) == -inf);
+  CHECK(y2(1) == 0);
+  CHECK(y2(2) == -inf);
+  const Vec y3 = soft((Vec(2) << std::numeric_limits<TestType>::quiet_NaN(), 0).finished(),
+                      (Vec(2) << -inf, 0).finished());
+  CHECK(std::isnan(y3(0)));  // a NaN tgt still makes the row NaN
+  CHECK(std::isnan(y3(1)));
+  const auto g = soft.backward((Vec(2) << inf, 0).finished(), (Vec(2) << -inf, 0).finished(), y,
+                               (Vec(2) << 1, 1).finished());
+  CHECK(g.first(0) == 0);
+  CHECK(g.second(0) == 0);
+  CHECK(std::isfinite(g.first(1)));
+}
