@@ -76,3 +76,21 @@ TEMPLATE_TEST_CASE("SoftFusion masks a -inf src entry against a +inf tgt entry",
   CHECK(g.second(0) == 0);
   CHECK(std::isfinite(g.first(1)));
 }
+
+// fuzz_cross_entropy, fuzz_sparse_cbm_gumbel_loss: logits with N > 0 rows and no columns made
+// detail::slice_span offset the null data pointer of the empty matrix (UBSan: applying non-zero
+// offset to null pointer). Empty rows hold no terms: the losses are 0 and nothing is written.
+TEMPLATE_TEST_CASE("Losses on N x 0 logits", "[regression][loss]", float, double) {
+  using Mat = Eigen::Matrix<TestType, Eigen::Dynamic, Eigen::Dynamic>;
+  const Mat z(3, 0), t(3, 0);
+  Mat grad(3, 0);
+  const sml::CrossEntropyLoss ce;
+  CHECK(ce(z, t) == 0);
+  CHECK(ce(z, t, grad) == 0);
+  const Eigen::VectorXi ignored = Eigen::VectorXi::Constant(3, -100);
+  CHECK(ce(z, ignored, grad) == 0);
+  sml::Philox4x32 gen(1);
+  const sml::SparseCbmGumbelLoss cbm;
+  CHECK(cbm(z, gen) == 0);
+  CHECK(cbm(z, gen, grad) == 0);
+}
