@@ -94,3 +94,29 @@ TEMPLATE_TEST_CASE("Losses on N x 0 logits", "[regression][loss]", float, double
   CHECK(cbm(z, gen) == 0);
   CHECK(cbm(z, gen, grad) == 0);
 }
+
+// fuzz_cross_entropy: an expression over a 1 x C dynamic (column-major) matrix, evaluated into the
+// output by detail::evaluate_into, was written with the element stride as the column stride
+// times C (a heap-buffer-overflow under ASan, wrong values without it): the vector case assumed
+// the elements step along the plain type's inner dimension, which a 1 x C column-major matrix's
+// do not.
+TEMPLATE_TEST_CASE("Expressions over a one-row dynamic matrix", "[regression][loss][softmax]",
+                   float, double) {
+  using Mat = Eigen::Matrix<TestType, Eigen::Dynamic, Eigen::Dynamic>;
+  Mat z(1, 19);
+  for (Eigen::Index k = 0; k < 19; ++k)
+    z(0, k) = static_cast<TestType>(k % 5) - 2;
+  const Mat t = Mat::Constant(1, 19, TestType(1) / 19);
+  const sml::CrossEntropyLoss ce(sml::Reduction::Sum);
+  Mat g_plain(1, 19), g_expression(1, 19);
+  const double plain = ce(z, t, g_plain);
+  const double from_expression = ce(z * TestType(1), t, g_expression);
+  CHECK(from_expression == Approx(plain).epsilon(1e-6));
+  for (Eigen::Index k = 0; k < 19; ++k)
+    CHECK(static_cast<double>(g_expression(0, k)) == Approx(g_plain(0, k)).margin(1e-6));
+  Mat y(1, 19);
+  sml::Softmax().apply(z * TestType(1), y);
+  const Mat y_plain = sml::Softmax()(z);
+  for (Eigen::Index k = 0; k < 19; ++k)
+    CHECK(static_cast<double>(y(0, k)) == Approx(y_plain(0, k)).margin(1e-6));
+}
