@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <limits>
+#include <stdexcept>
 
 #include <catch2/catch.hpp>
 
@@ -119,4 +120,21 @@ TEMPLATE_TEST_CASE("Expressions over a one-row dynamic matrix", "[regression][lo
   const Mat y_plain = sml::Softmax()(z);
   for (Eigen::Index k = 0; k < 19; ++k)
     CHECK(static_cast<double>(y(0, k)) == Approx(y_plain(0, k)).margin(1e-6));
+}
+
+// fuzz_sparse_cbm_gumbel_loss: a finite tau below 1 / DBL_MAX (or below 1 / FLT_MAX for float
+// logits) made the scale 1 / tau infinite and the loss NaN for finite logits, where loss.hpp
+// promises a finite loss. tau now has Softmax's temperature range [2^-100, 2^100], as
+// GumbelSoftmax's tau does; outside it the constructor throws std::invalid_argument.
+TEST_CASE("SparseCbmGumbelLoss keeps 1 / tau finite", "[regression][loss]") {
+  CHECK_THROWS_AS(sml::SparseCbmGumbelLoss(1e-300), std::invalid_argument);
+  CHECK_THROWS_AS(sml::SparseCbmGumbelLoss(1e-40), std::invalid_argument);
+  CHECK_THROWS_AS(sml::SparseCbmGumbelLoss(0x1p101), std::invalid_argument);
+  const Eigen::MatrixXf x = (Eigen::MatrixXf(2, 3) << 1, -2, 0.5, 3, 3, -1).finished();
+  for (double tau : {0x1p-100, 0x1p100}) {
+    sml::Philox4x32 gen(5);
+    const double loss = sml::SparseCbmGumbelLoss(tau)(x, gen);
+    CHECK(std::isfinite(loss));
+    CHECK(loss >= 0);
+  }
 }
