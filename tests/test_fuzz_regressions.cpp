@@ -138,3 +138,18 @@ TEST_CASE("SparseCbmGumbelLoss keeps 1 / tau finite", "[regression][loss]") {
     CHECK(loss >= 0);
   }
 }
+
+// fuzz_normalized: a scale s past FLT_MAX (finite as a double) overflowed the float embeddings
+// scaled by s to inf, and an all-zero class weight then got 0 * inf = NaN logits instead of the
+// 0 normalized.hpp promises. s now has the range of an inverse temperature, [2^-100, 2^100]
+// (so s cos fits a float); outside it the constructor throws std::invalid_argument.
+TEST_CASE("NormalizedSoftmax scale fits a float", "[regression][normalized]") {
+  CHECK_THROWS_AS(sml::NormalizedSoftmax(1e300), std::invalid_argument);
+  CHECK_THROWS_AS(sml::NormalizedSoftmax(1e-300), std::invalid_argument);
+  const sml::NormalizedSoftmax ns(0x1p100);
+  const Eigen::MatrixXf e = (Eigen::MatrixXf(1, 3) << -8, 0.5f, 1.5f).finished();
+  const Eigen::MatrixXf w = (Eigen::MatrixXf(2, 3) << 0, 0, 0, 1, 2, 3).finished();
+  const auto z = ns.logits(e, w);
+  CHECK(z(0, 0) == 0);  // the zero class weight
+  CHECK(std::isfinite(z(0, 1)));
+}

@@ -193,7 +193,8 @@ class NormalizedSoftmax {
   static constexpr const char* name = "NormalizedSoftmax";
 
   explicit NormalizedSoftmax(double scale = 20.0, Margin margin = Margin::none())
-      : scale_(detail::require_positive_finite("NormalizedSoftmax: scale", scale)),
+      : scale_(detail::require_in_range("NormalizedSoftmax: scale", scale, 0x1p-100, 0x1p100,
+                                        "in [2^-100, 2^100] (finite, > 0)")),  // s fits a float
         margin_(detail::check_margin(margin)) {}
 
   double scale() const { return scale_; }
