@@ -3,9 +3,14 @@
 # from its committed seed corpus. Any crash, sanitizer report or broken invariant fails the run and
 # leaves the reproducer in <build>/artifacts/.
 #
-#   scripts/fuzz.sh [SECONDS_PER_TARGET]     (default 10, or $FUZZ_SECONDS)
+#   scripts/fuzz.sh [SECONDS_PER_TARGET]     (or $FUZZ_SECONDS)
 #
-# Environment: BUILD_DIR (default build/fuzz), SOFTMAXLAB_WERROR, JOBS.
+# Without a per-target time, a total budget is split evenly over the targets built:
+# FUZZ_TOTAL_SECONDS (default 90) / number of targets, at least FUZZ_MIN_SECONDS (default 5) each,
+# so the whole run stays about a minute and a half however many targets there are.
+#
+# Environment: BUILD_DIR (default build/fuzz), SOFTMAXLAB_WERROR, JOBS, FUZZ_SECONDS,
+# FUZZ_TOTAL_SECONDS, FUZZ_MIN_SECONDS.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -13,7 +18,7 @@ cd "$repo_root"
 
 bash scripts/install-deps.sh cmake make clang libclang-rt-14-dev libeigen3-dev
 
-seconds="${1:-${FUZZ_SECONDS:-10}}"
+per_target="${1:-${FUZZ_SECONDS:-}}"
 build_dir="${BUILD_DIR:-build/fuzz}"
 jobs="${JOBS:-$(nproc 2>/dev/null || echo 2)}"
 
@@ -28,9 +33,20 @@ cmake -S . -B "$build_dir" \
 cmake --build "$build_dir" -j"$jobs"
 
 mkdir -p "$build_dir/artifacts"
-targets=0
+executables=()
 for exe in "$build_dir"/tests/fuzz/fuzz_*; do
-  [[ -x "$exe" && -f "$exe" ]] || continue
+  [[ -x "$exe" && -f "$exe" ]] && executables+=("$exe")
+done
+[[ ${#executables[@]} -gt 0 ]] || { echo "fuzz: no targets were built" >&2; exit 1; }
+if [[ -n "$per_target" ]]; then
+  seconds="$per_target"
+else
+  seconds=$(( ${FUZZ_TOTAL_SECONDS:-90} / ${#executables[@]} ))
+  (( seconds >= ${FUZZ_MIN_SECONDS:-5} )) || seconds="${FUZZ_MIN_SECONDS:-5}"
+fi
+targets=0
+start=$SECONDS
+for exe in "${executables[@]}"; do
   name="$(basename "$exe")"
   work="$(mktemp -d)"  # grows during the run; the committed corpus stays as it is
   if [[ -d "tests/fuzz/corpus/$name" ]]; then cp -r "tests/fuzz/corpus/$name/." "$work/"; fi
@@ -40,5 +56,4 @@ for exe in "$build_dir"/tests/fuzz/fuzz_*; do
   rm -rf "$work"
   targets=$((targets + 1))
 done
-[[ $targets -gt 0 ]] || { echo "fuzz: no targets were built" >&2; exit 1; }
-echo "fuzz: $targets targets ran ${seconds}s each, no findings"
+echo "fuzz: $targets targets ran ${seconds}s each ($((SECONDS - start))s in all), no findings"

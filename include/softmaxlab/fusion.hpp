@@ -353,9 +353,12 @@ class SoftFusion : public detail::FusionFunctor<SoftFusion> {
   void compute(const detail::Span<const Scalar>& tgt, const detail::Span<const Scalar>& src,
                const detail::Span<Scalar>& y) const {
     const auto ns = detail::LogNormalizer<Scalar>::of(src, static_cast<Scalar>(tau_));
+    const Scalar inf = std::numeric_limits<Scalar>::infinity();
     for (Index i = 0; i < y.size; ++i) {
-      const Scalar t = tgt[i], s = src[i];
-      y[i] = t + ns.log_p(s);
+      // An entry src gives probability 0 (-inf, or beside a +inf) is masked even against a +inf
+      // tgt (inf - inf would make the whole row NaN); a NaN tgt still poisons the row.
+      const Scalar t = tgt[i], ls = ns.log_p(src[i]);
+      y[i] = ls == -inf && t == t ? -inf : t + ls;
     }
     detail::StridedArray<Scalar> a = detail::strided_array(y);
     LogSoftmax().apply(a, a);

@@ -526,7 +526,7 @@ class SparseCbmGumbelLoss {
   static constexpr const char* name = "SparseCbmGumbelLoss";
 
   explicit SparseCbmGumbelLoss(double tau = 1.0)
-      : tau_(detail::require_positive_finite("SparseCbmGumbelLoss: tau", tau)) {}
+      : tau_(detail::check_temperature("SparseCbmGumbelLoss: tau", tau)) {}  // 1/tau finite
 
   double tau() const { return tau_; }
 

@@ -171,6 +171,8 @@ double backward_row_norm(const Row& row) {
 template <class X, class Xn, class D, class Out>
 void normalize_rows_backward(const X& x, const Xn& xn, const D& d, Out& out) {
   using Scalar = typename Out::Scalar;
+  if (x.size() == 0)
+    return;  // D = 0 (or no rows): nothing to write (Eigen's row blocks of an empty matrix are UB)
   for (Index i = 0; i < x.rows(); ++i) {
     const double norm = backward_row_norm(x.row(i));
     if (norm != norm) {
@@ -193,7 +195,8 @@ class NormalizedSoftmax {
   static constexpr const char* name = "NormalizedSoftmax";
 
   explicit NormalizedSoftmax(double scale = 20.0, Margin margin = Margin::none())
-      : scale_(detail::require_positive_finite("NormalizedSoftmax: scale", scale)),
+      : scale_(detail::require_in_range("NormalizedSoftmax: scale", scale, 0x1p-100, 0x1p100,
+                                        "in [2^-100, 2^100] (finite, > 0)")),  // s fits a float
         margin_(detail::check_margin(margin)) {}
 
   double scale() const { return scale_; }
@@ -210,6 +213,9 @@ class NormalizedSoftmax {
     // Column-major copy, then column sweeps: every pass below is a contiguous, vectorized loop
     // (a row-wise reduction over a column-major matrix would stride through memory).
     Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> out = x;
+    if (out.size() == 0)
+      return out;  // no rows, or D = 0 (every row the zero vector; Eigen's row blocks of an empty
+                   // matrix are UB)
     Eigen::Matrix<double, Eigen::Dynamic, 1> scale =
         Eigen::Matrix<double, Eigen::Dynamic, 1>::Zero(out.rows());
     // Sums of squares in double: for float inputs they cannot overflow or underflow.
@@ -324,7 +330,8 @@ class NormalizedSoftmax {
         Eigen::Matrix<Index, Eigen::Dynamic, 1>::Zero(num_classes);
     for (Index n = 0; n < en.rows(); ++n) {
       const Index c = static_cast<Index>(labels.derived().coeff(n));
-      sums.row(c) += en.row(n).template cast<double>();
+      if (e.cols() > 0)
+        sums.row(c) += en.row(n).template cast<double>();
       ++counts(c);
     }
     for (Index c = 0; c < num_classes; ++c) {
@@ -416,8 +423,10 @@ class NormalizedSoftmax {
     if (labels != nullptr && margin_.kind != Margin::Kind::None) {
       for (Index n = 0; n < g.rows(); ++n) {
         const Index c = static_cast<Index>(labels->coeff(n));
-        const double cosine =
-            en.row(n).template cast<double>().dot(wn.row(c).template cast<double>());
+        const double cosine =  // (D = 0: zero rows, cosine 0; no row blocks of empty matrices)
+            e.cols() == 0
+                ? 0.0
+                : en.row(n).template cast<double>().dot(wn.row(c).template cast<double>());
         g(n, c) *= static_cast<Scalar>(detail::margin_derivative(margin_, cosine));
       }
     }

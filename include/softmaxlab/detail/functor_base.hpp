@@ -58,6 +58,8 @@ Span<Scalar> vector_span(Xpr& v) {
 template <class Scalar, class Xpr>
 Span<Scalar> slice_span(Xpr& m, Index i, bool along_rows) {
   auto* base = const_cast<Scalar*>(m.data());
+  if (m.size() == 0)  // e.g. a row of an N x 0 matrix: data() is null, so no offset (UB)
+    return {base, along_rows ? m.cols() : m.rows(), 1};
   return along_rows ? Span<Scalar>{base + i * m.rowStride(), m.cols(), m.colStride()}
                     : Span<Scalar>{base + i * m.colStride(), m.rows(), m.rowStride()};
 }
@@ -90,9 +92,15 @@ void evaluate_into(const Eigen::DenseBase<XprX>& x, XprY& y) {
   constexpr bool row_major = (int(Plain::Flags) & Eigen::RowMajorBit) != 0;
   const bool is_vector = x.rows() == 1 || x.cols() == 1;
   const Index element_stride = y.rows() == 1 ? y.colStride() : y.rowStride();
-  const Index outer =
-      is_vector ? element_stride * y.size() : (row_major ? y.rowStride() : y.colStride());
-  const Index inner = is_vector ? element_stride : (row_major ? y.colStride() : y.rowStride());
+  // A vector's elements step along Plain's inner dimension (a column of a column-major Plain, a
+  // row of a row-major one) or along its outer one (a 1 x n column-major Plain: a dynamic
+  // matrix's single row).
+  const bool along_inner = row_major ? x.rows() == 1 : x.cols() == 1;
+  const Index spread = element_stride * y.size();
+  const Index outer = is_vector ? (along_inner ? spread : element_stride)
+                                : (row_major ? y.rowStride() : y.colStride());
+  const Index inner = is_vector ? (along_inner ? element_stride : spread)
+                                : (row_major ? y.colStride() : y.rowStride());
   Eigen::Map<Plain, Eigen::Unaligned, Strides>(y.data(), x.rows(), x.cols(),
                                                Strides(outer, inner)) = x.derived();
 }

@@ -1,0 +1,6 @@
+// libFuzzer target: HardFusion (forward and backward); the contract checked is in fuzz_fusion.hpp.
+#include "fuzz_fusion.hpp"
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  return softmaxlab_fuzz::run_fusion_target<softmaxlab::HardFusion>(data, size, 0.8);
+}
