@@ -27,10 +27,13 @@
 // where an output entry equal to -inf (masked) is a constant: its dy is left out of the sums, and a
 // masked input entry (-inf) gets gradient 0.
 //
-// Special values: a -inf entry of either input masks that output entry (-inf); NaN in a row of
-// either input makes the output row NaN; +inf entries follow softmax.hpp's rules for each
-// log_softmax. Accuracy: each log_softmax as in softmax.hpp (4 eps (1 + |value|)); the fusion adds
-// one rounding per operation.
+// Special values: a -inf entry of either input masks that output entry (-inf); SoftFusion masks
+// every entry to which log_softmax(tau * src) gives -inf (a -inf src, or a finite one beside a
+// +inf src) even where tgt is +inf. NaN in a row of either input makes the output row NaN, and
+// the backward's gradient rows NaN, masked entries included; except that HardFusion with a
+// weight of exactly 0 drops that input, NaN included. +inf entries follow softmax.hpp's rules
+// for each log_softmax. Accuracy: each log_softmax as in softmax.hpp (4 eps (1 + |value|)); the
+// fusion adds one rounding per operation.
 //
 // Errors (std::invalid_argument naming the value or shapes, nothing else is thrown): lambda
 // outside [0, 1] or tau outside [2^-100, 2^100] (constructors); tgt, src, y, dy or the gradients

@@ -41,22 +41,24 @@
 //
 // SparseCbmGumbelLoss(tau = 1), the Gumbel loss of Sparse-CBM ("Sparse Concept Bottleneck Models:
 // Gumbel Tricks in Contrastive Learning", 2024), as the issue states it: the mean over every entry
-// of -log gumbel_softmax(x, tau), for concept
+// of -log gumbel_softmax(x, tau), tau in [2^-100, 2^100] (so 1/tau stays finite), for concept
 // logits x (N x K, a fresh Gumbel sample per row drawn from `gen` as GumbelSoftmax does, so the
 // same generator state gives the same noise):
 //     loss = -(1 / (N K)) sum_{n,i} log softmax((x_n + g_n) / tau)_i,
 //     dloss/dx_ni = (K y_ni - 1) / (N K tau),   y_n = softmax((x_n + g_n) / tau)
 //   (the noise is held fixed: the reparameterization gradient). The log is taken in the log
-//   domain (never log of a rounded probability), so the loss is finite for finite logits; a -inf
-//   logit makes it +inf.
+//   domain (never log of a rounded probability), so the loss is finite for finite logits whose
+//   spread divided by tau fits the scalar type; a -inf logit makes it +inf, a NaN one NaN.
 //     double l = cbm(logits, gen);          // allocates one row of scratch
 //     double l = cbm(logits, gen, grad);    // grad N x K, may be the logits; no allocation
 //
 // Accuracy: every log-probability is LogSoftmax's (4 eps (1 + |log p|) in the scalar type) and
 // every probability in a gradient Softmax's; the losses are accumulated in double, so a loss's
-// relative error is that of its terms plus about N C double roundings. The gradients are checked
-// against fourth-order finite differences in double (tests/test_loss.cpp,
-// tests/test_backward_gumbel_normalized.cpp: relative error < 1e-6, measured ~1e-11).
+// relative error is that of its terms plus about N C double roundings (a sum whose terms are
+// near DBL_MAX, from logits near DBL_MAX in double, may become +inf before the Mean divides it).
+// The gradients are checked against fourth-order finite differences in double
+// (tests/test_loss.cpp, tests/test_backward_gumbel_normalized.cpp: relative error < 1e-6,
+// measured ~1e-11).
 //
 // Errors (std::invalid_argument naming the parameter and value or the shapes, nothing else is
 // thrown): a reduction, label_smoothing, penalty or tau out of range (constructors); labels of the

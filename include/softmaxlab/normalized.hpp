@@ -16,7 +16,8 @@
 //                                  the paper's lambda annealing is left to the caller)
 // and every other logit stays s cos. Without labels there is no margin (inference).
 //
-// Parameters: scale s finite and > 0 (default 20, temperature 0.05); margins within the ranges
+// Parameters: scale s in [2^-100, 2^100] (default 20, temperature 0.05; the cap keeps s cos
+// finite in float, where a larger s made 0 * inf = NaN logits); margins within the ranges
 // above. Anything else throws std::invalid_argument naming the value. Labels outside [0, C) or of
 // the wrong length throw, as do E and W with different numbers of columns (D), a dZ or dP that is
 // not N x C, and prototypes() with num_classes < 1 or a class without embeddings. Nothing else is
