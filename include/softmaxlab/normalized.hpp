@@ -208,6 +208,8 @@ class NormalizedSoftmax {
     // Column-major copy, then column sweeps: every pass below is a contiguous, vectorized loop
     // (a row-wise reduction over a column-major matrix would stride through memory).
     Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> out = x;
+    if (out.size() == 0)
+      return out;  // no rows, or zero-length rows (which must not be sliced: null storage)
     Eigen::Matrix<double, Eigen::Dynamic, 1> scale =
         Eigen::Matrix<double, Eigen::Dynamic, 1>::Zero(out.rows());
     // Sums of squares in double: for float inputs they cannot overflow or underflow.
@@ -322,7 +324,8 @@ class NormalizedSoftmax {
         Eigen::Matrix<Index, Eigen::Dynamic, 1>::Zero(num_classes);
     for (Index n = 0; n < en.rows(); ++n) {
       const Index c = static_cast<Index>(labels.derived().coeff(n));
-      sums.row(c) += en.row(n).template cast<double>();
+      if (en.cols() > 0)
+        sums.row(c) += en.row(n).template cast<double>();
       ++counts(c);
     }
     for (Index c = 0; c < num_classes; ++c) {
@@ -409,6 +412,8 @@ class NormalizedSoftmax {
       detail::fail(name, ": dZ must be N x C = ", e.rows(), " x ", w.rows(), ", but got ",
                    dz.rows(), " x ", dz.cols());
     }
+    if (e.cols() == 0)  // zero features: the gradients are empty (and rows must not be sliced)
+      return {Mat(e.rows(), 0), Mat(w.rows(), 0)};
     const Mat en = normalized_rows(e), wn = normalized_rows(w);
     Mat g = dz.derived().template cast<Scalar>() * static_cast<Scalar>(scale_);
     if (labels != nullptr && margin_.kind != Margin::Kind::None) {
