@@ -80,7 +80,9 @@ TEST_CASE("edge shapes: OnlineNormalizer", "[edge]") {
     CHECK(empty.count() == 0);
     CHECK(empty.log_sum_exp() == -std::numeric_limits<double>::infinity());
     Eigen::VectorXf none, none_out;
-    Eigen::MatrixXf zero_cols(3, 0);
+    Eigen::VectorXf storage = Eigen::VectorXf::Zero(6);
+    const Eigen::Map<const Eigen::VectorXf, 0, Eigen::InnerStride<3>> strided_empty(storage.data(),
+                                                                                    0);
     N a;
     Eigen::VectorXf x = Eigen::VectorXf::LinSpaced(37, -3, 5);
     N b;
@@ -90,8 +92,8 @@ TEST_CASE("edge shapes: OnlineNormalizer", "[edge]") {
     {
       AllocationGuard guard;
       a.update(none);
-      a.update(none * 2.0f);       // an empty expression
-      a.update(zero_cols.row(1));  // an empty strided row
+      a.update(none * 2.0f);    // an empty expression
+      a.update(strided_empty);  // an empty strided view
       a.merge(N());
       b.update(none);
       b.merge(N());
@@ -576,6 +578,21 @@ TEST_CASE("edge shapes: NormalizedSoftmax and NormalizedSoftmaxLoss", "[edge]") 
     Eigen::MatrixXf de(4, 0), dw(3, 0);
     const double l = sml::NormalizedSoftmaxLoss(ns)(e, w, Eigen::Vector4i(0, 1, 2, 0), de, dw);
     CHECK(std::fabs(l - std::log(3.0)) <= 1e-6);
+    // double (whose zero norms take the stableNorm path), a margin on the targets, the gradient
+    // forms and the prototypes: no row of zero length is ever sliced (UBSan checks that).
+    const Eigen::MatrixXd ed(4, 0), wd(3, 0);
+    const Eigen::Vector4i labels(0, 1, 2, 0);
+    CHECK(same(ns(ed, wd), sml::Softmax().rowwise(Eigen::MatrixXd::Zero(4, 3))));
+    const auto za = arc.logits(ed, wd, labels);
+    CHECK(std::fabs(za(0, 0) + 16 * std::sin(0.3)) <= 1e-13);  // s cos(pi/2 + m)
+    CHECK(za(0, 1) == 0);
+    const auto [ded, dwd] = arc.logits_backward(ed, wd, labels, Eigen::MatrixXd::Ones(4, 3));
+    CHECK((ded.rows() == 4 && ded.cols() == 0));
+    CHECK((dwd.rows() == 3 && dwd.cols() == 0));
+    Eigen::MatrixXd de_d(4, 0), dw_d(3, 0);
+    CHECK(std::isfinite(loss(ed, wd, labels, de_d, dw_d)));
+    const auto protos = sml::NormalizedSoftmax::prototypes(ed, labels, 3);
+    CHECK((protos.rows() == 3 && protos.cols() == 0));
   }
 
   SECTION("one class: probabilities exactly 1, loss 0, gradients 0") {
