@@ -331,7 +331,7 @@ class NormalizedSoftmax {
         Eigen::Matrix<Index, Eigen::Dynamic, 1>::Zero(num_classes);
     for (Index n = 0; n < en.rows(); ++n) {
       const Index c = static_cast<Index>(labels.derived().coeff(n));
-      if (e.cols() > 0)
+      if (en.cols() > 0)
         sums.row(c) += en.row(n).template cast<double>();
       ++counts(c);
     }
@@ -419,6 +419,8 @@ class NormalizedSoftmax {
       detail::fail(name, ": dZ must be N x C = ", e.rows(), " x ", w.rows(), ", but got ",
                    dz.rows(), " x ", dz.cols());
     }
+    if (e.cols() == 0)  // zero features: the gradients are empty (and rows must not be sliced)
+      return {Mat(e.rows(), 0), Mat(w.rows(), 0)};
     const Mat en = normalized_rows(e), wn = normalized_rows(w);
     Mat g = dz.derived().template cast<Scalar>() * static_cast<Scalar>(scale_);
     if (labels != nullptr && margin_.kind != Margin::Kind::None) {

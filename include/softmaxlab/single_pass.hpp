@@ -240,13 +240,21 @@ class OnlineNormalizer {
     count_ += x.size;
     if (is_nan() || x.size == 0)
       return;
-    detail::for_chunks(x, [&](const Scalar* data, Index n) {
-      constexpr Index kBlock = detail::kNormalizerBlock<Scalar>;
-      for (Index start = 0; start < n && !is_nan(); start += kBlock) {
-        const Index count = std::min(kBlock, n - start);
-        update_block(data + start, count);
-      }
-    });
+    constexpr Index kBlock = detail::kNormalizerBlock<Scalar>;
+    if (x.contiguous()) {
+      for (Index start = 0; start < x.size && !is_nan(); start += kBlock)
+        update_block(x.data + start, std::min(kBlock, x.size - start));
+      return;
+    }
+    // A strided span is staged block by block (8 KiB on the stack), so its blocks, and so every
+    // rounding of the state, are those of the same row stored contiguously.
+    alignas(64) Scalar buffer[kBlock];
+    for (Index start = 0; start < x.size && !is_nan(); start += kBlock) {
+      const Index count = std::min(kBlock, x.size - start);
+      for (Index k = 0; k < count; ++k)
+        buffer[k] = x[start + k];
+      update_block(buffer, count);
+    }
   }
 
  private:

@@ -58,8 +58,8 @@ Span<Scalar> vector_span(Xpr& v) {
 template <class Scalar, class Xpr>
 Span<Scalar> slice_span(Xpr& m, Index i, bool along_rows) {
   auto* base = const_cast<Scalar*>(m.data());
-  if (m.size() == 0)  // e.g. a row of an N x 0 matrix: data() is null, so no offset (UB)
-    return {base, along_rows ? m.cols() : m.rows(), 1};
+  if ((along_rows ? m.cols() : m.rows()) == 0)
+    return {base, 0, 1};  // an empty slice of an empty matrix: base may be null, add no offset
   return along_rows ? Span<Scalar>{base + i * m.rowStride(), m.cols(), m.colStride()}
                     : Span<Scalar>{base + i * m.colStride(), m.rows(), m.rowStride()};
 }
