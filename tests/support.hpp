@@ -10,6 +10,8 @@
 
 #include <Eigen/Core>
 
+#include <catch2/catch.hpp>
+
 #ifndef EIGEN_RUNTIME_NO_MALLOC
 #error "compile the tests with eigen_prelude.hpp included first (see tests/CMakeLists.txt)"
 #endif
@@ -81,5 +83,26 @@ struct Worst {
     return s.str();
   }
 };
+
+// Bitwise agreement of two matrices or vectors (NaN matches NaN), with the first difference
+// described on failure: for results that must not depend on layout, storage order or path.
+template <class A, class B>
+bool same(const A& a, const B& b) {
+  if (a.rows() != b.rows() || a.cols() != b.cols()) {
+    UNSCOPED_INFO("shapes differ: " << a.rows() << " x " << a.cols() << " vs " << b.rows() << " x "
+                                    << b.cols());
+    return false;
+  }
+  for (Eigen::Index j = 0; j < a.cols(); ++j) {
+    for (Eigen::Index i = 0; i < a.rows(); ++i) {
+      const auto u = a(i, j), v = b(i, j);
+      if (!(u == v || (u != u && v != v))) {
+        UNSCOPED_INFO("first difference at (" << i << ", " << j << "): " << u << " vs " << v);
+        return false;
+      }
+    }
+  }
+  return true;
+}
 
 }  // namespace softmaxlab_test

@@ -23,6 +23,7 @@
 #include "support.hpp"
 
 namespace sml = softmaxlab;
+using softmaxlab_test::same;
 using Index = Eigen::Index;
 using softmaxlab_test::AllocationGuard;
 
@@ -137,26 +138,6 @@ struct PolynomialCase {
 template <class Case, class S>
 long double probability(S y) {
   return Case::log ? std::exp(static_cast<long double>(y)) : static_cast<long double>(y);
-}
-
-// Bitwise agreement (NaN matches NaN), with the first difference described on failure.
-template <class A, class B>
-bool same(const A& a, const B& b) {
-  if (a.rows() != b.rows() || a.cols() != b.cols()) {
-    UNSCOPED_INFO("shapes differ: " << a.rows() << " x " << a.cols() << " vs " << b.rows() << " x "
-                                    << b.cols());
-    return false;
-  }
-  for (Index j = 0; j < a.cols(); ++j) {
-    for (Index i = 0; i < a.rows(); ++i) {
-      const auto u = a(i, j), v = b(i, j);
-      if (!(u == v || (u != u && v != v))) {
-        UNSCOPED_INFO("first difference at (" << i << ", " << j << "): " << u << " vs " << v);
-        return false;
-      }
-    }
-  }
-  return true;
 }
 
 // One float row of 2^24 + 3 entries in [-10, 10.02], shared by every case (built once: it is the

@@ -24,6 +24,7 @@
 #include "support.hpp"
 
 namespace sml = softmaxlab;
+using softmaxlab_test::same;
 using Index = Eigen::Index;
 using softmaxlab_test::AllocationGuard;
 
@@ -35,25 +36,6 @@ template <class S>
 using Row = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 template <class S>
 using Vec = Eigen::Matrix<S, Eigen::Dynamic, 1>;
-
-template <class A, class B>
-bool same(const A& a, const B& b) {
-  if (a.rows() != b.rows() || a.cols() != b.cols()) {
-    UNSCOPED_INFO("shapes differ: " << a.rows() << " x " << a.cols() << " vs " << b.rows() << " x "
-                                    << b.cols());
-    return false;
-  }
-  for (Index j = 0; j < a.cols(); ++j) {
-    for (Index i = 0; i < a.rows(); ++i) {
-      const auto u = a(i, j), v = b(i, j);
-      if (!(u == v || (u != u && v != v))) {
-        UNSCOPED_INFO("first difference at (" << i << ", " << j << "): " << u << " vs " << v);
-        return false;
-      }
-    }
-  }
-  return true;
-}
 
 template <class S>
 Col<S> varied(Index rows, Index cols, double phase = 0) {

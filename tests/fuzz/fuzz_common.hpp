@@ -66,6 +66,22 @@ inline void expect(bool ok, const char* what, Index where = -1, double value = 0
     broken(what, where, value);
 }
 
+// NormalizedSoftmax's margin from a kind byte and a fuzzed value m: none, CosFace, ArcFace or
+// SphereFace (an integer 1..8 from the byte, or m itself to reach the constructor's checks).
+inline softmaxlab::Margin margin_from(std::uint8_t kind, double m) {
+  using softmaxlab::Margin;
+  switch (kind % 4) {
+    case 1:
+      return Margin::cosface(m);
+    case 2:
+      return Margin::arcface(m);
+    case 3:
+      return {Margin::Kind::SphereFace, (kind & 8) ? m : 1 + (kind >> 4) % 8};
+    default:
+      return {};
+  }
+}
+
 // Runs a constructor that may reject its parameters: only std::invalid_argument is allowed.
 template <class Make>
 bool construct(Make&& make) {

@@ -127,20 +127,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::uint8_t kind = bytes.take<std::uint8_t>();
   const double m = bytes.parameter(0.25 * (kind >> 5));
   const double smoothing = bytes.parameter(0.0);
-  sml::Margin margin;
-  switch (kind % 4) {
-    case 1:
-      margin = sml::Margin::cosface(m);
-      break;
-    case 2:
-      margin = sml::Margin::arcface(m);
-      break;
-    case 3:
-      margin = {sml::Margin::Kind::SphereFace, (kind & 8) ? m : 1 + (kind >> 4) % 8};
-      break;
-    default:
-      break;
-  }
+  const sml::Margin margin = margin_from(kind, m);
   const auto reduction = (kind & 4) ? sml::Reduction::Sum : sml::Reduction::Mean;
   std::optional<sml::NormalizedSoftmaxLoss> loss;
   if (!construct(
