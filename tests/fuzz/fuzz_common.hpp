@@ -66,6 +66,16 @@ inline void expect(bool ok, const char* what, Index where = -1, double value = 0
     broken(what, where, value);
 }
 
+// The Euclidean norm of row i of m, in long double (the exact scale the NormalizedSoftmax checks
+// compare against).
+template <class Mat>
+double row_norm(const Mat& m, Index i) {
+  long double sq = 0;
+  for (Index j = 0; j < m.cols(); ++j)
+    sq += static_cast<long double>(m(i, j)) * static_cast<long double>(m(i, j));
+  return static_cast<double>(std::sqrt(sq));
+}
+
 // NormalizedSoftmax's margin from a kind byte and a fuzzed value m: none, CosFace, ArcFace or
 // SphereFace (an integer 1..8 from the byte, or m itself to reach the constructor's checks).
 inline softmaxlab::Margin margin_from(std::uint8_t kind, double m) {

@@ -36,14 +36,6 @@ bool row_finite(const Mat& m, Index i) {
       return false;
   return true;
 }
-template <class Mat>
-double row_norm(const Mat& m, Index i) {
-  long double sq = 0;
-  for (Index j = 0; j < m.cols(); ++j)
-    sq += static_cast<long double>(m(i, j)) * static_cast<long double>(m(i, j));
-  return static_cast<double>(std::sqrt(sq));
-}
-
 // The rows of M: several shapes of trouble chosen by the bytes.
 template <class Mat>
 void fill_rows(Bytes& bytes, Mat& m) {

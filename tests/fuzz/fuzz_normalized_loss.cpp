@@ -29,14 +29,6 @@ void fill_rows(Bytes& bytes, Mat& m) {
   }
 }
 
-template <class Mat>
-double row_norm(const Mat& m, Index i) {
-  long double sq = 0;
-  for (Index j = 0; j < m.cols(); ++j)
-    sq += static_cast<long double>(m(i, j)) * static_cast<long double>(m(i, j));
-  return static_cast<double>(std::sqrt(sq));
-}
-
 template <class Scalar>
 void run(const sml::NormalizedSoftmaxLoss& loss, const sml::CrossEntropyLoss& ce, Bytes& bytes) {
   using Mat = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
