@@ -18,7 +18,8 @@
 // writes the next n words, exactly what n calls of operator() would return, computing eight blocks
 // at a time: with AVX2 in registers (vpmuludq for the 32 x 32 -> 64-bit products), elsewhere in a
 // structure-of-arrays loop; the known-answer and fill-versus-operator() tests cover both.
-// GumbelSoftmax uses fill() when it is given a Philox4x32.
+// GumbelSoftmax uses fill() when it is given a Philox4x32. Every seed, stream and discard count is
+// valid (discard wraps around the 2^128-block counter); nothing here throws or allocates.
 #pragma once
 
 #include <array>

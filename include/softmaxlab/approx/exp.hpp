@@ -28,6 +28,10 @@
 //   RepeatedSquaring(r):     r products, 1 constant product, depth r + 1.
 //   Chebyshev(n, r):         (n - 1) + r products, 2 constant products (2/R scaling, c_n u),
 //                            depth 1 + n + r.
+//
+// Errors: the factories (ExpApprox::repeated_squaring, ::chebyshev) throw std::invalid_argument
+// naming the value for a degree, squaring count or range outside the ranges above; evaluation
+// never throws (NaN in, NaN out; -inf and anything below -R clip to -R, +inf and t > 0 to 0).
 #pragma once
 
 #include <algorithm>

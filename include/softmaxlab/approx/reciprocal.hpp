@@ -23,6 +23,11 @@
 // Cost (per reciprocal; additions free; a "constant" product has a public operand):
 //   Goldschmidt, k >= 1: 2(k - 1) products, 2 constant products, depth k + 1 above s.
 //   Newton,      k >= 1: 2(k - 1) products, 2 constant products, depth 2k above s.
+//
+// Valid input: finite 0 < lo <= hi, s in [lo, hi], k >= 0. These are inner-loop building blocks
+// and do not check: the functors that use them (PowerSoftmax, PolynomialSoftmax) derive the range
+// themselves and validate their configurations. Outside it e0 >= 1 and the iterations do not
+// converge; NaN in s gives NaN.
 #pragma once
 
 #include <algorithm>
