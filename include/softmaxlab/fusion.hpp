@@ -33,7 +33,11 @@
 // the backward's gradient rows NaN, masked entries included; except that HardFusion with a
 // weight of exactly 0 drops that input, NaN included. +inf entries follow softmax.hpp's rules
 // for each log_softmax. Accuracy: each log_softmax as in softmax.hpp (4 eps (1 + |value|)); the
-// fusion adds one rounding per operation.
+// fusion adds one rounding per operation. Overflow: a shifted difference x_i - max that leaves the
+// range is scaled first (lambda x_i - lambda max; tau likewise, softmax.hpp's rule), and a
+// SoftFusion row whose tgt + log_softmax(tau src) overflows is formed halved and normalized at
+// temperature 1/2, so every output that fits the scalar type is finite (HardFusion(0.5) of tgt =
+// [FLT_MAX, -FLT_MAX], src = [0, 0] gives [-log(2)/2, -FLT_MAX]).
 //
 // Errors (std::invalid_argument naming the value or shapes, nothing else is thrown): lambda
 // outside [0, 1] or tau outside [2^-100, 2^100] (constructors); tgt, src, y, dy or the gradients
@@ -292,10 +296,11 @@ class HardFusion : public detail::FusionFunctor<HardFusion> {
  private:
   friend class detail::FusionFunctor<HardFusion>;
 
-  // w * v, with a zero weight dropping its term (so that 0 * -inf never makes a NaN).
+  // w * log_softmax(x)_i, with a zero weight dropping its term (so that 0 * -inf never makes a
+  // NaN); a shifted difference x_i - max that overflows is weighted first (LogNormalizer).
   template <class Scalar>
-  static Scalar weighted(Scalar w, Scalar v) {
-    return w == Scalar(0) ? Scalar(0) : w * v;
+  static Scalar weighted(Scalar w, const detail::LogNormalizer<Scalar>& n, Scalar xi) {
+    return w == Scalar(0) ? Scalar(0) : n.weighted_log_p(w, xi);
   }
 
   template <class Scalar>
@@ -306,7 +311,7 @@ class HardFusion : public detail::FusionFunctor<HardFusion> {
     const Scalar lt = static_cast<Scalar>(lambda_), ls = static_cast<Scalar>(1.0 - lambda_);
     for (Index i = 0; i < y.size; ++i) {
       const Scalar t = tgt[i], s = src[i];
-      y[i] = weighted(lt, nt.log_p(t)) + weighted(ls, ns.log_p(s));
+      y[i] = weighted(lt, nt, t) + weighted(ls, ns, s);
     }
   }
 
@@ -357,14 +362,23 @@ class SoftFusion : public detail::FusionFunctor<SoftFusion> {
                const detail::Span<Scalar>& y) const {
     const auto ns = detail::LogNormalizer<Scalar>::of(src, static_cast<Scalar>(tau_));
     const Scalar inf = std::numeric_limits<Scalar>::infinity();
+    // tgt + log_softmax(tau src) can overflow to -inf where the final log-probability fits (its
+    // row max is then far below 0): such a row is formed halved, (t + ls) / 2 = t/2 + ls/2, and
+    // normalized by LogSoftmax at temperature 1/2, whose scaled differences cannot overflow.
+    bool overflow = false;
+    for (Index i = 0; i < y.size; ++i) {
+      const Scalar t = tgt[i], ls = ns.log_p(src[i]);
+      overflow = overflow || (t + ls == -inf && t != -inf && ls != -inf);
+    }
+    const Scalar half = overflow ? Scalar(0.5) : Scalar(1);
     for (Index i = 0; i < y.size; ++i) {
       // An entry src gives probability 0 (-inf, or beside a +inf) is masked even against a +inf
       // tgt (inf - inf would make the whole row NaN); a NaN tgt still poisons the row.
       const Scalar t = tgt[i], ls = ns.log_p(src[i]);
-      y[i] = ls == -inf && t == t ? -inf : t + ls;
+      y[i] = ls == -inf && t == t ? -inf : t * half + ls * half;
     }
     detail::StridedArray<Scalar> a = detail::strided_array(y);
-    LogSoftmax().apply(a, a);
+    LogSoftmax(overflow ? 0.5 : 1.0).apply(a, a);
   }
 
   template <class Scalar>

@@ -52,10 +52,15 @@
 //     double l = cbm(logits, gen);          // allocates one row of scratch
 //     double l = cbm(logits, gen, grad);    // grad N x K, may be the logits; no allocation
 //
-// Accuracy: every log-probability is LogSoftmax's (4 eps (1 + |log p|) in the scalar type) and
-// every probability in a gradient Softmax's; the losses are accumulated in double, so a loss's
-// relative error is that of its terms plus about N C double roundings (a sum whose terms are
-// near DBL_MAX, from logits near DBL_MAX in double, may become +inf before the Mean divides it).
+// Accuracy: every log-probability of a loss is computed in double (the difference z_i - max from
+// the logits, the log of the sum from its long double value), so for float logits it is exact but
+// for the sum's rounding and never overflows (CrossEntropyLoss of the float row [FLT_MAX, -FLT_MAX]
+// with label 1 is the finite 2 FLT_MAX); double logits get LogSoftmax's rules (4 eps (1 + |log p|),
+// and a difference beyond DBL_MAX is +inf: the loss 2 DBL_MAX is beyond the double it is returned
+// in). Every probability in a gradient is Softmax's; the losses are accumulated in double, so a
+// loss's relative error is that of its terms plus about N C double roundings (a sum whose terms
+// are near DBL_MAX, from logits near DBL_MAX in double, may become +inf before the Mean divides
+// it).
 // The gradients are checked against fourth-order finite differences in double
 // (tests/test_loss.cpp, tests/test_backward_gumbel_normalized.cpp: relative error < 1e-6,
 // measured ~1e-11).
@@ -139,7 +144,7 @@ double cross_entropy_row(const Span<const Scalar>& z, const Span<Scalar>& g, boo
     const Scalar zk = z[k];
     const double qk = q(k);
     if (qk != 0)
-      loss -= qk * static_cast<double>(n.log_p(zk));
+      loss -= qk * n.log_p_wide(zk);
     if (write_grad) {
       const double p = stored ? static_cast<double>(g[k]) * n.inv_stored_sum : n.p(zk);
       g[k] = static_cast<Scalar>(w * (p * sum_q - qk));
@@ -593,7 +598,7 @@ class SparseCbmGumbelLoss {
     const double k = static_cast<double>(x.size);
     for (Index i = 0; i < x.size; ++i) {
       const Scalar zi = z[i];
-      loss -= static_cast<double>(norm.log_p(zi));
+      loss -= norm.log_p_wide(zi);
       if (write_grad)
         out[i] = static_cast<Scalar>(w * (k * static_cast<double>(norm.p(zi)) - 1.0) / tau_);
     }

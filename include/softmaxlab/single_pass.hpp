@@ -181,7 +181,8 @@ class OnlineNormalizer {
     write_impl<false>(chunk, y);
   }
 
-  // y_i = (x_i - max)/T - log(sum): the log-probabilities of a chunk that went into this state.
+  // y_i = (x_i - max)/T - log(sum): the log-probabilities of a chunk that went into this state
+  // (with LogSoftmax's rule for a difference x_i - max that overflows, softmax.hpp).
   template <class XprX, class XprY>
   void write_log(const Eigen::DenseBase<XprX>& chunk, const Eigen::DenseBase<XprY>& y) const {
     write_impl<true>(chunk, y);
@@ -203,14 +204,7 @@ class OnlineNormalizer {
     const bool scaled = temperature_ != 1.0;
     const Scalar m = max_, s = scale_;
     if constexpr (kLog) {
-      const Scalar log_sum = static_cast<Scalar>(std::log(sum_));
-      detail::for_chunks(x, y, [&](const Scalar* in, Scalar* out, Index n) {
-        if (scaled) {
-          detail::shift_scale_offset<true>(in, out, n, m, s, log_sum);
-        } else {
-          detail::shift_scale_offset<false>(in, out, n, m, s, log_sum);
-        }
-      });
+      detail::log_softmax_last_pass(x, y, m, s, scaled, static_cast<Scalar>(std::log(sum_)));
     } else {
       // The kernel's exp carries a factor kExpScale (2^64 for float); the inverse removes it.
       const Scalar inverse =

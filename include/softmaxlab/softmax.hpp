@@ -16,6 +16,13 @@
 //      subnormal results are rounded once.
 // Computing (x_i - m) / T rather than x_i/T - m/T keeps the cancellation exact: the result's
 // error then grows only with |x_i/T - m|, the condition number of exp.
+// Overflowing differences: x_i - m leaves the range (|x_i - m| > the largest finite value) only
+// when m >= 2^103 (float) or 2^970 (double). Softmax needs no care there (exp of the scaled value
+// is 0 for every T <= 2^100), but LogSoftmax's (x_i - m) / T may still fit when T > 1: such a row
+// forms it as x_i/T - m/T, two products of opposite signs (no cancellation, within the bound
+// below). So LogSoftmax(2) of the float row [FLT_MAX, -FLT_MAX] is [0, -FLT_MAX], and -inf only
+// where the exact value is itself beyond the range (tests/test_replayed_faults.cpp, both ends of
+// the temperature range).
 //
 // Accuracy (tests/test_softmax.cpp against the mpmath tables of tests/reference/):
 //   Softmax:    |y_i - exact| <= 4 eps (1 + |x_i/T - m|) |exact|,
@@ -138,6 +145,27 @@ void softmax_regular_row(const Span<const Scalar>& x, const Span<Scalar>& y, Sca
   }
 }
 
+// y_i = (x_i - m) s - log_sum for a row whose max m is finite: the last pass of every log-softmax
+// (LogSoftmax, OnlineNormalizer::write_log); y may alias x. A row whose shifted differences can
+// overflow (m >= 2^103 in float) while the scale may bring them back (s != 1) takes the exact rule
+// of shifted_scaled entry by entry; it is rare enough that a scalar loop serves it.
+template <class Scalar>
+void log_softmax_last_pass(const Span<const Scalar>& x, const Span<Scalar>& y, Scalar m, Scalar s,
+                           bool scaled, Scalar log_sum) {
+  if (scaled && shift_may_overflow(m)) {
+    for (Index i = 0; i < x.size; ++i)
+      y[i] = shifted_scaled(x[i], m, s) - log_sum;
+    return;
+  }
+  for_chunks(x, y, [&](const Scalar* in, Scalar* out, Index n) {
+    if (scaled) {
+      shift_scale_offset<true>(in, out, n, m, s, log_sum);
+    } else {
+      shift_scale_offset<false>(in, out, n, m, s, log_sum);
+    }
+  });
+}
+
 }  // namespace detail
 
 // Softmax with temperature: see the header's doc block for the formula, accuracy and special
@@ -221,14 +249,7 @@ class LogSoftmax : public detail::DistributionFunctor<LogSoftmax>,
     const bool scaled = temperature_ != 1.0;
     const long double sum = std::ldexp(detail::scaled_exp_pass<false>(x, y, m, s, scaled),
                                        -detail::kExpScaleLog2<Scalar>);
-    const Scalar log_sum = static_cast<Scalar>(std::log(sum));
-    detail::for_chunks(x, y, [&](const Scalar* in, Scalar* out, Index n) {
-      if (scaled) {
-        detail::shift_scale_offset<true>(in, out, n, m, s, log_sum);
-      } else {
-        detail::shift_scale_offset<false>(in, out, n, m, s, log_sum);
-      }
-    });
+    detail::log_softmax_last_pass(x, y, m, s, scaled, static_cast<Scalar>(std::log(sum)));
   }
 
   template <class Scalar>

@@ -291,6 +291,27 @@ void scaled_exp_scale_stream(const Scalar* x, Scalar* y, Index n, Scalar m, Scal
   scaled_exp_scale_store<kScaled>(x + i, y + i, n - i, m, s, factor);
 }
 
+// (x - m) * s for an entry x of a row whose max m is finite, without the overflow of x - m: the
+// difference leaves the range (|x - m| > max) only when m >= 2^103 (float) or 2^970 (double), and
+// then the scaled value may still fit when s < 1. It is formed as x s - m s there: two products of
+// opposite signs, so no cancellation and a relative error <= 2 eps. Elsewhere (x - m) * s, the
+// order that keeps the cancellation of x near m exact. Where x - m overflows, exp of the scaled
+// value is 0 for every allowed s >= 2^-100 (|x - m| s > 2^28), so only the log forms need this.
+template <class Scalar>
+EIGEN_STRONG_INLINE Scalar shifted_scaled(Scalar x, Scalar m, Scalar s) {
+  const Scalar inf = std::numeric_limits<Scalar>::infinity();
+  const Scalar d = x - m;
+  if (d != -inf || x == -inf)
+    return d * s;
+  return x * s - m * s;
+}
+
+// Whether x - m can overflow for some finite x of a row with max m (lowest - m overflows).
+template <class Scalar>
+bool shift_may_overflow(Scalar m) {
+  return std::numeric_limits<Scalar>::lowest() - m == -std::numeric_limits<Scalar>::infinity();
+}
+
 // y_i = (x_i - m) * s - offset (log-softmax's last pass).
 template <bool kScaled, class Scalar>
 void shift_scale_offset(const Scalar* x, Scalar* y, Index n, Scalar m, Scalar s, Scalar offset) {

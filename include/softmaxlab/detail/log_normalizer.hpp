@@ -6,11 +6,16 @@
 //   log_p(x_i) = (x_i - m) s - log(sum)     (LogSoftmax with temperature 1/s, same rounding order)
 //   p(x_i)     = exp((x_i - m) s) / sum     (Softmax)
 // following the special-value rules of softmax.hpp: NaN row -> NaN; all -inf -> log_p = -inf, p =
-// 0; k entries at +inf -> -log k and 1/k there, -inf and 0 elsewhere.
+// 0; k entries at +inf -> -log k and 1/k there, -inf and 0 elsewhere. The shifted difference
+// x_i - m is scaled without overflowing first (shifted_scaled in kernels.hpp). log_p_wide gives
+// log_p in double for the losses, which accumulate in double: for float logits the difference is
+// then exact and never overflows (a float row [FLT_MAX, -FLT_MAX] has the finite log-probability
+// -2 FLT_MAX); for double logits it is log_p's value, -inf where the true value is below -DBL_MAX.
 #pragma once
 
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "../softmax.hpp"
 
@@ -23,6 +28,7 @@ struct LogNormalizer {
   Scalar m = 0;               // row max
   Scalar s = 1;               // scale (1 / temperature)
   Scalar log_sum = 0;         // log sum_j exp((x_j - m) s)   (Regular)
+  double log_sum_wide = 0;    // the same, rounded to double
   Scalar inv_sum = 1;         // 1 / that sum                 (Regular)
   Scalar inv_stored_sum = 1;  // 1 / the sum of the stored terms (they carry kExpScale<Scalar>)
   Scalar log_k = 0;           // log of the number of +inf entries (PositiveInfinity)
@@ -47,27 +53,44 @@ struct LogNormalizer {
                                          : scaled_exp_pass<false>(x, store, n.m, s, scaled);
       const long double sum = std::ldexp(scaled_sum, -kExpScaleLog2<Scalar>);
       n.log_sum = static_cast<Scalar>(std::log(sum));
+      n.log_sum_wide = static_cast<double>(std::log(sum));
       n.inv_sum = static_cast<Scalar>(1.0L / sum);
       n.inv_stored_sum = static_cast<Scalar>(1.0L / scaled_sum);
     }
     return n;
   }
 
-  Scalar shifted(Scalar xi) const { return s == Scalar(1) ? xi - m : (xi - m) * s; }
+  Scalar shifted(Scalar xi) const { return s == Scalar(1) ? xi - m : shifted_scaled(xi, m, s); }
 
-  Scalar log_p(Scalar xi) const {
+  Scalar log_p(Scalar xi) const { return log_p_as<Scalar>(xi); }
+  double log_p_wide(Scalar xi) const { return log_p_as<double>(xi); }
+
+  // w log_p(xi) for a weight w in (0, 1] (HardFusion's lambda): where xi - m overflows but the
+  // weighted value fits, formed by the rule of shifted_scaled.
+  Scalar weighted_log_p(Scalar w, Scalar xi) const {
     const Scalar inf = std::numeric_limits<Scalar>::infinity();
+    if (kind == RowKind::Regular && s == Scalar(1) && xi != -inf && xi - m == -inf)
+      return shifted_scaled(xi, m, w) - w * log_sum;
+    return w * log_p(xi);
+  }
+
+  // log_p computed in Out (Scalar or double): the difference and the subtraction of log(sum).
+  template <class Out>
+  Out log_p_as(Scalar xi) const {
+    const Out inf = std::numeric_limits<Out>::infinity();
     switch (kind) {
-      case RowKind::Regular:
-        return shifted(xi) - log_sum;
+      case RowKind::Regular: {
+        const Out d = s == Scalar(1) ? Out(xi) - Out(m) : shifted_scaled<Out>(xi, m, s);
+        return d - (std::is_same_v<Out, Scalar> ? Out(log_sum) : Out(log_sum_wide));
+      }
       case RowKind::NaN:
-        return m;
+        return Out(m);
       case RowKind::AllMasked:
         return -inf;
       case RowKind::PositiveInfinity:
-        return xi == inf ? -log_k : -inf;
+        return xi == std::numeric_limits<Scalar>::infinity() ? -Out(log_k) : -inf;
     }
-    return m;
+    return Out(m);
   }
 
   Scalar p(Scalar xi) const {
