@@ -28,8 +28,10 @@
 // and uniform probabilities 1/C, and an all-zero class weight gets logit 0 from every embedding.
 // A row holding inf or NaN has no direction: every cosine it takes part in is NaN (a NaN in a row
 // of E makes that row's probabilities NaN, as everywhere in softmaxlab). Norms are computed without
-// overflow or underflow for every finite input (float: in double; double: Eigen's stableNorm when
-// the plain sum of squares leaves the normal range).
+// overflow or underflow for every finite input (float: in double; double: a row whose plain sum
+// of squares leaves the normal range is scaled by a power of two first, exactly, so a subnormal
+// row keeps its direction: [1e-320, 0, 1e-320] against (1, 0, 0) gives s / sqrt(2) within
+// (D + 2) eps, where dividing by its 11-bit subnormal norm gave a cosine error of 1e-4).
 //
 // Results: logits and probabilities are row-major N x C matrices (NormalizedSoftmax::RowMatrix),
 // so each row, one embedding's distribution, is contiguous; they convert to any Eigen matrix.
@@ -44,11 +46,21 @@
 // normalized embeddings of each class; classify(E, P) = index of the highest cosine per row.
 //
 // Backward (training): ns.logits_backward(E, W[, labels], dZ) and ns.backward(E, W[, labels], P,
-// dP) return {dE, dW}, the gradients through the margin (d psi / d cos at each target: CosFace 1,
-// ArcFace sin(t + m) / sin t, 1 in its linear fallback, SphereFace (-1)^k m sin(m t) / sin t, with
-// their limits at |cos| = 1) and through both L2 normalizations,
+// dP) return {dE, dW}, the gradients through the margin and through both L2 normalizations,
 //   d x = (d x^ - x^ <d x^, x^>) / |x|  per row (x^ = x / |x|; a zero row gets 0, a non-finite
 //   NaN).
+// A target logit s psi(t) contributes s dZ (-psi'(t)) q / (|q| |e|) to dE (q = w^ - cos t e^, the
+// part of w^ orthogonal to e^, |q| = sin t) and likewise to dW: CosFace and no margin -psi' = sin
+// t, ArcFace sin(t + m) (sin t in its linear fallback), SphereFace (-1)^k m sin(m t). sin t is
+// taken from q itself, never as sqrt(1 - cos^2) of a rounded cosine, so the gradient keeps its
+// accuracy as t -> 0 and t -> pi: against long double at t from 1e-12 to pi - 1e-8, the
+// gradient's large component is within 1e-15 relative, and the small one (of size |h| sin t)
+// carries an absolute error of about |h| eps / sin t from the rounded unit vectors, so the
+// norm-wise relative error stays below ~sqrt(eps) = 1.5e-8 (measured worst 1e-8 at t = 1.5e-8).
+// The forward target logit takes t from the same vectors (atan2(sin t, cos t), never acos of a
+// rounded product). At t exactly 0 or pi (the margin's kink) the target's gradient term is 0.
+// Subnormal and huge rows (double) are scaled by a power of two before they are normalized, so
+// their cosines keep the accuracy above, forward and backward.
 // NormalizedSoftmaxLoss (loss.hpp) is the cross-entropy on these logits with its gradients.
 #pragma once
 
@@ -100,91 +112,177 @@ inline Margin check_margin(const Margin& margin) {
   return margin;
 }
 
-// The margin applied to the target cosine c (clamped to [-1, 1]); returns the new cosine-like
-// value (the logit divided by s).
-inline double apply_margin(const Margin& margin, double c) {
+// psi(t), the margin applied at the target angle t, given as sin t >= 0 and cos t (both from the
+// vectors, see TargetGeometry): the new cosine-like value (the logit divided by s). Near t = pi the
+// cosines are taken at delta = pi - t = atan2(sin t, -cos t), accurate where t itself is not.
+inline double apply_margin(const Margin& margin, double sin_t, double cos_t) {
   constexpr double pi = 3.14159265358979323846;
-  if (c != c)
-    return c;
-  c = std::min(1.0, std::max(-1.0, c));
+  if (cos_t != cos_t || sin_t != sin_t)
+    return cos_t + sin_t;
   const double m = margin.m;
+  const bool near_pi = cos_t < 0;
+  const double t = std::atan2(sin_t, cos_t), delta = std::atan2(sin_t, -cos_t);
   switch (margin.kind) {
     case Margin::Kind::None:
-      return c;
+      return cos_t;
     case Margin::Kind::CosFace:
-      return c - m;
-    case Margin::Kind::ArcFace: {
-      const double t = std::acos(c);
-      return t + m <= pi ? std::cos(t + m) : c - m * std::sin(m);
-    }
+      return cos_t - m;
+    case Margin::Kind::ArcFace:
+      if (near_pi ? delta < m : t + m > pi)
+        return cos_t - m * std::sin(m);  // the linear fallback past pi - m
+      return near_pi ? -std::cos(delta - m) : std::cos(t + m);
     case Margin::Kind::SphereFace: {
-      const double t = std::acos(c);
       const int mi = static_cast<int>(m);
       const int k = std::min(mi - 1, static_cast<int>(std::floor(t * mi / pi)));
-      return ((k % 2 == 0) ? 1.0 : -1.0) * std::cos(mi * t) - 2.0 * k;
+      // cos(m t) = cos(m pi - m delta) = (-1)^m cos(m delta)
+      const double cos_mt =
+          near_pi ? ((mi % 2 == 0) ? 1.0 : -1.0) * std::cos(mi * delta) : std::cos(mi * t);
+      return ((k % 2 == 0) ? 1.0 : -1.0) * cos_mt - 2.0 * k;
     }
   }
-  return c;
+  return cos_t;
 }
 
-// d apply_margin(margin, c) / dc at the clamped cosine c, for the backward pass. ArcFace:
-// sin(t + m) / sin t (1 in the linear fallback past pi - m); SphereFace: (-1)^k m sin(m t) / sin t,
-// whose limit at t = 0 and t = pi is m^2. At |c| = 1 ArcFace's derivative is infinite; sin t is
-// floored at 1e-8 there.
-inline double margin_derivative(const Margin& margin, double c) {
+// -d psi / dt at the angle t between a normalized embedding and its target class weight, given as
+// sin t >= 0 and cos t (both from the vectors, see target_margin_backward): ArcFace sin(t + m) (sin
+// t in the linear fallback past pi - m), SphereFace (-1)^k m sin(m t), CosFace and no margin sin t.
+// Near t = pi the sines are taken at delta = pi - t = atan2(sin t, -cos t), which is accurate where
+// t itself is not (t + m = pi - (delta - m); m t = m pi - m delta).
+inline double margin_sine(const Margin& margin, double sin_t, double cos_t) {
   constexpr double pi = 3.14159265358979323846;
-  if (c != c)
-    return c;
-  c = std::min(1.0, std::max(-1.0, c));
   const double m = margin.m;
-  const double t = std::acos(c);
-  const double sin_t = std::sqrt(std::max(0.0, 1.0 - c * c));
+  const bool near_pi = cos_t < 0;
+  const double t = std::atan2(sin_t, cos_t), delta = std::atan2(sin_t, -cos_t);
   switch (margin.kind) {
     case Margin::Kind::None:
     case Margin::Kind::CosFace:
-      return 1.0;
+      return sin_t;
     case Margin::Kind::ArcFace:
-      return t + m <= pi ? std::sin(t + m) / std::max(sin_t, 1e-8) : 1.0;
+      if (near_pi ? delta < m : t + m > pi)
+        return sin_t;  // the linear fallback: psi = cos t - m sin m
+      return near_pi ? std::sin(delta - m) : std::sin(t + m);
     case Margin::Kind::SphereFace: {
       const int mi = static_cast<int>(m);
-      if (sin_t < 1e-8)
-        return static_cast<double>(mi) * mi;
       const int k = std::min(mi - 1, static_cast<int>(std::floor(t * mi / pi)));
-      return ((k % 2 == 0) ? 1.0 : -1.0) * mi * std::sin(mi * t) / sin_t;
+      // sin(m t) = sin(m pi - m delta) = (-1)^(m + 1) sin(m delta)
+      const double sin_mt =
+          near_pi ? ((mi % 2 == 0) ? -1.0 : 1.0) * std::sin(mi * delta) : std::sin(mi * t);
+      return ((k % 2 == 0) ? 1.0 : -1.0) * mi * sin_mt;
     }
   }
-  return 1.0;
+  return sin_t;
+}
+
+// |x| = norm * 2^exponent for one row: a row whose sum of squares leaves double's normal range
+// (subnormal or huge double entries) is first scaled by a power of two (exact), so its norm keeps
+// every significant bit. A zero row gives norm 0, a row with inf or NaN a NaN norm.
+struct RowNorm {
+  double norm;
+  int exponent;
+};
+
+template <class Row>
+RowNorm row_norm(const Row& row) {
+  if (!row.allFinite())
+    return {std::numeric_limits<double>::quiet_NaN(), 0};
+  const double sq = row.template cast<double>().squaredNorm();
+  if (sq >= std::numeric_limits<double>::min() && sq <= std::numeric_limits<double>::max())
+    return {std::sqrt(sq), 0};
+  const double largest = row.template cast<double>().cwiseAbs().maxCoeff();
+  if (largest == 0)
+    return {0.0, 0};
+  int exponent = 0;
+  std::frexp(largest, &exponent);
+  double scaled_sq = 0;
+  for (Index j = 0; j < row.size(); ++j) {
+    const double v = std::ldexp(static_cast<double>(row(j)), -exponent);
+    scaled_sq += v * v;
+  }
+  return {std::sqrt(scaled_sq), exponent};
+}
+
+// The unit vector of a finite nonzero row, in double: row 2^-exponent / norm.
+template <class Row>
+Eigen::Matrix<double, 1, Eigen::Dynamic> unit_row(const Row& row, const RowNorm& n) {
+  Eigen::Matrix<double, 1, Eigen::Dynamic> u(row.size());
+  for (Index j = 0; j < row.size(); ++j)
+    u(j) = std::ldexp(static_cast<double>(row(j)), -n.exponent) / n.norm;
+  return u;
 }
 
 // The backward of x -> x / |x| row by row: dx = (dxn - xn <dxn, xn>) / |x|, with xn = x / |x|;
 // a zero row gets 0 (the forward maps a neighbourhood of it to no direction: its gradient is taken
-// as 0, as for a constant), a row with inf or NaN gets NaN.
-template <class Row>
-double backward_row_norm(const Row& row) {
-  if (!row.allFinite())
-    return std::numeric_limits<double>::quiet_NaN();
-  const double sq = row.template cast<double>().squaredNorm();
-  if (sq >= std::numeric_limits<double>::min() && sq <= std::numeric_limits<double>::max())
-    return std::sqrt(sq);
-  return static_cast<double>(row.stableNorm());  // zero, or a double row outside the normal range
-}
-
+// as 0, as for a constant), a row with inf or NaN gets NaN. The division by |x| goes through
+// RowNorm, so a row of subnormal entries divides by its exact norm (the result may overflow to
+// inf: the true gradient is then beyond the range).
 template <class X, class Xn, class D, class Out>
 void normalize_rows_backward(const X& x, const Xn& xn, const D& d, Out& out) {
   using Scalar = typename Out::Scalar;
   if (x.size() == 0)
     return;  // D = 0 (or no rows): nothing to write (Eigen's row blocks of an empty matrix are UB)
   for (Index i = 0; i < x.rows(); ++i) {
-    const double norm = backward_row_norm(x.row(i));
-    if (norm != norm) {
+    const RowNorm n = row_norm(x.row(i));
+    if (n.norm != n.norm) {
       out.row(i).setConstant(std::numeric_limits<Scalar>::quiet_NaN());
-    } else if (norm == 0) {
+    } else if (n.norm == 0) {
       out.row(i).setZero();
     } else {
       const auto xd = xn.row(i).template cast<double>();
       const auto dd = d.row(i).template cast<double>();
-      out.row(i) = ((dd - xd * xd.dot(dd)) / norm).template cast<Scalar>();
+      const Eigen::Matrix<double, 1, Eigen::Dynamic> g = (dd - xd * xd.dot(dd)) / n.norm;
+      for (Index j = 0; j < g.size(); ++j)
+        out(i, j) = static_cast<Scalar>(std::ldexp(g(j), -n.exponent));
     }
+  }
+}
+
+// The angle t between an embedding e and its target class weight w, from the vectors: with the
+// unit rows e^, w^ (in double, via RowNorm) and c = <e^, w^>,
+//   p = e^ - c w^ (e^'s part orthogonal to w^),  q = w^ - c e^,  |p| = |q| = sin t,
+// so sin t never comes from sqrt(1 - c^2) of a rounded cosine and keeps its accuracy as t -> 0 and
+// t -> pi. A zero row has no direction: cosine 0 (t = pi/2, as in the product); a row with inf or
+// NaN gives NaN.
+template <class RowE, class RowW>
+struct TargetGeometry {
+  RowNorm ne, nw;
+  double cos_t = 0, sin_t = 1;
+  Eigen::Matrix<double, 1, Eigen::Dynamic> p, q;
+
+  TargetGeometry(const RowE& e, const RowW& w) : ne(row_norm(e)), nw(row_norm(w)) {
+    if (ne.norm != ne.norm || nw.norm != nw.norm) {
+      cos_t = sin_t = std::numeric_limits<double>::quiet_NaN();
+    } else if (ne.norm > 0 && nw.norm > 0) {
+      const auto eu = unit_row(e, ne), wu = unit_row(w, nw);
+      cos_t = std::min(1.0, std::max(-1.0, eu.dot(wu)));
+      p = eu - cos_t * wu;
+      q = wu - cos_t * eu;
+      sin_t = 0.5 * (p.norm() + q.norm());
+    }
+  }
+  bool has_directions() const { return ne.norm > 0 && nw.norm > 0; }
+};
+
+// Adds the gradient of one target logit s psi(t) to the rows dE_e and dW_w:
+//   d/de = gt (-psi'(t)) q / (|q| |e|),   d/dw = gt (-psi'(t)) p / (|p| |w|),
+// with gt = s dZ: sin t divides only the direction it was measured on. At t = 0 or pi exactly the
+// direction is undefined (the margin's kink): that term is 0. Zero rows get nothing; non-finite
+// rows are NaN already (normalize_rows_backward).
+template <class RowE, class RowW, class OutE, class OutW>
+void target_margin_backward(const Margin& margin, double gt, const RowE& e, const RowW& w,
+                            OutE&& de, OutW&& dw) {
+  using Scalar = typename std::decay_t<OutE>::Scalar;
+  const TargetGeometry<RowE, RowW> g(e, w);
+  if (!g.has_directions() || g.cos_t != g.cos_t)
+    return;
+  const double h = gt * margin_sine(margin, g.sin_t, g.cos_t);
+  const double sp = g.p.norm(), sq = g.q.norm();
+  if (sq > 0) {
+    for (Index j = 0; j < de.size(); ++j)
+      de(j) += static_cast<Scalar>(std::ldexp(h * g.q(j) / (sq * g.ne.norm), -g.ne.exponent));
+  }
+  if (sp > 0) {
+    for (Index j = 0; j < dw.size(); ++j)
+      dw(j) += static_cast<Scalar>(std::ldexp(h * g.p(j) / (sp * g.nw.norm), -g.nw.exponent));
   }
 }
 
@@ -233,13 +331,14 @@ class NormalizedSoftmax {
           scale(i) = factor / std::sqrt(sq);
           continue;
         }
-        // Zero, tiny, huge or non-finite: the row on its own, dividing (1 / a subnormal norm
-        // would overflow).
+        // Zero, tiny, huge or non-finite: the row on its own, scaled by a power of two first
+        // (exact; a subnormal norm would keep only a few significant bits, and 1 / it overflows).
         auto row = out.row(i);
-        if (!row.allFinite()) {
+        const detail::RowNorm n = detail::row_norm(row);
+        if (n.norm != n.norm) {
           row.setConstant(nan);
-        } else if (const double norm = row.stableNorm(); norm != 0) {
-          row = (row / norm) * factor;
+        } else if (n.norm != 0) {
+          row = detail::unit_row(row, n) * factor;
         }
         scale(i) = 1.0;
       }
@@ -289,10 +388,19 @@ class NormalizedSoftmax {
     auto out = logits(e, w);
     if (margin_.kind == Margin::Kind::None)
       return out;
+    const auto& ed = e.derived();
+    const auto& wd = w.derived();
     for (Index n = 0; n < out.rows(); ++n) {
       const Index c = static_cast<Index>(labels.derived().coeff(n));
-      const double cosine = static_cast<double>(out(n, c)) / scale_;
-      out(n, c) = static_cast<Scalar>(scale_ * detail::apply_margin(margin_, cosine));
+      if (e.cols() == 0) {  // zero features: cosine 0 (no row blocks of empty matrices)
+        out(n, c) = static_cast<Scalar>(scale_ * detail::apply_margin(margin_, 1.0, 0.0));
+        continue;
+      }
+      // The angle from the vectors themselves (not acos of the rounded product), so the margin
+      // keeps its accuracy near t = 0 and t = pi.
+      const detail::TargetGeometry<decltype(ed.row(n)), decltype(wd.row(c))> g(ed.row(n),
+                                                                               wd.row(c));
+      out(n, c) = static_cast<Scalar>(scale_ * detail::apply_margin(margin_, g.sin_t, g.cos_t));
     }
     return out;
   }
@@ -423,20 +531,31 @@ class NormalizedSoftmax {
       return {Mat(e.rows(), 0), Mat(w.rows(), 0)};
     const Mat en = normalized_rows(e), wn = normalized_rows(w);
     Mat g = dz.derived().template cast<Scalar>() * static_cast<Scalar>(scale_);
-    if (labels != nullptr && margin_.kind != Margin::Kind::None) {
+    // Margin targets leave the products: their gradient is added on its own below, in the form
+    // that stays accurate as the angle goes to 0 or pi.
+    const bool margins = labels != nullptr && margin_.kind != Margin::Kind::None;
+    Eigen::Matrix<double, Eigen::Dynamic, 1> target_g;
+    if (margins) {
+      target_g.resize(g.rows());
       for (Index n = 0; n < g.rows(); ++n) {
         const Index c = static_cast<Index>(labels->coeff(n));
-        const double cosine =  // (D = 0: zero rows, cosine 0; no row blocks of empty matrices)
-            e.cols() == 0
-                ? 0.0
-                : en.row(n).template cast<double>().dot(wn.row(c).template cast<double>());
-        g(n, c) *= static_cast<Scalar>(detail::margin_derivative(margin_, cosine));
+        target_g(n) = static_cast<double>(dz.derived().coeff(n, c)) * scale_;
+        g(n, c) = dz.derived().coeff(n, c) != dz.derived().coeff(n, c) ? g(n, c) : Scalar(0);
       }
     }
     Mat de_hat = g * wn, dw_hat = g.transpose() * en;
     std::pair<Mat, Mat> out{Mat(e.rows(), e.cols()), Mat(w.rows(), w.cols())};
     detail::normalize_rows_backward(e.derived(), en, de_hat, out.first);
     detail::normalize_rows_backward(w.derived(), wn, dw_hat, out.second);
+    if (margins) {
+      const auto& ed = e.derived();
+      const auto& wd = w.derived();
+      for (Index n = 0; n < g.rows(); ++n) {
+        const Index c = static_cast<Index>(labels->coeff(n));
+        detail::target_margin_backward(margin_, target_g(n), ed.row(n), wd.row(c), out.first.row(n),
+                                       out.second.row(c));
+      }
+    }
     return out;
   }
 
