@@ -1,0 +1,402 @@
+// Regression tests for the faults found by replaying other libraries' bug reports on softmaxlab
+// (issue #11): each case is the failing input with its right value computed here, independently of
+// the code under test, in long double (whose 64-bit significand and 15-bit exponent hold every
+// intermediate exactly enough: the references below are within 1e-15 relative of the truth).
+//   1. shifted differences x_i - max that overflow before a temperature, tau or weight scales
+//      them back into range (log forms, the normalizer's log output, fusions, losses);
+//   2. margin gradients of NormalizedSoftmax as the target angle goes to 0 or pi;
+//   3. subnormal (and huge) embeddings and class weights, forward and backward.
+// clang-format off
+#include "support.hpp"  // first: it configures Eigen (asserts, malloc checks)
+// clang-format on
+
+#include <algorithm>
+#include <cmath>
+#include <iostream>
+#include <limits>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include <softmaxlab/softmaxlab.hpp>
+
+namespace sml = softmaxlab;
+
+namespace {
+
+using LD = long double;
+
+template <class Scalar>
+using Vec = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+
+// log_softmax(x / T) in long double: (x_i - m) / T - log sum_j exp((x_j - m) / T).
+std::vector<LD> reference_log_softmax(const std::vector<LD>& x, LD temperature) {
+  LD m = -INFINITY;
+  for (LD v : x)
+    m = std::max(m, v);
+  LD sum = 0;
+  for (LD v : x)
+    sum += std::exp((v - m) / temperature);
+  std::vector<LD> out;
+  for (LD v : x)
+    out.push_back((v - m) / temperature - std::log(sum));
+  return out;
+}
+
+// |y - exact| within LogSoftmax's bound 4 eps (1 + |exact|), where exact is rounded to Scalar
+// (an exact value beyond the range must come out as that infinity).
+template <class Scalar>
+void check_log_value(Scalar y, LD exact, const char* what, int i) {
+  const LD rounded = static_cast<Scalar>(exact);
+  INFO(what << "[" << i << "]: got " << y << ", exact " << static_cast<double>(exact));
+  if (std::isinf(rounded)) {
+    CHECK(y == static_cast<Scalar>(rounded));
+    return;
+  }
+  REQUIRE(std::isfinite(y));
+  const LD eps = std::numeric_limits<Scalar>::epsilon();
+  const LD err = std::fabs(static_cast<LD>(y) - exact) / (eps * (1 + std::fabs(exact)));
+  INFO("error " << static_cast<double>(err) << " eps (bound 4)");
+  CHECK(err <= 4);
+}
+
+}  // namespace
+
+// ---- 1. Shifted differences that overflow before they are scaled ----------------------------
+
+TEMPLATE_TEST_CASE("LogSoftmax of (max, -max): the scaled difference fits although x - m does not",
+                   "[regression][softmax]", float, double) {
+  using Scalar = TestType;
+  const Scalar big = std::numeric_limits<Scalar>::max();
+  const std::vector<LD> x{big, -big};
+  // Both ends of the temperature range [2^-100, 2^100], and values between.
+  for (double t : {0x1p-100, 0.5, 1.0, 2.0, 3.0, 1e10, 0x1p100}) {
+    const auto exact = reference_log_softmax(x, static_cast<LD>(t));
+    const sml::LogSoftmax f(t);
+    Vec<Scalar> v(2);
+    v << big, -big;
+    const Vec<Scalar> y = f(v);
+    for (int i = 0; i < 2; ++i)
+      check_log_value(y(i), exact[i], "LogSoftmax vector", i);
+
+    // Rowwise and colwise (a strided row of a column-major matrix), and in place.
+    Eigen::Matrix<Scalar, 3, 2> rows;
+    rows << big, -big, Scalar(1), Scalar(2), big, -big;
+    const Eigen::Matrix<Scalar, 3, 2> r = f.rowwise(rows);
+    const Eigen::Matrix<Scalar, 2, 3> c = f.colwise(rows.transpose().eval());
+    f.rowwise(rows, rows);
+    for (int i = 0; i < 2; ++i) {
+      check_log_value(r(0, i), exact[i], "LogSoftmax rowwise", i);
+      check_log_value(r(2, i), exact[i], "LogSoftmax rowwise", i);
+      check_log_value(c(i, 0), exact[i], "LogSoftmax colwise", i);
+      check_log_value(rows(0, i), exact[i], "LogSoftmax in place", i);
+    }
+
+    // The normalizer's log output, over two chunks merged.
+    sml::OnlineNormalizer<Scalar> a(t), b(t);
+    a.update(v.head(1));
+    b.update(v.tail(1));
+    a.merge(b);
+    Vec<Scalar> out(2);
+    a.write_log(v.head(1), out.head(1));
+    a.write_log(v.tail(1), out.tail(1));
+    for (int i = 0; i < 2; ++i)
+      check_log_value(out(i), exact[i], "OnlineNormalizer::write_log", i);
+    CHECK(a.log_sum_exp() == Approx(static_cast<double>(big / static_cast<LD>(t))));
+  }
+}
+
+TEMPLATE_TEST_CASE("HardFusion weighs an overflowing shifted difference before it is formed",
+                   "[regression][fusion]", float, double) {
+  using Scalar = TestType;
+  const Scalar big = std::numeric_limits<Scalar>::max();
+  for (double lambda : {0.5, 0.25}) {
+    Vec<Scalar> tgt(2), src(2);
+    tgt << big, -big;
+    src << Scalar(0), Scalar(0);
+    const auto lt = reference_log_softmax({big, -big}, 1);
+    const auto ls = reference_log_softmax({0, 0}, 1);
+    const Vec<Scalar> y = sml::HardFusion(lambda)(tgt, src);
+    for (int i = 0; i < 2; ++i) {
+      const LD exact = static_cast<LD>(lambda) * lt[i] + (1 - static_cast<LD>(lambda)) * ls[i];
+      check_log_value(y(i), exact, "HardFusion", i);
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("SoftFusion renormalizes overflowing shifted differences exactly",
+                   "[regression][fusion]", float, double) {
+  using Scalar = TestType;
+  const Scalar big = std::numeric_limits<Scalar>::max();
+  // y = log_softmax(tgt + log_softmax(tau src)), all in long double.
+  auto reference = [](const std::vector<LD>& tgt, const std::vector<LD>& src, LD tau) {
+    auto ls = reference_log_softmax(src, 1 / tau);
+    std::vector<LD> z;
+    for (std::size_t i = 0; i < tgt.size(); ++i)
+      z.push_back(tgt[i] + ls[i]);
+    return reference_log_softmax(z, 1);
+  };
+  struct Case {
+    std::vector<LD> tgt, src;
+    double tau;
+  };
+  const std::vector<Case> cases{
+      {{0, 0}, {big, -big}, 0.5},                // the inner difference overflows
+      {{-big / 2, -big / 2}, {big, -big}, 0.5},  // and tgt + log_softmax(tau src) too
+      {{-big / 2, -big / 2, 0}, {big, -big, 0}, 0.25},
+  };
+  for (const Case& c : cases) {
+    const auto exact = reference(c.tgt, c.src, static_cast<LD>(c.tau));
+    const auto n = static_cast<Eigen::Index>(c.tgt.size());
+    Vec<Scalar> tgt(n), src(n);
+    for (Eigen::Index i = 0; i < n; ++i) {
+      tgt(i) = static_cast<Scalar>(c.tgt[i]);
+      src(i) = static_cast<Scalar>(c.src[i]);
+    }
+    const Vec<Scalar> y = sml::SoftFusion(c.tau)(tgt, src);
+    for (Eigen::Index i = 0; i < n; ++i)
+      check_log_value(y(i), exact[i], "SoftFusion", static_cast<int>(i));
+    // In place on tgt gives the same bits.
+    sml::SoftFusion(c.tau).apply(tgt, src, tgt);
+    CHECK(softmaxlab_test::same(tgt, y));
+  }
+}
+
+TEST_CASE("CrossEntropyLoss of float (FLT_MAX, -FLT_MAX) is the finite double 2 FLT_MAX",
+          "[regression][loss]") {
+  const float big = std::numeric_limits<float>::max();
+  Eigen::MatrixXf z(2, 2);
+  z << big, -big, -big, big;
+  const std::vector<int> labels{1, 1};
+  // Row 0: -log_softmax = 2 FLT_MAX at the label; row 1: 0. Sum and mean in double.
+  const LD exact_sum = 2 * static_cast<LD>(big);
+  CHECK(sml::CrossEntropyLoss(sml::Reduction::Sum)(z, labels)
+        == Approx(static_cast<double>(exact_sum)).epsilon(1e-15));
+  CHECK(sml::CrossEntropyLoss()(z, labels)
+        == Approx(static_cast<double>(exact_sum / 2)).epsilon(1e-15));
+  // The gradient is Softmax's: exact one-hot differences.
+  Eigen::MatrixXf g(2, 2);
+  const sml::CrossEntropyLoss sum_loss(sml::Reduction::Sum);
+  CHECK(sum_loss(z, labels, g) == Approx(static_cast<double>(exact_sum)).epsilon(1e-15));
+  CHECK(g(0, 0) == 1.0f);
+  CHECK(g(0, 1) == -1.0f);
+  CHECK(g(1, 0) == 0.0f);
+  CHECK(g(1, 1) == 0.0f);
+  // Double logits: the documented limit, the loss 2 DBL_MAX is beyond double.
+  Eigen::MatrixXd zd(1, 2);
+  zd << std::numeric_limits<double>::max(), -std::numeric_limits<double>::max();
+  CHECK(sml::CrossEntropyLoss()(zd, std::vector<int>{1})
+        == std::numeric_limits<double>::infinity());
+}
+
+TEST_CASE("SparseCbmGumbelLoss at tau = 2^100 of (FLT_MAX, -FLT_MAX) is finite",
+          "[regression][loss]") {
+  const float big = std::numeric_limits<float>::max();
+  Eigen::MatrixXf x(1, 2);
+  x << big, -big;
+  // The Gumbel noise (|g| < 40) vanishes against FLT_MAX (half an ulp is 2^103), so the perturbed
+  // row is x itself: loss = (0 + 2 FLT_MAX / tau) / 2, gradient (K y - 1) / (N K tau), y = (1, 0).
+  const LD tau = 0x1p100L;
+  sml::Philox4x32 gen(7);
+  Eigen::MatrixXf g(1, 2);
+  const double loss = sml::SparseCbmGumbelLoss(0x1p100)(x, gen, g);
+  CHECK(loss == Approx(static_cast<double>(static_cast<LD>(big) / tau)).epsilon(1e-15));
+  CHECK(g(0, 0) == Approx(static_cast<double>(1 / (2 * tau))).epsilon(1e-6));
+  CHECK(g(0, 1) == Approx(static_cast<double>(-1 / (2 * tau))).epsilon(1e-6));
+}
+
+// ---- 2. Margin gradients as the target angle goes to 0 and pi -------------------------------
+
+namespace {
+
+constexpr LD kPi = 3.141592653589793238462643383279502884L;
+
+// -psi'(t) of each margin, straight from the header's formulas, in long double. Near pi the sines
+// are taken at delta = pi - t (given separately, exact from the inputs): long double's pi and t
+// carry an absolute error of ~1e-19, which near pi would otherwise dominate the reference.
+LD minus_psi_prime(const sml::Margin& margin, LD t, LD delta) {
+  const LD m = static_cast<LD>(margin.m);
+  const bool near_pi = t > kPi / 2;
+  const LD sin_t = near_pi ? std::sin(delta) : std::sin(t);
+  switch (margin.kind) {
+    case sml::Margin::Kind::None:
+    case sml::Margin::Kind::CosFace:
+      return sin_t;
+    case sml::Margin::Kind::ArcFace:
+      if (t + m > kPi)
+        return sin_t;
+      return near_pi ? std::sin(delta - m) : std::sin(t + m);  // sin(t + m) = sin(delta - m)
+    case sml::Margin::Kind::SphereFace: {
+      const int mi = static_cast<int>(margin.m);
+      const int k = std::min(mi - 1, static_cast<int>(std::floor(t * mi / kPi)));
+      // sin(m t) = sin(m pi - m delta) = -(-1)^m sin(m delta)
+      const LD sin_mt = near_pi ? (mi % 2 == 0 ? -1 : 1) * std::sin(mi * delta) : std::sin(mi * t);
+      return ((k % 2 == 0) ? 1 : -1) * mi * sin_mt;
+    }
+  }
+  return 0;
+}
+
+// max_i |got_i - want_i| / max_i |want_i| (the norm-wise relative error of the gradient tests).
+template <class A, class B>
+double normwise_error(const A& got, const B& want) {
+  LD err = 0, scale = 0;
+  for (Eigen::Index i = 0; i < want.size(); ++i) {
+    err = std::max(err, std::fabs(static_cast<LD>(got(i)) - want(i)));
+    scale = std::max(scale, std::fabs(want(i)));
+  }
+  return static_cast<double>(err / scale);
+}
+
+}  // namespace
+
+TEST_CASE("NormalizedSoftmax margin gradients keep their accuracy as theta -> 0 and theta -> pi",
+          "[regression][normalized]") {
+  const double s = 30;
+  const std::vector<sml::Margin> margins{sml::Margin::arcface(0.5),  sml::Margin::arcface(0.0),
+                                         sml::Margin::cosface(0.35), sml::Margin::sphereface(2),
+                                         sml::Margin::sphereface(3), sml::Margin::sphereface(4)};
+  const std::vector<LD> angles{1e-12L, 1e-9L,       1.5e-8L,     1e-7L,      0.3L,
+                               2.0L,   kPi - 1e-4L, kPi - 1e-6L, kPi - 1e-8L};
+  // The component along the gradient's direction (the large one) must be exact to 1e-12; the
+  // small one, of size |h| sin t or |h| sin(pi - t), carries an absolute error of about |h| eps /
+  // sin t from the rounded unit vectors, so the norm-wise error is at most about sqrt(eps).
+  double worst = 0, worst_main = 0;
+  for (const auto& margin : margins) {
+    const sml::NormalizedSoftmax ns(s, margin);
+    for (LD t0 : angles) {
+      // E = (cos t, sin t) as doubles, W = (1, 0), label 0, dZ = 1 on the target logit.
+      Eigen::MatrixXd e(1, 2), w(1, 2), dz(1, 1);
+      e << static_cast<double>(std::cos(t0)), static_cast<double>(std::sin(t0));
+      w << 1.0, 0.0;
+      dz << 1.0;
+      const Eigen::VectorXi labels = Eigen::VectorXi::Zero(1);
+      const auto [de, dw] = ns.logits_backward(e, w, labels, dz);
+      // The exact gradient at the binary inputs: t = atan2(e_y, e_x), |e| = hypot.
+      const LD ex = e(0, 0), ey = e(0, 1), norm = std::hypot(ex, ey);
+      const LD t = std::atan2(ey, ex), h = s * minus_psi_prime(margin, t, std::atan2(ey, -ex));
+      // d/de = h q / (|q| |e|), q / |q| = (sin t, -cos t); d/dw = h (0, 1) (|w| = 1).
+      Eigen::Matrix<LD, 1, 2> want_e, want_w;
+      want_e << h * std::sin(t) / norm, -h * std::cos(t) / norm;
+      want_w << 0, h;
+      const double err_e = normwise_error(de, want_e), err_w = normwise_error(dw, want_w);
+      INFO("margin kind " << static_cast<int>(margin.kind) << " m = " << margin.m
+                          << ", t = " << static_cast<double>(t) << ": dE = (" << de(0, 0) << ", "
+                          << de(0, 1) << "), want (" << static_cast<double>(want_e(0)) << ", "
+                          << static_cast<double>(want_e(1)) << "); errors " << err_e << ", "
+                          << err_w);
+      const double main_e =
+          static_cast<double>(std::fabs(de(0, 1) - want_e(1)) / std::fabs(want_e(1)));
+      CHECK(main_e < 1e-12);
+      CHECK(err_e < 2e-8);
+      CHECK(err_w < 1e-12);
+      worst = std::max({worst, err_e, err_w});
+      worst_main = std::max(worst_main, main_e);
+    }
+  }
+  std::cout << "margin gradients near theta = 0 and pi: worst norm-wise relative error " << worst
+            << " (bound 2e-8), worst relative error of the main component " << worst_main
+            << " (bound 1e-12)\n";
+}
+
+TEST_CASE("NormalizedSoftmaxLoss gradients with ArcFace at theta = 1e-9", "[regression][loss]") {
+  // Two classes, W = I, label 0, E = (cos t, sin t): the loss goes through the same target path.
+  // s = 2 keeps both probabilities away from 0 and 1, so dL/dz = p - onehot carries no
+  // cancellation of its own and the test measures the margin path alone.
+  const double s = 2, m = 0.5;
+  const LD t0 = 1e-9L;
+  Eigen::MatrixXd e(1, 2), w = Eigen::MatrixXd::Identity(2, 2);
+  e << static_cast<double>(std::cos(t0)), static_cast<double>(std::sin(t0));
+  const Eigen::VectorXi labels = Eigen::VectorXi::Zero(1);
+  const sml::NormalizedSoftmaxLoss loss(sml::NormalizedSoftmax(s, sml::Margin::arcface(m)));
+  Eigen::MatrixXd de(1, 2), dw(2, 2);
+  const double value = loss(e, w, labels, de, dw);
+  // Exact: z0 = s cos(t + m), z1 = s sin t; dL/dz = softmax(z) - (1, 0) (Mean over one sample).
+  const LD ex = e(0, 0), ey = e(0, 1), norm = std::hypot(ex, ey), t = std::atan2(ey, ex);
+  const LD z0 = s * std::cos(t + m), z1 = s * std::sin(t);
+  const LD mx = std::max(z0, z1), lse = mx + std::log(std::exp(z0 - mx) + std::exp(z1 - mx));
+  const LD d0 = std::exp(z0 - lse) - 1, d1 = std::exp(z1 - lse);
+  CHECK(value == Approx(static_cast<double>(lse - z0)).epsilon(1e-14));
+  // dE = d0 s sin(t + m) (sin t, -cos t) / |e| + d1 s (w1^ - sin t e^) / |e|, e^ = (cos t, sin t).
+  Eigen::Matrix<LD, 1, 2> want_e, want_w0, want_w1;
+  want_e << (d0 * s * std::sin(t + m) * std::sin(t) + d1 * s * (0 - std::sin(t) * std::cos(t)))
+                / norm,
+      (-d0 * s * std::sin(t + m) * std::cos(t) + d1 * s * (1 - std::sin(t) * std::sin(t))) / norm;
+  // dW0 = d0 s sin(t + m) (0, 1); dW1 = d1 s (e^ - sin t w1^) = d1 s (cos t, 0).
+  want_w0 << 0, d0 * s * std::sin(t + m);
+  want_w1 << d1 * s * std::cos(t), 0;
+  const Eigen::RowVector2d dw0 = dw.row(0), dw1 = dw.row(1);
+  INFO("dE = (" << de(0, 0) << ", " << de(0, 1) << ")");
+  CHECK(normwise_error(de, want_e) < 2e-8);
+  CHECK(std::fabs(de(0, 1) - want_e(1)) / std::fabs(want_e(1)) < 1e-12);
+  CHECK(normwise_error(dw0, want_w0) < 1e-12);
+  CHECK(normwise_error(dw1, want_w1) < 1e-12);
+}
+
+// ---- 3. Subnormal and huge embeddings --------------------------------------------------------
+
+TEST_CASE("NormalizedSoftmax keeps the direction of subnormal embeddings and class weights",
+          "[regression][normalized]") {
+  const double tiny = 1e-320;
+  Eigen::MatrixXd e(2, 3), w(2, 3);
+  e << tiny, 0, tiny,         // subnormal
+      0x1p1000, 0x1p1000, 0;  // huge: the squares overflow
+  w << 1, 0, 0,               //
+      0, tiny, 0;
+  const sml::NormalizedSoftmax ns(10);
+  const auto z = ns.logits(e, w);
+  // Exact cosines of the binary inputs, in long double: the entries are exact multiples, so
+  // e0 = tiny (1, 0, 1), e1 = 2^1000 (1, 1, 0), w0 = (1, 0, 0), w1 = tiny (0, 1, 0).
+  const LD r2 = std::sqrt(2.0L);
+  const LD want[2][2] = {{10 / r2, 0}, {10 / r2, 10 / r2}};
+  for (int n = 0; n < 2; ++n) {
+    for (int c = 0; c < 2; ++c) {
+      INFO("logit (" << n << ", " << c << ") = " << z(n, c));
+      const LD err = std::fabs(static_cast<LD>(z(n, c)) - want[n][c])
+                     / (10 * std::numeric_limits<double>::epsilon());
+      CHECK(err <= 5);  // (D + 2) eps of the cosine, times s
+    }
+  }
+  // Float: subnormal floats (their squares are normal in double).
+  Eigen::MatrixXf ef(1, 3), wf(1, 3);
+  ef << 1e-44f, 0, 1e-44f;
+  wf << 1e-45f, 0, 0;
+  CHECK(ns.logits(ef, wf)(0, 0) == Approx(10 / std::sqrt(2.0)).epsilon(4e-7));
+}
+
+TEST_CASE("NormalizedSoftmax gradients scale exactly with tiny and subnormal embeddings",
+          "[regression][normalized]") {
+  // x / |x| is invariant to x -> 2^k x, so its gradient scales by 2^-k: dE(2^k E) = 2^-k dE(E).
+  const sml::NormalizedSoftmax ns(16, sml::Margin::arcface(0.3));
+  Eigen::MatrixXd e(2, 3), w(3, 3), dz(2, 3);
+  e << 3, -12, 5, 20, 1, -7;  // integers: exact after scaling by 2^k, even 2^-1074
+  w << 1, 0.5, -0.25, -0.5, 1, 0.75, 0.2, 0.3, -1;
+  dz << 0.25, -0.5, 0.125, -1, 0.5, 0.75;
+  const Eigen::VectorXi labels = (Eigen::VectorXi(2) << 1, 2).finished();
+  const auto [de, dw] = ns.logits_backward(e, w, labels, dz);
+  // k = -1000: the sums of squares underflow (slow path); k = -1074 (with dZ scaled by 2^-1000 to
+  // keep the gradient in range): subnormal entries.
+  for (int k : {-1000, -1074}) {
+    const int dz_shift = k == -1074 ? -1000 : 0;
+    const Eigen::MatrixXd ek = e.unaryExpr([k](double v) { return std::ldexp(v, k); });
+    const Eigen::MatrixXd dzk =
+        dz.unaryExpr([dz_shift](double v) { return std::ldexp(v, dz_shift); });
+    const auto [dek, dwk] = ns.logits_backward(ek, w, labels, dzk);
+    double worst = 0;
+    for (Eigen::Index i = 0; i < de.size(); ++i) {
+      const double want = std::ldexp(de(i), -k + dz_shift);
+      worst = std::max(
+          worst, std::fabs(dek(i) - want) / std::ldexp(de.cwiseAbs().maxCoeff(), -k + dz_shift));
+    }
+    double worst_w = 0;
+    for (Eigen::Index i = 0; i < dw.size(); ++i) {
+      const double want = std::ldexp(dw(i), dz_shift);
+      worst_w = std::max(worst_w,
+                         std::fabs(dwk(i) - want) / std::ldexp(dw.cwiseAbs().maxCoeff(), dz_shift));
+    }
+    INFO("k = " << k << ": norm-wise relative differences " << worst << " (dE), " << worst_w
+                << " (dW)");
+    CHECK(worst < 1e-14);
+    CHECK(worst_w < 1e-14);
+  }
+}
