@@ -8,6 +8,8 @@
 //   NormalizedSoftmax, Margin    normalized.hpp   cosine logits with CosFace/ArcFace/SphereFace
 //                                                 margins; prototypes for novel classes
 //   Philox4x32                   random.hpp       counter-based UniformRandomBitGenerator
+//   Sampler, SamplerOptions,     sampling.hpp     temperature, top-k, top-p, min-p token draws
+//     top_k_log_softmax                           without a sort; top-k log-probabilities
 //   SinglePassSoftmax,           single_pass.hpp  one read for the normalizer, one to write;
 //     OnlineNormalizer<Scalar>                    mergeable [max, sum] state for chunked rows
 //   CrossEntropyLoss, L2SvmLoss, loss.hpp         training losses with their gradients
@@ -28,5 +30,6 @@
 #include "polynomial.hpp"
 #include "power.hpp"
 #include "random.hpp"
+#include "sampling.hpp"
 #include "single_pass.hpp"
 #include "softmax.hpp"
