@@ -12,6 +12,7 @@
 //     top_k_log_softmax                           without a sort; top-k log-probabilities
 //   SinglePassSoftmax,           single_pass.hpp  one read for the normalizer, one to write;
 //     OnlineNormalizer<Scalar>                    mergeable [max, sum] state for chunked rows
+//   LogSumExp                    logsumexp.hpp    log sum exp, weighted/signed (SciPy b=), backward
 //   CrossEntropyLoss, L2SvmLoss, loss.hpp         training losses with their gradients
 //     NormalizedSoftmaxLoss, SparseCbmGumbelLoss
 //   HardFusion, SoftFusion       fusion.hpp       SurfaceFusion of two logit sources
@@ -25,6 +26,7 @@
 
 #include "fusion.hpp"
 #include "gumbel.hpp"
+#include "logsumexp.hpp"
 #include "loss.hpp"
 #include "normalized.hpp"
 #include "polynomial.hpp"
