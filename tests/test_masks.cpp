@@ -134,3 +134,58 @@ TEST_CASE("apply_masked: nothing kept, rowwise, sizes, no allocation", "[masks]"
   Eigen::VectorXf y3(3);
   CHECK_THROWS_AS(sml::Softmax().apply_masked(x, no_nan, y3), std::invalid_argument);
 }
+
+TEST_CASE("CrossEntropyLoss apply_masked: masked logits behave exactly as -inf", "[masks][loss]") {
+  const double inf = std::numeric_limits<double>::infinity();
+  std::mt19937 rng(8);
+  std::normal_distribution<double> normal(0, 3);
+  const Index N = 6, C = 11;
+  Eigen::MatrixXd Z(N, C), Zinf(N, C);
+  Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic> K(N, C);
+  Eigen::VectorXi labels(N);
+  for (Index n = 0; n < N; ++n) {
+    labels(n) = static_cast<int>((n * 5) % C);
+    for (Index k = 0; k < C; ++k) {
+      Z(n, k) = normal(rng);
+      K(n, k) = k == labels(n) || (n + 2 * k) % 3 != 0;
+      Zinf(n, k) = K(n, k) ? Z(n, k) : -inf;
+    }
+  }
+  for (const double smoothing : {0.0, 0.1}) {
+    const sml::CrossEntropyLoss ce(sml::Reduction::Mean, smoothing);
+    const Eigen::MatrixXd Z_before = Z;
+    // The reference runs in place on the -inf logits, as apply_masked does on its staged copy
+    // (the in-place gradient path rounds slightly differently from the separate-output one).
+    Eigen::MatrixXd G(N, C), G_ref = Zinf;
+    const double loss = ce.apply_masked(Z, K, labels, G);
+    const double loss_ref = ce(G_ref, labels, G_ref);
+    INFO("label_smoothing " << smoothing);
+    CHECK(loss == loss_ref);  // +inf with smoothing (mass on masked classes), as with -inf logits
+    CHECK(same(G, G_ref));
+    CHECK(same(Z, Z_before));
+    const double loss_only = ce.masked(Z, K, labels);
+    CHECK((loss_only == loss_ref));
+    // In place: grad is the logits.
+    Eigen::MatrixXd W = Z;
+    CHECK(ce.apply_masked(W, K, labels, W) == loss_ref);
+    CHECK(same(W, G_ref));
+  }
+  // Target distributions, and a masked target class gives +inf.
+  const sml::CrossEntropyLoss ce;
+  Eigen::MatrixXd T = Eigen::MatrixXd::Zero(N, C);
+  for (Index n = 0; n < N; ++n)
+    T(n, labels(n)) = 1;
+  Eigen::MatrixXd G(N, C), G_ref = Zinf;
+  CHECK(ce.apply_masked(Z, K, T, G) == ce(G_ref, T, G_ref));
+  CHECK(same(G, G_ref));
+  K(0, labels(0)) = false;
+  CHECK(ce.apply_masked(Z, K, labels, G) == inf);
+  {
+    AllocationGuard guard;
+    ce.apply_masked(Z, K, labels, G);
+    CHECK(guard.allocations() == 0);
+  }
+  CHECK_THROWS_AS(ce.apply_masked(Z, K, T, T), std::invalid_argument);
+  Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic> K2(N, C + 1);
+  CHECK_THROWS_AS(ce.apply_masked(Z, K2, labels, G), std::invalid_argument);
+}
