@@ -178,7 +178,7 @@ void check_against_reference() {
               const double err =
                   double(std::fabs((static_cast<long double>(p(i)) - r.q[i]) / r.q[i])) / eps;
               const double d = c.temperature == 0 ? 0 : (double(m) - double(x[i])) / c.temperature;
-              worst.update(err, 8 * (1 + d), [&](std::ostream& o) {
+              worst.update(err, 4 * (1 + d), [&](std::ostream& o) {
                 o << describe(c) << " n=" << n << " ties=" << ties << " i=" << i;
               });
             }

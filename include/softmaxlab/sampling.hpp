@@ -25,21 +25,23 @@
 //
 // Algorithm (no sort of the vocabulary):
 //   - m = max x (NaN-propagating, as Softmax);
-//   - top-k with k <= 1024: one streaming pass keeps the k largest values in a min-heap, skipping a
-//     block of 16 logits by its max when the heap is full (expected k log(V/k) insertions on a
-//     random order), then one pass gathers every logit >= the k-th value; only those tokens are
-//     exponentiated (in double), sorted and cut by top-p and min-p. This is the
-//     "softmax fused with top-k" of Milakov & Gimelshein (arXiv 1805.02867): the whole row's
-//     normalizer is not needed because top-k renormalizes;
+//   - top-k with k <= 1024: one vectorized pass takes the row max and the max of every block of
+//     64 logits; a min-heap of the k largest values then reads only the blocks whose max beats
+//     its smallest value (expected k log(V/k) insertions on a random order), and one walk over the
+//     block maxima gathers every logit >= the k-th value. Only those tokens are exponentiated (in
+//     double), sorted and cut by top-p and min-p: the "softmax fused with top-k" of Milakov &
+//     Gimelshein (arXiv 1805.02867), where the whole row's normalizer is not needed because top-k
+//     renormalizes;
 //   - otherwise (k = 0 or k > 1024, k-th value from std::nth_element): one pass stores
 //     w_i = exp((x_i - m) / T) with the Softmax kernel (detail/kernels.hpp), a histogram of the
 //     weights over 2048 buckets of width 1/64 in (m - x_i) / T finds the bucket in which the top-p
-//     prefix reaches p, and only that bucket's tokens are sorted. Masses are summed in double.
+//     prefix reaches p, and only that bucket's tokens are sorted. Masses are summed in double (long
+//     double for double logits).
 // Cost per token: O(V) with small constants, against O(V log V) for a sort (bench_sampling.cpp).
 //
 // Accuracy: the kept set is the exact rule's except when a cumulative sum or a min-p ratio lies
 // within a few eps of its boundary (rounding decides there). probabilities() is within
-// 8 eps (1 + |z_i - max z|) relative of the exact value (double weights on the small path; the
+// 4 eps (1 + |z_i - max z|) relative of the exact value (double weights on the small path; the
 // Softmax kernel's float weights on the large path); tests/test_sampling.cpp measures both against
 // a sort-based long-double implementation and chi-square tests the draws.
 //
@@ -137,6 +139,7 @@ class SamplingWorkspace {
     std::vector<Scalar> row;                     // a contiguous copy of a strided input
     std::vector<Scalar> weight;                  // exp((x_i - m) / T) * 2^64 (large path)
     std::vector<Scalar> heap;                    // the k largest values (min-heap)
+    std::vector<Scalar> block_max;               // the max of each block of kSelectBlock logits
     std::vector<std::pair<Scalar, Index>> cand;  // candidates (logit, index)
     std::vector<double> cand_weight;             // their weights (small path)
   };
@@ -194,32 +197,62 @@ const Scalar* contiguous_row(const Eigen::DenseBase<XprX>& x, std::vector<Scalar
   return row.data();
 }
 
-inline constexpr Index kSelectBlock = 16;
+inline constexpr Index kSelectBlock = 64;
 
-// Max of x[i, i + n) for n <= kSelectBlock, no NaN present.
+// The max of each block of kSelectBlock logits (the last block may be shorter) into `out`, and
+// the row's max (NaN when the row holds a NaN): one vectorized pass, the max pass of Softmax with
+// a stop every 64 logits, that lets the selection passes skip every block that cannot hold a
+// candidate.
 template <class Scalar>
-EIGEN_STRONG_INLINE Scalar block_max(const Scalar* x, Index n) {
-  Scalar b = x[0];
-  for (Index j = 1; j < n; ++j)
-    b = x[j] > b ? x[j] : b;
-  return b;
+Scalar block_maxima(const Scalar* x, Index n, std::vector<Scalar>& out) {
+  using namespace Eigen::internal;
+  using Packet = PacketOf<Scalar>;
+  constexpr int P = kPacketSize<Scalar>;
+  static_assert(kSelectBlock % (2 * P) == 0, "a block must hold an even number of packets");
+  const Index blocks = (n + kSelectBlock - 1) / kSelectBlock;
+  out.resize(static_cast<std::size_t>(blocks));
+  Scalar m = -std::numeric_limits<Scalar>::infinity();
+  Index b = 0;
+  for (; (b + 1) * kSelectBlock <= n; ++b) {
+    const Scalar* xb = x + b * kSelectBlock;
+    Packet p0 = ploadu<Packet>(xb), p1 = ploadu<Packet>(xb + P);
+    for (Index j = 2 * P; j < kSelectBlock; j += 2 * P) {
+      p0 = pmax<Eigen::PropagateNaN>(p0, ploadu<Packet>(xb + j));
+      p1 = pmax<Eigen::PropagateNaN>(p1, ploadu<Packet>(xb + j + P));
+    }
+    alignas(64) Scalar lanes[P];
+    pstore(lanes, pmax<Eigen::PropagateNaN>(p0, p1));
+    Scalar bm = lanes[0];
+    for (int k = 1; k < P; ++k)
+      bm = (lanes[k] != lanes[k] || lanes[k] > bm) ? lanes[k] : bm;
+    out[static_cast<std::size_t>(b)] = bm;
+    m = (bm != bm || bm > m) ? bm : m;
+  }
+  if (b < blocks) {
+    const Scalar bm = max_propagate_nan(x + b * kSelectBlock, n - b * kSelectBlock);
+    out[static_cast<std::size_t>(b)] = bm;
+    m = (bm != bm || bm > m) ? bm : m;
+  }
+  return m;
 }
 
 // The k-th largest finite value of x (k >= 1, no NaN), or the smallest finite value when fewer
-// than k are finite; -inf when none is. Streaming min-heap of the k largest values.
+// than k are finite; -inf when none is. A min-heap of the k largest values; once it is full, a
+// block whose max is <= its smallest value is skipped without being read.
 template <class Scalar>
-Scalar kth_largest(const Scalar* x, Index n, Index k, std::vector<Scalar>& heap) {
+Scalar kth_largest(const Scalar* x, Index n, Index k, const std::vector<Scalar>& block_max,
+                   std::vector<Scalar>& heap) {
   const Scalar inf = std::numeric_limits<Scalar>::infinity();
   heap.clear();
   if (heap.capacity() < static_cast<std::size_t>(k))
     heap.reserve(static_cast<std::size_t>(k));
   const auto greater = std::greater<Scalar>();
-  for (Index i = 0; i < n; i += kSelectBlock) {
-    const Index count = std::min(kSelectBlock, n - i);
-    const bool full = static_cast<Index>(heap.size()) == k;
-    if (full && block_max(x + i, count) <= heap.front())
+  for (Index i = 0, b = 0; i < n; i += kSelectBlock, ++b) {
+    const Index end = std::min(n, i + kSelectBlock);
+    if (static_cast<Index>(heap.size()) == k
+        && block_max[static_cast<std::size_t>(b)] <= heap.front())
       continue;
-    for (Index j = i; j < i + count; ++j) {
+    for (Index j = i; j < end; ++j) {
       const Scalar v = x[j];
       if (v == -inf)
         continue;
@@ -236,16 +269,17 @@ Scalar kth_largest(const Scalar* x, Index n, Index k, std::vector<Scalar>& heap)
   return heap.empty() ? -inf : heap.front();
 }
 
-// Appends (x_i, i) for every x_i >= threshold (threshold > -inf), skipping blocks by their max.
+// Appends (x_i, i) for every x_i >= threshold, skipping blocks by their max.
 template <class Scalar>
 void gather_at_least(const Scalar* x, Index n, Scalar threshold,
+                     const std::vector<Scalar>& block_max,
                      std::vector<std::pair<Scalar, Index>>& out) {
   out.clear();
-  for (Index i = 0; i < n; i += kSelectBlock) {
-    const Index count = std::min(kSelectBlock, n - i);
-    if (block_max(x + i, count) < threshold)
+  for (Index i = 0, b = 0; i < n; i += kSelectBlock, ++b) {
+    if (block_max[static_cast<std::size_t>(b)] < threshold)
       continue;
-    for (Index j = i; j < i + count; ++j) {
+    const Index end = std::min(n, i + kSelectBlock);
+    for (Index j = i; j < end; ++j) {
       if (x[j] >= threshold)
         out.emplace_back(x[j], j);
     }
@@ -442,7 +476,11 @@ class Sampler {
     Plan<Scalar> plan;
     if (n == 0)
       return plan;
-    const Scalar m = detail::max_propagate_nan(x, n);
+    const Index k = o_.top_k();
+    const bool small = k > 0 && k <= kHeapMaxK && o_.temperature() != 0.0;
+    // The small path's block maxima come with the row max in the same pass.
+    const Scalar m = small ? detail::block_maxima(x, n, ws.buffers<Scalar>().block_max)
+                           : detail::max_propagate_nan(x, n);
     if (m != m) {
       plan.kind = Kind::NaN;
       return plan;
@@ -459,8 +497,7 @@ class Sampler {
       plan.count = static_cast<std::size_t>(std::count(x, x + n, inf));
       return plan;
     }
-    const Index k = o_.top_k();
-    if (k > 0 && k <= kHeapMaxK)
+    if (small)
       return small_plan(x, n, m, ws);
     return large_plan(x, n, m, ws);
   }
@@ -469,8 +506,8 @@ class Sampler {
   template <class Scalar>
   Plan<Scalar> small_plan(const Scalar* x, Index n, Scalar m, SamplingWorkspace& ws) const {
     auto& b = ws.buffers<Scalar>();
-    const Scalar kth = detail::kth_largest(x, n, o_.top_k(), b.heap);
-    detail::gather_at_least(x, n, kth, b.cand);
+    const Scalar kth = detail::kth_largest(x, n, o_.top_k(), b.block_max, b.heap);
+    detail::gather_at_least(x, n, kth, b.block_max, b.cand);
     std::sort(b.cand.begin(), b.cand.end(), detail::by_decreasing_logit<Scalar>);
     const std::size_t count = b.cand.size();
     b.cand_weight.resize(count);
@@ -493,9 +530,10 @@ class Sampler {
     Plan<Scalar> plan;
     plan.kind = Kind::Small;
     plan.count = c;
-    plan.total = 0;
+    long double kept_total = 0;  // long double: the normalizer's error stays far below eps
     for (std::size_t j = 0; j < c; ++j)
-      plan.total += b.cand_weight[j];
+      kept_total += b.cand_weight[j];
+    plan.total = static_cast<double>(kept_total);
     return plan;
   }
 
@@ -539,15 +577,18 @@ class Sampler {
 
   template <class Scalar>
   static double kept_sum(const Scalar* x, const Scalar* w, Index n, const Plan<Scalar>& plan) {
-    double a0 = 0, a1 = 0;
+    // double holds float weights' sums to ~2^-53 at any length; double weights are summed in
+    // long double so that the total's error stays far below double's eps at 256k terms.
+    using Acc = std::conditional_t<std::is_same_v<Scalar, float>, double, long double>;
+    Acc a0 = 0, a1 = 0;
     Index i = 0;
     for (; i + 2 <= n; i += 2) {
-      a0 += plan.kept(x[i], w[i]) ? double(w[i]) : 0.0;
-      a1 += plan.kept(x[i + 1], w[i + 1]) ? double(w[i + 1]) : 0.0;
+      a0 += plan.kept(x[i], w[i]) ? Acc(w[i]) : Acc(0);
+      a1 += plan.kept(x[i + 1], w[i + 1]) ? Acc(w[i + 1]) : Acc(0);
     }
     if (i < n)
-      a0 += plan.kept(x[i], w[i]) ? double(w[i]) : 0.0;
-    return a0 + a1;
+      a0 += plan.kept(x[i], w[i]) ? Acc(w[i]) : Acc(0);
+    return static_cast<double>(a0 + a1);
   }
 
   // The smallest logit of the top-p prefix over {x_i >= floor}: the histogram of the weights over
@@ -681,15 +722,16 @@ void top_k_log_softmax(const Eigen::DenseBase<XprX>& x, Index k,
   const Scalar inf = std::numeric_limits<Scalar>::infinity();
   auto& b = ws.buffers<Scalar>();
   const Scalar* xs = detail::contiguous_row<Scalar>(x, b.row);
-  const Scalar m = detail::max_propagate_nan(xs, n);
+  const Scalar m = detail::block_maxima(xs, n, b.block_max);  // and the row max
   if (m != m) {
     indices.setConstant(IndexScalar(-1));
     log_probs.setConstant(std::numeric_limits<Scalar>::quiet_NaN());
     return;
   }
   // Candidates: every logit >= the k-th largest finite one (all of them when fewer are finite).
-  const Scalar kth = detail::kth_largest(xs, n, k, b.heap);
-  detail::gather_at_least(xs, n, static_cast<Index>(b.heap.size()) < k ? -inf : kth, b.cand);
+  const Scalar kth = detail::kth_largest(xs, n, k, b.block_max, b.heap);
+  detail::gather_at_least(xs, n, static_cast<Index>(b.heap.size()) < k ? -inf : kth, b.block_max,
+                          b.cand);
   const auto middle = b.cand.begin() + k;
   std::partial_sort(b.cand.begin(), middle, b.cand.end(), detail::by_decreasing_logit<Scalar>);
   double log_sum = 0;
