@@ -48,8 +48,10 @@
 // Random numbers: u is built from two 32-bit words (high word first) of a 32-bit generator such as
 // Philox4x32 or std::mt19937, from one word of a 64-bit one (std::mt19937_64), else from
 // std::uniform_int_distribution. With Philox4x32 the same seed, stream and position give the same
-// token on every machine; each sample() consumes exactly two words (none for greedy, NaN or empty
-// rows).
+// u on every machine, hence the same token, except when u * total falls within the weights'
+// rounding (a few ulps) of a cumulative boundary, where builds with a different exp (SIMD width,
+// libm) may pick the neighbouring token. Each sample() consumes exactly two words (none for
+// greedy, NaN or empty rows).
 //
 // Special values: a NaN anywhere makes sample() return -1 and probabilities() a NaN row; a row of
 // only -inf (or an empty row) returns -1 and probabilities 0; k > 0 logits equal to +inf share the
