@@ -82,6 +82,7 @@
 
 #include "detail/checks.hpp"
 #include "detail/common.hpp"
+#include "detail/functor_base.hpp"
 #include "detail/kernels.hpp"
 #include "random.hpp"
 
