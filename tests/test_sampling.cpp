@@ -170,9 +170,10 @@ void check_against_reference() {
           const Scalar m = *std::max_element(x.begin(), x.end());
           Index kept = 0;
           for (Index i = 0; i < n; ++i) {
-            INFO(describe(c) << " n=" << n << " ties=" << ties << " i=" << i << " p=" << p(i)
-                             << " exact=" << double(r.q[i]));
-            REQUIRE((p(i) > 0) == (r.q[i] > 0));
+            if ((p(i) > 0) != (r.q[i] > 0)) {  // one assertion per row, not per entry (speed)
+              FAIL(describe(c) << " n=" << n << " ties=" << ties << ": entry " << i
+                               << " has p = " << p(i) << ", exact " << double(r.q[i]));
+            }
             kept += r.q[i] > 0;
             if (r.q[i] > 0) {
               const double err =
@@ -202,12 +203,16 @@ std::pair<double, int> chi_square(const sml::Sampler& s, const Eigen::VectorXd& 
   Eigen::VectorXd p(x.size());
   s.probabilities(x, p, ws);
   std::vector<long> count(static_cast<std::size_t>(x.size()), 0);
+  long outside = 0;  // draws of -1 or of a token outside the kept set: there must be none
   for (int d = 0; d < draws; ++d) {
     const Index t = s.sample(x, gen, ws);
-    REQUIRE(t >= 0);
-    REQUIRE(p(t) > 0);  // never outside the kept set
+    if (t < 0 || p(t) == 0) {
+      ++outside;
+      continue;
+    }
     ++count[static_cast<std::size_t>(t)];
   }
+  CHECK(outside == 0);
   double chi2 = 0, pooled_expected = 0, pooled_observed = 0;
   int cells = 0;
   for (Index i = 0; i < x.size(); ++i) {
