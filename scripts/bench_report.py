@@ -35,6 +35,51 @@ TARGETS = [
      "single_pass", "stream", "float", "outcache", [1 << 24], 0.85),
 ]
 
+# Targets between two named benchmarks (issue 14, sampling): (description, variant name, baseline
+# name, minimum ratio of items/s). Names as bench/bench_sampling.cpp registers them.
+NAMED_TARGETS = [
+    ("Sampler top-p 0.95 vs softmax + std::sort baseline, V = 128,256",
+     "sampling/Sampler/p0.95/128256", "sampling/sort-baseline/p0.95/128256", 5.0),
+    ("Sampler T 0.8, top-k 40, top-p 0.95, min-p 0.05 vs the sort baseline, V = 128,256",
+     "sampling/Sampler/t0.8-k40-p0.95-minp0.05/128256",
+     "sampling/sort-baseline/t0.8-k40-p0.95-minp0.05/128256", 3.0),
+] + [
+    ("Sampler T 0.8 + top-k 40 within 1.5x of one Softmax pass, V = %s" % "{:,}".format(v),
+     "sampling/Sampler/t0.8-k40/%d" % v, "sampling/Softmax/pass/%d" % v, 1 / 1.5)
+    for v in (32000, 128256, 256000)
+]
+
+
+def load_named(path):
+    """Returns {benchmark name: items_per_second} (median aggregates when repeated)."""
+    with open(path) as f:
+        data = json.load(f)
+    has_aggregates = any(b.get("run_type") == "aggregate" for b in data["benchmarks"])
+    out = {}
+    for b in data["benchmarks"]:
+        if has_aggregates and (b.get("run_type") != "aggregate"
+                               or b.get("aggregate_name") != "median"):
+            continue
+        if "items_per_second" in b:
+            out[b["run_name"] if has_aggregates else b["name"]] = float(b["items_per_second"])
+    return out
+
+
+def named_targets_markdown(named):
+    """The NAMED_TARGETS table with PASS/MISS; empty when none of them was measured."""
+    if not any(v in named or b in named for _, v, b, _ in NAMED_TARGETS):
+        return ""
+    out = ["## Targets (issue 14: sampling)", "",
+           "| target | measured ratio | required | |", "|---|---|---|---|"]
+    for desc, v, b, need in NAMED_TARGETS:
+        a, c = named.get(v), named.get(b)
+        if not (a and c):
+            out.append("| %s | not measured | %.2f | |" % (desc, need))
+            continue
+        out.append("| %s | %.2f | %.2f | %s |" % (desc, a / c, need,
+                                                 "PASS" if a / c >= need else "MISS"))
+    return "\n".join(out) + "\n"
+
 
 def load(path):
     """Returns (context, {(impl, type, cache, n): items_per_second})."""
@@ -228,15 +273,17 @@ def main():
     out_dir = args.out_dir or os.path.join(os.path.dirname(os.path.abspath(args.json)), "report")
     os.makedirs(out_dir, exist_ok=True)
     context, results = load(args.json)
-    if not results:
+    sampling = named_targets_markdown(load_named(args.json))
+    if not results and not sampling:
         sys.exit("bench_report: no softmax/<impl>/<type>/<cache>/<n> benchmarks in " + args.json)
-    md = markdown(context, results, args.note)
+    md = markdown(context, results, args.note) if results else "# softmaxlab benchmark report\n\n"
+    md += ("\n" + sampling) if sampling else ""
     md_path = os.path.join(out_dir, "bench.md")
     with open(md_path, "w") as f:
         f.write(md)
     print("bench_report: wrote " + md_path)
     png_path = os.path.join(out_dir, "bench.png")
-    if chart(context, results, png_path, args.note):
+    if results and chart(context, results, png_path, args.note):
         print("bench_report: wrote " + png_path)
 
 

@@ -194,6 +194,58 @@ class CrossEntropyLoss {
   double label_smoothing() const { return label_smoothing_; }
   long ignore_index() const { return ignore_index_; }
 
+  // Boolean mask (bool, N x C, true = kept): entries where keep is false behave exactly as -inf
+  // logits (a masked target class gives +inf, a row with nothing kept +inf unless ignored; their
+  // gradient entries are 0), and -inf is never written into the logits. The masked logits are
+  // staged in grad, which then receives dloss/dlogits as in operator()(logits, targets, grad);
+  // no allocation. grad may be logits itself; it must not share storage with matrix targets.
+  template <class XprZ, class XprK, class Targets, class XprG>
+  double apply_masked(const Eigen::DenseBase<XprZ>& logits, const Eigen::DenseBase<XprK>& keep,
+                      const Targets& targets, const Eigen::DenseBase<XprG>& grad_const) const {
+    using Scalar = typename XprZ::Scalar;
+    static_assert(std::is_same_v<typename XprK::Scalar, bool>,
+                  "softmaxlab: a boolean mask must have scalar type bool (true = kept)");
+    static_assert(detail::is_writable_storage_v<XprG>,
+                  "softmaxlab: grad must be writable storage (Matrix, Array, Map, Ref or a Block "
+                  "of one), not an expression");
+    auto& grad = const_cast<Eigen::DenseBase<XprG>&>(grad_const).derived();
+    detail::require_same_shape(name, detail::SliceMode::Rows, "keep", keep.rows(), keep.cols(),
+                               logits.rows(), logits.cols());
+    detail::require_same_shape(name, detail::SliceMode::Rows, "grad", grad.rows(), grad.cols(),
+                               logits.rows(), logits.cols());
+    if constexpr (!detail::is_label_type_v<Targets>) {
+      if (detail::storage_overlaps(targets.derived(), grad))
+        detail::fail(name,
+                     "::apply_masked: grad must not share storage with the targets (the "
+                     "masked logits are staged in grad)");
+    }
+    if constexpr (detail::has_direct_access_v<XprZ>) {
+      if (detail::storage_partially_overlaps(logits.derived(), grad))
+        detail::fail(name, ": grad partially overlaps the logits (only exact in-place is allowed)");
+    }
+    const Scalar inf = std::numeric_limits<Scalar>::infinity();
+    for (Index k = 0; k < logits.cols(); ++k) {
+      for (Index n = 0; n < logits.rows(); ++n)
+        grad.coeffRef(n, k) = keep.derived().coeff(n, k) ? logits.derived().coeff(n, k) : -inf;
+    }
+    return impl(grad, targets, &grad);
+  }
+
+  // The loss only, with a boolean mask: allocates one N x C matrix for the masked logits (use the
+  // form with grad to avoid it).
+  template <class XprZ, class XprK, class Targets>
+  double masked(const Eigen::DenseBase<XprZ>& logits, const Eigen::DenseBase<XprK>& keep,
+                const Targets& targets) const {
+    using Scalar = typename XprZ::Scalar;
+    static_assert(std::is_same_v<typename XprK::Scalar, bool>,
+                  "softmaxlab: a boolean mask must have scalar type bool (true = kept)");
+    detail::require_same_shape(name, detail::SliceMode::Rows, "keep", keep.rows(), keep.cols(),
+                               logits.rows(), logits.cols());
+    const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> z =
+        keep.derived().select(logits.derived(), -std::numeric_limits<Scalar>::infinity());
+    return impl(z, targets, static_cast<std::nullptr_t>(nullptr));
+  }
+
   // The loss only. targets: labels (integer vector / std::vector) or an N x C distribution matrix.
   template <class XprZ, class Targets>
   double operator()(const Eigen::DenseBase<XprZ>& logits, const Targets& targets) const {

@@ -53,6 +53,7 @@
 #include "detail/checks.hpp"
 #include "detail/functor_base.hpp"
 #include "detail/kernels.hpp"
+#include "detail/masked.hpp"
 
 namespace softmaxlab {
 
@@ -181,6 +182,20 @@ class Softmax : public detail::DistributionFunctor<Softmax>,
 
   double temperature() const { return temperature_; }
 
+  // Boolean mask (bool scalars, true = kept; JAX's where=): entries where keep is false behave
+  // exactly as -inf logits, and no -inf is written into x. y as in apply(); y may be x.
+  template <class XprX, class XprK, class XprY>
+  void apply_masked(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprK>& keep,
+                    const Eigen::DenseBase<XprY>& y) const {
+    detail::apply_masked(*this, "Softmax::apply_masked", x, keep, y);
+  }
+  // Each row of X with the mask Keep (X's shape) into Y (X's shape); Y may be X.
+  template <class XprX, class XprK, class XprY>
+  void rowwise_masked(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprK>& keep,
+                      const Eigen::DenseBase<XprY>& y) const {
+    detail::rowwise_masked(*this, "Softmax::rowwise_masked", x, keep, y);
+  }
+
  private:
   friend class detail::DistributionFunctor<Softmax>;
   friend class detail::BackwardFunctor<Softmax>;
@@ -223,6 +238,20 @@ class LogSoftmax : public detail::DistributionFunctor<LogSoftmax>,
       : temperature_(detail::check_temperature("LogSoftmax: temperature", temperature)) {}
 
   double temperature() const { return temperature_; }
+
+  // Boolean mask (bool scalars, true = kept; JAX's where=): entries where keep is false behave
+  // exactly as -inf logits, and no -inf is written into x. y as in apply(); y may be x.
+  template <class XprX, class XprK, class XprY>
+  void apply_masked(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprK>& keep,
+                    const Eigen::DenseBase<XprY>& y) const {
+    detail::apply_masked(*this, "LogSoftmax::apply_masked", x, keep, y);
+  }
+  // Each row of X with the mask Keep (X's shape) into Y (X's shape); Y may be X.
+  template <class XprX, class XprK, class XprY>
+  void rowwise_masked(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprK>& keep,
+                      const Eigen::DenseBase<XprY>& y) const {
+    detail::rowwise_masked(*this, "LogSoftmax::rowwise_masked", x, keep, y);
+  }
 
  private:
   friend class detail::DistributionFunctor<LogSoftmax>;

@@ -8,8 +8,11 @@
 //   NormalizedSoftmax, Margin    normalized.hpp   cosine logits with CosFace/ArcFace/SphereFace
 //                                                 margins; prototypes for novel classes
 //   Philox4x32                   random.hpp       counter-based UniformRandomBitGenerator
+//   Sampler, SamplerOptions,     sampling.hpp     temperature, top-k, top-p, min-p token draws
+//     top_k_log_softmax                           without a sort; top-k log-probabilities
 //   SinglePassSoftmax,           single_pass.hpp  one read for the normalizer, one to write;
 //     OnlineNormalizer<Scalar>                    mergeable [max, sum] state for chunked rows
+//   LogSumExp                    logsumexp.hpp    log sum exp, weighted/signed (SciPy b=), backward
 //   CrossEntropyLoss, L2SvmLoss, loss.hpp         training losses with their gradients
 //     NormalizedSoftmaxLoss, SparseCbmGumbelLoss
 //   HardFusion, SoftFusion       fusion.hpp       SurfaceFusion of two logit sources
@@ -23,10 +26,12 @@
 
 #include "fusion.hpp"
 #include "gumbel.hpp"
+#include "logsumexp.hpp"
 #include "loss.hpp"
 #include "normalized.hpp"
 #include "polynomial.hpp"
 #include "power.hpp"
 #include "random.hpp"
+#include "sampling.hpp"
 #include "single_pass.hpp"
 #include "softmax.hpp"

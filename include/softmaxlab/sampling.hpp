@@ -1,0 +1,802 @@
+// softmaxlab: token sampling (temperature, top-k, top-p, min-p, exact draws) and top-k
+// log-probabilities, without sorting the vocabulary.
+//
+//   Sampler s(SamplerOptions().with_temperature(T).with_top_k(k).with_top_p(p).with_min_p(q));
+//   Index t = s.sample(logits, gen[, workspace]);    // one token of a 1-D row of V logits
+//   s.probabilities(logits, probs[, workspace]);     // the exact distribution sample() draws from
+//   s.sample_rowwise(L, gen, tokens[, workspace]);   // one token per row of L (rows drawn in
+//   order) top_k_log_softmax(logits, k, indices, log_probs) // the k largest log-probabilities, in
+//   order top_k_log_softmax_rowwise(L, k, Indices, LogProbs)
+//
+// Stages, always in this order, each one renormalizing what the previous one kept (exact rules, in
+// exact arithmetic; z = x / T the scaled logits, q the current distribution over the kept set):
+//   1. temperature T: q = softmax(x / T) over the tokens with x > -inf. T = 0 means greedy: the
+//      first index of the largest logit, probability 1 (the other stages then play no part).
+//   2. top-k (k > 0; 0 = off): keep every token whose z is >= the k-th largest z (ties at the
+//      boundary kept, so more than k tokens may survive).
+//   3. top-p (p in (0, 1]; 1 = off): sort the kept tokens by decreasing q; keep the smallest prefix
+//      whose sum is >= p, plus every token tied with the last one of that prefix.
+//   4. min-p (q in [0, 1); 0 = off): keep the tokens with q_i >= min_p * max_j q_j.
+// The token with the largest logit survives every stage, so the kept set is never empty. The draw
+// is inverse-CDF on one 53-bit uniform u in [0, 1): token t is the first (small path: in order of
+// decreasing probability, ties by index; large path: by index) whose cumulative weight exceeds
+// u * total. Every token of probability 0 (a -inf logit, or an exp that underflowed) is never
+// drawn.
+//
+// Algorithm (no sort of the vocabulary):
+//   - m = max x (NaN-propagating, as Softmax);
+//   - top-k with k <= 1024: one vectorized pass takes the row max and the max of every block of
+//     64 logits; a min-heap of the k largest values then reads only the blocks whose max beats
+//     its smallest value (expected k log(V/k) insertions on a random order), and one walk over the
+//     block maxima gathers every logit >= the k-th value. Only those tokens are exponentiated (in
+//     double), sorted and cut by top-p and min-p: the "softmax fused with top-k" of Milakov &
+//     Gimelshein (arXiv 1805.02867), where the whole row's normalizer is not needed because top-k
+//     renormalizes;
+//   - otherwise (k = 0 or k > 1024, k-th value from std::nth_element): one pass stores
+//     w_i = exp((x_i - m) / T) with the Softmax kernel (detail/kernels.hpp), a histogram of the
+//     weights over 2048 buckets of width 1/64 in (m - x_i) / T finds the bucket in which the top-p
+//     prefix reaches p, and only that bucket's tokens are sorted. Masses are summed in double (long
+//     double for double logits).
+// Cost per token: O(V) with small constants, against O(V log V) for a sort (bench_sampling.cpp).
+//
+// Accuracy: the kept set is the exact rule's except when a cumulative sum or a min-p ratio lies
+// within a few eps of its boundary (rounding decides there). probabilities() is within
+// 4 eps (1 + |z_i - max z|) relative of the exact value (double weights on the small path; the
+// Softmax kernel's float weights on the large path); tests/test_sampling.cpp measures both against
+// a sort-based long-double implementation and chi-square tests the draws.
+//
+// Random numbers: u is built from two 32-bit words (high word first) of a 32-bit generator such as
+// Philox4x32 or std::mt19937, from one word of a 64-bit one (std::mt19937_64), else from
+// std::uniform_int_distribution. With Philox4x32 the same seed, stream and position give the same
+// u on every machine, hence the same token, except when u * total falls within the weights'
+// rounding (a few ulps) of a cumulative boundary, where builds with a different exp (SIMD width,
+// libm) may pick the neighbouring token. Each sample() consumes exactly two words (none for
+// greedy, NaN or empty rows).
+//
+// Special values: a NaN anywhere makes sample() return -1 and probabilities() a NaN row; a row of
+// only -inf (or an empty row) returns -1 and probabilities 0; k > 0 logits equal to +inf share the
+// mass (1/k each, the limit of softmax), the others get 0.
+//
+// Errors (std::invalid_argument, naming the parameter and the value): temperature not 0 and not in
+// [2^-100, 2^100] (NaN included); top_k < 0; top_p not in (0, 1]; min_p not in [0, 1);
+// top_k_log_softmax's k < 0; outputs of the wrong size; a matrix where a vector is expected.
+//
+// Allocation: the forms taking a SamplingWorkspace allocate only while the workspace grows to the
+// largest vocabulary seen; later calls allocate nothing. The forms without one use a local
+// workspace (allocating). A workspace must not be shared by concurrent calls.
+//
+// References: the stage rules of Hugging Face Transformers' TopK/TopP/MinP logits warpers and
+// llama.cpp's samplers (order and ties fixed here); Holtzman et al. 2020 (nucleus sampling,
+// arXiv 1904.09751); Nguyen et al. 2024 (min-p, arXiv 2407.01082).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <random>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "detail/checks.hpp"
+#include "detail/common.hpp"
+#include "detail/functor_base.hpp"
+#include "detail/kernels.hpp"
+#include "random.hpp"
+
+namespace softmaxlab {
+
+// The sampler's configuration; each with_* validates its value and throws std::invalid_argument.
+class SamplerOptions {
+ public:
+  SamplerOptions() = default;
+
+  // 0 = greedy; otherwise in [2^-100, 2^100] (Softmax's range).
+  SamplerOptions& with_temperature(double t) {
+    if (t != 0.0)
+      detail::check_temperature("SamplerOptions: temperature (or exactly 0 for greedy)", t);
+    temperature_ = t;
+    return *this;
+  }
+  // 0 = off.
+  SamplerOptions& with_top_k(Index k) {
+    if (k < 0)
+      detail::fail("SamplerOptions: top_k must be >= 0 (0 = off), but got ", k);
+    top_k_ = k;
+    return *this;
+  }
+  // 1 = off.
+  SamplerOptions& with_top_p(double p) {
+    detail::require_in_range("SamplerOptions: top_p", p, std::nextafter(0.0, 1.0), 1.0,
+                             "in (0, 1] (1 = off)");
+    top_p_ = p;
+    return *this;
+  }
+  // 0 = off.
+  SamplerOptions& with_min_p(double p) {
+    detail::require_in_range("SamplerOptions: min_p", p, 0.0, std::nextafter(1.0, 0.0),
+                             "in [0, 1) (0 = off)");
+    min_p_ = p;
+    return *this;
+  }
+
+  double temperature() const { return temperature_; }
+  Index top_k() const { return top_k_; }
+  double top_p() const { return top_p_; }
+  double min_p() const { return min_p_; }
+
+ private:
+  double temperature_ = 1.0;
+  Index top_k_ = 0;
+  double top_p_ = 1.0;
+  double min_p_ = 0.0;
+};
+
+// Scratch memory of the sampler and of top_k_log_softmax, reusable across calls and vocabularies.
+class SamplingWorkspace {
+ public:
+  template <class Scalar>
+  struct Buffers {
+    std::vector<Scalar> row;                     // a contiguous copy of a strided input
+    std::vector<Scalar> weight;                  // exp((x_i - m) / T) * 2^64 (large path)
+    std::vector<Scalar> heap;                    // the k largest values (min-heap)
+    std::vector<Scalar> block_max;               // the max of each block of kSelectBlock logits
+    std::vector<std::pair<Scalar, Index>> cand;  // candidates (logit, index)
+    std::vector<double> cand_weight;             // their weights (small path)
+  };
+  template <class Scalar>
+  Buffers<Scalar>& buffers() {
+    if constexpr (std::is_same_v<Scalar, float>) {
+      return f_;
+    } else {
+      return d_;
+    }
+  }
+  std::vector<double>& histogram() { return histogram_; }
+
+ private:
+  Buffers<float> f_;
+  Buffers<double> d_;
+  std::vector<double> histogram_;
+};
+
+namespace detail {
+
+// A 53-bit uniform in [0, 1) from any UniformRandomBitGenerator (see the doc block).
+template <class Gen>
+double uniform53(Gen& gen) {
+  using R = typename Gen::result_type;
+  constexpr auto range = static_cast<unsigned long long>(Gen::max() - Gen::min());
+  std::uint64_t bits;
+  if constexpr (range == 0xFFFFFFFFull) {
+    const std::uint64_t hi = static_cast<std::uint32_t>(static_cast<R>(gen() - Gen::min()));
+    const std::uint64_t lo = static_cast<std::uint32_t>(static_cast<R>(gen() - Gen::min()));
+    bits = hi << 32 | lo;
+  } else if constexpr (range == ~0ull) {
+    bits = static_cast<std::uint64_t>(gen() - Gen::min());
+  } else {
+    std::uniform_int_distribution<std::uint64_t> words(0, ~std::uint64_t{0});
+    bits = words(gen);
+  }
+  return static_cast<double>(bits >> 11) * 0x1p-53;
+}
+
+// Contiguous view of a 1-D Eigen input: its own storage when it has unit stride, else a copy in
+// `row` (no allocation once `row` is large enough).
+template <class Scalar, class XprX>
+const Scalar* contiguous_row(const Eigen::DenseBase<XprX>& x, std::vector<Scalar>& row) {
+  if constexpr (has_direct_access_v<XprX>) {
+    const auto& xd = x.derived();
+    const Index stride = xd.rows() == 1 ? xd.colStride() : xd.rowStride();
+    if (stride == 1 || xd.size() <= 1)
+      return xd.data();
+  }
+  if (row.size() < static_cast<std::size_t>(x.size()))
+    row.resize(static_cast<std::size_t>(x.size()));
+  for (Index i = 0; i < x.size(); ++i)
+    row[static_cast<std::size_t>(i)] = x.derived().coeff(i);
+  return row.data();
+}
+
+inline constexpr Index kSelectBlock = 64;
+
+// The max of each block of kSelectBlock logits (the last block may be shorter) into `out`, and
+// the row's max (NaN when the row holds a NaN): one vectorized pass, the max pass of Softmax with
+// a stop every 64 logits, that lets the selection passes skip every block that cannot hold a
+// candidate.
+template <class Scalar>
+Scalar block_maxima(const Scalar* x, Index n, std::vector<Scalar>& out) {
+  using namespace Eigen::internal;
+  using Packet = PacketOf<Scalar>;
+  constexpr int P = kPacketSize<Scalar>;
+  static_assert(kSelectBlock % (2 * P) == 0, "a block must hold an even number of packets");
+  const Index blocks = (n + kSelectBlock - 1) / kSelectBlock;
+  out.resize(static_cast<std::size_t>(blocks));
+  Scalar m = -std::numeric_limits<Scalar>::infinity();
+  Index b = 0;
+  for (; (b + 1) * kSelectBlock <= n; ++b) {
+    const Scalar* xb = x + b * kSelectBlock;
+    Packet p0 = ploadu<Packet>(xb), p1 = ploadu<Packet>(xb + P);
+    for (Index j = 2 * P; j < kSelectBlock; j += 2 * P) {
+      p0 = pmax<Eigen::PropagateNaN>(p0, ploadu<Packet>(xb + j));
+      p1 = pmax<Eigen::PropagateNaN>(p1, ploadu<Packet>(xb + j + P));
+    }
+    alignas(64) Scalar lanes[P];
+    pstore(lanes, pmax<Eigen::PropagateNaN>(p0, p1));
+    Scalar bm = lanes[0];
+    for (int k = 1; k < P; ++k)
+      bm = (lanes[k] != lanes[k] || lanes[k] > bm) ? lanes[k] : bm;
+    out[static_cast<std::size_t>(b)] = bm;
+    m = (bm != bm || bm > m) ? bm : m;
+  }
+  if (b < blocks) {
+    const Scalar bm = max_propagate_nan(x + b * kSelectBlock, n - b * kSelectBlock);
+    out[static_cast<std::size_t>(b)] = bm;
+    m = (bm != bm || bm > m) ? bm : m;
+  }
+  return m;
+}
+
+// The k-th largest finite value of x (k >= 1, no NaN), or the smallest finite value when fewer
+// than k are finite; -inf when none is. A min-heap of the k largest values; once it is full, a
+// block whose max is <= its smallest value is skipped without being read.
+template <class Scalar>
+Scalar kth_largest(const Scalar* x, Index n, Index k, const std::vector<Scalar>& block_max,
+                   std::vector<Scalar>& heap) {
+  const Scalar inf = std::numeric_limits<Scalar>::infinity();
+  heap.clear();
+  if (heap.capacity() < static_cast<std::size_t>(k))
+    heap.reserve(static_cast<std::size_t>(k));
+  const auto greater = std::greater<Scalar>();
+  for (Index i = 0, b = 0; i < n; i += kSelectBlock, ++b) {
+    const Index end = std::min(n, i + kSelectBlock);
+    if (static_cast<Index>(heap.size()) == k
+        && block_max[static_cast<std::size_t>(b)] <= heap.front())
+      continue;
+    for (Index j = i; j < end; ++j) {
+      const Scalar v = x[j];
+      if (v == -inf)
+        continue;
+      if (static_cast<Index>(heap.size()) < k) {
+        heap.push_back(v);
+        std::push_heap(heap.begin(), heap.end(), greater);
+      } else if (v > heap.front()) {
+        std::pop_heap(heap.begin(), heap.end(), greater);
+        heap.back() = v;
+        std::push_heap(heap.begin(), heap.end(), greater);
+      }
+    }
+  }
+  return heap.empty() ? -inf : heap.front();
+}
+
+// Appends (x_i, i) for every x_i >= threshold, skipping blocks by their max.
+template <class Scalar>
+void gather_at_least(const Scalar* x, Index n, Scalar threshold,
+                     const std::vector<Scalar>& block_max,
+                     std::vector<std::pair<Scalar, Index>>& out) {
+  out.clear();
+  for (Index i = 0, b = 0; i < n; i += kSelectBlock, ++b) {
+    if (block_max[static_cast<std::size_t>(b)] < threshold)
+      continue;
+    const Index end = std::min(n, i + kSelectBlock);
+    for (Index j = i; j < end; ++j) {
+      if (x[j] >= threshold)
+        out.emplace_back(x[j], j);
+    }
+  }
+}
+
+// Decreasing logit, then increasing index: a deterministic order of the candidates.
+template <class Scalar>
+bool by_decreasing_logit(const std::pair<Scalar, Index>& a, const std::pair<Scalar, Index>& b) {
+  return a.first > b.first || (a.first == b.first && a.second < b.second);
+}
+
+// Number of leading candidates (sorted by decreasing logit, weights w) that the top-p rule keeps:
+// the smallest prefix whose weight reaches p * total, extended over ties of its last logit.
+template <class Scalar>
+std::size_t top_p_cut(const std::vector<std::pair<Scalar, Index>>& cand,
+                      const std::vector<double>& w, std::size_t count, double p, double start,
+                      double total) {
+  const double target = p * total;
+  double cum = start;
+  std::size_t c = 0;
+  while (c < count) {
+    cum += w[c];
+    ++c;
+    if (cum >= target)
+      break;
+  }
+  while (c < count && cand[c].first == cand[c - 1].first)
+    ++c;
+  return c;
+}
+
+}  // namespace detail
+
+class Sampler {
+ public:
+  // Buckets of the large path's histogram: width 1/64 in (m - x) / T, the last one open-ended.
+  static constexpr int kBuckets = 2048;
+  static constexpr double kBucketsPerUnit = 64.0;
+  // Largest k handled by the streaming heap (beyond it std::nth_element and the large path).
+  static constexpr Index kHeapMaxK = 1024;
+
+  explicit Sampler(const SamplerOptions& options = SamplerOptions()) : o_(options) {}
+
+  const SamplerOptions& options() const { return o_; }
+
+  template <class XprX, class Gen>
+  Index sample(const Eigen::DenseBase<XprX>& x, Gen& gen, SamplingWorkspace& ws) const {
+    using Scalar = typename XprX::Scalar;
+    detail::static_check_scalar<Scalar>();
+    detail::require_vector("Sampler::sample", x.rows(), x.cols());
+    auto& b = ws.buffers<Scalar>();
+    const Scalar* xs = detail::contiguous_row<Scalar>(x, b.row);
+    const Plan<Scalar> plan = make_plan(xs, x.size(), ws);
+    return draw(plan, xs, x.size(), gen, ws);
+  }
+  template <class XprX, class Gen>
+  Index sample(const Eigen::DenseBase<XprX>& x, Gen& gen) const {
+    SamplingWorkspace ws;
+    return sample(x, gen, ws);
+  }
+
+  // probs = the exact distribution sample() draws from (0 outside the kept set).
+  template <class XprX, class XprY>
+  void probabilities(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& probs_const,
+                     SamplingWorkspace& ws) const {
+    using Scalar = typename XprX::Scalar;
+    detail::static_check_scalar<Scalar>();
+    static_assert(std::is_same_v<Scalar, typename XprY::Scalar>,
+                  "softmaxlab: input and output must have the same scalar type");
+    auto& probs = const_cast<Eigen::DenseBase<XprY>&>(probs_const).derived();
+    detail::require_vector("Sampler::probabilities", x.rows(), x.cols());
+    detail::require_vector("Sampler::probabilities", probs.rows(), probs.cols());
+    if (probs.size() != x.size()) {
+      detail::fail("Sampler::probabilities: output must have the input's length ", x.size(),
+                   ", but got ", probs.rows(), " x ", probs.cols());
+    }
+    auto& b = ws.buffers<Scalar>();
+    const Index n = x.size();
+    const Scalar* xs = detail::contiguous_row<Scalar>(x, b.row);
+    const Plan<Scalar> plan = make_plan(xs, n, ws);
+    switch (plan.kind) {
+      case Kind::NaN:
+        probs.setConstant(std::numeric_limits<Scalar>::quiet_NaN());
+        return;
+      case Kind::Empty:
+        probs.setZero();
+        return;
+      case Kind::Greedy:
+        probs.setZero();
+        probs.coeffRef(plan.index) = Scalar(1);
+        return;
+      case Kind::Infinity: {
+        const Scalar share = Scalar(1) / static_cast<Scalar>(plan.count);
+        for (Index i = 0; i < n; ++i)
+          probs.coeffRef(i) = xs[i] == std::numeric_limits<Scalar>::infinity() ? share : Scalar(0);
+        return;
+      }
+      case Kind::Small:
+        probs.setZero();
+        for (std::size_t j = 0; j < plan.count; ++j)
+          probs.coeffRef(b.cand[j].second) = static_cast<Scalar>(b.cand_weight[j] / plan.total);
+        return;
+      case Kind::Large:
+        for (Index i = 0; i < n; ++i) {
+          const Scalar w = b.weight[static_cast<std::size_t>(i)];
+          probs.coeffRef(i) =
+              plan.kept(xs[i], w) ? static_cast<Scalar>(double(w) / plan.total) : Scalar(0);
+        }
+        return;
+    }
+  }
+  template <class XprX, class XprY>
+  void probabilities(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& probs) const {
+    SamplingWorkspace ws;
+    probabilities(x, probs, ws);
+  }
+  template <class XprX>
+  typename XprX::PlainObject probabilities(const Eigen::DenseBase<XprX>& x) const {
+    typename XprX::PlainObject probs(x.rows(), x.cols());
+    probabilities(x, probs);
+    return probs;
+  }
+
+  // tokens(i) = sample(L.row(i), gen): rows drawn in order. tokens: any writable integer vector of
+  // L.rows() entries.
+  template <class XprL, class Gen, class XprT>
+  void sample_rowwise(const Eigen::DenseBase<XprL>& logits, Gen& gen,
+                      const Eigen::DenseBase<XprT>& tokens_const, SamplingWorkspace& ws) const {
+    auto& tokens = const_cast<Eigen::DenseBase<XprT>&>(tokens_const).derived();
+    detail::require_vector("Sampler::sample_rowwise: tokens", tokens.rows(), tokens.cols());
+    if (tokens.size() != logits.rows()) {
+      detail::fail("Sampler::sample_rowwise: tokens must have one entry per row (", logits.rows(),
+                   "), but got ", tokens.size());
+    }
+    for (Index r = 0; r < logits.rows(); ++r)
+      tokens.coeffRef(r) = static_cast<typename XprT::Scalar>(sample(logits.row(r), gen, ws));
+  }
+  template <class XprL, class Gen, class XprT>
+  void sample_rowwise(const Eigen::DenseBase<XprL>& logits, Gen& gen,
+                      const Eigen::DenseBase<XprT>& tokens) const {
+    SamplingWorkspace ws;
+    sample_rowwise(logits, gen, tokens, ws);
+  }
+
+  // Size of the kept set (the support of probabilities()), for diagnostics and examples; 0 for a
+  // NaN or empty row.
+  template <class XprX>
+  Index kept_count(const Eigen::DenseBase<XprX>& x, SamplingWorkspace& ws) const {
+    using Scalar = typename XprX::Scalar;
+    detail::require_vector("Sampler::kept_count", x.rows(), x.cols());
+    auto& b = ws.buffers<Scalar>();
+    const Scalar* xs = detail::contiguous_row<Scalar>(x, b.row);
+    const Plan<Scalar> plan = make_plan(xs, x.size(), ws);
+    switch (plan.kind) {
+      case Kind::NaN:
+      case Kind::Empty:
+        return 0;
+      case Kind::Greedy:
+        return 1;
+      case Kind::Infinity:
+      case Kind::Small:
+        return static_cast<Index>(plan.count);
+      case Kind::Large:
+        break;
+    }
+    Index c = 0;
+    for (Index i = 0; i < x.size(); ++i)
+      c += plan.kept(xs[i], b.weight[static_cast<std::size_t>(i)]) ? 1 : 0;
+    return c;
+  }
+
+ private:
+  enum class Kind { NaN, Empty, Greedy, Infinity, Small, Large };
+
+  // What make_plan found: the kept set and its total weight.
+  //   Greedy: `index`. Infinity: `count` logits equal to +inf. Small: the first `count` entries of
+  //   cand / cand_weight, total `total`. Large: x_i >= threshold and weight_i >= min_weight,
+  //   weights in the workspace, total `total`.
+  template <class Scalar>
+  struct Plan {
+    Kind kind = Kind::Empty;
+    Index index = -1;
+    std::size_t count = 0;
+    double total = 0;
+    Scalar threshold = -std::numeric_limits<Scalar>::infinity();
+    Scalar min_weight = 0;
+    bool kept(Scalar x, Scalar w) const { return x >= threshold && w >= min_weight && w > 0; }
+  };
+
+  template <class Scalar>
+  Plan<Scalar> make_plan(const Scalar* x, Index n, SamplingWorkspace& ws) const {
+    const Scalar inf = std::numeric_limits<Scalar>::infinity();
+    Plan<Scalar> plan;
+    if (n == 0)
+      return plan;
+    const Index k = o_.top_k();
+    const bool small = k > 0 && k <= kHeapMaxK && o_.temperature() != 0.0;
+    // The small path's block maxima come with the row max in the same pass.
+    const Scalar m = small ? detail::block_maxima(x, n, ws.buffers<Scalar>().block_max)
+                           : detail::max_propagate_nan(x, n);
+    if (m != m) {
+      plan.kind = Kind::NaN;
+      return plan;
+    }
+    if (m == -inf)
+      return plan;  // Empty
+    if (o_.temperature() == 0.0) {
+      plan.kind = Kind::Greedy;
+      plan.index = static_cast<Index>(std::find(x, x + n, m) - x);
+      return plan;
+    }
+    if (m == inf) {
+      plan.kind = Kind::Infinity;
+      plan.count = static_cast<std::size_t>(std::count(x, x + n, inf));
+      return plan;
+    }
+    if (small)
+      return small_plan(x, n, m, ws);
+    return large_plan(x, n, m, ws);
+  }
+
+  // Top-k by the streaming heap, then only the candidates are weighted, sorted and cut.
+  template <class Scalar>
+  Plan<Scalar> small_plan(const Scalar* x, Index n, Scalar m, SamplingWorkspace& ws) const {
+    auto& b = ws.buffers<Scalar>();
+    const Scalar kth = detail::kth_largest(x, n, o_.top_k(), b.block_max, b.heap);
+    detail::gather_at_least(x, n, kth, b.block_max, b.cand);
+    std::sort(b.cand.begin(), b.cand.end(), detail::by_decreasing_logit<Scalar>);
+    const std::size_t count = b.cand.size();
+    b.cand_weight.resize(count);
+    const double t = o_.temperature();
+    double total = 0;
+    for (std::size_t j = 0; j < count; ++j) {
+      b.cand_weight[j] = std::exp((double(b.cand[j].first) - double(m)) / t);
+      total += b.cand_weight[j];
+    }
+    std::size_t c = count;
+    if (o_.top_p() < 1.0)
+      c = detail::top_p_cut(b.cand, b.cand_weight, c, o_.top_p(), 0.0, total);
+    if (o_.min_p() > 0.0) {
+      // The first candidate is the max: weight exp(0) = 1, so the rule is w_j >= min_p.
+      std::size_t keep = 1;
+      while (keep < c && b.cand_weight[keep] >= o_.min_p())
+        ++keep;
+      c = keep;
+    }
+    Plan<Scalar> plan;
+    plan.kind = Kind::Small;
+    plan.count = c;
+    long double kept_total = 0;  // long double: the normalizer's error stays far below eps
+    for (std::size_t j = 0; j < c; ++j)
+      kept_total += b.cand_weight[j];
+    plan.total = static_cast<double>(kept_total);
+    return plan;
+  }
+
+  // Weights of the whole row; top-k (large k) by nth_element, top-p by the histogram.
+  template <class Scalar>
+  Plan<Scalar> large_plan(const Scalar* x, Index n, Scalar m, SamplingWorkspace& ws) const {
+    auto& b = ws.buffers<Scalar>();
+    const Scalar inf = std::numeric_limits<Scalar>::infinity();
+    const auto un = static_cast<std::size_t>(n);
+    if (b.weight.size() < un)
+      b.weight.resize(un);
+    Scalar* w = b.weight.data();
+    Plan<Scalar> plan;
+    plan.kind = Kind::Large;
+    // Top-k beyond the heap's range: the k-th largest finite value by nth_element on a copy.
+    const Index k = o_.top_k();
+    if (k > 0 && k < n) {
+      std::copy(x, x + n, w);
+      std::nth_element(w, w + (k - 1), w + n, std::greater<Scalar>());
+      plan.threshold = w[k - 1];  // -inf when fewer than k are finite: no restriction
+    }
+    const Scalar s = static_cast<Scalar>(1.0 / o_.temperature());
+    detail::CompensatedSum<Scalar> sum0, sum1;
+    if (o_.temperature() != 1.0) {
+      detail::scaled_exp_store_sum<true>(x, w, n, m, s, sum0, sum1);
+    } else {
+      detail::scaled_exp_store_sum<false>(x, w, n, m, s, sum0, sum1);
+    }
+    double total = static_cast<double>(sum0.total() + sum1.total());
+    if (plan.threshold > -inf)
+      total = kept_sum(x, w, n, plan);
+    if (o_.top_p() < 1.0)
+      plan.threshold = top_p_threshold(x, w, n, m, s, plan.threshold, total, ws);
+    if (o_.min_p() > 0.0)
+      plan.min_weight = static_cast<Scalar>(o_.min_p() * double(detail::kExpScale<Scalar>));
+    if (o_.top_p() < 1.0 || o_.min_p() > 0.0)
+      total = kept_sum(x, w, n, plan);
+    plan.total = total;
+    return plan;
+  }
+
+  template <class Scalar>
+  static double kept_sum(const Scalar* x, const Scalar* w, Index n, const Plan<Scalar>& plan) {
+    // double holds float weights' sums to ~2^-53 at any length; double weights are summed in
+    // long double so that the total's error stays far below double's eps at 256k terms.
+    using Acc = std::conditional_t<std::is_same_v<Scalar, float>, double, long double>;
+    Acc a0 = 0, a1 = 0;
+    Index i = 0;
+    for (; i + 2 <= n; i += 2) {
+      a0 += plan.kept(x[i], w[i]) ? Acc(w[i]) : Acc(0);
+      a1 += plan.kept(x[i + 1], w[i + 1]) ? Acc(w[i + 1]) : Acc(0);
+    }
+    if (i < n)
+      a0 += plan.kept(x[i], w[i]) ? Acc(w[i]) : Acc(0);
+    return static_cast<double>(a0 + a1);
+  }
+
+  // The smallest logit of the top-p prefix over {x_i >= floor}: the histogram of the weights over
+  // the buckets of (m - x_i) / T locates the boundary bucket; only its tokens are sorted.
+  template <class Scalar>
+  Scalar top_p_threshold(const Scalar* x, const Scalar* w, Index n, Scalar m, Scalar s,
+                         Scalar floor, double total, SamplingWorkspace& ws) const {
+    auto& b = ws.buffers<Scalar>();
+    std::vector<double>& hist = ws.histogram();
+    hist.assign(kBuckets, 0.0);
+    const auto bucket = [&](Scalar xi) {
+      const Scalar d = (m - xi) * s * Scalar(kBucketsPerUnit);  // >= 0, monotone in xi
+      return d < Scalar(kBuckets - 1) ? static_cast<int>(d) : kBuckets - 1;
+    };
+    for (Index i = 0; i < n; ++i) {
+      if (x[i] >= floor)
+        hist[static_cast<std::size_t>(bucket(x[i]))] += double(w[i]);
+    }
+    const double target = o_.top_p() * total;
+    double before = 0;
+    int boundary = 0;
+    int last_nonempty = 0;
+    for (; boundary < kBuckets; ++boundary) {
+      const double mass = hist[static_cast<std::size_t>(boundary)];
+      if (mass > 0)
+        last_nonempty = boundary;
+      if (before + mass >= target && mass > 0)
+        break;
+      before += mass;
+    }
+    if (boundary == kBuckets) {  // rounding left the target just out of reach: keep everything
+      boundary = last_nonempty;
+      before = 0;
+      for (int j = 0; j < boundary; ++j)
+        before += hist[static_cast<std::size_t>(j)];
+    }
+    b.cand.clear();
+    for (Index i = 0; i < n; ++i) {
+      if (x[i] >= floor && bucket(x[i]) == boundary)
+        b.cand.emplace_back(x[i], i);
+    }
+    std::sort(b.cand.begin(), b.cand.end(), detail::by_decreasing_logit<Scalar>);
+    b.cand_weight.resize(b.cand.size());
+    for (std::size_t j = 0; j < b.cand.size(); ++j)
+      b.cand_weight[j] = double(w[static_cast<std::size_t>(b.cand[j].second)]);
+    const std::size_t c =
+        detail::top_p_cut(b.cand, b.cand_weight, b.cand.size(), o_.top_p(), before, total);
+    return b.cand[c - 1].first;
+  }
+
+  template <class Scalar, class Gen>
+  Index draw(const Plan<Scalar>& plan, const Scalar* x, Index n, Gen& gen,
+             SamplingWorkspace& ws) const {
+    switch (plan.kind) {
+      case Kind::NaN:
+      case Kind::Empty:
+        return -1;
+      case Kind::Greedy:
+        return plan.index;
+      case Kind::Infinity: {
+        const double u = detail::uniform53(gen);
+        auto pick = static_cast<std::size_t>(u * static_cast<double>(plan.count));
+        for (Index i = 0; i < n; ++i) {
+          if (x[i] == std::numeric_limits<Scalar>::infinity() && pick-- == 0)
+            return i;
+        }
+        return -1;  // unreachable
+      }
+      case Kind::Small: {
+        const auto& b = ws.buffers<Scalar>();
+        const double target = detail::uniform53(gen) * plan.total;
+        double cum = 0;
+        for (std::size_t j = 0; j < plan.count; ++j) {
+          cum += b.cand_weight[j];
+          if (cum > target)
+            return b.cand[j].second;
+        }
+        return b.cand[plan.count - 1].second;  // rounding: the last kept token
+      }
+      case Kind::Large: {
+        const Scalar* w = ws.buffers<Scalar>().weight.data();
+        const double target = detail::uniform53(gen) * plan.total;
+        double cum = 0;
+        Index last = -1;
+        for (Index i = 0; i < n; ++i) {
+          if (plan.kept(x[i], w[i])) {
+            cum += double(w[i]);
+            last = i;
+            if (cum > target)
+              return i;
+          }
+        }
+        return last;  // rounding: the last kept token
+      }
+    }
+    return -1;
+  }
+
+  SamplerOptions o_;
+};
+
+// The k largest log-probabilities of log_softmax(x), normalized over the whole row:
+//   log_probs(j) = x_{i_j} - m - log(sum_i exp(x_i - m)),  indices(j) = i_j,
+// i_0, i_1, ... in decreasing order of x, ties by increasing index. indices: any writable integer
+// vector of k entries; log_probs: a vector of x's scalar type with k entries. 0 <= k <= x.size(),
+// else std::invalid_argument. Accuracy: |error| <= 4 eps (1 + |exact|) (the sum in the Softmax
+// kernel's compensated form, the rest in double). Special values: a NaN anywhere gives indices -1
+// and NaN log-probabilities; a row of only -inf gives -inf (indices 0, 1, ...); +inf entries share
+// the mass (-log count). With a workspace, no allocation once it has grown.
+template <class XprX, class XprI, class XprL>
+void top_k_log_softmax(const Eigen::DenseBase<XprX>& x, Index k,
+                       const Eigen::DenseBase<XprI>& indices_const,
+                       const Eigen::DenseBase<XprL>& log_probs_const, SamplingWorkspace& ws) {
+  using Scalar = typename XprX::Scalar;
+  detail::static_check_scalar<Scalar>();
+  static_assert(std::is_same_v<Scalar, typename XprL::Scalar>,
+                "softmaxlab: logits and log_probs must have the same scalar type");
+  auto& indices = const_cast<Eigen::DenseBase<XprI>&>(indices_const).derived();
+  auto& log_probs = const_cast<Eigen::DenseBase<XprL>&>(log_probs_const).derived();
+  detail::require_vector("top_k_log_softmax", x.rows(), x.cols());
+  const Index n = x.size();
+  if (k < 0 || k > n)
+    detail::fail("top_k_log_softmax: k must be in [0, ", n, "] (the row length), but got ", k);
+  if (indices.size() != k || log_probs.size() != k) {
+    detail::fail("top_k_log_softmax: indices and log_probs must have k = ", k, " entries, but got ",
+                 indices.size(), " and ", log_probs.size());
+  }
+  if (k == 0)
+    return;
+  using IndexScalar = typename XprI::Scalar;
+  const Scalar inf = std::numeric_limits<Scalar>::infinity();
+  auto& b = ws.buffers<Scalar>();
+  const Scalar* xs = detail::contiguous_row<Scalar>(x, b.row);
+  const Scalar m = detail::block_maxima(xs, n, b.block_max);  // and the row max
+  if (m != m) {
+    indices.setConstant(IndexScalar(-1));
+    log_probs.setConstant(std::numeric_limits<Scalar>::quiet_NaN());
+    return;
+  }
+  // Candidates: every logit >= the k-th largest finite one (all of them when fewer are finite).
+  const Scalar kth = detail::kth_largest(xs, n, k, b.block_max, b.heap);
+  detail::gather_at_least(xs, n, static_cast<Index>(b.heap.size()) < k ? -inf : kth, b.block_max,
+                          b.cand);
+  const auto middle = b.cand.begin() + k;
+  std::partial_sort(b.cand.begin(), middle, b.cand.end(), detail::by_decreasing_logit<Scalar>);
+  double log_sum = 0;
+  Index infinities = 0;
+  if (m == inf) {
+    infinities = static_cast<Index>(std::count(xs, xs + n, inf));
+  } else if (m > -inf) {
+    detail::CompensatedSum<Scalar> sum0, sum1;
+    detail::scaled_exp_sum<true>(xs, n, m, Scalar(1), sum0, sum1);
+    // Remove the kernel's 2^64 scale exactly before the log (not by subtracting 64 log 2 after it,
+    // which would cost 44 eps of absolute error).
+    log_sum = static_cast<double>(
+        std::log(std::ldexp(sum0.total() + sum1.total(), -detail::kExpScaleLog2<Scalar>)));
+  }
+  for (Index j = 0; j < k; ++j) {
+    const auto& c = b.cand[static_cast<std::size_t>(j)];
+    indices.coeffRef(j) = static_cast<IndexScalar>(c.second);
+    Scalar v;
+    if (m == inf) {
+      v = c.first == inf ? static_cast<Scalar>(-std::log(double(infinities))) : -inf;
+    } else if (m == -inf || c.first == -inf) {
+      v = -inf;
+    } else {
+      v = static_cast<Scalar>((double(c.first) - double(m)) - log_sum);
+    }
+    log_probs.coeffRef(j) = v;
+  }
+}
+template <class XprX, class XprI, class XprL>
+void top_k_log_softmax(const Eigen::DenseBase<XprX>& x, Index k,
+                       const Eigen::DenseBase<XprI>& indices,
+                       const Eigen::DenseBase<XprL>& log_probs) {
+  SamplingWorkspace ws;
+  top_k_log_softmax(x, k, indices, log_probs, ws);
+}
+
+// Row r of Indices / LogProbs (rows x k) = top_k_log_softmax of row r of L.
+template <class XprX, class XprI, class XprL>
+void top_k_log_softmax_rowwise(const Eigen::DenseBase<XprX>& logits, Index k,
+                               const Eigen::DenseBase<XprI>& indices_const,
+                               const Eigen::DenseBase<XprL>& log_probs_const,
+                               SamplingWorkspace& ws) {
+  auto& indices = const_cast<Eigen::DenseBase<XprI>&>(indices_const).derived();
+  auto& log_probs = const_cast<Eigen::DenseBase<XprL>&>(log_probs_const).derived();
+  if (k < 0 || k > logits.cols())
+    detail::fail("top_k_log_softmax_rowwise: k must be in [0, ", logits.cols(),
+                 "] (the row length), but got ", k);
+  if (indices.rows() != logits.rows() || indices.cols() != k || log_probs.rows() != logits.rows()
+      || log_probs.cols() != k) {
+    detail::fail("top_k_log_softmax_rowwise: indices and log_probs must be ", logits.rows(), " x ",
+                 k, ", but got ", indices.rows(), " x ", indices.cols(), " and ", log_probs.rows(),
+                 " x ", log_probs.cols());
+  }
+  for (Index r = 0; r < logits.rows(); ++r)
+    top_k_log_softmax(logits.row(r), k, indices.row(r), log_probs.row(r), ws);
+}
+template <class XprX, class XprI, class XprL>
+void top_k_log_softmax_rowwise(const Eigen::DenseBase<XprX>& logits, Index k,
+                               const Eigen::DenseBase<XprI>& indices,
+                               const Eigen::DenseBase<XprL>& log_probs) {
+  SamplingWorkspace ws;
+  top_k_log_softmax_rowwise(logits, k, indices, log_probs, ws);
+}
+
+}  // namespace softmaxlab
