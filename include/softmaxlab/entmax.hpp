@@ -1,0 +1,498 @@
+// softmaxlab: sparse alternatives to softmax (sparsemax, 1.5-entmax, alpha-entmax) and their
+// Fenchel-Young losses.
+//
+//   Sparsemax:   y = argmin_{p in simplex} ||p - x||^2,  y_i = max(x_i - tau, 0)
+//   Entmax15:    y_i = max(x_i / 2 - tau, 0)^2                      (alpha = 1.5)
+//   Entmax(a):   y_i = max((a - 1) x_i - tau, 0)^(1 / (a - 1))      (1 < a <= 2)
+// with the threshold tau the unique number that makes sum_i y_i = 1. Every map is shift-invariant
+// (x + c gives the same y) and sparse: entries below the threshold get exactly 0. Shapes: any 1-D
+// row (vector, row, column, strided), rowwise / colwise batches, as every functor (functor_base).
+//
+// Parameters: Entmax(alpha) takes alpha in [1, 2]. alpha = 1 is the limit softmax: Entmax(1)
+// computes Softmax (and its backward) exactly. alpha outside [1, 2] or NaN throws
+// std::invalid_argument naming the value. Entmax(2) is sparsemax and Entmax(1.5) is 1.5-entmax,
+// computed by the bisection below (the tests check them against Sparsemax and Entmax15).
+//
+// Algorithms (per row; m = max x, computed in double from the row's exact values):
+//   Sparsemax and Entmax15 are exact: with d_i = (x_i - m) s (s = 1 or 1/2), the threshold solves
+//   f(t) = sum_i max(d_i - t, 0)^k = 1 (k = 1 or 2) and lies in [-1, 0). The candidates
+//   d_i >= -1 are copied into the output's storage (when the output is not the input); then, from
+//   t = -1 (where f >= 1), each step computes over the remaining candidates the count, sum and sum
+//   of squares of d_i - t > 0, solves the equation restricted to that support exactly (a linear
+//   or a quadratic equation, in double) and accepts the root if every member of the support lies
+//   above it (then it is the threshold: Michelot's / Condat's support test). Otherwise t advances
+//   by a step that never passes the threshold (Michelot's step for k = 1, Newton's for the convex
+//   f when k = 2) and the candidates at or below t are dropped. In place (y is x) the same steps
+//   sweep the whole row instead of a shrinking copy. Expected cost: linear (a few sweeps of the
+//   candidates, one of the row); worst case O(n * support) for adversarial rows.
+//   Entmax(alpha), 1 < alpha <= 2: bisection on t in [-1, -n^(1 - alpha)] (f >= 1 and f <= 1 at
+//   the ends) until the bracket cannot be split in double (at most 200 halvings, about 60 in
+//   practice); y_i = max(d_i - t, 0)^(1 / (alpha - 1)) then divided by its sum, so the row sums to
+//   1 within rounding and entries at or below t are exactly 0.
+//
+// Accuracy (tests/test_entmax.cpp against the mpmath tables in tests/reference/entmax_table.ipp):
+//   Sparsemax, Entmax15, float:  |y_i - exact| <= eps |exact| + 2^-40 (the threshold is computed
+//     in double from the exact inputs; the float result is rounded once);
+//   Sparsemax, Entmax15, double: |y_i - exact| <= 8 eps (absolute; the scale of the output is 1:
+//     x_i - m is rounded once);
+//   Entmax(alpha): |y_i - exact| <= 1e-12 (double) or 2 eps (float) absolute, with the threshold
+//     bracketed to double resolution.
+// A row's entries sum to 1 within 2e-6 (float) or 1e-12 (double).
+//
+// Special values, row by row (as Softmax): a NaN anywhere gives a NaN row; a -inf entry gets
+// exactly 0, a row of only -inf gives all 0; k > 0 entries at +inf share the mass, 1/k each, 0
+// elsewhere (the limit of the map as those entries grow together); a row of one finite element
+// gives 1; an empty input gives an empty output.
+//
+// Backward (vector-Jacobian products, reading only y and dy): with the weights g_i = y_i^(2 -
+// alpha) on the support (y_i > 0) and 0 elsewhere,
+//   dx = g * dy - g * (sum_j g_j dy_j / sum_j g_j)
+// (Peters, Niculae and Martins 2019, eq. 10): sparsemax's g is the support indicator (dx is dy
+// projected onto the support's tangent space), 1.5-entmax's g = sqrt(y). Entmax(1) uses softmax's
+// backward. Entries outside the support get exactly 0.
+//
+// Losses (Fenchel-Young, Blondel, Martins and Niculae 2020): SparsemaxLoss, EntmaxLoss(alpha),
+// with the Tsallis entropy H_a(p) = (1 - sum_i p_i^a) / (a (a - 1)) (H_1 = Shannon's):
+//   loss_n = H_a(y_n) - H_a(q_n) + <y_n - q_n, z_n>,    dloss_n / dz_n = y_n - q_n,
+// y_n = entmax_a(z_n), q_n the target: a class label (one-hot, H = 0) or a target distribution
+// row (N x C, same scalar type). Reductions and labels as CrossEntropyLoss (loss.hpp): Mean (over
+// counted samples), Sum, None (the returned value is the sum; per-sample losses through
+// RowOutputs); a label equal to ignore_index gives no loss and a zero gradient row. The loss is
+// >= 0, 0 exactly when y_n = q_n, computed in double from shifted logits (invariant to adding a
+// constant to a row). A NaN logit gives a NaN loss and gradient row; -inf logits are allowed where
+// the target is 0 (a masked class); a target on a -inf logit, or a +inf logit, gives a +inf / NaN
+// loss as the limit dictates.
+//
+// Errors (std::invalid_argument naming the parameter and value): alpha outside [1, 2] or NaN;
+// outputs of the wrong shape or partially overlapping the input; for the losses as
+// CrossEntropyLoss (labels of the wrong length or outside [0, C), targets of the wrong shape).
+//
+// References: Martins and Astudillo, "From Softmax to Sparsemax", ICML 2016; Peters, Niculae and
+// Martins, "Sparse Sequence-to-Sequence Models", ACL 2019 (entmax); Blondel, Martins and Niculae,
+// "Learning with Fenchel-Young Losses", JMLR 2020; Condat, "Fast projection onto the simplex and
+// the l1 ball", Math. Prog. 2016. Semantics follow the Python `entmax` package (sparsemax,
+// entmax15, entmax_bisect and their losses); the code is our own.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+#include <utility>
+
+#include "detail/backward_base.hpp"
+#include "detail/checks.hpp"
+#include "detail/functor_base.hpp"
+#include "detail/kernels.hpp"
+#include "loss.hpp"
+#include "softmax.hpp"
+
+namespace softmaxlab {
+namespace detail {
+
+// Count, sum and sum of squares of the gaps g = (v_j - m) s - t > 0 over a row of raw values v, and
+// the smallest such gap: what one step of the threshold search needs.
+struct GapMoments {
+  Index count = 0;
+  double s1 = 0, s2 = 0;
+  double min_gap = std::numeric_limits<double>::infinity();
+};
+
+template <class Scalar>
+GapMoments gap_moments(const Span<const Scalar>& v, double m, double s, double t) {
+  GapMoments g;
+  for (Index j = 0; j < v.size; ++j) {
+    const double gap = (static_cast<double>(v[j]) - m) * s - t;
+    if (gap > 0) {
+      ++g.count;
+      g.s1 += gap;
+      g.s2 += gap * gap;
+      g.min_gap = std::min(g.min_gap, gap);
+    }
+  }
+  return g;
+}
+
+// Copies the entries v_j with (v_j - m) s > t to the front of `to` (which may be v's storage, the
+// copy never overtakes the reading) and returns their number.
+template <class Scalar>
+Index keep_above(const Span<const Scalar>& v, const Span<Scalar>& to, double m, double s,
+                 double t) {
+  Index k = 0;
+  for (Index j = 0; j < v.size; ++j) {
+    const Scalar vj = v[j];
+    to[k] = vj;  // branch-free compaction
+    k += (static_cast<double>(vj) - m) * s > t;
+  }
+  return k;
+}
+
+// Copies the entries x_i >= floor to the front of `to` (not x's storage) and returns their number:
+// the first, widest filter, on packets (a packet without a candidate, the common case, costs one
+// compare).
+template <class Scalar>
+Index keep_at_least(const Span<const Scalar>& x, const Span<Scalar>& to, Scalar floor) {
+  using namespace Eigen::internal;
+  using Packet = PacketOf<Scalar>;
+  constexpr int P = kPacketSize<Scalar>;
+  Index k = 0, i = 0;
+  if (x.contiguous() && to.contiguous()) {
+    const Packet pf = pset1<Packet>(floor);
+    const Scalar* in = x.data;
+    Scalar* out = to.data;
+    for (; i + P <= x.size; i += P) {
+      if (!predux_any(pcmp_le(pf, ploadu<Packet>(in + i))))
+        continue;
+      for (Index j = i; j < i + P; ++j) {
+        out[k] = in[j];
+        k += in[j] >= floor;
+      }
+    }
+  }
+  for (; i < x.size; ++i) {
+    const Scalar xi = x[i];
+    to[k] = xi;
+    k += xi >= floor;
+  }
+  return k;
+}
+
+// The largest Scalar at or below the double v (a safe floor for a candidate filter).
+template <class Scalar>
+Scalar scalar_floor(double v) {
+  const Scalar r = static_cast<Scalar>(v);
+  return static_cast<double>(r) <= v ? r
+                                     : std::nextafter(r, -std::numeric_limits<Scalar>::infinity());
+}
+
+// c = a + b as an unevaluated pair hi + lo, exact (TwoSum), rounded to Scalar: the output passes
+// compute (x_i - hi) - lo, whose first difference is exact or rounded relative to the result.
+template <class Scalar>
+std::pair<Scalar, Scalar> split_shift(double a, double b) {
+  const double hi = a + b;
+  const double bb = hi - a;
+  const double lo = (a - (hi - bb)) + (b - bb);
+  const Scalar hs = static_cast<Scalar>(hi);
+  return {hs, static_cast<Scalar>((hi - static_cast<double>(hs)) + lo)};
+}
+
+// The row's max (NaN-propagating) and, for a contiguous row, the per-lane maxima of its packet
+// accumulators: up to kLaneMaxima entries of the row at distinct positions (the max among them),
+// whose own threshold is a lower bound of the row's (a subset's threshold never exceeds the
+// whole row's), so the candidate filter can start far closer than m - 1/s.
+template <class Scalar>
+inline constexpr int kLaneMaxima = 4 * kPacketSize<Scalar>;
+
+template <class Scalar>
+Scalar max_with_lanes(const Span<const Scalar>& x, Scalar* lanes, int& lane_count) {
+  using namespace Eigen::internal;
+  using Packet = PacketOf<Scalar>;
+  constexpr int P = kPacketSize<Scalar>;
+  if (x.size < 4 * P) {
+    const Scalar m = max_propagate_nan(x);
+    lanes[0] = m;
+    lane_count = 1;
+    return m;
+  }
+  // Strided rows gather each packet through the stack, so every layout meets the same lanes (the
+  // result does not depend on the layout).
+  const auto load = [&](Index i) -> Packet {
+    if (x.stride == 1)
+      return ploadu<Packet>(x.data + i);
+    alignas(64) Scalar buf[P];
+    for (int k = 0; k < P; ++k)
+      buf[k] = x[i + k];
+    return pload<Packet>(buf);
+  };
+  const Index n = x.size;
+  Packet m0 = load(0), m1 = load(P), m2 = load(2 * P), m3 = load(3 * P);
+  Index i = 4 * P;
+  for (; i + 4 * P <= n; i += 4 * P) {
+    m0 = pmax<Eigen::PropagateNaN>(m0, load(i));
+    m1 = pmax<Eigen::PropagateNaN>(m1, load(i + P));
+    m2 = pmax<Eigen::PropagateNaN>(m2, load(i + 2 * P));
+    m3 = pmax<Eigen::PropagateNaN>(m3, load(i + 3 * P));
+  }
+  pstoreu(lanes, m0);
+  pstoreu(lanes + P, m1);
+  pstoreu(lanes + 2 * P, m2);
+  pstoreu(lanes + 3 * P, m3);
+  lane_count = 4 * P;
+  Scalar m = lanes[0];
+  for (int k = 0; k < 4 * P; ++k)
+    m = (lanes[k] != lanes[k] || lanes[k] > m) ? lanes[k] : m;
+  for (; i < n; ++i) {  // the tail: only the max
+    const Scalar xi = x[i];
+    m = (xi != xi || xi > m) ? xi : m;
+  }
+  return m;
+}
+
+// The threshold t (in the shifted frame d = (x - m) s) with sum_i max(d_i - t, 0)^kPower = 1, for
+// a row whose max m is finite; kPower 1 is sparsemax, 2 is 1.5-entmax (s = 1/2). `scratch` is
+// y's storage when y is not x (candidates are copied there), else empty. See the header's doc
+// block for the algorithm.
+template <int kPower, class Scalar>
+double sparse_threshold(const Span<const Scalar>& x, const Span<Scalar>& scratch, double m,
+                        double s, double t = -1.0) {
+  static_assert(kPower == 1 || kPower == 2, "sparse_threshold: kPower is 1 or 2");
+  // t: a lower bound of the threshold (f(t) >= 1); -1 always is, the max entry having d = 0.
+  Span<const Scalar> v = x;
+  // The candidates d_i >= -1 (and no -inf or too-small entry) go to the scratch storage.
+  const bool compact = scratch.data != nullptr;
+  if (compact) {
+    const Index k = keep_at_least(x, scratch, scalar_floor<Scalar>(m + t / s));
+    v = Span<const Scalar>{scratch.data, k, scratch.stride};
+  }
+  constexpr int kMaxSteps = 200;  // far beyond what any row needs: a guard against rounding loops
+  for (int step = 0;; ++step) {
+    const GapMoments g = gap_moments(v, m, s, t);
+    if (g.count == 0)
+      return t;  // cannot happen in exact arithmetic (t < threshold < 0 = max d)
+    const double k = static_cast<double>(g.count);
+    double root;  // the exact threshold if the support is {d > t}, relative to t
+    double advance;
+    if constexpr (kPower == 1) {
+      root = (g.s1 - 1.0) / k;
+      advance = root;  // Michelot: never passes the threshold
+    } else {
+      const double excess = g.s2 - 1.0;  // f(t) - 1 >= 0
+      const double disc = g.s1 * g.s1 - k * excess;
+      root = disc >= 0 ? excess / (g.s1 + std::sqrt(disc))  // the smaller root, cancellation-free
+                       : std::numeric_limits<double>::infinity();
+      advance = excess / (2.0 * g.s1);  // Newton on the convex decreasing f
+    }
+    if (g.min_gap >= root)
+      return t + root;
+    if (!(advance > 0) || step == kMaxSteps)
+      return std::isfinite(root) ? t + root : t + advance;
+    t += advance;
+    if (compact) {
+      const Index k2 = keep_above(v, scratch, m, s, t);
+      v = Span<const Scalar>{scratch.data, k2, scratch.stride};
+    }
+  }
+}
+
+// The threshold of a Regular row for Sparsemax (kPower 1, s = 1) or Entmax15 (kPower 2, s = 1/2),
+// started from the lane maxima's threshold; the output y serves as scratch unless it is x.
+template <int kPower, class Scalar>
+double sparse_row_threshold(const Span<const Scalar>& x, const Span<Scalar>& y, Scalar m_s,
+                            const Scalar* lanes, int lane_count, double s) {
+  const double m = static_cast<double>(m_s);
+  double t0 = -1.0;
+  if (lane_count > 1) {
+    Scalar copy[kLaneMaxima<Scalar>];
+    t0 = sparse_threshold<kPower, Scalar>(Span<const Scalar>{lanes, lane_count, 1},
+                                          Span<Scalar>{copy, lane_count, 1}, m, s);
+    t0 = std::max(-1.0, std::nextafter(t0, -2.0));  // below the subset's root whatever its rounding
+  }
+  const bool in_place = x.data == y.data;
+  return sparse_threshold<kPower>(x, in_place ? Span<Scalar>{nullptr, 0, 1} : y, m, s, t0);
+}
+
+// Bisection for alpha-entmax: the threshold t in the shifted frame d = (x - m)(alpha - 1) with
+// sum_i max(d_i - t, 0)^p = 1, p = 1 / (alpha - 1).
+template <class Scalar>
+double bisect_threshold(const Span<const Scalar>& x, const Span<Scalar>& scratch, double m,
+                        double s, double p) {
+  Span<const Scalar> v = x;
+  if (scratch.data != nullptr) {
+    const Index k = keep_at_least(x, scratch, scalar_floor<Scalar>(m - 1.0 / s));
+    v = Span<const Scalar>{scratch.data, k, scratch.stride};
+  }
+  const auto f = [&](double t) {
+    double sum = 0;
+    for (Index j = 0; j < v.size; ++j) {
+      const double gap = (static_cast<double>(v[j]) - m) * s - t;
+      if (gap > 0)
+        sum += std::pow(gap, p);
+    }
+    return sum;
+  };
+  double lo = -1.0;                                              // f(lo) >= 1
+  double hi = -std::pow(static_cast<double>(x.size), -1.0 / p);  // f(hi) <= 1
+  for (int i = 0; i < 200; ++i) {
+    const double mid = 0.5 * (lo + hi);
+    if (mid <= lo || mid >= hi)
+      break;
+    (f(mid) >= 1.0 ? lo : hi) = mid;
+  }
+  return lo;
+}
+
+// The special rows shared by the sparse maps (as Softmax): returns true when y was written.
+template <class Scalar>
+bool sparse_special_row(const Span<const Scalar>& x, const Span<Scalar>& y, Scalar m) {
+  switch (classify(m)) {
+    case RowKind::NaN:
+      fill(y, m);
+      return true;
+    case RowKind::AllMasked:
+      fill(y, Scalar(0));
+      return true;
+    case RowKind::PositiveInfinity: {
+      const Index k = count_positive_infinity(x);
+      fill_by_infinity(x, y, Scalar(1) / Scalar(k), Scalar(0));
+      return true;
+    }
+    case RowKind::Regular:
+      return false;
+  }
+  return false;
+}
+
+// dx = g dy - g (<g, dy> / sum g), g_i = weight(y_i) on the support (y_i > 0), 0 elsewhere: the
+// entmax family's backward (Peters et al. 2019). dx may be y or dy.
+template <class Scalar, class Weight>
+void entmax_backward(const Span<const Scalar>& y, const Span<const Scalar>& dy,
+                     const Span<Scalar>& dx, const Weight& weight) {
+  double sum_g = 0, sum_g_dy = 0;
+  bool nan = false;
+  for (Index i = 0; i < y.size; ++i) {
+    const Scalar yi = y[i];
+    nan = nan || yi != yi;
+    if (yi > 0) {
+      const double g = weight(static_cast<double>(yi));
+      sum_g += g;
+      sum_g_dy += g * static_cast<double>(dy[i]);
+    }
+  }
+  if (nan || sum_g_dy != sum_g_dy)  // a NaN in y or on the support's dy: the whole row
+    return fill(dx, std::numeric_limits<Scalar>::quiet_NaN());
+  const double mean = sum_g > 0 ? sum_g_dy / sum_g : 0.0;
+  for (Index i = 0; i < y.size; ++i) {
+    const Scalar yi = y[i];
+    dx[i] = yi > 0 ? static_cast<Scalar>(weight(static_cast<double>(yi))
+                                         * (static_cast<double>(dy[i]) - mean))
+                   : Scalar(0);
+  }
+}
+
+}  // namespace detail
+
+// Sparsemax: see the header's doc block.
+class Sparsemax : public detail::DistributionFunctor<Sparsemax>,
+                  public detail::BackwardFunctor<Sparsemax> {
+ public:
+  static constexpr const char* name = "Sparsemax";
+  static constexpr bool backward_reads_input = false;
+  static constexpr double alpha = 2.0;
+
+ private:
+  friend class detail::DistributionFunctor<Sparsemax>;
+  friend class detail::BackwardFunctor<Sparsemax>;
+
+  template <class Scalar>
+  void compute(const detail::Span<const Scalar>& x, const detail::Span<Scalar>& y) const {
+    Scalar lanes[detail::kLaneMaxima<Scalar>];
+    int lane_count = 0;
+    const Scalar m_s = detail::max_with_lanes(x, lanes, lane_count);
+    if (detail::sparse_special_row(x, y, m_s))
+      return;
+    const double m = static_cast<double>(m_s);
+    const double tau = detail::sparse_row_threshold<1>(x, y, m_s, lanes, lane_count, 1.0);
+    const auto [hi, lo] = detail::split_shift<Scalar>(m, tau);
+    detail::with_arrays([&](auto xa, auto ya) { ya = ((xa - hi) - lo).max(Scalar(0)); }, x, y);
+  }
+
+  template <class Scalar>
+  void compute_backward(const detail::Span<const Scalar>& /*x*/,
+                        const detail::Span<const Scalar>& y, const detail::Span<const Scalar>& dy,
+                        const detail::Span<Scalar>& dx) const {
+    detail::entmax_backward(y, dy, dx, [](double) { return 1.0; });
+  }
+};
+
+// 1.5-entmax: see the header's doc block.
+class Entmax15 : public detail::DistributionFunctor<Entmax15>,
+                 public detail::BackwardFunctor<Entmax15> {
+ public:
+  static constexpr const char* name = "Entmax15";
+  static constexpr bool backward_reads_input = false;
+  static constexpr double alpha = 1.5;
+
+ private:
+  friend class detail::DistributionFunctor<Entmax15>;
+  friend class detail::BackwardFunctor<Entmax15>;
+
+  template <class Scalar>
+  void compute(const detail::Span<const Scalar>& x, const detail::Span<Scalar>& y) const {
+    Scalar lanes[detail::kLaneMaxima<Scalar>];
+    int lane_count = 0;
+    const Scalar m_s = detail::max_with_lanes(x, lanes, lane_count);
+    if (detail::sparse_special_row(x, y, m_s))
+      return;
+    const double m = static_cast<double>(m_s);
+    const double tau = detail::sparse_row_threshold<2>(x, y, m_s, lanes, lane_count, 0.5);
+    // y = ((x - m) / 2 - tau)^2 = (((x - hi) - lo) / 2)^2 with hi + lo = m + 2 tau
+    const auto [hi, lo] = detail::split_shift<Scalar>(m, 2.0 * tau);
+    detail::with_arrays(
+        [&](auto xa, auto ya) { ya = (((xa - hi) - lo) * Scalar(0.5)).max(Scalar(0)).square(); }, x,
+        y);
+  }
+
+  template <class Scalar>
+  void compute_backward(const detail::Span<const Scalar>& /*x*/,
+                        const detail::Span<const Scalar>& y, const detail::Span<const Scalar>& dy,
+                        const detail::Span<Scalar>& dx) const {
+    detail::entmax_backward(y, dy, dx, [](double v) { return std::sqrt(v); });
+  }
+};
+
+// alpha-entmax by bisection: see the header's doc block.
+class Entmax : public detail::DistributionFunctor<Entmax>, public detail::BackwardFunctor<Entmax> {
+ public:
+  static constexpr const char* name = "Entmax";
+  static constexpr bool backward_reads_input = false;
+
+  explicit Entmax(double alpha = 1.5)
+      : alpha_(detail::require_in_range("Entmax: alpha", alpha, 1.0, 2.0, "in [1, 2]")) {}
+
+  double alpha() const { return alpha_; }
+
+ private:
+  friend class detail::DistributionFunctor<Entmax>;
+  friend class detail::BackwardFunctor<Entmax>;
+
+  template <class Scalar>
+  void compute(const detail::Span<const Scalar>& x, const detail::Span<Scalar>& y) const {
+    if (alpha_ == 1.0) {
+      Softmax().apply(detail::strided_array(x), detail::strided_array(y));
+      return;
+    }
+    const Scalar m_s = detail::max_propagate_nan(x);
+    if (detail::sparse_special_row(x, y, m_s))
+      return;
+    const double m = static_cast<double>(m_s);
+    const double s = alpha_ - 1.0, p = 1.0 / s;
+    const bool in_place = x.data == y.data;
+    const double tau =
+        detail::bisect_threshold(x, in_place ? detail::Span<Scalar>{nullptr, 0, 1} : y, m, s, p);
+    const auto power = [&](Index i) {
+      const double gap = (static_cast<double>(x[i]) - m) * s - tau;
+      return gap > 0 ? std::pow(gap, p) : 0.0;
+    };
+    double sum = 0;
+    for (Index i = 0; i < x.size; ++i)
+      sum += power(i);
+    // Normalized in double and rounded once; y[i] is written after x[i]'s last read (in place).
+    const double inv = 1.0 / sum;
+    for (Index i = 0; i < x.size; ++i)
+      y[i] = static_cast<Scalar>(power(i) * inv);
+  }
+
+  template <class Scalar>
+  void compute_backward(const detail::Span<const Scalar>& /*x*/,
+                        const detail::Span<const Scalar>& y, const detail::Span<const Scalar>& dy,
+                        const detail::Span<Scalar>& dx) const {
+    if (alpha_ == 1.0)
+      return detail::softmax_backward(y, dy, dx, 1.0);
+    const double e = 2.0 - alpha_;
+    detail::entmax_backward(y, dy, dx, [e](double v) { return std::pow(v, e); });
+  }
+
+  double alpha_;
+};
+
+}  // namespace softmaxlab
