@@ -3,6 +3,7 @@
 // properties (support, sum, shift invariance, the meeting points alpha = 2, 1.5 and 1), special
 // values, storage forms, backward passes against finite differences in double, and the
 // Fenchel-Young losses.
+#include <algorithm>
 #include <cmath>
 #include <iostream>
 #include <limits>
@@ -364,4 +365,127 @@ TEST_CASE("sparse maps: backward matches finite differences in double", "[entmax
     dy << 1, 2, 3;
     CHECK(sml::Sparsemax().backward(y, y, dy).array().isNaN().all());
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fenchel-Young losses
+
+namespace {
+
+// The sparsemax loss in Martins and Astudillo's closed form (2016, eq. 17), for label c:
+//   L = -z_c + 1/2 sum_{j in S} (z_j^2 - tau^2) + 1/2, from a sort-based threshold in long double.
+long double sparsemax_loss_reference(const Eigen::VectorXd& z, int c) {
+  std::vector<long double> s(z.data(), z.data() + z.size());
+  std::sort(s.rbegin(), s.rend());
+  long double cum = 0, tau = 0;
+  for (std::size_t k = 0; k < s.size(); ++k) {
+    cum += s[k];
+    const long double t = (cum - 1) / static_cast<long double>(k + 1);
+    if (s[k] > t)
+      tau = t;
+  }
+  long double acc = 0;
+  for (Index j = 0; j < z.size(); ++j) {
+    if (z(j) > tau)
+      acc += static_cast<long double>(z(j)) * z(j) - tau * tau;
+  }
+  return -static_cast<long double>(z(c)) + acc / 2 + 0.5L;
+}
+
+}  // namespace
+
+TEST_CASE("Fenchel-Young losses: exact values", "[entmax][loss]") {
+  // Hand-derived: z = (0.5, 0.2, -1): tau = -0.15, y = (0.65, 0.35, 0);
+  // label 2: H(y) + <y - e_2, z> = (1 - 0.65^2 - 0.35^2) / 2 + 1.395 = 1.6225.
+  Eigen::MatrixXd z(1, 3);
+  z << 0.5, 0.2, -1;
+  CHECK(sml::SparsemaxLoss()(z, std::vector<int>{2}) == Approx(1.6225).epsilon(1e-15));
+  // The loss vanishes exactly where the prediction equals the target.
+  z << 3, 0, -1;
+  CHECK(sml::SparsemaxLoss()(z, std::vector<int>{0}) == 0);
+  CHECK(sml::EntmaxLoss(1.5)(z, std::vector<int>{0}) == Approx(0).margin(1e-15));
+  const Eigen::MatrixXd X = softmaxlab_test::random_normal(8, 9, 17, 1.5);
+  std::vector<int> labels;
+  long double sum = 0;
+  for (Index n = 0; n < X.rows(); ++n) {
+    labels.push_back(static_cast<int>(n % 9));
+    sum += sparsemax_loss_reference(X.row(n).transpose(), labels.back());
+  }
+  CHECK(sml::SparsemaxLoss(sml::Reduction::Sum)(X, labels)
+        == Approx(static_cast<double>(sum)).epsilon(1e-14));
+  CHECK(sml::SparsemaxLoss()(X, labels) == Approx(static_cast<double>(sum / 8)).epsilon(1e-14));
+  SECTION("a target distribution equal to the prediction gives 0; losses are >= 0") {
+    for (double alpha : {1.2, 1.5, 2.0}) {
+      const sml::EntmaxLoss loss(alpha, sml::Reduction::None);
+      const Eigen::MatrixXd Y = sml::Entmax(alpha).rowwise(X);
+      Eigen::VectorXd per(8);
+      loss(X, Y, sml::RowOutputs().with_losses(per));
+      INFO("alpha " << alpha);
+      CHECK(per.cwiseAbs().maxCoeff() <= 1e-13);
+      loss(X, labels, sml::RowOutputs().with_losses(per));
+      CHECK(per.minCoeff() >= 0);
+    }
+  }
+}
+
+TEST_CASE("Fenchel-Young losses: gradients y - q match finite differences", "[entmax][loss][fd]") {
+  const Eigen::MatrixXd z = softmaxlab_test::random_normal(5, 7, 23, 1.0);
+  const std::vector<int> labels{3, 0, 6, -100, 3};
+  Eigen::MatrixXd t = softmaxlab_test::random_normal(5, 7, 24, 1.0).array().exp();
+  for (Index n = 0; n < 5; ++n)
+    t.row(n) /= t.row(n).sum();
+  Worst worst;
+  for (double alpha : {2.0, 1.5, 1.3}) {
+    for (auto reduction : {sml::Reduction::Mean, sml::Reduction::Sum, sml::Reduction::None}) {
+      const sml::EntmaxLoss loss(alpha, reduction);
+      Eigen::MatrixXd g(5, 7);
+      loss(z, labels, g);
+      const Eigen::MatrixXd fd =
+          fd_scalar_gradient([&](const Eigen::MatrixXd& v) { return loss(v, labels); }, z);
+      worst.update(fd_relative_error(g, fd, z), 1e-6,
+                   [&](std::ostream& s) { s << "labels, alpha " << alpha; });
+      CHECK(g.row(3).isZero(0));  // ignored sample
+      loss(z, t, g);
+      const Eigen::MatrixXd fd2 =
+          fd_scalar_gradient([&](const Eigen::MatrixXd& v) { return loss(v, t); }, z);
+      worst.update(fd_relative_error(g, fd2, z), 1e-6,
+                   [&](std::ostream& s) { s << "distributions, alpha " << alpha; });
+    }
+  }
+  std::cout << "Fenchel-Young loss gradients vs finite differences: " << worst.report() << "\n";
+  INFO(worst.report());
+  CHECK(worst.ratio <= 1.0);
+}
+
+TEMPLATE_TEST_CASE("Fenchel-Young losses: forms, special values and errors", "[entmax][loss]",
+                   float, double) {
+  using Scalar = TestType;
+  using Mat = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  const Mat z = softmaxlab_test::random_normal(4, 6, 29, 1.0).cast<Scalar>();
+  const Eigen::VectorXi labels = (Eigen::VectorXi(4) << 0, 5, 1, 1).finished();
+  const sml::EntmaxLoss loss(1.5);
+  Mat g(4, 6), in_place = z;
+  double a = 0, b = 0;
+  {
+    AllocationGuard guard;
+    a = loss(z, labels, g);
+    b = loss(in_place, labels, in_place);
+    CHECK(guard.allocations() == 0);
+  }
+  CHECK(a == b);
+  CHECK(same(g, in_place));
+  // the gradient rows are y - q (Mean: divided by N), so they sum to 0
+  CHECK(static_cast<double>(g.rowwise().sum().cwiseAbs().maxCoeff()) <= 1e-6);
+  // a masked class (-inf) without target is allowed; a NaN row gives NaN
+  Mat masked = z;
+  masked(0, 3) = -std::numeric_limits<Scalar>::infinity();
+  CHECK(std::isfinite(loss(masked, labels)));
+  masked(1, 2) = std::numeric_limits<Scalar>::quiet_NaN();
+  CHECK(std::isnan(loss(masked, labels, g)));
+  CHECK(g.row(1).array().isNaN().all());
+  CHECK_THROWS_WITH(sml::EntmaxLoss(1.0), Catch::Contains("alpha") && Catch::Contains("1"));
+  CHECK_THROWS_WITH(sml::EntmaxLoss(2.5), Catch::Contains("alpha") && Catch::Contains("2.5"));
+  CHECK_THROWS_WITH(loss(z, std::vector<int>{0, 1, 7, 0}),
+                    Catch::Contains("label 7") && Catch::Contains("[0, 6)"));
+  CHECK_THROWS_WITH(loss(z, Mat(3, 6)), Catch::Contains("targets"));
 }

@@ -495,4 +495,250 @@ class Entmax : public detail::DistributionFunctor<Entmax>, public detail::Backwa
   double alpha_;
 };
 
+namespace detail {
+
+// One row of the entmax family as the losses need it: the threshold of a Regular row (shifted
+// frame d = (x - m)(alpha - 1)), then y_i from x_i alone, so a loss can read x_i and write its
+// gradient into the same storage (in place) in one sweep. alpha in (1, 2].
+template <class Scalar>
+struct EntmaxRow {
+  double alpha, m, tau, inv_sum = 1;
+
+  EntmaxRow(double a, const Span<const Scalar>& x, Scalar max) : alpha(a), m(max), tau(0) {
+    const Span<Scalar> none{nullptr, 0, 1};
+    const Scalar lanes[1] = {max};  // no lane maxima: the search starts from m - 1/s
+    if (alpha == 2.0) {
+      tau = sparse_row_threshold<1>(x, none, max, lanes, 1, 1.0);
+    } else if (alpha == 1.5) {
+      tau = sparse_row_threshold<2>(x, none, max, lanes, 1, 0.5);
+    } else {
+      tau = bisect_threshold(x, none, m, alpha - 1.0, 1.0 / (alpha - 1.0));
+      double sum = 0;
+      for (Index i = 0; i < x.size; ++i)
+        sum += unnormalized(x[i]);
+      inv_sum = 1.0 / sum;
+    }
+  }
+  double unnormalized(Scalar xi) const {
+    const double gap = (static_cast<double>(xi) - m) * (alpha - 1.0) - tau;
+    if (!(gap > 0))
+      return 0.0;
+    return alpha == 2.0 ? gap : alpha == 1.5 ? gap * gap : std::pow(gap, 1.0 / (alpha - 1.0));
+  }
+  double y(Scalar xi) const { return unnormalized(xi) * inv_sum; }
+};
+
+// (1 - sum_i p_i^alpha) / (alpha (alpha - 1)) for one term p_i (summed by the caller from the
+// constant): the Tsallis entropy's per-entry part, -p^alpha / (alpha (alpha - 1)).
+inline double tsallis_term(double alpha, double p) {
+  if (!(p > 0))
+    return 0.0;
+  const double pa = alpha == 2.0 ? p * p : alpha == 1.5 ? p * std::sqrt(p) : std::pow(p, alpha);
+  return -pa / (alpha * (alpha - 1.0));
+}
+
+// The Fenchel-Young loss of one row against target q (q(k) in double, summing to ~1, and
+// h_q = H_alpha(q)): H(y) - H(q) + <y - q, z - m>; writes g_k = w (y_k - q_k) when write_grad (g
+// may be z: each g_k is written after the last read of z_k).
+template <class Scalar, class Q>
+double fenchel_young_row(double alpha, const Span<const Scalar>& z, const Span<Scalar>& g,
+                         bool write_grad, const Q& q, double h_q, double w) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double inf = std::numeric_limits<double>::infinity();
+  const Scalar m = max_propagate_nan(z);
+  const RowKind kind = classify(m);
+  if (kind != RowKind::Regular) {
+    // NaN row: NaN; all -inf or +inf entries: the limit is infinite or undefined
+    const Index k_inf = kind == RowKind::PositiveInfinity ? count_positive_infinity(z) : 0;
+    double loss = kind == RowKind::AllMasked ? inf : nan;
+    for (Index k = 0; k < z.size; ++k) {
+      const Scalar zk = z[k];
+      const double yk =
+          kind == RowKind::NaN ? nan
+          : kind == RowKind::PositiveInfinity && zk == std::numeric_limits<Scalar>::infinity()
+              ? 1.0 / static_cast<double>(k_inf)
+              : 0.0;
+      if (write_grad)
+        g[k] = static_cast<Scalar>(w * (yk - q(k)));
+    }
+    return loss;
+  }
+  const EntmaxRow<Scalar> row(alpha, z, m);
+  double h_y = 1.0 / (alpha * (alpha - 1.0)), inner = 0;
+  for (Index k = 0; k < z.size; ++k) {
+    const Scalar zk = z[k];
+    const double yk = row.y(zk), qk = q(k);
+    h_y += tsallis_term(alpha, yk);
+    if (yk != qk)  // 0 * (-inf) is 0: a masked class without target or mass
+      inner += (yk - qk) * (static_cast<double>(zk) - row.m);
+    if (write_grad)
+      g[k] = static_cast<Scalar>(w * (yk - qk));
+  }
+  return h_y - h_q + inner;
+}
+
+// The Tsallis entropy H_alpha(q) of a target row.
+template <class Q>
+double tsallis_entropy(double alpha, Index size, const Q& q) {
+  double h = 1.0 / (alpha * (alpha - 1.0));
+  for (Index k = 0; k < size; ++k)
+    h += tsallis_term(alpha, q(k));
+  return h;
+}
+
+}  // namespace detail
+
+// The Fenchel-Young loss of alpha-entmax: see the header's doc block. SparsemaxLoss is
+// EntmaxLoss(2); EntmaxLoss(1.5) uses the exact 1.5-entmax threshold.
+class EntmaxLoss {
+ public:
+  static constexpr const char* name = "EntmaxLoss";
+  static constexpr long default_ignore_index = -100;
+
+  explicit EntmaxLoss(double alpha = 1.5, Reduction reduction = Reduction::Mean,
+                      long ignore_index = default_ignore_index)
+      : alpha_(check_alpha(alpha)),
+        reduction_(detail::check_reduction_or_none("EntmaxLoss: reduction", reduction)),
+        ignore_index_(ignore_index) {}
+
+  double alpha() const { return alpha_; }
+  Reduction reduction() const { return reduction_; }
+  long ignore_index() const { return ignore_index_; }
+
+  // The loss only. targets: labels (integer vector / std::vector) or an N x C distribution matrix.
+  template <class XprZ, class Targets>
+  double operator()(const Eigen::DenseBase<XprZ>& logits, const Targets& targets,
+                    const RowOutputs& out = RowOutputs()) const {
+    return detail::with_storage(logits, [&](const auto& z) {
+      return impl(z, targets, static_cast<std::nullptr_t>(nullptr), out);
+    });
+  }
+
+  // The loss, and dloss/dlogits = w (y - q) written into grad (N x C; may be logits itself).
+  template <class XprZ, class Targets, class XprG>
+  double operator()(const Eigen::DenseBase<XprZ>& logits, const Targets& targets,
+                    const Eigen::DenseBase<XprG>& grad_const,
+                    const RowOutputs& out = RowOutputs()) const {
+    using Scalar = typename XprZ::Scalar;
+    static_assert(std::is_same_v<Scalar, typename XprG::Scalar>,
+                  "softmaxlab: logits and grad must have the same scalar type");
+    static_assert(detail::is_writable_storage_v<XprG>,
+                  "softmaxlab: grad must be writable storage (Matrix, Array, Map, Ref or a Block "
+                  "of one), not an expression");
+    auto& grad = const_cast<Eigen::DenseBase<XprG>&>(grad_const).derived();
+    detail::require_same_shape(name, detail::SliceMode::Rows, "grad", grad.rows(), grad.cols(),
+                               logits.rows(), logits.cols());
+    if constexpr (detail::has_direct_access_v<XprZ>) {
+      return impl(logits.derived(), targets, &grad, out);
+    } else {
+      if constexpr (!detail::is_label_type_v<Targets>) {
+        if (detail::storage_overlaps(targets.derived(), grad))
+          detail::fail(name,
+                       ": grad must not share storage with the targets when the logits are "
+                       "an expression (they are evaluated into grad)");
+      }
+      detail::evaluate_into(logits, grad);
+      return impl(grad, targets, &grad, out);
+    }
+  }
+
+ private:
+  static double check_alpha(double alpha) {
+    if (!(alpha > 1.0 && alpha <= 2.0)) {
+      detail::fail("EntmaxLoss: alpha must be in (1, 2] (alpha = 1 is CrossEntropyLoss), but got ",
+                   alpha);
+    }
+    return alpha;
+  }
+
+  template <class Z, class Targets, class G>
+  double impl(const Z& z, const Targets& targets, G grad_ptr, const RowOutputs& out) const {
+    using Scalar = typename Z::Scalar;
+    detail::static_check_scalar<Scalar>();
+    constexpr bool has_grad = !std::is_same_v<G, std::nullptr_t>;
+    const Index rows = z.rows(), classes = z.cols();
+    detail::check_row_outputs(name, out, rows);
+    if constexpr (has_grad) {
+      if (detail::storage_partially_overlaps(z, *grad_ptr))
+        detail::fail(name, ": grad partially overlaps the logits (only exact in-place is allowed)");
+    }
+    auto grad_row = [&](Index n) {
+      if constexpr (has_grad) {
+        return detail::slice_span<Scalar>(*grad_ptr, n, true);
+      } else {
+        return detail::Span<Scalar>{nullptr, 0, 1};
+      }
+    };
+    auto record = [&](Index n, double loss) {
+      if (out.losses.data != nullptr)
+        out.losses[n] = loss;
+      return loss;
+    };
+    double total = 0;
+    if constexpr (detail::is_label_type_v<Targets>) {
+      const auto labels = detail::label_span(name, targets);
+      const Index counted =
+          detail::count_labels(name, labels, rows, classes, ignore_index_, {}).first;
+      const double w =
+          reduction_ == Reduction::Mean && counted > 0 ? 1.0 / static_cast<double>(counted) : 1.0;
+      for (Index n = 0; n < rows; ++n) {
+        const long c = static_cast<long>(labels[n]);
+        const detail::Span<Scalar> g = grad_row(n);
+        if (c == ignore_index_) {
+          if constexpr (has_grad)
+            detail::fill(g, Scalar(0));
+          record(n, 0.0);
+          continue;
+        }
+        const auto q = [c](Index k) {
+          return k == c ? 1.0 : 0.0;
+        };
+        total += record(
+            n, detail::fenchel_young_row<Scalar>(
+                   alpha_, detail::slice_span<const Scalar>(z, n, true), g, has_grad, q, 0.0, w));
+      }
+      return total * w;
+    } else {
+      static_assert(std::is_base_of_v<Eigen::DenseBase<Targets>, Targets>,
+                    "softmaxlab: targets must be class labels (an Eigen integer vector or a "
+                    "std::vector) or an Eigen matrix of target distributions");
+      static_assert(std::is_same_v<Scalar, typename Targets::Scalar>,
+                    "softmaxlab: target distributions must have the logits' scalar type");
+      detail::require_same_shape(name, detail::SliceMode::Rows, "targets", targets.rows(),
+                                 targets.cols(), rows, classes);
+      return detail::with_storage(targets, [&](const auto& t) {
+        if constexpr (has_grad) {
+          if (detail::storage_overlaps(t, *grad_ptr))
+            detail::fail(name, ": grad must not share storage with the targets");
+        }
+        const double w =
+            reduction_ == Reduction::Mean && rows > 0 ? 1.0 / static_cast<double>(rows) : 1.0;
+        for (Index n = 0; n < rows; ++n) {
+          const auto tn = detail::slice_span<const Scalar>(t, n, true);
+          const auto q = [&](Index k) {
+            return static_cast<double>(tn[k]);
+          };
+          const double h_q = detail::tsallis_entropy(alpha_, classes, q);
+          total += record(n, detail::fenchel_young_row<Scalar>(
+                                 alpha_, detail::slice_span<const Scalar>(z, n, true), grad_row(n),
+                                 has_grad, q, h_q, w));
+        }
+        return total * w;
+      });
+    }
+  }
+
+  double alpha_;
+  Reduction reduction_;
+  long ignore_index_;
+};
+
+// The sparsemax loss (Martins and Astudillo 2016): EntmaxLoss with alpha = 2.
+class SparsemaxLoss : public EntmaxLoss {
+ public:
+  explicit SparsemaxLoss(Reduction reduction = Reduction::Mean,
+                         long ignore_index = default_ignore_index)
+      : EntmaxLoss(2.0, reduction, ignore_index) {}
+};
+
 }  // namespace softmaxlab
