@@ -16,17 +16,17 @@
 // Algorithms (per row; m = max x, computed in double from the row's exact values):
 //   Sparsemax and Entmax15 are exact: with d_i = (x_i - m) s (s = 1 or 1/2), the threshold solves
 //   f(t) = sum_i max(d_i - t, 0)^k = 1 (k = 1 or 2) and lies in [-1, 0). The max pass keeps
-//   its 4 packets' per-lane maxima (entries at distinct positions): the threshold of any subset
-//   of entries is a lower bound of the row's, so theirs gives a start t0 far closer than -1. The
-//   candidates d_i > t0 are copied into the output's storage (when the output is not the input;
-//   packets without one cost a compare); then each step computes over the candidates the count,
-//   sum and sum of squares of d_i - t > 0, solves the equation restricted to that support exactly
-//   (linear or quadratic, in double) and accepts the root if every member of the support lies
-//   above it (then it is the threshold: Michelot's / Condat's support test). Otherwise t advances
-//   by a step that never passes the threshold (Michelot's step for k = 1, Newton's on the convex
-//   f for k = 2) and candidates at or below t are dropped. In place (y is x) the same steps sweep
-//   the whole row. Expected cost: three sweeps of the row (max, filter, output) plus a few of the
-//   candidates; worst case O(n * support) for adversarial rows. Results do not depend on the
+//   the per-lane maxima of its packet accumulators (entries at distinct positions): the threshold
+//   of any subset of entries is a lower bound of the row's, so theirs gives a start t0 far closer
+//   than -1. The candidates d_i > t0 are copied into the output's storage (when the output is not
+//   the input; packets without one cost a compare); then each step computes over the candidates the
+//   count, sum and sum of squares of d_i - t > 0, solves the equation restricted to that support
+//   exactly (linear or quadratic, in double) and accepts the root if every member of the support
+//   lies above it (then it is the threshold: Michelot's / Condat's support test). Otherwise t
+//   advances by a step that never passes the threshold (Michelot's step for k = 1, Newton's on the
+//   convex f for k = 2) and candidates at or below t are dropped. In place (y is x) the same steps
+//   sweep the whole row. Expected cost: three sweeps of the row (max, filter, output) plus a few of
+//   the candidates; worst case O(n * support) for adversarial rows. Results do not depend on the
 //   layout (strided rows gather the same packets) nor on in-place use.
 //   Entmax(alpha), 1 < alpha <= 2: bisection on t in [-1, -n^(1 - alpha)] (f >= 1 and f <= 1 at
 //   the ends) until the bracket cannot be split in double (at most 200 halvings, about 60 in
@@ -137,9 +137,59 @@ Index keep_above(const Span<const Scalar>& v, const Span<Scalar>& to, double m, 
   return k;
 }
 
+// Bit j is set when lane j of x is >= floor (x holds no NaN). x86 reads the compare's sign bits
+// directly; elsewhere the compare's all-ones lanes (NaN as floating point) are found through the
+// stack.
+template <class Packet>
+EIGEN_STRONG_INLINE unsigned lanes_at_least(const Packet& x, const Packet& floor) {
+  using namespace Eigen::internal;
+  using Scalar = typename unpacket_traits<Packet>::type;
+  constexpr int P = unpacket_traits<Packet>::size;
+  alignas(64) Scalar lanes[P];
+  pstore(lanes, pcmp_le(floor, x));
+  unsigned bits = 0;
+  for (int k = 0; k < P; ++k)
+    bits |= static_cast<unsigned>(lanes[k] != lanes[k]) << k;
+  return bits;
+}
+#if defined(EIGEN_VECTORIZE_AVX512)
+EIGEN_STRONG_INLINE unsigned lanes_at_least(const Eigen::internal::Packet16f& x,
+                                            const Eigen::internal::Packet16f& floor) {
+  return _mm512_cmp_ps_mask(x, floor, _CMP_GE_OQ);
+}
+EIGEN_STRONG_INLINE unsigned lanes_at_least(const Eigen::internal::Packet8d& x,
+                                            const Eigen::internal::Packet8d& floor) {
+  return _mm512_cmp_pd_mask(x, floor, _CMP_GE_OQ);
+}
+#endif
+#if defined(EIGEN_VECTORIZE_AVX)
+EIGEN_STRONG_INLINE unsigned lanes_at_least(const Eigen::internal::Packet8f& x,
+                                            const Eigen::internal::Packet8f& floor) {
+  return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(x, floor, _CMP_GE_OQ)));
+}
+EIGEN_STRONG_INLINE unsigned lanes_at_least(const Eigen::internal::Packet4d& x,
+                                            const Eigen::internal::Packet4d& floor) {
+  return static_cast<unsigned>(_mm256_movemask_pd(_mm256_cmp_pd(x, floor, _CMP_GE_OQ)));
+}
+#endif
+
+// Index of the lowest set bit of bits != 0.
+inline int lowest_bit(unsigned bits) {
+#if defined(__GNUC__) || defined(__clang__)
+  return __builtin_ctz(bits);
+#else
+  int k = 0;
+  while (!(bits & 1u)) {
+    bits >>= 1;
+    ++k;
+  }
+  return k;
+#endif
+}
+
 // Copies the entries x_i >= floor to the front of `to` (not x's storage) and returns their number:
 // the first, widest filter, on packets (a packet without a candidate, the common case, costs one
-// compare).
+// compare; one with candidates visits only them).
 template <class Scalar>
 Index keep_at_least(const Span<const Scalar>& x, const Span<Scalar>& to, Scalar floor) {
   using namespace Eigen::internal;
@@ -151,12 +201,8 @@ Index keep_at_least(const Span<const Scalar>& x, const Span<Scalar>& to, Scalar 
     const Scalar* in = x.data;
     Scalar* out = to.data;
     for (; i + P <= x.size; i += P) {
-      if (!predux_any(pcmp_le(pf, ploadu<Packet>(in + i))))
-        continue;
-      for (Index j = i; j < i + P; ++j) {
-        out[k] = in[j];
-        k += in[j] >= floor;
-      }
+      for (unsigned bits = lanes_at_least(ploadu<Packet>(in + i), pf); bits != 0; bits &= bits - 1)
+        out[k++] = in[i + lowest_bit(bits)];
     }
   }
   for (; i < x.size; ++i) {
@@ -186,10 +232,11 @@ std::pair<Scalar, Scalar> split_shift(double a, double b) {
   return {hs, static_cast<Scalar>((hi - static_cast<double>(hs)) + lo)};
 }
 
-// The row's max (NaN-propagating) and, for a contiguous row, the per-lane maxima of its packet
-// accumulators: up to kLaneMaxima entries of the row at distinct positions (the max among them),
-// whose own threshold is a lower bound of the row's (a subset's threshold never exceeds the
-// whole row's), so the candidate filter can start far closer than m - 1/s.
+// The row's max (NaN-propagating) and, for a row of at least four packets, the per-lane maxima of
+// its packet accumulators: one packet of entries of the row at distinct positions (lane j holds the
+// largest entry at positions j mod P outside the tail), whose own threshold is a lower bound of the
+// row's (a subset's threshold never exceeds the whole row's), so the candidate filter can start far
+// closer than m - 1/s.
 template <class Scalar>
 inline constexpr int kLaneMaxima = 4 * kPacketSize<Scalar>;
 
@@ -223,13 +270,12 @@ Scalar max_with_lanes(const Span<const Scalar>& x, Scalar* lanes, int& lane_coun
     m2 = pmax<Eigen::PropagateNaN>(m2, load(i + 2 * P));
     m3 = pmax<Eigen::PropagateNaN>(m3, load(i + 3 * P));
   }
-  pstoreu(lanes, m0);
-  pstoreu(lanes + P, m1);
-  pstoreu(lanes + 2 * P, m2);
-  pstoreu(lanes + 3 * P, m3);
-  lane_count = 4 * P;
+  // One packet of lanes (each the max of its 4 accumulators' lanes): fewer, tighter entries.
+  pstoreu(lanes, pmax<Eigen::PropagateNaN>(pmax<Eigen::PropagateNaN>(m0, m1),
+                                           pmax<Eigen::PropagateNaN>(m2, m3)));
+  lane_count = P;
   Scalar m = lanes[0];
-  for (int k = 0; k < 4 * P; ++k)
+  for (int k = 0; k < P; ++k)
     m = (lanes[k] != lanes[k] || lanes[k] > m) ? lanes[k] : m;
   for (; i < n; ++i) {  // the tail: only the max
     const Scalar xi = x[i];
