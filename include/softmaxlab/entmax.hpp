@@ -448,7 +448,8 @@ class Sparsemax : public detail::DistributionFunctor<Sparsemax>,
       return;
     const double m = static_cast<double>(m_s);
     const double tau = detail::sparse_row_threshold<1>(x, y, m_s, lanes, lane_count, 1.0);
-    const auto [hi, lo] = detail::split_shift<Scalar>(m, tau);
+    const std::pair<Scalar, Scalar> shift = detail::split_shift<Scalar>(m, tau);
+    const Scalar hi = shift.first, lo = shift.second;  // (lambdas cannot capture bindings)
     detail::with_arrays([&](auto xa, auto ya) { ya = ((xa - hi) - lo).max(Scalar(0)); }, x, y);
   }
 
@@ -482,7 +483,8 @@ class Entmax15 : public detail::DistributionFunctor<Entmax15>,
     const double m = static_cast<double>(m_s);
     const double tau = detail::sparse_row_threshold<2>(x, y, m_s, lanes, lane_count, 0.5);
     // y = ((x - m) / 2 - tau)^2 = (((x - hi) - lo) / 2)^2 with hi + lo = m + 2 tau
-    const auto [hi, lo] = detail::split_shift<Scalar>(m, 2.0 * tau);
+    const std::pair<Scalar, Scalar> shift = detail::split_shift<Scalar>(m, 2.0 * tau);
+    const Scalar hi = shift.first, lo = shift.second;
     detail::with_arrays(
         [&](auto xa, auto ya) { ya = (((xa - hi) - lo) * Scalar(0.5)).max(Scalar(0)).square(); }, x,
         y);
