@@ -33,6 +33,10 @@ TARGETS = [
      "single_pass", "eigen_expr", "float", "outcache", [1 << 24], 1.3),
     ("SinglePassSoftmax, one row of 2^24, vs the two-reads-one-write memory bound",
      "single_pass", "stream", "float", "outcache", [1 << 24], 0.85),
+    ("Sparsemax, in-cache rows of 1,000 to 32,000, vs Softmax",
+     "sparsemax", "softmax", "float", "incache", [1000, 4096, 32000], 0.5),
+    ("Entmax15, in-cache rows of 1,000 to 32,000, vs Softmax",
+     "entmax15", "softmax", "float", "incache", [1000, 4096, 32000], 0.3),
 ]
 
 # Targets between two named benchmarks (issue 14, sampling): (description, variant name, baseline

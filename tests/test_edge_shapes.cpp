@@ -81,6 +81,30 @@ struct PowerStableCase {
   }
 };
 
+// Sparsemax and Entmax15 (entmax.hpp): a one-element row has threshold x - 1 (x/2 - 1), and the
+// output ((x - hi) - lo) with hi + lo = x - 1 is exactly 1 (Entmax15: (2 / 2)^2).
+struct SparsemaxCase {
+  using F = sml::Sparsemax;
+  static F make() { return F(); }
+  static constexpr bool log = false;
+  static constexpr bool masks = true;
+  template <class S>
+  static std::pair<long double, double> single(const F&, S) {
+    return {1, 0};
+  }
+};
+
+struct Entmax15Case {
+  using F = sml::Entmax15;
+  static F make() { return F(); }
+  static constexpr bool log = false;
+  static constexpr bool masks = true;
+  template <class S>
+  static std::pair<long double, double> single(const F&, S) {
+    return {1, 0};
+  }
+};
+
 // The eps forms are not 1 on one element: x^p / (eps' + x^p), within (2p + 4) eps (power.hpp).
 template <sml::PowerForm kForm, int kP>
 struct PowerEpsCase {
@@ -424,6 +448,14 @@ TEST_CASE("edge shapes: LogSoftmax", "[edge]") {
 
 TEST_CASE("edge shapes: SinglePassSoftmax", "[edge]") {
   distribution_edges<SinglePassCase>();
+}
+
+TEST_CASE("edge shapes: Sparsemax", "[edge]") {
+  distribution_edges<SparsemaxCase>();
+}
+
+TEST_CASE("edge shapes: Entmax15", "[edge]") {
+  distribution_edges<Entmax15Case>();
 }
 
 TEST_CASE("edge shapes: PowerSoftmax Stable", "[edge]") {

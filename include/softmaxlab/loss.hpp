@@ -2,6 +2,7 @@
 // N x C (N samples, C classes), labels have N entries.
 //
 // CrossEntropyLoss(reduction = Mean, label_smoothing = 0, ignore_index = -100)
+//   (reduction: Mean, Sum or None)
 //   From logits z through a fused log-softmax (never log of a softmax):
 //     loss_n = -sum_k q_nk log_softmax(z_n)_k,      dloss_n/dz_n = p_n * sum_k q_nk - q_n,
 //   p_n = softmax(z_n). Targets are either class labels c_n (Eigen integer vector with storage, or
@@ -19,6 +20,23 @@
 //     double loss = ce(logits, targets, grad);    // grad = dloss/dlogits (N x C), no allocation;
 //                                                 // grad may be logits itself (in place), and
 //                                                 // an expression logits is evaluated into grad
+//   Training options (PyTorch / PaLM semantics), set on a copy:
+//     ce.with_weight({w_0, ..., w_{C-1}})   per-class weights (finite, >= 0), PyTorch's `weight`:
+//       labels: loss_n = -sum_k w_k q_nk log p_nk, i.e. (1 - eps) w_c (-log p_c) + (eps / C)
+//       sum_k w_k (-log p_k), and Mean divides by sum_n w_{c_n} over the counted samples (the
+//       smoothing term included, as torch.nn.functional.cross_entropy does); a zero weight sum
+//       gives 0 (PyTorch: NaN). Target distributions: q_nk = w_k ((1 - eps) t_nk + eps / C) and
+//       Mean divides by N (PyTorch's rule for probabilities).
+//     ce.with_z_loss(lambda)                adds lambda * lse_n^2 to each counted sample's loss
+//       (lse_n = log sum_k exp z_nk; PaLM, ST-MoE), gradient 2 lambda lse_n softmax(z_n); it
+//       shares the sample's reduction (with weights: the same denominator). A row of only -inf
+//       (lse = -inf) or with +inf gives an infinite z-loss.
+//     Reduction::None                       no reduction: the call returns the sum of the
+//       per-sample losses and grad holds each sample's own gradient.
+//     double loss = ce(logits, targets[, grad], sml::RowOutputs().with_losses(l).with_lse(s));
+//       l (N, double): each sample's loss before the reduction (z-loss included, 0 if ignored);
+//       s (N, double): each row's log-sum-exp (also for ignored samples), so the caller need not
+//       recompute it. Neither allocates. The lse costs one more read of the row when requested.
 //
 // L2SvmLoss(penalty C = 1), the L2-SVM output layer of GRU-SVM (Agarap 2017, arXiv 1709.03082):
 //     loss = 0.5 ||W||^2 + C sum_{n,k} max(0, 1 - y_nk o_nk)^2,   o = X W + 1 b^T,
@@ -75,6 +93,7 @@
 #include <cmath>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "detail/backward_base.hpp"
@@ -87,7 +106,41 @@
 
 namespace softmaxlab {
 
-enum class Reduction { Mean, Sum };
+enum class Reduction { Mean, Sum, None };
+
+// Optional per-row outputs of a loss call, each a double vector with storage (VectorXd, a Map, a
+// segment) of N entries, or not requested: `losses` receives each sample's loss before the
+// reduction (0 for an ignored sample), `lse` each row's log-sum-exp (CrossEntropyLoss only).
+struct RowOutputs {
+  detail::Span<double> losses{nullptr, 0, 1};
+  detail::Span<double> lse{nullptr, 0, 1};
+
+  template <class Xpr>
+  RowOutputs& with_losses(const Eigen::DenseBase<Xpr>& v) {
+    losses = span_of(v);
+    return *this;
+  }
+  template <class Xpr>
+  RowOutputs& with_lse(const Eigen::DenseBase<Xpr>& v) {
+    lse = span_of(v);
+    return *this;
+  }
+
+ private:
+  template <class Xpr>
+  static detail::Span<double> span_of(const Eigen::DenseBase<Xpr>& v) {
+    static_assert(std::is_same_v<typename Xpr::Scalar, double>,
+                  "softmaxlab: per-row loss outputs are double vectors");
+    static_assert(detail::is_writable_storage_v<Xpr>,
+                  "softmaxlab: per-row loss outputs must be writable storage (VectorXd, Map, "
+                  "segment)");
+    detail::require_vector("RowOutputs", v.rows(), v.cols());
+    auto& d = const_cast<Eigen::DenseBase<Xpr>&>(v).derived();
+    if (d.size() == 0)
+      return {nullptr, 0, 1};
+    return detail::vector_span<double>(d);
+  }
+};
 
 namespace detail {
 
@@ -128,6 +181,57 @@ inline Reduction check_reduction(const char* what, Reduction r) {
   if (r != Reduction::Mean && r != Reduction::Sum)
     fail(what, " must be Reduction::Mean or Reduction::Sum, but got ", static_cast<int>(r));
   return r;
+}
+
+// The losses that return per-sample values (CrossEntropyLoss, SparsemaxLoss, EntmaxLoss) also
+// accept Reduction::None: the call returns the sum, the per-sample values go to RowOutputs.
+inline Reduction check_reduction_or_none(const char* what, Reduction r) {
+  if (r != Reduction::Mean && r != Reduction::Sum && r != Reduction::None)
+    fail(what, " must be Reduction::Mean, Sum or None, but got ", static_cast<int>(r));
+  return r;
+}
+
+// A requested per-row output must have one entry per row.
+inline void check_row_outputs(const char* function, const RowOutputs& out, Index rows) {
+  if (out.losses.data != nullptr && out.losses.size != rows)
+    fail(function, ": losses must have one entry per row (", rows, "), but got ", out.losses.size);
+  if (out.lse.data != nullptr && out.lse.size != rows)
+    fail(function, ": lse must have one entry per row (", rows, "), but got ", out.lse.size);
+}
+
+// Class weights (PyTorch's `weight`): finite and >= 0; empty means none.
+inline std::vector<double> check_class_weights(const char* what, std::vector<double> w) {
+  for (std::size_t k = 0; k < w.size(); ++k) {
+    if (!(w[k] >= 0 && std::isfinite(w[k])))
+      fail(what, " must be finite and >= 0, but entry ", k, " is ", w[k]);
+  }
+  return w;
+}
+
+// Validates class labels against C classes (an ignore_index label is skipped) and returns how
+// many samples count and the sum of their class weights (their number without weights).
+template <class Labels>
+std::pair<Index, double> count_labels(const char* function, const Labels& labels, Index rows,
+                                      Index classes, long ignore_index,
+                                      const std::vector<double>& weight) {
+  if (labels.size != rows) {
+    fail(function, ": labels must have one entry per row of the logits (", rows, "), but got ",
+         labels.size);
+  }
+  Index counted = 0;
+  double weight_sum = 0;
+  for (Index n = 0; n < rows; ++n) {
+    const long c = static_cast<long>(labels[n]);
+    if (c == ignore_index)
+      continue;
+    if (c < 0 || c >= classes) {
+      fail(function, ": label ", c, " of sample ", n, " is outside [0, ", classes,
+           ") and is not the ignore_index ", ignore_index);
+    }
+    ++counted;
+    weight_sum += weight.empty() ? 1.0 : weight[static_cast<std::size_t>(c)];
+  }
+  return {counted, weight_sum};
 }
 
 // One sample of the cross-entropy: returns -sum_k q(k) log_softmax(z)_k (0 log 0 = 0) and, when
@@ -184,7 +288,7 @@ class CrossEntropyLoss {
 
   explicit CrossEntropyLoss(Reduction reduction = Reduction::Mean, double label_smoothing = 0.0,
                             long ignore_index = default_ignore_index)
-      : reduction_(detail::check_reduction("CrossEntropyLoss: reduction", reduction)),
+      : reduction_(detail::check_reduction_or_none("CrossEntropyLoss: reduction", reduction)),
         label_smoothing_(detail::require_in_range("CrossEntropyLoss: label_smoothing",
                                                   label_smoothing, 0.0, std::nextafter(1.0, 0.0),
                                                   "in [0, 1)")),
@@ -193,6 +297,32 @@ class CrossEntropyLoss {
   Reduction reduction() const { return reduction_; }
   double label_smoothing() const { return label_smoothing_; }
   long ignore_index() const { return ignore_index_; }
+  const std::vector<double>& weight() const { return weight_; }
+  double z_loss() const { return z_loss_; }
+
+  // A copy with per-class weights (PyTorch's `weight`: C entries, finite, >= 0; empty = none).
+  CrossEntropyLoss with_weight(std::vector<double> weight) const {
+    CrossEntropyLoss c = *this;
+    c.weight_ = detail::check_class_weights("CrossEntropyLoss: weight", std::move(weight));
+    return c;
+  }
+  // A copy with the z-loss lambda * lse^2 added to every counted sample (finite, >= 0; 0 = off).
+  CrossEntropyLoss with_z_loss(double lambda) const {
+    CrossEntropyLoss c = *this;
+    if (!(lambda >= 0 && std::isfinite(lambda)))
+      detail::fail("CrossEntropyLoss: z_loss must be finite and >= 0, but got ", lambda);
+    c.z_loss_ = lambda;
+    return c;
+  }
+
+  // The loss, with the per-row outputs requested in `out` (per-sample losses, log-sum-exp).
+  template <class XprZ, class Targets>
+  double operator()(const Eigen::DenseBase<XprZ>& logits, const Targets& targets,
+                    const RowOutputs& out) const {
+    return detail::with_storage(logits, [&](const auto& z) {
+      return impl(z, targets, static_cast<std::nullptr_t>(nullptr), out);
+    });
+  }
 
   // Boolean mask (bool, N x C, true = kept): entries where keep is false behave exactly as -inf
   // logits (a masked target class gives +inf, a row with nothing kept +inf unless ignored; their
@@ -257,7 +387,8 @@ class CrossEntropyLoss {
   // The loss, and dloss/dlogits written into grad (N x C; may be logits itself).
   template <class XprZ, class Targets, class XprG>
   double operator()(const Eigen::DenseBase<XprZ>& logits, const Targets& targets,
-                    const Eigen::DenseBase<XprG>& grad_const) const {
+                    const Eigen::DenseBase<XprG>& grad_const,
+                    const RowOutputs& out = RowOutputs()) const {
     using Scalar = typename XprZ::Scalar;
     static_assert(std::is_same_v<Scalar, typename XprG::Scalar>,
                   "softmaxlab: logits and grad must have the same scalar type");
@@ -268,7 +399,7 @@ class CrossEntropyLoss {
     detail::require_same_shape(name, detail::SliceMode::Rows, "grad", grad.rows(), grad.cols(),
                                logits.rows(), logits.cols());
     if constexpr (detail::has_direct_access_v<XprZ>) {
-      return impl(logits.derived(), targets, &grad);
+      return impl(logits.derived(), targets, &grad, out);
     } else {
       if constexpr (!detail::is_label_type_v<Targets>) {
         if (detail::storage_overlaps(targets.derived(), grad))
@@ -277,19 +408,60 @@ class CrossEntropyLoss {
                        "an expression (they are evaluated into grad)");
       }
       detail::evaluate_into(logits, grad);
-      return impl(grad, targets, &grad);
+      return impl(grad, targets, &grad, out);
     }
   }
 
  private:
   template <class Z, class Targets, class G>
-  double impl(const Z& z, const Targets& targets, G grad_ptr) const {
+  double impl(const Z& z, const Targets& targets, G grad_ptr,
+              const RowOutputs& out = RowOutputs()) const {
     using Scalar = typename Z::Scalar;
     detail::static_check_scalar<Scalar>();
     constexpr bool has_grad = !std::is_same_v<G, std::nullptr_t>;
     const Index rows = z.rows(), classes = z.cols();
     const double eps = label_smoothing_;
     const double uniform = classes > 0 ? eps / static_cast<double>(classes) : 0.0;
+    detail::check_row_outputs(name, out, rows);
+    if (!weight_.empty() && static_cast<Index>(weight_.size()) != classes) {
+      detail::fail(name, ": weight must have one entry per class (", classes, "), but got ",
+                   weight_.size());
+    }
+    const auto class_weight = [&](Index k) {
+      return weight_.empty() ? 1.0 : weight_[static_cast<std::size_t>(k)];
+    };
+    double weight_total = 0;  // sum_k w_k: the smoothing mass's weight
+    for (Index k = 0; k < classes; ++k)
+      weight_total += class_weight(k);
+    // Per row, before the row's cross-entropy (which may overwrite z in place): the log-sum-exp,
+    // when the z-loss or the lse output needs it; returns the z-loss's gradient coefficient
+    // 2 lambda lse (added to sum_q: g_k = w (p_k (sum_q + 2 lambda lse) - q_k)).
+    const bool need_lse = z_loss_ != 0 || out.lse.data != nullptr;
+    const auto row_lse = [&](Index n) {
+      const auto zn = detail::slice_span<const Scalar>(z, n, true);
+      const auto norm = detail::LogNormalizer<Scalar>::of(zn);
+      const double inf = std::numeric_limits<double>::infinity();
+      switch (norm.kind) {
+        case detail::RowKind::Regular:
+          return static_cast<double>(norm.m) + static_cast<double>(norm.log_sum);
+        case detail::RowKind::NaN:
+          return std::numeric_limits<double>::quiet_NaN();
+        case detail::RowKind::AllMasked:
+          return -inf;
+        case detail::RowKind::PositiveInfinity:
+          return inf;
+      }
+      return std::numeric_limits<double>::quiet_NaN();
+    };
+    // The extras of one counted row: z-loss term (returned) and the per-row outputs.
+    const auto finish_row = [&](Index n, double row_loss, double lse) {
+      const double zl = z_loss_ != 0 ? z_loss_ * lse * lse : 0.0;
+      if (out.losses.data != nullptr)
+        out.losses[n] = row_loss + zl;
+      if (out.lse.data != nullptr)
+        out.lse[n] = lse;
+      return row_loss + zl;
+    };
 
     // Where the gradient may hold the exp terms: only if it shares no storage with the inputs.
     bool store_terms = has_grad;
@@ -310,36 +482,36 @@ class CrossEntropyLoss {
     double total = 0;
     if constexpr (detail::is_label_type_v<Targets>) {
       const auto labels = detail::label_span(name, targets);
-      if (labels.size != rows) {
-        detail::fail(name, ": labels must have one entry per row of the logits (", rows,
-                     "), but got ", labels.size);
-      }
-      Index counted = 0;
-      for (Index n = 0; n < rows; ++n) {
-        const long c = static_cast<long>(labels[n]);
-        if (c == ignore_index_)
-          continue;
-        if (c < 0 || c >= classes) {
-          detail::fail(name, ": label ", c, " of sample ", n, " is outside [0, ", classes,
-                       ") and is not the ignore_index ", ignore_index_);
-        }
-        ++counted;
-      }
-      const double w =
-          reduction_ == Reduction::Mean && counted > 0 ? 1.0 / static_cast<double>(counted) : 1.0;
+      // PyTorch's Mean: divide by the counted samples' class weights (their number without
+      // weights), smoothing term included; 0 counted (or a zero weight sum) gives 0.
+      const auto [counted, weight_sum] =
+          detail::count_labels(name, labels, rows, classes, ignore_index_, weight_);
+      const double w = reduction_ == Reduction::Mean && counted > 0 && weight_sum > 0
+                           ? 1.0 / weight_sum
+                           : (reduction_ == Reduction::Mean && counted > 0 ? 0.0 : 1.0);
       for (Index n = 0; n < rows; ++n) {
         const long c = static_cast<long>(labels[n]);
         const detail::Span<Scalar> g = grad_row(n);
         if (c == ignore_index_) {
           if constexpr (has_grad)
             detail::fill(g, Scalar(0));
+          if (out.losses.data != nullptr)
+            out.losses[n] = 0;
+          if (out.lse.data != nullptr)
+            out.lse[n] = row_lse(n);
           continue;
         }
+        // loss_n = -sum_k w_k q_k log p_k, q_k = (1 - eps) [k = c] + eps / C (PyTorch)
         const auto q = [&](Index k) {
-          return (k == c ? 1.0 - eps : 0.0) + uniform;
+          return class_weight(k) * ((k == c ? 1.0 - eps : 0.0) + uniform);
         };
-        total += detail::cross_entropy_row<Scalar>(detail::slice_span<const Scalar>(z, n, true), g,
-                                                   has_grad, store_terms, q, 1.0, w);
+        const double sum_q =
+            weight_.empty() ? 1.0 : class_weight(c) * (1.0 - eps) + uniform * weight_total;
+        const double lse = need_lse ? row_lse(n) : 0.0;
+        const double row_loss = detail::cross_entropy_row<Scalar>(
+            detail::slice_span<const Scalar>(z, n, true), g, has_grad, store_terms, q,
+            sum_q + 2.0 * z_loss_ * lse, w);
+        total += finish_row(n, row_loss, lse);
       }
       return total * w;
     } else {
@@ -357,19 +529,22 @@ class CrossEntropyLoss {
           if (detail::storage_overlaps(t, *grad_ptr))
             store_terms = false;
         }
+        // PyTorch: with target probabilities Mean divides by N, weights or not.
         const double w =
             reduction_ == Reduction::Mean && rows > 0 ? 1.0 / static_cast<double>(rows) : 1.0;
         for (Index n = 0; n < rows; ++n) {
           const auto tn = detail::slice_span<const Scalar>(t, n, true);
           const auto q = [&](Index k) {
-            return (1.0 - eps) * static_cast<double>(tn[k]) + uniform;
+            return class_weight(k) * ((1.0 - eps) * static_cast<double>(tn[k]) + uniform);
           };
           double sum_q = 0;
           for (Index k = 0; k < classes; ++k)
             sum_q += q(k);
-          total +=
-              detail::cross_entropy_row<Scalar>(detail::slice_span<const Scalar>(z, n, true),
-                                                grad_row(n), has_grad, store_terms, q, sum_q, w);
+          const double lse = need_lse ? row_lse(n) : 0.0;
+          const double row_loss = detail::cross_entropy_row<Scalar>(
+              detail::slice_span<const Scalar>(z, n, true), grad_row(n), has_grad, store_terms, q,
+              sum_q + 2.0 * z_loss_ * lse, w);
+          total += finish_row(n, row_loss, lse);
         }
         return total * w;
       });
@@ -379,6 +554,8 @@ class CrossEntropyLoss {
   Reduction reduction_;
   double label_smoothing_;
   long ignore_index_;
+  std::vector<double> weight_;  // empty: no class weights
+  double z_loss_ = 0;
 };
 
 // The L2-SVM output layer of GRU-SVM: see the header's doc block.

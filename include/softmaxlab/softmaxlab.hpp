@@ -16,6 +16,8 @@
 //   CrossEntropyLoss, L2SvmLoss, loss.hpp         training losses with their gradients
 //     NormalizedSoftmaxLoss, SparseCbmGumbelLoss
 //   HardFusion, SoftFusion       fusion.hpp       SurfaceFusion of two logit sources
+//   Sparsemax, Entmax15, Entmax, entmax.hpp       sparse distributions (sparsemax, 1.5- and
+//     SparsemaxLoss, EntmaxLoss                   alpha-entmax) and their Fenchel-Young losses
 //
 // Every functor maps each 1-D slice of its input to a distribution of the same length:
 //   f(x), f.apply(x, y), f.rowwise(X), f.rowwise(X, Y), f.colwise(X), f.colwise(X, Y).
@@ -24,6 +26,7 @@
 // See README.md for the numerical policy and each header's doc block for its accuracy.
 #pragma once
 
+#include "entmax.hpp"
 #include "fusion.hpp"
 #include "gumbel.hpp"
 #include "logsumexp.hpp"
