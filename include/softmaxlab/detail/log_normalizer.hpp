@@ -53,6 +53,24 @@ struct LogNormalizer {
     return n;
   }
 
+  // The same from a row's [max m, sum of exp((x_j - m) s)] (for +inf m: the number of +inf entries)
+  // computed elsewhere, e.g. merged from shards by mpi.hpp.
+  static LogNormalizer from_state(Scalar m, long double sum, Scalar s = Scalar(1)) {
+    LogNormalizer n;
+    n.s = s;
+    n.m = m;
+    n.kind = classify(m);
+    if (n.kind == RowKind::PositiveInfinity) {
+      n.log_k = static_cast<Scalar>(std::log(sum));
+      n.inv_k = static_cast<Scalar>(1.0L / sum);
+    } else if (n.kind == RowKind::Regular) {
+      n.log_sum = static_cast<Scalar>(std::log(sum));
+      n.inv_sum = static_cast<Scalar>(1.0L / sum);
+      n.inv_stored_sum = static_cast<Scalar>(std::ldexp(1.0L / sum, -kExpScaleLog2<Scalar>));
+    }
+    return n;
+  }
+
   Scalar shifted(Scalar xi) const { return s == Scalar(1) ? xi - m : (xi - m) * s; }
 
   Scalar log_p(Scalar xi) const {
