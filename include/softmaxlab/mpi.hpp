@@ -430,8 +430,32 @@ class VocabParallelCrossEntropy {
                          ? 1.0 / static_cast<double>(counted)
                          : 1.0;
 
-    // One allreduce of 2N numbers: the [max, sum] of every whole row.
-    const std::vector<long double> states = detail::row_states(name, z, 1.0, comm_);
+    // Each row's local normalizer (with grad, the exp terms are kept in grad, as
+    // CrossEntropyLoss does, so every entry costs one vectorized exp), then one allreduce of 2N
+    // numbers: the [max, sum] of every whole row.
+    bool store_terms = has_grad;
+    if constexpr (has_grad)
+      store_terms = !sd::storage_overlaps(z, *grad_ptr);
+    const int count = detail::message_count(name, rows);
+    std::vector<sd::LogNormalizer<Scalar>> locals(static_cast<std::size_t>(count));
+    std::vector<long double> states(2 * static_cast<std::size_t>(count));
+    for (Index n = 0; n < rows; ++n) {
+      states[2 * n] = -std::numeric_limits<long double>::infinity();  // ignored rows: empty
+      states[2 * n + 1] = 0;
+      if (static_cast<long>(labels[n]) == ignore)
+        continue;
+      sd::Span<Scalar> store{nullptr, 0, 1};
+      if constexpr (has_grad) {
+        if (store_terms)
+          store = sd::slice_span<Scalar>(*grad_ptr, n, true);
+      }
+      auto& local = locals[static_cast<std::size_t>(n)];
+      local =
+          sd::LogNormalizer<Scalar>::of(sd::slice_span<const Scalar>(z, n, true), Scalar(1), store);
+      states[2 * n] = local.m;
+      states[2 * n + 1] = local.sum;
+    }
+    detail::allreduce_states<2>(states.data(), count, comm_);
 
     // This rank's terms, with the whole row's normalizer.
     double partial = 0;
@@ -446,13 +470,22 @@ class VocabParallelCrossEntropy {
         continue;
       }
       const long double* s = states.data() + 2 * n;
-      const auto whole = sd::LogNormalizer<Scalar>::from_state(static_cast<Scalar>(s[0]), s[1]);
+      auto whole = sd::LogNormalizer<Scalar>::from_state(static_cast<Scalar>(s[0]), s[1]);
+      const auto& local = locals[static_cast<std::size_t>(n)];
+      const bool stored =
+          store_terms && local.kind == sd::RowKind::Regular && whole.kind == sd::RowKind::Regular;
+      if (stored) {
+        // The kept terms are exp(z - m_local) 2^k: p = term exp(m_local - M) / (2^k sum).
+        whole.inv_stored_sum =
+            static_cast<Scalar>(std::exp(static_cast<long double>(local.m) - s[0])
+                                / std::ldexp(s[1], sd::kExpScaleLog2<Scalar>));
+      }
       const long local_c = c - static_cast<long>(begin);  // the label's column here, if any
       const auto q = [&](Index k) {
         return (k == local_c ? 1.0 - eps : 0.0) + uniform;
       };
       partial += sd::cross_entropy_terms<Scalar>(sd::slice_span<const Scalar>(z, n, true), g,
-                                                 has_grad, false, whole, q, 1.0, w);
+                                                 has_grad, stored, whole, q, 1.0, w);
     }
 
     // The ranks' partial losses, added in rank order on every rank (bitwise the same everywhere).
