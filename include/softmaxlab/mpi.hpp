@@ -32,6 +32,10 @@
 //     lowest j on ties, as MPI_MAXLOC). gen is not advanced: use a new stream or discard the
 //     row's words for the next draw.
 //
+// Shapes: every rank passes the same N (rows) and labels; the shard widths may differ, and an
+// empty shard (more ranks than columns) is fine. V and begin are the caller's: shards must not
+// overlap and must cover [0, V) (not checked: that would cost another collective).
+//
 // Accuracy: the merged state is that of OnlineNormalizer::merge (the MPI_Op calls the same
 // merge), so probabilities and log-probabilities carry Softmax's bound
 //   |y_i - exact| <= 4 eps (1 + |x_i/T - m|) |exact|   (log: 4 eps (1 + |exact|)),
@@ -197,6 +201,10 @@ std::vector<long double> row_states(const char* function, const X& x, double tem
   std::vector<long double> states(2 * static_cast<std::size_t>(rows));
   for (Index n = 0; n < rows; ++n) {
     OnlineNormalizer<Scalar> local(temperature);
+    if (x.cols() == 0) {  // an empty shard: the empty state (and no block of a null pointer)
+      pack(local, states.data() + 2 * n);
+      continue;
+    }
     local.update(x.row(n));
     pack(local, states.data() + 2 * n);
   }
@@ -229,7 +237,7 @@ class VocabParallelNormalize {
     const auto& x = x_shard.derived();
     const std::vector<long double> states = row_states(name_, x, temperature_, comm_);
     using Scalar = typename XprX::Scalar;
-    for (Index n = 0; n < x.rows(); ++n) {
+    for (Index n = 0; n < x.rows() && x.cols() > 0; ++n) {
       const long double* s = states.data() + 2 * n;
       const auto whole = OnlineNormalizer<Scalar>::from_state(unpack_max<Scalar>(s, temperature_),
                                                               s[1], 0, temperature_);

@@ -13,6 +13,9 @@
 //   CrossEntropyLoss, L2SvmLoss, loss.hpp         training losses with their gradients
 //     NormalizedSoftmaxLoss, SparseCbmGumbelLoss
 //   HardFusion, SoftFusion       fusion.hpp       SurfaceFusion of two logit sources
+//   mpi::VocabParallelSoftmax,   mpi.hpp          the vocabulary split across MPI ranks; needs
+//     ...CrossEntropy, sample                     MPI, so not included here: include it and
+//                                                 link softmaxlab::mpi
 //
 // Every functor maps each 1-D slice of its input to a distribution of the same length:
 //   f(x), f.apply(x, y), f.rowwise(X), f.rowwise(X, Y), f.colwise(X), f.colwise(X, Y).

@@ -52,7 +52,19 @@ Index shard_end(Index v, int r) {
   return v * (r + 1) / ranks_;
 }
 
-// True if every rank passes the same bytes.
+// True if every rank passes the same long double (compared by value: its padding bytes are not
+// part of it), or every rank a NaN.
+bool same_on_every_rank(long double value) {
+  std::vector<long double> all(static_cast<std::size_t>(ranks_));
+  MPI_Allgather(&value, 1, MPI_LONG_DOUBLE, all.data(), 1, MPI_LONG_DOUBLE, MPI_COMM_WORLD);
+  for (long double other : all) {
+    if (!(other == all[0] || (other != other && all[0] != all[0])))
+      return false;
+  }
+  return true;
+}
+
+// True if every rank passes the same bytes (types without padding).
 template <class T>
 bool same_on_every_rank(const T& value) {
   std::vector<T> all(static_cast<std::size_t>(ranks_));
