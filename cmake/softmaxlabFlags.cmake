@@ -18,6 +18,27 @@ if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
   endif()
 endif()
 
+# GCC 12's own AVX-512 intrinsics (the self-initialized _mm512_undefined_* of avx512fintrin.h)
+# trigger -Wuninitialized and -Wmaybe-uninitialized once inlined into any packet code (GCC bug
+# 105593, fixed in GCC 13), so a -Werror build cannot use them. On a machine whose -march=native
+# enables AVX-512, GCC < 13 builds our targets with -mno-avx512f (AVX2 + FMA kernels, the
+# instruction set of the machines we measure on); clang builds keep AVX-512, so the sanitizer and
+# fuzz stages still run the AVX-512 paths.
+set(SOFTMAXLAB_GCC_NO_AVX512 OFF)
+if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU" AND CMAKE_CXX_COMPILER_VERSION VERSION_LESS 13
+   AND SOFTMAXLAB_NATIVE AND SOFTMAXLAB_HAVE_MARCH_NATIVE)
+  include(CheckCXXSourceCompiles)
+  set(CMAKE_REQUIRED_FLAGS -march=native)
+  check_cxx_source_compiles("#ifndef __AVX512F__\n#error no AVX-512\n#endif\nint main() { return 0; }"
+    SOFTMAXLAB_NATIVE_HAS_AVX512)
+  unset(CMAKE_REQUIRED_FLAGS)
+  if(SOFTMAXLAB_NATIVE_HAS_AVX512)
+    set(SOFTMAXLAB_GCC_NO_AVX512 ON)
+    message(STATUS "softmaxlab: GCC ${CMAKE_CXX_COMPILER_VERSION} with AVX-512: building with "
+                   "-mno-avx512f (GCC bug 105593)")
+  endif()
+endif()
+
 function(softmaxlab_project_flags)
   if(ARGC EQUAL 0)
     message(FATAL_ERROR "softmaxlab_project_flags: expected at least one target name")
@@ -35,6 +56,9 @@ function(softmaxlab_project_flags)
     endif()
     if(SOFTMAXLAB_NATIVE AND SOFTMAXLAB_HAVE_MARCH_NATIVE)
       target_compile_options(${_target} PRIVATE -march=native)
+    endif()
+    if(SOFTMAXLAB_GCC_NO_AVX512)
+      target_compile_options(${_target} PRIVATE -mno-avx512f)
     endif()
   endforeach()
 endfunction()
