@@ -6,11 +6,11 @@
 // (defaults 16 rows, V = 256,000, 15 repetitions; as root add --allow-run-as-root). Rank r owns
 // the columns [V r / P, V (r + 1) / P) of an N x V float logits matrix; every timed call computes
 // the loss and the rank's gradient columns (Mean reduction). The one-process baseline runs on
-// rank 0 alone (the others wait at a barrier) on the whole matrix. Times are medians over the
-// repetitions, per row. Bytes are counted through the MPI profiling interface (the MPI_Allreduce
-// and MPI_Allgather below wrap PMPI_*): the payload each rank passes per call, which the design
-// states as 2N long doubles (the [max, sum] pairs, 32 bytes per row on x86-64) plus one double
-// (the rank's partial loss).
+// rank 0 alone (the others wait at a barrier) on the whole matrix; the two alternate, one
+// repetition each in turn. Times are medians over the repetitions, per row. Bytes are counted
+// through the MPI profiling interface (the MPI_Allreduce and MPI_Allgather below wrap PMPI_*): the
+// payload each rank passes per call, which the design states as 2N long doubles (the [max, sum]
+// pairs, 32 bytes per row on x86-64) plus one double (the rank's partial loss).
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -50,18 +50,6 @@ namespace sml = softmaxlab;
 using Eigen::Index;
 using MatrixRf = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
-template <class Fn>
-double median_seconds(int repetitions, Fn&& fn) {
-  std::vector<double> times;
-  for (int i = 0; i < repetitions; ++i) {
-    const double start = MPI_Wtime();
-    fn();
-    times.push_back(MPI_Wtime() - start);
-  }
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
-
 int main(int argc, char** argv) {
   MPI_Init(&argc, &argv);
   int rank = 0, ranks = 1;
@@ -84,27 +72,40 @@ int main(int argc, char** argv) {
   for (int& c : labels)
     c = label(gen);
 
-  // One process, on rank 0.
-  double single = 0, single_loss = 0;
-  if (rank == 0) {
-    MatrixRf grad(rows, vocabulary);
-    const sml::CrossEntropyLoss ce;
-    single = median_seconds(repetitions, [&] { single_loss = ce(logits, labels, grad); });
-  }
-  PMPI_Barrier(MPI_COMM_WORLD);
-
-  // Vocabulary-parallel over every rank.
+  // The two are timed in alternation (one repetition of each in turn), so that a change of load
+  // on the machine hits both alike. One process: on rank 0 alone, the others wait at a barrier.
+  MatrixRf grad_whole;
+  if (rank == 0)
+    grad_whole.resize(rows, vocabulary);
+  const sml::CrossEntropyLoss ce;
+  double single_loss = 0;
   const MatrixRf shard = logits.middleCols(begin, end - begin);
   MatrixRf grad(rows, end - begin);
   const sml::mpi::VocabParallelCrossEntropy vce(MPI_COMM_WORLD, vocabulary);
   double loss = vce(shard, begin, labels, grad);  // warm-up (creates the MPI types and ops)
+  if (rank == 0)
+    single_loss = ce(logits, labels, grad_whole);
   g_bytes = 0;
   g_calls = 0;
-  PMPI_Barrier(MPI_COMM_WORLD);
-  const double parallel = median_seconds(repetitions, [&] {
+  std::vector<double> single_times, parallel_times;
+  for (int i = 0; i < repetitions; ++i) {
+    PMPI_Barrier(MPI_COMM_WORLD);
+    if (rank == 0) {
+      const double start = MPI_Wtime();
+      single_loss = ce(logits, labels, grad_whole);
+      single_times.push_back(MPI_Wtime() - start);
+    }
+    PMPI_Barrier(MPI_COMM_WORLD);
+    const double start = MPI_Wtime();
     loss = vce(shard, begin, labels, grad);
     PMPI_Barrier(MPI_COMM_WORLD);  // the slowest rank's time
-  });
+    parallel_times.push_back(MPI_Wtime() - start);
+  }
+  const auto median = [](std::vector<double> t) {
+    std::sort(t.begin(), t.end());
+    return t.empty() ? 0.0 : t[t.size() / 2];
+  };
+  const double single = median(single_times), parallel = median(parallel_times);
   const double bytes_per_call = static_cast<double>(g_bytes) / repetitions;
   const double calls_per_call = static_cast<double>(g_calls) / repetitions;
 
