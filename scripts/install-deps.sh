@@ -17,7 +17,7 @@ fi
 if [[ $# -gt 0 ]]; then
   packages=("$@")
 else
-  packages=(cmake g++ make libeigen3-dev catch2 pkg-config)
+  packages=(cmake g++ make libeigen3-dev catch2 pkg-config libopenmpi-dev openmpi-bin)
 fi
 
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then

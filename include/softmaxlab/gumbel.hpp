@@ -219,6 +219,41 @@ Index first_index_of(const Span<const Scalar>& y, Scalar m) {
   return -1;
 }
 
+// The Gumbel-max of a 1-D x: the first index of max_i (x_i + g_i) (-1 when every x_i is -inf),
+// that maximum, and whether some x_i + g_i is NaN. Draws x.size() uniforms from gen, in order.
+template <class Scalar>
+struct GumbelArgmax {
+  Index index;
+  Scalar value;
+  bool nan;
+};
+
+template <class Xpr, class Gen>
+GumbelArgmax<typename Xpr::Scalar> gumbel_argmax(const Xpr& x, Gen& gen) {
+  using Scalar = typename Xpr::Scalar;
+  static_check_scalar<Scalar>();
+  const Index n = x.size();
+  alignas(64) Scalar in[kChunk];
+  alignas(64) Scalar out[kChunk];
+  alignas(64) std::uint32_t words[kWordsPerUniform<Scalar> * kChunk];
+  alignas(64) Scalar ones[kChunk];
+  GumbelArgmax<Scalar> best{-1, -std::numeric_limits<Scalar>::infinity(), false};
+  for (Index start = 0; start < n; start += kChunk) {
+    const Index count = std::min(kChunk, n - start);
+    for (Index k = 0; k < count; ++k)
+      in[k] = x.coeff(start + k);
+    add_gumbel_noise(in, out, count, gen, words, ones);
+    for (Index k = 0; k < count; ++k) {
+      best.nan = best.nan || out[k] != out[k];
+      if (out[k] > best.value) {
+        best.value = out[k];
+        best.index = start + k;
+      }
+    }
+  }
+  return best;
+}
+
 }  // namespace detail
 
 // Gumbel-softmax sampling: see the header's doc block for the formula, accuracy and special
@@ -281,32 +316,9 @@ class GumbelSoftmax : public detail::DistributionFunctor<GumbelSoftmax>,
   // consumes the same words as apply() on x.
   template <class XprX, class Gen>
   static Index sample(const Eigen::DenseBase<XprX>& x, Gen& gen) {
-    using Scalar = typename XprX::Scalar;
-    detail::static_check_scalar<Scalar>();
     detail::require_vector("GumbelSoftmax::sample", x.rows(), x.cols());
-    const Index n = x.size();
-    alignas(64) Scalar in[detail::kChunk];
-    alignas(64) Scalar out[detail::kChunk];
-    alignas(64) std::uint32_t words[detail::kWordsPerUniform<Scalar> * detail::kChunk];
-    alignas(64) Scalar ones[detail::kChunk];
-    const auto& xd = x.derived();
-    Scalar best = -std::numeric_limits<Scalar>::infinity();
-    Index best_index = -1;
-    bool nan = false;
-    for (Index start = 0; start < n; start += detail::kChunk) {
-      const Index count = std::min(detail::kChunk, n - start);
-      for (Index k = 0; k < count; ++k)
-        in[k] = xd.coeff(start + k);
-      detail::add_gumbel_noise(in, out, count, gen, words, ones);
-      for (Index k = 0; k < count; ++k) {
-        nan = nan || out[k] != out[k];
-        if (out[k] > best) {
-          best = out[k];
-          best_index = start + k;
-        }
-      }
-    }
-    return nan ? -1 : best_index;
+    const auto best = detail::gumbel_argmax(x.derived(), gen);
+    return best.nan ? -1 : best.index;
   }
 
   // A Gumbel-max draw with its log-probability under softmax(x): log p = x_i - m - log sum exp(x -

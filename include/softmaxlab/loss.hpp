@@ -234,15 +234,14 @@ std::pair<Index, double> count_labels(const char* function, const Labels& labels
   return {counted, weight_sum};
 }
 
-// One sample of the cross-entropy: returns -sum_k q(k) log_softmax(z)_k (0 log 0 = 0) and, when
-// write_grad, writes g_k = w (p_k sum_q - q(k)). store_terms: g does not share storage with z or
-// the targets, so the exp terms can be kept there (one exp per entry instead of two).
+// The cross-entropy terms of one row given its normalizer n: returns -sum_k q(k) n.log_p_wide(z_k)
+// (0 log 0 = 0) and, when write_grad, writes g_k = w (p_k sum_q - q(k)); `stored`: g holds the
+// exp terms of a Regular row (LogNormalizer::of with store). mpi.hpp calls it on a shard with the
+// normalizer of the whole row.
 template <class Scalar, class Q>
-double cross_entropy_row(const Span<const Scalar>& z, const Span<Scalar>& g, bool write_grad,
-                         bool store_terms, const Q& q, double sum_q, double w) {
-  const auto n =
-      LogNormalizer<Scalar>::of(z, Scalar(1), store_terms ? g : Span<Scalar>{nullptr, 0, 1});
-  const bool stored = store_terms && n.kind == RowKind::Regular;
+double cross_entropy_terms(const Span<const Scalar>& z, const Span<Scalar>& g, bool write_grad,
+                           bool stored, const LogNormalizer<Scalar>& n, const Q& q, double sum_q,
+                           double w) {
   double loss = 0;
   for (Index k = 0; k < z.size; ++k) {
     const Scalar zk = z[k];
@@ -255,6 +254,18 @@ double cross_entropy_row(const Span<const Scalar>& z, const Span<Scalar>& g, boo
     }
   }
   return n.kind == RowKind::NaN ? std::numeric_limits<double>::quiet_NaN() : loss;
+}
+
+// One sample of the cross-entropy: returns -sum_k q(k) log_softmax(z)_k (0 log 0 = 0) and, when
+// write_grad, writes g_k = w (p_k sum_q - q(k)). store_terms: g does not share storage with z or
+// the targets, so the exp terms can be kept there (one exp per entry instead of two).
+template <class Scalar, class Q>
+double cross_entropy_row(const Span<const Scalar>& z, const Span<Scalar>& g, bool write_grad,
+                         bool store_terms, const Q& q, double sum_q, double w) {
+  const auto n =
+      LogNormalizer<Scalar>::of(z, Scalar(1), store_terms ? g : Span<Scalar>{nullptr, 0, 1});
+  const bool stored = store_terms && n.kind == RowKind::Regular;
+  return cross_entropy_terms(z, g, write_grad, stored, n, q, sum_q, w);
 }
 
 }  // namespace detail

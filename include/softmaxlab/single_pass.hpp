@@ -36,7 +36,9 @@
 //   log_sum_exp()         log sum exp(x_j / T) = m/T + log d, in double;
 //   write(chunk, y)       y_i = exp((x_i - m)/T) / d for a chunk that went into the state;
 //   write_log(chunk, y)   y_i = (x_i - m)/T - log d (log-probabilities);
-//   count()               number of elements seen.
+//   count()               number of elements seen;
+//   exact_sum(), from_state(max, sum, count, T)   the state's parts and back (for transports:
+//                         mpi.hpp carries states between processes with them).
 // update, merge and write never allocate. write(chunk, y) may write in place (y is chunk).
 //
 // Parameters: temperature T in [2^-100, 2^100] (default 1), else std::invalid_argument naming the
@@ -77,6 +79,42 @@ namespace detail {
 // read it from L1.
 template <class Scalar>
 inline constexpr Index kNormalizerBlock = Index(8192) / Index(sizeof(Scalar));
+
+// [max, sum] (+)= [other_max, other_sum] at temperature T: OnlineNormalizer::merge, and the MPI
+// reduction of mpi.hpp (Real = long double, on states scaled by 1/T, with T = 1). Commutative
+// bit for bit: both orders add the larger-max sum to the rescaled smaller one.
+template <class Real>
+void merge_normalizer_state(Real& max, long double& sum, Real other_max, long double other_sum,
+                            long double temperature) {
+  const Real inf = std::numeric_limits<Real>::infinity();
+  if (max != max || other_max != other_max) {
+    max = std::numeric_limits<Real>::quiet_NaN();
+    return;
+  }
+  if (other_max == -inf)
+    return;  // nothing to add (empty or fully masked)
+  if (max == inf || other_max == inf) {
+    // Only +inf entries carry mass; sum counts them.
+    sum = (max == inf ? sum : 0.0L) + (other_max == inf ? other_sum : 0.0L);
+    max = inf;
+    return;
+  }
+  if (max == -inf) {
+    max = other_max;
+    sum = other_sum;
+    return;
+  }
+  // exp((from - to)/T) for from <= to, both finite, in long double.
+  const auto rescale = [temperature](Real from, Real to) {
+    return std::exp((static_cast<long double>(from) - static_cast<long double>(to)) / temperature);
+  };
+  if (other_max > max) {
+    sum = sum * rescale(max, other_max) + other_sum;
+    max = other_max;
+  } else {
+    sum += other_sum * rescale(other_max, max);
+  }
+}
 
 }  // namespace detail
 
@@ -126,30 +164,8 @@ class OnlineNormalizer {
                    " and ", temperature_);
     }
     count_ += other.count_;
-    if (is_nan() || other.is_nan()) {
-      max_ = std::numeric_limits<Scalar>::quiet_NaN();
-      return *this;
-    }
-    const Scalar inf = std::numeric_limits<Scalar>::infinity();
-    if (other.max_ == -inf)
-      return *this;  // nothing to add (empty or fully masked)
-    if (max_ == inf || other.max_ == inf) {
-      // Only +inf entries carry mass; d counts them.
-      sum_ = (max_ == inf ? sum_ : 0.0L) + (other.max_ == inf ? other.sum_ : 0.0L);
-      max_ = inf;
-      return *this;
-    }
-    if (max_ == -inf) {
-      max_ = other.max_;
-      sum_ = other.sum_;
-      return *this;
-    }
-    if (other.max_ > max_) {
-      sum_ = sum_ * rescale(max_, other.max_) + other.sum_;
-      max_ = other.max_;
-    } else {
-      sum_ += other.sum_ * rescale(other.max_, max_);
-    }
+    detail::merge_normalizer_state(max_, sum_, other.max_, other.sum_,
+                                   static_cast<long double>(temperature_));
     return *this;
   }
 
@@ -174,6 +190,25 @@ class OnlineNormalizer {
 
   // Number of elements that went into the state (updates and merges).
   Index count() const { return count_; }
+
+  // The sum as it is kept (long double), for transports that carry the state exactly (mpi.hpp).
+  long double exact_sum() const { return sum_; }
+
+  // A state from its parts, as max(), exact_sum() and count() of some state at this temperature
+  // gave them (mpi.hpp rebuilds merged states this way). Throws std::invalid_argument for a
+  // negative sum or count, or a temperature out of range.
+  static OnlineNormalizer from_state(Scalar max, long double sum, Index count,
+                                     double temperature = 1.0) {
+    OnlineNormalizer state(temperature);
+    if (!(sum >= 0) && max == max)
+      detail::fail(name, ": from_state needs a sum >= 0, but got ", static_cast<double>(sum));
+    if (count < 0)
+      detail::fail(name, ": from_state needs a count >= 0, but got ", count);
+    state.max_ = max;
+    state.sum_ = sum;
+    state.count_ = count;
+    return state;
+  }
 
   // y_i = exp((x_i - max)/T) / sum for a chunk that went into this state (y may be the chunk).
   template <class XprX, class XprY>

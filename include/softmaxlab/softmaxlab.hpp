@@ -18,6 +18,9 @@
 //   HardFusion, SoftFusion       fusion.hpp       SurfaceFusion of two logit sources
 //   Sparsemax, Entmax15, Entmax, entmax.hpp       sparse distributions (sparsemax, 1.5- and
 //     SparsemaxLoss, EntmaxLoss                   alpha-entmax) and their Fenchel-Young losses
+//   mpi::VocabParallelSoftmax,   mpi.hpp          the vocabulary split across MPI ranks; needs
+//     ...CrossEntropy, sample                     MPI, so not included here: include it and
+//                                                 link softmaxlab::mpi
 //
 // Every functor maps each 1-D slice of its input to a distribution of the same length:
 //   f(x), f.apply(x, y), f.rowwise(X), f.rowwise(X, Y), f.colwise(X), f.colwise(X, Y).

@@ -33,6 +33,7 @@ struct LogNormalizer {
   Scalar inv_stored_sum = 1;  // 1 / the sum of the stored terms (they carry kExpScale<Scalar>)
   Scalar log_k = 0;           // log of the number of +inf entries (PositiveInfinity)
   Scalar inv_k = 1;
+  long double sum = 0;  // the sum itself (Regular), or the number of +inf entries
 
   // With `store` non-empty, the terms exp((x_i - m) s) * kExpScale<Scalar> of a Regular row are
   // also written there (same length as x; p(i) is then store[i] * inv_stored_sum).
@@ -44,6 +45,7 @@ struct LogNormalizer {
     n.kind = classify(n.m);
     if (n.kind == RowKind::PositiveInfinity) {
       const Index k = count_positive_infinity(x);
+      n.sum = static_cast<long double>(k);
       n.log_k = static_cast<Scalar>(std::log(double(k)));
       n.inv_k = Scalar(1) / Scalar(k);
     } else if (n.kind == RowKind::Regular) {
@@ -52,10 +54,31 @@ struct LogNormalizer {
                                          ? scaled_exp_pass<true>(x, store, n.m, s, scaled)
                                          : scaled_exp_pass<false>(x, store, n.m, s, scaled);
       const long double sum = std::ldexp(scaled_sum, -kExpScaleLog2<Scalar>);
+      n.sum = sum;
       n.log_sum = static_cast<Scalar>(std::log(sum));
       n.log_sum_wide = static_cast<double>(std::log(sum));
       n.inv_sum = static_cast<Scalar>(1.0L / sum);
       n.inv_stored_sum = static_cast<Scalar>(1.0L / scaled_sum);
+    }
+    return n;
+  }
+
+  // The same from a row's [max m, sum of exp((x_j - m) s)] (for +inf m: the number of +inf entries)
+  // computed elsewhere, e.g. merged from shards by mpi.hpp.
+  static LogNormalizer from_state(Scalar m, long double sum, Scalar s = Scalar(1)) {
+    LogNormalizer n;
+    n.s = s;
+    n.m = m;
+    n.kind = classify(m);
+    n.sum = sum;
+    if (n.kind == RowKind::PositiveInfinity) {
+      n.log_k = static_cast<Scalar>(std::log(sum));
+      n.inv_k = static_cast<Scalar>(1.0L / sum);
+    } else if (n.kind == RowKind::Regular) {
+      n.log_sum = static_cast<Scalar>(std::log(sum));
+      n.log_sum_wide = static_cast<double>(std::log(sum));
+      n.inv_sum = static_cast<Scalar>(1.0L / sum);
+      n.inv_stored_sum = static_cast<Scalar>(std::ldexp(1.0L / sum, -kExpScaleLog2<Scalar>));
     }
     return n;
   }
