@@ -21,6 +21,7 @@
 // See README.md for the numerical policy and each header's doc block for its accuracy.
 #pragma once
 
+#include "attention.hpp"
 #include "fusion.hpp"
 #include "gumbel.hpp"
 #include "loss.hpp"
