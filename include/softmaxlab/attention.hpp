@@ -874,7 +874,7 @@ class Attention {
       lse = detail::vector_span<Scalar>(const_cast<XL&>(*lse_in));
       detail::require_no_overlap(name, "lse", "O", *lse_in, o);
     }
-    if (lq == 0 || o.cols() == 0 && lse.size == 0)
+    if (lq == 0 || (o.cols() == 0 && lse.size == 0))
       return;
     const detail::AttentionPlan<Scalar> p = plan<Scalar>(q_in.cols());
     detail::with_storage(q_in, [&](const auto& q) {
