@@ -629,3 +629,130 @@ TEST_CASE("Attention: backward (dQ, dK, dV) against finite differences in double
     }
   }
 }
+
+namespace {
+
+// The exact plaintext Power-Softmax attention in long double: w_ij = t_ij^p / sum_j t_ij^p over
+// the visible, unmasked keys, t = cap(scale q.k) + m mask; all-zero rows uniform.
+template <class S>
+LMat power_reference(const Mat<S>& q, const Mat<S>& k, const Mat<S>& v, const Mat<S>* mask,
+                     const Params& p, int power) {
+  const Index lq = q.rows(), lk = k.rows();
+  LMat o = LMat::Zero(lq, v.cols());
+  const LMat s = q.template cast<long double>() * k.template cast<long double>().transpose();
+  for (Index i = 0; i < lq; ++i) {
+    std::vector<long double> w(lk, 0.0L);
+    long double sum = 0;
+    Index kept = 0;
+    for (Index j = 0; j < lk; ++j) {
+      const bool visible = !p.causal || j <= i + lk - lq;
+      const long double t = visible ? transformed(s(i, j), mask ? (*mask)(i, j) : S(0), p) : -kInfL;
+      if (t == -kInfL)
+        continue;
+      w[j] = std::pow(t, power);
+      sum += w[j];
+      ++kept;
+    }
+    for (Index j = 0; j < lk; ++j) {
+      if (w[j] != 0)
+        o.row(i) += (w[j] / sum) * v.row(j).template cast<long double>();
+    }
+    if (sum == 0 && kept > 0) {  // all-zero scores: uniform
+      for (Index j = 0; j < lk; ++j) {
+        const bool visible = !p.causal || j <= i + lk - lq;
+        if (visible && !(mask && (*mask)(i, j) == -std::numeric_limits<S>::infinity()))
+          o.row(i) += v.row(j).template cast<long double>() / static_cast<long double>(kept);
+      }
+    }
+  }
+  return o;
+}
+
+template <class S>
+void power_accuracy(Worst& summary) {
+  const std::vector<Shape> shapes = {{5, 9, 8, 3}, {33, 200, 16, 16}, {130, 257, 64, 32}};
+  int case_id = 0;
+  for (const Shape& sh : shapes) {
+    for (int power : {2, 4, 8}) {
+      for (int variant = 0; variant < 3; ++variant, ++case_id) {
+        Params p;
+        p.scale = 1.0 / std::sqrt(double(sh.d));
+        p.causal = variant == 1;
+        const bool use_mask = variant == 2;
+        p.slope = 0.5;
+        const Mat<S> q = normal_matrix<S>(sh.lq, sh.d, unsigned(500 + 3 * case_id), 1.0);
+        const Mat<S> k = normal_matrix<S>(sh.lk, sh.d, unsigned(501 + 3 * case_id), 1.0);
+        const Mat<S> v = normal_matrix<S>(sh.lk, sh.dv, unsigned(502 + 3 * case_id), 2.0);
+        Mat<S> mask = normal_matrix<S>(sh.lq, sh.lk, unsigned(2000 + case_id), 1.0);
+        for (Index i = 0; i < mask.size(); i += 5)
+          mask(i) = -std::numeric_limits<S>::infinity();
+        sml::Attention<sml::PowerSoftmax> attn(p.options(), sml::PowerSoftmax(power));
+        const LMat ref = power_reference<S>(q, k, v, use_mask ? &mask : nullptr, p, power);
+        for (Index bk : {Index(128), Index(5)}) {
+          attn.with_block_sizes(64, bk);
+          Mat<S> o(sh.lq, sh.dv);
+          if (use_mask) {
+            attn.apply_masked(q, k, v, mask, o);
+          } else {
+            attn.apply(q, k, v, o);
+          }
+          // Bound: (2p + 4) eps for the weights (PowerSoftmax's) plus p times the scores'
+          // rounding (d-term dot products, scale), all times max|V|; the accumulation as Softmax.
+          const double eps = std::numeric_limits<S>::epsilon();
+          const double vmax = static_cast<double>(v.cwiseAbs().maxCoeff());
+          const double bound = (2 * power + 4 + 8 + power * sh.d) * (1 + vmax);
+          Worst worst;
+          for (Index i = 0; i < o.rows(); ++i) {
+            for (Index j = 0; j < o.cols(); ++j) {
+              worst.update(static_cast<double>(std::fabs(o(i, j) - ref(i, j))) / eps, bound,
+                           [&](std::ostream& s) {
+                             s << "p " << power << " Lq " << sh.lq << " Lk " << sh.lk << " variant "
+                               << variant << " bk " << bk << " O(" << i << ", " << j
+                               << ") = " << o(i, j) << ", exact " << double(ref(i, j));
+                           });
+            }
+          }
+          INFO(worst.report());
+          CHECK(worst.ratio <= 1.0);
+          if (!(worst.ratio <= summary.ratio))
+            summary = worst;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("Attention<PowerSoftmax>: online Power-Softmax attention against the exact plaintext",
+          "[attention]") {
+  Worst f32, f64;
+  power_accuracy<float>(f32);
+  power_accuracy<double>(f64);
+  std::cout << "Attention<PowerSoftmax> float: " << f32.report() << "\n";
+  std::cout << "Attention<PowerSoftmax> double: " << f64.report() << "\n";
+  // The plaintext pipeline: materialized scores, PowerSoftmax rowwise, then P V (float).
+  const Eigen::MatrixXf q = normal_matrix<float>(40, 16, 7, 1.0);
+  const Eigen::MatrixXf k = normal_matrix<float>(300, 16, 8, 1.0);
+  const Eigen::MatrixXf v = normal_matrix<float>(300, 8, 9, 1.0);
+  const sml::Attention<sml::PowerSoftmax> attn(sml::AttentionOptions(), sml::PowerSoftmax(4));
+  const Eigen::MatrixXf plain = sml::PowerSoftmax(4).rowwise(q * k.transpose() * 0.25f) * v;
+  CHECK((attn(q, k, v) - plain).cwiseAbs().maxCoeff() <= 1e-5f);
+  // Special rows: all-zero scores give the mean of V; no visible key gives zeros; NaN stays.
+  Eigen::MatrixXf qs = q.topRows(3);
+  qs.row(0).setZero();
+  qs(2, 1) = std::numeric_limits<float>::quiet_NaN();
+  Eigen::MatrixXf mask = Eigen::MatrixXf::Zero(3, 300);
+  mask.row(1).setConstant(-std::numeric_limits<float>::infinity());
+  Eigen::MatrixXf o(3, 8);
+  attn.apply_masked(qs, k, v, mask, o);
+  CHECK((o.row(0) - v.colwise().mean()).cwiseAbs().maxCoeff() <= 1e-6f);
+  CHECK(o.row(1).isZero(0));
+  CHECK(o.row(2).array().isNaN().all());
+  CHECK_THROWS_WITH(
+      sml::Attention<sml::PowerSoftmax>(sml::AttentionOptions().with_sink(1), sml::PowerSoftmax(4)),
+      Catch::Matchers::Contains("sink"));
+  CHECK_THROWS_WITH(sml::Attention<sml::PowerSoftmax>(
+                        sml::AttentionOptions(), sml::PowerSoftmax(4, sml::PowerForm::Lipschitz)),
+                    Catch::Matchers::Contains("Stable"));
+}

@@ -94,6 +94,7 @@
 #include "detail/checks.hpp"
 #include "detail/functor_base.hpp"
 #include "detail/kernels.hpp"
+#include "power.hpp"
 #include "softmax.hpp"
 
 namespace softmaxlab {
@@ -622,6 +623,131 @@ void attention_forward_block(const QM& q, const KM& k, const VM& v, const MaskM*
   }
 }
 
+// z^p for an even p >= 2 by repeated squaring.
+template <class Scalar>
+Scalar even_power(Scalar z, int p) {
+  Scalar base = z * z, result = 1;
+  for (int e = p / 2; e > 0; e >>= 1) {
+    if (e & 1)
+      result *= base;
+    base *= base;
+  }
+  return result;
+}
+
+// The flash forward pass of query rows [i0, i0 + bq) with Power-Softmax weights (Stable form):
+// w_ij = t_ij^p / sum_j t_ij^p. The running scale is a power of two 2^e_i >= max_j |t_ij| (as
+// PowerSoftmax scales its rows), so the rescale when it grows, (2^e_old / 2^e_new)^p, is exact.
+// A row's state is one of: all visible scores zero so far (uniform weights, the formula's limit),
+// a finite scale 2^e, or infinite scores seen (they share the mass). Masked keys (-inf in the
+// scaled mask, causal) are left out.
+template <class Scalar, class QM, class KM, class VM, class MaskM, class OM>
+void attention_forward_block_power(const QM& q, const KM& k, const VM& v, const MaskM* mask, OM& o,
+                                   Index i0, Index bq, const AttentionPlan<Scalar>& plan, int p) {
+  const Scalar inf = std::numeric_limits<Scalar>::infinity();
+  const Scalar nan = std::numeric_limits<Scalar>::quiet_NaN();
+  constexpr int kEmpty = -2, kZero = -1, kFinite = 0, kInfinite = 1;  // row modes, in order
+  const Index lq = q.rows(), lk = k.rows();
+  const ScoreTransform<Scalar>& f = plan.transform;
+  alignas(64) Scalar buffer[kAttentionMaxBlockQ * kAttentionMaxBlockK];
+  int mode[kAttentionMaxBlockQ], exponent[kAttentionMaxBlockQ];
+  long double running_sum[kAttentionMaxBlockQ];
+  bool nan_row[kAttentionMaxBlockQ];
+  for (Index r = 0; r < bq; ++r) {
+    mode[r] = kEmpty;
+    exponent[r] = 0;
+    running_sum[r] = 0;
+    nan_row[r] = false;
+  }
+  auto ob = o.middleRows(i0, bq);
+  ob.setZero();
+  const auto qb = q.middleRows(i0, bq);
+  const Index key_end = attention_key_end(i0, bq, lq, lk, plan.causal);
+  for (Index j0 = 0; j0 < key_end; j0 += plan.block_k) {
+    const Index nk = std::min(plan.block_k, key_end - j0);
+    Eigen::Map<RowMajorMatrix<Scalar>> s(buffer, bq, nk);
+    s.noalias() = qb * k.middleRows(j0, nk).transpose();
+    for (Index r = 0; r < bq; ++r) {
+      Scalar* row = buffer + r * nk;
+      const Index visible = attention_visible(i0 + r, j0, nk, lq, lk, plan.causal);
+      const Span<const Scalar> ms = attention_mask_span<Scalar>(mask, i0 + r, j0, visible);
+      std::fill(row + visible, row + nk, Scalar(0));
+      // The transformed scores; masked keys become NaN here (NaN inputs were flagged first).
+      Scalar top = 0;
+      bool any = false;
+      for (Index j = 0; j < visible; ++j) {
+        Scalar t = f.scale * row[j];
+        if (f.has_cap())
+          t = f.cap * std::tanh(t / f.cap);
+        if (ms.size != 0) {
+          const Scalar mm = f.slope * ms[j];
+          if (mm != mm || t != t) {
+            nan_row[r] = true;
+          } else if (mm == -inf) {
+            row[j] = nan;  // masked
+            continue;
+          }
+          t += mm;
+        }
+        nan_row[r] = nan_row[r] || t != t;
+        row[j] = t;
+        top = std::max(top, std::fabs(t));
+        any = true;
+      }
+      if (nan_row[r] || !any) {
+        std::fill(row, row + visible, Scalar(0));
+        continue;
+      }
+      int new_mode = top == inf ? kInfinite : top == 0 ? kZero : kFinite;
+      int e = 0;
+      if (new_mode == kFinite)
+        std::frexp(top, &e);  // 2^(e-1) <= top < 2^e
+      if (new_mode < mode[r] || (new_mode == kFinite && mode[r] == kFinite && e < exponent[r])) {
+        // This block's entries are negligible next to what was seen: they use the row's level.
+        new_mode = mode[r];
+        e = exponent[r];
+      }
+      if (new_mode > mode[r]) {  // a higher mode: what was accumulated has weight 0 in the limit
+        ob.row(r).setZero();
+        running_sum[r] = 0;
+      } else if (new_mode == kFinite && e > exponent[r]) {
+        const Scalar factor = std::ldexp(Scalar(1), p * (exponent[r] - e));  // exact or 0
+        ob.row(r) *= factor;
+        running_sum[r] *= factor;
+      }
+      mode[r] = new_mode;
+      exponent[r] = e;
+      long double sum = 0;
+      for (Index j = 0; j < visible; ++j) {
+        const Scalar t = row[j];
+        Scalar w = 0;
+        if (t == t) {
+          if (new_mode == kInfinite) {
+            w = std::fabs(t) == inf ? Scalar(1) : Scalar(0);
+          } else if (new_mode == kZero) {
+            w = 1;
+          } else {
+            w = even_power(std::ldexp(t, -e), p);
+          }
+        }
+        row[j] = w;
+        sum += w;
+      }
+      running_sum[r] += sum;
+    }
+    ob.noalias() += s * v.middleRows(j0, nk);
+  }
+  for (Index r = 0; r < bq; ++r) {
+    if (nan_row[r]) {
+      ob.row(r).setConstant(nan);
+    } else if (mode[r] == kEmpty) {
+      ob.row(r).setZero();
+    } else {
+      ob.row(r) *= static_cast<Scalar>(1.0L / running_sum[r]);
+    }
+  }
+}
+
 // The backward pass (FlashAttention-2's recomputation), sequential: dQ, dK, dV are overwritten.
 template <class Scalar, class QM, class KM, class VM, class MaskM, class OM, class LM, class DOM,
           class DQ, class DK, class DV>
@@ -699,19 +825,29 @@ void require_no_overlap(const char* function, const char* out, const char* in, c
 // Flash-style attention for one head: see the header's doc block.
 template <class Weight = Softmax>
 class Attention {
-  static_assert(std::is_same_v<Weight, Softmax>,
-                "softmaxlab: Attention supports the Softmax weight in this version");
+  static_assert(std::is_same_v<Weight, Softmax> || std::is_same_v<Weight, PowerSoftmax>,
+                "softmaxlab: Attention supports the Softmax and PowerSoftmax weights");
+  static constexpr bool kSoftmax = std::is_same_v<Weight, Softmax>;
 
  public:
   static constexpr const char* name = "Attention";
 
   explicit Attention(const AttentionOptions& options = {}, const Weight& weight = Weight())
       : options_(options), weight_(weight) {
-    if (weight.temperature() != 1.0) {
-      detail::fail(name,
-                   ": the Softmax weight's temperature must be 1 (fold it into the scale), "
-                   "but got ",
-                   weight.temperature());
+    if constexpr (kSoftmax) {
+      if (weight.temperature() != 1.0) {
+        detail::fail(name,
+                     ": the Softmax weight's temperature must be 1 (fold it into the scale), "
+                     "but got ",
+                     weight.temperature());
+      }
+    } else {
+      if (weight.form() != PowerForm::Stable)
+        detail::fail(name, ": the PowerSoftmax weight must have the Stable form, but got form ",
+                     static_cast<int>(weight.form()));
+      if (options.has_sink())
+        detail::fail(name, ": a sink needs the Softmax weight, but got sink ", options.sink(),
+                     " with PowerSoftmax");
     }
   }
 
@@ -753,6 +889,8 @@ class Attention {
   void apply(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
              const Eigen::DenseBase<XV>& v, const Eigen::DenseBase<XO>& o,
              const Eigen::DenseBase<XL>& lse) const {
+    static_assert(kSoftmax && sizeof(XQ) > 0,
+                  "softmaxlab: the log-sum-exp output needs the Softmax weight");
     forward(q, k, v, static_cast<const NoMask<XQ>*>(nullptr), o, &lse.derived());
   }
   // mask: Lq x Lk additive (times the mask slope), storage of Q's scalar.
@@ -766,6 +904,8 @@ class Attention {
   void apply_masked(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
                     const Eigen::DenseBase<XV>& v, const Eigen::DenseBase<XM>& mask,
                     const Eigen::DenseBase<XO>& o, const Eigen::DenseBase<XL>& lse) const {
+    static_assert(kSoftmax && sizeof(XQ) > 0,
+                  "softmaxlab: the log-sum-exp output needs the Softmax weight");
     forward(q, k, v, &mask.derived(), o, &lse.derived());
   }
 
@@ -884,8 +1024,13 @@ class Attention {
           detail::for_each_slice<detail::kParallelSlices>(
               blocks, p.block_q * (lk + 1) * (q.cols() + v.cols() + 1), [&](Index b) {
                 const Index i0 = b * p.block_q;
-                detail::attention_forward_block(q, k, v, mask, o, lse, i0,
-                                                std::min(p.block_q, lq - i0), p);
+                if constexpr (kSoftmax) {
+                  detail::attention_forward_block(q, k, v, mask, o, lse, i0,
+                                                  std::min(p.block_q, lq - i0), p);
+                } else {
+                  detail::attention_forward_block_power(
+                      q, k, v, mask, o, i0, std::min(p.block_q, lq - i0), p, weight_.p());
+                }
               });
         });
       });
@@ -900,6 +1045,8 @@ class Attention {
                      const Eigen::DenseBase<XdO>& dout_in, const Eigen::DenseBase<XdQ>& dq_in,
                      const Eigen::DenseBase<XdK>& dk_in, const Eigen::DenseBase<XdV>& dv_in) const {
     using Scalar = typename XQ::Scalar;
+    static_assert(kSoftmax && sizeof(XQ) > 0,
+                  "softmaxlab: Attention::backward needs the Softmax weight");
     static_assert(std::
                           is_same_v<Scalar,
                                     typename XO::Scalar> && std::is_same_v<Scalar, typename XL::Scalar> && std::is_same_v<Scalar, typename XdO::Scalar> && std::is_same_v<Scalar, typename XdQ::Scalar> && std::is_same_v<Scalar, typename XdK::Scalar> && std::is_same_v<Scalar, typename XdV::Scalar> && std::is_same_v<Scalar, typename XM::Scalar>,
