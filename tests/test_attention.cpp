@@ -756,3 +756,49 @@ TEST_CASE("Attention<PowerSoftmax>: online Power-Softmax attention against the e
                         sml::AttentionOptions(), sml::PowerSoftmax(4, sml::PowerForm::Lipschitz)),
                     Catch::Matchers::Contains("Stable"));
 }
+
+TEST_CASE(
+    "Attention<PolynomialSoftmax>: public-bound shift, against the plaintext pipeline and "
+    "the exact softmax",
+    "[attention]") {
+  const Index lq = 48, lk = 300, d = 16, dv = 8;
+  const Eigen::MatrixXf q = normal_matrix<float>(lq, d, 601, 1.0);
+  const Eigen::MatrixXf k = normal_matrix<float>(lk, d, 602, 1.0);
+  const Eigen::MatrixXf v = normal_matrix<float>(lk, dv, 603, 1.0);
+  const Eigen::MatrixXf scores = q * k.transpose() * 0.25f;
+  sml::PolynomialSoftmaxConfig config;  // Chebyshev 4, r = 5, R = 20, Goldschmidt
+  config.shift = sml::Shift::PublicBound;
+  config.bound = 8.0;  // a public bound above every score (|scores| stay below 5 here)
+  config.gap = 16.0;   // bound - gap <= max score: the promise the reciprocal's range relies on
+  REQUIRE(scores.maxCoeff() <= 8.0f);
+  REQUIRE(scores.maxCoeff() >= -8.0f);
+  const sml::PolynomialSoftmax poly(config);
+  const sml::Attention<sml::PolynomialSoftmax> attn(sml::AttentionOptions(), poly);
+  const Eigen::MatrixXf o = attn(q, k, v);
+  // The plaintext pipeline: materialized scores, PolynomialSoftmax rowwise, then P V.
+  const Eigen::MatrixXf plain = poly.rowwise(scores) * v;
+  const float vmax = v.cwiseAbs().maxCoeff();
+  INFO("max |attention - plaintext| = " << (o - plain).cwiseAbs().maxCoeff());
+  CHECK((o - plain).cwiseAbs().maxCoeff() <= 1e-5f * (1 + vmax));
+  // Against exact softmax attention: within the default configuration's 1e-4 target, scaled by
+  // the values (the a-priori error_bound() with this public bound's gap is far looser: e^gap).
+  Params p;
+  p.scale = 0.25;
+  const AttentionRef ref = attention_reference<float>(q, k, v, nullptr, p);
+  const double err = static_cast<double>((o.cast<long double>() - ref.o).cwiseAbs().maxCoeff());
+  INFO("max |attention - exact softmax attention| = " << err);
+  CHECK(err <= 1e-4 * (1 + vmax));
+  // Masks: a fully masked row gives zeros; causal keeps its rows finite; RowMax is rejected.
+  Eigen::MatrixXf mask = Eigen::MatrixXf::Zero(lq, lk);
+  mask.row(3).setConstant(-std::numeric_limits<float>::infinity());
+  Eigen::MatrixXf om(lq, dv);
+  attn.apply_masked(q, k, v, mask, om);
+  CHECK(om.row(3).isZero(0));
+  CHECK((om.row(4) - o.row(4)).cwiseAbs().maxCoeff() == 0);
+  const sml::Attention<sml::PolynomialSoftmax> causal(sml::AttentionOptions().with_causal(true),
+                                                      poly);
+  CHECK(causal(q, k, v).allFinite());
+  CHECK_THROWS_WITH(
+      sml::Attention<sml::PolynomialSoftmax>(sml::AttentionOptions(), sml::PolynomialSoftmax()),
+      Catch::Matchers::Contains("PublicBound"));
+}

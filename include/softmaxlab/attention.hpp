@@ -74,6 +74,15 @@
 // lse, no backward for this weight. Measured worst against the exact plaintext (long double):
 // 4.4 eps float, 12.8 eps double (p = 2, 4, 8).
 //
+// Attention<PolynomialSoftmax>(o, PolynomialSoftmax(config)), config.shift = Shift::PublicBound:
+// what an encrypted pipeline computes, online without a max (nothing to rescale): w_ij =
+// E(t_ij - B) / sum_j E(t_ij - B), E the configured polynomial exp (approx/exp.hpp, clipped to
+// [-R, 0]: scores above B count as B), then the configured reciprocal of each row's sum (its range
+// from the number of visible keys). Masked keys are left out; a row with none gives zeros. No
+// sink, no lse, no backward. Against the plaintext pipeline (materialized scores, then
+// PolynomialSoftmax, then P V): 2.1e-7 in float (Lk = 300); against exact softmax attention
+// 1.1e-5, the approximation's own error.
+//
 // Special values (both classes): a -inf entry of x (or of the scaled mask) is masked out: exactly 0
 // weight, softcap or not; a row with every entry masked gives zeros (Attention: a zero output row
 // and lse = -inf), even with a sink, which then would take all the mass; +inf entries share the
@@ -84,8 +93,8 @@
 // Errors (std::invalid_argument naming the parameter, value or shapes): options out of range;
 // outputs or masks of the wrong shape; Q and K with different d, K and V with different Lk; an
 // output that overlaps an input; Attention<Softmax> with a temperature other than 1 (fold it into
-// the scale); Attention<PowerSoftmax> with a sink or a form other than Stable; block sizes out of
-// range.
+// the scale); Attention<PowerSoftmax> with a sink or a form other than Stable;
+// Attention<PolynomialSoftmax> with a sink or the RowMax shift; block sizes out of range.
 //
 // Threads: with OpenMP and SOFTMAXLAB_USE_OPENMP, Attention spreads its query blocks over the
 // threads; every query block is computed by the same code whatever thread runs it, so the result
@@ -107,6 +116,7 @@
 #include "detail/checks.hpp"
 #include "detail/functor_base.hpp"
 #include "detail/kernels.hpp"
+#include "polynomial.hpp"
 #include "power.hpp"
 #include "softmax.hpp"
 
@@ -761,6 +771,92 @@ void attention_forward_block_power(const QM& q, const KM& k, const VM& v, const 
   }
 }
 
+// The forward pass of query rows [i0, i0 + bq) with PolynomialSoftmax weights and a public-bound
+// shift (what an encrypted pipeline computes: no max, so nothing to rescale): w_ij =
+// E(t_ij - B) / sum_j E(t_ij - B), E the configured polynomial exp (clipped to [-R, 0], so scores
+// above B count as B), the configured reciprocal of the sum (range from the number of visible
+// keys) at the end. Masked keys are left out.
+template <class Scalar, class QM, class KM, class VM, class MaskM, class OM>
+void attention_forward_block_polynomial(const QM& q, const KM& k, const VM& v, const MaskM* mask,
+                                        OM& o, Index i0, Index bq,
+                                        const AttentionPlan<Scalar>& plan,
+                                        const PolynomialSoftmax& weight) {
+  const Scalar inf = std::numeric_limits<Scalar>::infinity();
+  const Index lq = q.rows(), lk = k.rows();
+  const ScoreTransform<Scalar>& f = plan.transform;
+  const Scalar bound = static_cast<Scalar>(weight.config().bound);
+  const approx::ExpApprox& e = weight.exp_approx();
+  alignas(64) Scalar buffer[kAttentionMaxBlockQ * kAttentionMaxBlockK];
+  long double running_sum[kAttentionMaxBlockQ];
+  Index kept[kAttentionMaxBlockQ];
+  bool nan_row[kAttentionMaxBlockQ];
+  for (Index r = 0; r < bq; ++r) {
+    running_sum[r] = 0;
+    kept[r] = 0;
+    nan_row[r] = false;
+  }
+  auto ob = o.middleRows(i0, bq);
+  ob.setZero();
+  const auto qb = q.middleRows(i0, bq);
+  const Index key_end = attention_key_end(i0, bq, lq, lk, plan.causal);
+  for (Index j0 = 0; j0 < key_end; j0 += plan.block_k) {
+    const Index nk = std::min(plan.block_k, key_end - j0);
+    Eigen::Map<RowMajorMatrix<Scalar>> s(buffer, bq, nk);
+    s.noalias() = qb * k.middleRows(j0, nk).transpose();
+    for (Index r = 0; r < bq; ++r) {
+      Scalar* row = buffer + r * nk;
+      const Index visible = attention_visible(i0 + r, j0, nk, lq, lk, plan.causal);
+      const Span<const Scalar> ms = attention_mask_span<Scalar>(mask, i0 + r, j0, visible);
+      std::fill(row + visible, row + nk, Scalar(0));
+      long double sum = 0;
+      for (Index j = 0; j < visible; ++j) {
+        Scalar t = f.scale * row[j];
+        if (f.has_cap())
+          t = f.cap * std::tanh(t / f.cap);
+        const bool masked_score = t == -inf;
+        if (ms.size != 0)
+          t = f.slope * ms[j] == -inf ? -inf : t + f.slope * ms[j];
+        if (t != t) {
+          nan_row[r] = true;
+          row[j] = 0;
+          continue;
+        }
+        if (masked_score || t == -inf) {
+          row[j] = 0;
+          continue;
+        }
+        row[j] = e.evaluate_scalar<Scalar>(t - bound);
+        sum += row[j];
+        ++kept[r];
+      }
+      running_sum[r] += sum;
+    }
+    ob.noalias() += s * v.middleRows(j0, nk);
+  }
+  for (Index r = 0; r < bq; ++r) {
+    const Scalar sum = static_cast<Scalar>(running_sum[r]);
+    if (nan_row[r] || sum != sum) {
+      ob.row(r).setConstant(std::numeric_limits<Scalar>::quiet_NaN());
+    } else if (kept[r] == 0 || sum == Scalar(0)) {
+      ob.row(r).setZero();
+    } else {
+      Scalar reciprocal;
+      const PolynomialSoftmaxConfig& c = weight.config();
+      if (c.reciprocal == ReciprocalMethod::Exact) {
+        reciprocal = Scalar(1) / sum;
+      } else {
+        const approx::ReciprocalRange range = weight.reciprocal_range<Scalar>(kept[r]);
+        const int iterations = weight.iterations_for<Scalar>(kept[r]);
+        const Scalar z0 = static_cast<Scalar>(range.z0);
+        reciprocal = c.reciprocal == ReciprocalMethod::Goldschmidt
+                         ? approx::goldschmidt_reciprocal(sum, z0, iterations)
+                         : approx::newton_reciprocal(sum, z0, iterations);
+      }
+      ob.row(r) *= reciprocal;
+    }
+  }
+}
+
 // The backward pass (FlashAttention-2's recomputation), sequential: dQ, dK, dV are overwritten.
 template <class Scalar, class QM, class KM, class VM, class MaskM, class OM, class LM, class DOM,
           class DQ, class DK, class DV>
@@ -838,8 +934,12 @@ void require_no_overlap(const char* function, const char* out, const char* in, c
 // Flash-style attention for one head: see the header's doc block.
 template <class Weight = Softmax>
 class Attention {
-  static_assert(std::is_same_v<Weight, Softmax> || std::is_same_v<Weight, PowerSoftmax>,
-                "softmaxlab: Attention supports the Softmax and PowerSoftmax weights");
+  static_assert(
+      std::is_same_v<
+          Weight,
+          Softmax> || std::is_same_v<Weight, PowerSoftmax> || std::is_same_v<Weight, PolynomialSoftmax>,
+      "softmaxlab: Attention supports the Softmax, PowerSoftmax and PolynomialSoftmax "
+      "weights");
   static constexpr bool kSoftmax = std::is_same_v<Weight, Softmax>;
 
  public:
@@ -854,6 +954,14 @@ class Attention {
                      "but got ",
                      weight.temperature());
       }
+    } else if constexpr (std::is_same_v<Weight, PolynomialSoftmax>) {
+      if (weight.config().shift != Shift::PublicBound)
+        detail::fail(name,
+                     ": the PolynomialSoftmax weight must use Shift::PublicBound (online, "
+                     "no max), but got Shift::RowMax");
+      if (options.has_sink())
+        detail::fail(name, ": a sink needs the Softmax weight, but got sink ", options.sink(),
+                     " with PolynomialSoftmax");
     } else {
       if (weight.form() != PowerForm::Stable)
         detail::fail(name, ": the PowerSoftmax weight must have the Stable form, but got form ",
@@ -1040,6 +1148,9 @@ class Attention {
                 if constexpr (kSoftmax) {
                   detail::attention_forward_block(q, k, v, mask, o, lse, i0,
                                                   std::min(p.block_q, lq - i0), p);
+                } else if constexpr (std::is_same_v<Weight, PolynomialSoftmax>) {
+                  detail::attention_forward_block_polynomial(
+                      q, k, v, mask, o, i0, std::min(p.block_q, lq - i0), p, weight_);
                 } else {
                   detail::attention_forward_block_power(
                       q, k, v, mask, o, i0, std::min(p.block_q, lq - i0), p, weight_.p());
