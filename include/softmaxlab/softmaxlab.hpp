@@ -13,6 +13,8 @@
 //   CrossEntropyLoss, L2SvmLoss, loss.hpp         training losses with their gradients
 //     NormalizedSoftmaxLoss, SparseCbmGumbelLoss
 //   HardFusion, SoftFusion       fusion.hpp       SurfaceFusion of two logit sources
+//   AttentionSoftmax, Attention, attention.hpp    fused score softmax (scale, softcap, mask x
+//     merge_attention                             ALiBi slope, sink); flash-style attention
 //
 // Every functor maps each 1-D slice of its input to a distribution of the same length:
 //   f(x), f.apply(x, y), f.rowwise(X), f.rowwise(X, Y), f.colwise(X), f.colwise(X, Y).
