@@ -33,6 +33,8 @@
 // (eps of the scalar type): Softmax's bound on the transformed scores plus the rounding of the
 // scores themselves (scale and slope rounded to the scalar, one product each, the cap's tanh
 // within 2 eps, one addition) and its effect on the normalizer (a weighted mean, at most the max).
+// Measured worst (rows of 1 to 4097, N(0, 8^2) scores, 10% masked, every option): 0.27 of the
+// bound (18.7 eps) in float, 0.18 (11.9 eps) in double.
 //
 // Attention<Weight = Softmax>(o[, weight]): for one head, Q Lq x d, K Lk x d, V Lk x dv,
 //   O = softmax(cap(scale Q K^T) + m mask) V   (sink and causal mask as above, row by row),
@@ -62,7 +64,7 @@
 // (d_j now with the score's dot product: + d |scale| sum_k |q_ik k_jk| / eps ulps) and the rest is
 // the float accumulation of P V (Bk terms per GEMM, one rescale and one addition per key block).
 // Measured worst (random N(0,1) Q, K, V, sigma(V) = 2, shapes up to Lq 200, Lk 2000, d 64, every
-// option, default and 7 x 5 blocks): 7.2 eps float, 8.4 eps double, 0.10 and 0.12 of the tested
+// option, default and 7 x 5 blocks): 7.6 eps float, 8.4 eps double, 0.12 of the tested
 // 8 eps (1 + max|V|).
 //
 // Attention<PowerSoftmax>(o, PowerSoftmax(p)): w_ij = t_ij^p / sum_j t_ij^p (Stable form; Power-
@@ -72,7 +74,7 @@
 // Rows whose visible scores are all 0 give the mean of their values (the formula's limit), +-inf
 // scores share the mass, masked keys (-inf in the scaled mask, causal) are left out. No sink, no
 // lse, no backward for this weight. Measured worst against the exact plaintext (long double):
-// 4.4 eps float, 12.8 eps double (p = 2, 4, 8).
+// 11.4 eps float, 12.8 eps double (p = 2, 4, 8).
 //
 // Attention<PolynomialSoftmax>(o, PolynomialSoftmax(config)), config.shift = Shift::PublicBound:
 // what an encrypted pipeline computes, online without a max (nothing to rescale): w_ij =
