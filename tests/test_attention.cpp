@@ -394,7 +394,7 @@ TEST_CASE("AttentionSoftmax: special values", "[attention]") {
   CHECK(sink(e).size() == 0);
 }
 
-TEST_CASE("AttentionSoftmax: forms agree bitwise; no allocation; shape errors", "[attention]") {
+TEST_CASE("AttentionSoftmax: forms agree bitwise, no allocation, shape errors", "[attention]") {
   using Catch::Matchers::Contains;
   const sml::AttentionSoftmax f(
       sml::AttentionOptions().with_scale(0.2).with_softcap(20).with_mask_slope(0.5).with_sink(1));
@@ -518,7 +518,7 @@ TEST_CASE("Attention: special values and shapes", "[attention]") {
   CHECK_THROWS_WITH(attn.apply(qo.leftCols(4), k, v, qo), Contains("overlap"));
 }
 
-TEST_CASE("Attention: apply allocates nothing; expressions and layouts agree", "[attention]") {
+TEST_CASE("Attention: apply allocates nothing, expressions and layouts agree", "[attention]") {
   const Eigen::MatrixXf q = normal_matrix<float>(100, 64, 11, 1.0);
   const Eigen::MatrixXf k = normal_matrix<float>(300, 64, 12, 1.0);
   const Eigen::MatrixXf v = normal_matrix<float>(300, 64, 13, 1.0);
