@@ -33,8 +33,11 @@ using RowMajorF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::Ro
 struct AttentionWorkload {
   RowMajorF q, k, v, o, s;
   AttentionWorkload(Index lq, Index lk, Index d, bool materialize)
-      : q(RowMajorF::Random(lq, d)), k(RowMajorF::Random(lk, d)), v(RowMajorF::Random(lk, d)),
-        o(lq, d), s(materialize ? lq : 0, materialize ? lk : 0) {
+      : q(RowMajorF::Random(lq, d)),
+        k(RowMajorF::Random(lk, d)),
+        v(RowMajorF::Random(lk, d)),
+        o(lq, d),
+        s(materialize ? lq : 0, materialize ? lk : 0) {
     q *= 2.0f;
     k *= 2.0f;
   }
@@ -75,10 +78,10 @@ void run_attention(benchmark::State& state, Index lq, Index lk, Index d, Impl im
     benchmark::DoNotOptimize(w.o.data());
     benchmark::ClobberMemory();
   }
-  const double workspace =
-      impl == Impl::Flash ? double(sml::detail::kAttentionMaxBlockQ * sml::detail::kAttentionMaxBlockK
-                                   * sizeof(float))
-                          : double(lq * lk * sizeof(float));
+  const double workspace = impl == Impl::Flash
+                               ? double(sml::detail::kAttentionMaxBlockQ
+                                        * sml::detail::kAttentionMaxBlockK * sizeof(float))
+                               : double(lq * lk * sizeof(float));
   state.counters["workspace_bytes"] = workspace;
   state.counters["flops"] = benchmark::Counter(4.0 * double(lq) * double(lk) * double(d),
                                                benchmark::Counter::kIsIterationInvariantRate);
@@ -103,7 +106,9 @@ void register_attention(Index lq, Index lk, Index d) {
     c.type_rank = 0;
     c.n = lq * lk;
     c.cache = softmaxlab_bench::Cache::In;
-    c.run = [=](benchmark::State& state) { run_attention(state, lq, lk, d, impl); };
+    c.run = [=](benchmark::State& state) {
+      run_attention(state, lq, lk, d, impl);
+    };
     softmaxlab_bench::registry().push_back(std::move(c));
   }
 }
@@ -137,12 +142,14 @@ void run_attention_softmax(benchmark::State& state, Index n, bool fused) {
 void register_attention_softmax(Index n) {
   for (bool fused : {true, false}) {
     softmaxlab_bench::Case c;
-    c.name = std::string("attention_softmax/") + (fused ? "fused" : "eigen_expr")
-             + "/float/rows64/" + std::to_string(n);
+    c.name = std::string("attention_softmax/") + (fused ? "fused" : "eigen_expr") + "/float/rows64/"
+             + std::to_string(n);
     c.type_rank = 0;
     c.n = n;
     c.cache = softmaxlab_bench::Cache::In;
-    c.run = [=](benchmark::State& state) { run_attention_softmax(state, n, fused); };
+    c.run = [=](benchmark::State& state) {
+      run_attention_softmax(state, n, fused);
+    };
     softmaxlab_bench::registry().push_back(std::move(c));
   }
 }
