@@ -64,3 +64,41 @@ TEST_CASE("rowwise/colwise batches are deterministic: bitwise equal to per-slice
   check_batches(sml::Softmax(2.0), Xd);
   check_batches(sml::SinglePassSoftmax(), Xd);
 }
+
+TEST_CASE("Attention and AttentionSoftmax: bitwise the same for every thread count",
+          "[parallel][attention]") {
+  const Eigen::MatrixXf q = Eigen::MatrixXf::Random(300, 64);
+  const Eigen::MatrixXf k = Eigen::MatrixXf::Random(500, 64) * 3.0f;
+  const Eigen::MatrixXf v = Eigen::MatrixXf::Random(500, 48);
+  const Eigen::MatrixXf mask = Eigen::MatrixXf::Random(300, 500);
+  const Eigen::MatrixXf s = Eigen::MatrixXf::Random(300, 500) * 30.0f;
+  const sml::Attention<> attn(
+      sml::AttentionOptions().with_causal(true).with_softcap(20).with_sink(0.5));
+  const sml::AttentionSoftmax fs(sml::AttentionOptions().with_scale(0.3).with_mask_slope(0.5));
+  // The sequential references: Attention computed with one thread, AttentionSoftmax row by row.
+#if defined(_OPENMP)
+  omp_set_num_threads(1);
+#endif
+  Eigen::MatrixXf o_ref(300, 48), p_ref(300, 500);
+  Eigen::VectorXf lse_ref(300);
+  attn.apply_masked(q, k, v, mask, o_ref, lse_ref);
+  for (Index i = 0; i < 300; ++i)
+    fs.apply_masked(s.row(i), mask.row(i), p_ref.row(i));
+  std::vector<int> thread_counts{1};
+#if defined(_OPENMP)
+  thread_counts = {1, 2, 3, 4};
+#endif
+  for (int threads : thread_counts) {
+#if defined(_OPENMP)
+    omp_set_num_threads(threads);
+#endif
+    INFO("threads " << threads);
+    Eigen::MatrixXf o(300, 48), p(300, 500);
+    Eigen::VectorXf lse(300);
+    attn.apply_masked(q, k, v, mask, o, lse);
+    CHECK(same_bits(o, o_ref));
+    CHECK(same_bits(lse, lse_ref));
+    fs.rowwise_masked(s, mask, p);
+    CHECK(same_bits(p, p_ref));
+  }
+}

@@ -21,6 +21,8 @@
 //   mpi::VocabParallelSoftmax,   mpi.hpp          the vocabulary split across MPI ranks; needs
 //     ...CrossEntropy, sample                     MPI, so not included here: include it and
 //                                                 link softmaxlab::mpi
+//   AttentionSoftmax, Attention, attention.hpp    fused score softmax (scale, softcap, mask x
+//     merge_attention                             ALiBi slope, sink); flash-style attention
 //
 // Every functor maps each 1-D slice of its input to a distribution of the same length:
 //   f(x), f.apply(x, y), f.rowwise(X), f.rowwise(X, Y), f.colwise(X), f.colwise(X, Y).
@@ -29,6 +31,7 @@
 // See README.md for the numerical policy and each header's doc block for its accuracy.
 #pragma once
 
+#include "attention.hpp"
 #include "entmax.hpp"
 #include "fusion.hpp"
 #include "gumbel.hpp"

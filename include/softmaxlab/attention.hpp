@@ -1,0 +1,1298 @@
+// softmaxlab: attention. AttentionSoftmax, the fused score softmax of inference engines (ggml's
+// soft_max_ext), and Attention, exact flash-style attention on the online normalizer, forward
+// and backward.
+//
+// AttentionOptions (validated when set; std::invalid_argument naming the parameter and value):
+//   with_scale(s)       finite, > 0. Default: 1 in AttentionSoftmax, 1/sqrt(d) in Attention.
+//   with_causal(b)      Attention only: key j is visible to query i iff j <= i + Lk - Lq
+//                       (bottom-right aligned, as KV-cache decoding needs).
+//   with_softcap(c)     0 = off (default), else finite, > 0: cap(s) = c tanh(s / c).
+//   with_mask_slope(m)  finite, > 0 (default 1): the additive mask is multiplied by m (ggml's
+//                       ALiBi form: the mask holds the position bias, m the per-head slope, see
+//                       alibi_slope()).
+//   with_sink(z)        finite: a logit that joins the max and the sum but has no output
+//                       (gpt-oss-style attention sinks).
+// alibi_slope(max_bias, head, n_head): ggml's per-head slope, m0^(h+1) for h < 2^floor(log2 n)
+// and m1^(2(h - 2^floor(log2 n)) + 1) above, m0 = 2^(-max_bias / 2^floor(log2 n)),
+// m1 = 2^(-max_bias / 2 / 2^floor(log2 n)); 1 when max_bias = 0. max_bias finite >= 0,
+// 0 <= head < n_head.
+//
+// AttentionSoftmax(o): y = softmax(t), t_i = cap(scale x_i) + m mask_i, the sink z joining:
+//   y_i = exp(t_i - M) / (sum_j exp(t_j - M) + exp(z - M)),   M = max(max_j t_j, z).
+// Forms: f(x), f.apply(x, y), f.rowwise(X[, Y]), f.colwise(X[, Y]) (DistributionFunctor, no
+// mask), f.apply_masked(x, mask, y), f.rowwise_masked(S, M, P) (M: S's shape, or one row
+// broadcast over every row; mask storage of x's scalar). Three passes over the row, as Softmax:
+// (1) t_i written into y while the max is taken (the pre-operations are fused into the max pass,
+// never an extra sweep); (2) exp(t_i - M) in place, summed with Softmax's compensated sums;
+// (3) y *= 1 / (sum + exp(z - M)). Backward: f.backward(x, y, dy[, dx]) and the row/column forms,
+// dx_i = scale cap'(scale x_i) y_i (dy_i - <dy, y>), cap'(s) = 1 - tanh^2(s / c) (1 without a
+// cap); the same for the masked forms (the mask is a constant).
+// Accuracy (tests/test_attention.cpp, against long-double evaluations of the exact transformed
+// scores T_i = cap(scale x_i) + m mask_i): relative error of y_i
+//   <= eps (4 (1 + |T_i - M|) + d_i + max_j d_j),   d_j = |scale x_j| + |m mask_j| + 2|T_j| + 2
+// (eps of the scalar type): Softmax's bound on the transformed scores plus the rounding of the
+// scores themselves (scale and slope rounded to the scalar, one product each, the cap's tanh
+// within 2 eps, one addition) and its effect on the normalizer (a weighted mean, at most the max).
+// Measured worst (rows of 1 to 4097, N(0, 8^2) scores, 10% masked, every option): 0.27 of the
+// bound (18.7 eps) in float, 0.18 (11.9 eps) in double.
+//
+// Attention<Weight = Softmax>(o[, weight]): for one head, Q Lq x d, K Lk x d, V Lk x dv,
+//   O = softmax(cap(scale Q K^T) + m mask) V   (sink and causal mask as above, row by row),
+// computed flash-style (FlashAttention-2's loop order): for each block of Bq query rows, key/value
+// blocks of Bk rows in turn: S = Q_b K_b^T (one Eigen GEMM into a Bq x Bk stack buffer), the
+// score transform fused into the row-max pass, then per query row the running max m, sum l and
+// the output accumulator (O's own rows) rescaled by exp(m_old - m_new) when the max grows (the
+// online normalizer of single_pass.hpp, extended with the value accumulator), P = exp(S - m) in
+// place, O_b += P V_b (one GEMM). The Lq x Lk matrix is never formed: the workspace is the stack
+// buffer, Bq Bk scalars (64 x 128 by default, 32 KiB float), plus Bq maxima and sums,
+// independent of Lk; the accumulator is O itself.
+//   attn(Q, K, V) -> O;  attn.apply(Q, K, V, O[, lse]);  attn.apply_masked(Q, K, V, mask, O[, lse])
+//   lse_i = log(sum_j exp(t_ij) + exp(z)): the per-query log-sum-exp of the transformed scores;
+//   merge_attention(O1, lse1, O2, lse2, O, lse) combines two partials over disjoint key sets
+//   exactly (split-K decoding, sequence parallelism; give the sink to one partial only).
+//   attn.backward(Q, K, V, O, lse, dO, dQ, dK, dV) (and backward_masked with the mask): the
+//   gradients by recomputation of P from lse (FlashAttention-2, Dao 2023, Algorithm 2),
+//   D_i = <dO_i, O_i>, dS = P (dO V^T - D), through the cap and the scale.
+// Q, K, V: Eigen objects of float or double with storage (plain, Map, Ref, Block); any other
+// expression is evaluated into a temporary first. apply with storage inputs does not allocate
+// (tested at d = dv = 64; Eigen's GEMM packs its blocks on the stack while they stay under
+// EIGEN_STACK_ALLOCATION_LIMIT, 128 KiB, i.e. for moderate d and dv). with_block_sizes(bq, bk)
+// sets smaller blocks (1..64, 1..128), which changes only the rounding.
+// Accuracy (tests/test_attention.cpp, against a long-double materialized reference on the same
+// inputs): per entry, |O_ik - exact| <= eps max|V| (2 rho + Bk + 2 ceil(Lk / Bk) + 4), where
+// rho = max_j (4 (1 + |t_ij - M_i|) + d_j) bounds the relative error of each weight as above
+// (d_j now with the score's dot product: + d |scale| sum_k |q_ik k_jk| / eps ulps) and the rest is
+// the float accumulation of P V (Bk terms per GEMM, one rescale and one addition per key block).
+// Measured worst (random N(0,1) Q, K, V, sigma(V) = 2, shapes up to Lq 200, Lk 2000, d 64, every
+// option, default and 7 x 5 blocks): 7.6 eps float, 8.4 eps double, 0.12 of the tested
+// 8 eps (1 + max|V|).
+//
+// Attention<PowerSoftmax>(o, PowerSoftmax(p)): w_ij = t_ij^p / sum_j t_ij^p (Stable form; Power-
+// Softmax, Zimerman et al., arXiv 2410.09457) online: the running scale of a row is a power of two
+// 2^e >= max |t| (as PowerSoftmax scales rows), so the rescale (2^e_old / 2^e_new)^p when it grows
+// is exact; weights (t 2^-e)^p by repeated squaring; one exact division per row at the end.
+// Rows whose visible scores are all 0 give the mean of their values (the formula's limit), +-inf
+// scores share the mass, masked keys (-inf in the scaled mask, causal) are left out. No sink, no
+// lse, no backward for this weight. Measured worst against the exact plaintext (long double):
+// 11.4 eps float, 12.8 eps double (p = 2, 4, 8).
+//
+// Attention<PolynomialSoftmax>(o, PolynomialSoftmax(config)), config.shift = Shift::PublicBound:
+// what an encrypted pipeline computes, online without a max (nothing to rescale): w_ij =
+// E(t_ij - B) / sum_j E(t_ij - B), E the configured polynomial exp (approx/exp.hpp, clipped to
+// [-R, 0]: scores above B count as B), then the configured reciprocal of each row's sum (its range
+// from the number of visible keys). Masked keys are left out; a row with none gives zeros. No
+// sink, no lse, no backward. Against the plaintext pipeline (materialized scores, then
+// PolynomialSoftmax, then P V): 2.1e-7 in float (Lk = 300); against exact softmax attention
+// 1.1e-5, the approximation's own error.
+//
+// Special values (both classes): a -inf entry of x (or of the scaled mask) is masked out: exactly 0
+// weight, softcap or not; a row with every entry masked gives zeros (Attention: a zero output row
+// and lse = -inf), even with a sink, which then would take all the mass; +inf entries share the
+// mass (with a softcap, cap(+inf) = c is finite: the limit of the formula); a NaN anywhere in a
+// row (input or mask) makes the row NaN (Attention: a NaN in the query row's scores); an empty
+// input gives an empty output.
+//
+// Errors (std::invalid_argument naming the parameter, value or shapes): options out of range;
+// outputs or masks of the wrong shape; Q and K with different d, K and V with different Lk; an
+// output that overlaps an input; Attention<Softmax> with a temperature other than 1 (fold it into
+// the scale); Attention<PowerSoftmax> with a sink or a form other than Stable;
+// Attention<PolynomialSoftmax> with a sink or the RowMax shift; block sizes out of range.
+//
+// Threads: with OpenMP and SOFTMAXLAB_USE_OPENMP, Attention spreads its query blocks over the
+// threads; every query block is computed by the same code whatever thread runs it, so the result
+// is bit-for-bit the same for any thread count. rowwise/rowwise_masked spread rows likewise.
+//
+// Speed (bench/bench_attention.cpp, float, one thread, median CPU time on a shared AVX-512 EPYC):
+// Attention 1.96x / 1.68x / 1.41x the materialized Eigen form (GEMM, Eigen softmax expression,
+// GEMM) at Lq = Lk = 4096 / 1024 / 128, d = 64 (1.36x / 1.27x / 1.24x at d = 128); decode
+// (Lq = 1) on par. AttentionSoftmax with mask and scale: 1.52x / 1.78x the plain Eigen expression
+// on rows of 1024 / 4096 compiled for AVX2 + FMA, 0.84x / 1.00x with AVX-512 (README).
+//
+// Sources: ggml (llama.cpp) ggml_compute_forward_soft_max_f32 (scale, mask times ALiBi slope,
+// sinks) and flash_attn_ext (running max/sum/accumulator, softcap); Milakov & Gimelshein,
+// arXiv 1805.02867 (online normalizer); Dao, "FlashAttention-2", arXiv 2307.08691.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+#include "detail/backward_base.hpp"
+#include "detail/checks.hpp"
+#include "detail/functor_base.hpp"
+#include "detail/kernels.hpp"
+#include "polynomial.hpp"
+#include "power.hpp"
+#include "softmax.hpp"
+
+namespace softmaxlab {
+
+// The options of AttentionSoftmax and Attention: see the header's doc block.
+class AttentionOptions {
+ public:
+  AttentionOptions with_scale(double scale) const {
+    AttentionOptions o = *this;
+    o.scale_ = detail::require_positive_finite("AttentionOptions: scale", scale);
+    return o;
+  }
+  AttentionOptions with_causal(bool causal) const {
+    AttentionOptions o = *this;
+    o.causal_ = causal;
+    return o;
+  }
+  AttentionOptions with_softcap(double softcap) const {
+    if (!(softcap == 0.0 || (softcap > 0.0 && std::isfinite(softcap))))
+      detail::fail("AttentionOptions: softcap must be 0 (off) or finite and > 0, but got ",
+                   softcap);
+    AttentionOptions o = *this;
+    o.softcap_ = softcap;
+    return o;
+  }
+  AttentionOptions with_mask_slope(double slope) const {
+    AttentionOptions o = *this;
+    o.mask_slope_ = detail::require_positive_finite("AttentionOptions: mask_slope", slope);
+    return o;
+  }
+  AttentionOptions with_sink(double sink) const {
+    if (!std::isfinite(sink))
+      detail::fail("AttentionOptions: sink must be finite, but got ", sink);
+    AttentionOptions o = *this;
+    o.has_sink_ = true;
+    o.sink_ = sink;
+    return o;
+  }
+
+  bool has_scale() const { return scale_ > 0; }
+  double scale_or(double fallback) const { return has_scale() ? scale_ : fallback; }
+  bool causal() const { return causal_; }
+  double softcap() const { return softcap_; }
+  double mask_slope() const { return mask_slope_; }
+  bool has_sink() const { return has_sink_; }
+  double sink() const { return sink_; }
+
+ private:
+  double scale_ = 0;  // 0: not set (the default of each class applies)
+  bool causal_ = false;
+  double softcap_ = 0;
+  double mask_slope_ = 1;
+  bool has_sink_ = false;
+  double sink_ = 0;
+};
+
+// ggml's ALiBi slope of head `head` among `n_head` heads for max_bias (see the doc block).
+inline double alibi_slope(double max_bias, int head, int n_head) {
+  if (!(max_bias >= 0.0 && std::isfinite(max_bias)))
+    detail::fail("alibi_slope: max_bias must be finite and >= 0, but got ", max_bias);
+  if (n_head < 1)
+    detail::fail("alibi_slope: n_head must be >= 1, but got ", n_head);
+  if (head < 0 || head >= n_head)
+    detail::fail("alibi_slope: head must be in [0, n_head = ", n_head, "), but got ", head);
+  if (max_bias == 0.0)
+    return 1.0;
+  const int n_log2 = 1 << static_cast<int>(std::floor(std::log2(static_cast<double>(n_head))));
+  const double m0 = std::exp2(-max_bias / n_log2);
+  const double m1 = std::exp2(-max_bias / 2.0 / n_log2);
+  return head < n_log2 ? std::pow(m0, head + 1) : std::pow(m1, 2 * (head - n_log2) + 1);
+}
+
+namespace detail {
+
+// The score transform t = cap(scale s) + slope mask in the scalar type, and the row state it
+// reports: the max of t and whether the row (scores or mask) held a NaN.
+template <class Scalar>
+struct ScoreTransform {
+  Scalar scale = 1;
+  Scalar slope = 1;
+  Scalar cap = 0;  // 0: no softcap
+  bool has_cap() const { return cap != Scalar(0); }
+};
+
+template <class Scalar>
+struct ScoreMax {
+  Scalar max = -std::numeric_limits<Scalar>::infinity();
+  bool nan = false;
+  void add(const ScoreMax& o) {
+    max = std::max(max, o.max);
+    nan = nan || o.nan;
+  }
+};
+
+// c tanh(s / c) on a packet: Eigen's ptanh where it is vectorized (float), std::tanh per lane
+// otherwise.
+template <class Packet>
+EIGEN_STRONG_INLINE Packet softcap_packet(const Packet& s, const Packet& c, const Packet& inv_c) {
+  using namespace Eigen::internal;
+  using Scalar = typename unpacket_traits<Packet>::type;
+  constexpr int P = unpacket_traits<Packet>::size;
+  if constexpr (P > 1 && packet_traits<Scalar>::HasTanh) {
+    return pmul(c, ptanh(pmul(s, inv_c)));
+  } else {
+    alignas(64) Scalar lanes[P];
+    pstore(lanes, pmul(s, inv_c));
+    for (int k = 0; k < P; ++k)
+      lanes[k] = std::tanh(lanes[k]);
+    return pmul(c, pload<Packet>(lanes));
+  }
+}
+
+// y_i = cap(scale x_i) + slope mask_i for contiguous x, mask (kMask), y (y may be x), with -inf
+// in x or in the scaled mask giving exactly -inf (masked). Returns the max of y and the NaN flag.
+template <bool kMask, bool kCap, class Scalar>
+ScoreMax<Scalar> transform_scores_contiguous(const Scalar* x, const Scalar* mask, Scalar* y,
+                                             Index n, const ScoreTransform<Scalar>& f) {
+  using namespace Eigen::internal;
+  using Packet = PacketOf<Scalar>;
+  constexpr int P = kPacketSize<Scalar>;
+  const Scalar inf = std::numeric_limits<Scalar>::infinity();
+  const Packet scale = pset1<Packet>(f.scale), slope = pset1<Packet>(f.slope);
+  const Packet cap = pset1<Packet>(f.cap), inv_cap = pset1<Packet>(kCap ? Scalar(1) / f.cap : 1);
+  const Packet minus_inf = pset1<Packet>(-inf);
+  Packet pmax_acc = minus_inf;
+  Packet ok = ptrue(minus_inf);
+  auto step = [&](const Packet& xp, const Packet& mp) {
+    Packet t = pmul(xp, scale);
+    if constexpr (kCap)
+      t = softcap_packet(t, cap, inv_cap);
+    Packet masked = pcmp_eq(xp, minus_inf);
+    Packet notnan = pcmp_eq(xp, xp);
+    if constexpr (kMask) {
+      const Packet mm = pmul(mp, slope);
+      t = padd(t, mm);
+      masked = por(masked, pcmp_eq(mm, minus_inf));
+      notnan = pand(notnan, pcmp_eq(mm, mm));
+    } else {
+      EIGEN_UNUSED_VARIABLE(mp);
+    }
+    t = pselect(masked, minus_inf, t);
+    ok = pand(ok, notnan);
+    pmax_acc = pmax(pmax_acc, t);
+    return t;
+  };
+  const Packet zero = pset1<Packet>(Scalar(0));
+  Index i = 0;
+  for (; i + P <= n; i += P) {
+    const Packet mp = kMask ? ploadu<Packet>(mask + i) : zero;
+    pstoreu(y + i, step(ploadu<Packet>(x + i), mp));
+  }
+  if (i < n) {  // padding lanes: x = -inf, mask 0 (masked, not NaN)
+    const Packet mp = kMask ? load_partial<Packet>(mask + i, n - i, Scalar(0)) : zero;
+    store_partial(y + i, n - i, step(load_partial<Packet>(x + i, n - i, -inf), mp));
+  }
+  alignas(64) Scalar lanes[P], oks[P];
+  pstore(lanes, pmax_acc);
+  pstore(oks, ok);
+  ScoreMax<Scalar> r;
+  for (int k = 0; k < P; ++k) {
+    r.max = std::max(r.max, lanes[k]);
+    // ok lanes are all-ones bit patterns, lanes that met a NaN all-zeros
+    std::conditional_t<std::is_same_v<Scalar, float>, std::uint32_t, std::uint64_t> bits;
+    std::memcpy(&bits, &oks[k], sizeof(bits));
+    r.nan = r.nan || bits == 0;
+  }
+  return r;
+}
+
+// The transform on spans: x, y (same length, y may be x) and mask (size 0: no mask), strided or
+// not (strided ones are staged through stack chunks, as for_chunks does).
+template <class Scalar>
+ScoreMax<Scalar> transform_scores(const Span<const Scalar>& x, const Span<const Scalar>& mask,
+                                  const Span<Scalar>& y, const ScoreTransform<Scalar>& f) {
+  const bool has_mask = mask.size != 0;
+  auto run = [&](const Scalar* in, const Scalar* m, Scalar* out, Index n) {
+    if (has_mask) {
+      return f.has_cap() ? transform_scores_contiguous<true, true>(in, m, out, n, f)
+                         : transform_scores_contiguous<true, false>(in, m, out, n, f);
+    }
+    return f.has_cap() ? transform_scores_contiguous<false, true>(in, m, out, n, f)
+                       : transform_scores_contiguous<false, false>(in, m, out, n, f);
+  };
+  if (x.contiguous() && y.contiguous() && (!has_mask || mask.contiguous()))
+    return run(x.data, mask.data, y.data, x.size);
+  ScoreMax<Scalar> r;
+  alignas(64) Scalar in[kChunk];
+  alignas(64) Scalar m[kChunk];
+  alignas(64) Scalar out[kChunk];
+  for (Index start = 0; start < x.size; start += kChunk) {
+    const Index count = std::min(kChunk, x.size - start);
+    for (Index k = 0; k < count; ++k)
+      in[k] = x[start + k];
+    if (has_mask) {
+      for (Index k = 0; k < count; ++k)
+        m[k] = mask[start + k];
+    }
+    r.add(run(in, m, out, count));
+    for (Index k = 0; k < count; ++k)
+      y[start + k] = out[k];
+  }
+  return r;
+}
+
+// p_i = exp(t_i - m) in place over contiguous t (m finite), returning sum_i p_i.
+template <class Scalar>
+long double exp_shift_store_sum(Scalar* t, Index n, Scalar m) {
+  CompensatedSum<Scalar> sum0, sum1;
+  scaled_exp_store_sum<false>(t, t, n, m, Scalar(1), sum0, sum1);
+  // The kernel keeps exp * 2^64 (always normal); scale back exactly but for subnormal results.
+  scale_in_place(t, n, Scalar(1) / kExpScale<Scalar>);
+  return std::ldexp(sum0.total() + sum1.total(), -kExpScaleLog2<Scalar>);
+}
+
+}  // namespace detail
+
+// The fused attention score softmax: see the header's doc block.
+class AttentionSoftmax : public detail::DistributionFunctor<AttentionSoftmax>,
+                         public detail::BackwardFunctor<AttentionSoftmax> {
+ public:
+  static constexpr const char* name = "AttentionSoftmax";
+  static constexpr bool backward_reads_input = true;  // the cap's derivative reads x
+
+  explicit AttentionSoftmax(const AttentionOptions& options = {}) : options_(options) {
+    if (options.causal())
+      detail::fail(name,
+                   ": causal must be false (a row has no query position; use a mask), but "
+                   "got true");
+  }
+
+  const AttentionOptions& options() const { return options_; }
+
+  // y = softmax(cap(scale x) + m mask) with the sink: x, mask 1-D of one length (either
+  // orientation), mask storage of x's scalar; y as for apply(); y may be x, not the mask.
+  template <class XprX, class XprM, class XprY>
+  void apply_masked(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprM>& mask,
+                    const Eigen::DenseBase<XprY>& y) const {
+    using Scalar = typename XprX::Scalar;
+    check_mask_type<XprX, XprM>();
+    detail::require_vector(name, mask.rows(), mask.cols());
+    if (mask.size() != x.size()) {
+      detail::fail(name, ": mask must have the input's length ", x.size(), ", but got ",
+                   mask.rows(), " x ", mask.cols());
+    }
+    detail::Span<const Scalar> ms = detail::vector_span<const Scalar>(mask.derived());
+    apply_impl(x, y, ms);
+  }
+  template <class XprX, class XprM>
+  typename XprX::PlainObject masked(const Eigen::DenseBase<XprX>& x,
+                                    const Eigen::DenseBase<XprM>& mask) const {
+    typename XprX::PlainObject y(x.rows(), x.cols());
+    apply_masked(x, mask, y);
+    return y;
+  }
+
+  // Each row of S with its mask row: M has S's shape, or is one row broadcast over every row.
+  template <class XprS, class XprM, class XprP>
+  void rowwise_masked(const Eigen::DenseBase<XprS>& s, const Eigen::DenseBase<XprM>& mask,
+                      const Eigen::DenseBase<XprP>& p_const) const {
+    using Scalar = typename XprS::Scalar;
+    check_mask_type<XprS, XprM>();
+    static_check_io<XprS, XprP>();
+    auto& p = const_cast<Eigen::DenseBase<XprP>&>(p_const).derived();
+    detail::require_same_size("AttentionSoftmax::rowwise_masked", s.rows(), s.cols(), p.rows(),
+                              p.cols());
+    const bool broadcast = mask.rows() == 1 && s.rows() != 1;
+    if (!((mask.rows() == s.rows() || broadcast) && mask.cols() == s.cols())) {
+      detail::fail(name, ": rowwise_masked needs a mask of shape ", s.rows(), " x ", s.cols(),
+                   " or 1 x ", s.cols(), ", but got ", mask.rows(), " x ", mask.cols());
+    }
+    if (s.size() == 0)
+      return;
+    const auto& md = mask.derived();
+    auto mask_row = [&](Index i) {
+      return detail::slice_span<const Scalar>(md, broadcast ? 0 : i, true);
+    };
+    if constexpr (detail::has_direct_access_v<XprS>) {
+      const auto& sd = s.derived();
+      const bool same_layout = sd.rowStride() == p.rowStride() && sd.colStride() == p.colStride();
+      if (detail::matrices_partially_overlap<Scalar>(sd.data(), detail::last_coefficient(sd),
+                                                     p.data(), detail::last_coefficient(p),
+                                                     same_layout)) {
+        detail::fail(name,
+                     ": output partially overlaps the input (only exact in-place is "
+                     "allowed)");
+      }
+      detail::for_each_slice<detail::kParallelSlices>(s.rows(), s.cols(), [&](Index i) {
+        compute<Scalar>(detail::slice_span<const Scalar>(sd, i, true),
+                        detail::slice_span<Scalar>(p, i, true), mask_row(i));
+      });
+    } else {
+      detail::evaluate_into(s, p);
+      detail::for_each_slice<detail::kParallelSlices>(s.rows(), s.cols(), [&](Index i) {
+        const detail::Span<Scalar> ps = detail::slice_span<Scalar>(p, i, true);
+        compute<Scalar>(detail::Span<const Scalar>{ps.data, ps.size, ps.stride}, ps, mask_row(i));
+      });
+    }
+  }
+  template <class XprS, class XprM>
+  typename XprS::PlainObject rowwise_masked(const Eigen::DenseBase<XprS>& s,
+                                            const Eigen::DenseBase<XprM>& mask) const {
+    typename XprS::PlainObject p(s.rows(), s.cols());
+    rowwise_masked(s, mask, p);
+    return p;
+  }
+
+ private:
+  friend class detail::DistributionFunctor<AttentionSoftmax>;
+  friend class detail::BackwardFunctor<AttentionSoftmax>;
+
+  template <class XprX, class XprM>
+  static void check_mask_type() {
+    static_assert(std::is_same_v<typename XprX::Scalar, typename XprM::Scalar>,
+                  "softmaxlab: the mask must have the input's scalar type");
+    static_assert(detail::has_direct_access_v<XprM>,
+                  "softmaxlab: the mask must be storage (Matrix, Array, Map, Ref or a Block of "
+                  "one); evaluate an expression first");
+  }
+
+  template <class Scalar>
+  detail::ScoreTransform<Scalar> transform() const {
+    detail::ScoreTransform<Scalar> f;
+    f.scale = static_cast<Scalar>(options_.scale_or(1.0));
+    f.slope = static_cast<Scalar>(options_.mask_slope());
+    f.cap = static_cast<Scalar>(options_.softcap());
+    return f;
+  }
+
+  template <class Scalar>
+  void compute(const detail::Span<const Scalar>& x, const detail::Span<Scalar>& y) const {
+    compute<Scalar>(x, y, detail::Span<const Scalar>{nullptr, 0, 1});
+  }
+
+  template <class Scalar>
+  void compute(const detail::Span<const Scalar>& x, const detail::Span<Scalar>& y,
+               const detail::Span<const Scalar>& mask) const {
+    const Scalar inf = std::numeric_limits<Scalar>::infinity();
+    // Pass 1: the transformed scores into y, and their max.
+    const detail::ScoreMax<Scalar> r = detail::transform_scores(x, mask, y, transform<Scalar>());
+    if (r.nan)
+      return detail::fill(y, std::numeric_limits<Scalar>::quiet_NaN());
+    if (r.max == -inf)
+      return detail::fill(y, Scalar(0));  // all masked: zeros, even with a sink
+    const detail::Span<const Scalar> t{y.data, y.size, y.stride};
+    if (r.max == inf) {
+      const Index k = detail::count_positive_infinity(t);
+      return detail::fill_by_infinity(t, y, Scalar(1) / Scalar(k), Scalar(0));
+    }
+    // Passes 2 and 3: Softmax's, with the sink in the max and the sum.
+    Scalar m = r.max;
+    long double sink_term = 0;
+    if (options_.has_sink()) {
+      const Scalar z = static_cast<Scalar>(options_.sink());
+      m = std::max(m, z);
+      sink_term =
+          std::ldexp(std::exp(static_cast<long double>(z) - m), detail::kExpScaleLog2<Scalar>);
+    }
+    const long double sum = detail::scaled_exp_pass<true>(t, y, m, Scalar(1), false) + sink_term;
+    const Scalar inverse = detail::reciprocal<Scalar>(sum);
+    if (y.contiguous()) {
+      detail::scale_in_place(y.data, y.size, inverse);
+    } else {
+      for (Index i = 0; i < y.size; ++i)
+        y[i] *= inverse;
+    }
+  }
+
+  template <class Scalar>
+  void compute_backward(const detail::Span<const Scalar>& x, const detail::Span<const Scalar>& y,
+                        const detail::Span<const Scalar>& dy,
+                        const detail::Span<Scalar>& dx) const {
+    const Scalar scale = static_cast<Scalar>(options_.scale_or(1.0));
+    const double c = options_.softcap();
+    const Scalar inv_c = c > 0 ? static_cast<Scalar>(1.0 / c) : Scalar(0);
+    detail::with_arrays(
+        [&](auto xa, auto ya, auto dya, auto dxa) {
+          const Scalar s = (ya * dya).sum();
+          if (c > 0) {
+            dxa = ya * (dya - s) * scale * (Scalar(1) - (xa * (scale * inv_c)).tanh().square());
+          } else {
+            dxa = ya * (dya - s) * scale;
+          }
+        },
+        x, y, dy, dx);
+  }
+
+  AttentionOptions options_;
+};
+
+namespace detail {
+
+// Query and key block sizes of Attention: the default and the largest (the stack workspace is
+// kAttentionMaxBlockQ x kAttentionMaxBlockK scalars, two of them in the backward pass).
+inline constexpr Index kAttentionMaxBlockQ = 64;
+inline constexpr Index kAttentionMaxBlockK = 128;
+
+template <class Scalar>
+using RowMajorMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+// Everything a query block needs besides the matrices.
+template <class Scalar>
+struct AttentionPlan {
+  ScoreTransform<Scalar> transform;
+  bool causal = false;
+  bool has_sink = false;
+  Scalar sink = 0;
+  Index block_q = kAttentionMaxBlockQ;
+  Index block_k = kAttentionMaxBlockK;
+};
+
+// One past the last key any query row of [i0, i0 + bq) sees (causal: j <= i + Lk - Lq).
+inline Index attention_key_end(Index i0, Index bq, Index lq, Index lk, bool causal) {
+  if (!causal)
+    return lk;
+  return std::clamp<Index>(i0 + bq + lk - lq, 0, lk);
+}
+
+// Number of keys of the block [j0, j0 + nk) that query row i sees.
+inline Index attention_visible(Index i, Index j0, Index nk, Index lq, Index lk, bool causal) {
+  if (!causal)
+    return nk;
+  return std::clamp<Index>(i + lk - lq - j0 + 1, 0, nk);
+}
+
+// The mask entries of query row i for keys [j0, j0 + n) (size 0 when there is no mask).
+template <class Scalar, class MaskM>
+Span<const Scalar> attention_mask_span(const MaskM* mask, Index i, Index j0, Index n) {
+  if (mask == nullptr || n == 0)
+    return {nullptr, 0, 1};
+  Span<const Scalar> m = slice_span<const Scalar>(*mask, i, true);
+  return {m.data + j0 * m.stride, n, m.stride};
+}
+
+// The flash forward pass of query rows [i0, i0 + bq): O rows and lse entries (lse.size == 0:
+// none), softmax weights.
+template <class Scalar, class QM, class KM, class VM, class MaskM, class OM>
+void attention_forward_block(const QM& q, const KM& k, const VM& v, const MaskM* mask, OM& o,
+                             const Span<Scalar>& lse, Index i0, Index bq,
+                             const AttentionPlan<Scalar>& plan) {
+  const Scalar inf = std::numeric_limits<Scalar>::infinity();
+  const Index lq = q.rows(), lk = k.rows();
+  alignas(64) Scalar buffer[kAttentionMaxBlockQ * kAttentionMaxBlockK];
+  Scalar running_max[kAttentionMaxBlockQ];
+  long double running_sum[kAttentionMaxBlockQ];
+  bool nan_row[kAttentionMaxBlockQ];
+  for (Index r = 0; r < bq; ++r) {
+    running_max[r] = -inf;
+    running_sum[r] = 0;
+    nan_row[r] = false;
+  }
+  auto ob = o.middleRows(i0, bq);
+  ob.setZero();
+  const auto qb = q.middleRows(i0, bq);
+  const Index key_end = attention_key_end(i0, bq, lq, lk, plan.causal);
+  for (Index j0 = 0; j0 < key_end; j0 += plan.block_k) {
+    const Index nk = std::min(plan.block_k, key_end - j0);
+    Eigen::Map<RowMajorMatrix<Scalar>> s(buffer, bq, nk);
+    s.noalias() = qb * k.middleRows(j0, nk).transpose();
+    for (Index r = 0; r < bq; ++r) {
+      Scalar* row = buffer + r * nk;
+      const Index visible = attention_visible(i0 + r, j0, nk, lq, lk, plan.causal);
+      std::fill(row + visible, row + nk, Scalar(0));  // keys this query does not see: weight 0
+      ScoreMax<Scalar> sm;
+      if (visible > 0) {
+        sm = transform_scores(Span<const Scalar>{row, visible, 1},
+                              attention_mask_span<Scalar>(mask, i0 + r, j0, visible),
+                              Span<Scalar>{row, visible, 1}, plan.transform);
+      }
+      nan_row[r] = nan_row[r] || sm.nan;
+      const Scalar m_old = running_max[r];
+      const Scalar m_new = std::max(m_old, sm.max);
+      if (nan_row[r] || m_new == -inf) {  // nothing to add (the NaN row is written at the end)
+        std::fill(row, row + visible, Scalar(0));
+        continue;
+      }
+      if (m_new == inf) {  // only +inf scores carry mass, one each
+        if (m_old != inf) {
+          ob.row(r).setZero();
+          running_sum[r] = 0;
+        }
+        Index count = 0;
+        for (Index j = 0; j < visible; ++j) {
+          const bool at_inf = row[j] == inf;
+          count += at_inf;
+          row[j] = at_inf ? Scalar(1) : Scalar(0);
+        }
+        running_sum[r] += count;
+      } else {
+        if (m_new > m_old && m_old != -inf) {
+          // The max grew: rescale what was accumulated (the online normalizer's merge).
+          const Scalar alpha =
+              static_cast<Scalar>(std::exp(static_cast<long double>(m_old) - m_new));
+          ob.row(r) *= alpha;
+          running_sum[r] *= alpha;
+        }
+        running_sum[r] += exp_shift_store_sum(row, visible, m_new);
+      }
+      running_max[r] = m_new;
+    }
+    ob.noalias() += s * v.middleRows(j0, nk);
+  }
+  for (Index r = 0; r < bq; ++r) {
+    const Scalar m = running_max[r];
+    Scalar row_lse;
+    if (nan_row[r]) {
+      ob.row(r).setConstant(std::numeric_limits<Scalar>::quiet_NaN());
+      row_lse = std::numeric_limits<Scalar>::quiet_NaN();
+    } else if (m == -inf) {
+      ob.row(r).setZero();  // every key masked: zeros, even with a sink
+      row_lse = -inf;
+    } else if (m == inf) {
+      ob.row(r) *= static_cast<Scalar>(1.0L / running_sum[r]);
+      row_lse = inf;
+    } else {
+      long double top = m, sum = running_sum[r], factor = 1;
+      if (plan.has_sink) {
+        top = std::max<long double>(m, plan.sink);
+        factor = std::exp(static_cast<long double>(m) - top);
+        sum = sum * factor + std::exp(static_cast<long double>(plan.sink) - top);
+      }
+      ob.row(r) *= static_cast<Scalar>(factor / sum);
+      row_lse = static_cast<Scalar>(top + std::log(sum));
+    }
+    if (lse.size != 0)
+      lse[i0 + r] = row_lse;
+  }
+}
+
+// z^p for an even p >= 2 by repeated squaring.
+template <class Scalar>
+Scalar even_power(Scalar z, int p) {
+  Scalar base = z * z, result = 1;
+  for (int e = p / 2; e > 0; e >>= 1) {
+    if (e & 1)
+      result *= base;
+    base *= base;
+  }
+  return result;
+}
+
+// The flash forward pass of query rows [i0, i0 + bq) with Power-Softmax weights (Stable form):
+// w_ij = t_ij^p / sum_j t_ij^p. The running scale is a power of two 2^e_i >= max_j |t_ij| (as
+// PowerSoftmax scales its rows), so the rescale when it grows, (2^e_old / 2^e_new)^p, is exact.
+// A row's state is one of: all visible scores zero so far (uniform weights, the formula's limit),
+// a finite scale 2^e, or infinite scores seen (they share the mass). Masked keys (-inf in the
+// scaled mask, causal) are left out.
+template <class Scalar, class QM, class KM, class VM, class MaskM, class OM>
+void attention_forward_block_power(const QM& q, const KM& k, const VM& v, const MaskM* mask, OM& o,
+                                   Index i0, Index bq, const AttentionPlan<Scalar>& plan, int p) {
+  const Scalar inf = std::numeric_limits<Scalar>::infinity();
+  const Scalar nan = std::numeric_limits<Scalar>::quiet_NaN();
+  constexpr int kEmpty = -2, kZero = -1, kFinite = 0, kInfinite = 1;  // row modes, in order
+  const Index lq = q.rows(), lk = k.rows();
+  const ScoreTransform<Scalar>& f = plan.transform;
+  alignas(64) Scalar buffer[kAttentionMaxBlockQ * kAttentionMaxBlockK];
+  int mode[kAttentionMaxBlockQ], exponent[kAttentionMaxBlockQ];
+  long double running_sum[kAttentionMaxBlockQ];
+  bool nan_row[kAttentionMaxBlockQ];
+  for (Index r = 0; r < bq; ++r) {
+    mode[r] = kEmpty;
+    exponent[r] = 0;
+    running_sum[r] = 0;
+    nan_row[r] = false;
+  }
+  auto ob = o.middleRows(i0, bq);
+  ob.setZero();
+  const auto qb = q.middleRows(i0, bq);
+  const Index key_end = attention_key_end(i0, bq, lq, lk, plan.causal);
+  for (Index j0 = 0; j0 < key_end; j0 += plan.block_k) {
+    const Index nk = std::min(plan.block_k, key_end - j0);
+    Eigen::Map<RowMajorMatrix<Scalar>> s(buffer, bq, nk);
+    s.noalias() = qb * k.middleRows(j0, nk).transpose();
+    for (Index r = 0; r < bq; ++r) {
+      Scalar* row = buffer + r * nk;
+      const Index visible = attention_visible(i0 + r, j0, nk, lq, lk, plan.causal);
+      const Span<const Scalar> ms = attention_mask_span<Scalar>(mask, i0 + r, j0, visible);
+      std::fill(row + visible, row + nk, Scalar(0));
+      // The transformed scores; masked keys become NaN here (NaN inputs were flagged first).
+      Scalar top = 0;
+      bool any = false;
+      for (Index j = 0; j < visible; ++j) {
+        Scalar t = f.scale * row[j];
+        if (f.has_cap())
+          t = f.cap * std::tanh(t / f.cap);
+        if (ms.size != 0) {
+          const Scalar mm = f.slope * ms[j];
+          if (mm != mm || t != t) {
+            nan_row[r] = true;
+          } else if (mm == -inf) {
+            row[j] = nan;  // masked
+            continue;
+          }
+          t += mm;
+        }
+        nan_row[r] = nan_row[r] || t != t;
+        row[j] = t;
+        top = std::max(top, std::fabs(t));
+        any = true;
+      }
+      if (nan_row[r] || !any) {
+        std::fill(row, row + visible, Scalar(0));
+        continue;
+      }
+      int new_mode = top == inf ? kInfinite : top == 0 ? kZero : kFinite;
+      int e = 0;
+      if (new_mode == kFinite)
+        std::frexp(top, &e);  // 2^(e-1) <= top < 2^e
+      if (new_mode < mode[r] || (new_mode == kFinite && mode[r] == kFinite && e < exponent[r])) {
+        // This block's entries are negligible next to what was seen: they use the row's level.
+        new_mode = mode[r];
+        e = exponent[r];
+      }
+      if (new_mode > mode[r]) {  // a higher mode: what was accumulated has weight 0 in the limit
+        ob.row(r).setZero();
+        running_sum[r] = 0;
+      } else if (new_mode == kFinite && e > exponent[r]) {
+        const Scalar factor = std::ldexp(Scalar(1), p * (exponent[r] - e));  // exact or 0
+        ob.row(r) *= factor;
+        running_sum[r] *= factor;
+      }
+      mode[r] = new_mode;
+      exponent[r] = e;
+      long double sum = 0;
+      for (Index j = 0; j < visible; ++j) {
+        const Scalar t = row[j];
+        Scalar w = 0;
+        if (t == t) {
+          if (new_mode == kInfinite) {
+            w = std::fabs(t) == inf ? Scalar(1) : Scalar(0);
+          } else if (new_mode == kZero) {
+            w = 1;
+          } else {
+            w = even_power(std::ldexp(t, -e), p);
+          }
+        }
+        row[j] = w;
+        sum += w;
+      }
+      running_sum[r] += sum;
+    }
+    ob.noalias() += s * v.middleRows(j0, nk);
+  }
+  for (Index r = 0; r < bq; ++r) {
+    if (nan_row[r]) {
+      ob.row(r).setConstant(nan);
+    } else if (mode[r] == kEmpty) {
+      ob.row(r).setZero();
+    } else {
+      ob.row(r) *= static_cast<Scalar>(1.0L / running_sum[r]);
+    }
+  }
+}
+
+// The forward pass of query rows [i0, i0 + bq) with PolynomialSoftmax weights and a public-bound
+// shift (what an encrypted pipeline computes: no max, so nothing to rescale): w_ij =
+// E(t_ij - B) / sum_j E(t_ij - B), E the configured polynomial exp (clipped to [-R, 0], so scores
+// above B count as B), the configured reciprocal of the sum (range from the number of visible
+// keys) at the end. Masked keys are left out.
+template <class Scalar, class QM, class KM, class VM, class MaskM, class OM>
+void attention_forward_block_polynomial(const QM& q, const KM& k, const VM& v, const MaskM* mask,
+                                        OM& o, Index i0, Index bq,
+                                        const AttentionPlan<Scalar>& plan,
+                                        const PolynomialSoftmax& weight) {
+  const Scalar inf = std::numeric_limits<Scalar>::infinity();
+  const Index lq = q.rows(), lk = k.rows();
+  const ScoreTransform<Scalar>& f = plan.transform;
+  const Scalar bound = static_cast<Scalar>(weight.config().bound);
+  const approx::ExpApprox& e = weight.exp_approx();
+  alignas(64) Scalar buffer[kAttentionMaxBlockQ * kAttentionMaxBlockK];
+  long double running_sum[kAttentionMaxBlockQ];
+  Index kept[kAttentionMaxBlockQ];
+  bool nan_row[kAttentionMaxBlockQ];
+  for (Index r = 0; r < bq; ++r) {
+    running_sum[r] = 0;
+    kept[r] = 0;
+    nan_row[r] = false;
+  }
+  auto ob = o.middleRows(i0, bq);
+  ob.setZero();
+  const auto qb = q.middleRows(i0, bq);
+  const Index key_end = attention_key_end(i0, bq, lq, lk, plan.causal);
+  for (Index j0 = 0; j0 < key_end; j0 += plan.block_k) {
+    const Index nk = std::min(plan.block_k, key_end - j0);
+    Eigen::Map<RowMajorMatrix<Scalar>> s(buffer, bq, nk);
+    s.noalias() = qb * k.middleRows(j0, nk).transpose();
+    for (Index r = 0; r < bq; ++r) {
+      Scalar* row = buffer + r * nk;
+      const Index visible = attention_visible(i0 + r, j0, nk, lq, lk, plan.causal);
+      const Span<const Scalar> ms = attention_mask_span<Scalar>(mask, i0 + r, j0, visible);
+      std::fill(row + visible, row + nk, Scalar(0));
+      long double sum = 0;
+      for (Index j = 0; j < visible; ++j) {
+        Scalar t = f.scale * row[j];
+        if (f.has_cap())
+          t = f.cap * std::tanh(t / f.cap);
+        const bool masked_score = t == -inf;
+        if (ms.size != 0)
+          t = f.slope * ms[j] == -inf ? -inf : t + f.slope * ms[j];
+        if (t != t) {
+          nan_row[r] = true;
+          row[j] = 0;
+          continue;
+        }
+        if (masked_score || t == -inf) {
+          row[j] = 0;
+          continue;
+        }
+        row[j] = e.evaluate_scalar<Scalar>(t - bound);
+        sum += row[j];
+        ++kept[r];
+      }
+      running_sum[r] += sum;
+    }
+    ob.noalias() += s * v.middleRows(j0, nk);
+  }
+  for (Index r = 0; r < bq; ++r) {
+    const Scalar sum = static_cast<Scalar>(running_sum[r]);
+    if (nan_row[r] || sum != sum) {
+      ob.row(r).setConstant(std::numeric_limits<Scalar>::quiet_NaN());
+    } else if (kept[r] == 0 || sum == Scalar(0)) {
+      ob.row(r).setZero();
+    } else {
+      Scalar reciprocal;
+      const PolynomialSoftmaxConfig& c = weight.config();
+      if (c.reciprocal == ReciprocalMethod::Exact) {
+        reciprocal = Scalar(1) / sum;
+      } else {
+        const approx::ReciprocalRange range = weight.reciprocal_range<Scalar>(kept[r]);
+        const int iterations = weight.iterations_for<Scalar>(kept[r]);
+        const Scalar z0 = static_cast<Scalar>(range.z0);
+        reciprocal = c.reciprocal == ReciprocalMethod::Goldschmidt
+                         ? approx::goldschmidt_reciprocal(sum, z0, iterations)
+                         : approx::newton_reciprocal(sum, z0, iterations);
+      }
+      ob.row(r) *= reciprocal;
+    }
+  }
+}
+
+// The backward pass (FlashAttention-2's recomputation), sequential: dQ, dK, dV are overwritten.
+template <class Scalar, class QM, class KM, class VM, class MaskM, class OM, class LM, class DOM,
+          class DQ, class DK, class DV>
+void attention_backward(const QM& q, const KM& k, const VM& v, const MaskM* mask, const OM& o,
+                        const LM& lse, const DOM& dout, DQ& dq, DK& dk, DV& dv,
+                        const AttentionPlan<Scalar>& plan) {
+  const Scalar inf = std::numeric_limits<Scalar>::infinity();
+  const Index lq = q.rows(), lk = k.rows();
+  dq.setZero();
+  dk.setZero();
+  dv.setZero();
+  alignas(64) Scalar p_buffer[kAttentionMaxBlockQ * kAttentionMaxBlockK];
+  alignas(64) Scalar ds_buffer[kAttentionMaxBlockQ * kAttentionMaxBlockK];
+  Scalar delta[kAttentionMaxBlockQ];
+  const ScoreTransform<Scalar>& f = plan.transform;
+  for (Index i0 = 0; i0 < lq; i0 += plan.block_q) {
+    const Index bq = std::min(plan.block_q, lq - i0);
+    for (Index r = 0; r < bq; ++r)
+      delta[r] = dout.row(i0 + r).cwiseProduct(o.row(i0 + r)).sum();
+    const auto qb = q.middleRows(i0, bq);
+    const auto dob = dout.middleRows(i0, bq);
+    const Index key_end = attention_key_end(i0, bq, lq, lk, plan.causal);
+    for (Index j0 = 0; j0 < key_end; j0 += plan.block_k) {
+      const Index nk = std::min(plan.block_k, key_end - j0);
+      Eigen::Map<RowMajorMatrix<Scalar>> p(p_buffer, bq, nk), ds(ds_buffer, bq, nk);
+      p.noalias() = qb * k.middleRows(j0, nk).transpose();
+      ds.noalias() = dob * v.middleRows(j0, nk).transpose();  // dP
+      for (Index r = 0; r < bq; ++r) {
+        const Index visible = attention_visible(i0 + r, j0, nk, lq, lk, plan.causal);
+        const Span<const Scalar> ms = attention_mask_span<Scalar>(mask, i0 + r, j0, visible);
+        const Scalar row_lse = lse[i0 + r];
+        for (Index j = 0; j < nk; ++j) {
+          Scalar weight = 0, slope_of_cap = 1;
+          if (j < visible) {
+            const Scalar pre = f.scale * p(r, j);
+            const Scalar capped = f.has_cap() ? f.cap * std::tanh(pre / f.cap) : pre;
+            if (f.has_cap())
+              slope_of_cap = Scalar(1) - (capped / f.cap) * (capped / f.cap);
+            Scalar t = capped;
+            if (ms.size != 0) {
+              const Scalar mm = f.slope * ms[j];
+              t = mm == -inf ? -inf : t + mm;
+            }
+            if (pre == -inf)
+              t = -inf;
+            if (row_lse != row_lse || t != t) {
+              weight = std::numeric_limits<Scalar>::quiet_NaN();
+            } else if (row_lse != -inf && row_lse != inf && t != -inf) {
+              weight = std::exp(t - row_lse);
+            }  // masked keys, all-masked rows and +inf rows (locally constant): 0
+          }
+          p(r, j) = weight;
+          ds(r, j) =
+              weight == 0 ? Scalar(0) : weight * (ds(r, j) - delta[r]) * slope_of_cap * f.scale;
+        }
+      }
+      dv.middleRows(j0, nk).noalias() += p.transpose() * dob;
+      dq.middleRows(i0, bq).noalias() += ds * k.middleRows(j0, nk);
+      dk.middleRows(j0, nk).noalias() += ds.transpose() * qb;
+    }
+  }
+}
+
+template <class A, class B>
+void require_no_overlap(const char* function, const char* out, const char* in, const A& a,
+                        const B& b) {
+  if constexpr (has_direct_access_v<B>) {
+    if (storage_overlaps(a, b))
+      fail(function, ": ", out, " must not overlap the input ", in);
+  }
+}
+
+}  // namespace detail
+
+// Flash-style attention for one head: see the header's doc block.
+template <class Weight = Softmax>
+class Attention {
+  static_assert(
+      std::is_same_v<
+          Weight,
+          Softmax> || std::is_same_v<Weight, PowerSoftmax> || std::is_same_v<Weight, PolynomialSoftmax>,
+      "softmaxlab: Attention supports the Softmax, PowerSoftmax and PolynomialSoftmax "
+      "weights");
+  static constexpr bool kSoftmax = std::is_same_v<Weight, Softmax>;
+
+ public:
+  static constexpr const char* name = "Attention";
+
+  explicit Attention(const AttentionOptions& options = {}, const Weight& weight = Weight())
+      : options_(options), weight_(weight) {
+    if constexpr (kSoftmax) {
+      if (weight.temperature() != 1.0) {
+        detail::fail(name,
+                     ": the Softmax weight's temperature must be 1 (fold it into the scale), "
+                     "but got ",
+                     weight.temperature());
+      }
+    } else if constexpr (std::is_same_v<Weight, PolynomialSoftmax>) {
+      if (weight.config().shift != Shift::PublicBound)
+        detail::fail(name,
+                     ": the PolynomialSoftmax weight must use Shift::PublicBound (online, "
+                     "no max), but got Shift::RowMax");
+      if (options.has_sink())
+        detail::fail(name, ": a sink needs the Softmax weight, but got sink ", options.sink(),
+                     " with PolynomialSoftmax");
+    } else {
+      if (weight.form() != PowerForm::Stable)
+        detail::fail(name, ": the PowerSoftmax weight must have the Stable form, but got form ",
+                     static_cast<int>(weight.form()));
+      if (options.has_sink())
+        detail::fail(name, ": a sink needs the Softmax weight, but got sink ", options.sink(),
+                     " with PowerSoftmax");
+    }
+  }
+
+  const AttentionOptions& options() const { return options_; }
+  const Weight& weight() const { return weight_; }
+  Index block_q() const { return block_q_; }
+  Index block_k() const { return block_k_; }
+
+  // Query and key block sizes (1 to 64 and 1 to 128; the defaults are the largest). The result
+  // depends on them only through the rounding of the accumulation.
+  Attention& with_block_sizes(Index block_q, Index block_k) {
+    if (block_q < 1 || block_q > detail::kAttentionMaxBlockQ)
+      detail::fail(name, ": block_q must be in [1, ", detail::kAttentionMaxBlockQ, "], but got ",
+                   block_q);
+    if (block_k < 1 || block_k > detail::kAttentionMaxBlockK)
+      detail::fail(name, ": block_k must be in [1, ", detail::kAttentionMaxBlockK, "], but got ",
+                   block_k);
+    block_q_ = block_q;
+    block_k_ = block_k;
+    return *this;
+  }
+
+  // O = attention(Q, K, V), Lq x dv.
+  template <class XQ, class XK, class XV>
+  Eigen::Matrix<typename XQ::Scalar, Eigen::Dynamic, Eigen::Dynamic> operator()(
+      const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
+      const Eigen::DenseBase<XV>& v) const {
+    Eigen::Matrix<typename XQ::Scalar, Eigen::Dynamic, Eigen::Dynamic> o(q.rows(), v.cols());
+    apply(q, k, v, o);
+    return o;
+  }
+
+  template <class XQ, class XK, class XV, class XO>
+  void apply(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
+             const Eigen::DenseBase<XV>& v, const Eigen::DenseBase<XO>& o) const {
+    forward(q, k, v, static_cast<const NoMask<XQ>*>(nullptr), o, static_cast<NoLse<XQ>*>(nullptr));
+  }
+  template <class XQ, class XK, class XV, class XO, class XL>
+  void apply(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
+             const Eigen::DenseBase<XV>& v, const Eigen::DenseBase<XO>& o,
+             const Eigen::DenseBase<XL>& lse) const {
+    static_assert(kSoftmax && sizeof(XQ) > 0,
+                  "softmaxlab: the log-sum-exp output needs the Softmax weight");
+    forward(q, k, v, static_cast<const NoMask<XQ>*>(nullptr), o, &lse.derived());
+  }
+  // mask: Lq x Lk additive (times the mask slope), storage of Q's scalar.
+  template <class XQ, class XK, class XV, class XM, class XO>
+  void apply_masked(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
+                    const Eigen::DenseBase<XV>& v, const Eigen::DenseBase<XM>& mask,
+                    const Eigen::DenseBase<XO>& o) const {
+    forward(q, k, v, &mask.derived(), o, static_cast<NoLse<XQ>*>(nullptr));
+  }
+  template <class XQ, class XK, class XV, class XM, class XO, class XL>
+  void apply_masked(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
+                    const Eigen::DenseBase<XV>& v, const Eigen::DenseBase<XM>& mask,
+                    const Eigen::DenseBase<XO>& o, const Eigen::DenseBase<XL>& lse) const {
+    static_assert(kSoftmax && sizeof(XQ) > 0,
+                  "softmaxlab: the log-sum-exp output needs the Softmax weight");
+    forward(q, k, v, &mask.derived(), o, &lse.derived());
+  }
+
+  // dQ, dK, dV of <dO, O> from the forward's O and lse (see the doc block); sequential.
+  template <class XQ, class XK, class XV, class XO, class XL, class XdO, class XdQ, class XdK,
+            class XdV>
+  void backward(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
+                const Eigen::DenseBase<XV>& v, const Eigen::DenseBase<XO>& o,
+                const Eigen::DenseBase<XL>& lse, const Eigen::DenseBase<XdO>& dout,
+                const Eigen::DenseBase<XdQ>& dq, const Eigen::DenseBase<XdK>& dk,
+                const Eigen::DenseBase<XdV>& dv) const {
+    backward_impl(q, k, v, static_cast<const NoMask<XQ>*>(nullptr), o, lse, dout, dq, dk, dv);
+  }
+  template <class XQ, class XK, class XV, class XM, class XO, class XL, class XdO, class XdQ,
+            class XdK, class XdV>
+  void backward_masked(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
+                       const Eigen::DenseBase<XV>& v, const Eigen::DenseBase<XM>& mask,
+                       const Eigen::DenseBase<XO>& o, const Eigen::DenseBase<XL>& lse,
+                       const Eigen::DenseBase<XdO>& dout, const Eigen::DenseBase<XdQ>& dq,
+                       const Eigen::DenseBase<XdK>& dk, const Eigen::DenseBase<XdV>& dv) const {
+    backward_impl(q, k, v, &mask.derived(), o, lse, dout, dq, dk, dv);
+  }
+
+ private:
+  template <class XQ>
+  using NoMask = Eigen::Matrix<typename XQ::Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  template <class XQ>
+  using NoLse = Eigen::Matrix<typename XQ::Scalar, Eigen::Dynamic, 1>;
+
+  template <class Scalar>
+  detail::AttentionPlan<Scalar> plan(Index d) const {
+    detail::AttentionPlan<Scalar> p;
+    const double scale = options_.scale_or(d > 0 ? 1.0 / std::sqrt(static_cast<double>(d)) : 1.0);
+    p.transform.scale = static_cast<Scalar>(scale);
+    p.transform.slope = static_cast<Scalar>(options_.mask_slope());
+    p.transform.cap = static_cast<Scalar>(options_.softcap());
+    p.causal = options_.causal();
+    p.has_sink = options_.has_sink();
+    p.sink = static_cast<Scalar>(options_.sink());
+    p.block_q = block_q_;
+    p.block_k = block_k_;
+    return p;
+  }
+
+  template <class XQ, class XK, class XV>
+  static void check_qkv(const XQ& q, const XK& k, const XV& v) {
+    using Scalar = typename XQ::Scalar;
+    detail::static_check_scalar<Scalar>();
+    static_assert(
+        std::is_same_v<Scalar, typename XK::Scalar> && std::is_same_v<Scalar, typename XV::Scalar>,
+        "softmaxlab: Q, K and V must have the same scalar type");
+    if (q.cols() != k.cols()) {
+      detail::fail(name, ": Q and K must have the same number of columns d, but got Q ", q.rows(),
+                   " x ", q.cols(), " and K ", k.rows(), " x ", k.cols());
+    }
+    if (k.rows() != v.rows()) {
+      detail::fail(name, ": K and V must have the same number of rows Lk, but got K ", k.rows(),
+                   " x ", k.cols(), " and V ", v.rows(), " x ", v.cols());
+    }
+  }
+
+  template <class Out>
+  static void check_output(const char* what, const Out& out, Index rows, Index cols) {
+    if (out.rows() != rows || out.cols() != cols) {
+      detail::fail(name, ": ", what, " must be ", rows, " x ", cols, ", but got ", out.rows(),
+                   " x ", out.cols());
+    }
+  }
+
+  template <class XL>
+  static void check_lse(const XL& lse, Index lq) {
+    if (!((lse.rows() == 1 || lse.cols() == 1) && lse.size() == lq)) {
+      detail::fail(name, ": lse must be a vector of Lq = ", lq, " entries, but got ", lse.rows(),
+                   " x ", lse.cols());
+    }
+  }
+
+  template <class XQ, class XK, class XV, class XM, class XO, class XL>
+  void forward(const Eigen::DenseBase<XQ>& q_in, const Eigen::DenseBase<XK>& k_in,
+               const Eigen::DenseBase<XV>& v_in, const XM* mask, const Eigen::DenseBase<XO>& o_in,
+               const XL* lse_in) const {
+    using Scalar = typename XQ::Scalar;
+    static_assert(
+        std::is_same_v<
+            Scalar,
+            typename XO::
+                Scalar> && std::is_same_v<Scalar, typename XM::Scalar> && std::is_same_v<Scalar, typename XL::Scalar>,
+        "softmaxlab: O, lse and the mask must have Q's scalar type");
+    static_assert(detail::is_writable_storage_v<XO> && detail::is_writable_storage_v<XL>,
+                  "softmaxlab: O and lse must be writable storage (Matrix, Map, Ref or a Block)");
+    static_assert(detail::has_direct_access_v<XM>,
+                  "softmaxlab: the mask must be storage; evaluate an expression first");
+    check_qkv(q_in.derived(), k_in.derived(), v_in.derived());
+    auto& o = const_cast<Eigen::DenseBase<XO>&>(o_in).derived();
+    const Index lq = q_in.rows(), lk = k_in.rows();
+    check_output("O", o, lq, v_in.cols());
+    if (lse_in != nullptr)
+      check_lse(*lse_in, lq);
+    if (mask != nullptr)
+      check_output("mask", *mask, lq, lk);
+    detail::require_no_overlap(name, "O", "Q", o, q_in.derived());
+    detail::require_no_overlap(name, "O", "K", o, k_in.derived());
+    detail::require_no_overlap(name, "O", "V", o, v_in.derived());
+    detail::Span<Scalar> lse{nullptr, 0, 1};
+    if (lse_in != nullptr && lq > 0) {
+      lse = detail::vector_span<Scalar>(const_cast<XL&>(*lse_in));
+      detail::require_no_overlap(name, "lse", "O", *lse_in, o);
+    }
+    if (lq == 0 || (o.cols() == 0 && lse.size == 0))
+      return;
+    const detail::AttentionPlan<Scalar> p = plan<Scalar>(q_in.cols());
+    detail::with_storage(q_in, [&](const auto& q) {
+      detail::with_storage(k_in, [&](const auto& k) {
+        detail::with_storage(v_in, [&](const auto& v) {
+          const Index blocks = (lq + p.block_q - 1) / p.block_q;
+          detail::for_each_slice<detail::kParallelSlices>(
+              blocks, p.block_q * (lk + 1) * (q.cols() + v.cols() + 1), [&](Index b) {
+                const Index i0 = b * p.block_q;
+                if constexpr (kSoftmax) {
+                  detail::attention_forward_block(q, k, v, mask, o, lse, i0,
+                                                  std::min(p.block_q, lq - i0), p);
+                } else if constexpr (std::is_same_v<Weight, PolynomialSoftmax>) {
+                  detail::attention_forward_block_polynomial(
+                      q, k, v, mask, o, i0, std::min(p.block_q, lq - i0), p, weight_);
+                } else {
+                  detail::attention_forward_block_power(
+                      q, k, v, mask, o, i0, std::min(p.block_q, lq - i0), p, weight_.p());
+                }
+              });
+        });
+      });
+    });
+  }
+
+  template <class XQ, class XK, class XV, class XM, class XO, class XL, class XdO, class XdQ,
+            class XdK, class XdV>
+  void backward_impl(const Eigen::DenseBase<XQ>& q_in, const Eigen::DenseBase<XK>& k_in,
+                     const Eigen::DenseBase<XV>& v_in, const XM* mask,
+                     const Eigen::DenseBase<XO>& o_in, const Eigen::DenseBase<XL>& lse_in,
+                     const Eigen::DenseBase<XdO>& dout_in, const Eigen::DenseBase<XdQ>& dq_in,
+                     const Eigen::DenseBase<XdK>& dk_in, const Eigen::DenseBase<XdV>& dv_in) const {
+    using Scalar = typename XQ::Scalar;
+    static_assert(kSoftmax && sizeof(XQ) > 0,
+                  "softmaxlab: Attention::backward needs the Softmax weight");
+    static_assert(std::
+                          is_same_v<Scalar,
+                                    typename XO::Scalar> && std::is_same_v<Scalar, typename XL::Scalar> && std::is_same_v<Scalar, typename XdO::Scalar> && std::is_same_v<Scalar, typename XdQ::Scalar> && std::is_same_v<Scalar, typename XdK::Scalar> && std::is_same_v<Scalar, typename XdV::Scalar> && std::is_same_v<Scalar, typename XM::Scalar>,
+                  "softmaxlab: every argument of Attention::backward must have Q's scalar type");
+    static_assert(
+        detail::is_writable_storage_v<
+            XdQ> && detail::is_writable_storage_v<XdK> && detail::is_writable_storage_v<XdV>,
+        "softmaxlab: dQ, dK and dV must be writable storage");
+    static_assert(detail::has_direct_access_v<XM>,
+                  "softmaxlab: the mask must be storage; evaluate an expression first");
+    check_qkv(q_in.derived(), k_in.derived(), v_in.derived());
+    const Index lq = q_in.rows(), lk = k_in.rows(), d = q_in.cols(), dv_cols = v_in.cols();
+    auto& dq = const_cast<Eigen::DenseBase<XdQ>&>(dq_in).derived();
+    auto& dk = const_cast<Eigen::DenseBase<XdK>&>(dk_in).derived();
+    auto& dv = const_cast<Eigen::DenseBase<XdV>&>(dv_in).derived();
+    check_output("O", o_in, lq, dv_cols);
+    check_output("dO", dout_in, lq, dv_cols);
+    check_lse(lse_in, lq);
+    check_output("dQ", dq, lq, d);
+    check_output("dK", dk, lk, d);
+    check_output("dV", dv, lk, dv_cols);
+    if (mask != nullptr)
+      check_output("mask", *mask, lq, lk);
+    auto no_overlap = [&](const char* out_name, const auto& out) {
+      detail::require_no_overlap(name, out_name, "Q", out, q_in.derived());
+      detail::require_no_overlap(name, out_name, "K", out, k_in.derived());
+      detail::require_no_overlap(name, out_name, "V", out, v_in.derived());
+      detail::require_no_overlap(name, out_name, "O", out, o_in.derived());
+      detail::require_no_overlap(name, out_name, "dO", out, dout_in.derived());
+    };
+    no_overlap("dQ", dq);
+    no_overlap("dK", dk);
+    no_overlap("dV", dv);
+    const detail::AttentionPlan<Scalar> p = plan<Scalar>(d);
+    detail::with_storage(q_in, [&](const auto& q) {
+      detail::with_storage(k_in, [&](const auto& k) {
+        detail::with_storage(v_in, [&](const auto& v) {
+          detail::with_storage(o_in, [&](const auto& o) {
+            detail::with_storage(dout_in, [&](const auto& dout) {
+              detail::with_storage(lse_in, [&](const auto& lse) {
+                detail::attention_backward(q, k, v, mask, o, lse, dout, dq, dk, dv, p);
+              });
+            });
+          });
+        });
+      });
+    });
+  }
+
+  AttentionOptions options_;
+  Weight weight_;
+  Index block_q_ = detail::kAttentionMaxBlockQ;
+  Index block_k_ = detail::kAttentionMaxBlockK;
+};
+
+// Merges two attention partials over disjoint key sets of the same queries (see the doc block):
+// O = (exp(lse1 - M) O1 + exp(lse2 - M) O2) / L, lse = M + log L, L = exp(lse1 - M) +
+// exp(lse2 - M), M = max(lse1, lse2), row by row, in long double. A partial with lse = -inf
+// (no visible key) contributes nothing; both -inf gives zeros and -inf; a NaN lse gives a NaN
+// row; two +inf partials (whose mass split the lse does not record) give a NaN row; one +inf
+// partial wins. O may be O1 or O2 (exactly), and lse lse1 or lse2.
+template <class XO1, class XL1, class XO2, class XL2, class XO, class XL>
+void merge_attention(const Eigen::DenseBase<XO1>& o1, const Eigen::DenseBase<XL1>& lse1,
+                     const Eigen::DenseBase<XO2>& o2, const Eigen::DenseBase<XL2>& lse2,
+                     const Eigen::DenseBase<XO>& o_out, const Eigen::DenseBase<XL>& lse_out) {
+  using Scalar = typename XO::Scalar;
+  constexpr const char* fn = "merge_attention";
+  static_assert(detail::is_writable_storage_v<XO> && detail::is_writable_storage_v<XL>,
+                "softmaxlab: O and lse must be writable storage");
+  auto& o = const_cast<Eigen::DenseBase<XO>&>(o_out).derived();
+  auto& lse = const_cast<Eigen::DenseBase<XL>&>(lse_out).derived();
+  const Index rows = o1.rows(), cols = o1.cols();
+  if (o2.rows() != rows || o2.cols() != cols || o.rows() != rows || o.cols() != cols) {
+    detail::fail(fn, ": O1, O2 and O must have one shape, but got ", rows, " x ", cols, ", ",
+                 o2.rows(), " x ", o2.cols(), " and ", o.rows(), " x ", o.cols());
+  }
+  auto check_lse = [&](const char* what, Index r, Index c) {
+    if (!((r == 1 || c == 1) && r * c == rows))
+      detail::fail(fn, ": ", what, " must be a vector of ", rows, " entries, but got ", r, " x ",
+                   c);
+  };
+  check_lse("lse1", lse1.rows(), lse1.cols());
+  check_lse("lse2", lse2.rows(), lse2.cols());
+  check_lse("lse", lse.rows(), lse.cols());
+  const long double inf = std::numeric_limits<long double>::infinity();
+  const Scalar nan = std::numeric_limits<Scalar>::quiet_NaN();
+  for (Index i = 0; i < rows; ++i) {
+    const long double a = static_cast<long double>(lse1.derived().coeff(i));
+    const long double b = static_cast<long double>(lse2.derived().coeff(i));
+    long double wa = 0, wb = 0, out_lse;
+    if (a != a || b != b || (a == inf && b == inf)) {
+      wa = wb = nan;
+      out_lse = nan;
+    } else if (a == -inf && b == -inf) {
+      out_lse = -inf;
+    } else if (a == inf || b == inf) {
+      wa = a == inf ? 1 : 0;
+      wb = 1 - wa;
+      out_lse = inf;
+    } else {
+      const long double m = std::max(a, b);
+      const long double ea = std::exp(a - m), eb = std::exp(b - m), sum = ea + eb;
+      wa = ea / sum;
+      wb = eb / sum;
+      out_lse = m + std::log(sum);
+    }
+    for (Index j = 0; j < cols; ++j) {
+      const long double x1 = o1.derived().coeff(i, j), x2 = o2.derived().coeff(i, j);
+      // A partial with no weight contributes nothing, even a NaN or inf it may hold.
+      const long double v = (wa == 0 ? 0.0L : wa * x1) + (wb == 0 ? 0.0L : wb * x2);
+      o.coeffRef(i, j) = static_cast<Scalar>(wa != wa ? static_cast<long double>(nan) : v);
+    }
+    lse.coeffRef(i) = static_cast<Scalar>(out_lse);
+  }
+}
+
+}  // namespace softmaxlab
