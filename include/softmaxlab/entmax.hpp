@@ -648,7 +648,7 @@ double tsallis_entropy(double alpha, Index size, const Q& q) {
 
 // The Fenchel-Young loss of alpha-entmax: see the header's doc block. SparsemaxLoss is
 // EntmaxLoss(2); EntmaxLoss(1.5) uses the exact 1.5-entmax threshold.
-class EntmaxLoss {
+class EntmaxLoss : public detail::LogitsLoss<EntmaxLoss> {
  public:
   static constexpr const char* name = "EntmaxLoss";
   static constexpr long default_ignore_index = -100;
@@ -663,44 +663,13 @@ class EntmaxLoss {
   Reduction reduction() const { return reduction_; }
   long ignore_index() const { return ignore_index_; }
 
-  // The loss only. targets: labels (integer vector / std::vector) or an N x C distribution matrix.
-  template <class XprZ, class Targets>
-  double operator()(const Eigen::DenseBase<XprZ>& logits, const Targets& targets,
-                    const RowOutputs& out = RowOutputs()) const {
-    return detail::with_storage(logits, [&](const auto& z) {
-      return impl(z, targets, static_cast<std::nullptr_t>(nullptr), out);
-    });
-  }
-
-  // The loss, and dloss/dlogits = w (y - q) written into grad (N x C; may be logits itself).
-  template <class XprZ, class Targets, class XprG>
-  double operator()(const Eigen::DenseBase<XprZ>& logits, const Targets& targets,
-                    const Eigen::DenseBase<XprG>& grad_const,
-                    const RowOutputs& out = RowOutputs()) const {
-    using Scalar = typename XprZ::Scalar;
-    static_assert(std::is_same_v<Scalar, typename XprG::Scalar>,
-                  "softmaxlab: logits and grad must have the same scalar type");
-    static_assert(detail::is_writable_storage_v<XprG>,
-                  "softmaxlab: grad must be writable storage (Matrix, Array, Map, Ref or a Block "
-                  "of one), not an expression");
-    auto& grad = const_cast<Eigen::DenseBase<XprG>&>(grad_const).derived();
-    detail::require_same_shape(name, detail::SliceMode::Rows, "grad", grad.rows(), grad.cols(),
-                               logits.rows(), logits.cols());
-    if constexpr (detail::has_direct_access_v<XprZ>) {
-      return impl(logits.derived(), targets, &grad, out);
-    } else {
-      if constexpr (!detail::is_label_type_v<Targets>) {
-        if (detail::storage_overlaps(targets.derived(), grad))
-          detail::fail(name,
-                       ": grad must not share storage with the targets when the logits are "
-                       "an expression (they are evaluated into grad)");
-      }
-      detail::evaluate_into(logits, grad);
-      return impl(grad, targets, &grad, out);
-    }
-  }
+  // The call forms (detail::LogitsLoss): loss(logits, targets[, out]) -> the loss;
+  // loss(logits, targets, grad[, out]) -> the loss, with dloss/dlogits = w (y - q) in grad.
+  using detail::LogitsLoss<EntmaxLoss>::operator();
 
  private:
+  friend class detail::LogitsLoss<EntmaxLoss>;
+
   static double check_alpha(double alpha) {
     if (!(alpha > 1.0 && alpha <= 2.0)) {
       detail::fail("EntmaxLoss: alpha must be in (1, 2] (alpha = 1 is CrossEntropyLoss), but got ",

@@ -199,6 +199,58 @@ inline void check_row_outputs(const char* function, const RowOutputs& out, Index
     fail(function, ": lse must have one entry per row (", rows, "), but got ", out.lse.size);
 }
 
+// The call forms of a loss over N x C logits with class labels or target distributions, written
+// once for CrossEntropyLoss and the Fenchel-Young losses (entmax.hpp). Derived provides, privately
+// (befriending this base), `static constexpr const char* name` and
+//   template <class Z, class Targets, class G>
+//   double impl(const Z& z, const Targets& targets, G grad, const RowOutputs& out) const;
+// with z storage, and G std::nullptr_t (the loss only) or a pointer to the gradient's storage.
+template <class Derived>
+class LogitsLoss {
+ public:
+  // The loss only (no allocation when the logits have storage), with the per-row outputs
+  // requested in `out`. targets: labels (integer vector / std::vector) or an N x C distribution.
+  template <class XprZ, class Targets>
+  double operator()(const Eigen::DenseBase<XprZ>& logits, const Targets& targets,
+                    const RowOutputs& out = RowOutputs()) const {
+    return with_storage(logits, [&](const auto& z) {
+      return self().impl(z, targets, static_cast<std::nullptr_t>(nullptr), out);
+    });
+  }
+
+  // The loss, and dloss/dlogits written into grad (N x C; may be the logits themselves; an
+  // expression's logits are evaluated into grad). No allocation.
+  template <class XprZ, class Targets, class XprG>
+  double operator()(const Eigen::DenseBase<XprZ>& logits, const Targets& targets,
+                    const Eigen::DenseBase<XprG>& grad_const,
+                    const RowOutputs& out = RowOutputs()) const {
+    using Scalar = typename XprZ::Scalar;
+    static_assert(std::is_same_v<Scalar, typename XprG::Scalar>,
+                  "softmaxlab: logits and grad must have the same scalar type");
+    static_assert(is_writable_storage_v<XprG>,
+                  "softmaxlab: grad must be writable storage (Matrix, Array, Map, Ref or a Block "
+                  "of one), not an expression");
+    auto& grad = const_cast<Eigen::DenseBase<XprG>&>(grad_const).derived();
+    require_same_shape(Derived::name, SliceMode::Rows, "grad", grad.rows(), grad.cols(),
+                       logits.rows(), logits.cols());
+    if constexpr (has_direct_access_v<XprZ>) {
+      return self().impl(logits.derived(), targets, &grad, out);
+    } else {
+      if constexpr (!is_label_type_v<Targets>) {
+        if (storage_overlaps(targets.derived(), grad))
+          fail(Derived::name,
+               ": grad must not share storage with the targets when the logits are an expression "
+               "(they are evaluated into grad)");
+      }
+      evaluate_into(logits, grad);
+      return self().impl(grad, targets, &grad, out);
+    }
+  }
+
+ private:
+  const Derived& self() const { return static_cast<const Derived&>(*this); }
+};
+
 // Class weights (PyTorch's `weight`): finite and >= 0; empty means none.
 inline std::vector<double> check_class_weights(const char* what, std::vector<double> w) {
   for (std::size_t k = 0; k < w.size(); ++k) {
@@ -292,7 +344,7 @@ Eigen::VectorXi argmax_rows(const Eigen::DenseBase<Xpr>& scores) {
 }
 
 // Cross-entropy from logits: see the header's doc block.
-class CrossEntropyLoss {
+class CrossEntropyLoss : public detail::LogitsLoss<CrossEntropyLoss> {
  public:
   static constexpr const char* name = "CrossEntropyLoss";
   static constexpr long default_ignore_index = -100;
@@ -324,15 +376,6 @@ class CrossEntropyLoss {
       detail::fail("CrossEntropyLoss: z_loss must be finite and >= 0, but got ", lambda);
     c.z_loss_ = lambda;
     return c;
-  }
-
-  // The loss, with the per-row outputs requested in `out` (per-sample losses, log-sum-exp).
-  template <class XprZ, class Targets>
-  double operator()(const Eigen::DenseBase<XprZ>& logits, const Targets& targets,
-                    const RowOutputs& out) const {
-    return detail::with_storage(logits, [&](const auto& z) {
-      return impl(z, targets, static_cast<std::nullptr_t>(nullptr), out);
-    });
   }
 
   // Boolean mask (bool, N x C, true = kept): entries where keep is false behave exactly as -inf
@@ -387,43 +430,13 @@ class CrossEntropyLoss {
     return impl(z, targets, static_cast<std::nullptr_t>(nullptr));
   }
 
-  // The loss only. targets: labels (integer vector / std::vector) or an N x C distribution matrix.
-  template <class XprZ, class Targets>
-  double operator()(const Eigen::DenseBase<XprZ>& logits, const Targets& targets) const {
-    return detail::with_storage(logits, [&](const auto& z) {
-      return impl(z, targets, static_cast<std::nullptr_t>(nullptr));
-    });
-  }
-
-  // The loss, and dloss/dlogits written into grad (N x C; may be logits itself).
-  template <class XprZ, class Targets, class XprG>
-  double operator()(const Eigen::DenseBase<XprZ>& logits, const Targets& targets,
-                    const Eigen::DenseBase<XprG>& grad_const,
-                    const RowOutputs& out = RowOutputs()) const {
-    using Scalar = typename XprZ::Scalar;
-    static_assert(std::is_same_v<Scalar, typename XprG::Scalar>,
-                  "softmaxlab: logits and grad must have the same scalar type");
-    static_assert(detail::is_writable_storage_v<XprG>,
-                  "softmaxlab: grad must be writable storage (Matrix, Array, Map, Ref or a Block "
-                  "of one), not an expression");
-    auto& grad = const_cast<Eigen::DenseBase<XprG>&>(grad_const).derived();
-    detail::require_same_shape(name, detail::SliceMode::Rows, "grad", grad.rows(), grad.cols(),
-                               logits.rows(), logits.cols());
-    if constexpr (detail::has_direct_access_v<XprZ>) {
-      return impl(logits.derived(), targets, &grad, out);
-    } else {
-      if constexpr (!detail::is_label_type_v<Targets>) {
-        if (detail::storage_overlaps(targets.derived(), grad))
-          detail::fail(name,
-                       ": grad must not share storage with the targets when the logits are "
-                       "an expression (they are evaluated into grad)");
-      }
-      detail::evaluate_into(logits, grad);
-      return impl(grad, targets, &grad, out);
-    }
-  }
+  // The call forms (detail::LogitsLoss): ce(logits, targets[, out]) -> the loss;
+  // ce(logits, targets, grad[, out]) -> the loss, with dloss/dlogits written into grad.
+  using detail::LogitsLoss<CrossEntropyLoss>::operator();
 
  private:
+  friend class detail::LogitsLoss<CrossEntropyLoss>;
+
   template <class Z, class Targets, class G>
   double impl(const Z& z, const Targets& targets, G grad_ptr,
               const RowOutputs& out = RowOutputs()) const {
