@@ -7,6 +7,9 @@
 // logits' shape, its ignored rows are exactly 0, its NaN rows NaN, its other rows finite, within
 // w (Softmax(z_n) sum_q - q_n) and summing to ~0 (unless the row is all masked); the in-place and
 // expression forms give the same loss.
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include <softmaxlab/loss.hpp>
@@ -119,7 +122,26 @@ void run(const sml::CrossEntropyLoss& ce, Bytes& bytes) {
     if (!counted[static_cast<std::size_t>(n)] || classes == 0)
       continue;
     const Vec zn = z.row(n).transpose();
-    const Vec lsm = sml::LogSoftmax()(zn);
+    // Float logits: the exact log-softmax in long double where the row max is finite (the
+    // library takes the losses' log-probabilities in double, so a float LogSoftmax would be the
+    // less exact of the two). Double logits, and rows with NaN, all -inf or +inf: LogSoftmax, whose
+    // rules the loss follows (a difference beyond DBL_MAX is -inf).
+    const Vec lsm_scalar = sml::LogSoftmax()(zn);
+    std::vector<long double> lsm(static_cast<std::size_t>(classes));
+    long double row_max = -INFINITY;
+    for (Index k = 0; k < classes; ++k)
+      row_max = std::max<long double>(row_max, zn(k));
+    long double row_sum = 0;
+    if (std::isfinite(row_max)) {
+      for (Index k = 0; k < classes; ++k)
+        row_sum += std::exp(static_cast<long double>(zn(k)) - row_max);
+    }
+    for (Index k = 0; k < classes; ++k) {
+      lsm[static_cast<std::size_t>(k)] =
+          std::is_same_v<Scalar, float> && std::isfinite(row_max) && !std::isnan(zn(k))
+              ? static_cast<long double>(zn(k)) - row_max - std::log(row_sum)
+              : static_cast<long double>(lsm_scalar(k));
+    }
     const Vec p = sml::Softmax()(zn);
     bool row_nan = false, all_masked = true;
     long double sum_q_exact = 0;
@@ -134,8 +156,9 @@ void run(const sml::CrossEntropyLoss& ce, Bytes& bytes) {
     for (Index k = 0; k < classes; ++k) {
       const double qk = q(n, k);
       if (qk != 0) {
-        ref -= static_cast<long double>(qk) * lsm(k);
-        tol += 8 * eps * qk * (1 + std::fabs(static_cast<double>(lsm(k))));
+        const long double lk = lsm[static_cast<std::size_t>(k)];
+        ref -= static_cast<long double>(qk) * lk;
+        tol += 8 * eps * qk * (1 + std::fabs(static_cast<double>(lk)));
       }
       const double g = grad(n, k);
       if (row_nan) {

@@ -14,11 +14,43 @@
 //     bounded dy the gradients are finite and dtgt sums to ~0 over the row.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
 #include <softmaxlab/fusion.hpp>
 
 #include "fuzz_common.hpp"
 
 namespace softmaxlab_fuzz {
+
+// log_softmax(scale v) in long double where the row max is finite and no entry is NaN: the
+// library scales a shifted difference that overflows before forming it, so every value that fits
+// is finite. Elsewhere (NaN, all -inf, +inf) LogSoftmax's rules.
+template <class Vec>
+std::vector<long double> exact_log_softmax(const Vec& v, double scale) {
+  const Vec fallback = softmaxlab::LogSoftmax(1.0 / scale)(v);
+  const Index n = v.size();
+  std::vector<long double> out(static_cast<std::size_t>(n));
+  long double m = -INFINITY;
+  bool nan = false;
+  for (Index i = 0; i < n; ++i) {
+    nan |= std::isnan(v(i));
+    m = std::max<long double>(m, v(i));
+  }
+  long double sum = 0;
+  if (!nan && std::isfinite(m)) {
+    for (Index i = 0; i < n; ++i)
+      sum += std::exp((static_cast<long double>(v(i)) - m) * scale);
+  }
+  for (Index i = 0; i < n; ++i) {
+    out[static_cast<std::size_t>(i)] =
+        !nan && std::isfinite(m) && std::isfinite(v(i))
+            ? (static_cast<long double>(v(i)) - m) * scale - std::log(sum)
+            : static_cast<long double>(fallback(i));
+  }
+  return out;
+}
 
 // The factor on src inside the fusion (SoftFusion's tau; 1 for HardFusion).
 inline double src_scale(const softmaxlab::HardFusion&) {
@@ -44,18 +76,26 @@ void check_fusion_row(const softmaxlab::HardFusion& f, const Vec& t, const Vec& 
       expect(std::isnan(y(i)), "NaN in a weighted input makes the row NaN", i, y(i));
     return;
   }
-  const Vec rt = softmaxlab::LogSoftmax()(t), rs = softmaxlab::LogSoftmax()(s);
+  const auto rt = exact_log_softmax(t, 1.0), rs = exact_log_softmax(s, 1.0);
   long double mass = 0;
   for (Index i = 0; i < n; ++i) {
-    const double a = use_t ? lt * rt(i) : 0.0, b = use_s ? ls * rs(i) : 0.0;
-    const double want = a + b;
+    const auto k = static_cast<std::size_t>(i);
+    const long double a_exact = use_t ? lt * rt[k] : 0.0L, b_exact = use_s ? ls * rs[k] : 0.0L;
+    const double a = static_cast<double>(a_exact), b = static_cast<double>(b_exact);
+    const long double exact = a_exact + b_exact;
     if ((use_t && t(i) == -inf) || (use_s && s(i) == -inf))
       expect(y(i) == -inf, "a -inf entry of a weighted input masks the output", i, y(i));
-    if (std::isinf(want)) {
-      expect(y(i) == want, "infinite entries as in LogSoftmax", i, y(i));
+    if (std::isinf(exact)) {
+      expect(y(i) == static_cast<double>(exact), "infinite entries as in LogSoftmax", i, y(i));
       continue;
     }
-    expect(std::fabs(y(i) - want) <= 12 * eps * (1 + std::fabs(a) + std::fabs(b)),
+    const long double bound = 12 * eps * (1 + std::fabs(a) + std::fabs(b));
+    if (std::isinf(y(i))) {  // only a value at the edge of the range or beyond may round to -inf
+      expect(y(i) < 0 && -exact >= std::numeric_limits<Scalar>::max() - bound,
+             "only values beyond the range are infinite", i, y(i));
+      continue;
+    }
+    expect(std::fabs(y(i) - exact) <= bound,
            "y = lambda log_softmax(tgt) + (1 - lambda) log_softmax(src)", i, y(i));
     expect(y(i) <= 4 * eps, "y <= 0", i, y(i));
     mass += std::exp(static_cast<long double>(y(i)));
@@ -80,15 +120,45 @@ void check_fusion_row(const softmaxlab::SoftFusion& f, const Vec& t, const Vec& 
   using Scalar = typename Vec::Scalar;
   const Scalar inf = std::numeric_limits<Scalar>::infinity();
   const Vec ls = softmaxlab::LogSoftmax(1.0 / f.tau())(s);
+  const auto ls_exact = exact_log_softmax(s, f.tau());
   Vec z = t + ls;
-  bool nan = false;
+  bool nan = false, overflow = false;
   for (Index i = 0; i < t.size(); ++i)
     nan |= std::isnan(t(i)) || std::isnan(s(i));
+  std::vector<long double> z_exact(static_cast<std::size_t>(t.size()));
   for (Index i = 0; i < t.size() && !nan; ++i) {
-    if (t(i) == -inf || s(i) == -inf || ls(i) == -inf)
+    const long double lse = ls_exact[static_cast<std::size_t>(i)];
+    z_exact[static_cast<std::size_t>(i)] = t(i) + lse;
+    // (a log-probability of src beyond the scalar's range is -inf there: fusion.hpp masks it)
+    if (t(i) == -inf || s(i) == -inf || static_cast<Scalar>(lse) == -inf) {
       z(i) = -inf;  // masked, whatever the other input holds
+      z_exact[static_cast<std::size_t>(i)] = -INFINITY;
+    }
+    // A difference the library scales before forming it, or tgt + log_softmax(tau src) beyond the
+    // range: the exact long double row is the reference.
+    overflow |= std::isfinite(static_cast<double>(t(i))) && std::isfinite(lse)
+                && (ls(i) == -inf || z(i) == -inf);
   }
-  check_row(z, y, Rules(Output::LogProbabilities));
+  long double m = -INFINITY;
+  for (long double v : z_exact)
+    m = std::max(m, v);
+  if (!overflow || nan || !std::isfinite(m)) {  // (+inf entries take the mass by check_row's rules)
+    check_row(z, y, Rules(Output::LogProbabilities));
+    return;
+  }
+  // Rows where a difference or tgt + log_softmax(tau src) overflows take fusion.hpp's halved path:
+  // the fuzz checks that they stay normalized and NaN-free; their values are checked against
+  // long double on chosen cases by tests/test_replayed_faults.cpp.
+  const double eps = std::numeric_limits<Scalar>::epsilon();
+  long double mass = 0;
+  for (Index i = 0; i < t.size(); ++i) {
+    expect(!std::isnan(y(i)), "SoftFusion: an overflowing row has no NaN", i, y(i));
+    expect(y(i) <= 4 * eps, "SoftFusion: y <= 0", i, y(i));
+    mass += std::exp(static_cast<long double>(y(i)));
+  }
+  const double tol = std::is_same_v<Scalar, float> ? 2e-6 : 1e-12;
+  expect(std::fabs(static_cast<double>(mass) - 1) <= tol + 8 * (t.size() + 4) * eps,
+         "SoftFusion: an overflowing row is normalized", -1, static_cast<double>(mass));
 }
 
 // A bounded upstream gradient, or (rarely) raw bits.
