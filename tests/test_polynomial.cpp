@@ -610,3 +610,52 @@ TEST_CASE("PolynomialSoftmax cost report matches the operations the algorithms p
     CHECK(y.depth == c.depth);
   }
 }
+
+// Fuzz finding (fuzz_polynomial, CI of 2026-11-30): Chebyshev degree 1, r = 0, R = 20 dips below 0
+// for t < -16, so a row with one large entry and many far below summed to < 0 and the Newton
+// reciprocal diverged: finite input gave -inf. With r = 0 the exp approximation is clamped at 0.
+TEMPLATE_TEST_CASE(
+    "PolynomialSoftmax: a plain Chebyshev exp (r = 0) below 0 is clamped, rows stay "
+    "finite",
+    "[polynomial][regression]", float, double) {
+  using Scalar = TestType;
+  using Vec = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  for (const auto& [degree, range] :
+       {std::pair<int, double>{1, 20.0}, {3, 20.0}, {10, 20.0}, {1, 1.0}, {2, 40.0}}) {
+    const approx::ExpApprox e = approx::ExpApprox::chebyshev(degree, 0, range);
+    // The clamp itself: never below 0 anywhere on [-R, 0] (and beyond, where t is clipped).
+    double lowest = 1;
+    for (int k = 0; k <= 4000; ++k) {
+      const Scalar t = static_cast<Scalar>(-1.5 * range * k / 4000.0);
+      lowest = std::min(lowest, static_cast<double>(e.evaluate_scalar(t)));
+    }
+    INFO("Chebyshev degree " << degree << ", R " << range << ": lowest E " << lowest);
+    CHECK(lowest >= 0);
+    for (const auto method : {sml::ReciprocalMethod::Newton, sml::ReciprocalMethod::Goldschmidt,
+                              sml::ReciprocalMethod::Exact}) {
+      const sml::PolynomialSoftmax f(
+          PolynomialSoftmaxConfig::chebyshev(degree, 0, range).with_reciprocal(method));
+      for (const Index n : {Index(17), Index(1000), Index(4096)}) {
+        // One entry far above the rest (the fuzz row), and a row spread evenly over [-3R, 0].
+        Vec far = Vec::Constant(n, Scalar(0.5));
+        far(2) = Scalar(3.9e32);
+        Vec spread(n);
+        for (Index i = 0; i < n; ++i)
+          spread(i) = static_cast<Scalar>(-3.0 * range * static_cast<double>(i) / (n - 1));
+        for (const Vec* x : {&far, &spread}) {
+          const Vec y = f(*x);
+          INFO("n " << n << ", method " << static_cast<int>(method) << ", y min " << y.minCoeff()
+                    << ", max " << y.maxCoeff());
+          CHECK(y.allFinite());
+          CHECK(y.minCoeff() >= 0);
+          const Vec dx = f.backward(*x, y, Vec::LinSpaced(n, -1, 1));
+          CHECK(dx.allFinite());
+        }
+        // The far entry keeps the largest share (E is increasing on [-R, 0] up to its error).
+        const Vec y = f(far);
+        CHECK(y(2) == y.maxCoeff());
+        CHECK(y(2) > 0);
+      }
+    }
+  }
+}

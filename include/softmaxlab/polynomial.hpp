@@ -48,7 +48,9 @@
 //   - RepeatedSquaring: relative error grows like t^2 / 2^(r+1), so it needs r ~ 17 for 1e-4 in
 //     double; in float it stalls near 2e-4 (the rounding of the base 1 + t/2^r is raised to the
 //     2^r-th power);
-//   - pure Chebyshev (r = 0) on a wide range: an absolute error, multiplied by n in the sum;
+//   - pure Chebyshev (r = 0) on a wide range: an absolute error, multiplied by n in the sum; the
+//     interpolant can dip below 0 there, so with r = 0 each E_i is clamped at 0 (approx/exp.hpp),
+//     which keeps the sum >= E(0) > 0 and every row finite;
 //   - a public bound with a large gap: errors scale with e^gap and the reciprocal needs about
 //     gap / ln 2 more iterations.
 //
@@ -166,6 +168,8 @@ void poly_exp_store_sum(const Scalar* x, Scalar* y, Index n, Scalar shift,
   const Packet one = pset1<Packet>(Scalar(1));
   const Packet neg_inf = pset1<Packet>(-std::numeric_limits<Scalar>::infinity());
   const int squarings = e.squarings();
+  const bool clamp = e.clamp_negative();
+  const Packet zero = pzero(one);
   const auto masked = [&](const Packet& p, const Packet& v) {
     return pandnot(p, pcmp_eq(v, neg_inf));  // -inf: exactly 0; NaN kept
   };
@@ -173,6 +177,8 @@ void poly_exp_store_sum(const Scalar* x, Scalar* y, Index n, Scalar shift,
     Packet p = ExpApprox::evaluate<kDegree, kClipTop>(psub(v, ps), c, lo, scale, one);
     for (int s = 0; s < squarings; ++s)
       p = pmul(p, p);
+    if (clamp)
+      p = pmax(p, zero);  // r = 0: a plain interpolant may dip below 0 (approx/exp.hpp); NaN kept
     return mask ? masked(p, v) : p;
   };
   PairedSum<Scalar> acc = sum;  // a local copy stays in registers
@@ -184,6 +190,10 @@ void poly_exp_store_sum(const Scalar* x, Scalar* y, Index n, Scalar shift,
       t[j] = ExpApprox::evaluate<kDegree, kClipTop>(psub(ploadu<Packet>(x + i + j * P), ps), c, lo,
                                                     scale, one);
     square_repeatedly(t, squarings);
+    if (clamp) {
+      for (int j = 0; j < 4; ++j)
+        t[j] = pmax(t[j], zero);
+    }
     if constexpr (kMask) {
       for (int j = 0; j < 4; ++j)
         t[j] = masked(t[j], ploadu<Packet>(x + i + j * P));

@@ -15,6 +15,12 @@
 // Clipping is the plaintext guard of a range an encrypted pipeline must promise (no comparison
 // exists there); inside the range it changes nothing. NaN propagates.
 //
+// Sign: with r >= 1 the result is a square, so it is >= 0. With r = 0 a plain Chebyshev interpolant
+// on a wide range (odd degrees, or R large for the degree) dips below 0 where exp(t) is below its
+// absolute error; a softmax whose terms sum to <= 0 would send the reciprocal iteration to inf. So
+// with r = 0 the result is clamped at 0 (clamp_negative(); plaintext only, like the clipping). The
+// clamp only moves values toward exp(t) > 0, so every bound below still holds.
+//
 // Error (ExpApprox::relative_error(), absolute_error(): a-priori bounds, tested against long
 // double exp in tests/test_polynomial.cpp for every tabulated configuration):
 //   RepeatedSquaring: rel(t) = 1 - (1 + t/N)^N e^-t (N = 2^r) grows with |t|: rel(-R) bounds it;
@@ -147,7 +153,11 @@ class ExpApprox {
     return method_ == ExpMethod::Chebyshev ? 2.0 / range_ : std::ldexp(1.0, -squarings_);
   }
 
-  // Scalar reference of the same computation (used by tests and scalar tails).
+  // True where evaluate() and the squarings may end below 0 (r = 0): the caller clamps at 0.
+  bool clamp_negative() const { return squarings_ == 0; }
+
+  // Scalar reference of the same computation (used by tests and scalar tails), squarings and the
+  // clamp at 0 (r = 0) included.
   template <class Scalar>
   Scalar evaluate_scalar(Scalar t) const {
     if (t != t)
@@ -162,6 +172,8 @@ class ExpApprox {
     }
     for (int i = 0; i < squarings_; ++i)
       p = p * p;
+    if (clamp_negative() && p < Scalar(0))
+      return Scalar(0);  // derivative 0 there, as where t is clipped
     return p;
   }
 
