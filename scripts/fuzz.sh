@@ -51,9 +51,17 @@ for exe in "${executables[@]}"; do
   work="$(mktemp -d)"  # grows during the run; the committed corpus stays as it is
   if [[ -d "tests/fuzz/corpus/$name" ]]; then cp -r "tests/fuzz/corpus/$name/." "$work/"; fi
   echo "fuzz: $name for ${seconds}s"
+  log="$work.log"
+  status=0
   "$exe" -max_total_time="$seconds" -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 \
-    -artifact_prefix="$build_dir/artifacts/$name-" "$work" 2>&1 | tail -n 12
-  rm -rf "$work"
+    -artifact_prefix="$build_dir/artifacts/$name-" "$work" >"$log" 2>&1 || status=$?
+  # The reason (a broken invariant or a sanitizer report) comes before libFuzzer's long tail.
+  if [[ $status -ne 0 ]]; then
+    grep -m 5 -E "invariant broken|ERROR: |runtime error" "$log" >&2 || true
+  fi
+  tail -n 12 "$log"
+  rm -rf "$work" "$log"
+  [[ $status -eq 0 ]] || { echo "fuzz: $name failed (exit $status)" >&2; exit "$status"; }
   targets=$((targets + 1))
 done
 echo "fuzz: $targets targets ran ${seconds}s each ($((SECONDS - start))s in all), no findings"
