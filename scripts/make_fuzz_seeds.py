@@ -56,6 +56,11 @@ TARGETS = {
 HEADERS = {
     "fuzz_power": [bytes([0x00, 255]), bytes([0x04, 0, *struct.pack("<d", 1e-3)]),
                    bytes([0x23, 255]), bytes([0x09, 255])],
+    # kind byte (0 Sparsemax, 1 Entmax15, 2 Entmax(alpha) then its parameter)
+    "fuzz_entmax": [bytes([0]), bytes([1]), bytes([2, 255]), bytes([5, 0, *struct.pack("<d", 1.9)])],
+    # option flags (1 scale, 2 softcap, 4 slope, 8 sink), then each chosen parameter
+    "fuzz_attention_softmax": [bytes([0]), bytes([1, 255]), bytes([0x0b, 255, 255, 255]),
+                               bytes([0x0f, 0, *struct.pack("<d", 2.0), 255, 255, 255])],
     "fuzz_polynomial": [bytes([0x20, 4, 5, 255]), bytes([0x00, 6, 5, 255]),
                         bytes([0x01, 0, 8, 255]), bytes([0x04, 4, 5, 255])],
     # tau byte, flags (1 hard, 2 Philox, 4 double), seed; then form, rows, cols, values

@@ -312,6 +312,14 @@ TEST_CASE("AttentionOptions: parameters are validated, errors name parameter and
   CHECK_THROWS_WITH(o.with_mask_slope(0), Contains("mask_slope") && Contains("0"));
   CHECK_THROWS_WITH(o.with_sink(-inf), Contains("sink") && Contains("inf"));
   CHECK_THROWS_WITH(o.with_sink(nan), Contains("sink") && Contains("nan"));
+  // Bounded as temperatures are: a double 1e-300 would round to 0 in float (fuzz finding: a float
+  // row with +inf and scale 4.85e-299 gave 0 * inf = NaN).
+  CHECK_THROWS_WITH(o.with_scale(4.85e-299), Contains("scale") && Contains("2^-100"));
+  CHECK_THROWS_WITH(o.with_scale(1e300), Contains("scale") && Contains("1e+300"));
+  CHECK_THROWS_WITH(o.with_softcap(1e-45), Contains("softcap"));
+  CHECK_THROWS_WITH(o.with_mask_slope(1e31 * 1e10), Contains("mask_slope"));
+  CHECK_THROWS_WITH(o.with_sink(-1e300), Contains("sink"));
+  CHECK_NOTHROW(o.with_scale(0x1p-100).with_scale(0x1p100).with_softcap(0x1p-100));
   CHECK_NOTHROW(o.with_softcap(0).with_sink(-3).with_scale(0.125).with_mask_slope(0.25));
   CHECK_THROWS_AS(sml::AttentionSoftmax(o.with_causal(true)), std::invalid_argument);
   CHECK_THROWS_WITH(sml::Attention<>(o, sml::Softmax(2.0)), Contains("temperature"));

@@ -489,3 +489,44 @@ TEMPLATE_TEST_CASE("Fenchel-Young losses: forms, special values and errors", "[e
                     Catch::Contains("label 7") && Catch::Contains("[0, 6)"));
   CHECK_THROWS_WITH(loss(z, Mat(3, 6)), Catch::Contains("targets"));
 }
+
+// Fuzz finding (fuzz_entmax): a double Entmax15 row of 913 equal entries (and one far below) gave
+// 1/913 (1 + 1.4e-12) each, summing to 1 + 1.4e-12: the threshold's quadratic was solved once from
+// far below, where its discriminant cancels. Rows of k equal entries must give exactly 1/k within
+// the documented per-entry bound, whatever k.
+TEMPLATE_TEST_CASE("Sparsemax and Entmax15: long rows of equal entries give 1/k",
+                   "[entmax][regression]", float, double) {
+  using Scalar = TestType;
+  using Vec = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  const double eps = std::numeric_limits<Scalar>::epsilon();
+  double worst = 0;
+  for (const Index k : {Index(300), Index(913), Index(4096), Index(100000)}) {
+    for (const double level : {0.0, 2.5, -1e4}) {
+      Vec x = Vec::Constant(k + 3, static_cast<Scalar>(level));
+      x(1) = static_cast<Scalar>(level - 1e30);  // far below: 0
+      x(2) = -std::numeric_limits<Scalar>::infinity();
+      x(k + 2) = static_cast<Scalar>(level - 5.0);  // below the threshold for every k here
+      const Vec ys = sml::Sparsemax()(x);
+      const Vec ye = sml::Entmax15()(x);
+      for (const Vec* y : {&ys, &ye}) {
+        long double sum = 0;
+        for (Index i = 0; i < y->size(); ++i) {
+          sum += (*y)(i);
+          const bool support = i != 1 && i != 2 && i != k + 2;
+          const double want = support ? 1.0 / static_cast<double>(k) : 0.0;
+          const double err = std::fabs(static_cast<double>((*y)(i)) - want) / (eps * (want + 1));
+          worst = std::max(worst, err);
+        }
+        INFO("k " << k << ", level " << level << ", sum - 1 = " << static_cast<double>(sum - 1));
+        // Float outputs round a double threshold once; double ones carry the threshold's plain
+        // double sums over the support: the documented (8 + k / 4) eps (measured k / 8).
+        const double sum_bound = std::is_same_v<Scalar, float> ? 8 * eps : (8 + k / 4.0) * eps;
+        CHECK(std::fabs(static_cast<double>(sum) - 1.0) <= sum_bound);
+      }
+    }
+  }
+  std::cout << "Sparsemax/Entmax15 rows of k equal entries, "
+            << (std::is_same_v<Scalar, float> ? "float" : "double") << ": worst " << worst
+            << " eps (|y| + 1) (bound 4)\n";
+  CHECK(worst <= 4);
+}

@@ -3,14 +3,19 @@
 // and backward.
 //
 // AttentionOptions (validated when set; std::invalid_argument naming the parameter and value):
-//   with_scale(s)       finite, > 0. Default: 1 in AttentionSoftmax, 1/sqrt(d) in Attention.
+//   with_scale(s)       in [2^-100, 2^100]. Default: 1 in AttentionSoftmax, 1/sqrt(d) in
+//                       Attention. (Scale, softcap and slope are bounded as temperatures are, so
+//                       that each stays a normal float and its reciprocal finite: a double 1e-300
+//                       would round to 0 in float and make 0 * inf a NaN.)
 //   with_causal(b)      Attention only: key j is visible to query i iff j <= i + Lk - Lq
 //                       (bottom-right aligned, as KV-cache decoding needs).
-//   with_softcap(c)     0 = off (default), else finite, > 0: cap(s) = c tanh(s / c).
-//   with_mask_slope(m)  finite, > 0 (default 1): the additive mask is multiplied by m (ggml's
+//   with_softcap(c)     0 = off (default), else in [2^-100, 2^100]: cap(s) = c tanh(s / c).
+//   with_mask_slope(m)  in [2^-100, 2^100] (default 1): the additive mask is multiplied by m
+//   (ggml's
 //                       ALiBi form: the mask holds the position bias, m the per-head slope, see
 //                       alibi_slope()).
-//   with_sink(z)        finite: a logit that joins the max and the sum but has no output
+//   with_sink(z)        in [-2^100, 2^100]: a logit that joins the max and the sum but has no
+//   output
 //                       (gpt-oss-style attention sinks).
 // alibi_slope(max_bias, head, n_head): ggml's per-head slope, m0^(h+1) for h < 2^floor(log2 n)
 // and m1^(2(h - 2^floor(log2 n)) + 1) above, m0 = 2^(-max_bias / 2^floor(log2 n)),
@@ -135,7 +140,8 @@ class AttentionOptions {
  public:
   AttentionOptions with_scale(double scale) const {
     AttentionOptions o = *this;
-    o.scale_ = detail::require_positive_finite("AttentionOptions: scale", scale);
+    o.scale_ = detail::require_in_range("AttentionOptions: scale", scale, 0x1p-100, 0x1p100,
+                                        "in [2^-100, 2^100] (finite, > 0)");
     return o;
   }
   AttentionOptions with_causal(bool causal) const {
@@ -144,8 +150,8 @@ class AttentionOptions {
     return o;
   }
   AttentionOptions with_softcap(double softcap) const {
-    if (!(softcap == 0.0 || (softcap > 0.0 && std::isfinite(softcap))))
-      detail::fail("AttentionOptions: softcap must be 0 (off) or finite and > 0, but got ",
+    if (!(softcap == 0.0 || (softcap >= 0x1p-100 && softcap <= 0x1p100)))
+      detail::fail("AttentionOptions: softcap must be 0 (off) or in [2^-100, 2^100], but got ",
                    softcap);
     AttentionOptions o = *this;
     o.softcap_ = softcap;
@@ -153,12 +159,13 @@ class AttentionOptions {
   }
   AttentionOptions with_mask_slope(double slope) const {
     AttentionOptions o = *this;
-    o.mask_slope_ = detail::require_positive_finite("AttentionOptions: mask_slope", slope);
+    o.mask_slope_ = detail::require_in_range("AttentionOptions: mask_slope", slope, 0x1p-100,
+                                             0x1p100, "in [2^-100, 2^100] (finite, > 0)");
     return o;
   }
   AttentionOptions with_sink(double sink) const {
-    if (!std::isfinite(sink))
-      detail::fail("AttentionOptions: sink must be finite, but got ", sink);
+    if (!(sink >= -0x1p100 && sink <= 0x1p100))
+      detail::fail("AttentionOptions: sink must be in [-2^100, 2^100] (finite), but got ", sink);
     AttentionOptions o = *this;
     o.has_sink_ = true;
     o.sink_ = sink;

@@ -110,6 +110,7 @@ enum class Output { Probabilities, LogProbabilities };
 struct Rules {
   Output kind = Output::Probabilities;
   bool any_infinity_shares = false;  // PowerSoftmax: x^p = +inf for x = +-inf, so both share mass
+  bool infinity_is_capped = false;   // AttentionSoftmax with a softcap: cap(+inf) = c is finite
   bool sum_is_one = true;            // false: only sum <= 1 (PowerSoftmax's eps forms: 0 / eps)
   bool approximate = false;          // PolynomialSoftmax: values and sums are approximations
   double slack_eps = 0;              // a probability may exceed 1 by this many eps (rounding of
@@ -131,7 +132,7 @@ void check_row(const X& x, const Y& y, const Rules& rules) {
   if (n == 0)
     return;
   const auto infinite = [&](Scalar v) {
-    return v == inf || (rules.any_infinity_shares && v == -inf);
+    return (v == inf && !rules.infinity_is_capped) || (rules.any_infinity_shares && v == -inf);
   };
   bool any_nan = false;
   Index k_inf = 0, k_masked = 0;
