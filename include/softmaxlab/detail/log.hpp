@@ -79,6 +79,20 @@ EIGEN_STRONG_INLINE Packet biased_exponent(const Packet& x) {
   }
 }
 
+// A packet with every lane holding the given bit pattern (Eigen's pset1frombits has no scalar
+// form).
+template <class Packet, class Bits>
+EIGEN_STRONG_INLINE Packet set1_from_bits(Bits bits) {
+  if constexpr (Eigen::internal::unpacket_traits<Packet>::size == 1) {
+    static_assert(sizeof(Packet) == sizeof(Bits));
+    Packet value;
+    std::memcpy(&value, &bits, sizeof value);
+    return value;
+  } else {
+    return Eigen::internal::pset1frombits<Packet>(bits);
+  }
+}
+
 template <class Packet>
 EIGEN_STRONG_INLINE Packet plog_positive_normal(const Packet& x) {
   using namespace Eigen::internal;
@@ -86,7 +100,7 @@ EIGEN_STRONG_INLINE Packet plog_positive_normal(const Packet& x) {
   using C = LogConstants<Scalar>;
   const Packet one = pset1<Packet>(Scalar(1));
   // m in [0.5, 1): the mantissa bits with the exponent of 0.5; e = biased exponent - bias.
-  const Packet mantissa_bits = pset1frombits<Packet>(C::kMantissaMask);
+  const Packet mantissa_bits = set1_from_bits<Packet>(C::kMantissaMask);
   Packet m = por(pand(x, mantissa_bits), pset1<Packet>(Scalar(0.5)));
   Packet e = psub(biased_exponent(x), pset1<Packet>(C::kExponentBias));
   // Move m into [sqrt(1/2), sqrt(2)).
