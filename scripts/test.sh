@@ -63,7 +63,7 @@ case "$mode" in
     build_dir="${BUILD_DIR:-build/debug}"
     # No -march: the x86-64 baseline (SSE2, no FMA), the instruction set of the oldest machines.
     configure+=(-DCMAKE_BUILD_TYPE=Debug "-DCMAKE_CXX_FLAGS_DEBUG=-Og -g" -DSOFTMAXLAB_NATIVE=OFF)
-    ctest_args+=(--label-exclude package)
+    ctest_args+=(--label-exclude "package|compile_fail")  # compile_fail: release and sanitize
     ;;
   novec | avx512 | aarch64)
     portability=1
