@@ -88,9 +88,10 @@ case "$mode" in
       aarch64)
         bash scripts/install-deps.sh cmake make libeigen3-dev catch2 g++-aarch64-linux-gnu qemu-user
         configure+=(-DCMAKE_SYSTEM_NAME=Linux -DCMAKE_SYSTEM_PROCESSOR=aarch64
-          -DCMAKE_CXX_COMPILER=aarch64-linux-gnu-g++
+          -DCMAKE_CXX_COMPILER=aarch64-linux-gnu-g++ -DCMAKE_CXX_FLAGS=-Wno-psabi
           "-DCMAKE_CROSSCOMPILING_EMULATOR=qemu-aarch64;-L;/usr/aarch64-linux-gnu")
         run=(qemu-aarch64 -L /usr/aarch64-linux-gnu)
+        # -Wno-psabi: GCC's notes that the C++17 parameter-passing ABI changed in GCC 10.1
         ;;
     esac
     ;;
