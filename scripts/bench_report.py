@@ -6,7 +6,7 @@
 Reads the Google Benchmark JSON of bench/ (names softmax/<impl>/<float|double>/<cache>/<n>, see
 bench/common.hpp) and writes, in --out-dir:
   bench.md   throughput per case (G elements/s), ratios of every variant against every baseline
-             per length, and the DESIGN.md speed targets with PASS/MISS;
+             per length, and the speed targets (README, "Benchmarks") with PASS/MISS;
   bench.png  throughput against row length, one line per variant and peer, one panel per
              (type, cache) case (needs matplotlib; without it only bench.md is written).
 With repetitions (--benchmark_repetitions), the median aggregate is used. Standard library only,
@@ -23,7 +23,7 @@ BASELINES = ["scalar_exp", "eigen_expr", "onednn", "stream"]
 CACHES = ["incache", "outcache"]
 TYPES = ["float", "double"]
 
-# DESIGN.md's targets: (description, variant, baseline, type, cache, lengths, minimum ratio)
+# Speed targets (README, "Benchmarks"): (description, variant, baseline, type, cache, lengths, minimum ratio)
 TARGETS = [
     ("Softmax, in-cache rows of 1,000 to 32,000, vs the plain Eigen expression",
      "softmax", "eigen_expr", "float", "incache", [1000, 4096, 32000], 1.4),
@@ -160,7 +160,7 @@ def markdown(context, results, machine_note):
                "side in one run: > 1 means the variant is faster.")
     out.append("")
 
-    out.append("## Targets (DESIGN.md)")
+    out.append("## Speed targets (README.md, \"Benchmarks\")")
     out.append("")
     out.append("| target | lengths | measured ratio (min) | required | |")
     out.append("|---|---|---|---|---|")

@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # Build and run softmaxlab's tests and examples (the README's test command).
 #
-#   scripts/test.sh [release|sanitize|debug]
+#   scripts/test.sh [release|sanitize|debug|novec|avx512|aarch64]
 #
-#   release   (default) GCC, Release: every unit test, example and package test, and the MPI
-#             tests and example under mpirun with 1, 2 and 4 ranks (label mpi)
+#   release   (default) GCC, Release: every unit test, example and package test, the compile-fail
+#             tests, the -fno-exceptions handler test, and the MPI tests and example under mpirun
+#             with 1, 2 and 4 ranks (label mpi)
 #   sanitize  clang with AddressSanitizer + UndefinedBehaviorSanitizer (-O1): unit tests and examples
 #             (not label mpi: Open MPI reports its own leaks)
-#   debug     GCC, Debug (-Og, assertions on, no NDEBUG): unit tests, examples and MPI tests
+#   debug     GCC, Debug (-Og, assertions on, no NDEBUG), x86-64 baseline: SSE2 only (no -march,
+#             no FMA): unit tests, examples and MPI tests
+#   The portability builds compile only the portability subset (softmaxlab_portability_tests: every
+#   functor in float and double, see tests/CMakeLists.txt) and the -fno-exceptions handler test:
+#   novec     GCC, Release, -DEIGEN_DONT_VECTORIZE (the scalar paths); runs both
+#   avx512    clang, Release, -mavx512f -mavx512dq -mavx512bw -mavx512vl -mfma: compiles both with
+#             -Werror; runs them only when this CPU has those extensions
+#   aarch64   Debian's g++-aarch64-linux-gnu, Release (NEON); runs both under qemu-aarch64
 #
 # Environment:
 #   BUILD_DIR          build directory (default build/test, build/sanitize, build/debug)
@@ -53,14 +61,60 @@ case "$mode" in
   debug)
     bash scripts/install-deps.sh cmake g++ make libeigen3-dev catch2 libopenmpi-dev openmpi-bin
     build_dir="${BUILD_DIR:-build/debug}"
-    configure+=(-DCMAKE_BUILD_TYPE=Debug "-DCMAKE_CXX_FLAGS_DEBUG=-Og -g")
-    ctest_args+=(--label-exclude package)
+    # No -march: the x86-64 baseline (SSE2, no FMA), the instruction set of the oldest machines.
+    configure+=(-DCMAKE_BUILD_TYPE=Debug "-DCMAKE_CXX_FLAGS_DEBUG=-Og -g" -DSOFTMAXLAB_NATIVE=OFF)
+    ctest_args+=(--label-exclude "package|compile_fail")  # compile_fail: release and sanitize
+    ;;
+  novec | avx512 | aarch64)
+    portability=1
+    build_dir="${BUILD_DIR:-build/$mode}"
+    configure=(-DSOFTMAXLAB_WERROR="${SOFTMAXLAB_WERROR:-OFF}" -DSOFTMAXLAB_NATIVE=OFF
+      -DSOFTMAXLAB_BUILD_TESTS=ON -DSOFTMAXLAB_BUILD_EXAMPLES=OFF -DSOFTMAXLAB_BUILD_BENCHMARKS=OFF
+      -DSOFTMAXLAB_WITH_MPI=OFF -DSOFTMAXLAB_INSTALL=OFF -DCMAKE_BUILD_TYPE=Release)
+    run=()
+    case "$mode" in
+      novec)
+        bash scripts/install-deps.sh cmake g++ make libeigen3-dev catch2
+        configure+=(-DCMAKE_CXX_COMPILER=g++ -DCMAKE_CXX_FLAGS=-DEIGEN_DONT_VECTORIZE)
+        ;;
+      avx512)
+        bash scripts/install-deps.sh cmake clang make libeigen3-dev catch2
+        configure+=(-DCMAKE_CXX_COMPILER=clang++
+          "-DCMAKE_CXX_FLAGS=-mavx512f -mavx512dq -mavx512bw -mavx512vl -mfma")
+        for flag in avx512f avx512dq avx512bw avx512vl fma; do
+          grep -qw "$flag" /proc/cpuinfo 2>/dev/null || run=(skip)
+        done
+        ;;
+      aarch64)
+        bash scripts/install-deps.sh cmake make libeigen3-dev catch2 g++-aarch64-linux-gnu qemu-user
+        configure+=(-DCMAKE_SYSTEM_NAME=Linux -DCMAKE_SYSTEM_PROCESSOR=aarch64
+          -DCMAKE_CXX_COMPILER=aarch64-linux-gnu-g++ -DCMAKE_CXX_FLAGS=-Wno-psabi
+          "-DCMAKE_CROSSCOMPILING_EMULATOR=qemu-aarch64;-L;/usr/aarch64-linux-gnu")
+        run=(qemu-aarch64 -L /usr/aarch64-linux-gnu)
+        # -Wno-psabi: GCC's notes that the C++17 parameter-passing ABI changed in GCC 10.1
+        ;;
+    esac
     ;;
   *)
-    echo "usage: scripts/test.sh [release|sanitize|debug]" >&2
+    echo "usage: scripts/test.sh [release|sanitize|debug|novec|avx512|aarch64]" >&2
     exit 2
     ;;
 esac
+
+if [[ -n "${portability:-}" ]]; then
+  cmake -S . -B "$build_dir" "${configure[@]}"
+  cmake --build "$build_dir" -j"$jobs" --target softmaxlab_portability_tests \
+    softmaxlab_no_exceptions_test
+  if [[ "${run[*]:-}" == "skip" ]]; then
+    echo "test.sh $mode: built; this CPU lacks AVX-512 F/DQ/BW/VL or FMA, so the binaries are not run"
+    exit 0
+  fi
+  "${run[@]}" "$build_dir/tests/softmaxlab_portability_tests"
+  for handler_mode in handler default; do
+    "${run[@]}" "$build_dir/tests/softmaxlab_no_exceptions_test" "$handler_mode"
+  done
+  exit 0
+fi
 
 cmake -S . -B "$build_dir" "${configure[@]}"
 cmake --build "$build_dir" -j"$jobs"

@@ -275,6 +275,7 @@ class GumbelSoftmax : public detail::DistributionFunctor<GumbelSoftmax>,
   // One sample for the 1-D x; returns a plain object of x's shape and scalar.
   template <class XprX, class Gen>
   typename XprX::PlainObject operator()(const Eigen::DenseBase<XprX>& x, Gen& gen) const {
+    static_check_generator<Gen>();
     detail::require_vector(name, x.rows(), x.cols());
     typename XprX::PlainObject y(x.rows(), x.cols());
     this->apply_impl(x, y, gen);
@@ -282,33 +283,63 @@ class GumbelSoftmax : public detail::DistributionFunctor<GumbelSoftmax>,
   }
 
   // Writes one sample into y (same length; either orientation); allocation-free; y may be x.
-  template <class XprX, class XprY, class Gen>
-  void apply(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& y, Gen& gen) const {
+  template <class XprX, class Out, class Gen>
+  void apply(const Eigen::DenseBase<XprX>& x, Out&& y, Gen& gen) const {
+    detail::static_check_output<Out>();
+    static_check_generator<Gen>();
     this->apply_impl(x, y, gen);
   }
 
   // One independent sample per row (rows drawn in order, each consuming its words in order).
   template <class XprX, class Gen>
   typename XprX::PlainObject rowwise(const Eigen::DenseBase<XprX>& x, Gen& gen) const {
+    static_check_generator<Gen>();
     typename XprX::PlainObject y(x.rows(), x.cols());
     this->slices_impl(x, y, true, gen);
     return y;
   }
-  template <class XprX, class XprY, class Gen>
-  void rowwise(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& y, Gen& gen) const {
+  template <class XprX, class Out, class Gen>
+  void rowwise(const Eigen::DenseBase<XprX>& x, Out&& y, Gen& gen) const {
+    detail::static_check_output<Out>();
+    static_check_generator<Gen>();
     this->slices_impl(x, y, true, gen);
   }
 
   // One independent sample per column.
   template <class XprX, class Gen>
   typename XprX::PlainObject colwise(const Eigen::DenseBase<XprX>& x, Gen& gen) const {
+    static_check_generator<Gen>();
     typename XprX::PlainObject y(x.rows(), x.cols());
     this->slices_impl(x, y, false, gen);
     return y;
   }
-  template <class XprX, class XprY, class Gen>
-  void colwise(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& y, Gen& gen) const {
+  template <class XprX, class Out, class Gen>
+  void colwise(const Eigen::DenseBase<XprX>& x, Out&& y, Gen& gen) const {
+    detail::static_check_output<Out>();
+    static_check_generator<Gen>();
     this->slices_impl(x, y, false, gen);
+  }
+
+  // Without a generator: a compile-time error that says what to pass (the base's generator-less
+  // forms make no sense for a sampler).
+  template <class XprX>
+  typename XprX::PlainObject operator()(const Eigen::DenseBase<XprX>&) const {
+    static_check_generator<XprX>();
+    return {};
+  }
+  template <class XprX, class XprY>
+  void apply(const Eigen::DenseBase<XprX>&, const Eigen::DenseBase<XprY>&) const {
+    static_check_generator<XprY>();
+  }
+  template <class XprX>
+  typename XprX::PlainObject rowwise(const Eigen::DenseBase<XprX>&) const {
+    static_check_generator<XprX>();
+    return {};
+  }
+  template <class XprX>
+  typename XprX::PlainObject colwise(const Eigen::DenseBase<XprX>&) const {
+    static_check_generator<XprX>();
+    return {};
   }
 
   // The Gumbel-max trick: argmax_i (x_i + g_i), an exact draw from softmax(x) (tau plays no part).
@@ -353,11 +384,18 @@ class GumbelSoftmax : public detail::DistributionFunctor<GumbelSoftmax>,
  private:
   friend class detail::DistributionFunctor<GumbelSoftmax>;
   friend class detail::BackwardFunctor<GumbelSoftmax>;
-  // The generator-less forms of the base make no sense for a sampler: keep them out of reach.
-  using Base::apply;
-  using Base::colwise;
-  using Base::rowwise;
-  using Base::operator();
+
+  // Gen must be a random generator, not an Eigen object (f.rowwise(X, Y) without one would
+  // otherwise take Y for the generator).
+  template <class Gen>
+  static constexpr void static_check_generator() {
+    static_assert(
+        !std::is_base_of_v<Eigen::EigenBase<std::remove_cv_t<Gen>>, std::remove_cv_t<Gen>>,
+        "softmaxlab::GumbelSoftmax needs a random generator: call g(x, gen), "
+        "g.apply(x, y, gen), g.rowwise(X, gen), g.rowwise(X, Y, gen), g.colwise(X, gen) or "
+        "g.colwise(X, Y, gen), gen a UniformRandomBitGenerator such as "
+        "softmaxlab::Philox4x32 or std::mt19937");
+  }
 
   template <class Scalar, class Gen>
   void compute(const detail::Span<const Scalar>& x, const detail::Span<Scalar>& y, Gen& gen) const {

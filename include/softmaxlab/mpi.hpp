@@ -88,8 +88,9 @@ using softmaxlab::detail::fail;
 
 inline void check(int code, const char* call) {
   if (code != MPI_SUCCESS)
-    throw std::runtime_error(std::string("softmaxlab::mpi: ") + call + " failed with MPI error "
-                             + std::to_string(code));
+    softmaxlab::detail::raise_error(
+        softmaxlab::ErrorKind::runtime_error,
+        std::string("softmaxlab::mpi: ") + call + " failed with MPI error " + std::to_string(code));
 }
 
 // Message element counts are ints in MPI.

@@ -26,6 +26,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "detail/config.hpp"
+
 #if defined(__AVX2__)
 #include <immintrin.h>
 #endif

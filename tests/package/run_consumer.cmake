@@ -134,6 +134,10 @@ elseif(MODE STREQUAL "pkg_config")
     message(FATAL_ERROR "[pkg_config] FAILED: pkg-config --cflags softmaxlab (exit ${_rc})")
   endif()
   message(STATUS "[pkg_config] cflags: ${_cflags}")
+  if(NOT _cflags MATCHES "-std=c\\+\\+17")
+    message(FATAL_ERROR "[pkg_config] FAILED: the Cflags '${_cflags}' lack -std=c++17 (softmaxlab "
+                        "needs C++17, and a compiler defaulting to C++14 would fail)")
+  endif()
 
   # The Cflags must point at the installed headers under PREFIX (the .pc file is relocatable).
   separate_arguments(_cflags UNIX_COMMAND "${_cflags}")
@@ -160,7 +164,7 @@ elseif(MODE STREQUAL "pkg_config")
   file(MAKE_DIRECTORY "${BINARY}")
   set(_exe "${BINARY}/consumer${EXE_SUFFIX}")
   run("compile the consumer with the pkg-config flags only"
-    COMMAND "${CXX_COMPILER}" -std=c++17 -O2 ${_cflags} "${MAIN}" -o "${_exe}")
+    COMMAND "${CXX_COMPILER}" -O2 ${_cflags} "${MAIN}" -o "${_exe}")
   run("run the consumer (softmax of [1 2 3 4] must be a distribution)" COMMAND "${_exe}")
   message(STATUS "[pkg_config] ok")
 

@@ -34,6 +34,8 @@
 #include <cmath>
 #include <limits>
 
+#include "../detail/config.hpp"
+
 namespace softmaxlab {
 namespace approx {
 

@@ -111,9 +111,10 @@ class BackwardFunctor {
     return dx;
   }
   // Writes dx (same length, either orientation); allocation-free; dx may be x, y or dy.
-  template <class XprX, class XprY, class XprDy, class XprDx>
+  template <class XprX, class XprY, class XprDy, class Out>
   void backward(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& y,
-                const Eigen::DenseBase<XprDy>& dy, const Eigen::DenseBase<XprDx>& dx) const {
+                const Eigen::DenseBase<XprDy>& dy, Out&& dx) const {
+    static_check_output<Out>();
     backward_impl(x, y, dy, dx, SliceMode::Vector);
   }
 
@@ -126,10 +127,10 @@ class BackwardFunctor {
     backward_alloc_impl(x, y, dy, dx, SliceMode::Rows);
     return dx;
   }
-  template <class XprX, class XprY, class XprDy, class XprDx>
+  template <class XprX, class XprY, class XprDy, class Out>
   void rowwise_backward(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& y,
-                        const Eigen::DenseBase<XprDy>& dy,
-                        const Eigen::DenseBase<XprDx>& dx) const {
+                        const Eigen::DenseBase<XprDy>& dy, Out&& dx) const {
+    static_check_output<Out>();
     backward_impl(x, y, dy, dx, SliceMode::Rows);
   }
 
@@ -142,10 +143,10 @@ class BackwardFunctor {
     backward_alloc_impl(x, y, dy, dx, SliceMode::Cols);
     return dx;
   }
-  template <class XprX, class XprY, class XprDy, class XprDx>
+  template <class XprX, class XprY, class XprDy, class Out>
   void colwise_backward(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& y,
-                        const Eigen::DenseBase<XprDy>& dy,
-                        const Eigen::DenseBase<XprDx>& dx) const {
+                        const Eigen::DenseBase<XprDy>& dy, Out&& dx) const {
+    static_check_output<Out>();
     backward_impl(x, y, dy, dx, SliceMode::Cols);
   }
 

@@ -1,8 +1,18 @@
 // softmaxlab: parameter and shape checks. Every failure throws std::invalid_argument with a
 // message that names the function, the parameter and the value received (Boost.Math's way).
+//
+// Every error softmaxlab reports goes through detail::raise_error. With exceptions on it throws
+// (std::invalid_argument, or std::runtime_error for failed MPI calls). Built with -fno-exceptions
+// (or with SOFTMAXLAB_NO_EXCEPTIONS defined) it calls the handler installed with
+// softmaxlab::set_error_handler, and then, or if none is installed, prints the same message to
+// stderr and calls std::abort(). The handler must not return normally (it may longjmp, terminate
+// or exit); if it returns, softmaxlab still aborts, since the failed call has no result to give.
 #pragma once
 
+#include <atomic>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <limits>
 #include <sstream>
 #include <stdexcept>
@@ -11,7 +21,49 @@
 #include "common.hpp"
 
 namespace softmaxlab {
+
+// What a failed check would throw with exceptions on.
+enum class ErrorKind {
+  invalid_argument,  // std::invalid_argument: a bad parameter, a wrong output size, ...
+  runtime_error,     // std::runtime_error: a failed MPI call (mpi.hpp)
+};
+
+// Called (only in builds without exceptions) with the error kind and the message an exception
+// would carry, e.g. "softmaxlab::Softmax: temperature must be ..., but got -1".
+using ErrorHandler = void (*)(ErrorKind kind, const char* message);
+
 namespace detail {
+inline std::atomic<ErrorHandler>& error_handler_slot() {
+  static std::atomic<ErrorHandler> handler{nullptr};
+  return handler;
+}
+}  // namespace detail
+
+// Installs `handler` (nullptr restores the default: print to stderr and abort); returns the
+// previous one. Thread-safe. Has no effect on builds with exceptions, which throw.
+inline ErrorHandler set_error_handler(ErrorHandler handler) noexcept {
+  return detail::error_handler_slot().exchange(handler);
+}
+inline ErrorHandler get_error_handler() noexcept {
+  return detail::error_handler_slot().load();
+}
+
+namespace detail {
+
+// The one place where softmaxlab reports an error.
+[[noreturn]] inline void raise_error(ErrorKind kind, const std::string& message) {
+#if SOFTMAXLAB_HAS_EXCEPTIONS
+  if (kind == ErrorKind::runtime_error)
+    throw std::runtime_error(message);
+  throw std::invalid_argument(message);
+#else
+  if (ErrorHandler handler = get_error_handler())
+    handler(kind, message.c_str());
+  std::fprintf(stderr, "%s\n", message.c_str());
+  std::fflush(stderr);
+  std::abort();
+#endif
+}
 
 template <class... Parts>
 [[noreturn]] inline void fail(const Parts&... parts) {
@@ -19,7 +71,7 @@ template <class... Parts>
   message.precision(std::numeric_limits<double>::max_digits10);
   message << "softmaxlab::";
   (message << ... << parts);
-  throw std::invalid_argument(message.str());
+  raise_error(ErrorKind::invalid_argument, message.str());
 }
 
 // `value` must lie in [lo, hi]; NaN never does. `what` reads like "Softmax: temperature".

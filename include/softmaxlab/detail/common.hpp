@@ -6,6 +6,8 @@
 
 #include <Eigen/Core>
 
+#include "config.hpp"
+
 namespace softmaxlab {
 
 using Index = Eigen::Index;

@@ -110,6 +110,15 @@ EIGEN_STRONG_INLINE __m128d exponent_from_magic_f64(const __m128d& t) {
   return _mm_castsi128_pd(_mm_slli_epi64(_mm_castpd_si128(t), 52));
 }
 #endif
+// aarch64 NEON: the same shift on float64x2_t (Eigen's Packet2d), so NEON double takes the
+// magic-number path too and gives the x86 results bit for bit (Eigen 3.4 has no pround for NEON
+// double).
+#if defined(EIGEN_VECTORIZE_NEON) && EIGEN_ARCH_ARM64 && !EIGEN_APPLE_DOUBLE_NEON_BUG
+#define SOFTMAXLAB_NEON_F64_SHIFT 1
+EIGEN_STRONG_INLINE float64x2_t exponent_from_magic_f64(const float64x2_t& t) {
+  return vreinterpretq_f64_s64(vshlq_n_s64(vreinterpretq_s64_f64(t), 52));
+}
+#endif
 
 // Which double packet widths (lanes) have exponent_from_magic_f64 in this build.
 template <int kLanes>
@@ -122,7 +131,7 @@ inline constexpr bool kF64ShiftLanes<8> = true;
 template <>
 inline constexpr bool kF64ShiftLanes<4> = true;
 #endif
-#if defined(EIGEN_VECTORIZE_SSE2)
+#if defined(EIGEN_VECTORIZE_SSE2) || defined(SOFTMAXLAB_NEON_F64_SHIFT)
 template <>
 inline constexpr bool kF64ShiftLanes<2> = true;
 #endif
@@ -160,6 +169,18 @@ EIGEN_STRONG_INLINE Packet exp_times_2p64(const Packet& x_in) {
   }
 }
 
+// Round to nearest (ties to even) for |x| < 2^22 (float) / 2^51 (double): adding and subtracting
+// 1.5 * 2^mantissa_bits. Not every Eigen 3.4 back end has pround for every packet (NEON double has
+// none); the exact rounding of the add is safe because config.hpp refuses -ffast-math.
+template <class Packet>
+EIGEN_STRONG_INLINE Packet pround_small(const Packet& x) {
+  using namespace Eigen::internal;
+  using Scalar = typename unpacket_traits<Packet>::type;
+  const Packet magic =
+      pset1<Packet>(std::is_same_v<Scalar, float> ? Scalar(0x1.8p23) : Scalar(0x1.8p52));
+  return psub(padd(x, magic), magic);
+}
+
 template <class Packet>
 EIGEN_STRONG_INLINE Packet pexp_nonpositive(const Packet& x_in) {
   using namespace Eigen::internal;
@@ -172,7 +193,7 @@ EIGEN_STRONG_INLINE Packet pexp_nonpositive(const Packet& x_in) {
     return pmul(exp_times_2p64(x_in), pset1<Packet>(Scalar(0x1p-64)));
   } else {
     const Packet x = pmax(x_in, pset1<Packet>(C::kLowest));
-    const Packet n = pround(pmul(x, pset1<Packet>(C::kLog2e)));
+    const Packet n = pround_small(pmul(x, pset1<Packet>(C::kLog2e)));
     Packet r = pmadd(n, pset1<Packet>(-C::kLn2Hi), x);
     r = pmadd(n, pset1<Packet>(-C::kLn2Lo), r);
     // Eigen's pldexp splits 2^n into factors, so subnormal results are rounded once.

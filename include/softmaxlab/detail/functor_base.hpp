@@ -105,6 +105,22 @@ void evaluate_into(const Eigen::DenseBase<XprX>& x, XprY& y) {
                                                Strides(outer, inner)) = x.derived();
 }
 
+// Outputs are taken by forwarding reference (Out&&): temporaries such as Y.row(i) bind, and the
+// constness of a named output stays visible, so writing into a const Matrix or Array (whose
+// storage is const) is refused at compile time. A const view (a const Map, Ref or Block, or the
+// `const MatrixBase<Derived>&` of Eigen's "Writing Functions Taking Eigen Types" idiom) refers to
+// storage that may be writable and is accepted, as Eigen's own documentation does.
+template <class T>
+inline constexpr bool is_plain_object_v = std::is_base_of_v<Eigen::PlainObjectBase<T>, T>;
+
+template <class Out>
+constexpr void static_check_output() {
+  using T = std::remove_reference_t<Out>;
+  static_assert(!(std::is_const_v<T> && is_plain_object_v<std::remove_cv_t<T>>),
+                "softmaxlab: the output is a const Matrix/Array and cannot be written: pass a "
+                "non-const object, or a writable view (Map, Ref, or a block such as Y.row(i))");
+}
+
 // Smallest batch (elements) worth spreading over threads.
 inline constexpr Index kParallelMinElements = Index(1) << 15;
 
@@ -151,8 +167,9 @@ class DistributionFunctor {
   }
 
   // Writes f(x) into y (same length; either orientation); allocation-free; y may be x.
-  template <class XprX, class XprY>
-  void apply(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& y) const {
+  template <class XprX, class Out>
+  void apply(const Eigen::DenseBase<XprX>& x, Out&& y) const {
+    static_check_output<Out>();
     apply_impl(x, y);
   }
 
@@ -163,8 +180,9 @@ class DistributionFunctor {
     slices_impl(x, y, true);
     return y;
   }
-  template <class XprX, class XprY>
-  void rowwise(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& y) const {
+  template <class XprX, class Out>
+  void rowwise(const Eigen::DenseBase<XprX>& x, Out&& y) const {
+    static_check_output<Out>();
     slices_impl(x, y, true);
   }
 
@@ -175,8 +193,9 @@ class DistributionFunctor {
     slices_impl(x, y, false);
     return y;
   }
-  template <class XprX, class XprY>
-  void colwise(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& y) const {
+  template <class XprX, class Out>
+  void colwise(const Eigen::DenseBase<XprX>& x, Out&& y) const {
+    static_check_output<Out>();
     slices_impl(x, y, false);
   }
 

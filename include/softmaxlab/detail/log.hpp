@@ -15,6 +15,8 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
+#include <limits>
 #include <type_traits>
 
 #include "common.hpp"
@@ -62,6 +64,35 @@ EIGEN_STRONG_INLINE Packet pdiv_log_range(const Packet& a, const Packet& b) {
   return Eigen::internal::pdiv(a, b);
 }
 
+// The biased exponent field of x (x positive) as a floating-point value. Eigen's helper needs an
+// integer packet type, which plain scalars (EIGEN_DONT_VECTORIZE builds) do not have.
+template <class Packet>
+EIGEN_STRONG_INLINE Packet biased_exponent(const Packet& x) {
+  if constexpr (Eigen::internal::unpacket_traits<Packet>::size == 1) {
+    using Bits = std::conditional_t<sizeof(Packet) == 4, std::uint32_t, std::uint64_t>;
+    constexpr int kMantissaBits = std::numeric_limits<Packet>::digits - 1;
+    Bits bits;
+    std::memcpy(&bits, &x, sizeof bits);
+    return static_cast<Packet>(static_cast<int>(bits >> kMantissaBits));
+  } else {
+    return Eigen::internal::pfrexp_generic_get_biased_exponent(x);
+  }
+}
+
+// A packet with every lane holding the given bit pattern (Eigen's pset1frombits has no scalar
+// form).
+template <class Packet, class Bits>
+EIGEN_STRONG_INLINE Packet set1_from_bits(Bits bits) {
+  if constexpr (Eigen::internal::unpacket_traits<Packet>::size == 1) {
+    static_assert(sizeof(Packet) == sizeof(Bits));
+    Packet value;
+    std::memcpy(&value, &bits, sizeof value);
+    return value;
+  } else {
+    return Eigen::internal::pset1frombits<Packet>(bits);
+  }
+}
+
 template <class Packet>
 EIGEN_STRONG_INLINE Packet plog_positive_normal(const Packet& x) {
   using namespace Eigen::internal;
@@ -69,9 +100,9 @@ EIGEN_STRONG_INLINE Packet plog_positive_normal(const Packet& x) {
   using C = LogConstants<Scalar>;
   const Packet one = pset1<Packet>(Scalar(1));
   // m in [0.5, 1): the mantissa bits with the exponent of 0.5; e = biased exponent - bias.
-  const Packet mantissa_bits = pset1frombits<Packet>(C::kMantissaMask);
+  const Packet mantissa_bits = set1_from_bits<Packet>(C::kMantissaMask);
   Packet m = por(pand(x, mantissa_bits), pset1<Packet>(Scalar(0.5)));
-  Packet e = psub(pfrexp_generic_get_biased_exponent(x), pset1<Packet>(C::kExponentBias));
+  Packet e = psub(biased_exponent(x), pset1<Packet>(C::kExponentBias));
   // Move m into [sqrt(1/2), sqrt(2)).
   const Packet small = pcmp_lt(m, pset1<Packet>(Scalar(0.70710678118654752440)));
   m = padd(m, pand(small, m));
