@@ -115,12 +115,37 @@ struct CompensatedSum {
   long double total() const { return static_cast<long double>(total_wide()); }
 };
 
+// a.total_wide() + b.total_wide(), the total of two compensated sums in Wide.
+template <class Scalar>
+EIGEN_STRONG_INLINE typename CompensatedSum<Scalar>::Wide total_wide(
+    const CompensatedSum<Scalar>& a, const CompensatedSum<Scalar>& b) {
+  return a.total_wide() + b.total_wide();
+}
+#if defined(EIGEN_VECTORIZE_AVX) && !defined(EIGEN_VECTORIZE_AVX512)
+// 8 float lanes (AVX): the same differences s - c, exact in double, added on double packets
+// (about 20 instructions where the lane loops take about 100: on rows of 16 to 64 floats they
+// cost as much as the exp pass).
+template <>
+EIGEN_STRONG_INLINE double total_wide(const CompensatedSum<float>& a,
+                                      const CompensatedSum<float>& b) {
+  const auto wide_difference = [](const __m256& s, const __m256& c) {
+    const __m256d lo = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(s)),
+                                     _mm256_cvtps_pd(_mm256_castps256_ps128(c)));
+    const __m256d hi = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(s, 1)),
+                                     _mm256_cvtps_pd(_mm256_extractf128_ps(c, 1)));
+    return _mm256_add_pd(lo, hi);
+  };
+  const __m256d t = _mm256_add_pd(wide_difference(a.sum, a.carry), wide_difference(b.sum, b.carry));
+  return Eigen::internal::predux(t);
+}
+#endif
+
 // 1 / (a + b) of two compensated sums, rounded once to Scalar from Wide (double for float).
 template <class Scalar>
 EIGEN_STRONG_INLINE Scalar inverse_total(const CompensatedSum<Scalar>& a,
                                          const CompensatedSum<Scalar>& b) {
   using Wide = typename CompensatedSum<Scalar>::Wide;
-  return static_cast<Scalar>(Wide(1) / (a.total_wide() + b.total_wide()));
+  return static_cast<Scalar>(Wide(1) / total_wide(a, b));
 }
 
 // The shifted, scaled argument d = (x - m) * s of exp. kScaled = false skips the multiply (T = 1).
