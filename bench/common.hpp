@@ -15,6 +15,8 @@
 //             case.
 //   batch     as incache, for short rows: N x n with N n sizeof(Scalar) = 256 KiB (4096 x 16 floats
 //             to 128 x 512), one rowwise call per iteration (attention and classifier heads).
+//   threads   one batch of 4096 rows (4096 x 1000: 16 MiB of floats in, as many out), rowwise on
+//             1 and 2 OpenMP threads (bench_threads.cpp).
 //   outcache  64 MiB of input rows and as many output rows (twice this machine's 32 MiB L3); every
 //             iteration processes the next batch of rows (about 256 KiB, at least one row), so each
 //             row comes from memory. One row of 2^24 doubles is 128 MiB.
@@ -60,11 +62,24 @@ inline constexpr Index kLengths[] = {64, 1000, 4096, 32000, Index(1) << 20, Inde
 // Row lengths of the short-row batches.
 inline constexpr Index kShortLengths[] = {16, 32, 64, 128, 256, 512};
 
-enum class Cache { In, Out, Batch };
+enum class Cache { In, Out, Batch, Threads };
 
 inline const char* cache_name(Cache c) {
-  return c == Cache::In ? "incache" : c == Cache::Out ? "outcache" : "batch";
+  switch (c) {
+    case Cache::In:
+      return "incache";
+    case Cache::Out:
+      return "outcache";
+    case Cache::Batch:
+      return "batch";
+    case Cache::Threads:
+      return "threads";
+  }
+  return "?";
 }
+
+// The thread cases: one batch of kThreadRows rows (4096 x 1000 floats, 16 MiB in, 16 MiB out).
+inline constexpr Index kThreadRows = 4096;
 
 template <class Scalar>
 const char* type_name() {
@@ -101,6 +116,8 @@ template <class Scalar>
 bool has_case(Index n, Cache cache) {
   if (cache == Cache::Batch)
     return n <= 512;
+  if (cache == Cache::Threads)
+    return true;
   return cache == Cache::Out || n * Index(sizeof(Scalar)) <= kInCacheBytes;
 }
 
@@ -110,7 +127,10 @@ std::unique_ptr<Workload<Scalar>> make_workload(Index n, Cache cache) {
   const Index row_bytes = n * Index(sizeof(Scalar));
   w->n = n;
   w->cache = cache;
-  if (cache != Cache::Out) {
+  if (cache == Cache::Threads) {
+    w->rows = kThreadRows;
+    w->batches = 1;
+  } else if (cache != Cache::Out) {
     w->rows = std::max<Index>(1, kInCacheBytes / row_bytes);
     w->batches = 1;
   } else {
