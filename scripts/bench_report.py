@@ -302,18 +302,26 @@ def chart(context, results, path, machine_note):
                 ax.plot([p[0] for p in pts], [p[1] / 1e9 for p in pts], label=i, **style[i])
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        # Plain numbers on the log axes (2^k lengths as integers, throughput as 0.5, 1, 2, ...).
+        from matplotlib.ticker import FuncFormatter
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: "{:,}".format(int(v))))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: "%g" % v))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: "%g" % v))
+        ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_title("%s, %s" % (typ, CACHE_TITLES.get(cache, cache)))
         ax.set_xlabel("row length n (elements, log scale)")
         ax.set_ylabel("throughput (G elements / s, one thread, log scale)")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, title="solid: softmaxlab, dashed: peers", title_fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     title = "softmaxlab: softmax throughput vs row length"
-    line = machine_line(context)
+    import textwrap
+    width = 110 if cols > 1 else 80
+    line = textwrap.fill(machine_line(context), width)
     if machine_note:
-        line += "\n" + machine_note
-    fig.suptitle(title + "\n" + line, fontsize=10)
+        line += "\n" + textwrap.fill(machine_note, width)
+    fig.suptitle(title + "\n" + line, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
