@@ -284,6 +284,8 @@ def chart(context, results, path, machine_note):
     impls = variants + baselines
     panels = [(t, c) for t in TYPES for c in CHART_CACHES
               if any(k[1] == t and k[2] == c for k in results)]
+    if not panels:  # only thread cases: nothing to draw against length
+        return False
     cols = 2 if len(panels) > 1 else 1
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(13 if cols > 1 else 8, 4.8 * rows + 0.6),
