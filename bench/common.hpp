@@ -16,7 +16,8 @@
 //   batch     as incache, for short rows: N x n with N n sizeof(Scalar) = 256 KiB (4096 x 16 floats
 //             to 128 x 512), one rowwise call per iteration (attention and classifier heads).
 //   threads   one batch of 4096 rows (4096 x 1000: 16 MiB of floats in, as many out), rowwise on
-//             1 and 2 OpenMP threads (bench_threads.cpp).
+//             1 and 2 OpenMP threads, and one row of 2^24 (SinglePassSoftmax: apply on one thread,
+//             apply_split in 2 pieces on 2 threads) (bench_threads.cpp).
 //   outcache  64 MiB of input rows and as many output rows (twice this machine's 32 MiB L3); every
 //             iteration processes the next batch of rows (about 256 KiB, at least one row), so each
 //             row comes from memory. One row of 2^24 doubles is 128 MiB.
@@ -128,7 +129,7 @@ std::unique_ptr<Workload<Scalar>> make_workload(Index n, Cache cache) {
   w->n = n;
   w->cache = cache;
   if (cache == Cache::Threads) {
-    w->rows = kThreadRows;
+    w->rows = n >= (Index(1) << 20) ? 1 : kThreadRows;  // a long row: one row (apply_split)
     w->batches = 1;
   } else if (cache != Cache::Out) {
     w->rows = std::max<Index>(1, kInCacheBytes / row_bytes);
