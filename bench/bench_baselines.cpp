@@ -1,6 +1,7 @@
 // The peers every softmaxlab variant is measured against, in the same binary and run:
 //   scalar_exp  a plain loop: max, then y = std::exp(x - max) summed, then y *= 1 / sum;
-//   eigen_expr  the plain Eigen expression `y = (x - x.maxCoeff()).exp(); y /= y.sum();`;
+//   eigen_expr  the plain Eigen expression `y = (x - x.maxCoeff()).exp(); y /= y.sum();` per row;
+//   eigen_rowwise  the same on a whole short-row batch as one rowwise expression;
 //   onednn      oneDNN's softmax_v2 forward, softmax_accurate, one thread, float only (oneDNN has
 //   no
 //               f64 softmax on CPU); built when SOFTMAXLAB_BENCH_ONEDNN is ON;
@@ -33,8 +34,9 @@ using ConstArray = Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
 template <class Scalar>
 using Array = Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
 
-const bool scalar_registered =
-    softmaxlab_bench::register_batch("scalar_exp", [](const auto* x, auto* y, Index rows, Index n) {
+const bool scalar_registered = softmaxlab_bench::register_batch(
+    "scalar_exp",
+    [](const auto* x, auto* y, Index rows, Index n) {
       using Scalar = std::remove_cv_t<std::remove_pointer_t<decltype(y)>>;
       for (Index r = 0; r < rows; ++r) {
         const Scalar* xr = x + r * n;
@@ -51,10 +53,12 @@ const bool scalar_registered =
         for (Index i = 0; i < n; ++i)
           yr[i] *= inverse;
       }
-    });
+    },
+    true);
 
-const bool eigen_registered =
-    softmaxlab_bench::register_batch("eigen_expr", [](const auto* x, auto* y, Index rows, Index n) {
+const bool eigen_registered = softmaxlab_bench::register_batch(
+    "eigen_expr",
+    [](const auto* x, auto* y, Index rows, Index n) {
       using Scalar = std::remove_cv_t<std::remove_pointer_t<decltype(y)>>;
       for (Index r = 0; r < rows; ++r) {
         const ConstArray<Scalar> xr(x + r * n, n);
@@ -62,6 +66,23 @@ const bool eigen_registered =
         yr = (xr - xr.maxCoeff()).exp();
         yr /= yr.sum();
       }
+    },
+    true);
+
+// The whole batch as one rowwise Eigen expression (short-row batches only): what a user of Eigen
+// writes for a batch of rows.
+const bool eigen_rowwise_registered = softmaxlab_bench::register_short_rows<float>(
+    "eigen_rowwise", [](Index, Index) -> softmaxlab_bench::BatchFn<float> {
+      return [](const float* x, float* y, Index rows, Index n) {
+        using Rows =
+            Eigen::Map<const Eigen::Array<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+        using RowsOut =
+            Eigen::Map<Eigen::Array<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+        const Rows xs(x, rows, n);
+        RowsOut ys(y, rows, n);
+        ys = (xs.colwise() - xs.rowwise().maxCoeff()).exp();
+        ys.colwise() /= ys.rowwise().sum();
+      };
     });
 
 const bool stream_registered =
@@ -111,13 +132,17 @@ struct OneDnnSoftmax {
   }
 };
 
-const bool onednn_registered = softmaxlab_bench::register_kernel<float>(
-    "onednn", [](Index rows, Index n) -> softmaxlab_bench::BatchFn<float> {
-      auto softmax = std::make_shared<OneDnnSoftmax>(rows, n);
-      return [softmax](const float* x, float* y, Index, Index) {
-        (*softmax)(x, y);
-      };
-    });
+softmaxlab_bench::BatchFn<float> make_onednn(Index rows, Index n) {
+  auto softmax = std::make_shared<OneDnnSoftmax>(rows, n);
+  return [softmax](const float* x, float* y, Index, Index) {
+    (*softmax)(x, y);
+  };
+}
+
+// The whole batch is one primitive call (oneDNN's own batching), also for the short rows.
+const bool onednn_registered =
+    softmaxlab_bench::register_kernel<float>("onednn", make_onednn)
+    && softmaxlab_bench::register_short_rows<float>("onednn", make_onednn);
 
 const bool onednn_context = [] {
   softmaxlab_bench::context_providers().push_back([] {

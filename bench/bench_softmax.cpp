@@ -7,7 +7,7 @@ namespace {
 
 namespace sml = softmaxlab;
 
-const bool softmax_registered = softmaxlab_bench::register_functor("softmax", sml::Softmax());
+const bool softmax_registered = softmaxlab_bench::register_functor("softmax", sml::Softmax(), true);
 const bool log_softmax_registered =
     softmaxlab_bench::register_functor("log_softmax", sml::LogSoftmax());
 

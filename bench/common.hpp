@@ -3,14 +3,21 @@
 // Every benchmark of the suite is named
 //     softmax/<impl>/<float|double>/<incache|outcache>/<n>
 // so scripts/bench_report.py can group them: <impl> is a softmaxlab variant (softmax, log_softmax,
-// single_pass, power4, ...) or a baseline (scalar_exp, eigen_expr, onednn, stream), n is the row
-// length, one of kLengths = {64, 1000, 4096, 32000, 2^20, 2^24}.
+// single_pass, power4, ...) or a baseline (scalar_exp, eigen_expr, onednn, xnnpack, stream), n is
+// the row length, one of kLengths = {64, 1000, 4096, 32000, 2^20, 2^24}; the short-row batches
+// (cache `batch`, n in kShortLengths = {16, ..., 512}) are registered only by the kernels that opt
+// in through register_short_rows (Softmax and the peers).
 //
 // Workloads (row-major, each row one distribution, values uniform in [-10, 10]):
 //   incache   the rows fit a 256 KiB input buffer and a 256 KiB output buffer (together the 512 KiB
 //             L2 of one Zen3 core); every iteration sweeps all of them, so they stay in cache.
 //             Only lengths whose row fits the buffer (n * sizeof(Scalar) <= 256 KiB) have this
 //             case.
+//   batch     as incache, for short rows: N x n with N n sizeof(Scalar) = 256 KiB (4096 x 16 floats
+//             to 128 x 512), one rowwise call per iteration (attention and classifier heads).
+//   threads   one batch of 4096 rows (4096 x 1000: 16 MiB of floats in, as many out), rowwise on
+//             1 and 2 OpenMP threads, and one row of 2^24 (SinglePassSoftmax: apply on one thread,
+//             apply_split in 2 pieces on 2 threads) (bench_threads.cpp).
 //   outcache  64 MiB of input rows and as many output rows (twice this machine's 32 MiB L3); every
 //             iteration processes the next batch of rows (about 256 KiB, at least one row), so each
 //             row comes from memory. One row of 2^24 doubles is 128 MiB.
@@ -53,12 +60,27 @@ using Index = Eigen::Index;
 
 // Row lengths of the suite.
 inline constexpr Index kLengths[] = {64, 1000, 4096, 32000, Index(1) << 20, Index(1) << 24};
+// Row lengths of the short-row batches.
+inline constexpr Index kShortLengths[] = {16, 32, 64, 128, 256, 512};
 
-enum class Cache { In, Out };
+enum class Cache { In, Out, Batch, Threads };
 
 inline const char* cache_name(Cache c) {
-  return c == Cache::In ? "incache" : "outcache";
+  switch (c) {
+    case Cache::In:
+      return "incache";
+    case Cache::Out:
+      return "outcache";
+    case Cache::Batch:
+      return "batch";
+    case Cache::Threads:
+      return "threads";
+  }
+  return "?";
 }
+
+// The thread cases: one batch of kThreadRows rows (4096 x 1000 floats, 16 MiB in, 16 MiB out).
+inline constexpr Index kThreadRows = 4096;
 
 template <class Scalar>
 const char* type_name() {
@@ -93,6 +115,10 @@ struct Workload {
 // Whether the case exists: in-cache cases need one row to fit the in-cache buffer.
 template <class Scalar>
 bool has_case(Index n, Cache cache) {
+  if (cache == Cache::Batch)
+    return n <= 512;
+  if (cache == Cache::Threads)
+    return true;
   return cache == Cache::Out || n * Index(sizeof(Scalar)) <= kInCacheBytes;
 }
 
@@ -102,7 +128,10 @@ std::unique_ptr<Workload<Scalar>> make_workload(Index n, Cache cache) {
   const Index row_bytes = n * Index(sizeof(Scalar));
   w->n = n;
   w->cache = cache;
-  if (cache == Cache::In) {
+  if (cache == Cache::Threads) {
+    w->rows = n >= (Index(1) << 20) ? 1 : kThreadRows;  // a long row: one row (apply_split)
+    w->batches = 1;
+  } else if (cache != Cache::Out) {
     w->rows = std::max<Index>(1, kInCacheBytes / row_bytes);
     w->batches = 1;
   } else {
@@ -219,23 +248,46 @@ bool register_kernel(const std::string& impl, BatchFactory<Scalar> make) {
   return true;
 }
 
+// Records softmax/<impl>/<type>/batch/<n> for the short-row lengths (kShortLengths).
+template <class Scalar>
+bool register_short_rows(const std::string& impl, BatchFactory<Scalar> make) {
+  for (Index n : kShortLengths) {
+    Case c;
+    c.name = "softmax/" + impl + "/" + type_name<Scalar>() + "/batch/" + std::to_string(n);
+    c.type_rank = std::is_same_v<Scalar, float> ? 0 : 1;
+    c.n = n;
+    c.cache = Cache::Batch;
+    c.run = [n, make](benchmark::State& state) {
+      run_case<Scalar>(state, n, Cache::Batch, make);
+    };
+    registry().push_back(std::move(c));
+  }
+  return true;
+}
+
 // A generic batch kernel `fn(const Scalar* x, Scalar* y, Index rows, Index n)` (a generic lambda),
 // for float and double. Each case gets its own copy of fn.
+// With short_rows, also the short-row batches (float).
 template <class Fn>
-bool register_batch(const std::string& impl, Fn fn) {
+bool register_batch(const std::string& impl, Fn fn, bool short_rows = false) {
   register_kernel<float>(impl, [fn](Index, Index) { return BatchFn<float>(fn); });
   register_kernel<double>(impl, [fn](Index, Index) { return BatchFn<double>(fn); });
+  if (short_rows)
+    register_short_rows<float>(impl, [fn](Index, Index) { return BatchFn<float>(fn); });
   return true;
 }
 
 // A softmaxlab functor (anything with rowwise(X, Y)), for float and double: each batch is one
 // rowwise call on row-major maps, i.e. apply() on every contiguous row.
 template <class Functor>
-bool register_functor(const std::string& impl, Functor f) {
-  return register_batch(impl, [f](const auto* x, auto* y, Index rows, Index n) {
-    using Scalar = std::remove_cv_t<std::remove_pointer_t<decltype(y)>>;
-    f.rowwise(ConstRows<Scalar>(x, rows, n), Rows<Scalar>(y, rows, n));
-  });
+bool register_functor(const std::string& impl, Functor f, bool short_rows = false) {
+  return register_batch(
+      impl,
+      [f](const auto* x, auto* y, Index rows, Index n) {
+        using Scalar = std::remove_cv_t<std::remove_pointer_t<decltype(y)>>;
+        f.rowwise(ConstRows<Scalar>(x, rows, n), Rows<Scalar>(y, rows, n));
+      },
+      short_rows);
 }
 
 }  // namespace softmaxlab_bench

@@ -63,6 +63,8 @@ int main(int argc, char** argv) {
     auto* b = benchmark::RegisterBenchmark(c.name.c_str(), c.run);
     b->Unit(c.n >= (softmaxlab_bench::Index(1) << 20) ? benchmark::kMillisecond
                                                       : benchmark::kMicrosecond);
+    if (c.cache == softmaxlab_bench::Cache::Threads)
+      b->UseRealTime();  // several threads: wall time, not the main thread's CPU time
   }
   benchmark::AddCustomContext("cpu_model", cpu_model());
   benchmark::AddCustomContext("simd", simd());

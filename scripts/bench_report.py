@@ -8,7 +8,11 @@ bench/common.hpp) and writes, in --out-dir:
   bench.md   throughput per case (G elements/s), ratios of every variant against every baseline
              per length, and the speed targets (README, "Benchmarks") with PASS/MISS;
   bench.png  throughput against row length, one line per variant and peer, one panel per
-             (type, cache) case (needs matplotlib; without it only bench.md is written).
+             (type, cache) case (needs matplotlib; without it only bench.md is written);
+  bench_<family>.png  one chart per case family (incache: in-cache lengths, batch: short-row
+             batches N x n, outcache: rows streamed from memory), float.
+Baselines: scalar_exp, eigen_expr (per row), eigen_rowwise (one rowwise expression over a batch),
+onednn and xnnpack (when built), stream (the memory bound).
 With repetitions (--benchmark_repetitions), the median aggregate is used. Standard library only,
 apart from matplotlib for the chart (Debian: python3-matplotlib, for /usr/bin/python3).
 """
@@ -19,24 +23,52 @@ import math
 import os
 import sys
 
-BASELINES = ["scalar_exp", "eigen_expr", "onednn", "stream"]
-CACHES = ["incache", "outcache"]
+BASELINES = ["scalar_exp", "eigen_expr", "eigen_rowwise", "onednn", "xnnpack", "stream"]
+CACHES = ["incache", "batch", "outcache", "threads"]
+CHART_CACHES = ["incache", "batch", "outcache"]
+CACHE_TITLES = {"incache": "in cache (L2), one row per distribution",
+                "batch": "short-row batches N x n (256 KiB, in cache), rowwise",
+                "outcache": "out of cache (rows streamed from memory)",
+                "threads": "4096 x 1000 batch, rowwise, OpenMP threads"}
 TYPES = ["float", "double"]
 
-# Speed targets (README, "Benchmarks"): (description, variant, baseline, type, cache, lengths, minimum ratio)
+# Speed targets (README, "Benchmarks"; issue 17's): (description, variant, baseline, type, cache,
+# lengths, minimum ratio)
+_IN_CACHE = [1000, 4096, 32000]
 TARGETS = [
-    ("Softmax, in-cache rows of 1,000 to 32,000, vs the plain Eigen expression",
-     "softmax", "eigen_expr", "float", "incache", [1000, 4096, 32000], 1.4),
-    ("Softmax, in-cache rows of 1,000 to 32,000, vs oneDNN softmax_accurate",
-     "softmax", "onednn", "float", "incache", [1000, 4096, 32000], 2.0),
+    ("Softmax, in-cache rows, vs the plain Eigen expression",
+     "softmax", "eigen_expr", "float", "incache", _IN_CACHE, 2.0),
+    ("Softmax, in-cache rows, vs oneDNN softmax_accurate",
+     "softmax", "onednn", "float", "incache", _IN_CACHE, 2.0),
+    ("Softmax, in-cache rows, vs XNNPACK softmax_nc_f32",
+     "softmax", "xnnpack", "float", "incache", _IN_CACHE, 1.3),
+] + [
+    ("Softmax rowwise, short-row batches, vs %s" % name, "softmax", base, "float", "batch",
+     lengths, need)
+    for base, name in [("eigen_rowwise", "the Eigen rowwise expression"),
+                       ("eigen_expr", "the Eigen expression per row"),
+                       ("onednn", "oneDNN on the whole batch"),
+                       ("xnnpack", "XNNPACK on the whole batch")]
+    for lengths, need in [([16, 32], 1.0), ([64, 128, 256, 512], 1.3)]
+] + [
     ("SinglePassSoftmax, one row of 2^24, vs the plain Eigen expression",
      "single_pass", "eigen_expr", "float", "outcache", [1 << 24], 1.3),
     ("SinglePassSoftmax, one row of 2^24, vs the two-reads-one-write memory bound",
      "single_pass", "stream", "float", "outcache", [1 << 24], 0.85),
+    ("PowerSoftmax(4), in-cache rows, vs Softmax",
+     "power4", "softmax", "float", "incache", _IN_CACHE, 2.0),
+    ("PolynomialSoftmax, in-cache rows, vs Softmax",
+     "polynomial", "softmax", "float", "incache", _IN_CACHE, 1.5),
+    ("GumbelSoftmax (noise included), in-cache rows, vs Softmax",
+     "gumbel", "softmax", "float", "incache", _IN_CACHE, 0.3),
+    ("Threads: Softmax rowwise, 4096 x 1000, 2 threads vs 1",
+     "softmax_t2", "softmax_t1", "float", "threads", [1000], 1.8),
+    ("Threads: SinglePassSoftmax, one row of 2^24, 2 threads vs 1",
+     "single_pass_t2", "single_pass_t1", "float", "threads", [1 << 24], 1.5),
     ("Sparsemax, in-cache rows of 1,000 to 32,000, vs Softmax",
-     "sparsemax", "softmax", "float", "incache", [1000, 4096, 32000], 0.5),
+     "sparsemax", "softmax", "float", "incache", _IN_CACHE, 0.5),
     ("Entmax15, in-cache rows of 1,000 to 32,000, vs Softmax",
-     "entmax15", "softmax", "float", "incache", [1000, 4096, 32000], 0.3),
+     "entmax15", "softmax", "float", "incache", _IN_CACHE, 0.3),
 ]
 
 # Targets between two named benchmarks (issue 14, sampling): (description, variant name, baseline
@@ -99,6 +131,8 @@ def load(path):
         else:
             name = b["name"]
         parts = name.split("/")
+        if parts and parts[-1] == "real_time":  # thread cases are timed in wall time
+            parts = parts[:-1]
         if len(parts) != 5 or parts[0] != "softmax" or "items_per_second" not in b:
             continue
         _, impl, typ, cache, n = parts
@@ -145,10 +179,15 @@ def markdown(context, results, machine_note):
     variants, baselines = impls_in(results)
     out = ["# softmaxlab benchmark report", ""]
     out.append("Machine: " + machine_line(context) + ".")
+    if context.get("simd"):
+        out.append("Instruction set measured: %s (the kernels compiled for it; other instruction "
+                   "sets are built and tested, not measured here)." % context["simd"])
     if machine_note:
         out.append("Note: " + machine_note)
     if context.get("onednn"):
         out.append("oneDNN: " + context["onednn"] + ".")
+    if context.get("xnnpack"):
+        out.append("XNNPACK: " + context["xnnpack"] + ".")
     if context.get("date"):
         out.append("Run: %s, one thread (Google Benchmark library: %s build; it only times, "
                    "the measured code is built Release with -march=native)." %
@@ -156,7 +195,8 @@ def markdown(context, results, machine_note):
     out.append("")
     out.append("Throughput in G elements/s (higher is better). `incache`: rows swept in an L2-sized "
                "buffer; `outcache`: rows streamed from a 64 MiB buffer (one row of 2^24 is 64 MiB "
-               "float, 128 MiB double). Ratios are variant / baseline throughput, measured side by "
+               "float, 128 MiB double); `batch`: N x n short rows (n = 16 to 512) in a 256 KiB buffer, "
+               "one rowwise call (peers: one call on the whole batch). Ratios are variant / baseline throughput, measured side by "
                "side in one run: > 1 means the variant is faster.")
     out.append("")
 
@@ -171,7 +211,8 @@ def markdown(context, results, machine_note):
             if a and c:
                 ratios.append(a / c)
         if not ratios:
-            out.append("| %s | | not measured | %.2f | |" % (desc, need))
+            out.append("| %s | %s | not measured | %.2f | |" % (
+                desc, ", ".join(length_label(n) for n in lengths), need))
             continue
         lo = min(ratios)
         out.append("| %s | %s | %s | %.2f | %s |" % (
@@ -217,6 +258,19 @@ def markdown(context, results, machine_note):
     return "\n".join(out) + "\n"
 
 
+def family_charts(context, results, out_dir, machine_note):
+    """One chart per case family (float): bench_incache.png, bench_batch.png, bench_outcache.png."""
+    written = []
+    for cache in CHART_CACHES:
+        sub = {k: v for k, v in results.items() if k[1] == "float" and k[2] == cache}
+        if not sub:
+            continue
+        path = os.path.join(out_dir, "bench_%s.png" % cache)
+        if chart(context, sub, path, machine_note):
+            written.append(path)
+    return written
+
+
 def chart(context, results, path, machine_note):
     try:
         import matplotlib
@@ -228,11 +282,14 @@ def chart(context, results, path, machine_note):
         return False
     variants, baselines = impls_in(results)
     impls = variants + baselines
-    panels = [(t, c) for t in TYPES for c in CACHES
+    panels = [(t, c) for t in TYPES for c in CHART_CACHES
               if any(k[1] == t and k[2] == c for k in results)]
-    cols = 2
+    if not panels:  # only thread cases: nothing to draw against length
+        return False
+    cols = 2 if len(panels) > 1 else 1
     rows = (len(panels) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(13, 4.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(13 if cols > 1 else 8, 4.8 * rows + 0.6),
+                             squeeze=False)
     cmap = plt.get_cmap("tab10")
     style = {}
     for k, i in enumerate(impls):
@@ -247,18 +304,26 @@ def chart(context, results, path, machine_note):
                 ax.plot([p[0] for p in pts], [p[1] / 1e9 for p in pts], label=i, **style[i])
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_title("%s, %s" % (typ, "in cache (L2)" if cache == "incache" else "out of cache"))
-        ax.set_xlabel("row length n")
-        ax.set_ylabel("G elements / s (one thread)")
+        # Plain numbers on the log axes (2^k lengths as integers, throughput as 0.5, 1, 2, ...).
+        from matplotlib.ticker import FuncFormatter
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: "{:,}".format(int(v))))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: "%g" % v))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: "%g" % v))
+        ax.tick_params(axis="y", which="minor", labelsize=7)
+        ax.set_title("%s, %s" % (typ, CACHE_TITLES.get(cache, cache)))
+        ax.set_xlabel("row length n (elements, log scale)")
+        ax.set_ylabel("throughput (G elements / s, one thread, log scale)")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, title="solid: softmaxlab, dashed: peers", title_fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     title = "softmaxlab: softmax throughput vs row length"
-    line = machine_line(context)
+    import textwrap
+    width = 110 if cols > 1 else 80
+    line = textwrap.fill(machine_line(context), width)
     if machine_note:
-        line += "\n" + machine_note
-    fig.suptitle(title + "\n" + line, fontsize=10)
+        line += "\n" + textwrap.fill(machine_note, width)
+    fig.suptitle(title + "\n" + line, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -289,6 +354,8 @@ def main():
     png_path = os.path.join(out_dir, "bench.png")
     if results and chart(context, results, png_path, args.note):
         print("bench_report: wrote " + png_path)
+        for path in family_charts(context, results, out_dir, args.note):
+            print("bench_report: wrote " + path)
 
 
 if __name__ == "__main__":

@@ -385,9 +385,51 @@ class SinglePassSoftmax : public detail::DistributionFunctor<SinglePassSoftmax>,
 
   double temperature() const { return temperature_; }
 
+  // Most pieces apply_split takes.
+  static constexpr Index kMaxParts = 64;
+
+  // One long row split into `parts` contiguous pieces (parts in [1, kMaxParts], else
+  // std::invalid_argument): one normalizer per piece, the states merged in piece order, then each
+  // piece written with the merged state. With OpenMP opt-in (SOFTMAXLAB_USE_OPENMP, see
+  // functor_base.hpp) the pieces run on threads; the result depends on `parts` only, never on the
+  // thread count, and parts = 1 is apply(). Same contract, bounds and special values as apply().
+  template <class XprX, class XprY>
+  void apply_split(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& y,
+                   Index parts) const {
+    if (parts < 1 || parts > kMaxParts)
+      detail::fail(name, ": parts must be in [1, 64], but got ", parts);
+    this->apply_impl(x, y, parts);
+  }
+
  private:
   friend class detail::DistributionFunctor<SinglePassSoftmax>;
   friend class detail::BackwardFunctor<SinglePassSoftmax>;
+
+  // apply_split's pieces: [j n / k, (j + 1) n / k) of the row, k = min(parts, n).
+  template <class Scalar>
+  void compute(const detail::Span<const Scalar>& x, const detail::Span<Scalar>& y,
+               Index& parts) const {
+    const Index k = std::min(parts, x.size);
+    const auto piece = [&](Index j, auto span) {
+      const Index begin = j * x.size / k, end = (j + 1) * x.size / k;
+      return decltype(span){span.data + begin * span.stride, end - begin, span.stride};
+    };
+    OnlineNormalizer<Scalar> states[kMaxParts];
+#if SOFTMAXLAB_PARALLEL_SLICES
+#pragma omp parallel for schedule(static) if (k > 1 && !omp_in_parallel())
+#endif
+    for (Index j = 0; j < k; ++j) {
+      states[j] = OnlineNormalizer<Scalar>(temperature_);
+      states[j].update_span(piece(j, x));
+    }
+    for (Index j = 1; j < k; ++j)
+      states[0].merge(states[j]);
+#if SOFTMAXLAB_PARALLEL_SLICES
+#pragma omp parallel for schedule(static) if (k > 1 && !omp_in_parallel())
+#endif
+    for (Index j = 0; j < k; ++j)
+      states[0].template write_span<false>(piece(j, x), piece(j, y));
+  }
 
   // Backward: the same function as Softmax, so the same vector-Jacobian product,
   // dx = y (dy - <dy, y>) / T (softmax.hpp's backward section states the rules).

@@ -137,9 +137,27 @@ void softmax_regular_row(const Span<const Scalar>& x, const Span<Scalar>& y, Sca
                          bool scaled) {
   // y holds exp(..) * kExpScale and sum their total (>= kExpScale: the max term is exp(0)), so
   // this one multiply also removes the scale, rounding subnormal results once.
-  const Scalar inverse = reciprocal<Scalar>(scaled_exp_pass<true>(x, y, m, s, scaled));
+  CompensatedSum<Scalar> sum0, sum1;
+  if (x.contiguous() && y.contiguous()) {
+    // The common case, without chunk staging (short rows: this is most of the per-row cost).
+    if (scaled) {
+      scaled_exp_store_sum<true>(x.data, y.data, x.size, m, s, sum0, sum1);
+    } else {
+      scaled_exp_store_sum<false>(x.data, y.data, x.size, m, s, sum0, sum1);
+    }
+    scale_packets(y.data, y.size, inverse_total(sum0, sum1));
+    return;
+  }
+  for_chunks(x, y, [&](const Scalar* in, Scalar* out, Index n) {
+    if (scaled) {
+      scaled_exp_store_sum<true>(in, out, n, m, s, sum0, sum1);
+    } else {
+      scaled_exp_store_sum<false>(in, out, n, m, s, sum0, sum1);
+    }
+  });
+  const Scalar inverse = inverse_total(sum0, sum1);
   if (y.contiguous()) {
-    scale_in_place(y.data, y.size, inverse);
+    scale_packets(y.data, y.size, inverse);
   } else {
     for (Index i = 0; i < y.size; ++i)
       y[i] *= inverse;
@@ -175,7 +193,8 @@ class Softmax : public detail::DistributionFunctor<Softmax>,
                 public detail::BackwardFunctor<Softmax> {
  public:
   static constexpr const char* name = "Softmax";
-  static constexpr bool backward_reads_input = false;  // the gradient needs only y and dy
+  static constexpr bool backward_reads_input = false;   // the gradient needs only y and dy
+  static constexpr bool contiguous_rows_kernel = true;  // rowwise/colwise: compute_rows
 
   explicit Softmax(double temperature = 1.0)
       : temperature_(detail::check_temperature("Softmax: temperature", temperature)) {}
@@ -218,6 +237,23 @@ class Softmax : public detail::DistributionFunctor<Softmax>,
     }
     detail::softmax_regular_row(x, y, m, static_cast<Scalar>(1.0 / temperature_),
                                 temperature_ != 1.0);
+  }
+
+  // `count` contiguous slices of length n (slice i at x + i ldx, y + i ldy), from rowwise/colwise:
+  // the pipelined batch kernel, with compute() for rows of special values. Same results as
+  // compute() row by row.
+  template <class Scalar>
+  void compute_rows(const Scalar* x, Index ldx, Scalar* y, Index ldy, Index count, Index n) const {
+    const auto special = [&](Index i) {
+      compute<Scalar>(detail::Span<const Scalar>{x + i * ldx, n, 1},
+                      detail::Span<Scalar>{y + i * ldy, n, 1});
+    };
+    const auto s = static_cast<Scalar>(1.0 / temperature_);
+    if (temperature_ != 1.0) {
+      detail::softmax_contiguous_rows<true>(x, ldx, y, ldy, count, n, s, special);
+    } else {
+      detail::softmax_contiguous_rows<false>(x, ldx, y, ldy, count, n, s, special);
+    }
   }
 
   template <class Scalar>

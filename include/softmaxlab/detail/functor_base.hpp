@@ -148,6 +148,19 @@ void for_each_slice(Index count, Index slice_size, const Fn& fn) {
     fn(i);
 }
 
+// Whether a variant has a batch kernel for contiguous slices (a public static constexpr bool
+// contiguous_rows_kernel = true, and a private compute_rows(x, ldx, y, ldy, count, size)): batches
+// whose slices are contiguous then go to it in blocks of rows instead of one compute call per row.
+template <class D, class = void>
+inline constexpr bool has_contiguous_rows_kernel_v = false;
+template <class D>
+inline constexpr bool
+    has_contiguous_rows_kernel_v<D, std::void_t<decltype(D::contiguous_rows_kernel)>> =
+        D::contiguous_rows_kernel;
+
+// Elements per block of rows given to a batch kernel (and the unit of work of a thread).
+inline constexpr Index kRowsBlockElements = Index(1) << 12;
+
 // Address of the last coefficient of a matrix with direct access.
 template <class Xpr>
 const typename Xpr::Scalar* last_coefficient(const Xpr& m) {
@@ -261,6 +274,23 @@ class DistributionFunctor {
       if (matrices_partially_overlap<Scalar>(xd.data(), x_last, y.data(), y_last, same_layout)) {
         fail(Derived::name,
              ": output partially overlaps the input (only exact in-place is allowed)");
+      }
+      if constexpr (has_contiguous_rows_kernel_v<Derived> && sizeof...(Extra) == 0
+                    && (std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>)) {
+        if ((along_rows ? xd.colStride() : xd.rowStride()) == 1
+            && (along_rows ? y.colStride() : y.rowStride()) == 1) {
+          const Index ldx = along_rows ? xd.rowStride() : xd.colStride();
+          const Index ldy = along_rows ? y.rowStride() : y.colStride();
+          const Index per_block = std::max<Index>(1, kRowsBlockElements / size);
+          const Index blocks = (count + per_block - 1) / per_block;
+          for_each_slice<kParallel>(blocks, per_block * size, [&](Index b) {
+            const Index first = b * per_block;
+            self().template compute_rows<Scalar>(xd.data() + first * ldx, ldx,
+                                                 y.data() + first * ldy, ldy,
+                                                 std::min(per_block, count - first), size);
+          });
+          return;
+        }
       }
       for_each_slice<kParallel>(count, size, [&](Index i) {
         self().template compute<Scalar>(slice_span<const Scalar>(xd, i, along_rows),

@@ -88,20 +88,23 @@ struct CompensatedSum {
     carry = psub(psub(t, sum), y);
     sum = t;
   }
-  // Lanes are combined in long double (double for float lanes): a handful of additions, off the
-  // hot path.
-  long double total() const {
+  // The type the lanes are combined in: double for float lanes, long double for double lanes.
+  using Wide = std::conditional_t<std::is_same_v<Scalar, float>, double, long double>;
+
+  // Lanes are combined in Wide: a handful of additions, off the hot path.
+  Wide total_wide() const {
     constexpr int P = kPacketSize<Scalar>;
     alignas(64) Scalar s[P], c[P];
     Eigen::internal::pstore(s, sum);
     Eigen::internal::pstore(c, carry);
     if constexpr (std::is_same_v<Scalar, float>) {
       // float lanes: double holds each s - c exactly and the few additions lose ~2^-50 relative,
-      // far below float's eps; two chains halve the latency (this runs once per row).
+      // far below float's eps; two chains halve the latency (this runs once per row). No long
+      // double here: its x87 round trip cost more than the whole exp pass of a short row.
       double acc[2] = {0, 0};
       for (int k = 0; k < P; ++k)
         acc[k % 2] += static_cast<double>(s[k]) - static_cast<double>(c[k]);
-      return static_cast<long double>(acc[0] + acc[1]);
+      return acc[0] + acc[1];
     } else {
       long double acc = 0;
       for (int k = 0; k < P; ++k)
@@ -109,7 +112,41 @@ struct CompensatedSum {
       return acc;
     }
   }
+  long double total() const { return static_cast<long double>(total_wide()); }
 };
+
+// a.total_wide() + b.total_wide(), the total of two compensated sums in Wide.
+template <class Scalar>
+EIGEN_STRONG_INLINE typename CompensatedSum<Scalar>::Wide total_wide(
+    const CompensatedSum<Scalar>& a, const CompensatedSum<Scalar>& b) {
+  return a.total_wide() + b.total_wide();
+}
+#if defined(EIGEN_VECTORIZE_AVX) && !defined(EIGEN_VECTORIZE_AVX512)
+// 8 float lanes (AVX): the same differences s - c, exact in double, added on double packets
+// (about 20 instructions where the lane loops take about 100: on rows of 16 to 64 floats they
+// cost as much as the exp pass).
+template <>
+EIGEN_STRONG_INLINE double total_wide(const CompensatedSum<float>& a,
+                                      const CompensatedSum<float>& b) {
+  const auto wide_difference = [](const __m256& s, const __m256& c) {
+    const __m256d lo = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(s)),
+                                     _mm256_cvtps_pd(_mm256_castps256_ps128(c)));
+    const __m256d hi = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(s, 1)),
+                                     _mm256_cvtps_pd(_mm256_extractf128_ps(c, 1)));
+    return _mm256_add_pd(lo, hi);
+  };
+  const __m256d t = _mm256_add_pd(wide_difference(a.sum, a.carry), wide_difference(b.sum, b.carry));
+  return Eigen::internal::predux(t);
+}
+#endif
+
+// 1 / (a + b) of two compensated sums, rounded once to Scalar from Wide (double for float).
+template <class Scalar>
+EIGEN_STRONG_INLINE Scalar inverse_total(const CompensatedSum<Scalar>& a,
+                                         const CompensatedSum<Scalar>& b) {
+  using Wide = typename CompensatedSum<Scalar>::Wide;
+  return static_cast<Scalar>(Wide(1) / total_wide(a, b));
+}
 
 // The shifted, scaled argument d = (x - m) * s of exp. kScaled = false skips the multiply (T = 1).
 template <bool kScaled, class Packet>
@@ -289,6 +326,90 @@ void scaled_exp_scale_stream(const Scalar* x, Scalar* y, Index n, Scalar m, Scal
   }
   stream_fence();
   scaled_exp_scale_store<kScaled>(x + i, y + i, n - i, m, s, factor);
+}
+
+// y_i *= factor on unaligned packets, without the alignment peeling of an Eigen Map: for rows in
+// L1, where the peeling's scalar head and tail cost more than they save.
+template <class Scalar>
+EIGEN_STRONG_INLINE void scale_packets(Scalar* y, Index n, Scalar factor) {
+  using namespace Eigen::internal;
+  using Packet = PacketOf<Scalar>;
+  constexpr int P = kPacketSize<Scalar>;
+  const Packet pf = pset1<Packet>(factor);
+  Index i = 0;
+  for (; i + 2 * P <= n; i += 2 * P) {
+    pstoreu(y + i, pmul(ploadu<Packet>(y + i), pf));
+    pstoreu(y + i + P, pmul(ploadu<Packet>(y + i + P), pf));
+  }
+  for (; i + P <= n; i += P)
+    pstoreu(y + i, pmul(ploadu<Packet>(y + i), pf));
+  for (; i < n; ++i)
+    y[i] *= factor;
+}
+
+// Max of a contiguous row on packets, NaN ignored or not as the packet max happens to treat it:
+// the fast path of softmax_contiguous_rows, which sends rows whose max is not finite to the exact
+// special-value path and detects a NaN beside a finite max by its NaN sum.
+template <class Scalar>
+EIGEN_STRONG_INLINE Scalar max_fast(const Scalar* x, Index n) {
+  using namespace Eigen::internal;
+  using Packet = PacketOf<Scalar>;
+  constexpr int P = kPacketSize<Scalar>;
+  const Scalar lowest = -std::numeric_limits<Scalar>::infinity();
+  Packet m0 = pset1<Packet>(lowest), m1 = m0, m2 = m0, m3 = m0;
+  Index i = 0;
+  for (; i + 4 * P <= n; i += 4 * P) {
+    m0 = pmax(m0, ploadu<Packet>(x + i));
+    m1 = pmax(m1, ploadu<Packet>(x + i + P));
+    m2 = pmax(m2, ploadu<Packet>(x + i + 2 * P));
+    m3 = pmax(m3, ploadu<Packet>(x + i + 3 * P));
+  }
+  for (; i + P <= n; i += P)
+    m0 = pmax(m0, ploadu<Packet>(x + i));
+  if (i < n)
+    m1 = pmax(m1, load_partial<Packet>(x + i, n - i, lowest));
+  return predux_max(pmax(pmax(m0, m1), pmax(m2, m3)));
+}
+
+// Softmax of `rows` contiguous rows of length n (row i at x + i ldx, y + i ldy; y may be x, rows
+// must not overlap otherwise), the batch kernel of Softmax for contiguous rows of any length:
+//   max (packets, one horizontal max), y = exp((x - m) s) kExpScale with the compensated sums
+//   (scaled_exp_store_sum), y *= 1 / sum (inverse_total, then scale_packets),
+// the same arithmetic per element as the strided path, so results do not depend on the path.
+// Short rows are latency bound (two horizontal reductions and a division per row), so the passes
+// are software-pipelined over rows: row i's last pass is issued after row i+1's exp pass, when
+// its sum is long ready. A NaN beside a finite max makes the sum, hence the factor, NaN: the row
+// comes out all NaN without a test. Rows whose max is NaN or +-inf go to special(i), the exact
+// path of the functor.
+template <bool kScaled, class Scalar, class Special>
+void softmax_contiguous_rows(const Scalar* x, Index ldx, Scalar* y, Index ldy, Index rows, Index n,
+                             Scalar s, const Special& special) {
+  const Scalar inf = std::numeric_limits<Scalar>::infinity();
+  CompensatedSum<Scalar> sums[2][2];  // the current and the pending row's sums, by slot
+  Index pending = -1;                 // the row whose last pass is due, -1 if none
+  int slot = 0;                       // the current row's slot; the pending row has the other
+  for (Index i = 0; i < rows; ++i) {
+    const Scalar* xi = x + i * ldx;
+    const Scalar m = max_fast(xi, n);
+    if (!(m > -inf && m < inf)) {
+      special(i);
+      continue;
+    }
+    CompensatedSum<Scalar>* sum = sums[slot];
+    sum[0] = CompensatedSum<Scalar>();
+    sum[1] = CompensatedSum<Scalar>();
+    scaled_exp_store_sum<kScaled>(xi, y + i * ldy, n, m, s, sum[0], sum[1]);
+    if (pending >= 0) {
+      const CompensatedSum<Scalar>* done = sums[1 - slot];
+      scale_packets(y + pending * ldy, n, inverse_total(done[0], done[1]));
+    }
+    pending = i;
+    slot = 1 - slot;
+  }
+  if (pending >= 0) {
+    const CompensatedSum<Scalar>* done = sums[1 - slot];
+    scale_packets(y + pending * ldy, n, inverse_total(done[0], done[1]));
+  }
 }
 
 // (x - m) * s for an entry x of a row whose max m is finite, without the overflow of x - m: the
