@@ -559,6 +559,22 @@ Span<const Scalar> attention_mask_span(const MaskM* mask, Index i, Index j0, Ind
   return {m.data + j0 * m.stride, n, m.stride};
 }
 
+// The key/value block loop of query rows [i0, i0 + bq), shared by the forward passes and the
+// backward pass: for each block of keys [j0, j0 + nk) up to the last one these rows see (causal),
+// S = Q_b K_j^T (one GEMM into `scores`, bq x nk row-major), then fn(j0, nk, S).
+template <class Scalar, class QM, class KM, class Fn>
+void for_each_key_block(const QM& q, const KM& k, Index i0, Index bq,
+                        const AttentionPlan<Scalar>& plan, Scalar* scores, const Fn& fn) {
+  const auto qb = q.middleRows(i0, bq);
+  const Index key_end = attention_key_end(i0, bq, q.rows(), k.rows(), plan.causal);
+  for (Index j0 = 0; j0 < key_end; j0 += plan.block_k) {
+    const Index nk = std::min(plan.block_k, key_end - j0);
+    Eigen::Map<RowMajorMatrix<Scalar>> s(scores, bq, nk);
+    s.noalias() = qb * k.middleRows(j0, nk).transpose();
+    fn(j0, nk, s);
+  }
+}
+
 // The flash forward pass of query rows [i0, i0 + bq): O rows and lse entries (lse.size == 0:
 // none), softmax weights.
 template <class Scalar, class QM, class KM, class VM, class MaskM, class OM>
@@ -578,12 +594,7 @@ void attention_forward_block(const QM& q, const KM& k, const VM& v, const MaskM*
   }
   auto ob = o.middleRows(i0, bq);
   ob.setZero();
-  const auto qb = q.middleRows(i0, bq);
-  const Index key_end = attention_key_end(i0, bq, lq, lk, plan.causal);
-  for (Index j0 = 0; j0 < key_end; j0 += plan.block_k) {
-    const Index nk = std::min(plan.block_k, key_end - j0);
-    Eigen::Map<RowMajorMatrix<Scalar>> s(buffer, bq, nk);
-    s.noalias() = qb * k.middleRows(j0, nk).transpose();
+  for_each_key_block(q, k, i0, bq, plan, buffer, [&](Index j0, Index nk, auto& s) {
     for (Index r = 0; r < bq; ++r) {
       Scalar* row = buffer + r * nk;
       const Index visible = attention_visible(i0 + r, j0, nk, lq, lk, plan.causal);
@@ -626,7 +637,7 @@ void attention_forward_block(const QM& q, const KM& k, const VM& v, const MaskM*
       running_max[r] = m_new;
     }
     ob.noalias() += s * v.middleRows(j0, nk);
-  }
+  });
   for (Index r = 0; r < bq; ++r) {
     const Scalar m = running_max[r];
     Scalar row_lse;
@@ -692,12 +703,7 @@ void attention_forward_block_power(const QM& q, const KM& k, const VM& v, const 
   }
   auto ob = o.middleRows(i0, bq);
   ob.setZero();
-  const auto qb = q.middleRows(i0, bq);
-  const Index key_end = attention_key_end(i0, bq, lq, lk, plan.causal);
-  for (Index j0 = 0; j0 < key_end; j0 += plan.block_k) {
-    const Index nk = std::min(plan.block_k, key_end - j0);
-    Eigen::Map<RowMajorMatrix<Scalar>> s(buffer, bq, nk);
-    s.noalias() = qb * k.middleRows(j0, nk).transpose();
+  for_each_key_block(q, k, i0, bq, plan, buffer, [&](Index j0, Index nk, auto& s) {
     for (Index r = 0; r < bq; ++r) {
       Scalar* row = buffer + r * nk;
       const Index visible = attention_visible(i0 + r, j0, nk, lq, lk, plan.causal);
@@ -767,7 +773,7 @@ void attention_forward_block_power(const QM& q, const KM& k, const VM& v, const 
       running_sum[r] += sum;
     }
     ob.noalias() += s * v.middleRows(j0, nk);
-  }
+  });
   for (Index r = 0; r < bq; ++r) {
     if (nan_row[r]) {
       ob.row(r).setConstant(nan);
@@ -805,12 +811,7 @@ void attention_forward_block_polynomial(const QM& q, const KM& k, const VM& v, c
   }
   auto ob = o.middleRows(i0, bq);
   ob.setZero();
-  const auto qb = q.middleRows(i0, bq);
-  const Index key_end = attention_key_end(i0, bq, lq, lk, plan.causal);
-  for (Index j0 = 0; j0 < key_end; j0 += plan.block_k) {
-    const Index nk = std::min(plan.block_k, key_end - j0);
-    Eigen::Map<RowMajorMatrix<Scalar>> s(buffer, bq, nk);
-    s.noalias() = qb * k.middleRows(j0, nk).transpose();
+  for_each_key_block(q, k, i0, bq, plan, buffer, [&](Index j0, Index nk, auto& s) {
     for (Index r = 0; r < bq; ++r) {
       Scalar* row = buffer + r * nk;
       const Index visible = attention_visible(i0 + r, j0, nk, lq, lk, plan.causal);
@@ -840,7 +841,7 @@ void attention_forward_block_polynomial(const QM& q, const KM& k, const VM& v, c
       running_sum[r] += sum;
     }
     ob.noalias() += s * v.middleRows(j0, nk);
-  }
+  });
   for (Index r = 0; r < bq; ++r) {
     const Scalar sum = static_cast<Scalar>(running_sum[r]);
     if (nan_row[r] || sum != sum) {
@@ -886,11 +887,8 @@ void attention_backward(const QM& q, const KM& k, const VM& v, const MaskM* mask
       delta[r] = dout.row(i0 + r).cwiseProduct(o.row(i0 + r)).sum();
     const auto qb = q.middleRows(i0, bq);
     const auto dob = dout.middleRows(i0, bq);
-    const Index key_end = attention_key_end(i0, bq, lq, lk, plan.causal);
-    for (Index j0 = 0; j0 < key_end; j0 += plan.block_k) {
-      const Index nk = std::min(plan.block_k, key_end - j0);
-      Eigen::Map<RowMajorMatrix<Scalar>> p(p_buffer, bq, nk), ds(ds_buffer, bq, nk);
-      p.noalias() = qb * k.middleRows(j0, nk).transpose();
+    for_each_key_block(q, k, i0, bq, plan, p_buffer, [&](Index j0, Index nk, auto& p) {
+      Eigen::Map<RowMajorMatrix<Scalar>> ds(ds_buffer, bq, nk);
       ds.noalias() = dob * v.middleRows(j0, nk).transpose();  // dP
       for (Index r = 0; r < bq; ++r) {
         const Index visible = attention_visible(i0 + r, j0, nk, lq, lk, plan.causal);
@@ -924,7 +922,7 @@ void attention_backward(const QM& q, const KM& k, const VM& v, const MaskM* mask
       dv.middleRows(j0, nk).noalias() += p.transpose() * dob;
       dq.middleRows(i0, bq).noalias() += ds * k.middleRows(j0, nk);
       dk.middleRows(j0, nk).noalias() += ds.transpose() * qb;
-    }
+    });
   }
 }
 
