@@ -102,11 +102,12 @@
 // threads; every query block is computed by the same code whatever thread runs it, so the result
 // is bit-for-bit the same for any thread count. rowwise/rowwise_masked spread rows likewise.
 //
-// Speed (bench/bench_attention.cpp, float, one thread, median CPU time on a shared AVX-512 EPYC):
-// Attention 1.96x / 1.68x / 1.41x the materialized Eigen form (GEMM, Eigen softmax expression,
-// GEMM) at Lq = Lk = 4096 / 1024 / 128, d = 64 (1.36x / 1.27x / 1.24x at d = 128); decode
-// (Lq = 1) on par. AttentionSoftmax with mask and scale: 1.52x / 1.78x the plain Eigen expression
-// on rows of 1024 / 4096 compiled for AVX2 + FMA, 0.84x / 1.00x with AVX-512 (README).
+// Speed (bench/bench_attention.cpp, float, one thread, median CPU time, GCC AVX2 build on a shared
+// AVX-512 EPYC; README "Attention" has the commands): Attention 1.28x / 1.32x / 1.11x the
+// materialized Eigen form (GEMM, Eigen softmax expression, GEMM) at Lq = Lk = 4096 / 1024 / 128,
+// d = 64, 1.55x at 16384 (where that form needs 1 GiB of scores, Attention 32 KiB); 0.4x oneDNN's
+// AVX-512 matmul + softmax + matmul; decode (Lq = 1) on par. AttentionSoftmax with mask and
+// scale: 3.5x the plain Eigen expression on rows of 1024 and 4096.
 //
 // Sources: ggml (llama.cpp) ggml_compute_forward_soft_max_f32 (scale, mask times ALiBi slope,
 // sinks) and flash_attn_ext (running max/sum/accumulator, softcap); Milakov & Gimelshein,
