@@ -21,8 +21,8 @@
 //   the first call, from allocating the workspace to the end of the call, Linux: VmHWM after
 //   resetting it through /proc/self/clear_refs; memory that malloc kept from an earlier case is
 //   not seen, so this is exact for fresh mmap-sized workspaces such as the 16384 scores and a
-//   lower bound otherwise), flops (4 Lq Lk d), threads, load1 (the 1-minute load average at the
-//   end of the run: the machine is shared).
+//   lower bound otherwise), process_cpu_s (CPU seconds of all threads per call), flops (4 Lq Lk d),
+//   threads, load1 (the 1-minute load average at the end of the run: the machine is shared).
 //   attention_softmax/<impl>/float/rows64/<n>   64 rows of n scores with a full additive mask and
 //   a scale: fused (sml::AttentionSoftmax::rowwise_masked) against eigen_expr, the plain
 //   expression t = x * s + mask; y = exp(t - max t); y /= sum y.
@@ -30,6 +30,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <ctime>
 #include <fstream>
 #include <limits>
 #include <memory>
@@ -104,6 +105,12 @@ bool reset_peak_rss() {
   out << "5";
   out.flush();
   return static_cast<bool>(out);
+}
+
+double process_cpu_seconds() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
 }
 
 double load_average() {
@@ -218,11 +225,16 @@ void run_attention(benchmark::State& state, Index lq, Index lk, Index d, Impl im
   once();  // warm-up: page faults of the score matrix, first-call work
   if (rss && rss_before > 0)
     state.counters["peak_rss_bytes"] = status_bytes("VmHWM") - rss_before;
+  const double cpu_start = process_cpu_seconds();
   for (auto _ : state) {
     once();
     benchmark::DoNotOptimize(o.data());
     benchmark::ClobberMemory();
   }
+  // CPU seconds of all threads per call: against the one-thread row, the work the threads add
+  // (GEMM oversubscription, spinning, imbalance shows as idle, not here), whatever the load.
+  state.counters["process_cpu_s"] =
+      benchmark::Counter(process_cpu_seconds() - cpu_start, benchmark::Counter::kAvgIterations);
   state.counters["workspace_bytes"] = workspace;
   state.counters["threads"] = threads;
   state.counters["load1"] = load_average();

@@ -156,13 +156,19 @@ def attention_markdown(path):
     out.append("")
     threaded = sorted(k for k in rows if k[4] > 1)
     if threaded:
-        out += ["| threads (real time, t1 / tN) | ratio | load1 |", "|---|---|---|"]
+        out += ["Thread ratios need free cores: `cpu tN / t1` (the CPU time of all threads per "
+                "call over the one-thread row's) is the work the threads add, whatever the load; "
+                "with even blocks the speedup on free cores is about N over it.", "",
+                "| threads | real time t1 / tN | cpu tN / t1 | load1 |", "|---|---|---|---|"]
         for impl, lq, lk, d, t in threaded:
             one = rows.get((impl, lq, lk, d, 1))
             many = rows[(impl, lq, lk, d, t)]
             if one:
-                out.append("| %s %dx%d d%d, %d threads | %.2fx | %.2f |" % (
-                    impl, lq, lk, d, t, one["real_ns"] / many["real_ns"], many.get("load1", -1)))
+                cpu = ("%.2f" % (many["process_cpu_s"] / one["process_cpu_s"])
+                       if "process_cpu_s" in many and one.get("process_cpu_s") else "-")
+                out.append("| %s %dx%d d%d, %d threads | %.2fx | %s | %.2f |" % (
+                    impl, lq, lk, d, t, one["real_ns"] / many["real_ns"], cpu,
+                    many.get("load1", -1)))
         out.append("")
 
     def ratio(peer, lq, d, t=1, key="cpu_ns"):
