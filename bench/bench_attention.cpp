@@ -1,26 +1,52 @@
-// Attention and AttentionSoftmax against the materialized forms, float, one thread.
+// Attention and AttentionSoftmax against the materialized forms, float.
 //
-//   attention/<impl>/float/<Lq>x<Lk>/d<d>   O = softmax(Q K^T / sqrt(d)) V, dv = d:
+//   attention/<impl>/float/<Lq>x<Lk>/d<d>[/t2]   O = softmax(Q K^T / sqrt(d)) V, dv = d:
 //     flash              sml::Attention<> (key/value blocks, online normalizer; workspace
 //                        Bq x Bk = 64 x 128 floats, 32 KiB, whatever Lk)
 //     eigen_materialized S = Q K^T * scale (Eigen GEMM), then the plain Eigen softmax expression
 //                        on S's rows, then O = S V (Eigen GEMM): Lq x Lk floats of scores
 //     sml_materialized   the same with softmaxlab's Softmax rowwise on S
-//   Shapes: Lq = Lk in {128, 1024, 4096}, d in {64, 128}; decode Lq = 1, Lk in {4096, 32768,
-//   131072}, d = 128. Counters: workspace_bytes (flash: the stack block; materialized: the score
-//   matrix), flops (4 Lq Lk d).
+//     onednn             oneDNN primitives: matmul Q K^T with the scale as output scale, softmax_v2
+//                        (accurate) in place on S, matmul S V (SOFTMAXLAB_BENCH_ONEDNN builds)
+//   One thread, except the /t2 rows: two OpenMP threads (Attention's query blocks, Eigen's and
+//   oneDNN's GEMM threads; built when the bench has OpenMP and SOFTMAXLAB_USE_OPENMP). Compare
+//   the /t2 rows with the one-thread rows by real_time (CPU time counts the main thread only).
+//   Shapes: Lq = Lk in {128, 1024, 4096}, d in {64, 128}; two threads at 4096, d = 64; decode
+//   Lq = 1, Lk in {4096, 32768, 131072}, d = 128. Lq = Lk = 16384, d = 64 (1 GiB of scores in
+//   the materialized forms, seconds per call) only when SOFTMAXLAB_BENCH_ATTENTION_LARGE=1:
+//     SOFTMAXLAB_BENCH_ATTENTION_LARGE=1 softmaxlab_bench --benchmark_filter='^attention/.*/16384x'
+//   Counters: workspace_bytes (what the form needs beyond Q, K, V and O: flash the stack score
+//   block; materialized the score matrix; oneDNN the score matrix and its primitives'
+//   scratchpads), peak_rss_bytes (the measured rise of the process's peak resident set over
+//   the first call, from allocating the workspace to the end of the call, Linux: VmHWM after
+//   resetting it through /proc/self/clear_refs; memory that malloc kept from an earlier case is
+//   not seen, so this is exact for fresh mmap-sized workspaces such as the 16384 scores and a
+//   lower bound otherwise), process_cpu_s (CPU seconds of all threads per call), flops (4 Lq Lk d),
+//   threads, load1 (the 1-minute load average at the end of the run: the machine is shared).
 //   attention_softmax/<impl>/float/rows64/<n>   64 rows of n scores with a full additive mask and
 //   a scale: fused (sml::AttentionSoftmax::rowwise_masked) against eigen_expr, the plain
 //   expression t = x * s + mask; y = exp(t - max t); y /= sum y.
 // Run only these: softmaxlab_bench --benchmark_filter='^attention'
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <ctime>
+#include <fstream>
+#include <limits>
 #include <memory>
 #include <string>
+#include <unordered_map>
 
 #include <Eigen/Core>
 
 #include <softmaxlab/attention.hpp>
+
+#if SOFTMAXLAB_BENCH_ONEDNN
+#include <oneapi/dnnl/dnnl.hpp>
+#endif
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 #include "common.hpp"
 
@@ -30,59 +56,188 @@ namespace sml = softmaxlab;
 using softmaxlab_bench::Index;
 using RowMajorF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
-struct AttentionWorkload {
-  RowMajorF q, k, v, o, s;
-  AttentionWorkload(Index lq, Index lk, Index d, bool materialize)
-      : q(RowMajorF::Random(lq, d)),
-        k(RowMajorF::Random(lk, d)),
-        v(RowMajorF::Random(lk, d)),
-        o(lq, d),
-        s(materialize ? lq : 0, materialize ? lk : 0) {
-    q *= 2.0f;
-    k *= 2.0f;
+// Two-thread rows need the library's query-block threads (SOFTMAXLAB_USE_OPENMP with OpenMP).
+#if defined(_OPENMP) && defined(SOFTMAXLAB_USE_OPENMP)
+constexpr bool kThreadRows = true;
+#else
+constexpr bool kThreadRows = false;
+#endif
+
+// The OpenMP thread count for one case (Eigen's GEMM and oneDNN follow omp_get_max_threads()),
+// restored afterwards: main() runs everything else on one thread.
+class ThreadScope {
+ public:
+  explicit ThreadScope(int threads) {
+#if defined(_OPENMP)
+    saved_ = omp_get_max_threads();
+    omp_set_num_threads(threads);
+#else
+    EIGEN_UNUSED_VARIABLE(threads);
+#endif
   }
+  ~ThreadScope() {
+#if defined(_OPENMP)
+    omp_set_num_threads(saved_);
+#endif
+  }
+  ThreadScope(const ThreadScope&) = delete;
+  ThreadScope& operator=(const ThreadScope&) = delete;
+
+ private:
+  int saved_ = 1;
 };
 
-enum class Impl { Flash, EigenMaterialized, SmlMaterialized };
+// /proc/self/status field in bytes (VmRSS, VmHWM), -1 when unavailable.
+double status_bytes(const char* field) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  const std::string key = std::string(field) + ":";
+  while (std::getline(in, line)) {
+    if (line.rfind(key, 0) == 0)
+      return 1024.0 * std::strtod(line.c_str() + key.size(), nullptr);  // "  1234 kB"
+  }
+  return -1;
+}
 
-void run_attention(benchmark::State& state, Index lq, Index lk, Index d, Impl impl) {
-  AttentionWorkload w(lq, lk, d, impl != Impl::Flash);
+// Resets the peak resident set (VmHWM) to the current one; false when the kernel does not allow.
+bool reset_peak_rss() {
+  std::ofstream out("/proc/self/clear_refs");
+  out << "5";
+  out.flush();
+  return static_cast<bool>(out);
+}
+
+double process_cpu_seconds() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
+}
+
+double load_average() {
+  std::ifstream in("/proc/loadavg");
+  double load = -1;
+  in >> load;
+  return load;
+}
+
+enum class Impl { Flash, EigenMaterialized, SmlMaterialized, OneDnn };
+
+#if SOFTMAXLAB_BENCH_ONEDNN
+// matmul (Q K^T, scaled) -> softmax_v2 in place -> matmul (S V) on the workload's buffers.
+struct OneDnnAttention {
+  dnnl::engine engine{dnnl::engine::kind::cpu, 0};
+  dnnl::stream stream{engine};
+  dnnl::matmul qk, pv;
+  dnnl::softmax_v2_forward softmax;
+  std::unordered_map<int, dnnl::memory> qk_args, softmax_args, pv_args;
+  double scratchpad_bytes = 0;
+  std::string impl_info;
+
+  OneDnnAttention(RowMajorF& q, RowMajorF& k, RowMajorF& v, RowMajorF& s, RowMajorF& o,
+                  float scale) {
+    using tag = dnnl::memory::format_tag;
+    const auto f32 = dnnl::memory::data_type::f32;
+    const Index lq = q.rows(), lk = k.rows(), d = q.cols(), dv = v.cols();
+    const dnnl::memory::desc q_md({lq, d}, f32, tag::ab), kt_md({d, lk}, f32, tag::ba),
+        s_md({lq, lk}, f32, tag::ab), v_md({lk, dv}, f32, tag::ab), o_md({lq, dv}, f32, tag::ab);
+    dnnl::primitive_attr scaled;
+    scaled.set_output_scales(0, {scale});
+    const dnnl::matmul::primitive_desc qk_pd(dnnl::matmul::desc(q_md, kt_md, s_md), scaled, engine);
+    const dnnl::softmax_v2_forward::primitive_desc sm_pd(
+        dnnl::softmax_v2_forward::desc(dnnl::prop_kind::forward_inference,
+                                       dnnl::algorithm::softmax_accurate, s_md, s_md, 1),
+        engine);
+    const dnnl::matmul::primitive_desc pv_pd(dnnl::matmul::desc(s_md, v_md, o_md), engine);
+    qk = dnnl::matmul(qk_pd);
+    softmax = dnnl::softmax_v2_forward(sm_pd);
+    pv = dnnl::matmul(pv_pd);
+    scratchpad_bytes = double(qk_pd.scratchpad_desc().get_size())
+                       + double(sm_pd.scratchpad_desc().get_size())
+                       + double(pv_pd.scratchpad_desc().get_size());
+    impl_info = std::string(qk_pd.impl_info_str()) + " / " + sm_pd.impl_info_str() + " / "
+                + pv_pd.impl_info_str();
+    const dnnl::memory qm(q_md, engine, q.data()), km(kt_md, engine, k.data()),
+        sm(s_md, engine, s.data()), vm(v_md, engine, v.data()), om(o_md, engine, o.data());
+    qk_args = {{DNNL_ARG_SRC, qm}, {DNNL_ARG_WEIGHTS, km}, {DNNL_ARG_DST, sm}};
+    softmax_args = {{DNNL_ARG_SRC, sm}, {DNNL_ARG_DST, sm}};
+    pv_args = {{DNNL_ARG_SRC, sm}, {DNNL_ARG_WEIGHTS, vm}, {DNNL_ARG_DST, om}};
+  }
+  void operator()() {
+    qk.execute(stream, qk_args);
+    softmax.execute(stream, softmax_args);
+    pv.execute(stream, pv_args);
+    stream.wait();
+  }
+};
+#endif
+
+void run_attention(benchmark::State& state, Index lq, Index lk, Index d, Impl impl, int threads) {
+  const ThreadScope thread_scope(threads);
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  RowMajorF q = RowMajorF::Random(lq, d) * 2.0f, k = RowMajorF::Random(lk, d) * 2.0f,
+            v = RowMajorF::Random(lk, d), o = RowMajorF::Zero(lq, d), s;
+  // The peak resident set from here on: the workspace (S, oneDNN's primitives) and one call.
+  const bool rss = reset_peak_rss();
+  const double rss_before = status_bytes("VmRSS");
+  if (impl != Impl::Flash)
+    s.resize(lq, lk);
   const sml::Attention<> flash;
   const sml::Softmax softmax;
+  double workspace = impl == Impl::Flash
+                         ? double(sml::detail::kAttentionMaxBlockQ
+                                  * sml::detail::kAttentionMaxBlockK * sizeof(float))
+                         : double(lq) * double(lk) * sizeof(float);
+#if SOFTMAXLAB_BENCH_ONEDNN
+  std::unique_ptr<OneDnnAttention> onednn;
+  if (impl == Impl::OneDnn) {
+    onednn = std::make_unique<OneDnnAttention>(q, k, v, s, o, scale);
+    workspace += onednn->scratchpad_bytes;
+    state.SetLabel(onednn->impl_info);
+  }
+#endif
   auto once = [&] {
     switch (impl) {
       case Impl::Flash:
-        flash.apply(w.q, w.k, w.v, w.o);
+        flash.apply(q, k, v, o);
         break;
       case Impl::EigenMaterialized: {
-        w.s.noalias() = w.q * w.k.transpose();
-        w.s *= scale;
-        auto a = w.s.array();
+        s.noalias() = q * k.transpose();
+        s *= scale;
+        auto a = s.array();
         a = (a.colwise() - a.rowwise().maxCoeff()).exp();
         a.colwise() /= a.rowwise().sum();
-        w.o.noalias() = w.s * w.v;
+        o.noalias() = s * v;
         break;
       }
       case Impl::SmlMaterialized:
-        w.s.noalias() = w.q * w.k.transpose();
-        w.s *= scale;
-        softmax.rowwise(w.s, w.s);
-        w.o.noalias() = w.s * w.v;
+        s.noalias() = q * k.transpose();
+        s *= scale;
+        softmax.rowwise(s, s);
+        o.noalias() = s * v;
+        break;
+      case Impl::OneDnn:
+#if SOFTMAXLAB_BENCH_ONEDNN
+        (*onednn)();
+#endif
         break;
     }
   };
-  once();  // warm-up: page faults of the score matrix
+  once();  // warm-up: page faults of the score matrix, first-call work
+  if (rss && rss_before > 0)
+    state.counters["peak_rss_bytes"] = status_bytes("VmHWM") - rss_before;
+  const double cpu_start = process_cpu_seconds();
   for (auto _ : state) {
     once();
-    benchmark::DoNotOptimize(w.o.data());
+    benchmark::DoNotOptimize(o.data());
     benchmark::ClobberMemory();
   }
-  const double workspace = impl == Impl::Flash
-                               ? double(sml::detail::kAttentionMaxBlockQ
-                                        * sml::detail::kAttentionMaxBlockK * sizeof(float))
-                               : double(lq * lk * sizeof(float));
+  // CPU seconds of all threads per call: against the one-thread row, the work the threads add
+  // (GEMM oversubscription, spinning, imbalance shows as idle, not here), whatever the load.
+  state.counters["process_cpu_s"] =
+      benchmark::Counter(process_cpu_seconds() - cpu_start, benchmark::Counter::kAvgIterations);
   state.counters["workspace_bytes"] = workspace;
+  state.counters["threads"] = threads;
+  state.counters["load1"] = load_average();
   state.counters["flops"] = benchmark::Counter(4.0 * double(lq) * double(lk) * double(d),
                                                benchmark::Counter::kIsIterationInvariantRate);
 }
@@ -93,21 +248,28 @@ const char* impl_name(Impl impl) {
       return "flash";
     case Impl::EigenMaterialized:
       return "eigen_materialized";
-    default:
+    case Impl::SmlMaterialized:
       return "sml_materialized";
+    default:
+      return "onednn";
   }
 }
 
-void register_attention(Index lq, Index lk, Index d) {
-  for (Impl impl : {Impl::Flash, Impl::EigenMaterialized, Impl::SmlMaterialized}) {
+void register_attention(Index lq, Index lk, Index d, int threads = 1) {
+  for (Impl impl : {Impl::Flash, Impl::EigenMaterialized, Impl::SmlMaterialized, Impl::OneDnn}) {
+#if !SOFTMAXLAB_BENCH_ONEDNN
+    if (impl == Impl::OneDnn)
+      continue;
+#endif
     softmaxlab_bench::Case c;
     c.name = std::string("attention/") + impl_name(impl) + "/float/" + std::to_string(lq) + "x"
-             + std::to_string(lk) + "/d" + std::to_string(d);
+             + std::to_string(lk) + "/d" + std::to_string(d)
+             + (threads == 1 ? "" : "/t" + std::to_string(threads));
     c.type_rank = 0;
     c.n = lq * lk;
     c.cache = softmaxlab_bench::Cache::In;
     c.run = [=](benchmark::State& state) {
-      run_attention(state, lq, lk, d, impl);
+      run_attention(state, lq, lk, d, impl, threads);
     };
     softmaxlab_bench::registry().push_back(std::move(c));
   }
@@ -158,8 +320,13 @@ const bool registered = [] {
   for (Index n : {128, 1024, 4096})
     for (Index d : {64, 128})
       register_attention(n, n, d);
+  if (kThreadRows)
+    register_attention(4096, 4096, 64, 2);
   for (Index lk : {4096, 32768, 131072})
     register_attention(1, lk, 128);
+  if (const char* large = std::getenv("SOFTMAXLAB_BENCH_ATTENTION_LARGE");
+      large != nullptr && std::string(large) == "1")
+    register_attention(16384, 16384, 64);
   for (Index n : {128, 1024, 4096})
     register_attention_softmax(n);
   return true;

@@ -117,6 +117,127 @@ def named_targets_markdown(named):
     return "\n".join(out) + "\n"
 
 
+# Issue 12 (attention): bench/bench_attention.cpp's attention/<impl>/float/<Lq>x<Lk>/d<d>[/t<n>]
+# and attention_softmax/<impl>/float/rows64/<n> rows.
+ATTENTION_BASELINES = ["eigen_materialized", "sml_materialized", "onednn"]
+TIME_UNIT_NS = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}
+
+
+def load_attention(path):
+    """Returns ({(impl, lq, lk, d, threads): benchmark entry}, {(impl, n): items_per_second}),
+    with the times in ns (median aggregates when repeated)."""
+    with open(path) as f:
+        data = json.load(f)
+    has_aggregates = any(b.get("run_type") == "aggregate" for b in data["benchmarks"])
+    rows, softmax_rows = {}, {}
+    for b in data["benchmarks"]:
+        if has_aggregates and (b.get("run_type") != "aggregate"
+                               or b.get("aggregate_name") != "median"):
+            continue
+        parts = (b["run_name"] if has_aggregates else b["name"]).split("/")
+        if len(parts) == 5 and parts[0] == "attention_softmax" and "items_per_second" in b:
+            softmax_rows[(parts[1], int(parts[4]))] = float(b["items_per_second"])
+        if len(parts) not in (5, 6) or parts[0] != "attention":
+            continue
+        lq, lk = (int(x) for x in parts[3].split("x"))
+        threads = int(parts[5][1:]) if len(parts) == 6 else 1
+        unit = TIME_UNIT_NS[b.get("time_unit", "ns")]
+        entry = dict(b)
+        entry["cpu_ns"] = float(b["cpu_time"]) * unit
+        entry["real_ns"] = float(b["real_time"]) * unit
+        rows[(parts[1], lq, lk, int(parts[4][1:]), threads)] = entry
+    return rows, softmax_rows
+
+
+def mib(x):
+    return "%.3g MiB" % (x / 2.0 ** 20) if x is not None else "-"
+
+
+def attention_markdown(path):
+    """The attention tables (time ratios, memory, threads) and issue 12's targets; empty when
+    no attention row was measured."""
+    rows, softmax_rows = load_attention(path)
+    if not rows and not softmax_rows:
+        return ""
+    out = ["## Attention (issue 12)", "",
+           "Time ratios: the peer's median CPU time over `Attention`'s (flash), one thread unless "
+           "marked; `/t2` rows and the thread ratios use real time. Memory: `workspace` what the "
+           "form needs beyond Q, K, V and O; `peak RSS` the measured rise of the peak resident "
+           "set over the first call (a lower bound when malloc reuses memory). load1: the 1-minute "
+           "load average at the end of the flash row.", ""]
+    shapes = sorted({k[1:] for k in rows}, key=lambda s: (s[3], s[0] * s[1], s[2]))
+    peers = [p for p in ATTENTION_BASELINES if any(k[0] == p for k in rows)]
+    out.append("| Lq x Lk, d, threads | flash | " + " | ".join("vs " + p for p in peers)
+               + " | flash workspace | flash peak RSS | materialized workspace "
+               "| materialized peak RSS | load1 |")
+    out.append("|---" * (7 + len(peers)) + "|")
+    for lq, lk, d, t in shapes:
+        flash = rows.get(("flash", lq, lk, d, t))
+        key = "real_ns" if t > 1 else "cpu_ns"
+        cells = ["%dx%d, d%d, %d" % (lq, lk, d, t),
+                 "%.4g ms" % (flash[key] / 1e6) if flash else "-"]
+        for p in peers:
+            peer = rows.get((p, lq, lk, d, t))
+            cells.append("%.2fx" % (peer[key] / flash[key]) if flash and peer else "-")
+        mat = rows.get(("eigen_materialized", lq, lk, d, t))
+        for r in (flash, mat):
+            cells.append(mib(r.get("workspace_bytes")) if r else "-")
+            cells.append(mib(r.get("peak_rss_bytes")) if r else "-")
+        cells.append("%.2f" % flash["load1"] if flash and "load1" in flash else "-")
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+    threaded = sorted(k for k in rows if k[4] > 1)
+    if threaded:
+        out += ["Thread ratios need free cores: `cpu tN / t1` (the CPU time of all threads per "
+                "call over the one-thread row's) is the work the threads add, whatever the load; "
+                "with even blocks the speedup on free cores is about N over it.", "",
+                "| threads | real time t1 / tN | cpu tN / t1 | load1 |", "|---|---|---|---|"]
+        for impl, lq, lk, d, t in threaded:
+            one = rows.get((impl, lq, lk, d, 1))
+            many = rows[(impl, lq, lk, d, t)]
+            if one:
+                cpu = ("%.2f" % (many["process_cpu_s"] / one["process_cpu_s"])
+                       if "process_cpu_s" in many and one.get("process_cpu_s") else "-")
+                out.append("| %s %dx%d d%d, %d threads | %.2fx | %s | %.2f |" % (
+                    impl, lq, lk, d, t, one["real_ns"] / many["real_ns"], cpu,
+                    many.get("load1", -1)))
+        out.append("")
+
+    def ratio(peer, lq, d, t=1, key="cpu_ns"):
+        a, b = rows.get(("flash", lq, lq, d, t)), rows.get((peer, lq, lq, d, t))
+        return b[key] / a[key] if a and b else None
+
+    def threads_ratio(lq, d, t):
+        a, b = rows.get(("flash", lq, lq, d, 1)), rows.get(("flash", lq, lq, d, t))
+        return a["real_ns"] / b["real_ns"] if a and b else None
+
+    big = rows.get(("flash", 16384, 16384, 64, 1))
+    targets = [
+        ("Attention vs materialized Eigen, 4096 x 4096, d 64, one thread",
+         ratio("eigen_materialized", 4096, 64), 1.2),
+        ("Attention vs materialized Eigen, 1024 x 1024, d 64, one thread",
+         ratio("eigen_materialized", 1024, 64), 0.9),
+        ("Attention, 2 threads vs 1 (real time), 4096 x 4096, d 64", threads_ratio(4096, 64, 2),
+         1.7),
+        ("Attention workspace under 64 MiB at 16384 x 16384 (ratio 64 MiB / workspace)",
+         (64 * 2.0 ** 20 / big["workspace_bytes"]) if big and "workspace_bytes" in big else None,
+         1.0),
+    ]
+    for n in (1024, 4096):
+        a, b = softmax_rows.get(("fused", n)), softmax_rows.get(("eigen_expr", n))
+        targets.append(("AttentionSoftmax (mask, scale) vs the plain Eigen expression, rows of %d"
+                        % n, a / b if a and b else None, 1.5))
+    out += ["## Targets (issue 12: attention)", "",
+            "| target | measured ratio | required | |", "|---|---|---|---|"]
+    for desc, value, need in targets:
+        if value is None:
+            out.append("| %s | not measured | %.2f | |" % (desc, need))
+        else:
+            out.append("| %s | %.2f | %.2f | %s |" % (desc, value, need,
+                                                     "PASS" if value >= need else "MISS"))
+    return "\n".join(out) + "\n"
+
+
 def load(path):
     """Returns (context, {(impl, type, cache, n): items_per_second})."""
     with open(path) as f:
@@ -343,6 +464,8 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     context, results = load(args.json)
     sampling = named_targets_markdown(load_named(args.json))
+    attention = attention_markdown(args.json)
+    sampling += ("\n" + attention) if attention else ""
     if not results and not sampling:
         sys.exit("bench_report: no softmax/<impl>/<type>/<cache>/<n> benchmarks in " + args.json)
     md = markdown(context, results, args.note) if results else "# softmaxlab benchmark report\n\n"

@@ -107,11 +107,12 @@
 // threads; every query block is computed by the same code whatever thread runs it, so the result
 // is bit-for-bit the same for any thread count. rowwise/rowwise_masked spread rows likewise.
 //
-// Speed (bench/bench_attention.cpp, float, one thread, median CPU time on a shared AVX-512 EPYC):
-// Attention 1.96x / 1.68x / 1.41x the materialized Eigen form (GEMM, Eigen softmax expression,
-// GEMM) at Lq = Lk = 4096 / 1024 / 128, d = 64 (1.36x / 1.27x / 1.24x at d = 128); decode
-// (Lq = 1) on par. AttentionSoftmax with mask and scale: 1.52x / 1.78x the plain Eigen expression
-// on rows of 1024 / 4096 compiled for AVX2 + FMA, 0.84x / 1.00x with AVX-512 (README).
+// Speed (bench/bench_attention.cpp, float, one thread, median CPU time, GCC AVX2 build on a shared
+// AVX-512 EPYC; README "Attention" has the commands): Attention 1.28x / 1.32x / 1.11x the
+// materialized Eigen form (GEMM, Eigen softmax expression, GEMM) at Lq = Lk = 4096 / 1024 / 128,
+// d = 64, 1.55x at 16384 (where that form needs 1 GiB of scores, Attention 32 KiB); 0.4x oneDNN's
+// AVX-512 matmul + softmax + matmul; decode (Lq = 1) on par. AttentionSoftmax with mask and
+// scale: 3.5x the plain Eigen expression on rows of 1024 and 4096.
 //
 // Sources: ggml (llama.cpp) ggml_compute_forward_soft_max_f32 (scale, mask times ALiBi slope,
 // sinks) and flash_attn_ext (running max/sum/accumulator, softcap); Milakov & Gimelshein,
@@ -566,6 +567,22 @@ Span<const Scalar> attention_mask_span(const MaskM* mask, Index i, Index j0, Ind
   return {m.data + j0 * m.stride, n, m.stride};
 }
 
+// The key/value block loop of query rows [i0, i0 + bq), shared by the forward passes and the
+// backward pass: for each block of keys [j0, j0 + nk) up to the last one these rows see (causal),
+// S = Q_b K_j^T (one GEMM into `scores`, bq x nk row-major), then fn(j0, nk, S).
+template <class Scalar, class QM, class KM, class Fn>
+void for_each_key_block(const QM& q, const KM& k, Index i0, Index bq,
+                        const AttentionPlan<Scalar>& plan, Scalar* scores, const Fn& fn) {
+  const auto qb = q.middleRows(i0, bq);
+  const Index key_end = attention_key_end(i0, bq, q.rows(), k.rows(), plan.causal);
+  for (Index j0 = 0; j0 < key_end; j0 += plan.block_k) {
+    const Index nk = std::min(plan.block_k, key_end - j0);
+    Eigen::Map<RowMajorMatrix<Scalar>> s(scores, bq, nk);
+    s.noalias() = qb * k.middleRows(j0, nk).transpose();
+    fn(j0, nk, s);
+  }
+}
+
 // The flash forward pass of query rows [i0, i0 + bq): O rows and lse entries (lse.size == 0:
 // none), softmax weights.
 template <class Scalar, class QM, class KM, class VM, class MaskM, class OM>
@@ -585,12 +602,7 @@ void attention_forward_block(const QM& q, const KM& k, const VM& v, const MaskM*
   }
   auto ob = o.middleRows(i0, bq);
   ob.setZero();
-  const auto qb = q.middleRows(i0, bq);
-  const Index key_end = attention_key_end(i0, bq, lq, lk, plan.causal);
-  for (Index j0 = 0; j0 < key_end; j0 += plan.block_k) {
-    const Index nk = std::min(plan.block_k, key_end - j0);
-    Eigen::Map<RowMajorMatrix<Scalar>> s(buffer, bq, nk);
-    s.noalias() = qb * k.middleRows(j0, nk).transpose();
+  for_each_key_block(q, k, i0, bq, plan, buffer, [&](Index j0, Index nk, auto& s) {
     for (Index r = 0; r < bq; ++r) {
       Scalar* row = buffer + r * nk;
       const Index visible = attention_visible(i0 + r, j0, nk, lq, lk, plan.causal);
@@ -633,7 +645,7 @@ void attention_forward_block(const QM& q, const KM& k, const VM& v, const MaskM*
       running_max[r] = m_new;
     }
     ob.noalias() += s * v.middleRows(j0, nk);
-  }
+  });
   for (Index r = 0; r < bq; ++r) {
     const Scalar m = running_max[r];
     Scalar row_lse;
@@ -699,12 +711,7 @@ void attention_forward_block_power(const QM& q, const KM& k, const VM& v, const 
   }
   auto ob = o.middleRows(i0, bq);
   ob.setZero();
-  const auto qb = q.middleRows(i0, bq);
-  const Index key_end = attention_key_end(i0, bq, lq, lk, plan.causal);
-  for (Index j0 = 0; j0 < key_end; j0 += plan.block_k) {
-    const Index nk = std::min(plan.block_k, key_end - j0);
-    Eigen::Map<RowMajorMatrix<Scalar>> s(buffer, bq, nk);
-    s.noalias() = qb * k.middleRows(j0, nk).transpose();
+  for_each_key_block(q, k, i0, bq, plan, buffer, [&](Index j0, Index nk, auto& s) {
     for (Index r = 0; r < bq; ++r) {
       Scalar* row = buffer + r * nk;
       const Index visible = attention_visible(i0 + r, j0, nk, lq, lk, plan.causal);
@@ -774,7 +781,7 @@ void attention_forward_block_power(const QM& q, const KM& k, const VM& v, const 
       running_sum[r] += sum;
     }
     ob.noalias() += s * v.middleRows(j0, nk);
-  }
+  });
   for (Index r = 0; r < bq; ++r) {
     if (nan_row[r]) {
       ob.row(r).setConstant(nan);
@@ -812,12 +819,7 @@ void attention_forward_block_polynomial(const QM& q, const KM& k, const VM& v, c
   }
   auto ob = o.middleRows(i0, bq);
   ob.setZero();
-  const auto qb = q.middleRows(i0, bq);
-  const Index key_end = attention_key_end(i0, bq, lq, lk, plan.causal);
-  for (Index j0 = 0; j0 < key_end; j0 += plan.block_k) {
-    const Index nk = std::min(plan.block_k, key_end - j0);
-    Eigen::Map<RowMajorMatrix<Scalar>> s(buffer, bq, nk);
-    s.noalias() = qb * k.middleRows(j0, nk).transpose();
+  for_each_key_block(q, k, i0, bq, plan, buffer, [&](Index j0, Index nk, auto& s) {
     for (Index r = 0; r < bq; ++r) {
       Scalar* row = buffer + r * nk;
       const Index visible = attention_visible(i0 + r, j0, nk, lq, lk, plan.causal);
@@ -847,7 +849,7 @@ void attention_forward_block_polynomial(const QM& q, const KM& k, const VM& v, c
       running_sum[r] += sum;
     }
     ob.noalias() += s * v.middleRows(j0, nk);
-  }
+  });
   for (Index r = 0; r < bq; ++r) {
     const Scalar sum = static_cast<Scalar>(running_sum[r]);
     if (nan_row[r] || sum != sum) {
@@ -893,11 +895,8 @@ void attention_backward(const QM& q, const KM& k, const VM& v, const MaskM* mask
       delta[r] = dout.row(i0 + r).cwiseProduct(o.row(i0 + r)).sum();
     const auto qb = q.middleRows(i0, bq);
     const auto dob = dout.middleRows(i0, bq);
-    const Index key_end = attention_key_end(i0, bq, lq, lk, plan.causal);
-    for (Index j0 = 0; j0 < key_end; j0 += plan.block_k) {
-      const Index nk = std::min(plan.block_k, key_end - j0);
-      Eigen::Map<RowMajorMatrix<Scalar>> p(p_buffer, bq, nk), ds(ds_buffer, bq, nk);
-      p.noalias() = qb * k.middleRows(j0, nk).transpose();
+    for_each_key_block(q, k, i0, bq, plan, p_buffer, [&](Index j0, Index nk, auto& p) {
+      Eigen::Map<RowMajorMatrix<Scalar>> ds(ds_buffer, bq, nk);
       ds.noalias() = dob * v.middleRows(j0, nk).transpose();  // dP
       for (Index r = 0; r < bq; ++r) {
         const Index visible = attention_visible(i0 + r, j0, nk, lq, lk, plan.causal);
@@ -931,7 +930,7 @@ void attention_backward(const QM& q, const KM& k, const VM& v, const MaskM* mask
       dv.middleRows(j0, nk).noalias() += p.transpose() * dob;
       dq.middleRows(i0, bq).noalias() += ds * k.middleRows(j0, nk);
       dk.middleRows(j0, nk).noalias() += ds.transpose() * qb;
-    }
+    });
   }
 }
 

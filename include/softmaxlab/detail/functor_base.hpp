@@ -19,9 +19,9 @@
 // compiled with OpenMP (-fopenmp, so _OPENMP is defined) AND defines SOFTMAXLAB_USE_OPENMP before
 // including softmaxlab (off by default: a header library must not start threads behind its user's
 // back). Each slice is computed by exactly the same code whatever thread runs it, so the results
-// are bit-for-bit the same for any thread count. Batches under kParallelMinElements elements, calls
-// from inside a parallel region, and variants with extra per-call arguments (a random generator,
-// which threads must not share) stay sequential.
+// are bit-for-bit the same for any thread count. Batches under kParallelMinElements elements, runs
+// with one OpenMP thread, calls from inside a parallel region, and variants with extra per-call
+// arguments (a random generator, which threads must not share) stay sequential.
 #pragma once
 
 #include <algorithm>
@@ -134,7 +134,9 @@ template <bool kParallel, class Fn>
 void for_each_slice(Index count, Index slice_size, const Fn& fn) {
 #if SOFTMAXLAB_PARALLEL_SLICES
   if constexpr (kParallel) {
-    if (count > 1 && count * slice_size >= kParallelMinElements && !omp_in_parallel()) {
+    // One available thread: no parallel region at all (its setup would be pure overhead).
+    if (count > 1 && count * slice_size >= kParallelMinElements && !omp_in_parallel()
+        && omp_get_max_threads() > 1) {
 #pragma omp parallel for schedule(guided)
       for (Index i = 0; i < count; ++i)
         fn(i);
