@@ -54,6 +54,7 @@
 #include "detail/functor_base.hpp"
 #include "detail/kernels.hpp"
 #include "detail/masked.hpp"
+#include "detail/scalar_types.hpp"
 
 namespace softmaxlab {
 
@@ -167,6 +168,69 @@ void log_softmax_last_pass(const Span<const Scalar>& x, const Span<Scalar>& y, S
   });
 }
 
+// Softmax (kLog false) or log-softmax of one row of storage type In into Out, computed in C in
+// converted chunks (scalar_types.hpp): the long-row path of the 16-bit and mixed types. Three reads
+// of x (max, sum, output) and one write, nothing the row's size in memory; the same kernels and
+// roundings as the float path, then one rounding to Out.
+template <bool kLog, class C, class In, class Out>
+void softmax_row_streamed(const Span<const In>& x, const Span<Out>& y, double temperature) {
+  const C inf = std::numeric_limits<C>::infinity();
+  C m = -inf;
+  for_chunks_as<C>(x, [&](const C* in, Index n) {
+    const C chunk_max = max_propagate_nan(in, n);
+    if (chunk_max != chunk_max || chunk_max > m)
+      m = chunk_max;
+  });
+  auto fill_as = [&](C value) {
+    for_chunks_as<C>(x, y, [&](const C*, C* out, Index n) { std::fill(out, out + n, value); });
+  };
+  switch (classify(m)) {
+    case RowKind::NaN:
+      return fill_as(m);
+    case RowKind::AllMasked:
+      return fill_as(kLog ? -inf : C(0));
+    case RowKind::PositiveInfinity: {
+      Index k = 0;
+      for_chunks_as<C>(x, [&](const C* in, Index n) {
+        k += count_positive_infinity(Span<const C>{in, n, 1});
+      });
+      const C at_inf = kLog ? static_cast<C>(-std::log(double(k))) : C(1) / C(k);
+      const C elsewhere = kLog ? -inf : C(0);
+      return for_chunks_as<C>(x, y, [&](const C* in, C* out, Index n) {
+        fill_by_infinity(Span<const C>{in, n, 1}, Span<C>{out, n, 1}, at_inf, elsewhere);
+      });
+    }
+    case RowKind::Regular:
+      break;
+  }
+  const C s = static_cast<C>(1.0 / temperature);
+  const bool scaled = temperature != 1.0;
+  CompensatedSum<C> sum0, sum1;
+  for_chunks_as<C>(x, [&](const C* in, Index n) {
+    if (scaled) {
+      scaled_exp_sum<true>(in, n, m, s, sum0, sum1);
+    } else {
+      scaled_exp_sum<false>(in, n, m, s, sum0, sum1);
+    }
+  });
+  const long double total = sum0.total() + sum1.total();
+  if constexpr (kLog) {
+    const C log_sum = static_cast<C>(std::log(std::ldexp(total, -kExpScaleLog2<C>)));
+    for_chunks_as<C>(x, y, [&](const C* in, C* out, Index n) {
+      log_softmax_last_pass(Span<const C>{in, n, 1}, Span<C>{out, n, 1}, m, s, scaled, log_sum);
+    });
+  } else {
+    const C inverse = reciprocal<C>(total);
+    for_chunks_as<C>(x, y, [&](const C* in, C* out, Index n) {
+      if (scaled) {
+        scaled_exp_scale_store<true>(in, out, n, m, s, inverse);
+      } else {
+        scaled_exp_scale_store<false>(in, out, n, m, s, inverse);
+      }
+    });
+  }
+}
+
 }  // namespace detail
 
 // Softmax with temperature: see the header's doc block for the formula, accuracy and special
@@ -176,6 +240,7 @@ class Softmax : public detail::DistributionFunctor<Softmax>,
  public:
   static constexpr const char* name = "Softmax";
   static constexpr bool backward_reads_input = false;  // the gradient needs only y and dy
+  static constexpr bool streams_long_rows = true;      // long 16-bit/mixed rows: compute_streamed
 
   explicit Softmax(double temperature = 1.0)
       : temperature_(detail::check_temperature("Softmax: temperature", temperature)) {}
@@ -199,6 +264,11 @@ class Softmax : public detail::DistributionFunctor<Softmax>,
  private:
   friend class detail::DistributionFunctor<Softmax>;
   friend class detail::BackwardFunctor<Softmax>;
+
+  template <class C, class In, class Out>
+  void compute_streamed(const detail::Span<const In>& x, const detail::Span<Out>& y) const {
+    detail::softmax_row_streamed<false, C>(x, y, temperature_);
+  }
 
   template <class Scalar>
   void compute(const detail::Span<const Scalar>& x, const detail::Span<Scalar>& y) const {
@@ -233,6 +303,7 @@ class LogSoftmax : public detail::DistributionFunctor<LogSoftmax>,
  public:
   static constexpr const char* name = "LogSoftmax";
   static constexpr bool backward_reads_input = false;  // the gradient needs only y and dy
+  static constexpr bool streams_long_rows = true;      // long 16-bit/mixed rows: compute_streamed
 
   explicit LogSoftmax(double temperature = 1.0)
       : temperature_(detail::check_temperature("LogSoftmax: temperature", temperature)) {}
@@ -256,6 +327,11 @@ class LogSoftmax : public detail::DistributionFunctor<LogSoftmax>,
  private:
   friend class detail::DistributionFunctor<LogSoftmax>;
   friend class detail::BackwardFunctor<LogSoftmax>;
+
+  template <class C, class In, class Out>
+  void compute_streamed(const detail::Span<const In>& x, const detail::Span<Out>& y) const {
+    detail::softmax_row_streamed<true, C>(x, y, temperature_);
+  }
 
   template <class Scalar>
   void compute(const detail::Span<const Scalar>& x, const detail::Span<Scalar>& y) const {
