@@ -15,6 +15,15 @@
 
 #include "common.hpp"
 
+// F16C (vcvtph2ps / vcvtps2ph) for half <-> float, when the compiler targets it and vectorization
+// is not switched off.
+#if defined(__F16C__) && defined(__AVX__) && !defined(EIGEN_DONT_VECTORIZE)
+#include <immintrin.h>
+#define SOFTMAXLAB_F16C 1
+#else
+#define SOFTMAXLAB_F16C 0
+#endif
+
 namespace softmaxlab {
 namespace detail {
 
@@ -75,14 +84,38 @@ void convert_contiguous(const From* from, To* to, Index n) {
     std::copy(from, from + n, to);
     return;
   }
-#if defined(EIGEN_VECTORIZE_AVX) && defined(EIGEN_HAS_FP16_C)
+#if SOFTMAXLAB_F16C
+  // F16C directly: Eigen 3.4 enables its own F16C path (EIGEN_HAS_FP16_C) only under clang, and
+  // its fallback converts one element at a time with integer code. The tail goes through one
+  // padded 8-lane conversion, so every element meets the same instruction.
   if constexpr (std::is_same_v<From, Eigen::half> && std::is_same_v<To, float>) {
-    for (; k + 8 <= n; k += 8)
-      pstoreu(to + k, half2float(ploadu<Packet8h>(from + k)));
+    for (; k + 8 <= n; k += 8) {
+      _mm256_storeu_ps(
+          to + k, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(from + k))));
+    }
+    if (k < n) {
+      alignas(16) Eigen::half in[8] = {};
+      alignas(32) float out[8];
+      std::copy(from + k, from + n, in);
+      _mm256_store_ps(out, _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(in))));
+      std::copy(out, out + (n - k), to + k);
+    }
+    return;
   }
   if constexpr (std::is_same_v<From, float> && std::is_same_v<To, Eigen::half>) {
-    for (; k + 8 <= n; k += 8)
-      pstoreu(to + k, float2half(ploadu<Packet8f>(from + k)));
+    constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    for (; k + 8 <= n; k += 8) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(to + k),
+                       _mm256_cvtps_ph(_mm256_loadu_ps(from + k), kRound));
+    }
+    if (k < n) {
+      alignas(32) float in[8] = {};
+      alignas(16) Eigen::half out[8];
+      std::copy(from + k, from + n, in);
+      _mm_store_si128(reinterpret_cast<__m128i*>(out), _mm256_cvtps_ph(_mm256_load_ps(in), kRound));
+      std::copy(out, out + (n - k), to + k);
+    }
+    return;
   }
 #endif
 #if defined(EIGEN_VECTORIZE_AVX2)
