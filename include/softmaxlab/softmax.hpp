@@ -231,6 +231,42 @@ void softmax_row_streamed(const Span<const In>& x, const Span<Out>& y, double te
   }
 }
 
+// Softmax of one row of storage type In into Out that fits the stack stage (scalar_types.hpp),
+// with the conversions fused into the passes: each chunk is converted into the stage and its max
+// taken while it is in L1; exp is stored and summed in place; each chunk is scaled and rounded to
+// Out while in L1. The same kernels and roundings as the float path, then one rounding to Out.
+// Rows with a NaN or an infinite max take softmax_row_streamed.
+template <class C, class In, class Out>
+void softmax_row_staged(const Span<const In>& x, const Span<Out>& y, double temperature) {
+  constexpr Index kCap = kStageElements<C>;
+  alignas(64) C stage[kCap];
+  const Index n = x.size;
+  C m = -std::numeric_limits<C>::infinity();
+  for (Index start = 0; start < n; start += kConvertChunk) {
+    const Index count = std::min(kConvertChunk, n - start);
+    convert_strided(x.data + start * x.stride, x.stride, stage + start, Index(1), count);
+    const C chunk_max = max_propagate_nan(static_cast<const C*>(stage + start), count);
+    if (chunk_max != chunk_max || chunk_max > m)
+      m = chunk_max;
+  }
+  if (classify(m) != RowKind::Regular)
+    return softmax_row_streamed<false, C>(x, y, temperature);
+  const C s = static_cast<C>(1.0 / temperature);
+  CompensatedSum<C> sum0, sum1;
+  if (temperature != 1.0) {
+    scaled_exp_store_sum<true>(stage, stage, n, m, s, sum0, sum1);
+  } else {
+    scaled_exp_store_sum<false>(stage, stage, n, m, s, sum0, sum1);
+  }
+  const C inverse = reciprocal<C>(sum0.total() + sum1.total());
+  for (Index start = 0; start < n; start += kConvertChunk) {
+    const Index count = std::min(kConvertChunk, n - start);
+    scale_in_place(stage + start, count, inverse);
+    convert_strided(static_cast<const C*>(stage + start), Index(1), y.data + start * y.stride,
+                    y.stride, count);
+  }
+}
+
 }  // namespace detail
 
 // Softmax with temperature: see the header's doc block for the formula, accuracy and special
@@ -241,6 +277,7 @@ class Softmax : public detail::DistributionFunctor<Softmax>,
   static constexpr const char* name = "Softmax";
   static constexpr bool backward_reads_input = false;  // the gradient needs only y and dy
   static constexpr bool streams_long_rows = true;      // long 16-bit/mixed rows: compute_streamed
+  static constexpr bool fuses_conversions = true;      // and every length, in its own passes
 
   explicit Softmax(double temperature = 1.0)
       : temperature_(detail::check_temperature("Softmax: temperature", temperature)) {}
@@ -267,7 +304,11 @@ class Softmax : public detail::DistributionFunctor<Softmax>,
 
   template <class C, class In, class Out>
   void compute_streamed(const detail::Span<const In>& x, const detail::Span<Out>& y) const {
-    detail::softmax_row_streamed<false, C>(x, y, temperature_);
+    if (x.size <= detail::kStageElements<C>) {
+      detail::softmax_row_staged<C>(x, y, temperature_);
+    } else {
+      detail::softmax_row_streamed<false, C>(x, y, temperature_);
+    }
   }
 
   template <class Scalar>

@@ -147,6 +147,14 @@ template <class Derived>
 struct streams_long_rows<Derived, std::void_t<decltype(Derived::streams_long_rows)>>
     : std::bool_constant<Derived::streams_long_rows> {};
 
+// Whether compute_streamed also takes the rows that fit the stage, converting inside its own
+// passes (`static constexpr bool fuses_conversions = true;`, Softmax).
+template <class Derived, class = void>
+struct fuses_conversions : std::false_type {};
+template <class Derived>
+struct fuses_conversions<Derived, std::void_t<decltype(Derived::fuses_conversions)>>
+    : std::bool_constant<Derived::fuses_conversions> {};
+
 template <class Derived>
 class DistributionFunctor {
  public:
@@ -287,7 +295,8 @@ class DistributionFunctor {
 
   // Mixed or 16-bit scalars (scalar_types.hpp): the math runs in C = compute_scalar_t<In, Out>.
   // A row of up to kStageElements<C> entries is converted into a stack buffer, computed there by
-  // the variant's own compute<C> and rounded once into y. Longer rows: a variant that defines
+  // the variant's own compute<C> and rounded once into y (Softmax fuses the conversions into its
+  // own passes instead, see fuses_conversions). Longer rows: a variant that defines
   // compute_streamed<C>(Span<const In>, Span<Out>) streams them in converted chunks (Softmax,
   // LogSoftmax, SinglePassSoftmax); otherwise, when Out is C, x is converted into y and computed
   // there; only the remaining case (a row longer than the stage, written to a 16-bit output, by a
@@ -296,7 +305,9 @@ class DistributionFunctor {
   void compute_mixed(const Span<const In>& x, const Span<Out>& y, Extra&... extra) const {
     using C = compute_scalar_t<In, Out>;
     constexpr Index kCap = kStageElements<C>;
-    if (x.size <= kCap) {
+    if constexpr (fuses_conversions<Derived>::value) {
+      self().template compute_streamed<C>(x, y, extra...);  // every length (Softmax)
+    } else if (x.size <= kCap) {
       alignas(64) C stage[kCap];
       load_as(x, stage);
       self().template compute<C>(Span<const C>{stage, x.size, 1}, Span<C>{stage, x.size, 1},
