@@ -544,3 +544,34 @@ TEST_CASE("half precision: OnlineNormalizer<half> and <bfloat16> accumulate in f
     u.update(Vec<B>::Constant(1, B(2.0f)));
   CHECK(u.sum() == 512.0);
 }
+
+TEST_CASE("half precision: losses take half and bfloat16 logits, computed in float",
+          "[half][loss]") {
+  // The loss of 16-bit logits is the float loss of the same (exact) values; the gradient is the
+  // float gradient rounded once.
+  std::mt19937 gen(3);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  Eigen::MatrixXf zf(6, 11);
+  for (Eigen::Index i = 0; i < zf.size(); ++i)
+    zf.data()[i] = normal(gen);
+  const Eigen::Matrix<H, Eigen::Dynamic, Eigen::Dynamic> zh = zf.cast<H>();
+  const Eigen::MatrixXf ze = zh.cast<float>();
+  const std::vector<int> labels{0, 3, 10, 5, 5, 1};
+  auto check = [&](const auto& loss, const char* what) {
+    Eigen::MatrixXf gf(6, 11);
+    const double lf = loss(ze, labels, gf);
+    Eigen::Matrix<H, Eigen::Dynamic, Eigen::Dynamic> gh(6, 11);
+    const double lh = loss(zh, labels, gh);
+    INFO(what << ": float " << lf << " half " << lh);
+    CHECK(lh == lf);
+    CHECK(loss(zh, labels) == lf);
+    for (Eigen::Index i = 0; i < gf.size(); ++i)
+      CHECK(as_double(gh.data()[i]) == as_double(static_cast<H>(gf.data()[i])));
+  };
+  check(sml::CrossEntropyLoss(), "CrossEntropyLoss");
+  check(sml::SparsemaxLoss(), "SparsemaxLoss");
+  check(sml::EntmaxLoss(1.5), "EntmaxLoss(1.5)");
+  const Eigen::Matrix<B, Eigen::Dynamic, Eigen::Dynamic> zb = zf.cast<B>();
+  CHECK(sml::CrossEntropyLoss()(zb, labels)
+        == sml::CrossEntropyLoss()(zb.cast<float>().eval(), labels));
+}
