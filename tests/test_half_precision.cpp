@@ -575,3 +575,31 @@ TEST_CASE("half precision: losses take half and bfloat16 logits, computed in flo
   CHECK(sml::CrossEntropyLoss()(zb, labels)
         == sml::CrossEntropyLoss()(zb.cast<float>().eval(), labels));
 }
+
+TEST_CASE("half precision: AttentionSoftmax with a half mask", "[half][attention]") {
+  // The 16-bit result is the float result on the same (exact) scores and mask, rounded once.
+  std::mt19937 gen(8);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  Eigen::MatrixXf sf(4, 50), mf(4, 50);
+  for (Eigen::Index i = 0; i < sf.size(); ++i) {
+    sf.data()[i] = normal(gen);
+    mf.data()[i] = (i % 7 == 3) ? -std::numeric_limits<float>::infinity() : normal(gen);
+  }
+  using MH = Eigen::Matrix<H, Eigen::Dynamic, Eigen::Dynamic>;
+  const MH sh = sf.cast<H>(), mh = mf.cast<H>();
+  const Eigen::MatrixXf se = sh.cast<float>(), me = mh.cast<float>();
+  const sml::AttentionSoftmax f(sml::AttentionOptions().with_scale(0.5).with_softcap(30.0));
+  Eigen::MatrixXf pf(4, 50);
+  f.rowwise_masked(se, me, pf);
+  MH ph(4, 50);
+  f.rowwise_masked(sh, mh, ph);
+  Vec<H> row(50);
+  f.apply_masked(sh.row(2).transpose(), mh.row(2).transpose(), row);
+  for (Eigen::Index i = 0; i < pf.size(); ++i)
+    CHECK(as_double(ph.data()[i]) == as_double(static_cast<H>(pf.data()[i])));
+  for (Eigen::Index j = 0; j < 50; ++j) {
+    CHECK(as_double(row[j]) == as_double(ph(2, j)));
+    if (std::isinf(me(2, j)))
+      CHECK(as_double(row[j]) == 0.0);
+  }
+}
