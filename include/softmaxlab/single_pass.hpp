@@ -48,6 +48,10 @@
 //   |y_i - exact| <= 4 eps (1 + |x_i/T - m|) |exact|   (write_log: 4 eps (1 + |exact|)),
 // the policy of Softmax, for the whole row and for any split into chunks and merges.
 //
+// Eigen::half / Eigen::bfloat16: OnlineNormalizer<half> and <bfloat16> keep their state and
+// arithmetic in float (max() returns the input type); SinglePassSoftmax of 16-bit or mixed types is
+// within 1 ulp of the output type (tests/test_half_precision.cpp), as Softmax.
+//
 // Special values (the same rules as Softmax):
 //   - a -inf entry gets exactly 0: it is masked out; a row of only -inf gives all 0, never NaN;
 //   - k > 0 entries equal to +inf share the mass: 1/k each, 0 elsewhere (the state is m = +inf,

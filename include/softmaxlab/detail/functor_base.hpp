@@ -9,6 +9,9 @@
 // f.colwise(X), f.colwise(X, Y). Variants that need more arguments per call (a random generator)
 // call the protected *_impl forms with the extra arguments.
 //
+// Scalars: float and double run compute<Scalar> on the data directly; Eigen::half, Eigen::bfloat16
+// and mixed input/output pairs go through compute_mixed (scalar_types.hpp: float inside, double
+// when either side is double, one rounding to the output type).
 // Inputs are any dense Eigen expression of float or double. Inputs with direct storage are read in
 // place; other expressions are first evaluated into the output's storage (no allocation) and the
 // math runs in place there. Outputs must be writable storage: a plain object, Map, Ref, or a
