@@ -130,6 +130,7 @@
 #include "detail/checks.hpp"
 #include "detail/functor_base.hpp"
 #include "detail/kernels.hpp"
+#include "detail/scalar_types.hpp"
 #include "polynomial.hpp"
 #include "power.hpp"
 #include "softmax.hpp"
@@ -379,7 +380,26 @@ class AttentionSoftmax : public detail::DistributionFunctor<AttentionSoftmax>,
                    mask.rows(), " x ", mask.cols());
     }
     detail::Span<const Scalar> ms = detail::vector_span<const Scalar>(mask.derived());
-    apply_impl(x, y, ms);
+    using C = detail::compute_scalar_t<Scalar, typename XprY::Scalar>;
+    if constexpr (detail::is_mixed_v<Scalar, typename XprY::Scalar> && !std::is_same_v<Scalar, C>) {
+      // 16-bit or mixed scores: the mask is converted to the compute type with the row (a stack
+      // buffer for rows up to the stage size, a heap workspace beyond).
+      constexpr Index kCap = detail::kStageElements<C>;
+      auto run = [&](C* buffer) {
+        detail::load_as(ms, buffer);
+        detail::Span<const C> mc{buffer, ms.size, 1};
+        apply_impl(x, y, mc);
+      };
+      if (ms.size <= kCap) {
+        alignas(64) C buffer[kCap];
+        run(buffer);
+      } else {
+        Eigen::Matrix<C, Eigen::Dynamic, 1> work(ms.size);
+        run(work.data());
+      }
+    } else {
+      apply_impl(x, y, ms);
+    }
   }
   template <class XprX, class XprM>
   typename XprX::PlainObject masked(const Eigen::DenseBase<XprX>& x,
@@ -393,6 +413,29 @@ class AttentionSoftmax : public detail::DistributionFunctor<AttentionSoftmax>,
   template <class XprS, class XprM, class XprP>
   void rowwise_masked(const Eigen::DenseBase<XprS>& s, const Eigen::DenseBase<XprM>& mask,
                       const Eigen::DenseBase<XprP>& p_const) const {
+    if constexpr (detail::is_mixed_v<typename XprS::Scalar, typename XprP::Scalar>) {
+      // 16-bit or mixed scalars: row by row through apply_masked's staged path.
+      check_mask_type<XprS, XprM>();
+      static_check_io<XprS, XprP>();
+      auto& p = const_cast<Eigen::DenseBase<XprP>&>(p_const).derived();
+      detail::require_same_size("AttentionSoftmax::rowwise_masked", s.rows(), s.cols(), p.rows(),
+                                p.cols());
+      const bool broadcast_rows = mask.rows() == 1 && s.rows() != 1;
+      if (!((mask.rows() == s.rows() || broadcast_rows) && mask.cols() == s.cols())) {
+        detail::fail(name, ": rowwise_masked needs a mask of shape ", s.rows(), " x ", s.cols(),
+                     " or 1 x ", s.cols(), ", but got ", mask.rows(), " x ", mask.cols());
+      }
+      for (Index i = 0; i < s.rows(); ++i)
+        apply_masked(s.derived().row(i), mask.derived().row(broadcast_rows ? 0 : i), p.row(i));
+    } else {
+      rowwise_masked_same(s, mask, p_const);
+    }
+  }
+
+ private:
+  template <class XprS, class XprM, class XprP>
+  void rowwise_masked_same(const Eigen::DenseBase<XprS>& s, const Eigen::DenseBase<XprM>& mask,
+                           const Eigen::DenseBase<XprP>& p_const) const {
     using Scalar = typename XprS::Scalar;
     check_mask_type<XprS, XprM>();
     static_check_io<XprS, XprP>();
@@ -432,6 +475,8 @@ class AttentionSoftmax : public detail::DistributionFunctor<AttentionSoftmax>,
       });
     }
   }
+
+ public:
   template <class XprS, class XprM>
   typename XprS::PlainObject rowwise_masked(const Eigen::DenseBase<XprS>& s,
                                             const Eigen::DenseBase<XprM>& mask) const {

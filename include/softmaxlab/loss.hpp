@@ -213,9 +213,17 @@ class LogitsLoss {
   template <class XprZ, class Targets>
   double operator()(const Eigen::DenseBase<XprZ>& logits, const Targets& targets,
                     const RowOutputs& out = RowOutputs()) const {
-    return with_storage(logits, [&](const auto& z) {
-      return self().impl(z, targets, static_cast<std::nullptr_t>(nullptr), out);
-    });
+    if constexpr (is_16bit_v<typename XprZ::Scalar>) {
+      // 16-bit logits (and targets): computed in float on a converted copy (an allocation).
+      const FloatMatrix z = logits.derived().template cast<float>();
+      return with_float_targets(targets, [&](const auto& t) {
+        return self().impl(z, t, static_cast<std::nullptr_t>(nullptr), out);
+      });
+    } else {
+      return with_storage(logits, [&](const auto& z) {
+        return self().impl(z, targets, static_cast<std::nullptr_t>(nullptr), out);
+      });
+    }
   }
 
   // The loss, and dloss/dlogits written into grad (N x C; may be the logits themselves; an
@@ -233,7 +241,15 @@ class LogitsLoss {
     auto& grad = const_cast<Eigen::DenseBase<XprG>&>(grad_const).derived();
     require_same_shape(Derived::name, SliceMode::Rows, "grad", grad.rows(), grad.cols(),
                        logits.rows(), logits.cols());
-    if constexpr (has_direct_access_v<XprZ>) {
+    if constexpr (is_16bit_v<Scalar>) {
+      // 16-bit logits: the loss and gradient in float on a converted copy, the gradient rounded
+      // once into grad (allocations: the copy).
+      FloatMatrix z = logits.derived().template cast<float>();
+      const double loss =
+          with_float_targets(targets, [&](const auto& t) { return self().impl(z, t, &z, out); });
+      grad = z.template cast<Scalar>();
+      return loss;
+    } else if constexpr (has_direct_access_v<XprZ>) {
       return self().impl(logits.derived(), targets, &grad, out);
     } else {
       if constexpr (!is_label_type_v<Targets>) {
@@ -248,6 +264,26 @@ class LogitsLoss {
   }
 
  private:
+  using FloatMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic>;
+  template <class S>
+  static constexpr bool is_16bit_v =
+      std::is_same_v<S, Eigen::half> || std::is_same_v<S, Eigen::bfloat16>;
+
+  // Calls fn with the targets, converted to a float matrix when they are a 16-bit distribution.
+  template <class Targets, class Fn>
+  static double with_float_targets(const Targets& targets, Fn&& fn) {
+    if constexpr (!is_label_type_v<Targets>) {
+      if constexpr (is_16bit_v<typename Targets::Scalar>) {
+        const FloatMatrix t = targets.derived().template cast<float>();
+        return fn(t);
+      } else {
+        return fn(targets);
+      }
+    } else {
+      return fn(targets);
+    }
+  }
+
   const Derived& self() const { return static_cast<const Derived&>(*this); }
 };
 

@@ -48,6 +48,10 @@
 //   |y_i - exact| <= 4 eps (1 + |x_i/T - m|) |exact|   (write_log: 4 eps (1 + |exact|)),
 // the policy of Softmax, for the whole row and for any split into chunks and merges.
 //
+// Eigen::half / Eigen::bfloat16: OnlineNormalizer<half> and <bfloat16> keep their state and
+// arithmetic in float (max() returns the input type); SinglePassSoftmax of 16-bit or mixed types is
+// within 1 ulp of the output type (tests/test_half_precision.cpp), as Softmax.
+//
 // Special values (the same rules as Softmax):
 //   - a -inf entry gets exactly 0: it is masked out; a row of only -inf gives all 0, never NaN;
 //   - k > 0 entries equal to +inf share the mass: 1/k each, 0 elsewhere (the state is m = +inf,
@@ -69,6 +73,7 @@
 #include "detail/checks.hpp"
 #include "detail/functor_base.hpp"
 #include "detail/kernels.hpp"
+#include "detail/scalar_types.hpp"
 #include "softmax.hpp"
 
 namespace softmaxlab {
@@ -121,15 +126,20 @@ void merge_normalizer_state(Real& max, long double& sum, Real other_max, long do
 // The online softmax normalizer [max, sum] of a row seen in chunks: see the header's doc block.
 template <class Scalar>
 class OnlineNormalizer {
-  static_assert(detail::is_supported_scalar_v<Scalar>,
-                "softmaxlab: only float and double scalars are supported");
+  static_assert(detail::is_storage_scalar_v<Scalar>,
+                "softmaxlab: OnlineNormalizer<Scalar> needs Eigen::half, Eigen::bfloat16, float or "
+                "double");
 
  public:
+  // The type the state and the arithmetic use: float for the 16-bit types (and float), double for
+  // double.
+  using Real = detail::compute_scalar_t<Scalar>;
+
   static constexpr const char* name = "OnlineNormalizer";
 
   explicit OnlineNormalizer(double temperature = 1.0)
       : temperature_(detail::check_temperature("OnlineNormalizer: temperature", temperature)),
-        scale_(static_cast<Scalar>(1.0 / temperature)) {}
+        scale_(static_cast<Real>(1.0 / temperature)) {}
 
   double temperature() const { return temperature_; }
 
@@ -139,19 +149,26 @@ class OnlineNormalizer {
     static_assert(std::is_same_v<typename Xpr::Scalar, Scalar>,
                   "softmaxlab: OnlineNormalizer<Scalar>::update needs a chunk of the same scalar");
     detail::require_vector(name, chunk.rows(), chunk.cols());
-    if constexpr (detail::has_direct_access_v<Xpr>) {
-      update_span(detail::vector_span<const Scalar>(chunk.derived()));
+    if constexpr (detail::has_direct_access_v<Xpr> && std::is_same_v<Scalar, Real>) {
+      update_span(detail::vector_span<const Real>(chunk.derived()));
+    } else if constexpr (detail::has_direct_access_v<Xpr>) {
+      // 16-bit chunks: converted to float block by block on the stack.
+      detail::for_chunks_as<Real>(detail::vector_span<const Scalar>(chunk.derived()),
+                                  [&](const Real* in, Index n) {
+                                    update_span(detail::Span<const Real>{in, n, 1});
+                                  });
     } else {
       // An expression: evaluated piecewise into a stack buffer, never into the heap.
-      alignas(64) Scalar buffer[detail::kChunk];
+      alignas(64) Real buffer[detail::kChunk];
       const auto& x = chunk.derived();
       const Index n = x.size();
       const bool is_row = x.rows() == 1;
       for (Index start = 0; start < n; start += detail::kChunk) {
         const Index count = std::min(detail::kChunk, n - start);
         for (Index k = 0; k < count; ++k)
-          buffer[k] = is_row ? x.coeff(0, start + k) : x.coeff(start + k, 0);
-        update_span(detail::Span<const Scalar>{buffer, count, 1});
+          buffer[k] =
+              detail::convert_scalar<Real>(is_row ? x.coeff(0, start + k) : x.coeff(start + k, 0));
+        update_span(detail::Span<const Real>{buffer, count, 1});
       }
     }
     return *this;
@@ -170,7 +187,7 @@ class OnlineNormalizer {
   }
 
   // The running max of the raw inputs: -inf for an empty or fully masked state, NaN after a NaN.
-  Scalar max() const { return max_; }
+  Scalar max() const { return detail::convert_scalar<Scalar>(max_); }
 
   // d = sum_j exp((x_j - max)/T) (for a +inf max: the number of +inf entries); NaN after a NaN.
   double sum() const {
@@ -180,7 +197,7 @@ class OnlineNormalizer {
   // log sum_j exp(x_j / T): -inf when empty or fully masked, +inf with a +inf entry, NaN after a
   // NaN.
   double log_sum_exp() const {
-    const Scalar inf = std::numeric_limits<Scalar>::infinity();
+    const Real inf = std::numeric_limits<Real>::infinity();
     if (is_nan())
       return std::numeric_limits<double>::quiet_NaN();
     if (max_ == -inf || max_ == inf)
@@ -204,7 +221,7 @@ class OnlineNormalizer {
       detail::fail(name, ": from_state needs a sum >= 0, but got ", static_cast<double>(sum));
     if (count < 0)
       detail::fail(name, ": from_state needs a count >= 0, but got ", count);
-    state.max_ = max;
+    state.max_ = detail::convert_scalar<Real>(max);
     state.sum_ = sum;
     state.count_ = count;
     return state;
@@ -225,27 +242,26 @@ class OnlineNormalizer {
 
   // The same, on spans (used by SinglePassSoftmax; y may be x).
   template <bool kLog>
-  void write_span(const detail::Span<const Scalar>& x, const detail::Span<Scalar>& y) const {
-    const Scalar inf = std::numeric_limits<Scalar>::infinity();
+  void write_span(const detail::Span<const Real>& x, const detail::Span<Real>& y) const {
+    const Real inf = std::numeric_limits<Real>::infinity();
     if (is_nan())
       return detail::fill(y, max_);
     if (max_ == -inf)
-      return detail::fill(y, kLog ? -inf : Scalar(0));
+      return detail::fill(y, kLog ? -inf : Real(0));
     if (max_ == inf) {
-      const Scalar at_inf =
-          kLog ? static_cast<Scalar>(-std::log(sum_)) : static_cast<Scalar>(1.0L / sum_);
-      return detail::fill_by_infinity(x, y, at_inf, kLog ? -inf : Scalar(0));
+      const Real at_inf =
+          kLog ? static_cast<Real>(-std::log(sum_)) : static_cast<Real>(1.0L / sum_);
+      return detail::fill_by_infinity(x, y, at_inf, kLog ? -inf : Real(0));
     }
     const bool scaled = temperature_ != 1.0;
-    const Scalar m = max_, s = scale_;
+    const Real m = max_, s = scale_;
     if constexpr (kLog) {
-      detail::log_softmax_last_pass(x, y, m, s, scaled, static_cast<Scalar>(std::log(sum_)));
+      detail::log_softmax_last_pass(x, y, m, s, scaled, static_cast<Real>(std::log(sum_)));
     } else {
       // The kernel's exp carries a factor kExpScale (2^64 for float); the inverse removes it.
-      const Scalar inverse =
-          detail::reciprocal<Scalar>(std::ldexp(sum_, detail::kExpScaleLog2<Scalar>));
+      const Real inverse = detail::reciprocal<Real>(std::ldexp(sum_, detail::kExpScaleLog2<Real>));
       const bool stream = x.contiguous() && y.contiguous() && x.data != y.data
-                          && y.size * Index(sizeof(Scalar)) >= detail::kStreamingStoreBytes;
+                          && y.size * Index(sizeof(Real)) >= detail::kStreamingStoreBytes;
       if (stream) {
         if (scaled) {
           detail::scaled_exp_scale_stream<true>(x.data, y.data, y.size, m, s, inverse);
@@ -254,7 +270,7 @@ class OnlineNormalizer {
         }
         return;
       }
-      detail::for_chunks(x, y, [&](const Scalar* in, Scalar* out, Index n) {
+      detail::for_chunks(x, y, [&](const Real* in, Real* out, Index n) {
         if (scaled) {
           detail::scaled_exp_scale_store<true>(in, out, n, m, s, inverse);
         } else {
@@ -265,11 +281,11 @@ class OnlineNormalizer {
   }
 
   // Adds a span (used by SinglePassSoftmax and update()).
-  void update_span(const detail::Span<const Scalar>& x) {
+  void update_span(const detail::Span<const Real>& x) {
     count_ += x.size;
     if (is_nan() || x.size == 0)
       return;
-    constexpr Index kBlock = detail::kNormalizerBlock<Scalar>;
+    constexpr Index kBlock = detail::kNormalizerBlock<Real>;
     if (x.contiguous()) {
       for (Index start = 0; start < x.size && !is_nan(); start += kBlock)
         update_block(x.data + start, std::min(kBlock, x.size - start));
@@ -277,7 +293,7 @@ class OnlineNormalizer {
     }
     // A strided span is staged block by block (8 KiB on the stack), so its blocks, and so every
     // rounding of the state, are those of the same row stored contiguously.
-    alignas(64) Scalar buffer[kBlock];
+    alignas(64) Real buffer[kBlock];
     for (Index start = 0; start < x.size && !is_nan(); start += kBlock) {
       const Index count = std::min(kBlock, x.size - start);
       for (Index k = 0; k < count; ++k)
@@ -291,15 +307,15 @@ class OnlineNormalizer {
 
   // exp((from - to)/T) for from <= to, both finite, in long double (off the hot path: once per
   // block whose max raises the state's).
-  long double rescale(Scalar from, Scalar to) const {
+  long double rescale(Real from, Real to) const {
     return std::exp((static_cast<long double>(from) - static_cast<long double>(to))
                     / static_cast<long double>(temperature_));
   }
 
   // One block (contiguous, in L1): the single-exp online update at block granularity.
-  void update_block(const Scalar* x, Index n) {
-    const Scalar inf = std::numeric_limits<Scalar>::infinity();
-    const Scalar block_max = detail::max_propagate_nan(x, n);
+  void update_block(const Real* x, Index n) {
+    const Real inf = std::numeric_limits<Real>::infinity();
+    const Real block_max = detail::max_propagate_nan(x, n);
     if (block_max != block_max) {
       max_ = block_max;
       return;
@@ -318,28 +334,29 @@ class OnlineNormalizer {
       sum_ = max_ == -inf ? 0.0L : sum_ * rescale(max_, block_max);
       max_ = block_max;
     }
-    detail::CompensatedSum<Scalar> sum0, sum1;
+    detail::CompensatedSum<Real> sum0, sum1;
     if (temperature_ != 1.0) {
       detail::scaled_exp_sum<true>(x, n, max_, scale_, sum0, sum1);
     } else {
       detail::scaled_exp_sum<false>(x, n, max_, scale_, sum0, sum1);
     }
-    sum_ += std::ldexp(sum0.total() + sum1.total(), -detail::kExpScaleLog2<Scalar>);
+    sum_ += std::ldexp(sum0.total() + sum1.total(), -detail::kExpScaleLog2<Real>);
   }
 
-  static Index count_infinities(const Scalar* x, Index n) {
+  static Index count_infinities(const Real* x, Index n) {
     Index k = 0;
     for (Index i = 0; i < n; ++i)
-      k += x[i] == std::numeric_limits<Scalar>::infinity();
+      k += x[i] == std::numeric_limits<Real>::infinity();
     return k;
   }
 
   template <bool kLog, class XprX, class XprY>
   void write_impl(const Eigen::DenseBase<XprX>& chunk,
                   const Eigen::DenseBase<XprY>& y_const) const {
-    static_assert(std::is_same_v<typename XprX::Scalar,
-                                 Scalar> && std::is_same_v<typename XprY::Scalar, Scalar>,
+    using Out = typename XprY::Scalar;
+    static_assert(std::is_same_v<typename XprX::Scalar, Scalar>,
                   "softmaxlab: OnlineNormalizer<Scalar>::write needs chunks of the same scalar");
+    detail::static_check_storage_scalars<Scalar, Out>();
     static_assert(detail::is_writable_storage_v<XprY>,
                   "softmaxlab: the output must be writable storage (Matrix, Array, Map, Ref or a "
                   "Block of one), not an expression");
@@ -352,22 +369,39 @@ class OnlineNormalizer {
     }
     if (chunk.size() == 0)
       return;
-    const detail::Span<Scalar> ys = detail::vector_span<Scalar>(y);
-    if constexpr (detail::has_direct_access_v<XprX>) {
-      const auto xs = detail::vector_span<const Scalar>(chunk.derived());
-      if (detail::partially_overlap(xs, ys))
-        detail::fail(name,
-                     ": output partially overlaps the chunk (only exact in-place is allowed)");
-      write_span<kLog>(xs, ys);
+    if constexpr (!std::is_same_v<Scalar, Real> || !std::is_same_v<Out, Real>) {
+      // 16-bit or mixed: the chunk converted to Real in pieces, one rounding into y.
+      auto write_as = [&](const auto& xs) {
+        detail::for_chunks_as<Real>(
+            xs, detail::vector_span<Out>(y), [&](const Real* in, Real* out, Index n) {
+              write_span<kLog>(detail::Span<const Real>{in, n, 1}, detail::Span<Real>{out, n, 1});
+            });
+      };
+      if constexpr (detail::has_direct_access_v<XprX>) {
+        write_as(detail::vector_span<const Scalar>(chunk.derived()));
+      } else {
+        const typename XprX::PlainObject plain = chunk.derived();
+        write_as(detail::vector_span<const Scalar>(plain));
+      }
+      return;
     } else {
-      detail::evaluate_into(chunk, y);
-      write_span<kLog>(detail::Span<const Scalar>{ys.data, ys.size, ys.stride}, ys);
+      const detail::Span<Real> ys = detail::vector_span<Real>(y);
+      if constexpr (detail::has_direct_access_v<XprX>) {
+        const auto xs = detail::vector_span<const Real>(chunk.derived());
+        if (detail::partially_overlap(xs, ys))
+          detail::fail(name,
+                       ": output partially overlaps the chunk (only exact in-place is allowed)");
+        write_span<kLog>(xs, ys);
+      } else {
+        detail::evaluate_into(chunk, y);
+        write_span<kLog>(detail::Span<const Real>{ys.data, ys.size, ys.stride}, ys);
+      }
     }
   }
 
   double temperature_;
-  Scalar scale_;
-  Scalar max_ = -std::numeric_limits<Scalar>::infinity();
+  Real scale_;
+  Real max_ = -std::numeric_limits<Real>::infinity();
   long double sum_ = 0;
   Index count_ = 0;
 };
@@ -379,6 +413,7 @@ class SinglePassSoftmax : public detail::DistributionFunctor<SinglePassSoftmax>,
  public:
   static constexpr const char* name = "SinglePassSoftmax";
   static constexpr bool backward_reads_input = false;  // the gradient needs only y and dy
+  static constexpr bool streams_long_rows = true;      // long 16-bit/mixed rows: compute_streamed
 
   explicit SinglePassSoftmax(double temperature = 1.0)
       : temperature_(detail::check_temperature("SinglePassSoftmax: temperature", temperature)) {}
@@ -445,6 +480,19 @@ class SinglePassSoftmax : public detail::DistributionFunctor<SinglePassSoftmax>,
     OnlineNormalizer<Scalar> normalizer(temperature_);
     normalizer.update_span(x);
     normalizer.template write_span<false>(x, y);
+  }
+
+  // Long rows of 16-bit or mixed scalars: the same two reads, on chunks converted to C.
+  template <class C, class In, class Out>
+  void compute_streamed(const detail::Span<const In>& x, const detail::Span<Out>& y) const {
+    OnlineNormalizer<C> normalizer(temperature_);
+    detail::for_chunks_as<C>(x, [&](const C* in, Index n) {
+      normalizer.update_span(detail::Span<const C>{in, n, 1});
+    });
+    detail::for_chunks_as<C>(x, y, [&](const C* in, C* out, Index n) {
+      normalizer.template write_span<false>(detail::Span<const C>{in, n, 1},
+                                            detail::Span<C>{out, n, 1});
+    });
   }
 
   double temperature_;

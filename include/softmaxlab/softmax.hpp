@@ -30,6 +30,11 @@
 // with eps of the scalar type and, for results below the smallest normal number, |exact| replaced
 // by that number (subnormal results carry an absolute error of a few subnormal steps). Each row's
 // probabilities sum to 1 within 2e-6 (float) at any length up to 2^24.
+// Eigen::half / Eigen::bfloat16 and mixed input/output types (tests/test_half_precision.cpp, mpmath
+// tables of exact half/bf16 inputs): computed in float (double when either side is double) and
+// rounded once: Softmax within 1 ulp of the output type (half subnormals: 1 unit of 2^-24),
+// LogSoftmax within 1 ulp plus 4 float eps (1 + |exact|); a row of 2^20 half entries sums to 1
+// within 2^-10; a float input written to a half output never gives inf or NaN.
 //
 // Special values, row by row:
 //   - a -inf entry gets exactly 0 (LogSoftmax: -inf): it is masked out;
@@ -54,6 +59,7 @@
 #include "detail/functor_base.hpp"
 #include "detail/kernels.hpp"
 #include "detail/masked.hpp"
+#include "detail/scalar_types.hpp"
 
 namespace softmaxlab {
 
@@ -185,6 +191,105 @@ void log_softmax_last_pass(const Span<const Scalar>& x, const Span<Scalar>& y, S
   });
 }
 
+// Softmax (kLog false) or log-softmax of one row of storage type In into Out, computed in C in
+// converted chunks (scalar_types.hpp): the long-row path of the 16-bit and mixed types. Three reads
+// of x (max, sum, output) and one write, nothing the row's size in memory; the same kernels and
+// roundings as the float path, then one rounding to Out.
+template <bool kLog, class C, class In, class Out>
+void softmax_row_streamed(const Span<const In>& x, const Span<Out>& y, double temperature) {
+  const C inf = std::numeric_limits<C>::infinity();
+  C m = -inf;
+  for_chunks_as<C>(x, [&](const C* in, Index n) {
+    const C chunk_max = max_propagate_nan(in, n);
+    if (chunk_max != chunk_max || chunk_max > m)
+      m = chunk_max;
+  });
+  auto fill_as = [&](C value) {
+    for_chunks_as<C>(x, y, [&](const C*, C* out, Index n) { std::fill(out, out + n, value); });
+  };
+  switch (classify(m)) {
+    case RowKind::NaN:
+      return fill_as(m);
+    case RowKind::AllMasked:
+      return fill_as(kLog ? -inf : C(0));
+    case RowKind::PositiveInfinity: {
+      Index k = 0;
+      for_chunks_as<C>(x, [&](const C* in, Index n) {
+        k += count_positive_infinity(Span<const C>{in, n, 1});
+      });
+      const C at_inf = kLog ? static_cast<C>(-std::log(double(k))) : C(1) / C(k);
+      const C elsewhere = kLog ? -inf : C(0);
+      return for_chunks_as<C>(x, y, [&](const C* in, C* out, Index n) {
+        fill_by_infinity(Span<const C>{in, n, 1}, Span<C>{out, n, 1}, at_inf, elsewhere);
+      });
+    }
+    case RowKind::Regular:
+      break;
+  }
+  const C s = static_cast<C>(1.0 / temperature);
+  const bool scaled = temperature != 1.0;
+  CompensatedSum<C> sum0, sum1;
+  for_chunks_as<C>(x, [&](const C* in, Index n) {
+    if (scaled) {
+      scaled_exp_sum<true>(in, n, m, s, sum0, sum1);
+    } else {
+      scaled_exp_sum<false>(in, n, m, s, sum0, sum1);
+    }
+  });
+  const long double total = sum0.total() + sum1.total();
+  if constexpr (kLog) {
+    const C log_sum = static_cast<C>(std::log(std::ldexp(total, -kExpScaleLog2<C>)));
+    for_chunks_as<C>(x, y, [&](const C* in, C* out, Index n) {
+      log_softmax_last_pass(Span<const C>{in, n, 1}, Span<C>{out, n, 1}, m, s, scaled, log_sum);
+    });
+  } else {
+    const C inverse = reciprocal<C>(total);
+    for_chunks_as<C>(x, y, [&](const C* in, C* out, Index n) {
+      if (scaled) {
+        scaled_exp_scale_store<true>(in, out, n, m, s, inverse);
+      } else {
+        scaled_exp_scale_store<false>(in, out, n, m, s, inverse);
+      }
+    });
+  }
+}
+
+// Softmax of one row of storage type In into Out that fits the stack stage (scalar_types.hpp),
+// with the conversions fused into the passes: each chunk is converted into the stage and its max
+// taken while it is in L1; exp is stored and summed in place; each chunk is scaled and rounded to
+// Out while in L1. The same kernels and roundings as the float path, then one rounding to Out.
+// Rows with a NaN or an infinite max take softmax_row_streamed.
+template <class C, class In, class Out>
+void softmax_row_staged(const Span<const In>& x, const Span<Out>& y, double temperature) {
+  constexpr Index kCap = kStageElements<C>;
+  alignas(64) C stage[kCap];
+  const Index n = x.size;
+  C m = -std::numeric_limits<C>::infinity();
+  for (Index start = 0; start < n; start += kConvertChunk) {
+    const Index count = std::min(kConvertChunk, n - start);
+    convert_strided(x.data + start * x.stride, x.stride, stage + start, Index(1), count);
+    const C chunk_max = max_propagate_nan(static_cast<const C*>(stage + start), count);
+    if (chunk_max != chunk_max || chunk_max > m)
+      m = chunk_max;
+  }
+  if (classify(m) != RowKind::Regular)
+    return softmax_row_streamed<false, C>(x, y, temperature);
+  const C s = static_cast<C>(1.0 / temperature);
+  CompensatedSum<C> sum0, sum1;
+  if (temperature != 1.0) {
+    scaled_exp_store_sum<true>(stage, stage, n, m, s, sum0, sum1);
+  } else {
+    scaled_exp_store_sum<false>(stage, stage, n, m, s, sum0, sum1);
+  }
+  const C inverse = reciprocal<C>(sum0.total() + sum1.total());
+  for (Index start = 0; start < n; start += kConvertChunk) {
+    const Index count = std::min(kConvertChunk, n - start);
+    scale_in_place(stage + start, count, inverse);
+    convert_strided(static_cast<const C*>(stage + start), Index(1), y.data + start * y.stride,
+                    y.stride, count);
+  }
+}
+
 }  // namespace detail
 
 // Softmax with temperature: see the header's doc block for the formula, accuracy and special
@@ -195,6 +300,8 @@ class Softmax : public detail::DistributionFunctor<Softmax>,
   static constexpr const char* name = "Softmax";
   static constexpr bool backward_reads_input = false;   // the gradient needs only y and dy
   static constexpr bool contiguous_rows_kernel = true;  // rowwise/colwise: compute_rows
+  static constexpr bool streams_long_rows = true;       // long 16-bit/mixed rows: compute_streamed
+  static constexpr bool fuses_conversions = true;       // and every length, in its own passes
 
   explicit Softmax(double temperature = 1.0)
       : temperature_(detail::check_temperature("Softmax: temperature", temperature)) {}
@@ -218,6 +325,15 @@ class Softmax : public detail::DistributionFunctor<Softmax>,
  private:
   friend class detail::DistributionFunctor<Softmax>;
   friend class detail::BackwardFunctor<Softmax>;
+
+  template <class C, class In, class Out>
+  void compute_streamed(const detail::Span<const In>& x, const detail::Span<Out>& y) const {
+    if (x.size <= detail::kStageElements<C>) {
+      detail::softmax_row_staged<C>(x, y, temperature_);
+    } else {
+      detail::softmax_row_streamed<false, C>(x, y, temperature_);
+    }
+  }
 
   template <class Scalar>
   void compute(const detail::Span<const Scalar>& x, const detail::Span<Scalar>& y) const {
@@ -269,6 +385,7 @@ class LogSoftmax : public detail::DistributionFunctor<LogSoftmax>,
  public:
   static constexpr const char* name = "LogSoftmax";
   static constexpr bool backward_reads_input = false;  // the gradient needs only y and dy
+  static constexpr bool streams_long_rows = true;      // long 16-bit/mixed rows: compute_streamed
 
   explicit LogSoftmax(double temperature = 1.0)
       : temperature_(detail::check_temperature("LogSoftmax: temperature", temperature)) {}
@@ -292,6 +409,11 @@ class LogSoftmax : public detail::DistributionFunctor<LogSoftmax>,
  private:
   friend class detail::DistributionFunctor<LogSoftmax>;
   friend class detail::BackwardFunctor<LogSoftmax>;
+
+  template <class C, class In, class Out>
+  void compute_streamed(const detail::Span<const In>& x, const detail::Span<Out>& y) const {
+    detail::softmax_row_streamed<true, C>(x, y, temperature_);
+  }
 
   template <class Scalar>
   void compute(const detail::Span<const Scalar>& x, const detail::Span<Scalar>& y) const {

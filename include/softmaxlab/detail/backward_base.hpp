@@ -26,6 +26,7 @@
 #include "checks.hpp"
 #include "common.hpp"
 #include "functor_base.hpp"
+#include "scalar_types.hpp"
 
 namespace softmaxlab {
 namespace detail {
@@ -168,8 +169,94 @@ class BackwardFunctor {
     }
   }
 
+  // float/double with one scalar type throughout: the variant's compute_backward on the data in
+  // place; any other combination of the four storage types: backward_mixed.
   template <class XprX, class XprY, class XprDy, class XprDx, class... Extra>
   void backward_impl(const Eigen::DenseBase<XprX>& x_in, const Eigen::DenseBase<XprY>& y_in,
+                     const Eigen::DenseBase<XprDy>& dy_in, const Eigen::DenseBase<XprDx>& dx,
+                     SliceMode mode, Extra&... extra) const {
+    using S = typename XprX::Scalar;
+    if constexpr (
+        std::is_same_v<
+            S,
+            typename XprY::
+                Scalar> && std::is_same_v<S, typename XprDy::Scalar> && std::is_same_v<S, typename XprDx::Scalar> && is_supported_scalar_v<S>) {
+      backward_same(x_in, y_in, dy_in, dx, mode, extra...);
+    } else {
+      backward_mixed(x_in, y_in, dy_in, dx, mode, extra...);
+    }
+  }
+
+  // Mixed or 16-bit scalars: each slice is converted into stack buffers of C (double when any
+  // argument is double, else float; rows up to kStageElements<C> / 4 entries, heap workspaces
+  // beyond), computed by compute_backward<C> and rounded once into dx.
+  template <class XprX, class XprY, class XprDy, class XprDx, class... Extra>
+  void backward_mixed(const Eigen::DenseBase<XprX>& x_in, const Eigen::DenseBase<XprY>& y_in,
+                      const Eigen::DenseBase<XprDy>& dy_in, const Eigen::DenseBase<XprDx>& dx_const,
+                      SliceMode mode, Extra&... extra) const {
+    using SX = typename XprX::Scalar;
+    using SY = typename XprY::Scalar;
+    using SDy = typename XprDy::Scalar;
+    using SDx = typename XprDx::Scalar;
+    static_check_storage_scalars<SX, SDx>();
+    static_check_storage_scalars<SY, SDy>();
+    using C = std::conditional_t<
+        std::is_same_v<compute_scalar_t<SX, SY>,
+                       double> || std::is_same_v<compute_scalar_t<SDy, SDx>, double>,
+        double, float>;
+    constexpr bool reads_x = backward_reads_input<Derived>::value;
+    static_assert(is_writable_storage_v<XprDx>,
+                  "softmaxlab: dx must be writable storage (Matrix, Array, Map, Ref or a Block of "
+                  "one), not an expression");
+    static_assert(
+        (!reads_x
+         || has_direct_access_v<XprX>)&&has_direct_access_v<XprY> && has_direct_access_v<XprDy>,
+        "softmaxlab: with mixed or 16-bit scalars the allocation-free backward forms "
+        "need x, y and dy with storage; evaluate expressions first, or use the form "
+        "that returns dx");
+    const auto& x = x_in.derived();
+    const auto& y = y_in.derived();
+    const auto& dy = dy_in.derived();
+    auto& dx = const_cast<Eigen::DenseBase<XprDx>&>(dx_const).derived();
+    const char* name = Derived::name;
+    if (mode == SliceMode::Vector)
+      require_vector(name, x.rows(), x.cols());
+    require_same_shape(name, mode, "y", y.rows(), y.cols(), x.rows(), x.cols());
+    require_same_shape(name, mode, "dy", dy.rows(), dy.cols(), x.rows(), x.cols());
+    require_same_shape(name, mode, "dx", dx.rows(), dx.cols(), x.rows(), x.cols());
+    if (x.size() == 0)
+      return;
+    const Index count = mode == SliceMode::Vector ? 1
+                        : mode == SliceMode::Rows ? x.rows()
+                                                  : x.cols();
+    constexpr Index kCap = kStageElements<C> / 4;
+    for (Index i = 0; i < count; ++i) {
+      const Span<const SY> ys = slice_of<const SY>(y, i, mode);
+      const Index n = ys.size;
+      auto run = [&](C* bx, C* by, C* bdy) {
+        Span<const C> xs{nullptr, 0, 1};
+        if constexpr (reads_x) {
+          load_as(slice_of<const SX>(x, i, mode), bx);
+          xs = {bx, n, 1};
+        }
+        load_as(ys, by);
+        load_as(slice_of<const SDy>(dy, i, mode), bdy);
+        self().template compute_backward<C>(xs, Span<const C>{by, n, 1}, Span<const C>{bdy, n, 1},
+                                            Span<C>{bdy, n, 1}, extra...);
+        store_as(static_cast<const C*>(bdy), slice_of<SDx>(dx, i, mode));
+      };
+      if (n <= kCap) {
+        alignas(64) C bx[kCap], by[kCap], bdy[kCap];
+        run(bx, by, bdy);
+      } else {
+        Eigen::Matrix<C, Eigen::Dynamic, 3> work(n, 3);
+        run(work.col(0).data(), work.col(1).data(), work.col(2).data());
+      }
+    }
+  }
+
+  template <class XprX, class XprY, class XprDy, class XprDx, class... Extra>
+  void backward_same(const Eigen::DenseBase<XprX>& x_in, const Eigen::DenseBase<XprY>& y_in,
                      const Eigen::DenseBase<XprDy>& dy_in, const Eigen::DenseBase<XprDx>& dx_const,
                      SliceMode mode, Extra&... extra) const {
     using Scalar = typename XprX::Scalar;

@@ -9,6 +9,9 @@
 // f.colwise(X), f.colwise(X, Y). Variants that need more arguments per call (a random generator)
 // call the protected *_impl forms with the extra arguments.
 //
+// Scalars: float and double run compute<Scalar> on the data directly; Eigen::half, Eigen::bfloat16
+// and mixed input/output pairs go through compute_mixed (scalar_types.hpp: float inside, double
+// when either side is double, one rounding to the output type).
 // Inputs are any dense Eigen expression of float or double. Inputs with direct storage are read in
 // place; other expressions are first evaluated into the output's storage (no allocation) and the
 // math runs in place there. Outputs must be writable storage: a plain object, Map, Ref, or a
@@ -29,6 +32,7 @@
 
 #include "checks.hpp"
 #include "common.hpp"
+#include "scalar_types.hpp"
 
 #if defined(_OPENMP) && defined(SOFTMAXLAB_USE_OPENMP)
 #include <omp.h>
@@ -169,6 +173,22 @@ const typename Xpr::Scalar* last_coefficient(const Xpr& m) {
   return m.data() + (m.rows() - 1) * m.rowStride() + (m.cols() - 1) * m.colStride();
 }
 
+// Whether a variant streams long rows of mixed scalars itself: it declares
+// `static constexpr bool streams_long_rows = true;` and a compute_streamed (see compute_mixed).
+template <class Derived, class = void>
+struct streams_long_rows : std::false_type {};
+template <class Derived>
+struct streams_long_rows<Derived, std::void_t<decltype(Derived::streams_long_rows)>>
+    : std::bool_constant<Derived::streams_long_rows> {};
+
+// Whether compute_streamed also takes the rows that fit the stage, converting inside its own
+// passes (`static constexpr bool fuses_conversions = true;`, Softmax).
+template <class Derived, class = void>
+struct fuses_conversions : std::false_type {};
+template <class Derived>
+struct fuses_conversions<Derived, std::void_t<decltype(Derived::fuses_conversions)>>
+    : std::bool_constant<Derived::fuses_conversions> {};
+
 template <class Derived>
 class DistributionFunctor {
  public:
@@ -217,19 +237,39 @@ class DistributionFunctor {
  protected:
   template <class XprX, class XprY>
   static void static_check_io() {
-    using Scalar = typename XprX::Scalar;
-    static_check_scalar<Scalar>();
-    static_assert(std::is_same_v<Scalar, typename XprY::Scalar>,
-                  "softmaxlab: input and output must have the same scalar type");
+    static_check_storage_scalars<typename XprX::Scalar, typename XprY::Scalar>();
     static_assert(is_writable_storage_v<XprY>,
                   "softmaxlab: the output must be writable storage (Matrix, Array, Map, Ref or a "
                   "Block of one), not an expression");
   }
 
+  // Same-type float/double calls run the variant's compute on the data in place; every other
+  // pair of scalar types goes through the staged path (compute_mixed).
   template <class XprX, class XprY, class... Extra>
-  void apply_impl(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& y_const,
+  void apply_impl(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& y,
                   Extra&... extra) const {
     static_check_io<XprX, XprY>();
+    if constexpr (is_mixed_v<typename XprX::Scalar, typename XprY::Scalar>) {
+      apply_mixed(x, y, extra...);
+    } else {
+      apply_same(x, y, extra...);
+    }
+  }
+
+  template <class XprX, class XprY, class... Extra>
+  void slices_impl(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& y,
+                   bool along_rows, Extra&... extra) const {
+    static_check_io<XprX, XprY>();
+    if constexpr (is_mixed_v<typename XprX::Scalar, typename XprY::Scalar>) {
+      slices_mixed(x, y, along_rows, extra...);
+    } else {
+      slices_same(x, y, along_rows, extra...);
+    }
+  }
+
+  template <class XprX, class XprY, class... Extra>
+  void apply_same(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& y_const,
+                  Extra&... extra) const {
     using Scalar = typename XprX::Scalar;
     auto& y = const_cast<Eigen::DenseBase<XprY>&>(y_const).derived();
     require_vector(Derived::name, x.rows(), x.cols());
@@ -256,9 +296,8 @@ class DistributionFunctor {
   }
 
   template <class XprX, class XprY, class... Extra>
-  void slices_impl(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& y_const,
+  void slices_same(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& y_const,
                    bool along_rows, Extra&... extra) const {
-    static_check_io<XprX, XprY>();
     using Scalar = typename XprX::Scalar;
     auto& y = const_cast<Eigen::DenseBase<XprY>&>(y_const).derived();
     require_same_size(along_rows ? "rowwise" : "colwise", x.rows(), x.cols(), y.rows(), y.cols());
@@ -305,6 +344,86 @@ class DistributionFunctor {
         self().template compute<Scalar>(Span<const Scalar>{ys.data, ys.size, ys.stride}, ys,
                                         extra...);
       });
+    }
+  }
+
+  // Mixed or 16-bit scalars (scalar_types.hpp): the math runs in C = compute_scalar_t<In, Out>.
+  // A row of up to kStageElements<C> entries is converted into a stack buffer, computed there by
+  // the variant's own compute<C> and rounded once into y (Softmax fuses the conversions into its
+  // own passes instead, see fuses_conversions). Longer rows: a variant that defines
+  // compute_streamed<C>(Span<const In>, Span<Out>) streams them in converted chunks (Softmax,
+  // LogSoftmax, SinglePassSoftmax); otherwise, when Out is C, x is converted into y and computed
+  // there; only the remaining case (a row longer than the stage, written to a 16-bit output, by a
+  // variant without a streamed form) uses a heap workspace.
+  template <class In, class Out, class... Extra>
+  void compute_mixed(const Span<const In>& x, const Span<Out>& y, Extra&... extra) const {
+    using C = compute_scalar_t<In, Out>;
+    constexpr Index kCap = kStageElements<C>;
+    if constexpr (fuses_conversions<Derived>::value) {
+      self().template compute_streamed<C>(x, y, extra...);  // every length (Softmax)
+    } else if (x.size <= kCap) {
+      alignas(64) C stage[kCap];
+      load_as(x, stage);
+      self().template compute<C>(Span<const C>{stage, x.size, 1}, Span<C>{stage, x.size, 1},
+                                 extra...);
+      store_as(static_cast<const C*>(stage), y);
+    } else if constexpr (streams_long_rows<Derived>::value) {
+      self().template compute_streamed<C>(x, y, extra...);
+    } else if constexpr (std::is_same_v<Out, C>) {
+      convert_strided(x.data, x.stride, y.data, y.stride, x.size);
+      self().template compute<C>(Span<const C>{y.data, y.size, y.stride}, y, extra...);
+    } else {
+      Eigen::Matrix<C, Eigen::Dynamic, 1> work(x.size);
+      load_as(x, work.data());
+      const Span<C> ws{work.data(), x.size, 1};
+      self().template compute<C>(Span<const C>{ws.data, ws.size, 1}, ws, extra...);
+      store_as(static_cast<const C*>(work.data()), y);
+    }
+  }
+
+  template <class XprX, class XprY, class... Extra>
+  void apply_mixed(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& y_const,
+                   Extra&... extra) const {
+    using In = typename XprX::Scalar;
+    using Out = typename XprY::Scalar;
+    auto& y = const_cast<Eigen::DenseBase<XprY>&>(y_const).derived();
+    require_vector(Derived::name, x.rows(), x.cols());
+    require_vector(Derived::name, y.rows(), y.cols());
+    if (x.size() != y.size()) {
+      fail(Derived::name, ": output must have the input's length ", x.size(), ", but got ",
+           y.rows(), " x ", y.cols());
+    }
+    if (x.size() == 0)
+      return;
+    if constexpr (has_direct_access_v<XprX>) {
+      compute_mixed(vector_span<const In>(x.derived()), vector_span<Out>(y), extra...);
+    } else {
+      // An expression: its plain value first (Eigen may allocate it), then as above.
+      const typename XprX::PlainObject plain = x.derived();
+      compute_mixed(vector_span<const In>(plain), vector_span<Out>(y), extra...);
+    }
+  }
+
+  template <class XprX, class XprY, class... Extra>
+  void slices_mixed(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& y_const,
+                    bool along_rows, Extra&... extra) const {
+    using In = typename XprX::Scalar;
+    using Out = typename XprY::Scalar;
+    auto& y = const_cast<Eigen::DenseBase<XprY>&>(y_const).derived();
+    require_same_size(along_rows ? "rowwise" : "colwise", x.rows(), x.cols(), y.rows(), y.cols());
+    if (x.size() == 0)
+      return;
+    if constexpr (has_direct_access_v<XprX>) {
+      constexpr bool kParallel = kParallelSlices && sizeof...(Extra) == 0;
+      const auto& xd = x.derived();
+      const Index count = along_rows ? x.rows() : x.cols();
+      for_each_slice<kParallel>(count, along_rows ? x.cols() : x.rows(), [&](Index i) {
+        compute_mixed(slice_span<const In>(xd, i, along_rows), slice_span<Out>(y, i, along_rows),
+                      extra...);
+      });
+    } else {
+      const typename XprX::PlainObject plain = x.derived();
+      slices_mixed(plain, y, along_rows, extra...);
     }
   }
 

@@ -1,0 +1,605 @@
+// Eigen::half and Eigen::bfloat16 in and out of the distribution functors (issue 13): accuracy in
+// ulps of the output type against the exact mpmath tables of tests/reference/softmax_half.ipp,
+// sums, the bf16 uniform row, special values, mixed input/output types, no allocation, backward
+// passes and the online normalizer.
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include <softmaxlab/softmaxlab.hpp>
+
+#include "reference/softmax_half.ipp"
+#include "support.hpp"
+
+namespace sml = softmaxlab;
+using softmaxlab_test::AllocationGuard;
+using softmaxlab_test::HalfCase;
+using H = Eigen::half;
+using B = Eigen::bfloat16;
+
+namespace {
+
+template <class S>
+using Vec = Eigen::Matrix<S, Eigen::Dynamic, 1>;
+
+// Significand bits (hidden bit included) and smallest normal exponent of each output type.
+template <class S>
+struct Format;
+template <>
+struct Format<H> {
+  static constexpr int p = 11, emin = -14;
+  static constexpr const char* name = "half";
+};
+template <>
+struct Format<B> {
+  static constexpr int p = 8, emin = -126;
+  static constexpr const char* name = "bfloat16";
+};
+template <>
+struct Format<float> {
+  static constexpr int p = 24, emin = -126;
+  static constexpr const char* name = "float";
+};
+template <>
+struct Format<double> {
+  static constexpr int p = 53, emin = -1022;
+  static constexpr const char* name = "double";
+};
+
+// One ulp of type S at the exact value v: 2^(max(floor(log2 |v|), emin) - p + 1), so that results
+// in the subnormal range are measured in units of the smallest subnormal.
+template <class S>
+long double ulp_at(long double v) {
+  int e = Format<S>::emin;
+  if (v != 0) {
+    int ev = 0;
+    std::frexp(static_cast<double>(std::fabs(v)), &ev);  // |v| = f 2^ev, f in [0.5, 1)
+    e = std::max(ev - 1, Format<S>::emin);
+  }
+  return std::ldexp(1.0L, e - Format<S>::p + 1);
+}
+
+template <class S>
+double as_double(S v) {
+  return static_cast<double>(static_cast<float>(v));
+}
+template <>
+double as_double<double>(double v) {
+  return v;
+}
+
+template <class S>
+Vec<S> inputs_of(const HalfCase& c) {
+  Vec<S> x(static_cast<Eigen::Index>(c.n));
+  for (std::size_t i = 0; i < c.n; ++i)
+    x[static_cast<Eigen::Index>(i)] = static_cast<S>(c.x[i]);  // exact: the values are of S
+  return x;
+}
+
+// Error of y against the exact value in ulps of Out (specials must match exactly).
+template <class Out>
+double ulp_error(Out y, double exact) {
+  const double v = as_double(y);
+  if (std::isnan(exact))
+    return std::isnan(v) ? 0 : std::numeric_limits<double>::infinity();
+  // an exact value beyond Out's range rounds to +-inf (half: |v| >= 65520)
+  const long double overflow =
+      std::ldexp(2.0L - std::ldexp(1.0L, -Format<Out>::p), Format<Out>::p == 11  ? 15
+                                                           : Format<Out>::p == 8 ? 127
+                                                                                 : 1023);
+  if (std::isinf(exact) || (Format<Out>::p <= 11 && std::fabs(exact) >= overflow))
+    return std::isinf(v) && (v > 0) == (exact > 0) ? 0 : std::numeric_limits<double>::infinity();
+  if (!std::isfinite(v))
+    return std::numeric_limits<double>::infinity();
+  return static_cast<double>(std::fabs(static_cast<long double>(v) - exact) / ulp_at<Out>(exact));
+}
+
+// Runs a functor In -> Out over every case and tracks the worst error / bound; bound(exact) in ulps
+// of Out.
+template <class In, class Out, class F, class Bound>
+softmaxlab_test::Worst check_cases(const HalfCase* cases, std::size_t count, const F& f,
+                                   bool log_form, const Bound& bound_ulps, const char* what) {
+  softmaxlab_test::Worst worst;
+  for (std::size_t k = 0; k < count; ++k) {
+    const HalfCase& c = cases[k];
+    const auto g = f(c.temperature);
+    const Vec<In> x = inputs_of<In>(c);
+    Vec<Out> y(x.size());
+    g.apply(x, y);
+    // rowwise of a one-row matrix and colwise of a column: the same path per slice
+    Eigen::Matrix<Out, 1, Eigen::Dynamic> yr(x.size());
+    g.rowwise(x.transpose(), yr);
+    for (Eigen::Index i = 0; i < x.size(); ++i) {
+      const double exact = log_form ? c.log_softmax[i] : c.softmax[i];
+      const double allowed = bound_ulps(exact);
+      for (Out v : {y[i], yr[i]}) {
+        worst.update(ulp_error(v, exact), allowed, [&](std::ostream& s) {
+          s << what << " " << c.name << "[" << i << "] x=" << c.x[i] << " exact=" << exact
+            << " got=" << as_double(v);
+        });
+      }
+    }
+  }
+  return worst;
+}
+
+template <class In, class Out>
+void softmax_within_one_ulp(const HalfCase* cases, std::size_t count) {
+  const auto one_ulp = [](double) {
+    return 1.0;
+  };
+  for (int which = 0; which < 2; ++which) {
+    softmaxlab_test::Worst w;
+    if (which == 0) {
+      w = check_cases<In, Out>(
+          cases, count, [](double t) { return sml::Softmax(t); }, false, one_ulp, "Softmax");
+    } else {
+      w = check_cases<In, Out>(
+          cases, count, [](double t) { return sml::SinglePassSoftmax(t); }, false, one_ulp,
+          "SinglePassSoftmax");
+    }
+    INFO(Format<In>::name << " -> " << Format<Out>::name << ": worst " << w.error
+                          << " ulp (bound 1): " << w.where);
+    CHECK(w.ratio <= 1.0);
+    WARN(Format<In>::name << " -> " << Format<Out>::name << (which ? " SinglePass" : " Softmax")
+                          << " worst " << w.error << " ulp of the output (bound 1)");
+  }
+}
+
+// LogSoftmax: one ulp of Out plus Softmax's absolute term (4 float eps, the float computation's
+// error on a log-probability of magnitude <= 1, growing with it).
+template <class In, class Out>
+void log_softmax_within_bound(const HalfCase* cases, std::size_t count) {
+  const auto bound = [](double exact) {
+    const long double abs_term = 4.0L * std::numeric_limits<float>::epsilon()
+                                 * (1.0L + (std::isfinite(exact) ? std::fabs(exact) : 0.0));
+    return static_cast<double>(1.0L + abs_term / ulp_at<Out>(exact));
+  };
+  const softmaxlab_test::Worst w = check_cases<In, Out>(
+      cases, count, [](double t) { return sml::LogSoftmax(t); }, true, bound, "LogSoftmax");
+  INFO(Format<In>::name << " -> " << Format<Out>::name << ": worst " << w.error << " ulp (bound "
+                        << w.bound << "): " << w.where);
+  CHECK(w.ratio <= 1.0);
+  WARN(Format<In>::name << " -> " << Format<Out>::name << " LogSoftmax worst " << w.error
+                        << " ulp of the output (bound there " << w.bound << ")");
+}
+
+}  // namespace
+
+TEST_CASE("half precision: Softmax and SinglePassSoftmax within 1 ulp of the output type",
+          "[half][reference]") {
+  using softmaxlab_test::kHalfCasesBF16;
+  using softmaxlab_test::kHalfCasesF16;
+  SECTION("half in, half out") {
+    softmax_within_one_ulp<H, H>(kHalfCasesF16, std::size(kHalfCasesF16));
+  }
+  SECTION("bfloat16 in, bfloat16 out") {
+    softmax_within_one_ulp<B, B>(kHalfCasesBF16, std::size(kHalfCasesBF16));
+  }
+  SECTION("float in, half out; half in, bfloat16 out; bfloat16 in, half out") {
+    softmax_within_one_ulp<float, H>(kHalfCasesF16, std::size(kHalfCasesF16));
+    softmax_within_one_ulp<H, B>(kHalfCasesF16, std::size(kHalfCasesF16));
+    softmax_within_one_ulp<B, H>(kHalfCasesBF16, std::size(kHalfCasesBF16));
+  }
+  SECTION("double in, half out (computed in double)") {
+    softmax_within_one_ulp<double, H>(kHalfCasesF16, std::size(kHalfCasesF16));
+  }
+}
+
+TEST_CASE("half precision: LogSoftmax within 1 ulp of the output type plus 4 float eps",
+          "[half][reference]") {
+  using softmaxlab_test::kHalfCasesBF16;
+  using softmaxlab_test::kHalfCasesF16;
+  log_softmax_within_bound<H, H>(kHalfCasesF16, std::size(kHalfCasesF16));
+  log_softmax_within_bound<B, B>(kHalfCasesBF16, std::size(kHalfCasesBF16));
+  log_softmax_within_bound<float, H>(kHalfCasesF16, std::size(kHalfCasesF16));
+  log_softmax_within_bound<H, B>(kHalfCasesF16, std::size(kHalfCasesF16));
+}
+
+TEST_CASE("half precision: half in, float or double out keeps the wider type's accuracy",
+          "[half][reference]") {
+  using softmaxlab_test::kHalfCasesF16;
+  // float out: the float policy, 4 eps (1 + |x/T - m|) relative (subnormal floor); double out: the
+  // computation runs in double, so the error is double-sized (checked against 1e-6 float eps).
+  for (const HalfCase& c : kHalfCasesF16) {
+    const Vec<H> x = inputs_of<H>(c);
+    Vec<float> yf(x.size());
+    Vec<double> yd(x.size());
+    sml::Softmax(c.temperature).apply(x, yf);
+    sml::Softmax(c.temperature).apply(x, yd);
+    double m = -std::numeric_limits<double>::infinity();
+    for (std::size_t i = 0; i < c.n; ++i)
+      m = std::max(m, static_cast<double>(c.x[i]) / c.temperature);
+    for (Eigen::Index i = 0; i < x.size(); ++i) {
+      const double exact = c.softmax[i];
+      const double d = std::isfinite(c.x[i]) ? std::fabs(c.x[i] / c.temperature - m) : 0;
+      const double scale = std::max(std::fabs(exact), double(std::numeric_limits<float>::min()));
+      INFO(c.name << "[" << i << "] exact " << exact << " float " << yf[i] << " double " << yd[i]);
+      CHECK(std::fabs(yf[i] - exact)
+            <= 4 * std::numeric_limits<float>::epsilon() * (1 + d) * scale);
+      CHECK(std::fabs(yd[i] - exact)
+            <= 1e-6 * std::numeric_limits<float>::epsilon() * (1 + d) * scale);
+    }
+  }
+}
+
+TEST_CASE("half precision: a row of 2^20 half entries sums to 1 within 2^-10", "[half]") {
+  // The mean probability is 2^-20, so most outputs are half subnormals (step 2^-24), each rounded
+  // to nearest: the rounding errors cancel on average. Logits of spread 1 keep every entry above
+  // half the smallest subnormal; with a much wider spread the mass of the entries below it is lost
+  // by any correctly rounded output (about 0.003 at spread 3), which no softmax can avoid.
+  const Eigen::Index n = Eigen::Index(1) << 20;
+  std::mt19937 gen(1313);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  Vec<H> x(n);
+  for (Eigen::Index i = 0; i < n; ++i)
+    x[i] = static_cast<H>(normal(gen));
+  Vec<H> y(n);
+  for (int which = 0; which < 2; ++which) {
+    if (which == 0) {
+      sml::Softmax().apply(x, y);
+    } else {
+      sml::SinglePassSoftmax().apply(x, y);
+    }
+    double sum = 0;
+    for (Eigen::Index i = 0; i < n; ++i)
+      sum += as_double(y[i]);
+    INFO((which ? "SinglePassSoftmax" : "Softmax") << " sum " << sum);
+    CHECK(std::fabs(sum - 1.0) <= std::ldexp(1.0, -10));
+    WARN((which ? "SinglePassSoftmax" : "Softmax")
+         << ": 2^20 half entries sum to 1 " << (sum >= 1 ? "+ " : "- ") << std::fabs(sum - 1.0)
+         << " (bound 2^-10)");
+  }
+}
+
+TEST_CASE("half precision: a uniform row of 512 bfloat16 gives exactly 2^-9 each", "[half]") {
+  // A bf16 running sum stalls at 256 (256 + 1 rounds back to 256): summing in bf16 would give
+  // 1/256. The float accumulator gives the exact 512.
+  for (float v : {0.0f, 1.5f, -37.0f, 1e30f}) {
+    const Vec<B> x = Vec<B>::Constant(512, static_cast<B>(v));
+    Vec<B> y(512);
+    sml::Softmax().apply(x, y);
+    Vec<B> z(512);
+    sml::SinglePassSoftmax().apply(x, z);
+    for (Eigen::Index i = 0; i < 512; ++i) {
+      INFO("value " << v << " entry " << i);
+      REQUIRE(as_double(y[i]) == std::ldexp(1.0, -9));
+      REQUIRE(as_double(z[i]) == std::ldexp(1.0, -9));
+    }
+    Vec<B> l(512);
+    sml::LogSoftmax().apply(x, l);
+    // -log 512 = -6.238..., within one bf16 ulp (2^-5 there)
+    CHECK(std::fabs(as_double(l[0]) + 9 * std::log(2.0)) <= std::ldexp(1.0, -5));
+  }
+}
+
+TEST_CASE("half precision: special values and masking are unchanged", "[half]") {
+  const float inf = std::numeric_limits<float>::infinity();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  auto to_h = [](std::initializer_list<float> v) {
+    Vec<H> x(static_cast<Eigen::Index>(v.size()));
+    Eigen::Index i = 0;
+    for (float f : v)
+      x[i++] = static_cast<H>(f);
+    return x;
+  };
+  const sml::Softmax softmax;
+  const sml::LogSoftmax log_softmax;
+  const sml::SinglePassSoftmax single;
+  SECTION("-inf entries get exactly 0 (log: -inf); an all -inf row gives zeros") {
+    const Vec<H> x = to_h({1.0f, -inf, 2.0f, -inf});
+    Vec<H> y = softmax(x), z = single(x), l = log_softmax(x);
+    CHECK(as_double(y[1]) == 0.0);
+    CHECK(as_double(z[3]) == 0.0);
+    CHECK(as_double(l[1]) == -double(inf));
+    const Vec<H> masked = to_h({-inf, -inf, -inf});
+    y = softmax(masked);
+    l = log_softmax(masked);
+    for (int i = 0; i < 3; ++i) {
+      CHECK(as_double(y[i]) == 0.0);
+      CHECK(as_double(l[i]) == -double(inf));
+    }
+  }
+  SECTION("+inf entries share the mass; NaN makes the row NaN") {
+    const Vec<H> x = to_h({inf, 1.0f, inf, 65504.0f});
+    const Vec<H> y = softmax(x), z = single(x);
+    CHECK(as_double(y[0]) == 0.5);
+    CHECK(as_double(y[2]) == 0.5);
+    CHECK(as_double(y[3]) == 0.0);
+    CHECK(as_double(z[0]) == 0.5);
+    const Vec<B> yb = softmax(to_h({1.0f, nan, 2.0f}).cast<float>().cast<B>().eval());
+    for (int i = 0; i < 3; ++i)
+      CHECK(std::isnan(as_double(yb[i])));
+  }
+  SECTION("the boolean mask works on half rows") {
+    const Vec<H> x = to_h({1.0f, 2.0f, 3.0f});
+    Eigen::Array<bool, Eigen::Dynamic, 1> keep(3);
+    keep << true, false, true;
+    Vec<H> y(3);
+    softmax.apply_masked(x, keep, y);
+    CHECK(as_double(y[1]) == 0.0);
+    CHECK(std::fabs(as_double(y[0]) + as_double(y[2]) - 1.0) <= 0x1p-11);
+  }
+  SECTION("float in, half out never turns a finite probability into inf or NaN") {
+    const float big = std::numeric_limits<float>::max();
+    for (const std::vector<float>& row :
+         {std::vector<float>{big, -big, 0.0f, 1e30f}, std::vector<float>{1e20f, 1e20f, -1e20f},
+          std::vector<float>{1e-30f, -1e-30f, 7e4f, 7e4f}}) {
+      const Eigen::Map<const Vec<float>> x(row.data(), static_cast<Eigen::Index>(row.size()));
+      Vec<H> y(x.size()), z(x.size());
+      softmax.apply(x, y);
+      single.apply(x, z);
+      for (Eigen::Index i = 0; i < x.size(); ++i) {
+        CHECK(std::isfinite(as_double(y[i])));
+        CHECK(std::isfinite(as_double(z[i])));
+        CHECK(as_double(y[i]) >= 0.0);
+        CHECK(as_double(y[i]) <= 1.0);
+      }
+    }
+  }
+  SECTION("empty in, empty out") {
+    const Vec<H> x(0);
+    Vec<B> y(0);
+    softmax.apply(x, y);
+    CHECK(softmax(x).size() == 0);
+  }
+  SECTION("a wrong output size throws") {
+    const Vec<H> x = to_h({1.0f, 2.0f});
+    Vec<B> y(3);
+    CHECK_THROWS_AS(softmax.apply(x, y), std::invalid_argument);
+  }
+}
+
+TEST_CASE("half precision: every pair of input and output types, float or double inside",
+          "[half]") {
+  // The row is exact in every type (multiples of 1/8 in [-6, 6]); the reference is long double.
+  Vec<double> xd(37);
+  for (Eigen::Index i = 0; i < xd.size(); ++i)
+    xd[i] = std::ldexp(double((i * 29) % 97 - 48), -3);
+  long double m = xd.maxCoeff(), sum = 0;
+  for (Eigen::Index i = 0; i < xd.size(); ++i)
+    sum += std::exp(static_cast<long double>(xd[i]) - m);
+  auto exact = [&](Eigen::Index i) {
+    return std::exp(static_cast<long double>(xd[i]) - m) / sum;
+  };
+  auto run = [&](auto in_tag, auto out_tag) {
+    using In = decltype(in_tag);
+    using Out = decltype(out_tag);
+    const Vec<In> x = xd.cast<float>().template cast<In>();
+    Vec<Out> y(x.size());
+    sml::Softmax().apply(x, y);
+    // computed in double when either side is double, so then only the output's rounding counts
+    const bool in_double = std::is_same_v<In, double> || std::is_same_v<Out, double>;
+    const long double compute_eps =
+        in_double ? std::numeric_limits<double>::epsilon() : std::numeric_limits<float>::epsilon();
+    for (Eigen::Index i = 0; i < x.size(); ++i) {
+      const long double e = exact(i);
+      const long double allowed =
+          (std::is_same_v<Out, double> || std::is_same_v<Out, float> ? 0.5L : 1.0L) * ulp_at<Out>(e)
+          + 8 * compute_eps * (1 + 12) * e;
+      INFO(Format<In>::name << " -> " << Format<Out>::name << " [" << i << "]");
+      CHECK(std::fabs(static_cast<long double>(as_double(y[i])) - e) <= allowed);
+    }
+  };
+  auto for_outputs = [&](auto in_tag) {
+    run(in_tag, H());
+    run(in_tag, B());
+    run(in_tag, 0.0f);
+    run(in_tag, 0.0);
+  };
+  for_outputs(H());
+  for_outputs(B());
+  for_outputs(0.0f);
+  for_outputs(0.0);
+  // f(x) keeps x's scalar type
+  const Vec<B> xb = xd.cast<float>().cast<B>();
+  const auto yb = sml::Softmax()(xb);
+  STATIC_REQUIRE(std::is_same_v<std::decay_t<decltype(yb)>, Vec<B>>);
+}
+
+TEST_CASE("half precision: apply, rowwise and colwise do not allocate", "[half][allocation]") {
+  for (Eigen::Index n :
+       {Eigen::Index(1), Eigen::Index(100), Eigen::Index(16384), Eigen::Index(40000)}) {
+    const Vec<H> x = Vec<float>::LinSpaced(n, -5.0f, 5.0f).cast<H>();
+    const Vec<float> xf = x.cast<float>();
+    Vec<H> y(n);
+    Vec<B> yb(n);
+    Eigen::Matrix<H, Eigen::Dynamic, Eigen::Dynamic> X = x.transpose().replicate(2, 1);
+    Eigen::Matrix<H, Eigen::Dynamic, Eigen::Dynamic> Y(2, n), Yc(n, 2);
+    const Eigen::Matrix<H, Eigen::Dynamic, Eigen::Dynamic> Xc = X.transpose();
+    AllocationGuard guard;
+    sml::Softmax().apply(x, y);
+    sml::LogSoftmax().apply(x, yb);
+    sml::SinglePassSoftmax().apply(xf, y);
+    sml::Softmax().rowwise(X, Y);
+    sml::Softmax().colwise(Xc, Yc);
+    sml::SinglePassSoftmax().apply(y, y);  // in place
+    CHECK(guard.allocations() == 0);
+  }
+  // the other variants: no allocation for rows up to the 16384-entry stack stage
+  const Vec<H> x = Vec<float>::LinSpaced(5000, -5.0f, 5.0f).cast<H>();
+  Vec<H> y(5000);
+  const sml::PowerSoftmax power(4);
+  const sml::PolynomialSoftmax poly;
+  AllocationGuard guard;
+  power.apply(x, y);
+  poly.apply(x, y);
+  CHECK(guard.allocations() == 0);
+}
+
+TEST_CASE("half precision: the other variants give their float result rounded once",
+          "[half][variants]") {
+  // Rows up to 16384 entries run the variant's own float code on the converted row, so the half
+  // (bf16) output is exactly the float output rounded to nearest: the float tests bound the rest.
+  std::mt19937 gen(77);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  Vec<float> xf(300);
+  for (Eigen::Index i = 0; i < xf.size(); ++i)
+    xf[i] = normal(gen);
+  const Vec<H> xh = xf.cast<H>();
+  const Vec<float> xe = xh.cast<float>();  // the exact half values, as float
+  auto same_as_rounded_float = [&](const auto& f, const char* what) {
+    Vec<float> yf(xe.size());
+    f.apply(xe, yf);
+    Vec<H> yh(xe.size());
+    f.apply(xh, yh);
+    Vec<B> yb(xe.size());
+    f.apply(xh, yb);
+    for (Eigen::Index i = 0; i < xe.size(); ++i) {
+      INFO(what << " [" << i << "] float " << yf[i]);
+      CHECK(as_double(yh[i]) == as_double(static_cast<H>(yf[i])));
+      CHECK(as_double(yb[i]) == as_double(static_cast<B>(yf[i])));
+    }
+  };
+  same_as_rounded_float(sml::PowerSoftmax(4), "PowerSoftmax(4)");
+  same_as_rounded_float(sml::PolynomialSoftmax(), "PolynomialSoftmax");
+  same_as_rounded_float(sml::Sparsemax(), "Sparsemax");
+  same_as_rounded_float(sml::Entmax15(), "Entmax15");
+  same_as_rounded_float(sml::AttentionSoftmax(sml::AttentionOptions().with_scale(0.5)),
+                        "AttentionSoftmax");
+  SECTION("GumbelSoftmax with the same generator state") {
+    const sml::GumbelSoftmax g(0.7);
+    std::mt19937 g1(5), g2(5);
+    Vec<float> yf(xe.size());
+    Vec<H> yh(xe.size());
+    g.apply(xe, yf, g1);
+    g.apply(xh, yh, g2);
+    for (Eigen::Index i = 0; i < xe.size(); ++i)
+      CHECK(as_double(yh[i]) == as_double(static_cast<H>(yf[i])));
+  }
+}
+
+TEST_CASE("half precision: backward passes in half and bfloat16", "[half][backward]") {
+  std::mt19937 gen(99);
+  std::normal_distribution<float> normal(0.0f, 1.5f);
+  for (Eigen::Index n : {Eigen::Index(7), Eigen::Index(1000)}) {
+    Vec<float> xf(n), dyf(n);
+    for (Eigen::Index i = 0; i < n; ++i) {
+      xf[i] = normal(gen);
+      dyf[i] = normal(gen);
+    }
+    const Vec<H> x = xf.cast<H>(), dy = dyf.cast<H>();
+    auto check = [&](const auto& f, const char* what) {
+      const Vec<H> y = f(x);
+      // reference: the double backward of the same (exact) half values
+      const Vec<double> yd = y.template cast<float>().template cast<double>();
+      const Vec<double> dyd = dy.template cast<float>().template cast<double>();
+      const Vec<double> xd = x.template cast<float>().template cast<double>();
+      const Vec<double> ref = f.backward(xd, yd, dyd);
+      Vec<H> dx(n);
+      f.backward(x, y, dy, dx);
+      Vec<B> dxb(n);
+      f.backward(x, y, dy, dxb);  // mixed: half in, bf16 out
+      const double scale = dyd.cwiseAbs().maxCoeff() * std::max(1.0, yd.cwiseAbs().maxCoeff());
+      for (Eigen::Index i = 0; i < n; ++i) {
+        INFO(what << " n=" << n << " [" << i << "] ref " << ref[i] << " half " << as_double(dx[i]));
+        CHECK(std::fabs(as_double(dx[i]) - ref[i])
+              <= static_cast<double>(ulp_at<H>(ref[i])) + 16 * 0x1p-24 * n * scale);
+        CHECK(std::fabs(as_double(dxb[i]) - ref[i])
+              <= static_cast<double>(ulp_at<B>(ref[i])) + 16 * 0x1p-24 * n * scale);
+      }
+      // rowwise form on a two-row matrix, into half
+      Eigen::Matrix<H, 2, Eigen::Dynamic> X(2, n), Y(2, n), DY(2, n), DX(2, n);
+      X << x.transpose(), x.transpose();
+      Y << y.transpose(), y.transpose();
+      DY << dy.transpose(), dy.transpose();
+      f.rowwise_backward(X, Y, DY, DX);
+      for (Eigen::Index i = 0; i < n; ++i)
+        CHECK(as_double(DX(1, i)) == as_double(dx[i]));
+    };
+    check(sml::Softmax(), "Softmax");
+    check(sml::LogSoftmax(), "LogSoftmax");
+    check(sml::SinglePassSoftmax(), "SinglePassSoftmax");
+    check(sml::PowerSoftmax(4), "PowerSoftmax");
+  }
+}
+
+TEST_CASE("half precision: OnlineNormalizer<half> and <bfloat16> accumulate in float", "[half]") {
+  using softmaxlab_test::kHalfCasesF16;
+  for (const HalfCase& c : kHalfCasesF16) {
+    const Vec<H> x = inputs_of<H>(c);
+    const Eigen::Index n = x.size();
+    sml::OnlineNormalizer<H> a(c.temperature), b(c.temperature);
+    a.update(x.head(n / 2));
+    b.update(x.tail(n - n / 2));
+    a.merge(b);
+    Vec<H> y(n);
+    a.write(x, y);
+    softmaxlab_test::Worst w;
+    for (Eigen::Index i = 0; i < n; ++i) {
+      w.update(ulp_error(y[i], c.softmax[i]), 1.0,
+               [&](std::ostream& s) { s << c.name << "[" << i << "]"; });
+    }
+    INFO("worst " << w.error << " ulp at " << w.where);
+    CHECK(w.ratio <= 1.0);
+    CHECK(std::is_same_v<decltype(a.max()), H>);
+    if (n > 0 && std::isfinite(as_double(a.max())))
+      CHECK(as_double(a.max()) == as_double(x.template cast<float>().maxCoeff()));
+  }
+  // a bf16 state over a uniform row of 512: the float sum does not stall
+  sml::OnlineNormalizer<B> u;
+  for (int k = 0; k < 512; ++k)
+    u.update(Vec<B>::Constant(1, B(2.0f)));
+  CHECK(u.sum() == 512.0);
+}
+
+TEST_CASE("half precision: losses take half and bfloat16 logits, computed in float",
+          "[half][loss]") {
+  // The loss of 16-bit logits is the float loss of the same (exact) values; the gradient is the
+  // float gradient rounded once.
+  std::mt19937 gen(3);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  Eigen::MatrixXf zf(6, 11);
+  for (Eigen::Index i = 0; i < zf.size(); ++i)
+    zf.data()[i] = normal(gen);
+  const Eigen::Matrix<H, Eigen::Dynamic, Eigen::Dynamic> zh = zf.cast<H>();
+  const Eigen::MatrixXf ze = zh.cast<float>();
+  const std::vector<int> labels{0, 3, 10, 5, 5, 1};
+  auto check = [&](const auto& loss, const char* what) {
+    Eigen::MatrixXf gf(6, 11);
+    const double lf = loss(ze, labels, gf);
+    Eigen::Matrix<H, Eigen::Dynamic, Eigen::Dynamic> gh(6, 11);
+    const double lh = loss(zh, labels, gh);
+    INFO(what << ": float " << lf << " half " << lh);
+    CHECK(lh == lf);
+    CHECK(loss(zh, labels) == lf);
+    for (Eigen::Index i = 0; i < gf.size(); ++i)
+      CHECK(as_double(gh.data()[i]) == as_double(static_cast<H>(gf.data()[i])));
+  };
+  check(sml::CrossEntropyLoss(), "CrossEntropyLoss");
+  check(sml::SparsemaxLoss(), "SparsemaxLoss");
+  check(sml::EntmaxLoss(1.5), "EntmaxLoss(1.5)");
+  const Eigen::Matrix<B, Eigen::Dynamic, Eigen::Dynamic> zb = zf.cast<B>();
+  CHECK(sml::CrossEntropyLoss()(zb, labels)
+        == sml::CrossEntropyLoss()(zb.cast<float>().eval(), labels));
+}
+
+TEST_CASE("half precision: AttentionSoftmax with a half mask", "[half][attention]") {
+  // The 16-bit result is the float result on the same (exact) scores and mask, rounded once.
+  std::mt19937 gen(8);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  Eigen::MatrixXf sf(4, 50), mf(4, 50);
+  for (Eigen::Index i = 0; i < sf.size(); ++i) {
+    sf.data()[i] = normal(gen);
+    mf.data()[i] = (i % 7 == 3) ? -std::numeric_limits<float>::infinity() : normal(gen);
+  }
+  using MH = Eigen::Matrix<H, Eigen::Dynamic, Eigen::Dynamic>;
+  const MH sh = sf.cast<H>(), mh = mf.cast<H>();
+  const Eigen::MatrixXf se = sh.cast<float>(), me = mh.cast<float>();
+  const sml::AttentionSoftmax f(sml::AttentionOptions().with_scale(0.5).with_softcap(30.0));
+  Eigen::MatrixXf pf(4, 50);
+  f.rowwise_masked(se, me, pf);
+  MH ph(4, 50);
+  f.rowwise_masked(sh, mh, ph);
+  Vec<H> row(50);
+  f.apply_masked(sh.row(2).transpose(), mh.row(2).transpose(), row);
+  for (Eigen::Index i = 0; i < pf.size(); ++i)
+    CHECK(as_double(ph.data()[i]) == as_double(static_cast<H>(pf.data()[i])));
+  for (Eigen::Index j = 0; j < 50; ++j) {
+    CHECK(as_double(row[j]) == as_double(ph(2, j)));
+    if (std::isinf(me(2, j)))
+      CHECK(as_double(row[j]) == 0.0);
+  }
+}
