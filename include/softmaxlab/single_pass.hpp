@@ -4,6 +4,9 @@
 //
 //   SinglePassSoftmax(T): y_i = exp(x_i/T - m) / d,   m = max_j x_j/T,   d = sum_j exp(x_j/T - m)
 // (the same result as Softmax(T), within the same accuracy policy).
+//   apply_split(x, y, parts): one row in `parts` in [1, 64] contiguous pieces, a normalizer per
+// piece (OpenMP threads when opted in), merged in piece order: deterministic for a given `parts`
+// whatever the thread count; parts = 1 is apply(); parts outside [1, 64]: std::invalid_argument.
 //
 // The online normalizer (Milakov & Gimelshein, "Online normalizer calculation for softmax",
 // arXiv 1805.02867) is a state [m, d]: m the running max, d = sum exp((x_j - m)/T) over the
