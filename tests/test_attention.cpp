@@ -402,6 +402,115 @@ TEST_CASE("AttentionSoftmax: special values", "[attention]") {
   CHECK(sink(e).size() == 0);
 }
 
+namespace {
+
+// The exact softmax of long-double transformed scores (no overflow there for float or double
+// data), with the rules of the doc block: NaN row; +inf scores share; all masked gives zeros.
+template <class S>
+LVec exact_attention_softmax(const Vec<S>& x, const Vec<S>* mask, const Params& p) {
+  const Index n = x.size();
+  LVec t(n), y = LVec::Zero(n);
+  Index infinite = 0;
+  long double top = -kInfL;
+  for (Index i = 0; i < n; ++i) {
+    t(i) = transformed(x(i), mask ? static_cast<long double>((*mask)(i)) : 0.0L, p);
+    infinite += t(i) == kInfL;
+    top = std::max(top, t(i));
+  }
+  if (top == -kInfL)
+    return y;
+  if (infinite > 0) {
+    for (Index i = 0; i < n; ++i)
+      y(i) = t(i) == kInfL ? 1.0L / infinite : 0.0L;
+    return y;
+  }
+  if (p.has_sink)
+    top = std::max(top, static_cast<long double>(p.sink));
+  long double sum = p.has_sink ? std::exp(p.sink - top) : 0.0L;
+  for (Index i = 0; i < n; ++i)
+    sum += std::exp(t(i) - top);
+  for (Index i = 0; i < n; ++i)
+    y(i) = std::exp(t(i) - top) / sum;
+  return y;
+}
+
+// Scores that overflow the scalar type (a finite x_i with |scale x_i| or |m mask_i| beyond its
+// largest value) are not +-inf: the row keeps its exact weights, in every form, in place too.
+template <class S>
+void check_overflowing_scores() {
+  const S big = std::numeric_limits<S>::max(), inf = std::numeric_limits<S>::infinity();
+  struct Case {
+    const char* what;
+    std::vector<S> x, mask;  // mask empty: apply without a mask
+    Params p;
+  };
+  Params scale4;
+  scale4.scale = 4;
+  Params masked4 = scale4;
+  masked4.slope = 4;
+  Params sink4 = scale4;
+  sink4.has_sink = true;
+  sink4.sink = 3;
+  Params capped = masked4;
+  capped.cap = 50;
+  const std::vector<Case> cases = {
+      {"two overflow, one is the max", {big, big / 2, 0, -inf}, {}, scale4},
+      {"an overflow next to a true +inf", {big, inf, 1}, {}, scale4},
+      {"every score overflows to -inf: uniform", {-big, -big, -big}, {}, scale4},
+      {"every score overflows to -inf: the max wins", {-big, -big / 2}, {}, scale4},
+      {"scale x and m mask overflow and cancel", {big, 1}, {-big, 0}, masked4},
+      {"+inf plus an overflowed -mask is +inf", {inf, 1}, {-big, 0}, masked4},
+      {"-inf x masks an overflowed +mask", {-inf, 1}, {big, 0}, masked4},
+      {"equal overflowed scores with a sink", {big, big, 0}, {}, sink4},
+      {"overflowed negative scores with a sink", {-big, -big}, {}, sink4},
+      {"capped score plus an overflowed mask", {big, 1, 2}, {-big, 0, big}, capped},
+  };
+  const double eps = std::numeric_limits<S>::epsilon();
+  for (const Case& c : cases) {
+    INFO(c.what << " (" << (sizeof(S) == 4 ? "float" : "double") << ")");
+    const Index n = static_cast<Index>(c.x.size());
+    const Vec<S> x = Eigen::Map<const Vec<S>>(c.x.data(), n);
+    const bool has_mask = !c.mask.empty();
+    const Vec<S> mask = has_mask ? Vec<S>(Eigen::Map<const Vec<S>>(c.mask.data(), n)) : Vec<S>();
+    const sml::AttentionSoftmax f(c.p.options());
+    const LVec exact = exact_attention_softmax<S>(x, has_mask ? &mask : nullptr, c.p);
+    Vec<S> y(n);
+    if (has_mask)
+      f.apply_masked(x, mask, y);
+    else
+      f.apply(x, y);
+    for (Index i = 0; i < n; ++i) {
+      INFO("[" << i << "] y = " << y(i) << ", exact = " << static_cast<double>(exact(i)));
+      CHECK(std::fabs(y(i) - exact(i)) <= 2 * eps * exact(i));
+    }
+    // In place, and a strided row of a matrix (rowwise), give the same bits.
+    Vec<S> z = x;
+    if (has_mask)
+      f.apply_masked(z, mask, z);
+    else
+      f.apply(z, z);
+    CHECK(same(z, y));
+    Mat<S> xs(3, n), ys(3, n);
+    xs.row(0).setZero();
+    xs.row(1) = x.transpose();
+    xs.row(2).setOnes();
+    if (has_mask) {
+      f.rowwise_masked(xs, mask.transpose(), ys);
+    } else {
+      f.rowwise(xs, ys);
+    }
+    CHECK(same(Vec<S>(ys.row(1).transpose()), y));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("AttentionSoftmax: scores that overflow the scalar type keep their exact weights",
+          "[attention]") {
+  check_overflowing_scores<float>();
+  check_overflowing_scores<double>();
+}
+
 TEST_CASE("AttentionSoftmax: forms agree bitwise, no allocation, shape errors", "[attention]") {
   using Catch::Matchers::Contains;
   const sml::AttentionSoftmax f(

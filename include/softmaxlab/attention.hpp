@@ -90,12 +90,20 @@
 // PolynomialSoftmax, then P V): 2.1e-7 in float (Lk = 300); against exact softmax attention
 // 1.1e-5, the approximation's own error.
 //
-// Special values (both classes): a -inf entry of x (or of the scaled mask) is masked out: exactly 0
+// Special values (both classes): a -inf entry of x (or of the mask) is masked out: exactly 0
 // weight, softcap or not; a row with every entry masked gives zeros (Attention: a zero output row
-// and lse = -inf), even with a sink, which then would take all the mass; +inf entries share the
-// mass (with a softcap, cap(+inf) = c is finite: the limit of the formula); a NaN anywhere in a
-// row (input or mask) makes the row NaN (Attention: a NaN in the query row's scores); an empty
-// input gives an empty output.
+// and lse = -inf), even with a sink, which then would take all the mass; +inf entries of x or the
+// mask share the mass (with a softcap, cap(+inf) = c is finite: the limit of the formula); a NaN
+// anywhere in a row (input or mask) makes the row NaN (Attention: a NaN in the query row's
+// scores); an empty input gives an empty output.
+// Overflow: in AttentionSoftmax a finite x_i or mask_i whose scale x_i, m mask_i or score
+// overflows the scalar type is not +-inf: pass 1 flags the row and it is recomputed in double,
+// scaled by 2^-102 for double data (no finite input overflows there), its weights those of the
+// exact scores (x = [FLT_MAX, FLT_MAX / 2] at scale 4 gives [1, 0], not [1/2, 1/2]; a row whose
+// scores all overflow to -inf is a softmax, not a masked row; 4 FLT_MAX - 4 FLT_MAX is 0). In
+// place, pass 1 only takes the max so that such a row still has its input, and the scores are
+// formed in a second sweep. Attention forms its scores in the scalar type with Eigen's GEMM: a
+// dot product that overflows is +-inf there, the caller's to avoid (scale Q first).
 //
 // Errors (std::invalid_argument naming the parameter, value or shapes): options out of range;
 // outputs or masks of the wrong shape; Q and K with different d, K and V with different Lk; an
@@ -222,10 +230,12 @@ struct ScoreTransform {
 template <class Scalar>
 struct ScoreMax {
   Scalar max = -std::numeric_limits<Scalar>::infinity();
-  bool nan = false;
+  bool nan = false;       // a NaN in the scores or the mask
+  bool overflow = false;  // an unmasked score -inf or NaN: it overflowed the scalar type
   void add(const ScoreMax& o) {
     max = std::max(max, o.max);
     nan = nan || o.nan;
+    overflow = overflow || o.overflow;
   }
 };
 
@@ -247,9 +257,11 @@ EIGEN_STRONG_INLINE Packet softcap_packet(const Packet& s, const Packet& c, cons
   }
 }
 
-// y_i = cap(scale x_i) + slope mask_i for contiguous x, mask (kMask), y (y may be x), with -inf
-// in x or in the scaled mask giving exactly -inf (masked). Returns the max of y and the NaN flag.
-template <bool kMask, bool kCap, class Scalar>
+// y_i = cap(scale x_i) + slope mask_i for contiguous x, mask (kMask), y (y may be x; kStore
+// false: y is not written, only the max is taken), with -inf in x or in the mask giving exactly
+// -inf (masked). Returns the max of y, the NaN flag (a NaN in x or the mask) and the overflow
+// flag (an unmasked score that came out -inf or NaN: a finite product overflowed).
+template <bool kStore, bool kMask, bool kCap, class Scalar>
 ScoreMax<Scalar> transform_scores_contiguous(const Scalar* x, const Scalar* mask, Scalar* y,
                                              Index n, const ScoreTransform<Scalar>& f) {
   using namespace Eigen::internal;
@@ -261,22 +273,29 @@ ScoreMax<Scalar> transform_scores_contiguous(const Scalar* x, const Scalar* mask
   const Packet minus_inf = pset1<Packet>(-inf);
   Packet pmax_acc = minus_inf;
   Packet ok = ptrue(minus_inf);
+  Packet regular = ok;
   auto step = [&](const Packet& xp, const Packet& mp) {
     Packet t = pmul(xp, scale);
     if constexpr (kCap)
       t = softcap_packet(t, cap, inv_cap);
     Packet masked = pcmp_eq(xp, minus_inf);
-    Packet notnan = pcmp_eq(xp, xp);
     if constexpr (kMask) {
-      const Packet mm = pmul(mp, slope);
-      t = padd(t, mm);
-      masked = por(masked, pcmp_eq(mm, minus_inf));
-      notnan = pand(notnan, pcmp_eq(mm, mm));
+      t = padd(t, pmul(mp, slope));
+      // The mask itself, not m * mask: a finite mask entry whose product overflowed is a score.
+      masked = por(masked, pcmp_eq(mp, minus_inf));
     } else {
       EIGEN_UNUSED_VARIABLE(mp);
     }
-    t = pselect(masked, minus_inf, t);
+    // x and the mask, not t: a vectorized tanh may clamp a NaN.
+    Packet notnan = pcmp_eq(xp, xp);
+    if constexpr (kMask)
+      notnan = pand(notnan, pcmp_eq(mp, mp));
     ok = pand(ok, notnan);
+    // An unmasked score that is -inf or NaN overflowed (an entry at -inf is masked). Tested on
+    // the score, whatever the compiler contracts: fma(x, scale, -inf) is -inf where x scale
+    // overflows, and m mask + x scale may be finite in exact arithmetic.
+    regular = pand(regular, por(masked, pcmp_lt(minus_inf, t)));
+    t = pselect(masked, minus_inf, t);
     pmax_acc = pmax(pmax_acc, t);
     return t;
   };
@@ -284,39 +303,47 @@ ScoreMax<Scalar> transform_scores_contiguous(const Scalar* x, const Scalar* mask
   Index i = 0;
   for (; i + P <= n; i += P) {
     const Packet mp = kMask ? ploadu<Packet>(mask + i) : zero;
-    pstoreu(y + i, step(ploadu<Packet>(x + i), mp));
+    const Packet t = step(ploadu<Packet>(x + i), mp);
+    if constexpr (kStore)
+      pstoreu(y + i, t);
   }
   if (i < n) {  // padding lanes: x = -inf, mask 0 (masked, not NaN)
     const Packet mp = kMask ? load_partial<Packet>(mask + i, n - i, Scalar(0)) : zero;
-    store_partial(y + i, n - i, step(load_partial<Packet>(x + i, n - i, -inf), mp));
+    const Packet t = step(load_partial<Packet>(x + i, n - i, -inf), mp);
+    if constexpr (kStore)
+      store_partial(y + i, n - i, t);
   }
-  alignas(64) Scalar lanes[P], oks[P];
+  alignas(64) Scalar lanes[P], oks[P], regulars[P];
   pstore(lanes, pmax_acc);
   pstore(oks, ok);
+  pstore(regulars, regular);
   ScoreMax<Scalar> r;
   for (int k = 0; k < P; ++k) {
     r.max = std::max(r.max, lanes[k]);
-    // ok lanes are all-ones bit patterns, lanes that met a NaN all-zeros
+    // true lanes are all-ones bit patterns, lanes that met a NaN (an overflow) all-zeros
     std::conditional_t<std::is_same_v<Scalar, float>, std::uint32_t, std::uint64_t> bits;
     std::memcpy(&bits, &oks[k], sizeof(bits));
     r.nan = r.nan || bits == 0;
+    std::memcpy(&bits, &regulars[k], sizeof(bits));
+    r.overflow = r.overflow || bits == 0;
   }
   return r;
 }
 
-// The transform on spans: x, y (same length, y may be x) and mask (size 0: no mask), strided or
-// not (strided ones are staged through stack chunks, as for_chunks does).
-template <class Scalar>
+// The transform on spans: x, y (same length, y may be x; kStore false: y is not written) and mask
+// (size 0: no mask), strided or not (strided ones are staged through stack chunks, as for_chunks
+// does).
+template <bool kStore, class Scalar>
 ScoreMax<Scalar> transform_scores(const Span<const Scalar>& x, const Span<const Scalar>& mask,
                                   const Span<Scalar>& y, const ScoreTransform<Scalar>& f) {
   const bool has_mask = mask.size != 0;
   auto run = [&](const Scalar* in, const Scalar* m, Scalar* out, Index n) {
     if (has_mask) {
-      return f.has_cap() ? transform_scores_contiguous<true, true>(in, m, out, n, f)
-                         : transform_scores_contiguous<true, false>(in, m, out, n, f);
+      return f.has_cap() ? transform_scores_contiguous<kStore, true, true>(in, m, out, n, f)
+                         : transform_scores_contiguous<kStore, true, false>(in, m, out, n, f);
     }
-    return f.has_cap() ? transform_scores_contiguous<false, true>(in, m, out, n, f)
-                       : transform_scores_contiguous<false, false>(in, m, out, n, f);
+    return f.has_cap() ? transform_scores_contiguous<kStore, false, true>(in, m, out, n, f)
+                       : transform_scores_contiguous<kStore, false, false>(in, m, out, n, f);
   };
   if (x.contiguous() && y.contiguous() && (!has_mask || mask.contiguous()))
     return run(x.data, mask.data, y.data, x.size);
@@ -333,10 +360,71 @@ ScoreMax<Scalar> transform_scores(const Span<const Scalar>& x, const Span<const 
         m[k] = mask[start + k];
     }
     r.add(run(in, m, out, count));
-    for (Index k = 0; k < count; ++k)
-      y[start + k] = out[k];
+    if constexpr (kStore) {
+      for (Index k = 0; k < count; ++k)
+        y[start + k] = out[k];
+    }
   }
   return r;
+}
+
+// The rows pass 1 flags as irregular (a NaN, no finite max: +inf scores, every score -inf) are
+// settled here exactly, whatever overflowed in the scalar type. Each score is recomputed in
+// double as u_i = 2^-k t_i (k = 102 for double scalars, so that no finite x_i or mask_i overflows
+// whatever the scale and slope, both <= 2^100; 0 for float, whose scores fit a double as they
+// are), and y = softmax(2^k u) with the sink 2^-k z, each 2^k (u_i - M) formed after the
+// subtraction, as Softmax applies its temperature. Then: a NaN in x or the mask -> NaN row; +inf
+// scores (x_i = +inf without a cap, mask_i = +inf) share the mass; every entry masked (-inf in x
+// or the mask) -> zeros, even with a sink; otherwise finite scores, however large, get their exact
+// weights: a finite x_i whose scale x_i overflowed the scalar is not +inf. Reads x and the mask
+// three times and writes y only in the last (y may be x). Rare rows, scalar code.
+template <class Scalar>
+void attention_irregular_row(const Span<const Scalar>& x, const Span<const Scalar>& mask,
+                             const Span<Scalar>& y, const ScoreTransform<Scalar>& f, bool has_sink,
+                             Scalar sink) {
+  constexpr int k = std::is_same_v<Scalar, double> ? 102 : 0;
+  const double inf = std::numeric_limits<double>::infinity();
+  const bool has_mask = mask.size != 0;
+  const double scale = static_cast<double>(f.scale), cap = static_cast<double>(f.cap);
+  const double scaled_cap = std::ldexp(cap, -k), scaled_slope = std::ldexp(double(f.slope), -k);
+  const double scaled_scale = std::ldexp(scale, -k);
+  // u_i, or -inf for a masked entry (NaNs were ruled out first).
+  auto score = [&](Index i) {
+    const double xi = static_cast<double>(x[i]);
+    const double mi = has_mask ? static_cast<double>(mask[i]) : 0.0;
+    if (xi == -inf || mi == -inf)
+      return -inf;
+    const double s = f.has_cap() ? scaled_cap * std::tanh(scale * xi / cap) : scaled_scale * xi;
+    return s + scaled_slope * mi;  // no inf - inf: only x = +inf (no cap) or mask = +inf is +inf
+  };
+  double top = -inf;
+  Index infinite = 0;
+  for (Index i = 0; i < x.size; ++i) {
+    if (std::isnan(x[i]) || (has_mask && std::isnan(mask[i])))
+      return fill(y, std::numeric_limits<Scalar>::quiet_NaN());
+    const double u = score(i);
+    infinite += u == inf;
+    top = std::max(top, u);
+  }
+  if (top == -inf)
+    return fill(y, Scalar(0));  // every entry masked: zeros, even with a sink
+  if (infinite > 0) {
+    const Scalar share = Scalar(1) / Scalar(infinite);
+    for (Index i = 0; i < x.size; ++i)
+      y[i] = score(i) == inf ? share : Scalar(0);
+    return;
+  }
+  const double z = std::ldexp(static_cast<double>(sink), -k);
+  const double m = has_sink ? std::max(top, z) : top;
+  auto weight = [&](double u) {
+    return std::exp(std::ldexp(u - m, k));
+  };
+  long double sum = has_sink ? weight(z) : 0.0;
+  for (Index i = 0; i < x.size; ++i)
+    sum += weight(score(i));
+  const double inverse = static_cast<double>(1.0L / sum);
+  for (Index i = 0; i < x.size; ++i)
+    y[i] = static_cast<Scalar>(weight(score(i)) * inverse);
 }
 
 // p_i = exp(t_i - m) in place over contiguous t (m finite), returning sum_i p_i.
@@ -515,23 +603,22 @@ class AttentionSoftmax : public detail::DistributionFunctor<AttentionSoftmax>,
   template <class Scalar>
   void compute(const detail::Span<const Scalar>& x, const detail::Span<Scalar>& y,
                const detail::Span<const Scalar>& mask) const {
-    const Scalar inf = std::numeric_limits<Scalar>::infinity();
-    // Pass 1: the transformed scores into y, and their max.
-    const detail::ScoreMax<Scalar> r = detail::transform_scores(x, mask, y, transform<Scalar>());
-    if (r.nan)
-      return detail::fill(y, std::numeric_limits<Scalar>::quiet_NaN());
-    if (r.max == -inf)
-      return detail::fill(y, Scalar(0));  // all masked: zeros, even with a sink
+    const detail::ScoreTransform<Scalar> f = transform<Scalar>();
+    const Scalar z = static_cast<Scalar>(options_.sink());
+    // Pass 1: the transformed scores into y, and their max. In place, only the max: an irregular
+    // row needs x again; a regular one is transformed once more.
+    const bool in_place = x.data == y.data;
+    const detail::ScoreMax<Scalar> r = in_place ? detail::transform_scores<false>(x, mask, y, f)
+                                                : detail::transform_scores<true>(x, mask, y, f);
+    if (r.nan || r.overflow || !(std::abs(r.max) < std::numeric_limits<Scalar>::infinity()))
+      return detail::attention_irregular_row(x, mask, y, f, options_.has_sink(), z);
+    if (in_place)
+      detail::transform_scores<true>(x, mask, y, f);
     const detail::Span<const Scalar> t{y.data, y.size, y.stride};
-    if (r.max == inf) {
-      const Index k = detail::count_positive_infinity(t);
-      return detail::fill_by_infinity(t, y, Scalar(1) / Scalar(k), Scalar(0));
-    }
     // Passes 2 and 3: Softmax's, with the sink in the max and the sum.
     Scalar m = r.max;
     long double sink_term = 0;
     if (options_.has_sink()) {
-      const Scalar z = static_cast<Scalar>(options_.sink());
       m = std::max(m, z);
       sink_term =
           std::ldexp(std::exp(static_cast<long double>(z) - m), detail::kExpScaleLog2<Scalar>);
@@ -654,9 +741,9 @@ void attention_forward_block(const QM& q, const KM& k, const VM& v, const MaskM*
       std::fill(row + visible, row + nk, Scalar(0));  // keys this query does not see: weight 0
       ScoreMax<Scalar> sm;
       if (visible > 0) {
-        sm = transform_scores(Span<const Scalar>{row, visible, 1},
-                              attention_mask_span<Scalar>(mask, i0 + r, j0, visible),
-                              Span<Scalar>{row, visible, 1}, plan.transform);
+        sm = transform_scores<true>(Span<const Scalar>{row, visible, 1},
+                                    attention_mask_span<Scalar>(mask, i0 + r, j0, visible),
+                                    Span<Scalar>{row, visible, 1}, plan.transform);
       }
       nan_row[r] = nan_row[r] || sm.nan;
       const Scalar m_old = running_max[r];

@@ -2,7 +2,8 @@
 // arbitrary shapes, storage forms and float/double bit patterns. Invalid options must throw
 // std::invalid_argument (and nothing else). Rows keep Softmax's rules on the transformed scores:
 // NaN row, -inf entries exactly 0, +inf entries sharing the mass (with a softcap, cap(+inf) = c is
-// an ordinary score), rows summing to 1, or to at most 1 with a sink (it takes its share).
+// an ordinary score), rows summing to 1, or to at most 1 with a sink (it takes its share). A finite
+// entry whose scaled score overflows is not +inf: only entries of x at +inf share the mass.
 #include <softmaxlab/attention.hpp>
 
 #include "fuzz_common.hpp"
