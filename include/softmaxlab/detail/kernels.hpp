@@ -43,9 +43,12 @@ EIGEN_STRONG_INLINE void store_partial(Scalar* y, Index n, const Packet& p) {
     y[k] = buf[k];
 }
 
-// Max that propagates NaN: a NaN anywhere gives NaN.
-template <class Scalar>
-Scalar max_propagate_nan(const Scalar* x, Index n) {
+// Max of a contiguous row on four packet accumulators. kNaN = Eigen::PropagateNaN: a NaN anywhere
+// gives NaN. kNaN = Eigen::PropagateFast: NaN ignored or not as the packet max happens to treat
+// it (the fast path of softmax_contiguous_rows, which sends rows whose max is not finite to the
+// exact special-value path and detects a NaN beside a finite max by its NaN sum).
+template <int kNaN, class Scalar>
+EIGEN_STRONG_INLINE Scalar packet_max(const Scalar* x, Index n) {
   using namespace Eigen::internal;
   using Packet = PacketOf<Scalar>;
   constexpr int P = kPacketSize<Scalar>;
@@ -53,23 +56,31 @@ Scalar max_propagate_nan(const Scalar* x, Index n) {
   Packet m0 = pset1<Packet>(lowest), m1 = m0, m2 = m0, m3 = m0;
   Index i = 0;
   for (; i + 4 * P <= n; i += 4 * P) {
-    m0 = pmax<Eigen::PropagateNaN>(m0, ploadu<Packet>(x + i));
-    m1 = pmax<Eigen::PropagateNaN>(m1, ploadu<Packet>(x + i + P));
-    m2 = pmax<Eigen::PropagateNaN>(m2, ploadu<Packet>(x + i + 2 * P));
-    m3 = pmax<Eigen::PropagateNaN>(m3, ploadu<Packet>(x + i + 3 * P));
+    m0 = pmax<kNaN>(m0, ploadu<Packet>(x + i));
+    m1 = pmax<kNaN>(m1, ploadu<Packet>(x + i + P));
+    m2 = pmax<kNaN>(m2, ploadu<Packet>(x + i + 2 * P));
+    m3 = pmax<kNaN>(m3, ploadu<Packet>(x + i + 3 * P));
   }
   for (; i + P <= n; i += P)
-    m0 = pmax<Eigen::PropagateNaN>(m0, ploadu<Packet>(x + i));
+    m0 = pmax<kNaN>(m0, ploadu<Packet>(x + i));
   if (i < n)
-    m1 = pmax<Eigen::PropagateNaN>(m1, load_partial<Packet>(x + i, n - i, lowest));
-  m0 = pmax<Eigen::PropagateNaN>(pmax<Eigen::PropagateNaN>(m0, m1),
-                                 pmax<Eigen::PropagateNaN>(m2, m3));
-  alignas(64) Scalar lanes[P];
-  pstore(lanes, m0);
-  Scalar m = lanes[0];
-  for (int k = 1; k < P; ++k)
-    m = (lanes[k] != lanes[k] || lanes[k] > m) ? lanes[k] : m;
-  return m != m ? m : std::max(m, lowest);
+    m1 = pmax<kNaN>(m1, load_partial<Packet>(x + i, n - i, lowest));
+  m0 = pmax<kNaN>(pmax<kNaN>(m0, m1), pmax<kNaN>(m2, m3));
+  if constexpr (kNaN == Eigen::PropagateFast) {
+    return predux_max(m0);
+  } else {
+    alignas(64) Scalar lanes[P];
+    pstore(lanes, m0);
+    Scalar m = lanes[0];
+    for (int k = 1; k < P; ++k)
+      m = (lanes[k] != lanes[k] || lanes[k] > m) ? lanes[k] : m;
+    return m != m ? m : std::max(m, lowest);
+  }
+}
+
+template <class Scalar>
+Scalar max_propagate_nan(const Scalar* x, Index n) {
+  return packet_max<Eigen::PropagateNaN>(x, n);
 }
 
 // Kahan-compensated sum kept per packet lane. Summands are non-negative, so the compensated sum's
@@ -347,30 +358,6 @@ EIGEN_STRONG_INLINE void scale_packets(Scalar* y, Index n, Scalar factor) {
     y[i] *= factor;
 }
 
-// Max of a contiguous row on packets, NaN ignored or not as the packet max happens to treat it:
-// the fast path of softmax_contiguous_rows, which sends rows whose max is not finite to the exact
-// special-value path and detects a NaN beside a finite max by its NaN sum.
-template <class Scalar>
-EIGEN_STRONG_INLINE Scalar max_fast(const Scalar* x, Index n) {
-  using namespace Eigen::internal;
-  using Packet = PacketOf<Scalar>;
-  constexpr int P = kPacketSize<Scalar>;
-  const Scalar lowest = -std::numeric_limits<Scalar>::infinity();
-  Packet m0 = pset1<Packet>(lowest), m1 = m0, m2 = m0, m3 = m0;
-  Index i = 0;
-  for (; i + 4 * P <= n; i += 4 * P) {
-    m0 = pmax(m0, ploadu<Packet>(x + i));
-    m1 = pmax(m1, ploadu<Packet>(x + i + P));
-    m2 = pmax(m2, ploadu<Packet>(x + i + 2 * P));
-    m3 = pmax(m3, ploadu<Packet>(x + i + 3 * P));
-  }
-  for (; i + P <= n; i += P)
-    m0 = pmax(m0, ploadu<Packet>(x + i));
-  if (i < n)
-    m1 = pmax(m1, load_partial<Packet>(x + i, n - i, lowest));
-  return predux_max(pmax(pmax(m0, m1), pmax(m2, m3)));
-}
-
 // Softmax of `rows` contiguous rows of length n (row i at x + i ldx, y + i ldy; y may be x, rows
 // must not overlap otherwise), the batch kernel of Softmax for contiguous rows of any length:
 //   max (packets, one horizontal max), y = exp((x - m) s) kExpScale with the compensated sums
@@ -390,7 +377,7 @@ void softmax_contiguous_rows(const Scalar* x, Index ldx, Scalar* y, Index ldy, I
   int slot = 0;                       // the current row's slot; the pending row has the other
   for (Index i = 0; i < rows; ++i) {
     const Scalar* xi = x + i * ldx;
-    const Scalar m = max_fast(xi, n);
+    const Scalar m = packet_max<Eigen::PropagateFast>(xi, n);
     if (!(m > -inf && m < inf)) {
       special(i);
       continue;
