@@ -9,8 +9,11 @@
 # FUZZ_TOTAL_SECONDS (default 90) / number of targets, at least FUZZ_MIN_SECONDS (default 5) each,
 # so the whole run stays about a minute and a half however many targets there are.
 #
+# The mutation seed is fixed (FUZZ_SEED, default 1) so that a CI finding is reproducible from the
+# same commit; FUZZ_SEED=0 lets libFuzzer pick one (exploration: run longer, with FUZZ_SECONDS).
+#
 # Environment: BUILD_DIR (default build/fuzz), SOFTMAXLAB_WERROR, JOBS, FUZZ_SECONDS,
-# FUZZ_TOTAL_SECONDS, FUZZ_MIN_SECONDS.
+# FUZZ_TOTAL_SECONDS, FUZZ_MIN_SECONDS, FUZZ_SEED, FUZZ_ONLY (a regex of target names).
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,7 +38,8 @@ cmake --build "$build_dir" -j"$jobs"
 mkdir -p "$build_dir/artifacts"
 executables=()
 for exe in "$build_dir"/tests/fuzz/fuzz_*; do
-  [[ -x "$exe" && -f "$exe" ]] && executables+=("$exe")
+  [[ -x "$exe" && -f "$exe" ]] || continue
+  [[ -z "${FUZZ_ONLY:-}" || "$(basename "$exe")" =~ ${FUZZ_ONLY} ]] && executables+=("$exe")
 done
 [[ ${#executables[@]} -gt 0 ]] || { echo "fuzz: no targets were built" >&2; exit 1; }
 if [[ -n "$per_target" ]]; then
@@ -53,7 +57,7 @@ for exe in "${executables[@]}"; do
   echo "fuzz: $name for ${seconds}s"
   log="$work.log"
   status=0
-  "$exe" -max_total_time="$seconds" -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 \
+  "$exe" -seed="${FUZZ_SEED:-1}" -max_total_time="$seconds" -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 \
     -artifact_prefix="$build_dir/artifacts/$name-" "$work" >"$log" 2>&1 || status=$?
   # The reason (a broken invariant or a sanitizer report) comes before libFuzzer's long tail.
   if [[ $status -ne 0 ]]; then
