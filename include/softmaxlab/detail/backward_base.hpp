@@ -98,6 +98,19 @@ inline void require_same_shape(const char* function, SliceMode mode, const char*
   }
 }
 
+// The backward forms' checks: x 1-D (Vector) and y, dy, dx of x's length or shape. Returns
+// whether there is work (false for an empty input).
+template <class X, class Y, class Dy, class Dx>
+bool check_backward_shapes(const char* function, SliceMode mode, const X& x, const Y& y,
+                           const Dy& dy, const Dx& dx) {
+  if (mode == SliceMode::Vector)
+    require_vector(function, x.rows(), x.cols());
+  require_same_shape(function, mode, "y", y.rows(), y.cols(), x.rows(), x.cols());
+  require_same_shape(function, mode, "dy", dy.rows(), dy.cols(), x.rows(), x.cols());
+  require_same_shape(function, mode, "dx", dx.rows(), dx.cols(), x.rows(), x.cols());
+  return x.size() != 0;
+}
+
 template <class Derived>
 class BackwardFunctor {
  public:
@@ -219,12 +232,7 @@ class BackwardFunctor {
     const auto& dy = dy_in.derived();
     auto& dx = const_cast<Eigen::DenseBase<XprDx>&>(dx_const).derived();
     const char* name = Derived::name;
-    if (mode == SliceMode::Vector)
-      require_vector(name, x.rows(), x.cols());
-    require_same_shape(name, mode, "y", y.rows(), y.cols(), x.rows(), x.cols());
-    require_same_shape(name, mode, "dy", dy.rows(), dy.cols(), x.rows(), x.cols());
-    require_same_shape(name, mode, "dx", dx.rows(), dx.cols(), x.rows(), x.cols());
-    if (x.size() == 0)
+    if (!check_backward_shapes(name, mode, x, y, dy, dx))
       return;
     const Index count = mode == SliceMode::Vector ? 1
                         : mode == SliceMode::Rows ? x.rows()
@@ -283,12 +291,7 @@ class BackwardFunctor {
     const auto& dy = dy_in.derived();
     auto& dx = const_cast<Eigen::DenseBase<XprDx>&>(dx_const).derived();
     const char* name = Derived::name;
-    if (mode == SliceMode::Vector)
-      require_vector(name, x.rows(), x.cols());
-    require_same_shape(name, mode, "y", y.rows(), y.cols(), x.rows(), x.cols());
-    require_same_shape(name, mode, "dy", dy.rows(), dy.cols(), x.rows(), x.cols());
-    require_same_shape(name, mode, "dx", dx.rows(), dx.cols(), x.rows(), x.cols());
-    if (x.size() == 0)
+    if (!check_backward_shapes(name, mode, x, y, dy, dx))
       return;
 
     // Storage checks: dx may be exactly an input, never partially overlap one; an input

@@ -111,5 +111,18 @@ inline void require_vector(const char* function, Index rows, Index cols) {
   }
 }
 
+// The vector forms' checks of x and y: both 1-D, of one length. Returns whether there is work
+// (false for an empty input).
+template <class XprX, class XprY>
+bool check_vector_io(const char* function, const XprX& x, const XprY& y) {
+  require_vector(function, x.rows(), x.cols());
+  require_vector(function, y.rows(), y.cols());
+  if (x.size() != y.size()) {
+    fail(function, ": output must have the input's length ", x.size(), ", but got ", y.rows(),
+         " x ", y.cols());
+  }
+  return x.size() != 0;
+}
+
 }  // namespace detail
 }  // namespace softmaxlab

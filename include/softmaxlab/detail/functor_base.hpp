@@ -272,13 +272,7 @@ class DistributionFunctor {
                   Extra&... extra) const {
     using Scalar = typename XprX::Scalar;
     auto& y = const_cast<Eigen::DenseBase<XprY>&>(y_const).derived();
-    require_vector(Derived::name, x.rows(), x.cols());
-    require_vector(Derived::name, y.rows(), y.cols());
-    if (x.size() != y.size()) {
-      fail(Derived::name, ": output must have the input's length ", x.size(), ", but got ",
-           y.rows(), " x ", y.cols());
-    }
-    if (x.size() == 0)
+    if (!check_vector_io(Derived::name, x, y))
       return;
     const Span<Scalar> ys = vector_span<Scalar>(y);
     if constexpr (has_direct_access_v<XprX>) {
@@ -387,13 +381,7 @@ class DistributionFunctor {
     using In = typename XprX::Scalar;
     using Out = typename XprY::Scalar;
     auto& y = const_cast<Eigen::DenseBase<XprY>&>(y_const).derived();
-    require_vector(Derived::name, x.rows(), x.cols());
-    require_vector(Derived::name, y.rows(), y.cols());
-    if (x.size() != y.size()) {
-      fail(Derived::name, ": output must have the input's length ", x.size(), ", but got ",
-           y.rows(), " x ", y.cols());
-    }
-    if (x.size() == 0)
+    if (!check_vector_io(Derived::name, x, y))
       return;
     if constexpr (has_direct_access_v<XprX>) {
       compute_mixed(vector_span<const In>(x.derived()), vector_span<Out>(y), extra...);
