@@ -144,6 +144,11 @@ TEMPLATE_TEST_CASE("SoftFusion renormalizes overflowing shifted differences exac
       {{0, 0}, {big, -big}, 0.5},                // the inner difference overflows
       {{-big / 2, -big / 2}, {big, -big}, 0.5},  // and tgt + log_softmax(tau src) too
       {{-big / 2, -big / 2, 0}, {big, -big, 0}, 0.25},
+      // log_softmax(tau src) itself beyond the range, brought back by tgt: finite outputs
+      {{big, 0}, {-big, big}, 1.0},                                 // [-big, 0]
+      {{big, big / 2, 0}, {-big, -big / 2, big}, 0.5},              // [-log 2, -big / 4, -log 2]
+      {{0, big}, {std::ldexp(big, -99), 0}, std::ldexp(1.0, 100)},  // k = 102: [0, -big]
+      {{big, -big, 0, -INFINITY}, {-big, big, 0, 0}, 1.0},          // one masked by tgt
   };
   for (const Case& c : cases) {
     const auto exact = reference(c.tgt, c.src, static_cast<LD>(c.tau));

@@ -35,9 +35,12 @@
 // for each log_softmax. Accuracy: each log_softmax as in softmax.hpp (4 eps (1 + |value|)); the
 // fusion adds one rounding per operation. Overflow: a shifted difference x_i - max that leaves the
 // range is scaled first (lambda x_i - lambda max; tau likewise, softmax.hpp's rule), and a
-// SoftFusion row whose tgt + log_softmax(tau src) overflows is formed halved and normalized at
-// temperature 1/2, so every output that fits the scalar type is finite (HardFusion(0.5) of tgt =
-// [FLT_MAX, -FLT_MAX], src = [0, 0] gives [-log(2)/2, -FLT_MAX]).
+// SoftFusion row where log_softmax(tau src) or tgt + log_softmax(tau src) overflows is computed as
+// log_softmax(tgt + tau (src - max src)), equal in exact arithmetic, formed scaled by 2^-k
+// (2^-k (1 + 2 tau) <= 1) and normalized at temperature 2^-k (or, when src holds +inf, halved and
+// normalized at temperature 1/2), so every output whose exact value fits the scalar type is
+// finite (HardFusion(0.5) of tgt = [FLT_MAX, -FLT_MAX], src = [0, 0] gives [-log(2)/2,
+// -FLT_MAX]; SoftFusion of tgt = [FLT_MAX, 0], src = [-FLT_MAX, FLT_MAX] gives [-FLT_MAX, 0]).
 //
 // Errors (std::invalid_argument naming the value or shapes, nothing else is thrown): lambda
 // outside [0, 1] or tau outside [2^-100, 2^100] (constructors); tgt, src, y, dy or the gradients
@@ -45,6 +48,7 @@
 // with the inputs or each other (see Calls).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -363,13 +367,37 @@ class SoftFusion : public detail::FusionFunctor<SoftFusion> {
     const auto ns = detail::LogNormalizer<Scalar>::of(src, static_cast<Scalar>(tau_));
     const Scalar inf = std::numeric_limits<Scalar>::infinity();
     // tgt + log_softmax(tau src) can overflow to -inf where the final log-probability fits (its
-    // row max is then far below 0): such a row is formed halved, (t + ls) / 2 = t/2 + ls/2, and
-    // normalized by LogSoftmax at temperature 1/2, whose scaled differences cannot overflow.
+    // row max is then far below 0), and so can log_softmax(tau src) itself where tgt would bring
+    // it back into range.
     bool overflow = false;
     for (Index i = 0; i < y.size; ++i) {
-      const Scalar t = tgt[i], ls = ns.log_p(src[i]);
-      overflow = overflow || (t + ls == -inf && t != -inf && ls != -inf);
+      const Scalar t = tgt[i], sv = src[i], ls = ns.log_p(sv);
+      overflow = overflow || (t + ls == -inf && t != -inf && ls != -inf)
+                 || (ls == -inf && sv != -inf && ns.kind == detail::RowKind::Regular);
     }
+    if (overflow && ns.kind == detail::RowKind::Regular) {
+      // Regular src: log_softmax(tau src) = tau (src - m) - c, and the constant c cancels in the
+      // outer log_softmax, so y = log_softmax(z), z = tgt + tau (src - m), exactly. z is formed
+      // scaled by 2^-k, 2^-k (1 + 2 tau) <= 1 (no finite input overflows there), and normalized
+      // at temperature 2^-k, whose differences (u_i - max u) 2^k are formed after the subtraction:
+      // every output whose exact value fits is finite.
+      const int k = std::max(1, static_cast<int>(std::ceil(std::log2(1.0 + 2.0 * tau_))));
+      const Scalar down = static_cast<Scalar>(std::ldexp(1.0, -k));
+      const Scalar tau_down = static_cast<Scalar>(std::ldexp(tau_, -k));
+      for (Index i = 0; i < y.size; ++i) {
+        const Scalar t = tgt[i], sv = src[i];
+        y[i] = sv == -inf && t == t ? -inf : t * down + detail::shifted_scaled(sv, ns.m, tau_down);
+      }
+      const auto nu =
+          detail::LogNormalizer<Scalar>::of(detail::Span<const Scalar>{y.data, y.size, y.stride},
+                                            static_cast<Scalar>(std::ldexp(1.0, k)));
+      for (Index i = 0; i < y.size; ++i)
+        y[i] = nu.log_p(y[i]);
+      return;
+    }
+    // Other rows (src with +inf entries) whose tgt + log_softmax(tau src) overflows are formed
+    // halved, (t + ls) / 2 = t/2 + ls/2, and normalized by LogSoftmax at temperature 1/2, whose
+    // scaled differences cannot overflow.
     const Scalar half = overflow ? Scalar(0.5) : Scalar(1);
     for (Index i = 0; i < y.size; ++i) {
       // An entry src gives probability 0 (-inf, or beside a +inf) is masked even against a +inf

@@ -125,31 +125,73 @@ void check_fusion_row(const softmaxlab::SoftFusion& f, const Vec& t, const Vec& 
   bool nan = false, overflow = false;
   for (Index i = 0; i < t.size(); ++i)
     nan |= std::isnan(t(i)) || std::isnan(s(i));
-  std::vector<long double> z_exact(static_cast<std::size_t>(t.size()));
   for (Index i = 0; i < t.size() && !nan; ++i) {
     const long double lse = ls_exact[static_cast<std::size_t>(i)];
-    z_exact[static_cast<std::size_t>(i)] = t(i) + lse;
-    // (a log-probability of src beyond the scalar's range is -inf there: fusion.hpp masks it)
-    if (t(i) == -inf || s(i) == -inf || static_cast<Scalar>(lse) == -inf) {
-      z(i) = -inf;  // masked, whatever the other input holds
-      z_exact[static_cast<std::size_t>(i)] = -INFINITY;
-    }
-    // A difference the library scales before forming it, or tgt + log_softmax(tau src) beyond the
-    // range: the exact long double row is the reference.
-    overflow |= std::isfinite(static_cast<double>(t(i))) && std::isfinite(lse)
-                && (ls(i) == -inf || z(i) == -inf);
+    // Masked: src gives probability 0 in exact arithmetic (-inf, or beside a +inf), whatever tgt
+    // holds; not where log_softmax(tau src) merely leaves the scalar's range.
+    const bool masked = t(i) == -inf || s(i) == -inf || lse == -INFINITY;
+    // A log-probability of src, or tgt + log_softmax(tau src), beyond the scalar's range: the
+    // library takes its exact form, and the exact long double row is the reference.
+    overflow |= !masked && std::isfinite(lse)
+                && (ls(i) == -inf || (std::isfinite(static_cast<double>(t(i))) && z(i) == -inf));
+    if (masked)
+      z(i) = -inf;
   }
-  long double m = -INFINITY;
-  for (long double v : z_exact)
-    m = std::max(m, v);
-  if (!overflow || nan || !std::isfinite(m)) {  // (+inf entries take the mass by check_row's rules)
+  if (!overflow || nan) {  // (+inf entries take the mass by check_row's rules)
     check_row(z, y, Rules(Output::LogProbabilities));
     return;
   }
-  // Rows where a difference or tgt + log_softmax(tau src) overflows take fusion.hpp's halved path:
-  // the fuzz checks that they stay normalized and NaN-free; their values are checked against
-  // long double on chosen cases by tests/test_replayed_faults.cpp.
+  // Rows where a difference or tgt + log_softmax(tau src) overflows take fusion.hpp's exact
+  // form: with a regular src (finite max) y = log_softmax(tgt + tau (src - max src)), every value
+  // checked against long double (within the roundings of each input's magnitude; a value beyond
+  // the range, or at its edge, may be -inf); otherwise (src with +inf) the halved path, checked
+  // for normalization and no NaN here and against long double on chosen cases by
+  // tests/test_replayed_faults.cpp.
   const double eps = std::numeric_limits<Scalar>::epsilon();
+  long double ms = -INFINITY;
+  for (Index i = 0; i < s.size(); ++i)
+    ms = std::max<long double>(ms, s(i));
+  if (std::isfinite(ms)) {
+    const long double tau = static_cast<Scalar>(f.tau());
+    std::vector<long double> z(static_cast<std::size_t>(t.size()));
+    long double mz = -INFINITY;
+    for (Index i = 0; i < t.size(); ++i) {
+      const auto k = static_cast<std::size_t>(i);
+      z[k] = s(i) == -inf || t(i) == -inf ? -INFINITY : t(i) + tau * (s(i) - ms);
+      mz = std::max(mz, z[k]);
+    }
+    if (std::isfinite(mz)) {
+      // Each z_j is rounded relative to its operands, d_j = |t_j| + tau (|s_j| + |max s|) + |z_j|
+      // (the inputs may cancel: t = DBL_MAX, s = -DBL_MAX), and the normalizer carries the
+      // roundings of the largest terms into every entry: y_i within 8 eps (1 + d_i + max_j d_j).
+      long double sum = 0, d_max = 0;
+      std::vector<long double> d(z.size(), 0.0L);
+      for (Index i = 0; i < t.size(); ++i) {
+        const auto k = static_cast<std::size_t>(i);
+        if (z[k] == -INFINITY)
+          continue;
+        sum += std::exp(z[k] - mz);
+        d[k] = std::fabs(t(i)) + tau * (std::fabs(s(i)) + std::fabs(ms)) + std::fabs(z[k]);
+        d_max = std::max(d_max, d[k]);
+      }
+      for (Index i = 0; i < t.size(); ++i) {
+        const auto k = static_cast<std::size_t>(i);
+        const long double exact = z[k] - mz - std::log(sum);
+        if (z[k] == -INFINITY) {
+          expect(y(i) == -inf, "SoftFusion: a masked entry is -inf", i, y(i));
+          continue;
+        }
+        const long double bound = 8 * eps * (1 + d[k] + d_max);
+        if (std::isinf(y(i))) {
+          expect(y(i) < 0 && -exact >= std::numeric_limits<Scalar>::max() - bound,
+                 "SoftFusion: only values beyond the range are infinite", i, y(i));
+          continue;
+        }
+        expect(std::fabs(y(i) - exact) <= bound,
+               "SoftFusion: y = log_softmax(tgt + tau (src - max src))", i, y(i));
+      }
+    }
+  }
   long double mass = 0;
   for (Index i = 0; i < t.size(); ++i) {
     expect(!std::isnan(y(i)), "SoftFusion: an overflowing row has no NaN", i, y(i));
