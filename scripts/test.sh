@@ -12,8 +12,8 @@
 #             no FMA): unit tests, examples and MPI tests
 #   The portability builds compile only the portability subset (softmaxlab_portability_tests: every
 #   functor in float and double, see tests/CMakeLists.txt) and the -fno-exceptions handler test:
-#   novec     GCC, Release, -DEIGEN_DONT_VECTORIZE (the scalar paths); runs both
-#   avx512    clang, Release, -mavx512f -mavx512dq -mavx512bw -mavx512vl -mfma: compiles both with
+#   novec     GCC, Release, C++20, -DEIGEN_DONT_VECTORIZE (the scalar paths); runs both
+#   avx512    clang, Release, C++20, -mavx512f -mavx512dq -mavx512bw -mavx512vl -mfma: compiles both with
 #             -Werror; runs them only when this CPU has those extensions
 #   aarch64   Debian's g++-aarch64-linux-gnu, Release (NEON); runs both under qemu-aarch64
 #
@@ -76,11 +76,13 @@ case "$mode" in
     case "$mode" in
       novec)
         bash scripts/install-deps.sh cmake g++ make libeigen3-dev catch2
-        configure+=(-DCMAKE_CXX_COMPILER=g++ -DCMAKE_CXX_FLAGS=-DEIGEN_DONT_VECTORIZE)
+        # C++20 here and in avx512: GCC and clang each build the subset as C++20 once.
+        configure+=(-DCMAKE_CXX_COMPILER=g++ -DCMAKE_CXX_FLAGS=-DEIGEN_DONT_VECTORIZE
+          -DCMAKE_CXX_STANDARD=20)
         ;;
       avx512)
         bash scripts/install-deps.sh cmake clang make libeigen3-dev catch2
-        configure+=(-DCMAKE_CXX_COMPILER=clang++
+        configure+=(-DCMAKE_CXX_COMPILER=clang++ -DCMAKE_CXX_STANDARD=20
           "-DCMAKE_CXX_FLAGS=-mavx512f -mavx512dq -mavx512bw -mavx512vl -mfma")
         for flag in avx512f avx512dq avx512bw avx512vl fma; do
           grep -qw "$flag" /proc/cpuinfo 2>/dev/null || run=(skip)
