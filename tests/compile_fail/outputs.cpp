@@ -41,7 +41,8 @@ int main() {
   sml::CrossEntropyLoss()(X, labels, G.topRows(3));
   sml::EntmaxLoss()(X, labels, G.middleRows(1, 3));
   Eigen::VectorXd per_row(3);
-  sml::CrossEntropyLoss(sml::Reduction::None)(X, labels, sml::RowOutputs().with_losses(per_row));
+  const sml::CrossEntropyLoss none(sml::Reduction::None);
+  none(X, labels, sml::RowOutputs().with_losses(per_row));
   sml::Attention<> attention;
   Eigen::MatrixXf O(5, 4);
   attention.apply(X, X, X, O.middleRows(1, 3));
