@@ -105,6 +105,7 @@
 // formed in a second sweep. Attention forms its scores in the scalar type with Eigen's GEMM: a
 // dot product that overflows is +-inf there, the caller's to avoid (scale Q first).
 //
+// Outputs (O, lse, dQ, dK, dV, P, y): a const Matrix does not compile; pass a Map, Ref or block.
 // Errors (std::invalid_argument naming the parameter, value or shapes): options out of range;
 // outputs or masks of the wrong shape; Q and K with different d, K and V with different Lk; an
 // output that overlaps an input; Attention<Softmax> with a temperature other than 1 (fold it into
@@ -133,6 +134,7 @@
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <utility>
 
 #include "detail/backward_base.hpp"
 #include "detail/checks.hpp"
@@ -457,10 +459,12 @@ class AttentionSoftmax : public detail::DistributionFunctor<AttentionSoftmax>,
 
   // y = softmax(cap(scale x) + m mask) with the sink: x, mask 1-D of one length (either
   // orientation), mask storage of x's scalar; y as for apply(); y may be x, not the mask.
-  template <class XprX, class XprM, class XprY>
+  template <class XprX, class XprM, class Out>
   void apply_masked(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprM>& mask,
-                    const Eigen::DenseBase<XprY>& y) const {
+                    Out&& y_out) const {
     using Scalar = typename XprX::Scalar;
+    using XprY = detail::output_xpr_t<Out>;
+    auto& y = detail::writable_output(std::forward<Out>(y_out));
     check_mask_type<XprX, XprM>();
     detail::require_vector(name, mask.rows(), mask.cols());
     if (mask.size() != x.size()) {
@@ -498,14 +502,15 @@ class AttentionSoftmax : public detail::DistributionFunctor<AttentionSoftmax>,
   }
 
   // Each row of S with its mask row: M has S's shape, or is one row broadcast over every row.
-  template <class XprS, class XprM, class XprP>
+  template <class XprS, class XprM, class Out>
   void rowwise_masked(const Eigen::DenseBase<XprS>& s, const Eigen::DenseBase<XprM>& mask,
-                      const Eigen::DenseBase<XprP>& p_const) const {
+                      Out&& p_out) const {
+    using XprP = detail::output_xpr_t<Out>;
+    auto& p = detail::writable_output(std::forward<Out>(p_out));
     if constexpr (detail::is_mixed_v<typename XprS::Scalar, typename XprP::Scalar>) {
       // 16-bit or mixed scalars: row by row through apply_masked's staged path.
       check_mask_type<XprS, XprM>();
       static_check_io<XprS, XprP>();
-      auto& p = const_cast<Eigen::DenseBase<XprP>&>(p_const).derived();
       detail::require_same_size("AttentionSoftmax::rowwise_masked", s.rows(), s.cols(), p.rows(),
                                 p.cols());
       const bool broadcast_rows = mask.rows() == 1 && s.rows() != 1;
@@ -516,7 +521,7 @@ class AttentionSoftmax : public detail::DistributionFunctor<AttentionSoftmax>,
       for (Index i = 0; i < s.rows(); ++i)
         apply_masked(s.derived().row(i), mask.derived().row(broadcast_rows ? 0 : i), p.row(i));
     } else {
-      rowwise_masked_same(s, mask, p_const);
+      rowwise_masked_same(s, mask, p);
     }
   }
 
@@ -1147,52 +1152,61 @@ class Attention {
     return o;
   }
 
-  template <class XQ, class XK, class XV, class XO>
+  template <class XQ, class XK, class XV, class OutO>
   void apply(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
-             const Eigen::DenseBase<XV>& v, const Eigen::DenseBase<XO>& o) const {
+             const Eigen::DenseBase<XV>& v, OutO&& o) const {
+    detail::static_check_output<OutO>();
     forward(q, k, v, static_cast<const NoMask<XQ>*>(nullptr), o, static_cast<NoLse<XQ>*>(nullptr));
   }
-  template <class XQ, class XK, class XV, class XO, class XL>
+  template <class XQ, class XK, class XV, class OutO, class OutL>
   void apply(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
-             const Eigen::DenseBase<XV>& v, const Eigen::DenseBase<XO>& o,
-             const Eigen::DenseBase<XL>& lse) const {
+             const Eigen::DenseBase<XV>& v, OutO&& o, OutL&& lse) const {
+    detail::static_check_output<OutO>();
+    detail::static_check_output<OutL>();
     static_assert(kSoftmax && sizeof(XQ) > 0,
                   "softmaxlab: the log-sum-exp output needs the Softmax weight");
     forward(q, k, v, static_cast<const NoMask<XQ>*>(nullptr), o, &lse.derived());
   }
   // mask: Lq x Lk additive (times the mask slope), storage of Q's scalar.
-  template <class XQ, class XK, class XV, class XM, class XO>
+  template <class XQ, class XK, class XV, class XM, class OutO>
   void apply_masked(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
                     const Eigen::DenseBase<XV>& v, const Eigen::DenseBase<XM>& mask,
-                    const Eigen::DenseBase<XO>& o) const {
+                    OutO&& o) const {
+    detail::static_check_output<OutO>();
     forward(q, k, v, &mask.derived(), o, static_cast<NoLse<XQ>*>(nullptr));
   }
-  template <class XQ, class XK, class XV, class XM, class XO, class XL>
+  template <class XQ, class XK, class XV, class XM, class OutO, class OutL>
   void apply_masked(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
-                    const Eigen::DenseBase<XV>& v, const Eigen::DenseBase<XM>& mask,
-                    const Eigen::DenseBase<XO>& o, const Eigen::DenseBase<XL>& lse) const {
+                    const Eigen::DenseBase<XV>& v, const Eigen::DenseBase<XM>& mask, OutO&& o,
+                    OutL&& lse) const {
+    detail::static_check_output<OutO>();
+    detail::static_check_output<OutL>();
     static_assert(kSoftmax && sizeof(XQ) > 0,
                   "softmaxlab: the log-sum-exp output needs the Softmax weight");
     forward(q, k, v, &mask.derived(), o, &lse.derived());
   }
 
   // dQ, dK, dV of <dO, O> from the forward's O and lse (see the doc block); sequential.
-  template <class XQ, class XK, class XV, class XO, class XL, class XdO, class XdQ, class XdK,
-            class XdV>
+  template <class XQ, class XK, class XV, class XO, class XL, class XdO, class OutQ, class OutK,
+            class OutV>
   void backward(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
                 const Eigen::DenseBase<XV>& v, const Eigen::DenseBase<XO>& o,
-                const Eigen::DenseBase<XL>& lse, const Eigen::DenseBase<XdO>& dout,
-                const Eigen::DenseBase<XdQ>& dq, const Eigen::DenseBase<XdK>& dk,
-                const Eigen::DenseBase<XdV>& dv) const {
+                const Eigen::DenseBase<XL>& lse, const Eigen::DenseBase<XdO>& dout, OutQ&& dq,
+                OutK&& dk, OutV&& dv) const {
+    detail::static_check_output<OutQ>();
+    detail::static_check_output<OutK>();
+    detail::static_check_output<OutV>();
     backward_impl(q, k, v, static_cast<const NoMask<XQ>*>(nullptr), o, lse, dout, dq, dk, dv);
   }
-  template <class XQ, class XK, class XV, class XM, class XO, class XL, class XdO, class XdQ,
-            class XdK, class XdV>
+  template <class XQ, class XK, class XV, class XM, class XO, class XL, class XdO, class OutQ,
+            class OutK, class OutV>
   void backward_masked(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
                        const Eigen::DenseBase<XV>& v, const Eigen::DenseBase<XM>& mask,
                        const Eigen::DenseBase<XO>& o, const Eigen::DenseBase<XL>& lse,
-                       const Eigen::DenseBase<XdO>& dout, const Eigen::DenseBase<XdQ>& dq,
-                       const Eigen::DenseBase<XdK>& dk, const Eigen::DenseBase<XdV>& dv) const {
+                       const Eigen::DenseBase<XdO>& dout, OutQ&& dq, OutK&& dk, OutV&& dv) const {
+    detail::static_check_output<OutQ>();
+    detail::static_check_output<OutK>();
+    detail::static_check_output<OutV>();
     backward_impl(q, k, v, &mask.derived(), o, lse, dout, dq, dk, dv);
   }
 
@@ -1378,16 +1392,18 @@ class Attention {
 // (no visible key) contributes nothing; both -inf gives zeros and -inf; a NaN lse gives a NaN
 // row; two +inf partials (whose mass split the lse does not record) give a NaN row; one +inf
 // partial wins. O may be O1 or O2 (exactly), and lse lse1 or lse2.
-template <class XO1, class XL1, class XO2, class XL2, class XO, class XL>
+template <class XO1, class XL1, class XO2, class XL2, class OutO, class OutL>
 void merge_attention(const Eigen::DenseBase<XO1>& o1, const Eigen::DenseBase<XL1>& lse1,
                      const Eigen::DenseBase<XO2>& o2, const Eigen::DenseBase<XL2>& lse2,
-                     const Eigen::DenseBase<XO>& o_out, const Eigen::DenseBase<XL>& lse_out) {
+                     OutO&& o_out, OutL&& lse_out) {
+  using XO = detail::output_xpr_t<OutO>;
+  using XL = detail::output_xpr_t<OutL>;
   using Scalar = typename XO::Scalar;
   constexpr const char* fn = "merge_attention";
   static_assert(detail::is_writable_storage_v<XO> && detail::is_writable_storage_v<XL>,
                 "softmaxlab: O and lse must be writable storage");
-  auto& o = const_cast<Eigen::DenseBase<XO>&>(o_out).derived();
-  auto& lse = const_cast<Eigen::DenseBase<XL>&>(lse_out).derived();
+  auto& o = detail::writable_output(std::forward<OutO>(o_out));
+  auto& lse = detail::writable_output(std::forward<OutL>(lse_out));
   const Index rows = o1.rows(), cols = o1.cols();
   if (o2.rows() != rows || o2.cols() != cols || o.rows() != rows || o.cols() != cols) {
     detail::fail(fn, ": O1, O2 and O must have one shape, but got ", rows, " x ", cols, ", ",

@@ -74,6 +74,7 @@
 // -inf logit is allowed where the target is 0 (a masked class); a target on a -inf logit gives
 // +inf, a row with +inf logits NaN.
 //
+// Outputs (y, dx, the losses' grad): a const Matrix does not compile; pass a Map, Ref or Y.row(i).
 // Errors (std::invalid_argument naming the parameter and value): alpha outside [1, 2] or NaN
 // (EntmaxLoss: outside (1, 2]);
 // outputs of the wrong shape or partially overlapping the input; for the losses as

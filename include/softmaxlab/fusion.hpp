@@ -42,6 +42,7 @@
 // finite (HardFusion(0.5) of tgt = [FLT_MAX, -FLT_MAX], src = [0, 0] gives [-log(2)/2,
 // -FLT_MAX]; SoftFusion of tgt = [FLT_MAX, 0], src = [-FLT_MAX, FLT_MAX] gives [-FLT_MAX, 0]).
 //
+// Outputs (y, dtgt, dsrc): a const Matrix does not compile; pass a Map, Ref or a block (Y.row(i)).
 // Errors (std::invalid_argument naming the value or shapes, nothing else is thrown): lambda
 // outside [0, 1] or tau outside [2^-100, 2^100] (constructors); tgt, src, y, dy or the gradients
 // of different shapes; an output partially overlapping an input, or gradients sharing storage
@@ -75,9 +76,9 @@ class FusionFunctor {
     with_storage(src, [&](const auto& s) { forward_impl(tgt, s, y, SliceMode::Vector); });
     return y;
   }
-  template <class XprT, class XprS, class XprY>
-  void apply(const Eigen::DenseBase<XprT>& tgt, const Eigen::DenseBase<XprS>& src,
-             const Eigen::DenseBase<XprY>& y) const {
+  template <class XprT, class XprS, class Out>
+  void apply(const Eigen::DenseBase<XprT>& tgt, const Eigen::DenseBase<XprS>& src, Out&& y) const {
+    static_check_output<Out>();
     forward_impl(tgt, src, y, SliceMode::Vector);
   }
   template <class XprT, class XprS>
@@ -87,9 +88,10 @@ class FusionFunctor {
     with_storage(src, [&](const auto& s) { forward_impl(tgt, s, y, SliceMode::Rows); });
     return y;
   }
-  template <class XprT, class XprS, class XprY>
+  template <class XprT, class XprS, class Out>
   void rowwise(const Eigen::DenseBase<XprT>& tgt, const Eigen::DenseBase<XprS>& src,
-               const Eigen::DenseBase<XprY>& y) const {
+               Out&& y) const {
+    static_check_output<Out>();
     forward_impl(tgt, src, y, SliceMode::Rows);
   }
   template <class XprT, class XprS>
@@ -99,9 +101,10 @@ class FusionFunctor {
     with_storage(src, [&](const auto& s) { forward_impl(tgt, s, y, SliceMode::Cols); });
     return y;
   }
-  template <class XprT, class XprS, class XprY>
+  template <class XprT, class XprS, class Out>
   void colwise(const Eigen::DenseBase<XprT>& tgt, const Eigen::DenseBase<XprS>& src,
-               const Eigen::DenseBase<XprY>& y) const {
+               Out&& y) const {
+    static_check_output<Out>();
     forward_impl(tgt, src, y, SliceMode::Cols);
   }
 
@@ -113,10 +116,12 @@ class FusionFunctor {
     require_vector(Derived::name, tgt.rows(), tgt.cols());
     return backward_alloc(tgt, src, y, dy, SliceMode::Vector);
   }
-  template <class XprT, class XprS, class XprY, class XprDy, class XprDT, class XprDS>
+  template <class XprT, class XprS, class XprY, class XprDy, class OutT, class OutS>
   void backward(const Eigen::DenseBase<XprT>& tgt, const Eigen::DenseBase<XprS>& src,
-                const Eigen::DenseBase<XprY>& y, const Eigen::DenseBase<XprDy>& dy,
-                const Eigen::DenseBase<XprDT>& dtgt, const Eigen::DenseBase<XprDS>& dsrc) const {
+                const Eigen::DenseBase<XprY>& y, const Eigen::DenseBase<XprDy>& dy, OutT&& dtgt,
+                OutS&& dsrc) const {
+    static_check_output<OutT>();
+    static_check_output<OutS>();
     backward_impl(tgt, src, y, dy, dtgt, dsrc, SliceMode::Vector);
   }
   template <class XprT, class XprS, class XprY, class XprDy>
@@ -125,11 +130,12 @@ class FusionFunctor {
       const Eigen::DenseBase<XprY>& y, const Eigen::DenseBase<XprDy>& dy) const {
     return backward_alloc(tgt, src, y, dy, SliceMode::Rows);
   }
-  template <class XprT, class XprS, class XprY, class XprDy, class XprDT, class XprDS>
+  template <class XprT, class XprS, class XprY, class XprDy, class OutT, class OutS>
   void rowwise_backward(const Eigen::DenseBase<XprT>& tgt, const Eigen::DenseBase<XprS>& src,
                         const Eigen::DenseBase<XprY>& y, const Eigen::DenseBase<XprDy>& dy,
-                        const Eigen::DenseBase<XprDT>& dtgt,
-                        const Eigen::DenseBase<XprDS>& dsrc) const {
+                        OutT&& dtgt, OutS&& dsrc) const {
+    static_check_output<OutT>();
+    static_check_output<OutS>();
     backward_impl(tgt, src, y, dy, dtgt, dsrc, SliceMode::Rows);
   }
   template <class XprT, class XprS, class XprY, class XprDy>
@@ -138,11 +144,12 @@ class FusionFunctor {
       const Eigen::DenseBase<XprY>& y, const Eigen::DenseBase<XprDy>& dy) const {
     return backward_alloc(tgt, src, y, dy, SliceMode::Cols);
   }
-  template <class XprT, class XprS, class XprY, class XprDy, class XprDT, class XprDS>
+  template <class XprT, class XprS, class XprY, class XprDy, class OutT, class OutS>
   void colwise_backward(const Eigen::DenseBase<XprT>& tgt, const Eigen::DenseBase<XprS>& src,
                         const Eigen::DenseBase<XprY>& y, const Eigen::DenseBase<XprDy>& dy,
-                        const Eigen::DenseBase<XprDT>& dtgt,
-                        const Eigen::DenseBase<XprDS>& dsrc) const {
+                        OutT&& dtgt, OutS&& dsrc) const {
+    static_check_output<OutT>();
+    static_check_output<OutS>();
     backward_impl(tgt, src, y, dy, dtgt, dsrc, SliceMode::Cols);
   }
 

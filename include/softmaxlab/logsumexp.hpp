@@ -29,6 +29,7 @@
 // or (weighted) only zero weights give -inf (sign 0); entries with b_i = 0 take no part. Backward:
 // softmax's rules (-inf entries get 0, NaN rows NaN, +inf entries share g).
 //
+// Outputs (out, dx, db): a const Matrix does not compile; pass a Map, Ref or a block (Y.row(i)).
 // Errors (std::invalid_argument naming the function and the shapes): a matrix where a vector is
 // expected; outputs and weights of the wrong size.
 //
@@ -38,6 +39,7 @@
 
 #include <cmath>
 #include <limits>
+#include <utility>
 
 #include "detail/checks.hpp"
 #include "detail/functor_base.hpp"
@@ -75,8 +77,9 @@ class LogSumExp {
     rowwise(x, out);
     return out;
   }
-  template <class XprX, class XprY>
-  void rowwise(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& out) const {
+  template <class XprX, class Out>
+  void rowwise(const Eigen::DenseBase<XprX>& x, Out&& out) const {
+    detail::static_check_output<Out>();
     slices(x, out, true);
   }
   template <class XprX>
@@ -86,8 +89,9 @@ class LogSumExp {
     colwise(x, out);
     return out;
   }
-  template <class XprX, class XprY>
-  void colwise(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& out) const {
+  template <class XprX, class Out>
+  void colwise(const Eigen::DenseBase<XprX>& x, Out&& out) const {
+    detail::static_check_output<Out>();
     slices(x, out, false);
   }
 
@@ -140,35 +144,33 @@ class LogSumExp {
   }
 
   // dx = g softmax(x): the vector-Jacobian product of lse at x. dx may be x.
-  template <class XprX, class XprDx>
-  void backward(const Eigen::DenseBase<XprX>& x, double g,
-                const Eigen::DenseBase<XprDx>& dx) const {
-    auto& d = const_cast<Eigen::DenseBase<XprDx>&>(dx).derived();
+  template <class XprX, class Out>
+  void backward(const Eigen::DenseBase<XprX>& x, double g, Out&& dx) const {
+    auto& d = detail::writable_output(std::forward<Out>(dx));
     Softmax().apply(x, d);
     d *= static_cast<typename XprX::Scalar>(g);
   }
   // Row i: dX.row(i) = G(i) softmax(X.row(i)); G has X.rows() entries.
-  template <class XprX, class XprG, class XprDx>
+  template <class XprX, class XprG, class Out>
   void rowwise_backward(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprG>& g,
-                        const Eigen::DenseBase<XprDx>& dx) const {
+                        Out&& dx) const {
     detail::require_vector("LogSumExp::rowwise_backward: G", g.rows(), g.cols());
     if (g.size() != x.rows())
       detail::fail("LogSumExp::rowwise_backward: G must have one entry per row (", x.rows(),
                    "), but got ", g.size());
-    auto& d = const_cast<Eigen::DenseBase<XprDx>&>(dx).derived();
+    auto& d = detail::writable_output(std::forward<Out>(dx));
     Softmax().rowwise(x, d);
     for (Index i = 0; i < x.rows(); ++i)
       d.row(i) *= static_cast<typename XprX::Scalar>(g.derived().coeff(i));
   }
   // Gradients of value = log|s| (s = sum b_i exp(x_i)) times g: dx_i = g sign b_i exp(x_i - value),
   // db_i = g sign exp(x_i - value). NaN when value is NaN; zeros when s = 0 or all weights are 0.
-  template <class XprX, class XprB, class XprDx, class XprDb>
+  template <class XprX, class XprB, class OutDx, class OutDb>
   void weighted_backward(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprB>& b, double g,
-                         const Eigen::DenseBase<XprDx>& dx_const,
-                         const Eigen::DenseBase<XprDb>& db_const) const {
+                         OutDx&& dx_out, OutDb&& db_out) const {
     using Scalar = typename XprX::Scalar;
-    auto& dx = const_cast<Eigen::DenseBase<XprDx>&>(dx_const).derived();
-    auto& db = const_cast<Eigen::DenseBase<XprDb>&>(db_const).derived();
+    auto& dx = detail::writable_output(std::forward<OutDx>(dx_out));
+    auto& db = detail::writable_output(std::forward<OutDb>(db_out));
     if (dx.size() != x.size() || db.size() != x.size())
       detail::fail("LogSumExp::weighted_backward: dx and db must have x's length ", x.size(),
                    ", but got ", dx.size(), " and ", db.size());

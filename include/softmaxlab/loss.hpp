@@ -83,6 +83,7 @@
 // (tests/test_loss.cpp, tests/test_backward_gumbel_normalized.cpp: relative error < 1e-6,
 // measured ~1e-11).
 //
+// Outputs (grad, dW, db, dE, d_o, RowOutputs): a const Matrix does not compile; pass a view/block.
 // Errors (std::invalid_argument naming the parameter and value or the shapes, nothing else is
 // thrown): a reduction, label_smoothing, penalty or tau out of range (constructors); labels of the
 // wrong length or outside [0, C) (other than ignore_index); targets, gradients or parameters of
@@ -115,27 +116,27 @@ struct RowOutputs {
   detail::Span<double> losses{nullptr, 0, 1};
   detail::Span<double> lse{nullptr, 0, 1};
 
-  template <class Xpr>
-  RowOutputs& with_losses(const Eigen::DenseBase<Xpr>& v) {
-    losses = span_of(v);
+  template <class Out>
+  RowOutputs& with_losses(Out&& v) {
+    losses = span_of(detail::writable_output(std::forward<Out>(v)));
     return *this;
   }
-  template <class Xpr>
-  RowOutputs& with_lse(const Eigen::DenseBase<Xpr>& v) {
-    lse = span_of(v);
+  template <class Out>
+  RowOutputs& with_lse(Out&& v) {
+    lse = span_of(detail::writable_output(std::forward<Out>(v)));
     return *this;
   }
 
  private:
   template <class Xpr>
-  static detail::Span<double> span_of(const Eigen::DenseBase<Xpr>& v) {
+  static detail::Span<double> span_of(Eigen::DenseBase<Xpr>& v) {
     static_assert(std::is_same_v<typename Xpr::Scalar, double>,
                   "softmaxlab: per-row loss outputs are double vectors");
     static_assert(detail::is_writable_storage_v<Xpr>,
                   "softmaxlab: per-row loss outputs must be writable storage (VectorXd, Map, "
                   "segment)");
     detail::require_vector("RowOutputs", v.rows(), v.cols());
-    auto& d = const_cast<Eigen::DenseBase<Xpr>&>(v).derived();
+    auto& d = v.derived();
     if (d.size() == 0)
       return {nullptr, 0, 1};
     return detail::vector_span<double>(d);
@@ -228,17 +229,17 @@ class LogitsLoss {
 
   // The loss, and dloss/dlogits written into grad (N x C; may be the logits themselves; an
   // expression's logits are evaluated into grad). No allocation.
-  template <class XprZ, class Targets, class XprG>
-  double operator()(const Eigen::DenseBase<XprZ>& logits, const Targets& targets,
-                    const Eigen::DenseBase<XprG>& grad_const,
+  template <class XprZ, class Targets, class OutG, if_output_t<OutG> = 0>
+  double operator()(const Eigen::DenseBase<XprZ>& logits, const Targets& targets, OutG&& grad_out,
                     const RowOutputs& out = RowOutputs()) const {
     using Scalar = typename XprZ::Scalar;
+    using XprG = output_xpr_t<OutG>;
     static_assert(std::is_same_v<Scalar, typename XprG::Scalar>,
                   "softmaxlab: logits and grad must have the same scalar type");
     static_assert(is_writable_storage_v<XprG>,
                   "softmaxlab: grad must be writable storage (Matrix, Array, Map, Ref or a Block "
                   "of one), not an expression");
-    auto& grad = const_cast<Eigen::DenseBase<XprG>&>(grad_const).derived();
+    auto& grad = writable_output(std::forward<OutG>(grad_out));
     require_same_shape(Derived::name, SliceMode::Rows, "grad", grad.rows(), grad.cols(),
                        logits.rows(), logits.cols());
     if constexpr (is_16bit_v<Scalar>) {
@@ -419,16 +420,17 @@ class CrossEntropyLoss : public detail::LogitsLoss<CrossEntropyLoss> {
   // gradient entries are 0), and -inf is never written into the logits. The masked logits are
   // staged in grad, which then receives dloss/dlogits as in operator()(logits, targets, grad);
   // no allocation. grad may be logits itself; it must not share storage with matrix targets.
-  template <class XprZ, class XprK, class Targets, class XprG>
+  template <class XprZ, class XprK, class Targets, class OutG>
   double apply_masked(const Eigen::DenseBase<XprZ>& logits, const Eigen::DenseBase<XprK>& keep,
-                      const Targets& targets, const Eigen::DenseBase<XprG>& grad_const) const {
+                      const Targets& targets, OutG&& grad_out) const {
     using Scalar = typename XprZ::Scalar;
+    using XprG = detail::output_xpr_t<OutG>;
     static_assert(std::is_same_v<typename XprK::Scalar, bool>,
                   "softmaxlab: a boolean mask must have scalar type bool (true = kept)");
     static_assert(detail::is_writable_storage_v<XprG>,
                   "softmaxlab: grad must be writable storage (Matrix, Array, Map, Ref or a Block "
                   "of one), not an expression");
-    auto& grad = const_cast<Eigen::DenseBase<XprG>&>(grad_const).derived();
+    auto& grad = detail::writable_output(std::forward<OutG>(grad_out));
     detail::require_same_shape(name, detail::SliceMode::Rows, "keep", keep.rows(), keep.cols(),
                                logits.rows(), logits.cols());
     detail::require_same_shape(name, detail::SliceMode::Rows, "grad", grad.rows(), grad.cols(),
@@ -635,14 +637,14 @@ class L2SvmLoss {
   }
 
   // The same, and its gradient d_o = -2 C y max(0, 1 - y o) written into d_o (N x K; may be o).
-  template <class XprO, class Labels, class XprD>
-  double hinge(const Eigen::DenseBase<XprO>& o, const Labels& labels,
-               const Eigen::DenseBase<XprD>& d_o_const) const {
+  template <class XprO, class Labels, class OutD>
+  double hinge(const Eigen::DenseBase<XprO>& o, const Labels& labels, OutD&& d_o_out) const {
+    using XprD = detail::output_xpr_t<OutD>;
     static_assert(detail::is_writable_storage_v<XprD>,
                   "softmaxlab: d_o must be writable storage, not an expression");
     static_assert(std::is_same_v<typename XprO::Scalar, typename XprD::Scalar>,
                   "softmaxlab: o and d_o must have the same scalar type");
-    auto& d_o = const_cast<Eigen::DenseBase<XprD>&>(d_o_const).derived();
+    auto& d_o = detail::writable_output(std::forward<OutD>(d_o_out));
     detail::require_same_shape(name, detail::SliceMode::Rows, "d_o", d_o.rows(), d_o.cols(),
                                o.rows(), o.cols());
     return hinge_impl(o.derived(), labels, &d_o);
@@ -658,14 +660,13 @@ class L2SvmLoss {
   }
 
   // The same, with dW = W + X^T d_o and db = sum_n d_o written (shapes of W and b). Allocates o.
-  template <class XprX, class XprW, class XprB, class Labels, class XprDW, class XprDB>
+  template <class XprX, class XprW, class XprB, class Labels, class OutDW, class OutDB>
   double operator()(const Eigen::MatrixBase<XprX>& x, const Eigen::MatrixBase<XprW>& w,
-                    const Eigen::MatrixBase<XprB>& b, const Labels& labels,
-                    const Eigen::MatrixBase<XprDW>& dw_const,
-                    const Eigen::MatrixBase<XprDB>& db_const) const {
+                    const Eigen::MatrixBase<XprB>& b, const Labels& labels, OutDW&& dw_out,
+                    OutDB&& db_out) const {
     check_layer_shapes(x, w, b);
-    auto& dw = const_cast<Eigen::MatrixBase<XprDW>&>(dw_const).derived();
-    auto& db = const_cast<Eigen::MatrixBase<XprDB>&>(db_const).derived();
+    auto& dw = detail::writable_output(std::forward<OutDW>(dw_out));
+    auto& db = detail::writable_output(std::forward<OutDB>(db_out));
     detail::require_same_shape(name, detail::SliceMode::Rows, "dW", dw.rows(), dw.cols(), w.rows(),
                                w.cols());
     detail::require_vector(name, db.rows(), db.cols());
@@ -779,12 +780,11 @@ class NormalizedSoftmaxLoss {
   }
 
   // The loss, with dE (N x D) and dW (C x D) written. Allocates the logits and the products.
-  template <class XprE, class XprW, class Labels, class XprDE, class XprDW>
+  template <class XprE, class XprW, class Labels, class OutDE, class OutDW>
   double operator()(const Eigen::DenseBase<XprE>& e, const Eigen::DenseBase<XprW>& w,
-                    const Labels& labels, const Eigen::DenseBase<XprDE>& de_const,
-                    const Eigen::DenseBase<XprDW>& dw_const) const {
-    auto& de = const_cast<Eigen::DenseBase<XprDE>&>(de_const).derived();
-    auto& dw = const_cast<Eigen::DenseBase<XprDW>&>(dw_const).derived();
+                    const Labels& labels, OutDE&& de_out, OutDW&& dw_out) const {
+    auto& de = detail::writable_output(std::forward<OutDE>(de_out));
+    auto& dw = detail::writable_output(std::forward<OutDW>(dw_out));
     detail::require_same_shape(name, detail::SliceMode::Rows, "dE", de.rows(), de.cols(), e.rows(),
                                e.cols());
     detail::require_same_shape(name, detail::SliceMode::Rows, "dW", dw.rows(), dw.cols(), w.rows(),
@@ -842,15 +842,15 @@ class SparseCbmGumbelLoss {
   }
 
   // The loss, and dloss/dlogits written into grad (N x K; may be the logits); no allocation.
-  template <class XprZ, class Gen, class XprG>
-  double operator()(const Eigen::DenseBase<XprZ>& logits, Gen& gen,
-                    const Eigen::DenseBase<XprG>& grad_const) const {
+  template <class XprZ, class Gen, class OutG>
+  double operator()(const Eigen::DenseBase<XprZ>& logits, Gen& gen, OutG&& grad_out) const {
     using Scalar = typename XprZ::Scalar;
+    using XprG = detail::output_xpr_t<OutG>;
     static_assert(std::is_same_v<Scalar, typename XprG::Scalar>,
                   "softmaxlab: logits and grad must have the same scalar type");
     static_assert(detail::is_writable_storage_v<XprG>,
                   "softmaxlab: grad must be writable storage, not an expression");
-    auto& grad = const_cast<Eigen::DenseBase<XprG>&>(grad_const).derived();
+    auto& grad = detail::writable_output(std::forward<OutG>(grad_out));
     detail::require_same_shape(name, detail::SliceMode::Rows, "grad", grad.rows(), grad.cols(),
                                logits.rows(), logits.cols());
     if (logits.size() == 0)

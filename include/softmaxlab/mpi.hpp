@@ -50,6 +50,7 @@
 // every rank (the loss NaN, sample() -1); -inf entries get exactly 0 (never drawn); a row of only
 // -inf gives zeros (sample() -1); k entries at +inf share the mass 1/k (sample(): the first one).
 //
+// Outputs (y, grad): a const Matrix does not compile; pass a Map, Ref or a block such as Y.row(i).
 // Errors: std::invalid_argument naming the value (temperature, vocab_size, begin, labels, label
 // smoothing, reduction, output shapes), thrown by the rank that sees it before any communication
 // (every argument that must agree across ranks, such as N, V and the labels, is checked the same
@@ -69,6 +70,7 @@
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "detail/checks.hpp"
@@ -228,11 +230,12 @@ class VocabParallelNormalize {
   MPI_Comm comm() const { return comm_; }
 
   // Each row of the N x (end - begin) shard x_shard: its columns of the whole row's (log-)softmax.
-  template <class XprX, class XprY>
-  void rowwise(const Eigen::DenseBase<XprX>& x_shard, const Eigen::DenseBase<XprY>& y_const) const {
+  template <class XprX, class Out>
+  void rowwise(const Eigen::DenseBase<XprX>& x_shard, Out&& y_out) const {
+    using XprY = softmaxlab::detail::output_xpr_t<Out>;
     static_assert(softmaxlab::detail::is_writable_storage_v<XprY>,
                   "softmaxlab: the output must be writable storage, not an expression");
-    auto& y = const_cast<Eigen::DenseBase<XprY>&>(y_const).derived();
+    auto& y = softmaxlab::detail::writable_output(std::forward<Out>(y_out));
     softmaxlab::detail::require_same_size(name_, x_shard.rows(), x_shard.cols(), y.rows(),
                                           y.cols());
     const auto& x = x_shard.derived();
@@ -258,10 +261,10 @@ class VocabParallelNormalize {
   }
 
   // One row: x_shard is this rank's part of a 1-D vector (either orientation).
-  template <class XprX, class XprY>
-  void apply(const Eigen::DenseBase<XprX>& x_shard, const Eigen::DenseBase<XprY>& y_const) const {
+  template <class XprX, class Out>
+  void apply(const Eigen::DenseBase<XprX>& x_shard, Out&& y_out) const {
     softmaxlab::detail::require_vector(name_, x_shard.rows(), x_shard.cols());
-    auto& y = const_cast<Eigen::DenseBase<XprY>&>(y_const).derived();
+    auto& y = softmaxlab::detail::writable_output(std::forward<Out>(y_out));
     softmaxlab::detail::require_vector(name_, y.rows(), y.cols());
     if (y.size() != x_shard.size())
       fail(name_, ": output must have the shard's length ", x_shard.size(), ", but got ", y.rows(),
@@ -382,15 +385,16 @@ class VocabParallelCrossEntropy {
 
   // The loss, and this rank's columns of dloss/dlogits written into grad_shard (the shard's shape;
   // it may be logits_shard itself).
-  template <class XprZ, class Labels, class XprG>
+  template <class XprZ, class Labels, class Out>
   double operator()(const Eigen::DenseBase<XprZ>& logits_shard, Index begin, const Labels& labels,
-                    const Eigen::DenseBase<XprG>& grad_const) const {
+                    Out&& grad_out) const {
     using Scalar = typename XprZ::Scalar;
+    using XprG = softmaxlab::detail::output_xpr_t<Out>;
     static_assert(std::is_same_v<Scalar, typename XprG::Scalar>,
                   "softmaxlab: logits and grad must have the same scalar type");
     static_assert(softmaxlab::detail::is_writable_storage_v<XprG>,
                   "softmaxlab: grad must be writable storage, not an expression");
-    auto& grad = const_cast<Eigen::DenseBase<XprG>&>(grad_const).derived();
+    auto& grad = softmaxlab::detail::writable_output(std::forward<Out>(grad_out));
     softmaxlab::detail::require_same_shape(name, softmaxlab::detail::SliceMode::Rows, "grad",
                                            grad.rows(), grad.cols(), logits_shard.rows(),
                                            logits_shard.cols());

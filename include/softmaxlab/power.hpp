@@ -209,9 +209,10 @@ class PowerSoftmax : public detail::DistributionFunctor<PowerSoftmax>,
   }
 
   // y = PowerSoftmax(x) over the entries with mask != 0; masked entries get 0 (doc block).
-  template <class XprX, class XprM, class XprY>
+  template <class XprX, class XprM, class Out>
   void apply_masked(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprM>& mask,
-                    const Eigen::DenseBase<XprY>& y) const {
+                    Out&& y) const {
+    detail::static_check_output<Out>();
     detail::require_vector(name, mask.rows(), mask.cols());
     if (mask.size() != x.size()) {
       detail::fail(name, ": mask must have the input's length ", x.size(), ", but got ",

@@ -57,6 +57,7 @@
 // only -inf (or an empty row) returns -1 and probabilities 0; k > 0 logits equal to +inf share the
 // mass (1/k each, the limit of softmax), the others get 0.
 //
+// Outputs (probs, tokens, indices, log_probs): a const Matrix does not compile; pass a view/block.
 // Errors (std::invalid_argument, naming the parameter and the value): temperature not 0 and not in
 // [2^-100, 2^100] (NaN included); top_k < 0; top_p not in (0, 1]; min_p not in [0, 1);
 // top_k_log_softmax's k < 0; outputs of the wrong size; a matrix where a vector is expected.
@@ -346,14 +347,15 @@ class Sampler {
   }
 
   // probs = the exact distribution sample() draws from (0 outside the kept set).
-  template <class XprX, class XprY>
-  void probabilities(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& probs_const,
+  template <class XprX, class Out>
+  void probabilities(const Eigen::DenseBase<XprX>& x, Out&& probs_out,
                      SamplingWorkspace& ws) const {
     using Scalar = typename XprX::Scalar;
+    using XprY = detail::output_xpr_t<Out>;
     detail::static_check_scalar<Scalar>();
     static_assert(std::is_same_v<Scalar, typename XprY::Scalar>,
                   "softmaxlab: input and output must have the same scalar type");
-    auto& probs = const_cast<Eigen::DenseBase<XprY>&>(probs_const).derived();
+    auto& probs = detail::writable_output(std::forward<Out>(probs_out));
     detail::require_vector("Sampler::probabilities", x.rows(), x.cols());
     detail::require_vector("Sampler::probabilities", probs.rows(), probs.cols());
     if (probs.size() != x.size()) {
@@ -395,10 +397,10 @@ class Sampler {
         return;
     }
   }
-  template <class XprX, class XprY>
-  void probabilities(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& probs) const {
+  template <class XprX, class Out>
+  void probabilities(const Eigen::DenseBase<XprX>& x, Out&& probs) const {
     SamplingWorkspace ws;
-    probabilities(x, probs, ws);
+    probabilities(x, std::forward<Out>(probs), ws);
   }
   template <class XprX>
   typename XprX::PlainObject probabilities(const Eigen::DenseBase<XprX>& x) const {
@@ -409,10 +411,11 @@ class Sampler {
 
   // tokens(i) = sample(L.row(i), gen): rows drawn in order. tokens: any writable integer vector of
   // L.rows() entries.
-  template <class XprL, class Gen, class XprT>
-  void sample_rowwise(const Eigen::DenseBase<XprL>& logits, Gen& gen,
-                      const Eigen::DenseBase<XprT>& tokens_const, SamplingWorkspace& ws) const {
-    auto& tokens = const_cast<Eigen::DenseBase<XprT>&>(tokens_const).derived();
+  template <class XprL, class Gen, class Out>
+  void sample_rowwise(const Eigen::DenseBase<XprL>& logits, Gen& gen, Out&& tokens_out,
+                      SamplingWorkspace& ws) const {
+    using XprT = detail::output_xpr_t<Out>;
+    auto& tokens = detail::writable_output(std::forward<Out>(tokens_out));
     detail::require_vector("Sampler::sample_rowwise: tokens", tokens.rows(), tokens.cols());
     if (tokens.size() != logits.rows()) {
       detail::fail("Sampler::sample_rowwise: tokens must have one entry per row (", logits.rows(),
@@ -421,11 +424,10 @@ class Sampler {
     for (Index r = 0; r < logits.rows(); ++r)
       tokens.coeffRef(r) = static_cast<typename XprT::Scalar>(sample(logits.row(r), gen, ws));
   }
-  template <class XprL, class Gen, class XprT>
-  void sample_rowwise(const Eigen::DenseBase<XprL>& logits, Gen& gen,
-                      const Eigen::DenseBase<XprT>& tokens) const {
+  template <class XprL, class Gen, class Out>
+  void sample_rowwise(const Eigen::DenseBase<XprL>& logits, Gen& gen, Out&& tokens) const {
     SamplingWorkspace ws;
-    sample_rowwise(logits, gen, tokens, ws);
+    sample_rowwise(logits, gen, std::forward<Out>(tokens), ws);
   }
 
   // Size of the kept set (the support of probabilities()), for diagnostics and examples; 0 for a
@@ -701,16 +703,17 @@ class Sampler {
 // kernel's compensated form, the rest in double). Special values: a NaN anywhere gives indices -1
 // and NaN log-probabilities; a row of only -inf gives -inf (indices 0, 1, ...); +inf entries share
 // the mass (-log count). With a workspace, no allocation once it has grown.
-template <class XprX, class XprI, class XprL>
-void top_k_log_softmax(const Eigen::DenseBase<XprX>& x, Index k,
-                       const Eigen::DenseBase<XprI>& indices_const,
-                       const Eigen::DenseBase<XprL>& log_probs_const, SamplingWorkspace& ws) {
+template <class XprX, class OutI, class OutL>
+void top_k_log_softmax(const Eigen::DenseBase<XprX>& x, Index k, OutI&& indices_out,
+                       OutL&& log_probs_out, SamplingWorkspace& ws) {
   using Scalar = typename XprX::Scalar;
+  using XprI = detail::output_xpr_t<OutI>;
+  using XprL = detail::output_xpr_t<OutL>;
   detail::static_check_scalar<Scalar>();
   static_assert(std::is_same_v<Scalar, typename XprL::Scalar>,
                 "softmaxlab: logits and log_probs must have the same scalar type");
-  auto& indices = const_cast<Eigen::DenseBase<XprI>&>(indices_const).derived();
-  auto& log_probs = const_cast<Eigen::DenseBase<XprL>&>(log_probs_const).derived();
+  auto& indices = detail::writable_output(std::forward<OutI>(indices_out));
+  auto& log_probs = detail::writable_output(std::forward<OutL>(log_probs_out));
   detail::require_vector("top_k_log_softmax", x.rows(), x.cols());
   const Index n = x.size();
   if (k < 0 || k > n)
@@ -763,22 +766,18 @@ void top_k_log_softmax(const Eigen::DenseBase<XprX>& x, Index k,
     log_probs.coeffRef(j) = v;
   }
 }
-template <class XprX, class XprI, class XprL>
-void top_k_log_softmax(const Eigen::DenseBase<XprX>& x, Index k,
-                       const Eigen::DenseBase<XprI>& indices,
-                       const Eigen::DenseBase<XprL>& log_probs) {
+template <class XprX, class OutI, class OutL>
+void top_k_log_softmax(const Eigen::DenseBase<XprX>& x, Index k, OutI&& indices, OutL&& log_probs) {
   SamplingWorkspace ws;
-  top_k_log_softmax(x, k, indices, log_probs, ws);
+  top_k_log_softmax(x, k, std::forward<OutI>(indices), std::forward<OutL>(log_probs), ws);
 }
 
 // Row r of Indices / LogProbs (rows x k) = top_k_log_softmax of row r of L.
-template <class XprX, class XprI, class XprL>
-void top_k_log_softmax_rowwise(const Eigen::DenseBase<XprX>& logits, Index k,
-                               const Eigen::DenseBase<XprI>& indices_const,
-                               const Eigen::DenseBase<XprL>& log_probs_const,
-                               SamplingWorkspace& ws) {
-  auto& indices = const_cast<Eigen::DenseBase<XprI>&>(indices_const).derived();
-  auto& log_probs = const_cast<Eigen::DenseBase<XprL>&>(log_probs_const).derived();
+template <class XprX, class OutI, class OutL>
+void top_k_log_softmax_rowwise(const Eigen::DenseBase<XprX>& logits, Index k, OutI&& indices_out,
+                               OutL&& log_probs_out, SamplingWorkspace& ws) {
+  auto& indices = detail::writable_output(std::forward<OutI>(indices_out));
+  auto& log_probs = detail::writable_output(std::forward<OutL>(log_probs_out));
   if (k < 0 || k > logits.cols())
     detail::fail("top_k_log_softmax_rowwise: k must be in [0, ", logits.cols(),
                  "] (the row length), but got ", k);
@@ -791,12 +790,12 @@ void top_k_log_softmax_rowwise(const Eigen::DenseBase<XprX>& logits, Index k,
   for (Index r = 0; r < logits.rows(); ++r)
     top_k_log_softmax(logits.row(r), k, indices.row(r), log_probs.row(r), ws);
 }
-template <class XprX, class XprI, class XprL>
-void top_k_log_softmax_rowwise(const Eigen::DenseBase<XprX>& logits, Index k,
-                               const Eigen::DenseBase<XprI>& indices,
-                               const Eigen::DenseBase<XprL>& log_probs) {
+template <class XprX, class OutI, class OutL>
+void top_k_log_softmax_rowwise(const Eigen::DenseBase<XprX>& logits, Index k, OutI&& indices,
+                               OutL&& log_probs) {
   SamplingWorkspace ws;
-  top_k_log_softmax_rowwise(logits, k, indices, log_probs, ws);
+  top_k_log_softmax_rowwise(logits, k, std::forward<OutI>(indices), std::forward<OutL>(log_probs),
+                            ws);
 }
 
 }  // namespace softmaxlab

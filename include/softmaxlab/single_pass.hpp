@@ -62,6 +62,7 @@
 //   - a NaN anywhere makes the whole row NaN (the state's max is NaN, and stays NaN on merges);
 //   - an empty input gives an empty output; an empty state has m = -inf, d = 0.
 //
+// Outputs (y of apply_split, write, write_log): a const Matrix does not compile; pass a view/block.
 // Errors (std::invalid_argument naming the value or shapes, nothing else is thrown): a
 // temperature out of range; merging states of different temperatures; write/write_log into an
 // output whose length differs from the chunk's, or that partially overlaps it; the shape errors of
@@ -231,15 +232,17 @@ class OnlineNormalizer {
   }
 
   // y_i = exp((x_i - max)/T) / sum for a chunk that went into this state (y may be the chunk).
-  template <class XprX, class XprY>
-  void write(const Eigen::DenseBase<XprX>& chunk, const Eigen::DenseBase<XprY>& y) const {
+  template <class XprX, class OutY>
+  void write(const Eigen::DenseBase<XprX>& chunk, OutY&& y) const {
+    detail::static_check_output<OutY>();
     write_impl<false>(chunk, y);
   }
 
   // y_i = (x_i - max)/T - log(sum): the log-probabilities of a chunk that went into this state
   // (with LogSoftmax's rule for a difference x_i - max that overflows, softmax.hpp).
-  template <class XprX, class XprY>
-  void write_log(const Eigen::DenseBase<XprX>& chunk, const Eigen::DenseBase<XprY>& y) const {
+  template <class XprX, class OutY>
+  void write_log(const Eigen::DenseBase<XprX>& chunk, OutY&& y) const {
+    detail::static_check_output<OutY>();
     write_impl<true>(chunk, y);
   }
 
@@ -431,9 +434,9 @@ class SinglePassSoftmax : public detail::DistributionFunctor<SinglePassSoftmax>,
   // piece written with the merged state. With OpenMP opt-in (SOFTMAXLAB_USE_OPENMP, see
   // functor_base.hpp) the pieces run on threads; the result depends on `parts` only, never on the
   // thread count, and parts = 1 is apply(). Same contract, bounds and special values as apply().
-  template <class XprX, class XprY>
-  void apply_split(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprY>& y,
-                   Index parts) const {
+  template <class XprX, class OutY>
+  void apply_split(const Eigen::DenseBase<XprX>& x, OutY&& y, Index parts) const {
+    detail::static_check_output<OutY>();
     if (parts < 1 || parts > kMaxParts)
       detail::fail(name, ": parts must be in [1, 64], but got ", parts);
     this->apply_impl(x, y, parts);

@@ -53,6 +53,7 @@
 
 #include <cmath>
 #include <limits>
+#include <utility>
 
 #include "detail/backward_base.hpp"
 #include "detail/checks.hpp"
@@ -310,16 +311,16 @@ class Softmax : public detail::DistributionFunctor<Softmax>,
 
   // Boolean mask (bool scalars, true = kept; JAX's where=): entries where keep is false behave
   // exactly as -inf logits, and no -inf is written into x. y as in apply(); y may be x.
-  template <class XprX, class XprK, class XprY>
+  template <class XprX, class XprK, class Out>
   void apply_masked(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprK>& keep,
-                    const Eigen::DenseBase<XprY>& y) const {
-    detail::apply_masked(*this, "Softmax::apply_masked", x, keep, y);
+                    Out&& y) const {
+    detail::apply_masked(*this, "Softmax::apply_masked", x, keep, std::forward<Out>(y));
   }
   // Each row of X with the mask Keep (X's shape) into Y (X's shape); Y may be X.
-  template <class XprX, class XprK, class XprY>
+  template <class XprX, class XprK, class Out>
   void rowwise_masked(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprK>& keep,
-                      const Eigen::DenseBase<XprY>& y) const {
-    detail::rowwise_masked(*this, "Softmax::rowwise_masked", x, keep, y);
+                      Out&& y) const {
+    detail::rowwise_masked(*this, "Softmax::rowwise_masked", x, keep, std::forward<Out>(y));
   }
 
  private:
@@ -394,16 +395,16 @@ class LogSoftmax : public detail::DistributionFunctor<LogSoftmax>,
 
   // Boolean mask (bool scalars, true = kept; JAX's where=): entries where keep is false behave
   // exactly as -inf logits, and no -inf is written into x. y as in apply(); y may be x.
-  template <class XprX, class XprK, class XprY>
+  template <class XprX, class XprK, class Out>
   void apply_masked(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprK>& keep,
-                    const Eigen::DenseBase<XprY>& y) const {
-    detail::apply_masked(*this, "LogSoftmax::apply_masked", x, keep, y);
+                    Out&& y) const {
+    detail::apply_masked(*this, "LogSoftmax::apply_masked", x, keep, std::forward<Out>(y));
   }
   // Each row of X with the mask Keep (X's shape) into Y (X's shape); Y may be X.
-  template <class XprX, class XprK, class XprY>
+  template <class XprX, class XprK, class Out>
   void rowwise_masked(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprK>& keep,
-                      const Eigen::DenseBase<XprY>& y) const {
-    detail::rowwise_masked(*this, "LogSoftmax::rowwise_masked", x, keep, y);
+                      Out&& y) const {
+    detail::rowwise_masked(*this, "LogSoftmax::rowwise_masked", x, keep, std::forward<Out>(y));
   }
 
  private:

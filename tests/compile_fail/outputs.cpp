@@ -3,6 +3,7 @@
 // const views, Eigen's const MatrixBase<Derived>& idiom); each other case is one call that must
 // fail with the static_assert message the ctest expects.
 #include <random>
+#include <vector>
 
 #include <softmaxlab/softmaxlab.hpp>
 
@@ -34,6 +35,24 @@ int main() {
   g.rowwise(X, Y, gen);
   Eigen::VectorXf s = g(x, gen);
   (void)s;
+  // The other families take outputs the same way (detail::writable_output): blocks, Maps, Refs.
+  const std::vector<int> labels{0, 1, 3};
+  Eigen::MatrixXf G(6, 4);
+  sml::CrossEntropyLoss()(X, labels, G.topRows(3));
+  sml::EntmaxLoss()(X, labels, G.middleRows(1, 3));
+  Eigen::VectorXd per_row(3);
+  const sml::CrossEntropyLoss none(sml::Reduction::None);
+  none(X, labels, sml::RowOutputs().with_losses(per_row));
+  sml::Attention<> attention;
+  Eigen::MatrixXf O(5, 4);
+  attention.apply(X, X, X, O.middleRows(1, 3));
+  attention.apply(X, X, X, Eigen::Map<Eigen::MatrixXf>(O.data(), 3, 4), y.head(3));
+  sml::Sampler sampler;
+  sampler.probabilities(x.transpose(), Y.row(2));
+  Eigen::VectorXi tokens(3);
+  sampler.sample_rowwise(X, gen, tokens.segment(0, 3));
+  sml::SoftFusion().rowwise(X, X, Y.topRows(3));
+  sml::LogSumExp().rowwise(X, y.head(3));
 #elif SOFTMAXLAB_CASE == 1
   const Eigen::VectorXf y(4);
   f.apply(x, y);
@@ -53,6 +72,21 @@ int main() {
 #elif SOFTMAXLAB_CASE == 7
   Eigen::VectorXf y(4);
   g.apply(x, y);
+#elif SOFTMAXLAB_CASE == 8
+  const Eigen::MatrixXf G(3, 4);
+  sml::CrossEntropyLoss()(X, std::vector<int>{0, 1, 3}, G);
+#elif SOFTMAXLAB_CASE == 9
+  const Eigen::MatrixXf O(3, 4);
+  sml::Attention<>().apply(X, X, X, O);
+#elif SOFTMAXLAB_CASE == 10
+  const Eigen::VectorXf p(4);
+  sml::Sampler().probabilities(x, p);
+#elif SOFTMAXLAB_CASE == 11
+  const Eigen::MatrixXf Z(3, 4);
+  sml::SoftFusion().rowwise(X, X, Z);
+#elif SOFTMAXLAB_CASE == 12
+  const Eigen::MatrixXf G(3, 4);
+  sml::EntmaxLoss()(X, std::vector<int>{0, 1, 3}, G);
 #endif
   return 0;
 }

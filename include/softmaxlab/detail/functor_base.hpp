@@ -15,8 +15,8 @@
 // Inputs are any dense Eigen expression of float or double. Inputs with direct storage are read in
 // place; other expressions are first evaluated into the output's storage (no allocation) and the
 // math runs in place there. Outputs must be writable storage: a plain object, Map, Ref, or a
-// temporary Block such as Y.row(i) (taken by const reference and written through const_cast, the
-// idiom of Eigen's "Writing Functions Taking Eigen Types as Parameters" page).
+// temporary Block such as Y.row(i), taken by forwarding reference so that a const Matrix/Array is
+// refused at compile time (static_check_output / writable_output, shared by every header).
 //
 // Parallel batches: rowwise/colwise spread their slices over OpenMP threads when the program is
 // compiled with OpenMP (-fopenmp, so _OPENMP is defined) AND defines SOFTMAXLAB_USE_OPENMP before
@@ -123,6 +123,27 @@ constexpr void static_check_output() {
   static_assert(!(std::is_const_v<T> && is_plain_object_v<std::remove_cv_t<T>>),
                 "softmaxlab: the output is a const Matrix/Array and cannot be written: pass a "
                 "non-const object, or a writable view (Map, Ref, or a block such as Y.row(i))");
+}
+
+// The Eigen type behind a forwarded output argument Out&&.
+template <class Out>
+using output_xpr_t = std::remove_cv_t<std::remove_reference_t<Out>>;
+
+// Constrains Out&& to Eigen objects, for overload sets in which another form takes something else
+// at the output's position (a RowOutputs, a generator, a workspace).
+template <class Out>
+using if_output_t =
+    std::enable_if_t<std::is_base_of_v<Eigen::DenseBase<output_xpr_t<Out>>, output_xpr_t<Out>>,
+                     int>;
+
+// Every public output of softmaxlab goes through here (or static_check_output, when it is handed
+// on to a `const DenseBase&` implementation): refuses a const Matrix/Array at compile time and
+// returns the object to write. A const view refers to writable storage, so writing through it is
+// sound (Eigen's const MatrixBase<Derived>& idiom).
+template <class Out>
+output_xpr_t<Out>& writable_output(Out&& y) {
+  static_check_output<Out>();
+  return const_cast<output_xpr_t<Out>&>(static_cast<const output_xpr_t<Out>&>(y));
 }
 
 // Smallest batch (elements) worth spreading over threads.

@@ -8,6 +8,7 @@
 
 #include <limits>
 #include <type_traits>
+#include <utility>
 
 #include "checks.hpp"
 #include "functor_base.hpp"
@@ -22,13 +23,14 @@ constexpr void static_check_mask() {
 }
 
 // y = f(x with the entries where keep is false replaced by -inf), for 1-D x, keep, y.
-template <class F, class XprX, class XprK, class XprY>
+template <class F, class XprX, class XprK, class Out>
 void apply_masked(const F& f, const char* function, const Eigen::DenseBase<XprX>& x,
-                  const Eigen::DenseBase<XprK>& keep, const Eigen::DenseBase<XprY>& y_const) {
+                  const Eigen::DenseBase<XprK>& keep, Out&& y_out) {
   using Scalar = typename XprX::Scalar;
+  using XprY = output_xpr_t<Out>;
   static_check_mask<XprK>();
   static_assert(is_writable_storage_v<XprY>, "softmaxlab: the output must be writable storage");
-  auto& y = const_cast<Eigen::DenseBase<XprY>&>(y_const).derived();
+  auto& y = writable_output(std::forward<Out>(y_out));
   require_vector(function, x.rows(), x.cols());
   require_vector(function, keep.rows(), keep.cols());
   require_vector(function, y.rows(), y.cols());
@@ -49,13 +51,14 @@ void apply_masked(const F& f, const char* function, const Eigen::DenseBase<XprX>
 }
 
 // Y = f.rowwise(X masked by Keep); Keep has X's shape.
-template <class F, class XprX, class XprK, class XprY>
+template <class F, class XprX, class XprK, class Out>
 void rowwise_masked(const F& f, const char* function, const Eigen::DenseBase<XprX>& x,
-                    const Eigen::DenseBase<XprK>& keep, const Eigen::DenseBase<XprY>& y_const) {
+                    const Eigen::DenseBase<XprK>& keep, Out&& y_out) {
   using Scalar = typename XprX::Scalar;
+  using XprY = output_xpr_t<Out>;
   static_check_mask<XprK>();
   static_assert(is_writable_storage_v<XprY>, "softmaxlab: the output must be writable storage");
-  auto& y = const_cast<Eigen::DenseBase<XprY>&>(y_const).derived();
+  auto& y = writable_output(std::forward<Out>(y_out));
   require_same_size(function, x.rows(), x.cols(), keep.rows(), keep.cols());
   require_same_size(function, x.rows(), x.cols(), y.rows(), y.cols());
   if constexpr (has_direct_access_v<XprX>) {
