@@ -603,3 +603,173 @@ TEST_CASE("half precision: AttentionSoftmax with a half mask", "[half][attention
       CHECK(as_double(row[j]) == 0.0);
   }
 }
+
+namespace {
+
+// NormalizedSoftmax in long double on the exact (widened) 16-bit inputs: softmax of s cos, the
+// target logit of row n s (cos - m) when CosFace labels are given.
+template <class ME, class MW>
+Eigen::Matrix<long double, Eigen::Dynamic, Eigen::Dynamic> normalized_reference(
+    const ME& e, const MW& w, double s, const std::vector<int>* labels, double m) {
+  using LMat = Eigen::Matrix<long double, Eigen::Dynamic, Eigen::Dynamic>;
+  auto widen = [](const auto& x) {
+    LMat out(x.rows(), x.cols());
+    for (Eigen::Index i = 0; i < x.rows(); ++i)
+      for (Eigen::Index j = 0; j < x.cols(); ++j)
+        out(i, j) = static_cast<long double>(as_double(x(i, j)));
+    return out;
+  };
+  const LMat el = widen(e), wl = widen(w);
+  LMat p(el.rows(), wl.rows());
+  for (Eigen::Index n = 0; n < el.rows(); ++n) {
+    const long double ne = std::sqrt(el.row(n).squaredNorm());
+    long double top = -std::numeric_limits<long double>::infinity();
+    for (Eigen::Index c = 0; c < wl.rows(); ++c) {
+      const long double nw = std::sqrt(wl.row(c).squaredNorm());
+      long double cosine = (ne == 0 || nw == 0) ? 0.0L : el.row(n).dot(wl.row(c)) / (ne * nw);
+      if (labels != nullptr && (*labels)[static_cast<std::size_t>(n)] == c)
+        cosine -= m;
+      p(n, c) = s * cosine;
+      top = std::max(top, p(n, c));
+    }
+    long double sum = 0;
+    for (Eigen::Index c = 0; c < wl.rows(); ++c)
+      sum += (p(n, c) = std::exp(p(n, c) - top));
+    p.row(n) /= sum;
+  }
+  return p;
+}
+
+// Worst error in ulps of Out of NormalizedSoftmax on 16-bit (or mixed) E and W, against the
+// long-double reference: 1 ulp (the final rounding, the result's ulp may be the next binade's)
+// plus the float computation's relative error eps_f (2 s (D + 2) + 4 (1 + 2 s + m s)): each
+// cosine within (D + 2) eps_f absolute, scaled by s, in the numerator and the normalizer, and
+// Softmax's own 4 eps (1 + |z - max|), |z - max| <= s (2 + m).
+template <class SE, class SW>
+softmaxlab_test::Worst normalized_worst(Eigen::Index rows, Eigen::Index classes, Eigen::Index d,
+                                        double s, bool with_margin, unsigned seed) {
+  using Out = SE;
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  Eigen::MatrixXf ef(rows, d), wf(classes, d);
+  for (Eigen::Index i = 0; i < ef.size(); ++i)
+    ef.data()[i] = normal(gen);
+  for (Eigen::Index i = 0; i < wf.size(); ++i)
+    wf.data()[i] = normal(gen);
+  ef.row(1).setZero();  // an all-zero embedding: uniform probabilities
+  const Eigen::Matrix<SE, Eigen::Dynamic, Eigen::Dynamic> e = ef.cast<SE>();
+  const Eigen::Matrix<SW, Eigen::Dynamic, Eigen::Dynamic> w = wf.cast<SW>();
+  std::vector<int> labels(static_cast<std::size_t>(rows));
+  Eigen::VectorXi label_vec(rows);
+  for (Eigen::Index n = 0; n < rows; ++n)
+    label_vec(n) = labels[static_cast<std::size_t>(n)] = static_cast<int>((n * 7) % classes);
+  const double m = with_margin ? 0.35 : 0.0;
+  const sml::NormalizedSoftmax ns(s, with_margin ? sml::Margin::cosface(m) : sml::Margin::none());
+  const auto p = with_margin ? ns(e, w, label_vec) : ns(e, w);
+  CHECK(std::is_same_v<typename std::decay_t<decltype(p)>::Scalar, Out>);
+  const auto exact = normalized_reference(e, w, s, with_margin ? &labels : nullptr, m);
+  const long double rel_f =
+      std::numeric_limits<float>::epsilon() * (2.0L * s * (d + 2) + 4.0L * (1 + 2 * s + m * s));
+  softmaxlab_test::Worst worst;
+  for (Eigen::Index n = 0; n < rows; ++n) {
+    for (Eigen::Index c = 0; c < classes; ++c) {
+      const long double x = exact(n, c);
+      const double bound = static_cast<double>(1.0L + rel_f * x / ulp_at<Out>(x));
+      worst.update(ulp_error(p(n, c), static_cast<double>(x)), bound, [&](std::ostream& o) {
+        o << "(" << n << ", " << c << ") exact " << static_cast<double>(x) << " got "
+          << as_double(p(n, c));
+      });
+    }
+    // property: each row sums to 1 within the rounding of its entries (1/2 ulp each, relative
+    // 2^-p) plus the float error
+    double sum = 0;
+    for (Eigen::Index c = 0; c < classes; ++c)
+      sum += as_double(p(n, c));
+    INFO("row " << n << " sums to " << sum);
+    CHECK(std::fabs(sum - 1.0) <= std::ldexp(1.0, 1 - Format<Out>::p) + 1e-6);
+  }
+  return worst;
+}
+
+}  // namespace
+
+TEST_CASE("half precision: NormalizedSoftmax within 1 ulp of the output plus the float error",
+          "[half][normalized]") {
+  auto run = [](auto tag_e, auto tag_w, bool margin, const char* what) {
+    using SE = decltype(tag_e);
+    using SW = decltype(tag_w);
+    const softmaxlab_test::Worst w = normalized_worst<SE, SW>(9, 37, 64, 20.0, margin, 41);
+    INFO(what << ": worst " << w.error << " ulp (bound there " << w.bound << ") at " << w.where);
+    CHECK(w.ratio <= 1.0);
+    WARN("NormalizedSoftmax " << what << (margin ? " CosFace" : "") << ": worst " << w.error
+                              << " ulp of " << Format<SE>::name << " (bound there " << w.bound
+                              << ")");
+  };
+  run(H(), H(), false, "half E, half W");
+  run(H(), H(), true, "half E, half W");
+  run(B(), B(), false, "bfloat16 E, bfloat16 W");
+  run(B(), B(), true, "bfloat16 E, bfloat16 W");
+  run(H(), float(), false, "half E, float W");
+  run(B(), H(), true, "bfloat16 E, half W");
+  run(float(), H(), false, "float E, half W");
+}
+
+TEST_CASE("half precision: NormalizedSoftmax 16-bit results are the float results rounded once",
+          "[half][normalized]") {
+  // Forward and backward on 16-bit E, W (and P, dP) run the float code on the widened values:
+  // every output is that float output rounded once to E's (dE) or W's (dW) type.
+  std::mt19937 gen(12);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  Eigen::MatrixXf ef(5, 16), wf(11, 16), dpf(5, 11);
+  for (Eigen::Index i = 0; i < ef.size(); ++i)
+    ef.data()[i] = normal(gen);
+  for (Eigen::Index i = 0; i < wf.size(); ++i)
+    wf.data()[i] = normal(gen);
+  for (Eigen::Index i = 0; i < dpf.size(); ++i)
+    dpf.data()[i] = normal(gen);
+  using MH = Eigen::Matrix<H, Eigen::Dynamic, Eigen::Dynamic>;
+  using MB = Eigen::Matrix<B, Eigen::Dynamic, Eigen::Dynamic>;
+  const MH eh = ef.cast<H>(), wh = wf.cast<H>(), dph = dpf.cast<H>();
+  const Eigen::MatrixXf ee = eh.cast<float>(), we = wh.cast<float>(), dpe = dph.cast<float>();
+  Eigen::VectorXi labels(5);
+  labels << 3, 0, 10, 3, 7;
+  const sml::NormalizedSoftmax ns(16.0, sml::Margin::arcface(0.4));
+  auto same = [](const auto& got, const auto& ref, const char* what) {
+    using G = typename std::decay_t<decltype(got)>::Scalar;
+    REQUIRE(got.rows() == ref.rows());
+    REQUIRE(got.cols() == ref.cols());
+    for (Eigen::Index i = 0; i < ref.rows(); ++i)
+      for (Eigen::Index j = 0; j < ref.cols(); ++j) {
+        INFO(what << " (" << i << ", " << j << ") float " << ref(i, j));
+        CHECK(as_double(got(i, j)) == as_double(static_cast<G>(ref(i, j))));
+      }
+  };
+  same(ns.logits(eh, wh, labels), ns.logits(ee, we, labels), "logits");
+  same(ns(eh, wh, labels), ns(ee, we, labels), "probabilities");
+  const auto pf = ns(ee, we, labels);
+  const MH ph = pf.cast<H>();
+  const Eigen::MatrixXf pe = ph.cast<float>();
+  const auto gh = ns.backward(eh, wh, labels, ph, dph);
+  const auto gf = ns.backward(ee, we, labels, pe, dpe);
+  same(gh.first, gf.first, "backward dE");
+  same(gh.second, gf.second, "backward dW");
+  const auto lh = ns.logits_backward(eh, wh, dph);
+  const auto lf = ns.logits_backward(ee, we, dpe);
+  same(lh.first, lf.first, "logits_backward dE");
+  same(lh.second, lf.second, "logits_backward dW");
+  // mixed: bfloat16 E, half W -> dE in bfloat16, dW in half
+  const MB eb = ef.cast<B>();
+  const auto gm = ns.logits_backward(eb, wh, dph);
+  const auto gmf = ns.logits_backward(eb.cast<float>().eval(), we, dpe);
+  CHECK(std::is_same_v<std::decay_t<decltype(gm.first)>::Scalar, B>);
+  CHECK(std::is_same_v<std::decay_t<decltype(gm.second)>::Scalar, H>);
+  same(gm.first, gmf.first, "mixed dE");
+  same(gm.second, gmf.second, "mixed dW");
+  // prototypes and classify
+  Eigen::VectorXi cls(5);
+  cls << 0, 1, 0, 2, 1;
+  const MH proto = sml::NormalizedSoftmax::prototypes(eh, cls, 3);
+  same(proto, sml::NormalizedSoftmax::prototypes(ee, cls, 3), "prototypes");
+  CHECK(sml::NormalizedSoftmax::classify(eh, proto)
+        == sml::NormalizedSoftmax::classify(ee, proto.cast<float>().eval()));
+}
