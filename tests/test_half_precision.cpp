@@ -773,3 +773,184 @@ TEST_CASE("half precision: NormalizedSoftmax 16-bit results are the float result
   CHECK(sml::NormalizedSoftmax::classify(eh, proto)
         == sml::NormalizedSoftmax::classify(ee, proto.cast<float>().eval()));
 }
+
+namespace {
+
+// Attention in long double, materialized, on the widened inputs: O = softmax(scale Q K^T + mask)
+// V with the causal rule j <= i + Lk - Lq; lse per query.
+struct AttentionExact {
+  Eigen::Matrix<long double, Eigen::Dynamic, Eigen::Dynamic> o;
+  Eigen::Matrix<long double, Eigen::Dynamic, 1> lse;
+};
+
+template <class MQ, class MM>
+AttentionExact attention_reference(const MQ& q, const MQ& k, const MQ& v, const MM* mask,
+                                   bool causal) {
+  using LMat = Eigen::Matrix<long double, Eigen::Dynamic, Eigen::Dynamic>;
+  auto widen = [](const auto& x) {
+    LMat out(x.rows(), x.cols());
+    for (Eigen::Index i = 0; i < x.rows(); ++i)
+      for (Eigen::Index j = 0; j < x.cols(); ++j)
+        out(i, j) = static_cast<long double>(as_double(x(i, j)));
+    return out;
+  };
+  const LMat ql = widen(q), kl = widen(k), vl = widen(v);
+  const Eigen::Index lq = q.rows(), lk = k.rows();
+  const long double scale = 1.0L / std::sqrt(static_cast<long double>(q.cols()));
+  AttentionExact r{LMat::Zero(lq, v.cols()), Eigen::Matrix<long double, Eigen::Dynamic, 1>(lq)};
+  const long double inf = std::numeric_limits<long double>::infinity();
+  for (Eigen::Index i = 0; i < lq; ++i) {
+    std::vector<long double> t(static_cast<std::size_t>(lk), -inf);
+    long double top = -inf;
+    for (Eigen::Index j = 0; j < lk; ++j) {
+      if (causal && j > i + lk - lq)
+        continue;
+      const long double m = mask ? static_cast<long double>(as_double((*mask)(i, j))) : 0.0L;
+      if (m == -inf)
+        continue;
+      t[static_cast<std::size_t>(j)] = scale * ql.row(i).dot(kl.row(j)) + m;
+      top = std::max(top, t[static_cast<std::size_t>(j)]);
+    }
+    if (top == -inf) {
+      r.lse(i) = -inf;
+      continue;
+    }
+    long double sum = 0;
+    for (Eigen::Index j = 0; j < lk; ++j) {
+      const long double w = std::exp(t[static_cast<std::size_t>(j)] - top);
+      sum += w;
+      r.o.row(i) += w * vl.row(j);
+    }
+    r.o.row(i) /= sum;
+    r.lse(i) = top + std::log(sum);
+  }
+  return r;
+}
+
+// Worst error of 16-bit (or mixed) Attention in ulps of Out against the reference. Bound: the
+// float bound tests/test_attention.cpp checks, 8 eps_f (1 + max|V|), plus half an ulp of Out (the
+// one final rounding); lse: half an ulp of Out plus 64 eps_f (1 + |lse|).
+template <class In, class Out>
+void attention_16bit_within_bound(bool causal, bool masked, Eigen::Index bq, Eigen::Index bk,
+                                  unsigned seed) {
+  const Eigen::Index lq = 37, lk = 300, d = 32, dv = 16;
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  using MI = Eigen::Matrix<In, Eigen::Dynamic, Eigen::Dynamic>;
+  auto random = [&](Eigen::Index r, Eigen::Index c, float sigma) {
+    Eigen::MatrixXf m(r, c);
+    for (Eigen::Index i = 0; i < m.size(); ++i)
+      m.data()[i] = sigma * normal(gen);
+    return MI(m.cast<In>());
+  };
+  const MI q = random(lq, d, 1.0f), k = random(lk, d, 1.0f), v = random(lk, dv, 2.0f);
+  MI mask = random(lq, lk, 1.0f);
+  for (Eigen::Index i = 0; i < mask.size(); ++i) {
+    if (i % 10 == 3)
+      mask.data()[i] = static_cast<In>(-std::numeric_limits<float>::infinity());
+  }
+  mask.row(5).setConstant(static_cast<In>(-std::numeric_limits<float>::infinity()));
+  sml::Attention<> attn(sml::AttentionOptions().with_causal(causal));
+  attn.with_block_sizes(bq, bk);
+  Eigen::Matrix<Out, Eigen::Dynamic, Eigen::Dynamic> o(lq, dv);
+  Eigen::Matrix<Out, Eigen::Dynamic, 1> lse(lq);
+  if (masked)
+    attn.apply_masked(q, k, v, mask, o, lse);
+  else
+    attn.apply(q, k, v, o, lse);
+  const AttentionExact exact = attention_reference(q, k, v, masked ? &mask : nullptr, causal);
+  double max_v = 0;
+  for (Eigen::Index i = 0; i < v.size(); ++i)
+    max_v = std::max(max_v, std::fabs(as_double(v.data()[i])));
+  const long double eps_f = std::numeric_limits<float>::epsilon();
+  const long double float_bound = 8 * eps_f * (1 + max_v);
+  softmaxlab_test::Worst worst, worst_lse;
+  for (Eigen::Index i = 0; i < lq; ++i) {
+    for (Eigen::Index c = 0; c < dv; ++c) {
+      const long double x = exact.o(i, c);
+      const long double u = ulp_at<Out>(x);
+      const double bound =
+          static_cast<double>((float_bound + 0.5L * ulp_at<Out>(std::fabs(x) + float_bound)) / u);
+      worst.update(ulp_error(o(i, c), static_cast<double>(x)), bound, [&](std::ostream& s) {
+        s << "O(" << i << ", " << c << ") exact " << static_cast<double>(x) << " got "
+          << as_double(o(i, c));
+      });
+    }
+    const long double l = exact.lse(i);
+    if (std::isinf(l)) {
+      CHECK(as_double(lse(i)) == static_cast<double>(l));
+      continue;
+    }
+    const long double u = ulp_at<Out>(l);
+    const double bound = static_cast<double>(0.5L + 64 * eps_f * (1 + std::fabs(l)) / u);
+    worst_lse.update(ulp_error(lse(i), static_cast<double>(l)), bound,
+                     [&](std::ostream& s) { s << "lse(" << i << ")"; });
+  }
+  const char* what = causal ? (masked ? "causal, masked" : "causal") : (masked ? "masked" : "");
+  INFO(Format<In>::name << " -> " << Format<Out>::name << " " << what << " blocks " << bq << "x"
+                        << bk << ": O worst " << worst.error << " ulp (bound there " << worst.bound
+                        << ") at " << worst.where << "; lse worst " << worst_lse.error
+                        << " ulp (bound " << worst_lse.bound << ")");
+  CHECK(worst.ratio <= 1.0);
+  CHECK(worst_lse.ratio <= 1.0);
+  WARN("Attention " << Format<In>::name << " -> " << Format<Out>::name << " " << what
+                    << ": O worst " << worst.error << " ulp of the output (bound there "
+                    << worst.bound << "), lse worst " << worst_lse.error << " ulp");
+  // every key masked: a zero row and lse = -inf (row 5 of the mask)
+  if (masked) {
+    for (Eigen::Index c = 0; c < dv; ++c)
+      CHECK(as_double(o(5, c)) == 0.0);
+  }
+}
+
+}  // namespace
+
+TEST_CASE(
+    "half precision: Attention on half and bfloat16 Q, K, V within the float bound plus "
+    "half an ulp",
+    "[half][attention]") {
+  attention_16bit_within_bound<H, H>(false, false, 64, 128, 1);
+  attention_16bit_within_bound<H, H>(true, true, 64, 128, 2);
+  attention_16bit_within_bound<B, B>(false, true, 64, 128, 3);
+  attention_16bit_within_bound<B, B>(true, false, 7, 5, 4);
+  attention_16bit_within_bound<H, float>(false, true, 64, 128, 5);
+  attention_16bit_within_bound<float, H>(true, true, 64, 128, 6);
+  attention_16bit_within_bound<H, B>(false, false, 7, 5, 7);
+}
+
+TEST_CASE(
+    "half precision: Attention in 16-bit is the float forward on the widened inputs, "
+    "rounded once",
+    "[half][attention]") {
+  std::mt19937 gen(21);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  Eigen::MatrixXf qf(9, 8), kf(20, 8), vf(20, 5);
+  for (Eigen::MatrixXf* m : {&qf, &kf, &vf})
+    for (Eigen::Index i = 0; i < m->size(); ++i)
+      m->data()[i] = normal(gen);
+  using MH = Eigen::Matrix<H, Eigen::Dynamic, Eigen::Dynamic>;
+  const MH q = qf.cast<H>(), k = kf.cast<H>(), v = vf.cast<H>();
+  const Eigen::MatrixXf qe = q.cast<float>(), ke = k.cast<float>(), ve = v.cast<float>();
+  const sml::Attention<> attn(sml::AttentionOptions().with_softcap(5.0).with_sink(0.5));
+  const Eigen::MatrixXf of = attn(qe, ke, ve);
+  const MH oh = attn(q, k, v);
+  for (Eigen::Index i = 0; i < of.size(); ++i)
+    CHECK(as_double(oh.data()[i]) == as_double(static_cast<H>(of.data()[i])));
+  SECTION("a NaN in a query row makes that output row NaN") {
+    MH qn = q;
+    qn(3, 2) = H(std::numeric_limits<float>::quiet_NaN());
+    const MH on = attn(qn, k, v);
+    for (Eigen::Index c = 0; c < on.cols(); ++c) {
+      CHECK(std::isnan(as_double(on(3, c))));
+      CHECK(as_double(on(2, c)) == as_double(oh(2, c)));
+    }
+  }
+  SECTION("shapes are checked, empty in gives empty out") {
+    MH wrong(9, 4);
+    CHECK_THROWS_AS(attn.apply(q, k, v, wrong), std::invalid_argument);
+    const MH none(0, 8);
+    MH out(0, 5);
+    attn.apply(none, k, v, out);
+    CHECK(out.size() == 0);
+  }
+}
