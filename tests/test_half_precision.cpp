@@ -936,6 +936,28 @@ TEST_CASE(
   const MH oh = attn(q, k, v);
   for (Eigen::Index i = 0; i < of.size(); ++i)
     CHECK(as_double(oh.data()[i]) == as_double(static_cast<H>(of.data()[i])));
+  SECTION("causal with Lq > Lk (early queries see no key), small blocks, a mask, lse") {
+    sml::Attention<> causal(sml::AttentionOptions().with_causal(true));
+    causal.with_block_sizes(4, 3);
+    const MH k6 = k.topRows(6), v6 = v.topRows(6);  // Lq 9 > Lk 6: queries 0..2 see nothing
+    MH mask = MH::Zero(9, 6);
+    mask(7, 1) = H(-std::numeric_limits<float>::infinity());
+    mask(4, 0) = H(1.5f);
+    const Eigen::MatrixXf me = mask.cast<float>(), k6e = k6.cast<float>(), v6e = v6.cast<float>();
+    Eigen::MatrixXf of2(9, 5);
+    Eigen::VectorXf lf(9);
+    causal.apply_masked(qe, k6e, v6e, me, of2, lf);
+    MH oh2(9, 5);
+    Eigen::Matrix<H, Eigen::Dynamic, 1> lh(9);
+    causal.apply_masked(q, k6, v6, mask, oh2, lh);
+    for (Eigen::Index i = 0; i < 9; ++i) {
+      INFO("row " << i);
+      CHECK(as_double(lh(i)) == as_double(static_cast<H>(lf(i))));
+      for (Eigen::Index c = 0; c < 5; ++c)
+        CHECK(as_double(oh2(i, c)) == as_double(static_cast<H>(of2(i, c))));
+    }
+    CHECK(std::isinf(as_double(lh(0))));
+  }
   SECTION("a NaN in a query row makes that output row NaN") {
     MH qn = q;
     qn(3, 2) = H(std::numeric_limits<float>::quiet_NaN());

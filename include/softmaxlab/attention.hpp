@@ -62,24 +62,25 @@
 // expression is evaluated into a temporary first. Half precision (forward only): Q, K, V and
 // the mask may also be Eigen::half or Eigen::bfloat16 (one type In for the four), and O and lse
 // any of {half, bfloat16, float, double} (one type Out for both; f(Q, K, V) returns In). The
-// pass runs in float (double when In or Out is double) on exact widened copies: this form
-// allocates float copies of Q, K, V (Lq d + Lk (d + dv) elements), of the mask when given
-// (Lq Lk: the caller's own mask, converted once) and a float O and lse (Lq (dv + 1)), then rounds
-// O and lse once to Out. The Lq x Lk scores are still never formed. Accuracy (tests/
-// test_half_precision.cpp, against the long-double materialized form on the widened inputs):
-// |O_ik - exact| <= the float bound below + 1/2 ulp of Out; measured worst 0.50 ulp of half and
-// of bfloat16 (Lq 37, Lk 300, d 32, causal and masked). backward in half or bfloat16 is a
-// static_assert naming the types (widen them with .cast<float>()). apply with storage inputs does
-// not allocate (tested at d = dv = 64; Eigen's GEMM packs its blocks on the stack while they stay
-// under EIGEN_STACK_ALLOCATION_LIMIT, 128 KiB, i.e. for moderate d and dv). with_block_sizes(bq,
-// bk) sets smaller blocks (1..64, 1..128), which changes only the rounding. Accuracy
-// (tests/test_attention.cpp, against a long-double materialized reference on the same inputs): per
-// entry, |O_ik - exact| <= eps max|V| (2 rho + Bk + 2 ceil(Lk / Bk) + 4), where rho = max_j (4 (1 +
-// |t_ij - M_i|) + d_j) bounds the relative error of each weight as above (d_j now with the score's
-// dot product: + d |scale| sum_k |q_ik k_jk| / eps ulps) and the rest is the float accumulation of
-// P V (Bk terms per GEMM, one rescale and one addition per key block). Measured worst (random
-// N(0,1) Q, K, V, sigma(V) = 2, shapes up to Lq 200, Lk 2000, d 64, every option, default and 7 x 5
-// blocks): 7.6 eps float, 8.4 eps double, 0.12 of the tested 8 eps (1 + max|V|).
+// pass runs in float (double when In or Out is double) on exactly widened copies, and this form
+// allocates them: float copies of K and V, Lk (d + dv) elements, made once; then per query block
+// (Bq rows) a float copy of its Q rows, its mask rows (Bq Lk: the caller's mask, never the whole
+// Lq x Lk again) and its O and lse, Bq (d + Lk + dv + 1) elements, rounded once to Out. The
+// Lq x Lk scores are still never formed, and the float result is bit-for-bit the float forward's.
+// Accuracy (tests/ test_half_precision.cpp, against the long-double materialized form on the
+// widened inputs): |O_ik - exact| <= the float bound below + 1/2 ulp of Out; measured worst 0.50
+// ulp of half and of bfloat16 (Lq 37, Lk 300, d 32, causal and masked). backward in half or
+// bfloat16 is a static_assert naming the types (widen them with .cast<float>()). apply with storage
+// inputs does not allocate (tested at d = dv = 64; Eigen's GEMM packs its blocks on the stack while
+// they stay under EIGEN_STACK_ALLOCATION_LIMIT, 128 KiB, i.e. for moderate d and dv).
+// with_block_sizes(bq, bk) sets smaller blocks (1..64, 1..128), which changes only the rounding.
+// Accuracy (tests/test_attention.cpp, against a long-double materialized reference on the same
+// inputs): per entry, |O_ik - exact| <= eps max|V| (2 rho + Bk + 2 ceil(Lk / Bk) + 4), where rho =
+// max_j (4 (1 + |t_ij - M_i|) + d_j) bounds the relative error of each weight as above (d_j now
+// with the score's dot product: + d |scale| sum_k |q_ik k_jk| / eps ulps) and the rest is the float
+// accumulation of P V (Bk terms per GEMM, one rescale and one addition per key block). Measured
+// worst (random N(0,1) Q, K, V, sigma(V) = 2, shapes up to Lq 200, Lk 2000, d 64, every option,
+// default and 7 x 5 blocks): 7.6 eps float, 8.4 eps double, 0.12 of the tested 8 eps (1 + max|V|).
 //
 // Attention<PowerSoftmax>(o, PowerSoftmax(p)): w_ij = t_ij^p / sum_j t_ij^p (Stable form; Power-
 // Softmax, Zimerman et al., arXiv 2410.09457) online: the running scale of a row is a power of two
@@ -1270,9 +1271,9 @@ class Attention {
     }
   }
 
-  // 16-bit or mixed types (In = Q's, K's, V's and the mask's scalar, Out = O's and lse's): float
-  // copies (double when In or Out is double) of Q, K, V and the mask, the float forward pass into
-  // a float O and lse, then one rounding of each to Out. The Lq x Lk scores are never formed.
+  // 16-bit or mixed types (In = Q's, K's, V's and the mask's scalar, Out = O's and lse's): the
+  // float forward pass (double when In or Out is double) on exactly widened copies, O and lse
+  // rounded once to Out. The Lq x Lk scores are never formed.
   template <class XQ, class XK, class XV, class XM, class XO, class XL>
   void forward_staged(const Eigen::DenseBase<XQ>& q_in, const Eigen::DenseBase<XK>& k_in,
                       const Eigen::DenseBase<XV>& v_in, const XM* mask,
@@ -1310,24 +1311,37 @@ class Attention {
     }
     if (lq == 0 || (o.cols() == 0 && lse_in == nullptr))
       return;
-    const M q = q_in.derived().template cast<C>();
+    // K and V widened once (every query block reads all of them); Q, the mask, O and lse one
+    // query block at a time, each block solved as an attention problem of its own with the float
+    // code. Causal: block [i0, i0 + n) sees keys j < i0 + n + Lk - Lq = lk_b, and the
+    // bottom-right rule on n queries and the first lk_b keys is exactly j <= i + Lk - Lq. The
+    // float result is bit-for-bit the float forward's (the same blocks in the same order).
     const M k = k_in.derived().template cast<C>();
     const M v = v_in.derived().template cast<C>();
-    M oc(lq, v.cols());
-    V lse(lse_in != nullptr ? lq : 0);
-    V* lse_c = lse_in != nullptr ? &lse : nullptr;
-    if (mask != nullptr) {
-      const M mc = mask->template cast<C>();
-      forward_same(q, k, v, &mc, oc, lse_c);
-    } else {
-      forward_same(q, k, v, static_cast<const M*>(nullptr), oc, lse_c);
-    }
-    o = oc.template cast<Out>();
-    if (lse_in != nullptr) {
-      auto& lse_out = const_cast<XL&>(*lse_in);
-      for (Index i = 0; i < lq; ++i)
-        lse_out.coeffRef(i) = detail::convert_scalar<Out>(lse(i));
-    }
+    const auto& q = q_in.derived();
+    const Index block = block_q_, blocks = (lq + block - 1) / block;
+    detail::for_each_slice<detail::kParallelSlices>(
+        blocks, block * (lk + 1) * (q.cols() + v.cols() + 1), [&](Index b) {
+          const Index i0 = b * block, n = std::min(block, lq - i0);
+          const Index lk_b = options_.causal() ? std::clamp<Index>(i0 + n + lk - lq, 0, lk) : lk;
+          const M qb = q.middleRows(i0, n).template cast<C>();
+          M ob(n, v.cols());
+          V lb(lse_in != nullptr ? n : 0);
+          V* lse_b = lse_in != nullptr ? &lb : nullptr;
+          if (mask != nullptr) {
+            const M mb = mask->block(i0, 0, n, lk_b).template cast<C>();
+            forward_same(qb, k.topRows(lk_b), v.topRows(lk_b), &mb, ob, lse_b);
+          } else {
+            forward_same(qb, k.topRows(lk_b), v.topRows(lk_b), static_cast<const M*>(nullptr), ob,
+                         lse_b);
+          }
+          o.middleRows(i0, n) = ob.template cast<Out>();
+          if (lse_in != nullptr) {
+            auto& lse_out = const_cast<XL&>(*lse_in);
+            for (Index r = 0; r < n; ++r)
+              lse_out.coeffRef(i0 + r) = detail::convert_scalar<Out>(lb(r));
+          }
+        });
   }
 
   template <class XQ, class XK, class XV, class XM, class XO, class XL>
