@@ -59,21 +59,22 @@
 //   gradients by recomputation of P from lse (FlashAttention-2, Dao 2023, Algorithm 2),
 //   D_i = <dO_i, O_i>, dS = P (dO V^T - D), through the cap and the scale.
 // Q, K, V: Eigen objects of float or double with storage (plain, Map, Ref, Block); any other
-// expression is evaluated into a temporary first. Half precision (forward only): Q, K, V and
-// the mask may also be Eigen::half or Eigen::bfloat16 (one type In for the four), and O and lse
-// any of {half, bfloat16, float, double} (one type Out for both; f(Q, K, V) returns In). The
-// pass runs in float (double when In or Out is double) on exactly widened copies, and this form
-// allocates them: float copies of K and V, Lk (d + dv) elements, made once; then per query block
-// (Bq rows) a float copy of its Q rows, its mask rows (Bq Lk: the caller's mask, never the whole
-// Lq x Lk again) and its O and lse, Bq (d + Lk + dv + 1) elements, rounded once to Out. The
-// Lq x Lk scores are still never formed, and the float result is bit-for-bit the float forward's.
-// Accuracy (tests/ test_half_precision.cpp, against the long-double materialized form on the
-// widened inputs): |O_ik - exact| <= the float bound below + 1/2 ulp of Out; measured worst 0.50
-// ulp of half and of bfloat16 (Lq 37, Lk 300, d 32, causal and masked). backward in half or
-// bfloat16 is a static_assert naming the types (widen them with .cast<float>()). apply with storage
-// inputs does not allocate (tested at d = dv = 64; Eigen's GEMM packs its blocks on the stack while
-// they stay under EIGEN_STACK_ALLOCATION_LIMIT, 128 KiB, i.e. for moderate d and dv).
-// with_block_sizes(bq, bk) sets smaller blocks (1..64, 1..128), which changes only the rounding.
+// expression is evaluated into a temporary first. apply with float or double storage inputs does
+// not allocate (tested at d = dv = 64; Eigen's GEMM packs its blocks on the stack while they stay
+// under EIGEN_STACK_ALLOCATION_LIMIT, 128 KiB, i.e. for moderate d and dv). with_block_sizes(bq,
+// bk) sets smaller blocks (1..64, 1..128), which changes only the rounding.
+// Half precision (forward only): Q, K, V and the mask may also be Eigen::half or Eigen::bfloat16
+// (one type In for the four), O and lse any of {half, bfloat16, float, double} (one type Out for
+// both; f(Q, K, V) returns In). The pass runs in float (double when In or Out is double) on
+// exactly widened copies, and this form allocates them: float copies of K and V, Lk (d + dv)
+// elements, made once; then per query block (Bq rows) a float copy of its Q rows, its mask rows
+// (Bq Lk: the caller's mask, never the whole Lq x Lk again) and its O and lse, Bq (d + Lk + dv +
+// 1) elements, rounded once to Out. The Lq x Lk scores are still never formed, and the float
+// result is bit-for-bit the float forward's. Accuracy (test_half_precision.cpp, against the
+// long-double materialized form on the widened inputs): |O_ik - exact| <= the float bound below
+// + 1/2 ulp of Out; measured worst 0.50 ulp of half and of bfloat16 (Lq 37, Lk 300, d 32, causal
+// and masked). backward in half or bfloat16 is a static_assert naming the types (widen them with
+// .cast<float>() first).
 // Accuracy (tests/test_attention.cpp, against a long-double materialized reference on the same
 // inputs): per entry, |O_ik - exact| <= eps max|V| (2 rho + Bk + 2 ceil(Lk / Bk) + 4), where rho =
 // max_j (4 (1 + |t_ij - M_i|) + d_j) bounds the relative error of each weight as above (d_j now
