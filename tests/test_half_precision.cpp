@@ -603,3 +603,376 @@ TEST_CASE("half precision: AttentionSoftmax with a half mask", "[half][attention
       CHECK(as_double(row[j]) == 0.0);
   }
 }
+
+namespace {
+
+// NormalizedSoftmax in long double on the exact (widened) 16-bit inputs: softmax of s cos, the
+// target logit of row n s (cos - m) when CosFace labels are given.
+template <class ME, class MW>
+Eigen::Matrix<long double, Eigen::Dynamic, Eigen::Dynamic> normalized_reference(
+    const ME& e, const MW& w, double s, const std::vector<int>* labels, double m) {
+  using LMat = Eigen::Matrix<long double, Eigen::Dynamic, Eigen::Dynamic>;
+  auto widen = [](const auto& x) {
+    LMat out(x.rows(), x.cols());
+    for (Eigen::Index i = 0; i < x.rows(); ++i)
+      for (Eigen::Index j = 0; j < x.cols(); ++j)
+        out(i, j) = static_cast<long double>(as_double(x(i, j)));
+    return out;
+  };
+  const LMat el = widen(e), wl = widen(w);
+  LMat p(el.rows(), wl.rows());
+  for (Eigen::Index n = 0; n < el.rows(); ++n) {
+    const long double ne = std::sqrt(el.row(n).squaredNorm());
+    long double top = -std::numeric_limits<long double>::infinity();
+    for (Eigen::Index c = 0; c < wl.rows(); ++c) {
+      const long double nw = std::sqrt(wl.row(c).squaredNorm());
+      long double cosine = (ne == 0 || nw == 0) ? 0.0L : el.row(n).dot(wl.row(c)) / (ne * nw);
+      if (labels != nullptr && (*labels)[static_cast<std::size_t>(n)] == c)
+        cosine -= m;
+      p(n, c) = s * cosine;
+      top = std::max(top, p(n, c));
+    }
+    long double sum = 0;
+    for (Eigen::Index c = 0; c < wl.rows(); ++c)
+      sum += (p(n, c) = std::exp(p(n, c) - top));
+    p.row(n) /= sum;
+  }
+  return p;
+}
+
+// Worst error in ulps of Out of NormalizedSoftmax on 16-bit (or mixed) E and W, against the
+// long-double reference: 1 ulp (the final rounding, the result's ulp may be the next binade's)
+// plus the float computation's relative error eps_f (2 s (D + 2) + 4 (1 + 2 s + m s)): each
+// cosine within (D + 2) eps_f absolute, scaled by s, in the numerator and the normalizer, and
+// Softmax's own 4 eps (1 + |z - max|), |z - max| <= s (2 + m).
+template <class SE, class SW>
+softmaxlab_test::Worst normalized_worst(Eigen::Index rows, Eigen::Index classes, Eigen::Index d,
+                                        double s, bool with_margin, unsigned seed) {
+  using Out = SE;
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  Eigen::MatrixXf ef(rows, d), wf(classes, d);
+  for (Eigen::Index i = 0; i < ef.size(); ++i)
+    ef.data()[i] = normal(gen);
+  for (Eigen::Index i = 0; i < wf.size(); ++i)
+    wf.data()[i] = normal(gen);
+  ef.row(1).setZero();  // an all-zero embedding: uniform probabilities
+  const Eigen::Matrix<SE, Eigen::Dynamic, Eigen::Dynamic> e = ef.cast<SE>();
+  const Eigen::Matrix<SW, Eigen::Dynamic, Eigen::Dynamic> w = wf.cast<SW>();
+  std::vector<int> labels(static_cast<std::size_t>(rows));
+  Eigen::VectorXi label_vec(rows);
+  for (Eigen::Index n = 0; n < rows; ++n)
+    label_vec(n) = labels[static_cast<std::size_t>(n)] = static_cast<int>((n * 7) % classes);
+  const double m = with_margin ? 0.35 : 0.0;
+  const sml::NormalizedSoftmax ns(s, with_margin ? sml::Margin::cosface(m) : sml::Margin::none());
+  const auto p = with_margin ? ns(e, w, label_vec) : ns(e, w);
+  CHECK(std::is_same_v<typename std::decay_t<decltype(p)>::Scalar, Out>);
+  const auto exact = normalized_reference(e, w, s, with_margin ? &labels : nullptr, m);
+  const long double rel_f =
+      std::numeric_limits<float>::epsilon() * (2.0L * s * (d + 2) + 4.0L * (1 + 2 * s + m * s));
+  softmaxlab_test::Worst worst;
+  for (Eigen::Index n = 0; n < rows; ++n) {
+    for (Eigen::Index c = 0; c < classes; ++c) {
+      const long double x = exact(n, c);
+      const double bound = static_cast<double>(1.0L + rel_f * x / ulp_at<Out>(x));
+      worst.update(ulp_error(p(n, c), static_cast<double>(x)), bound, [&](std::ostream& o) {
+        o << "(" << n << ", " << c << ") exact " << static_cast<double>(x) << " got "
+          << as_double(p(n, c));
+      });
+    }
+    // property: each row sums to 1 within the rounding of its entries (1/2 ulp each, relative
+    // 2^-p) plus the float error
+    double sum = 0;
+    for (Eigen::Index c = 0; c < classes; ++c)
+      sum += as_double(p(n, c));
+    INFO("row " << n << " sums to " << sum);
+    CHECK(std::fabs(sum - 1.0) <= std::ldexp(1.0, 1 - Format<Out>::p) + 1e-6);
+  }
+  return worst;
+}
+
+}  // namespace
+
+TEST_CASE("half precision: NormalizedSoftmax within 1 ulp of the output plus the float error",
+          "[half][normalized]") {
+  auto run = [](auto tag_e, auto tag_w, bool margin, const char* what) {
+    using SE = decltype(tag_e);
+    using SW = decltype(tag_w);
+    const softmaxlab_test::Worst w = normalized_worst<SE, SW>(9, 37, 64, 20.0, margin, 41);
+    INFO(what << ": worst " << w.error << " ulp (bound there " << w.bound << ") at " << w.where);
+    CHECK(w.ratio <= 1.0);
+    WARN("NormalizedSoftmax " << what << (margin ? " CosFace" : "") << ": worst " << w.error
+                              << " ulp of " << Format<SE>::name << " (bound there " << w.bound
+                              << ")");
+  };
+  run(H(), H(), false, "half E, half W");
+  run(H(), H(), true, "half E, half W");
+  run(B(), B(), false, "bfloat16 E, bfloat16 W");
+  run(B(), B(), true, "bfloat16 E, bfloat16 W");
+  run(H(), float(), false, "half E, float W");
+  run(B(), H(), true, "bfloat16 E, half W");
+  run(float(), H(), false, "float E, half W");
+}
+
+TEST_CASE("half precision: NormalizedSoftmax 16-bit results are the float results rounded once",
+          "[half][normalized]") {
+  // Forward and backward on 16-bit E, W (and P, dP) run the float code on the widened values:
+  // every output is that float output rounded once to E's (dE) or W's (dW) type.
+  std::mt19937 gen(12);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  Eigen::MatrixXf ef(5, 16), wf(11, 16), dpf(5, 11);
+  for (Eigen::Index i = 0; i < ef.size(); ++i)
+    ef.data()[i] = normal(gen);
+  for (Eigen::Index i = 0; i < wf.size(); ++i)
+    wf.data()[i] = normal(gen);
+  for (Eigen::Index i = 0; i < dpf.size(); ++i)
+    dpf.data()[i] = normal(gen);
+  using MH = Eigen::Matrix<H, Eigen::Dynamic, Eigen::Dynamic>;
+  using MB = Eigen::Matrix<B, Eigen::Dynamic, Eigen::Dynamic>;
+  const MH eh = ef.cast<H>(), wh = wf.cast<H>(), dph = dpf.cast<H>();
+  const Eigen::MatrixXf ee = eh.cast<float>(), we = wh.cast<float>(), dpe = dph.cast<float>();
+  Eigen::VectorXi labels(5);
+  labels << 3, 0, 10, 3, 7;
+  const sml::NormalizedSoftmax ns(16.0, sml::Margin::arcface(0.4));
+  auto same = [](const auto& got, const auto& ref, const char* what) {
+    using G = typename std::decay_t<decltype(got)>::Scalar;
+    REQUIRE(got.rows() == ref.rows());
+    REQUIRE(got.cols() == ref.cols());
+    for (Eigen::Index i = 0; i < ref.rows(); ++i)
+      for (Eigen::Index j = 0; j < ref.cols(); ++j) {
+        INFO(what << " (" << i << ", " << j << ") float " << ref(i, j));
+        CHECK(as_double(got(i, j)) == as_double(static_cast<G>(ref(i, j))));
+      }
+  };
+  same(ns.logits(eh, wh, labels), ns.logits(ee, we, labels), "logits");
+  same(ns(eh, wh, labels), ns(ee, we, labels), "probabilities");
+  const auto pf = ns(ee, we, labels);
+  const MH ph = pf.cast<H>();
+  const Eigen::MatrixXf pe = ph.cast<float>();
+  const auto gh = ns.backward(eh, wh, labels, ph, dph);
+  const auto gf = ns.backward(ee, we, labels, pe, dpe);
+  same(gh.first, gf.first, "backward dE");
+  same(gh.second, gf.second, "backward dW");
+  const auto lh = ns.logits_backward(eh, wh, dph);
+  const auto lf = ns.logits_backward(ee, we, dpe);
+  same(lh.first, lf.first, "logits_backward dE");
+  same(lh.second, lf.second, "logits_backward dW");
+  // mixed: bfloat16 E, half W -> dE in bfloat16, dW in half
+  const MB eb = ef.cast<B>();
+  const auto gm = ns.logits_backward(eb, wh, dph);
+  const auto gmf = ns.logits_backward(eb.cast<float>().eval(), we, dpe);
+  CHECK(std::is_same_v<std::decay_t<decltype(gm.first)>::Scalar, B>);
+  CHECK(std::is_same_v<std::decay_t<decltype(gm.second)>::Scalar, H>);
+  same(gm.first, gmf.first, "mixed dE");
+  same(gm.second, gmf.second, "mixed dW");
+  // prototypes and classify
+  Eigen::VectorXi cls(5);
+  cls << 0, 1, 0, 2, 1;
+  const MH proto = sml::NormalizedSoftmax::prototypes(eh, cls, 3);
+  same(proto, sml::NormalizedSoftmax::prototypes(ee, cls, 3), "prototypes");
+  CHECK(sml::NormalizedSoftmax::classify(eh, proto)
+        == sml::NormalizedSoftmax::classify(ee, proto.cast<float>().eval()));
+}
+
+namespace {
+
+// Attention in long double, materialized, on the widened inputs: O = softmax(scale Q K^T + mask)
+// V with the causal rule j <= i + Lk - Lq; lse per query.
+struct AttentionExact {
+  Eigen::Matrix<long double, Eigen::Dynamic, Eigen::Dynamic> o;
+  Eigen::Matrix<long double, Eigen::Dynamic, 1> lse;
+};
+
+template <class MQ, class MM>
+AttentionExact attention_reference(const MQ& q, const MQ& k, const MQ& v, const MM* mask,
+                                   bool causal) {
+  using LMat = Eigen::Matrix<long double, Eigen::Dynamic, Eigen::Dynamic>;
+  auto widen = [](const auto& x) {
+    LMat out(x.rows(), x.cols());
+    for (Eigen::Index i = 0; i < x.rows(); ++i)
+      for (Eigen::Index j = 0; j < x.cols(); ++j)
+        out(i, j) = static_cast<long double>(as_double(x(i, j)));
+    return out;
+  };
+  const LMat ql = widen(q), kl = widen(k), vl = widen(v);
+  const Eigen::Index lq = q.rows(), lk = k.rows();
+  const long double scale = 1.0L / std::sqrt(static_cast<long double>(q.cols()));
+  AttentionExact r{LMat::Zero(lq, v.cols()), Eigen::Matrix<long double, Eigen::Dynamic, 1>(lq)};
+  const long double inf = std::numeric_limits<long double>::infinity();
+  for (Eigen::Index i = 0; i < lq; ++i) {
+    std::vector<long double> t(static_cast<std::size_t>(lk), -inf);
+    long double top = -inf;
+    for (Eigen::Index j = 0; j < lk; ++j) {
+      if (causal && j > i + lk - lq)
+        continue;
+      const long double m = mask ? static_cast<long double>(as_double((*mask)(i, j))) : 0.0L;
+      if (m == -inf)
+        continue;
+      t[static_cast<std::size_t>(j)] = scale * ql.row(i).dot(kl.row(j)) + m;
+      top = std::max(top, t[static_cast<std::size_t>(j)]);
+    }
+    if (top == -inf) {
+      r.lse(i) = -inf;
+      continue;
+    }
+    long double sum = 0;
+    for (Eigen::Index j = 0; j < lk; ++j) {
+      const long double w = std::exp(t[static_cast<std::size_t>(j)] - top);
+      sum += w;
+      r.o.row(i) += w * vl.row(j);
+    }
+    r.o.row(i) /= sum;
+    r.lse(i) = top + std::log(sum);
+  }
+  return r;
+}
+
+// Worst error of 16-bit (or mixed) Attention in ulps of Out against the reference. Bound: the
+// float bound tests/test_attention.cpp checks, 8 eps_f (1 + max|V|), plus half an ulp of Out (the
+// one final rounding); lse: half an ulp of Out plus 64 eps_f (1 + |lse|).
+template <class In, class Out>
+void attention_16bit_within_bound(bool causal, bool masked, Eigen::Index bq, Eigen::Index bk,
+                                  unsigned seed) {
+  const Eigen::Index lq = 37, lk = 300, d = 32, dv = 16;
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  using MI = Eigen::Matrix<In, Eigen::Dynamic, Eigen::Dynamic>;
+  auto random = [&](Eigen::Index r, Eigen::Index c, float sigma) {
+    Eigen::MatrixXf m(r, c);
+    for (Eigen::Index i = 0; i < m.size(); ++i)
+      m.data()[i] = sigma * normal(gen);
+    return MI(m.cast<In>());
+  };
+  const MI q = random(lq, d, 1.0f), k = random(lk, d, 1.0f), v = random(lk, dv, 2.0f);
+  MI mask = random(lq, lk, 1.0f);
+  for (Eigen::Index i = 0; i < mask.size(); ++i) {
+    if (i % 10 == 3)
+      mask.data()[i] = static_cast<In>(-std::numeric_limits<float>::infinity());
+  }
+  mask.row(5).setConstant(static_cast<In>(-std::numeric_limits<float>::infinity()));
+  sml::Attention<> attn(sml::AttentionOptions().with_causal(causal));
+  attn.with_block_sizes(bq, bk);
+  Eigen::Matrix<Out, Eigen::Dynamic, Eigen::Dynamic> o(lq, dv);
+  Eigen::Matrix<Out, Eigen::Dynamic, 1> lse(lq);
+  if (masked)
+    attn.apply_masked(q, k, v, mask, o, lse);
+  else
+    attn.apply(q, k, v, o, lse);
+  const AttentionExact exact = attention_reference(q, k, v, masked ? &mask : nullptr, causal);
+  double max_v = 0;
+  for (Eigen::Index i = 0; i < v.size(); ++i)
+    max_v = std::max(max_v, std::fabs(as_double(v.data()[i])));
+  const long double eps_f = std::numeric_limits<float>::epsilon();
+  const long double float_bound = 8 * eps_f * (1 + max_v);
+  softmaxlab_test::Worst worst, worst_lse;
+  for (Eigen::Index i = 0; i < lq; ++i) {
+    for (Eigen::Index c = 0; c < dv; ++c) {
+      const long double x = exact.o(i, c);
+      const long double u = ulp_at<Out>(x);
+      const double bound =
+          static_cast<double>((float_bound + 0.5L * ulp_at<Out>(std::fabs(x) + float_bound)) / u);
+      worst.update(ulp_error(o(i, c), static_cast<double>(x)), bound, [&](std::ostream& s) {
+        s << "O(" << i << ", " << c << ") exact " << static_cast<double>(x) << " got "
+          << as_double(o(i, c));
+      });
+    }
+    const long double l = exact.lse(i);
+    if (std::isinf(l)) {
+      CHECK(as_double(lse(i)) == static_cast<double>(l));
+      continue;
+    }
+    const long double u = ulp_at<Out>(l);
+    const double bound = static_cast<double>(0.5L + 64 * eps_f * (1 + std::fabs(l)) / u);
+    worst_lse.update(ulp_error(lse(i), static_cast<double>(l)), bound,
+                     [&](std::ostream& s) { s << "lse(" << i << ")"; });
+  }
+  const char* what = causal ? (masked ? "causal, masked" : "causal") : (masked ? "masked" : "");
+  INFO(Format<In>::name << " -> " << Format<Out>::name << " " << what << " blocks " << bq << "x"
+                        << bk << ": O worst " << worst.error << " ulp (bound there " << worst.bound
+                        << ") at " << worst.where << "; lse worst " << worst_lse.error
+                        << " ulp (bound " << worst_lse.bound << ")");
+  CHECK(worst.ratio <= 1.0);
+  CHECK(worst_lse.ratio <= 1.0);
+  WARN("Attention " << Format<In>::name << " -> " << Format<Out>::name << " " << what
+                    << ": O worst " << worst.error << " ulp of the output (bound there "
+                    << worst.bound << "), lse worst " << worst_lse.error << " ulp");
+  // every key masked: a zero row and lse = -inf (row 5 of the mask)
+  if (masked) {
+    for (Eigen::Index c = 0; c < dv; ++c)
+      CHECK(as_double(o(5, c)) == 0.0);
+  }
+}
+
+}  // namespace
+
+TEST_CASE(
+    "half precision: Attention on half and bfloat16 Q, K, V within the float bound plus "
+    "half an ulp",
+    "[half][attention]") {
+  attention_16bit_within_bound<H, H>(false, false, 64, 128, 1);
+  attention_16bit_within_bound<H, H>(true, true, 64, 128, 2);
+  attention_16bit_within_bound<B, B>(false, true, 64, 128, 3);
+  attention_16bit_within_bound<B, B>(true, false, 7, 5, 4);
+  attention_16bit_within_bound<H, float>(false, true, 64, 128, 5);
+  attention_16bit_within_bound<float, H>(true, true, 64, 128, 6);
+  attention_16bit_within_bound<H, B>(false, false, 7, 5, 7);
+}
+
+TEST_CASE(
+    "half precision: Attention in 16-bit is the float forward on the widened inputs, "
+    "rounded once",
+    "[half][attention]") {
+  std::mt19937 gen(21);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  Eigen::MatrixXf qf(9, 8), kf(20, 8), vf(20, 5);
+  for (Eigen::MatrixXf* m : {&qf, &kf, &vf})
+    for (Eigen::Index i = 0; i < m->size(); ++i)
+      m->data()[i] = normal(gen);
+  using MH = Eigen::Matrix<H, Eigen::Dynamic, Eigen::Dynamic>;
+  const MH q = qf.cast<H>(), k = kf.cast<H>(), v = vf.cast<H>();
+  const Eigen::MatrixXf qe = q.cast<float>(), ke = k.cast<float>(), ve = v.cast<float>();
+  const sml::Attention<> attn(sml::AttentionOptions().with_softcap(5.0).with_sink(0.5));
+  const Eigen::MatrixXf of = attn(qe, ke, ve);
+  const MH oh = attn(q, k, v);
+  for (Eigen::Index i = 0; i < of.size(); ++i)
+    CHECK(as_double(oh.data()[i]) == as_double(static_cast<H>(of.data()[i])));
+  SECTION("causal with Lq > Lk (early queries see no key), small blocks, a mask, lse") {
+    sml::Attention<> causal(sml::AttentionOptions().with_causal(true));
+    causal.with_block_sizes(4, 3);
+    const MH k6 = k.topRows(6), v6 = v.topRows(6);  // Lq 9 > Lk 6: queries 0..2 see nothing
+    MH mask = MH::Zero(9, 6);
+    mask(7, 1) = H(-std::numeric_limits<float>::infinity());
+    mask(4, 0) = H(1.5f);
+    const Eigen::MatrixXf me = mask.cast<float>(), k6e = k6.cast<float>(), v6e = v6.cast<float>();
+    Eigen::MatrixXf of2(9, 5);
+    Eigen::VectorXf lf(9);
+    causal.apply_masked(qe, k6e, v6e, me, of2, lf);
+    MH oh2(9, 5);
+    Eigen::Matrix<H, Eigen::Dynamic, 1> lh(9);
+    causal.apply_masked(q, k6, v6, mask, oh2, lh);
+    for (Eigen::Index i = 0; i < 9; ++i) {
+      INFO("row " << i);
+      CHECK(as_double(lh(i)) == as_double(static_cast<H>(lf(i))));
+      for (Eigen::Index c = 0; c < 5; ++c)
+        CHECK(as_double(oh2(i, c)) == as_double(static_cast<H>(of2(i, c))));
+    }
+    CHECK(std::isinf(as_double(lh(0))));
+  }
+  SECTION("a NaN in a query row makes that output row NaN") {
+    MH qn = q;
+    qn(3, 2) = H(std::numeric_limits<float>::quiet_NaN());
+    const MH on = attn(qn, k, v);
+    for (Eigen::Index c = 0; c < on.cols(); ++c) {
+      CHECK(std::isnan(as_double(on(3, c))));
+      CHECK(as_double(on(2, c)) == as_double(oh(2, c)));
+    }
+  }
+  SECTION("shapes are checked, empty in gives empty out") {
+    MH wrong(9, 4);
+    CHECK_THROWS_AS(attn.apply(q, k, v, wrong), std::invalid_argument);
+    const MH none(0, 8);
+    MH out(0, 5);
+    attn.apply(none, k, v, out);
+    CHECK(out.size() == 0);
+  }
+}

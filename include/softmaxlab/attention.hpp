@@ -59,18 +59,29 @@
 //   gradients by recomputation of P from lse (FlashAttention-2, Dao 2023, Algorithm 2),
 //   D_i = <dO_i, O_i>, dS = P (dO V^T - D), through the cap and the scale.
 // Q, K, V: Eigen objects of float or double with storage (plain, Map, Ref, Block); any other
-// expression is evaluated into a temporary first. apply with storage inputs does not allocate
-// (tested at d = dv = 64; Eigen's GEMM packs its blocks on the stack while they stay under
-// EIGEN_STACK_ALLOCATION_LIMIT, 128 KiB, i.e. for moderate d and dv). with_block_sizes(bq, bk)
-// sets smaller blocks (1..64, 1..128), which changes only the rounding.
+// expression is evaluated into a temporary first. apply with float or double storage inputs does
+// not allocate (tested at d = dv = 64; Eigen's GEMM packs its blocks on the stack while they stay
+// under EIGEN_STACK_ALLOCATION_LIMIT, 128 KiB, i.e. for moderate d and dv). with_block_sizes(bq,
+// bk) sets smaller blocks (1..64, 1..128), which changes only the rounding.
+// Half precision (forward only): Q, K, V and the mask may also be Eigen::half or Eigen::bfloat16
+// (one type In for the four), O and lse any of {half, bfloat16, float, double} (one type Out for
+// both; f(Q, K, V) returns In). The pass runs in float (double when In or Out is double) on
+// exactly widened copies, and this form allocates them: float copies of K and V, Lk (d + dv)
+// elements, made once; then per query block (Bq rows) a float copy of its Q rows, its mask rows
+// (Bq Lk: the caller's mask, never the whole Lq x Lk again) and its O and lse, Bq (d + Lk + dv +
+// 1) elements, rounded once to Out. The Lq x Lk scores are still never formed, and the float
+// result is bit-for-bit the float forward's. Accuracy (test_half_precision.cpp, against the
+// long-double materialized form on the widened inputs): |O_ik - exact| <= the float bound below
+// + 1/2 ulp of Out; measured worst 0.50 ulp of half and of bfloat16 (Lq 37, Lk 300, d 32, causal
+// and masked). backward in half or bfloat16 is a static_assert naming the types (widen them with
+// .cast<float>() first).
 // Accuracy (tests/test_attention.cpp, against a long-double materialized reference on the same
-// inputs): per entry, |O_ik - exact| <= eps max|V| (2 rho + Bk + 2 ceil(Lk / Bk) + 4), where
-// rho = max_j (4 (1 + |t_ij - M_i|) + d_j) bounds the relative error of each weight as above
-// (d_j now with the score's dot product: + d |scale| sum_k |q_ik k_jk| / eps ulps) and the rest is
-// the float accumulation of P V (Bk terms per GEMM, one rescale and one addition per key block).
-// Measured worst (random N(0,1) Q, K, V, sigma(V) = 2, shapes up to Lq 200, Lk 2000, d 64, every
-// option, default and 7 x 5 blocks): 7.6 eps float, 8.4 eps double, 0.12 of the tested
-// 8 eps (1 + max|V|).
+// inputs): per entry, |O_ik - exact| <= eps max|V| (2 rho + Bk + 2 ceil(Lk / Bk) + 4), where rho =
+// max_j (4 (1 + |t_ij - M_i|) + d_j) bounds the relative error of each weight as above (d_j now
+// with the score's dot product: + d |scale| sum_k |q_ik k_jk| / eps ulps) and the rest is the float
+// accumulation of P V (Bk terms per GEMM, one rescale and one addition per key block). Measured
+// worst (random N(0,1) Q, K, V, sigma(V) = 2, shapes up to Lq 200, Lk 2000, d 64, every option,
+// default and 7 x 5 blocks): 7.6 eps float, 8.4 eps double, 0.12 of the tested 8 eps (1 + max|V|).
 //
 // Attention<PowerSoftmax>(o, PowerSoftmax(p)): w_ij = t_ij^p / sum_j t_ij^p (Stable form; Power-
 // Softmax, Zimerman et al., arXiv 2410.09457) online: the running scale of a row is a power of two
@@ -1156,7 +1167,8 @@ class Attention {
   void apply(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
              const Eigen::DenseBase<XV>& v, OutO&& o) const {
     detail::static_check_output<OutO>();
-    forward(q, k, v, static_cast<const NoMask<XQ>*>(nullptr), o, static_cast<NoLse<XQ>*>(nullptr));
+    forward(q, k, v, static_cast<const NoMask<XQ>*>(nullptr), o,
+            static_cast<NoLse<detail::output_xpr_t<OutO>>*>(nullptr));
   }
   template <class XQ, class XK, class XV, class OutO, class OutL>
   void apply(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
@@ -1173,7 +1185,7 @@ class Attention {
                     const Eigen::DenseBase<XV>& v, const Eigen::DenseBase<XM>& mask,
                     OutO&& o) const {
     detail::static_check_output<OutO>();
-    forward(q, k, v, &mask.derived(), o, static_cast<NoLse<XQ>*>(nullptr));
+    forward(q, k, v, &mask.derived(), o, static_cast<NoLse<detail::output_xpr_t<OutO>>*>(nullptr));
   }
   template <class XQ, class XK, class XV, class XM, class OutO, class OutL>
   void apply_masked(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
@@ -1213,8 +1225,8 @@ class Attention {
  private:
   template <class XQ>
   using NoMask = Eigen::Matrix<typename XQ::Scalar, Eigen::Dynamic, Eigen::Dynamic>;
-  template <class XQ>
-  using NoLse = Eigen::Matrix<typename XQ::Scalar, Eigen::Dynamic, 1>;
+  template <class XO>
+  using NoLse = Eigen::Matrix<typename XO::Scalar, Eigen::Dynamic, 1>;
 
   template <class Scalar>
   detail::AttentionPlan<Scalar> plan(Index d) const {
@@ -1234,7 +1246,7 @@ class Attention {
   template <class XQ, class XK, class XV>
   static void check_qkv(const XQ& q, const XK& k, const XV& v) {
     using Scalar = typename XQ::Scalar;
-    detail::static_check_scalar<Scalar>();
+    detail::static_check_storage_scalars<Scalar, Scalar>();
     static_assert(
         std::is_same_v<Scalar, typename XK::Scalar> && std::is_same_v<Scalar, typename XV::Scalar>,
         "softmaxlab: Q, K and V must have the same scalar type");
@@ -1268,6 +1280,90 @@ class Attention {
   void forward(const Eigen::DenseBase<XQ>& q_in, const Eigen::DenseBase<XK>& k_in,
                const Eigen::DenseBase<XV>& v_in, const XM* mask, const Eigen::DenseBase<XO>& o_in,
                const XL* lse_in) const {
+    if constexpr (detail::is_mixed_v<typename XQ::Scalar, typename XO::Scalar>) {
+      forward_staged(q_in, k_in, v_in, mask, o_in, lse_in);
+    } else {
+      forward_same(q_in, k_in, v_in, mask, o_in, lse_in);
+    }
+  }
+
+  // 16-bit or mixed types (In = Q's, K's, V's and the mask's scalar, Out = O's and lse's): the
+  // float forward pass (double when In or Out is double) on exactly widened copies, O and lse
+  // rounded once to Out. The Lq x Lk scores are never formed.
+  template <class XQ, class XK, class XV, class XM, class XO, class XL>
+  void forward_staged(const Eigen::DenseBase<XQ>& q_in, const Eigen::DenseBase<XK>& k_in,
+                      const Eigen::DenseBase<XV>& v_in, const XM* mask,
+                      const Eigen::DenseBase<XO>& o_in, const XL* lse_in) const {
+    using In = typename XQ::Scalar;
+    using Out = typename XO::Scalar;
+    using C = detail::compute_scalar_t<In, Out>;
+    using M = Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic>;
+    using V = Eigen::Matrix<C, Eigen::Dynamic, 1>;
+    detail::static_check_storage_scalars<In, Out>();
+    static_assert(std::is_same_v<In, typename XM::Scalar>,
+                  "softmaxlab: the mask must have Q's scalar type");
+    static_assert(std::is_same_v<Out, typename XL::Scalar>,
+                  "softmaxlab: lse must have O's scalar type");
+    static_assert(detail::is_writable_storage_v<XO> && detail::is_writable_storage_v<XL>,
+                  "softmaxlab: O and lse must be writable storage (Matrix, Map, Ref or a Block)");
+    static_assert(detail::has_direct_access_v<XM>,
+                  "softmaxlab: the mask must be storage; evaluate an expression first");
+    check_qkv(q_in.derived(), k_in.derived(), v_in.derived());
+    auto& o = const_cast<Eigen::DenseBase<XO>&>(o_in).derived();
+    const Index lq = q_in.rows(), lk = k_in.rows();
+    check_output("O", o, lq, v_in.cols());
+    if (lse_in != nullptr)
+      check_lse(*lse_in, lq);
+    if (mask != nullptr)
+      check_output("mask", *mask, lq, lk);
+    if constexpr (std::is_same_v<In, Out>) {  // O is written after every read, but stay strict
+      detail::require_no_overlap(name, "O", "Q", o, q_in.derived());
+      detail::require_no_overlap(name, "O", "K", o, k_in.derived());
+      detail::require_no_overlap(name, "O", "V", o, v_in.derived());
+    }
+    if (lse_in != nullptr && lq > 0) {
+      if constexpr (detail::has_direct_access_v<XL>)
+        detail::require_no_overlap(name, "lse", "O", *lse_in, o);
+    }
+    if (lq == 0 || (o.cols() == 0 && lse_in == nullptr))
+      return;
+    // K and V widened once (every query block reads all of them); Q, the mask, O and lse one
+    // query block at a time, each block solved as an attention problem of its own with the float
+    // code. Causal: block [i0, i0 + n) sees keys j < i0 + n + Lk - Lq = lk_b, and the
+    // bottom-right rule on n queries and the first lk_b keys is exactly j <= i + Lk - Lq. The
+    // float result is bit-for-bit the float forward's (the same blocks in the same order).
+    const M k = k_in.derived().template cast<C>();
+    const M v = v_in.derived().template cast<C>();
+    const auto& q = q_in.derived();
+    const Index block = block_q_, blocks = (lq + block - 1) / block;
+    detail::for_each_slice<detail::kParallelSlices>(
+        blocks, block * (lk + 1) * (q.cols() + v.cols() + 1), [&](Index b) {
+          const Index i0 = b * block, n = std::min(block, lq - i0);
+          const Index lk_b = options_.causal() ? std::clamp<Index>(i0 + n + lk - lq, 0, lk) : lk;
+          const M qb = q.middleRows(i0, n).template cast<C>();
+          M ob(n, v.cols());
+          V lb(lse_in != nullptr ? n : 0);
+          V* lse_b = lse_in != nullptr ? &lb : nullptr;
+          if (mask != nullptr) {
+            const M mb = mask->block(i0, 0, n, lk_b).template cast<C>();
+            forward_same(qb, k.topRows(lk_b), v.topRows(lk_b), &mb, ob, lse_b);
+          } else {
+            forward_same(qb, k.topRows(lk_b), v.topRows(lk_b), static_cast<const M*>(nullptr), ob,
+                         lse_b);
+          }
+          o.middleRows(i0, n) = ob.template cast<Out>();
+          if (lse_in != nullptr) {
+            auto& lse_out = const_cast<XL&>(*lse_in);
+            for (Index r = 0; r < n; ++r)
+              lse_out.coeffRef(i0 + r) = detail::convert_scalar<Out>(lb(r));
+          }
+        });
+  }
+
+  template <class XQ, class XK, class XV, class XM, class XO, class XL>
+  void forward_same(const Eigen::DenseBase<XQ>& q_in, const Eigen::DenseBase<XK>& k_in,
+                    const Eigen::DenseBase<XV>& v_in, const XM* mask,
+                    const Eigen::DenseBase<XO>& o_in, const XL* lse_in) const {
     using Scalar = typename XQ::Scalar;
     static_assert(
         std::is_same_v<
@@ -1331,6 +1427,10 @@ class Attention {
     using Scalar = typename XQ::Scalar;
     static_assert(kSoftmax && sizeof(XQ) > 0,
                   "softmaxlab: Attention::backward needs the Softmax weight");
+    static_assert(detail::is_supported_scalar_v<Scalar>,
+                  "softmaxlab: Attention::backward takes float or double only: Eigen::half and "
+                  "Eigen::bfloat16 Q, K, V, O, lse, dO, dQ, dK, dV are forward-only (widen them "
+                  "with .cast<float>() for the gradients)");
     static_assert(std::
                           is_same_v<Scalar,
                                     typename XO::Scalar> && std::is_same_v<Scalar, typename XL::Scalar> && std::is_same_v<Scalar, typename XdO::Scalar> && std::is_same_v<Scalar, typename XdQ::Scalar> && std::is_same_v<Scalar, typename XdK::Scalar> && std::is_same_v<Scalar, typename XdV::Scalar> && std::is_same_v<Scalar, typename XM::Scalar>,

@@ -62,6 +62,19 @@
 // Subnormal and huge rows (double) are scaled by a power of two before they are normalized, so
 // their cosines keep the accuracy above, forward and backward.
 // NormalizedSoftmaxLoss (loss.hpp) is the cross-entropy on these logits with its gradients.
+//
+// Scalar types: E and W may each be Eigen::half, Eigen::bfloat16, float or double (a
+// static_assert names any other type), and may differ. The math runs in float (double when E or
+// W is double) on exactly widened copies of E and W (and dZ, P, dP): NormalizedSoftmax is not a
+// DistributionFunctor (row norms and a GEMM over two matrices, not one span in and one out), so
+// it stages whole matrices, (N + C) D elements of the compute type, as its float path already
+// allocates its normalized copies. Logits and probabilities come back in E's type, rounded once:
+// the probabilities through Softmax's staged rowwise form (float logits in, 16-bit out). dE comes
+// back in E's type, dW in W's, each the compute-type gradient rounded once.
+// Accuracy in 16-bit (tests/test_half_precision.cpp, against a long-double evaluation on the
+// widened inputs, rounded once): |p - exact| <= 1 ulp of the output type + the float computation's
+// eps_f (2 s (D + 2) + 4 (1 + 2 s + m s)) |exact| (cosines within (D + 2) eps_f, Softmax's bound);
+// measured worst 0.50 ulp in half and bfloat16 (s = 20, D = 64, C = 37, with and without CosFace).
 #pragma once
 
 #include <cmath>
@@ -71,6 +84,7 @@
 
 #include "detail/checks.hpp"
 #include "detail/common.hpp"
+#include "detail/scalar_types.hpp"
 #include "softmax.hpp"
 
 namespace softmaxlab {
@@ -359,12 +373,78 @@ class NormalizedSoftmax {
   template <class Scalar>
   using RowMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
+  // {dE, dW}: dE in E's scalar type, dW in W's (the same type unless E and W are mixed).
+  template <class XprE, class XprW>
+  using Gradients = std::pair<Eigen::Matrix<typename XprE::Scalar, Eigen::Dynamic, Eigen::Dynamic>,
+                              Eigen::Matrix<typename XprW::Scalar, Eigen::Dynamic, Eigen::Dynamic>>;
+
   // s cos(e_n, w_c), N x C, no margin.
   template <class XprE, class XprW>
   RowMatrix<typename XprE::Scalar> logits(const Eigen::DenseBase<XprE>& e,
                                           const Eigen::DenseBase<XprW>& w) const {
-    using Scalar = typename XprE::Scalar;
     check_inputs(e, w);
+    if constexpr (!same_compute_v<XprE, XprW>) {
+      return round_matrix<typename XprE::Scalar>(
+          logits(widen<XprE, XprW>(e), widen<XprE, XprW>(w)));
+    } else {
+      return logits_same(e, w);
+    }
+  }
+
+  // Logits with the margin on each row's target class labels(n).
+  template <class XprE, class XprW, class XprL>
+  RowMatrix<typename XprE::Scalar> logits(const Eigen::DenseBase<XprE>& e,
+                                          const Eigen::DenseBase<XprW>& w,
+                                          const Eigen::DenseBase<XprL>& labels) const {
+    check_inputs(e, w);
+    if constexpr (!same_compute_v<XprE, XprW>) {
+      return round_matrix<typename XprE::Scalar>(
+          logits(widen<XprE, XprW>(e), widen<XprE, XprW>(w), labels));
+    } else {
+      return logits_same(e, w, labels);
+    }
+  }
+
+  // Row-wise probabilities softmax(s cos), N x C (margin on the targets when labels are given).
+  // 16-bit or mixed E and W: the logits in the compute type, then Softmax's staged rowwise form
+  // rounds each probability once to E's type.
+  template <class XprE, class XprW>
+  RowMatrix<typename XprE::Scalar> operator()(const Eigen::DenseBase<XprE>& e,
+                                              const Eigen::DenseBase<XprW>& w) const {
+    check_inputs(e, w);
+    if constexpr (!same_compute_v<XprE, XprW>) {
+      const auto z = logits(widen<XprE, XprW>(e), widen<XprE, XprW>(w));
+      RowMatrix<typename XprE::Scalar> out(z.rows(), z.cols());
+      Softmax(1.0).rowwise(z, out);
+      return out;
+    } else {
+      auto out = logits(e, w);
+      Softmax(1.0).rowwise(out, out);
+      return out;
+    }
+  }
+  template <class XprE, class XprW, class XprL>
+  RowMatrix<typename XprE::Scalar> operator()(const Eigen::DenseBase<XprE>& e,
+                                              const Eigen::DenseBase<XprW>& w,
+                                              const Eigen::DenseBase<XprL>& labels) const {
+    check_inputs(e, w);
+    if constexpr (!same_compute_v<XprE, XprW>) {
+      const auto z = logits(widen<XprE, XprW>(e), widen<XprE, XprW>(w), labels);
+      RowMatrix<typename XprE::Scalar> out(z.rows(), z.cols());
+      Softmax(1.0).rowwise(z, out);
+      return out;
+    } else {
+      auto out = logits(e, w, labels);
+      Softmax(1.0).rowwise(out, out);
+      return out;
+    }
+  }
+
+ private:
+  template <class XprE, class XprW>
+  RowMatrix<typename XprE::Scalar> logits_same(const Eigen::DenseBase<XprE>& e,
+                                               const Eigen::DenseBase<XprW>& w) const {
+    using Scalar = typename XprE::Scalar;
     RowMatrix<Scalar> out(e.rows(), w.rows());
     if (out.size() == 0)
       return out;
@@ -378,14 +458,13 @@ class NormalizedSoftmax {
     return out;
   }
 
-  // Logits with the margin on each row's target class labels(n).
   template <class XprE, class XprW, class XprL>
-  RowMatrix<typename XprE::Scalar> logits(const Eigen::DenseBase<XprE>& e,
-                                          const Eigen::DenseBase<XprW>& w,
-                                          const Eigen::DenseBase<XprL>& labels) const {
+  RowMatrix<typename XprE::Scalar> logits_same(const Eigen::DenseBase<XprE>& e,
+                                               const Eigen::DenseBase<XprW>& w,
+                                               const Eigen::DenseBase<XprL>& labels) const {
     using Scalar = typename XprE::Scalar;
     check_labels(labels, e.rows(), w.rows());
-    auto out = logits(e, w);
+    auto out = logits_same(e, w);
     if (margin_.kind == Margin::Kind::None)
       return out;
     const auto& ed = e.derived();
@@ -405,27 +484,25 @@ class NormalizedSoftmax {
     return out;
   }
 
-  // Row-wise probabilities softmax(s cos), N x C (margin on the targets when labels are given).
-  template <class XprE, class XprW>
-  RowMatrix<typename XprE::Scalar> operator()(const Eigen::DenseBase<XprE>& e,
-                                              const Eigen::DenseBase<XprW>& w) const {
-    auto out = logits(e, w);
-    Softmax(1.0).rowwise(out, out);
-    return out;
-  }
-  template <class XprE, class XprW, class XprL>
-  RowMatrix<typename XprE::Scalar> operator()(const Eigen::DenseBase<XprE>& e,
-                                              const Eigen::DenseBase<XprW>& w,
-                                              const Eigen::DenseBase<XprL>& labels) const {
-    auto out = logits(e, w, labels);
-    Softmax(1.0).rowwise(out, out);
-    return out;
-  }
-
+ public:
   // Class prototypes for novel classes: row c = normalized mean of the normalized embeddings
   // labelled c. Every class in [0, num_classes) needs at least one embedding.
   template <class XprE, class XprL>
   static Eigen::Matrix<typename XprE::Scalar, Eigen::Dynamic, Eigen::Dynamic> prototypes(
+      const Eigen::DenseBase<XprE>& e, const Eigen::DenseBase<XprL>& labels, Index num_classes) {
+    using Scalar = typename XprE::Scalar;
+    if constexpr (!detail::is_supported_scalar_v<Scalar>) {
+      detail::static_check_storage_scalars<Scalar, Scalar>();
+      return prototypes(e.derived().template cast<float>().eval(), labels, num_classes)
+          .template cast<Scalar>();
+    } else {
+      return prototypes_same(e, labels, num_classes);
+    }
+  }
+
+ private:
+  template <class XprE, class XprL>
+  static Eigen::Matrix<typename XprE::Scalar, Eigen::Dynamic, Eigen::Dynamic> prototypes_same(
       const Eigen::DenseBase<XprE>& e, const Eigen::DenseBase<XprL>& labels, Index num_classes) {
     using Scalar = typename XprE::Scalar;
     if (num_classes < 1)
@@ -450,12 +527,24 @@ class NormalizedSoftmax {
     return normalized_rows(sums).template cast<Scalar>();
   }
 
+ public:
   // For each row of E, the index of the prototype (row of P) with the highest cosine; -1 for a
   // row whose cosines are NaN.
   template <class XprE, class XprP>
   static Eigen::Matrix<Index, Eigen::Dynamic, 1> classify(const Eigen::DenseBase<XprE>& e,
                                                           const Eigen::DenseBase<XprP>& p) {
     check_inputs(e, p);
+    if constexpr (!same_compute_v<XprE, XprP>) {
+      return classify(widen<XprE, XprP>(e), widen<XprE, XprP>(p));
+    } else {
+      return classify_same(e, p);
+    }
+  }
+
+ private:
+  template <class XprE, class XprP>
+  static Eigen::Matrix<Index, Eigen::Dynamic, 1> classify_same(const Eigen::DenseBase<XprE>& e,
+                                                               const Eigen::DenseBase<XprP>& p) {
     const auto cosines = (normalized_rows(e) * normalized_rows(p).transpose()).eval();
     Eigen::Matrix<Index, Eigen::Dynamic, 1> out(e.rows());
     for (Index n = 0; n < e.rows(); ++n) {
@@ -474,6 +563,7 @@ class NormalizedSoftmax {
     return out;
   }
 
+ public:
   // ---- Backward (training) ------------------------------------------------------------------
   // Gradients with respect to E (N x D) and W (C x D), returned as {dE, dW}, through the L2
   // normalization of both and, when labels are given, the margin on each row's target logit:
@@ -481,43 +571,69 @@ class NormalizedSoftmax {
   //   dE_n = (dE^_n - E^_n <dE^_n, E^_n>) / |E_n|  (and likewise for W); zero rows get 0.
   // logits_backward takes dZ = dL/dlogits (N x C); backward takes the probabilities P = ns(E, W
   // [, labels]) and dP = dL/dP and goes through the row-wise softmax first.
+  // 16-bit or mixed E, W (and dZ, P, dP of any storage type): computed in the compute type of E
+  // and W (float, double when either is double), dE rounded once to E's type, dW to W's.
   template <class XprE, class XprW, class XprG>
-  std::pair<Eigen::Matrix<typename XprE::Scalar, Eigen::Dynamic, Eigen::Dynamic>,
-            Eigen::Matrix<typename XprE::Scalar, Eigen::Dynamic, Eigen::Dynamic>>
-  logits_backward(const Eigen::DenseBase<XprE>& e, const Eigen::DenseBase<XprW>& w,
-                  const Eigen::DenseBase<XprG>& dz) const {
-    return logits_backward_impl(e, w, static_cast<const Eigen::VectorXi*>(nullptr), dz);
+  Gradients<XprE, XprW> logits_backward(const Eigen::DenseBase<XprE>& e,
+                                        const Eigen::DenseBase<XprW>& w,
+                                        const Eigen::DenseBase<XprG>& dz) const {
+    check_inputs(e, w);
+    if constexpr (!same_compute_v<XprE, XprW, XprG>) {
+      return round_gradients<XprE, XprW>(
+          logits_backward(widen<XprE, XprW>(e), widen<XprE, XprW>(w), widen<XprE, XprW>(dz)));
+    } else {
+      return logits_backward_impl(e, w, static_cast<const Eigen::VectorXi*>(nullptr), dz);
+    }
   }
   template <class XprE, class XprW, class XprL, class XprG>
-  std::pair<Eigen::Matrix<typename XprE::Scalar, Eigen::Dynamic, Eigen::Dynamic>,
-            Eigen::Matrix<typename XprE::Scalar, Eigen::Dynamic, Eigen::Dynamic>>
-  logits_backward(const Eigen::DenseBase<XprE>& e, const Eigen::DenseBase<XprW>& w,
-                  const Eigen::DenseBase<XprL>& labels, const Eigen::DenseBase<XprG>& dz) const {
-    check_labels(labels, e.rows(), w.rows());
-    return logits_backward_impl(e, w, &labels.derived(), dz);
+  Gradients<XprE, XprW> logits_backward(const Eigen::DenseBase<XprE>& e,
+                                        const Eigen::DenseBase<XprW>& w,
+                                        const Eigen::DenseBase<XprL>& labels,
+                                        const Eigen::DenseBase<XprG>& dz) const {
+    check_inputs(e, w);
+    if constexpr (!same_compute_v<XprE, XprW, XprG>) {
+      return round_gradients<XprE, XprW>(logits_backward(widen<XprE, XprW>(e), widen<XprE, XprW>(w),
+                                                         labels, widen<XprE, XprW>(dz)));
+    } else {
+      check_labels(labels, e.rows(), w.rows());
+      return logits_backward_impl(e, w, &labels.derived(), dz);
+    }
   }
   template <class XprE, class XprW, class XprP, class XprDP>
-  std::pair<Eigen::Matrix<typename XprE::Scalar, Eigen::Dynamic, Eigen::Dynamic>,
-            Eigen::Matrix<typename XprE::Scalar, Eigen::Dynamic, Eigen::Dynamic>>
-  backward(const Eigen::DenseBase<XprE>& e, const Eigen::DenseBase<XprW>& w,
-           const Eigen::DenseBase<XprP>& p, const Eigen::DenseBase<XprDP>& dp) const {
-    return logits_backward(e, w, Softmax(1.0).rowwise_backward(p, p, dp));
+  Gradients<XprE, XprW> backward(const Eigen::DenseBase<XprE>& e, const Eigen::DenseBase<XprW>& w,
+                                 const Eigen::DenseBase<XprP>& p,
+                                 const Eigen::DenseBase<XprDP>& dp) const {
+    check_inputs(e, w);
+    if constexpr (!same_compute_v<XprE, XprW, XprP, XprDP>) {
+      const auto pc = widen<XprE, XprW>(p);
+      return round_gradients<XprE, XprW>(
+          logits_backward(widen<XprE, XprW>(e), widen<XprE, XprW>(w),
+                          Softmax(1.0).rowwise_backward(pc, pc, widen<XprE, XprW>(dp))));
+    } else {
+      return logits_backward(e, w, Softmax(1.0).rowwise_backward(p, p, dp));
+    }
   }
   template <class XprE, class XprW, class XprL, class XprP, class XprDP>
-  std::pair<Eigen::Matrix<typename XprE::Scalar, Eigen::Dynamic, Eigen::Dynamic>,
-            Eigen::Matrix<typename XprE::Scalar, Eigen::Dynamic, Eigen::Dynamic>>
-  backward(const Eigen::DenseBase<XprE>& e, const Eigen::DenseBase<XprW>& w,
-           const Eigen::DenseBase<XprL>& labels, const Eigen::DenseBase<XprP>& p,
-           const Eigen::DenseBase<XprDP>& dp) const {
-    return logits_backward(e, w, labels, Softmax(1.0).rowwise_backward(p, p, dp));
+  Gradients<XprE, XprW> backward(const Eigen::DenseBase<XprE>& e, const Eigen::DenseBase<XprW>& w,
+                                 const Eigen::DenseBase<XprL>& labels,
+                                 const Eigen::DenseBase<XprP>& p,
+                                 const Eigen::DenseBase<XprDP>& dp) const {
+    check_inputs(e, w);
+    if constexpr (!same_compute_v<XprE, XprW, XprP, XprDP>) {
+      const auto pc = widen<XprE, XprW>(p);
+      return round_gradients<XprE, XprW>(
+          logits_backward(widen<XprE, XprW>(e), widen<XprE, XprW>(w), labels,
+                          Softmax(1.0).rowwise_backward(pc, pc, widen<XprE, XprW>(dp))));
+    } else {
+      return logits_backward(e, w, labels, Softmax(1.0).rowwise_backward(p, p, dp));
+    }
   }
 
  private:
   template <class XprE, class XprW, class L, class XprG>
-  std::pair<Eigen::Matrix<typename XprE::Scalar, Eigen::Dynamic, Eigen::Dynamic>,
-            Eigen::Matrix<typename XprE::Scalar, Eigen::Dynamic, Eigen::Dynamic>>
-  logits_backward_impl(const Eigen::DenseBase<XprE>& e, const Eigen::DenseBase<XprW>& w,
-                       const L* labels, const Eigen::DenseBase<XprG>& dz) const {
+  Gradients<XprE, XprW> logits_backward_impl(const Eigen::DenseBase<XprE>& e,
+                                             const Eigen::DenseBase<XprW>& w, const L* labels,
+                                             const Eigen::DenseBase<XprG>& dz) const {
     using Scalar = typename XprE::Scalar;
     using Mat = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
     static_assert(std::is_same_v<Scalar, typename XprG::Scalar>,
@@ -559,11 +675,42 @@ class NormalizedSoftmax {
     return out;
   }
 
+  // Whether every argument already has the compute type of E and W (float or double): then the
+  // float/double code runs on them directly; otherwise they are widened first (see widen).
+  template <class XprE, class XprW, class... More>
+  static constexpr bool same_compute_v =
+      detail::is_supported_scalar_v<typename XprE::Scalar>&& std::is_same_v<
+          typename XprW::Scalar,
+          typename XprE::
+              Scalar> && (std::is_same_v<typename More::Scalar, typename XprE::Scalar> && ...);
+
+  // 16-bit and mixed inputs: a plain copy in the compute type of E and W (exact: every storage
+  // type widens exactly to float, float to double; a double argument beside float E and W is
+  // rounded to float, as the distribution functors' staging does). NormalizedSoftmax is not a
+  // DistributionFunctor (two matrices, row norms and a GEMM, not a span in and a span out), so
+  // it stages whole matrices; its softmax then rounds once to the output type in Softmax's staged
+  // rowwise form.
+  template <class XprE, class XprW, class X>
+  static Eigen::Matrix<detail::compute_scalar_t<typename XprE::Scalar, typename XprW::Scalar>,
+                       Eigen::Dynamic, Eigen::Dynamic>
+  widen(const Eigen::DenseBase<X>& x) {
+    using C = detail::compute_scalar_t<typename XprE::Scalar, typename XprW::Scalar>;
+    detail::static_check_storage_scalars<typename X::Scalar, C>();
+    return x.derived().template cast<C>();
+  }
+  template <class Out, class M>
+  static RowMatrix<Out> round_matrix(const M& m) {
+    return m.template cast<Out>();
+  }
+  template <class XprE, class XprW, class G>
+  static Gradients<XprE, XprW> round_gradients(const G& g) {
+    return {g.first.template cast<typename XprE::Scalar>(),
+            g.second.template cast<typename XprW::Scalar>()};
+  }
+
   template <class XprE, class XprW>
   static void check_inputs(const Eigen::DenseBase<XprE>& e, const Eigen::DenseBase<XprW>& w) {
-    static_assert(std::is_same_v<typename XprE::Scalar, typename XprW::Scalar>,
-                  "softmaxlab: embeddings and class weights must have the same scalar type");
-    detail::static_check_scalar<typename XprE::Scalar>();
+    detail::static_check_storage_scalars<typename XprE::Scalar, typename XprW::Scalar>();
     if (e.cols() != w.cols()) {
       detail::fail(name, ": embeddings (", e.rows(), " x ", e.cols(), ") and class weights (",
                    w.rows(), " x ", w.cols(), ") must have the same number of columns");
