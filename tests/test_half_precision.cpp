@@ -606,20 +606,23 @@ TEST_CASE("half precision: AttentionSoftmax with a half mask", "[half][attention
 
 namespace {
 
+// A matrix of any accepted scalar in long double (16-bit values widen exactly).
+template <class M>
+Eigen::Matrix<long double, Eigen::Dynamic, Eigen::Dynamic> widen_long_double(const M& x) {
+  Eigen::Matrix<long double, Eigen::Dynamic, Eigen::Dynamic> out(x.rows(), x.cols());
+  for (Eigen::Index i = 0; i < x.rows(); ++i)
+    for (Eigen::Index j = 0; j < x.cols(); ++j)
+      out(i, j) = static_cast<long double>(as_double(x(i, j)));
+  return out;
+}
+
 // NormalizedSoftmax in long double on the exact (widened) 16-bit inputs: softmax of s cos, the
 // target logit of row n s (cos - m) when CosFace labels are given.
 template <class ME, class MW>
 Eigen::Matrix<long double, Eigen::Dynamic, Eigen::Dynamic> normalized_reference(
     const ME& e, const MW& w, double s, const std::vector<int>* labels, double m) {
   using LMat = Eigen::Matrix<long double, Eigen::Dynamic, Eigen::Dynamic>;
-  auto widen = [](const auto& x) {
-    LMat out(x.rows(), x.cols());
-    for (Eigen::Index i = 0; i < x.rows(); ++i)
-      for (Eigen::Index j = 0; j < x.cols(); ++j)
-        out(i, j) = static_cast<long double>(as_double(x(i, j)));
-    return out;
-  };
-  const LMat el = widen(e), wl = widen(w);
+  const LMat el = widen_long_double(e), wl = widen_long_double(w);
   LMat p(el.rows(), wl.rows());
   for (Eigen::Index n = 0; n < el.rows(); ++n) {
     const long double ne = std::sqrt(el.row(n).squaredNorm());
@@ -787,14 +790,7 @@ template <class MQ, class MM>
 AttentionExact attention_reference(const MQ& q, const MQ& k, const MQ& v, const MM* mask,
                                    bool causal) {
   using LMat = Eigen::Matrix<long double, Eigen::Dynamic, Eigen::Dynamic>;
-  auto widen = [](const auto& x) {
-    LMat out(x.rows(), x.cols());
-    for (Eigen::Index i = 0; i < x.rows(); ++i)
-      for (Eigen::Index j = 0; j < x.cols(); ++j)
-        out(i, j) = static_cast<long double>(as_double(x(i, j)));
-    return out;
-  };
-  const LMat ql = widen(q), kl = widen(k), vl = widen(v);
+  const LMat ql = widen_long_double(q), kl = widen_long_double(k), vl = widen_long_double(v);
   const Eigen::Index lq = q.rows(), lk = k.rows();
   const long double scale = 1.0L / std::sqrt(static_cast<long double>(q.cols()));
   AttentionExact r{LMat::Zero(lq, v.cols()), Eigen::Matrix<long double, Eigen::Dynamic, 1>(lq)};

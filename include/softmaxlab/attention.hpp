@@ -1304,29 +1304,10 @@ class Attention {
                   "softmaxlab: the mask must have Q's scalar type");
     static_assert(std::is_same_v<Out, typename XL::Scalar>,
                   "softmaxlab: lse must have O's scalar type");
-    static_assert(detail::is_writable_storage_v<XO> && detail::is_writable_storage_v<XL>,
-                  "softmaxlab: O and lse must be writable storage (Matrix, Map, Ref or a Block)");
-    static_assert(detail::has_direct_access_v<XM>,
-                  "softmaxlab: the mask must be storage; evaluate an expression first");
-    check_qkv(q_in.derived(), k_in.derived(), v_in.derived());
     auto& o = const_cast<Eigen::DenseBase<XO>&>(o_in).derived();
-    const Index lq = q_in.rows(), lk = k_in.rows();
-    check_output("O", o, lq, v_in.cols());
-    if (lse_in != nullptr)
-      check_lse(*lse_in, lq);
-    if (mask != nullptr)
-      check_output("mask", *mask, lq, lk);
-    if constexpr (std::is_same_v<In, Out>) {  // O is written after every read, but stay strict
-      detail::require_no_overlap(name, "O", "Q", o, q_in.derived());
-      detail::require_no_overlap(name, "O", "K", o, k_in.derived());
-      detail::require_no_overlap(name, "O", "V", o, v_in.derived());
-    }
-    if (lse_in != nullptr && lq > 0) {
-      if constexpr (detail::has_direct_access_v<XL>)
-        detail::require_no_overlap(name, "lse", "O", *lse_in, o);
-    }
-    if (lq == 0 || (o.cols() == 0 && lse_in == nullptr))
+    if (!check_forward(q_in, k_in, v_in, mask, o, lse_in))
       return;
+    const Index lq = q_in.rows(), lk = k_in.rows();
     // K and V widened once (every query block reads all of them); Q, the mask, O and lse one
     // query block at a time, each block solved as an attention problem of its own with the float
     // code. Causal: block [i0, i0 + n) sees keys j < i0 + n + Lk - Lq = lk_b, and the
@@ -1360,6 +1341,36 @@ class Attention {
         });
   }
 
+  // The forward's argument checks, one place for the float/double and the 16-bit paths: storage,
+  // shapes of Q, K, V, O, lse and the mask, and overlaps. Returns whether there is work.
+  template <class XQ, class XK, class XV, class XM, class XO, class XL>
+  static bool check_forward(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
+                            const Eigen::DenseBase<XV>& v, const XM* mask, const XO& o,
+                            const XL* lse) {
+    static_assert(detail::is_writable_storage_v<XO> && detail::is_writable_storage_v<XL>,
+                  "softmaxlab: O and lse must be writable storage (Matrix, Map, Ref or a Block)");
+    static_assert(detail::has_direct_access_v<XM>,
+                  "softmaxlab: the mask must be storage; evaluate an expression first");
+    check_qkv(q.derived(), k.derived(), v.derived());
+    const Index lq = q.rows(), lk = k.rows();
+    check_output("O", o, lq, v.cols());
+    if (lse != nullptr)
+      check_lse(*lse, lq);
+    if (mask != nullptr)
+      check_output("mask", *mask, lq, lk);
+    // O is written after every read, but stay strict (O of another scalar type cannot overlap).
+    if constexpr (std::is_same_v<typename XQ::Scalar, typename XO::Scalar>) {
+      detail::require_no_overlap(name, "O", "Q", o, q.derived());
+      detail::require_no_overlap(name, "O", "K", o, k.derived());
+      detail::require_no_overlap(name, "O", "V", o, v.derived());
+    }
+    if (lse != nullptr && lq > 0) {
+      if constexpr (detail::has_direct_access_v<XL>)
+        detail::require_no_overlap(name, "lse", "O", *lse, o);
+    }
+    return !(lq == 0 || (o.cols() == 0 && lse == nullptr));
+  }
+
   template <class XQ, class XK, class XV, class XM, class XO, class XL>
   void forward_same(const Eigen::DenseBase<XQ>& q_in, const Eigen::DenseBase<XK>& k_in,
                     const Eigen::DenseBase<XV>& v_in, const XM* mask,
@@ -1371,28 +1382,13 @@ class Attention {
             typename XO::
                 Scalar> && std::is_same_v<Scalar, typename XM::Scalar> && std::is_same_v<Scalar, typename XL::Scalar>,
         "softmaxlab: O, lse and the mask must have Q's scalar type");
-    static_assert(detail::is_writable_storage_v<XO> && detail::is_writable_storage_v<XL>,
-                  "softmaxlab: O and lse must be writable storage (Matrix, Map, Ref or a Block)");
-    static_assert(detail::has_direct_access_v<XM>,
-                  "softmaxlab: the mask must be storage; evaluate an expression first");
-    check_qkv(q_in.derived(), k_in.derived(), v_in.derived());
     auto& o = const_cast<Eigen::DenseBase<XO>&>(o_in).derived();
-    const Index lq = q_in.rows(), lk = k_in.rows();
-    check_output("O", o, lq, v_in.cols());
-    if (lse_in != nullptr)
-      check_lse(*lse_in, lq);
-    if (mask != nullptr)
-      check_output("mask", *mask, lq, lk);
-    detail::require_no_overlap(name, "O", "Q", o, q_in.derived());
-    detail::require_no_overlap(name, "O", "K", o, k_in.derived());
-    detail::require_no_overlap(name, "O", "V", o, v_in.derived());
-    detail::Span<Scalar> lse{nullptr, 0, 1};
-    if (lse_in != nullptr && lq > 0) {
-      lse = detail::vector_span<Scalar>(const_cast<XL&>(*lse_in));
-      detail::require_no_overlap(name, "lse", "O", *lse_in, o);
-    }
-    if (lq == 0 || (o.cols() == 0 && lse.size == 0))
+    if (!check_forward(q_in, k_in, v_in, mask, o, lse_in))
       return;
+    const Index lq = q_in.rows(), lk = k_in.rows();
+    detail::Span<Scalar> lse{nullptr, 0, 1};
+    if (lse_in != nullptr)
+      lse = detail::vector_span<Scalar>(const_cast<XL&>(*lse_in));
     const detail::AttentionPlan<Scalar> p = plan<Scalar>(q_in.cols());
     detail::with_storage(q_in, [&](const auto& q) {
       detail::with_storage(k_in, [&](const auto& k) {

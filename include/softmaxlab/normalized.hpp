@@ -603,33 +603,40 @@ class NormalizedSoftmax {
   Gradients<XprE, XprW> backward(const Eigen::DenseBase<XprE>& e, const Eigen::DenseBase<XprW>& w,
                                  const Eigen::DenseBase<XprP>& p,
                                  const Eigen::DenseBase<XprDP>& dp) const {
-    check_inputs(e, w);
-    if constexpr (!same_compute_v<XprE, XprW, XprP, XprDP>) {
-      const auto pc = widen<XprE, XprW>(p);
-      return round_gradients<XprE, XprW>(
-          logits_backward(widen<XprE, XprW>(e), widen<XprE, XprW>(w),
-                          Softmax(1.0).rowwise_backward(pc, pc, widen<XprE, XprW>(dp))));
-    } else {
-      return logits_backward(e, w, Softmax(1.0).rowwise_backward(p, p, dp));
-    }
+    return backward_through_softmax(e, w, static_cast<const Eigen::VectorXi*>(nullptr), p, dp);
   }
   template <class XprE, class XprW, class XprL, class XprP, class XprDP>
   Gradients<XprE, XprW> backward(const Eigen::DenseBase<XprE>& e, const Eigen::DenseBase<XprW>& w,
                                  const Eigen::DenseBase<XprL>& labels,
                                  const Eigen::DenseBase<XprP>& p,
                                  const Eigen::DenseBase<XprDP>& dp) const {
-    check_inputs(e, w);
-    if constexpr (!same_compute_v<XprE, XprW, XprP, XprDP>) {
-      const auto pc = widen<XprE, XprW>(p);
-      return round_gradients<XprE, XprW>(
-          logits_backward(widen<XprE, XprW>(e), widen<XprE, XprW>(w), labels,
-                          Softmax(1.0).rowwise_backward(pc, pc, widen<XprE, XprW>(dp))));
-    } else {
-      return logits_backward(e, w, labels, Softmax(1.0).rowwise_backward(p, p, dp));
-    }
+    return backward_through_softmax(e, w, &labels.derived(), p, dp);
   }
 
  private:
+  // backward's two forms (labels null: none): dZ from the row-wise softmax backward of (P, dP),
+  // then logits_backward, in the compute type for 16-bit or mixed arguments.
+  template <class XprE, class XprW, class L, class XprP, class XprDP>
+  Gradients<XprE, XprW> backward_through_softmax(const Eigen::DenseBase<XprE>& e,
+                                                 const Eigen::DenseBase<XprW>& w, const L* labels,
+                                                 const Eigen::DenseBase<XprP>& p,
+                                                 const Eigen::DenseBase<XprDP>& dp) const {
+    check_inputs(e, w);
+    auto from_dz = [&](const auto& ec, const auto& wc, const auto& dz) {
+      if (labels == nullptr)
+        return logits_backward(ec, wc, dz);
+      return logits_backward(ec, wc, *labels, dz);
+    };
+    if constexpr (!same_compute_v<XprE, XprW, XprP, XprDP>) {
+      const auto pc = widen<XprE, XprW>(p);
+      return round_gradients<XprE, XprW>(
+          from_dz(widen<XprE, XprW>(e), widen<XprE, XprW>(w),
+                  Softmax(1.0).rowwise_backward(pc, pc, widen<XprE, XprW>(dp))));
+    } else {
+      return from_dz(e, w, Softmax(1.0).rowwise_backward(p, p, dp));
+    }
+  }
+
   template <class XprE, class XprW, class L, class XprG>
   Gradients<XprE, XprW> logits_backward_impl(const Eigen::DenseBase<XprE>& e,
                                              const Eigen::DenseBase<XprW>& w, const L* labels,
