@@ -34,7 +34,11 @@
 // at both ends for the eps forms), i.e. l = 1 / (n 2^p), and the error becomes
 //     (2p + 4) eps + (e0 + 2u)^(2^k) + (2k + 2) u,   e0 = (1 - l) / (1 + l);
 // k = 0 (auto) picks the fewest iterations with e0^(2^k) <= u: about log2(n 2^p ln(1/u) / 2),
-// e.g. 18 for n = 1000, p = 4 in float. The sum of a row is 1 within a few eps (Stable).
+// e.g. 18 for n = 1000, p = 4 in float. Limit: auto stops at 64, and e0 is computed in double,
+// where it rounds to 1 once n 2^p reaches about 2^54 (p >= 54 with any n, p = 46 with n = 1000):
+// such rows get 64 iterations that have not converged, and their result is not a
+// distribution (p = 60, n = 932: a row summing to 0.034). Use Exact there. The sum of a row is 1
+// within a few eps (Stable).
 //
 // Special values, row by row (all forms unless stated):
 //   - a NaN anywhere makes the whole row NaN;
