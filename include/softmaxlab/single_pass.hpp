@@ -341,10 +341,13 @@ class OnlineNormalizer {
       max_ = block_max;
     }
     detail::CompensatedSum<Real> sum0, sum1;
+    // Prefetch the next block (contiguous rows) while this one is summed from L1.
+    constexpr auto kNext =
+        static_cast<std::uintptr_t>(detail::kNormalizerBlock<Real> * sizeof(Real));
     if (temperature_ != 1.0) {
-      detail::scaled_exp_sum<true>(x, n, max_, scale_, sum0, sum1);
+      detail::scaled_exp_sum<true, kNext>(x, n, max_, scale_, sum0, sum1);
     } else {
-      detail::scaled_exp_sum<false>(x, n, max_, scale_, sum0, sum1);
+      detail::scaled_exp_sum<false, kNext>(x, n, max_, scale_, sum0, sum1);
     }
     sum_ += std::ldexp(sum0.total() + sum1.total(), -detail::kExpScaleLog2<Real>);
   }

@@ -178,13 +178,17 @@ EIGEN_STRONG_INLINE Packet shifted(const Packet& x, const Packet& m, const Packe
 // rounding of a sum of two non-negative terms is at most eps/2 relative to each term, so the
 // compensated total stays within about eps/2 + one rounding, with 2.5 instead of 4 additions per
 // packet.
+// The sums are accumulated in locals and written back once: through the references, every store
+// to y (a Scalar*) may alias them, and the compiler then keeps them in memory, which put a
+// store-to-load forwarding on the loop's critical path (about 1.3x the loop's time at n = 4096).
 template <bool kScaled, class Scalar>
 void scaled_exp_store_sum(const Scalar* x, Scalar* y, Index n, Scalar m, Scalar s,
-                          CompensatedSum<Scalar>& sum0, CompensatedSum<Scalar>& sum1) {
+                          CompensatedSum<Scalar>& sum0_out, CompensatedSum<Scalar>& sum1_out) {
   using namespace Eigen::internal;
   using Packet = PacketOf<Scalar>;
   constexpr int P = kPacketSize<Scalar>;
   const Packet pm = pset1<Packet>(m), ps = pset1<Packet>(s);
+  CompensatedSum<Scalar> sum0 = sum0_out, sum1 = sum1_out;
   Index i = 0;
   for (; i + 4 * P <= n; i += 4 * P) {
     const Packet e0 = pexp_nonpositive_scaled(shifted<kScaled>(ploadu<Packet>(x + i), pm, ps));
@@ -212,18 +216,43 @@ void scaled_exp_store_sum(const Scalar* x, Scalar* y, Index n, Scalar m, Scalar 
     store_partial(y + i, n - i, e);
     sum1.add(e);
   }
+  sum0_out = sum0;
+  sum1_out = sum1;
+}
+
+// Asks for the cache line at address a + offset to be loaded for reading. Integer arithmetic on
+// the address: it may lie past the end of the array (a prefetch never faults), where pointer
+// arithmetic would be undefined.
+EIGEN_STRONG_INLINE void prefetch_read(const void* a, std::uintptr_t offset) {
+#if defined(__GNUC__) || defined(__clang__)
+  __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(a) + offset));
+#else
+  (void)a;
+  (void)offset;
+#endif
 }
 
 // Adds exp((x_i - m) * s) * kExpScale to the sums without storing (log-softmax, normalizers).
-template <bool kScaled, class Scalar>
-void scaled_exp_sum(const Scalar* x, Index n, Scalar m, Scalar s, CompensatedSum<Scalar>& sum0,
-                    CompensatedSum<Scalar>& sum1) {
+// kPrefetchBytes > 0: also prefetches the row kPrefetchBytes ahead, two cache lines per 128 bytes
+// read. The online normalizer passes its block size, so the next block streams in from memory
+// while this one is computed from L1: on a 2^24 float row its update pass went from about 2.0 to
+// 1.3 cycles per element (the exp pass's own cost), where max-then-exp per block had serialized
+// the memory reads and the arithmetic.
+template <bool kScaled, std::uintptr_t kPrefetchBytes = 0, class Scalar>
+void scaled_exp_sum(const Scalar* x, Index n, Scalar m, Scalar s, CompensatedSum<Scalar>& sum0_out,
+                    CompensatedSum<Scalar>& sum1_out) {
   using namespace Eigen::internal;
   using Packet = PacketOf<Scalar>;
   constexpr int P = kPacketSize<Scalar>;
   const Packet pm = pset1<Packet>(m), ps = pset1<Packet>(s);
+  CompensatedSum<Scalar> sum0 = sum0_out, sum1 = sum1_out;  // locals: see scaled_exp_store_sum
   Index i = 0;
   for (; i + 4 * P <= n; i += 4 * P) {
+    if constexpr (kPrefetchBytes > 0) {
+      static_assert(4 * P * sizeof(Scalar) >= 128, "two prefetches cover 128 bytes");
+      prefetch_read(x + i, kPrefetchBytes);
+      prefetch_read(x + i, kPrefetchBytes + 64);
+    }
     const Packet e0 = pexp_nonpositive_scaled(shifted<kScaled>(ploadu<Packet>(x + i), pm, ps));
     const Packet e1 = pexp_nonpositive_scaled(shifted<kScaled>(ploadu<Packet>(x + i + P), pm, ps));
     const Packet e2 =
@@ -240,6 +269,8 @@ void scaled_exp_sum(const Scalar* x, Index n, Scalar m, Scalar s, CompensatedSum
     sum1.add(pexp_nonpositive_scaled(
         shifted<kScaled>(load_partial<Packet>(x + i, n - i, masked), pm, ps)));
   }
+  sum0_out = sum0;
+  sum1_out = sum1;
 }
 
 // y_i = exp((x_i - m) * s) * kExpScale * factor for contiguous x, y (y may be x): the output pass
