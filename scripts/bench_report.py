@@ -117,6 +117,42 @@ def named_targets_markdown(named):
     return "\n".join(out) + "\n"
 
 
+# bench/bench_kernels.cpp: kernels/<pass>/float/<l1|memory>/<n>, each with the counters cpe
+# (cycles per element at the clock measured in the same process), ghz and bytes_per_element.
+KERNEL_PASSES = ["max", "exp_store_sum", "scale", "exp_scale", "update", "softmax", "single_pass"]
+
+
+def kernels_markdown(path):
+    """The row passes in cycles per element, in L1 and from memory; empty when not measured."""
+    with open(path) as f:
+        data = json.load(f)
+    has_aggregates = any(b.get("run_type") == "aggregate" for b in data["benchmarks"])
+    cells, ghz = {}, None
+    for b in data["benchmarks"]:
+        if has_aggregates and (b.get("run_type") != "aggregate"
+                               or b.get("aggregate_name") != "median"):
+            continue
+        parts = (b["run_name"] if has_aggregates else b["name"]).split("/")
+        if len(parts) != 5 or parts[0] != "kernels" or "cpe" not in b:
+            continue
+        cells[(parts[1], parts[3])] = (float(b["cpe"]), float(b.get("bytes_per_element", 0)))
+        ghz = float(b.get("ghz", 0)) or ghz
+    if not cells:
+        return ""
+    out = ["## Row passes in cycles per element (bench/bench_kernels.cpp)", "",
+           "Float, one row of 2,048 in L1 and one row of 2^24 from memory; cycles at the core "
+           "clock measured in the same run (%.2f GHz, a chain of dependent additions). Bound of "
+           "the exp passes: 0.625 cycles per element (40 FMA/multiply per 32 floats on two "
+           "pipes)." % (ghz or 0), "",
+           "| pass | L1 | 2^24 from memory | bytes per element (memory) |", "|---|---:|---:|---:|"]
+    for name in KERNEL_PASSES:
+        l1, mem = cells.get((name, "l1")), cells.get((name, "memory"))
+        out.append("| %s | %s | %s | %s |" % (
+            name, "%.2f" % l1[0] if l1 else "", "%.2f" % mem[0] if mem else "",
+            "%g" % mem[1] if mem else ""))
+    return "\n".join(out) + "\n"
+
+
 # Issue 12 (attention): bench/bench_attention.cpp's attention/<impl>/float/<Lq>x<Lk>/d<d>[/t<n>]
 # and attention_softmax/<impl>/float/rows64/<n> rows.
 ATTENTION_BASELINES = ["eigen_materialized", "sml_materialized", "onednn"]
@@ -466,6 +502,8 @@ def main():
     sampling = named_targets_markdown(load_named(args.json))
     attention = attention_markdown(args.json)
     sampling += ("\n" + attention) if attention else ""
+    kernels = kernels_markdown(args.json)
+    sampling += ("\n" + kernels) if kernels else ""
     if not results and not sampling:
         sys.exit("bench_report: no softmax/<impl>/<type>/<cache>/<n> benchmarks in " + args.json)
     md = markdown(context, results, args.note) if results else "# softmaxlab benchmark report\n\n"

@@ -1,0 +1,178 @@
+// The row passes of Softmax and SinglePassSoftmax one by one, in cycles per element, to show where
+// the time of a softmax goes and how far each pass is from its bound (issue 17: a target out of
+// reach is shown with cycles per element, the instruction mix and the bound).
+//
+//   kernels/<pass>/float/l1/2048      one 8 KiB row (and its 8 KiB output) kept in L1
+//   kernels/<pass>/float/memory/2^24  one 64 MiB row, streamed from memory
+//
+// Counters: cpe = cycles per element at the core clock measured in the same process (`ghz`: a
+// chain of dependent integer additions retires one per cycle; this machine has no readable cycle
+// counter, `perf stat` says "not supported"), and bytes_per_element the pass moves to or from
+// memory. Passes (detail/kernels.hpp, single_pass.hpp):
+//   max            packet max (PropagateFast: Softmax's batch kernel)
+//   exp_store_sum  y = exp(x - m) 2^64, compensated sums: Softmax's middle pass
+//   scale          y *= f: Softmax's last pass
+//   exp_scale      y = exp(x - m) f: SinglePassSoftmax's output pass (streaming stores at 2^24)
+//   update         OnlineNormalizer::update: block max, then the exp sum (SinglePassSoftmax's first
+//                  pass)
+//   softmax, single_pass   the whole functors' apply, for comparison
+// Per 32 floats, the exp pass issues 32 FMAs and 8 multiplies (2 FMA/multiply pipes on Zen3: a
+// bound of 20 cycles, 0.625 per element), 4 max, 4 shifts, 22 additions/subtractions (the other
+// pipes), 4 loads and 4 stores.
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+
+#include <softmaxlab/softmaxlab.hpp>
+
+namespace {
+
+namespace sml = softmaxlab;
+namespace sd = softmaxlab::detail;
+using Index = Eigen::Index;
+
+// The core clock in GHz: four dependent additions per iteration retire in four cycles.
+double measured_ghz() {
+  static const double ghz = [] {
+    double best = 0;
+    for (int rep = 0; rep < 5; ++rep) {
+      std::uint64_t v = 1;
+      constexpr std::uint64_t kIterations = 50'000'000;
+      const auto t0 = std::chrono::steady_clock::now();
+      for (std::uint64_t i = 0; i < kIterations; ++i) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__aarch64__))
+#if defined(__x86_64__)
+        asm volatile("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0" : "+r"(v));
+#else
+        asm volatile("add %0, %0, #1\n\tadd %0, %0, #1\n\tadd %0, %0, #1\n\tadd %0, %0, #1"
+                     : "+r"(v));
+#endif
+#else
+        v += 4;
+        benchmark::DoNotOptimize(v);
+#endif
+      }
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      best = std::max(best, 4.0 * kIterations / s / 1e9);
+    }
+    return best;
+  }();
+  return ghz;
+}
+
+std::vector<float> logits(Index n) {
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal(0, 3);
+  std::vector<float> x(static_cast<std::size_t>(n));
+  for (float& v : x)
+    v = normal(rng);
+  return x;
+}
+
+template <class Pass>
+void run_pass(benchmark::State& state, double bytes_per_element, Pass&& pass) {
+  const Index n = state.range(0);
+  const std::vector<float> x = logits(n);
+  std::vector<float> y(x);
+  const float m = sd::max_propagate_nan(x.data(), n);
+  for (auto _ : state) {
+    pass(x.data(), y.data(), n, m);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(state.iterations() * n);
+  const double ghz = measured_ghz();
+  state.counters["ghz"] = ghz;
+  // Seconds per element times cycles per second; kIsIterationInvariantRate divides by the
+  // elements processed and the time.
+  state.counters["cpe"] = benchmark::Counter(
+      static_cast<double>(n) / (ghz * 1e9),
+      benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+  state.counters["bytes_per_element"] = bytes_per_element;
+}
+
+void max_pass(benchmark::State& state, double bytes) {
+  run_pass(state, bytes, [](const float* x, float* y, Index n, float) {
+    y[0] = sd::packet_max<Eigen::PropagateFast>(x, n);
+  });
+}
+
+void exp_store_sum_pass(benchmark::State& state, double bytes) {
+  run_pass(state, bytes, [](const float* x, float* y, Index n, float m) {
+    sd::CompensatedSum<float> a, b;
+    sd::scaled_exp_store_sum<false>(x, y, n, m, 1.0f, a, b);
+    benchmark::DoNotOptimize(sd::total_wide(a, b));
+  });
+}
+
+void scale_pass(benchmark::State& state, double bytes) {
+  run_pass(state, bytes,
+           [](const float*, float* y, Index n, float) { sd::scale_packets(y, n, 0.999f); });
+}
+
+void exp_scale_pass(benchmark::State& state, double bytes) {
+  run_pass(state, bytes, [](const float* x, float* y, Index n, float m) {
+    if (n * static_cast<Index>(sizeof(float)) >= sd::kStreamingStoreBytes)
+      sd::scaled_exp_scale_stream<false>(x, y, n, m, 1.0f, 0x1p-64f);
+    else
+      sd::scaled_exp_scale_store<false>(x, y, n, m, 1.0f, 0x1p-64f);
+  });
+}
+
+void update_pass(benchmark::State& state, double bytes) {
+  run_pass(state, bytes, [](const float* x, float*, Index n, float) {
+    sml::OnlineNormalizer<float> normalizer;
+    normalizer.update(Eigen::Map<const Eigen::VectorXf>(x, n));
+    benchmark::DoNotOptimize(normalizer.sum());
+  });
+}
+
+void softmax_apply(benchmark::State& state, double bytes) {
+  run_pass(state, bytes, [](const float* x, float* y, Index n, float) {
+    sml::Softmax().apply(Eigen::Map<const Eigen::VectorXf>(x, n),
+                         Eigen::Map<Eigen::VectorXf>(y, n));
+  });
+}
+
+void single_pass_apply(benchmark::State& state, double bytes) {
+  run_pass(state, bytes, [](const float* x, float* y, Index n, float) {
+    sml::SinglePassSoftmax().apply(Eigen::Map<const Eigen::VectorXf>(x, n),
+                                   Eigen::Map<Eigen::VectorXf>(y, n));
+  });
+}
+
+// Bytes per element each pass moves to or from memory on the 2^24 row: 4 per float read or
+// written, and 4 more where a pass writes lines it has not read (read for ownership: exp_store_sum;
+// exp_scale's streaming stores skip it); in L1, 0.
+bool registered = [] {
+  constexpr Index kL1 = 2048;
+  constexpr Index kBig = Index(1) << 24;
+  struct Pass {
+    const char* name;
+    void (*fn)(benchmark::State&, double);
+    double memory_bytes;
+  };
+  const Pass passes[] = {{"max", max_pass, 4},
+                         {"exp_store_sum", exp_store_sum_pass, 12},
+                         {"scale", scale_pass, 8},
+                         {"exp_scale", exp_scale_pass, 8},
+                         {"update", update_pass, 4},
+                         {"softmax", softmax_apply, 24},
+                         {"single_pass", single_pass_apply, 12}};
+  for (const Pass& p : passes) {
+    benchmark::RegisterBenchmark((std::string("kernels/") + p.name + "/float/l1").c_str(),
+                                 p.fn, 0.0)
+        ->Arg(kL1);
+    benchmark::RegisterBenchmark(
+        (std::string("kernels/") + p.name + "/float/memory").c_str(), p.fn, p.memory_bytes)
+        ->Arg(kBig)
+        ->Unit(benchmark::kMillisecond);
+  }
+  return true;
+}();
+
+}  // namespace
