@@ -100,14 +100,32 @@ def load_named(path):
             out[b["run_name"] if has_aggregates else b["name"]] = float(b["items_per_second"])
     return out
 
+# Issue 13 (half precision): bench/bench_half.cpp's half/<impl>/<float|half|bf16>/<cache>/<n>;
+# element rates, 16-bit in and out against float in and out on the same lengths.
+HALF_TARGETS = [
+    ("%s Softmax in cache vs float, n = %s" % (t, "{:,}".format(n)),
+     "half/softmax/%s/incache/%d" % (t, n), "half/softmax/float/incache/%d" % n, 0.9)
+    for t in ("half", "bf16") for n in (64, 1000, 4096, 32000)
+] + [
+    ("%s Softmax in cache vs the naive cast route, n = %s" % (t, "{:,}".format(n)),
+     "half/softmax/%s/incache/%d" % (t, n), "half/naive/%s/incache/%d" % (t, n), 2.0)
+    for t in ("half", "bf16") for n in (64, 1000, 4096, 32000)
+] + [
+    ("%s %s, one row of 2^24 out of cache, vs float" % (t, f),
+     "half/%s/%s/outcache/16777216" % (i, t), "half/%s/float/outcache/16777216" % i, 1.5)
+    for t in ("half", "bf16") for i, f in (("softmax", "Softmax"),
+                                           ("single_pass", "SinglePassSoftmax"))
+]
 
-def named_targets_markdown(named):
-    """The NAMED_TARGETS table with PASS/MISS; empty when none of them was measured."""
-    if not any(v in named or b in named for _, v, b, _ in NAMED_TARGETS):
+
+def named_targets_markdown(named, targets=None, title="Targets (issue 14: sampling)"):
+    """A table of named-benchmark targets with PASS/MISS; empty when none was measured."""
+    targets = NAMED_TARGETS if targets is None else targets
+    if not any(v in named or b in named for _, v, b, _ in targets):
         return ""
-    out = ["## Targets (issue 14: sampling)", "",
+    out = ["## " + title, "",
            "| target | measured ratio | required | |", "|---|---|---|---|"]
-    for desc, v, b, need in NAMED_TARGETS:
+    for desc, v, b, need in targets:
         a, c = named.get(v), named.get(b)
         if not (a and c):
             out.append("| %s | not measured | %.2f | |" % (desc, need))
@@ -499,7 +517,11 @@ def main():
     out_dir = args.out_dir or os.path.join(os.path.dirname(os.path.abspath(args.json)), "report")
     os.makedirs(out_dir, exist_ok=True)
     context, results = load(args.json)
-    sampling = named_targets_markdown(load_named(args.json))
+    named = load_named(args.json)
+    sampling = named_targets_markdown(named)
+    half = named_targets_markdown(named, HALF_TARGETS,
+                                  "Targets (issue 13: half precision, element rates)")
+    sampling += ("\n" + half) if half else ""
     attention = attention_markdown(args.json)
     sampling += ("\n" + attention) if attention else ""
     kernels = kernels_markdown(args.json)
