@@ -972,3 +972,143 @@ TEST_CASE(
     CHECK(out.size() == 0);
   }
 }
+
+namespace {
+
+// Random Q, K, V, dO and an additive mask (every tenth entry -inf, row 5 all -inf) for the 16-bit
+// backward tests, in float, to be rounded to the input types.
+struct BackwardProblem {
+  Eigen::MatrixXf q, k, v, dout, mask;
+};
+
+BackwardProblem backward_problem(Eigen::Index lq, Eigen::Index lk, Eigen::Index d, Eigen::Index dv,
+                                 unsigned seed) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  auto random = [&](Eigen::Index r, Eigen::Index c, float sigma) {
+    Eigen::MatrixXf m(r, c);
+    for (Eigen::Index i = 0; i < m.size(); ++i)
+      m.data()[i] = sigma * normal(gen);
+    return m;
+  };
+  BackwardProblem p{random(lq, d, 1.0f), random(lk, d, 1.0f), random(lk, dv, 2.0f),
+                    random(lq, dv, 1.0f), random(lq, lk, 1.0f)};
+  const float inf = std::numeric_limits<float>::infinity();
+  for (Eigen::Index i = 0; i < p.mask.size(); ++i) {
+    if (i % 10 == 3)
+      p.mask.data()[i] = -inf;
+  }
+  p.mask.row(5).setConstant(-inf);
+  return p;
+}
+
+template <class S>
+using Mat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>;
+
+// Backward on In inputs (Q, K, V, mask), O, lse, dO of Out from the 16-bit forward, gradients in
+// G; returns the forward's outputs and the gradients.
+template <class In, class Out, class G>
+struct BackwardRun {
+  Mat<In> q, k, v, mask;
+  Mat<Out> o, dout;
+  Eigen::Matrix<Out, Eigen::Dynamic, 1> lse;
+  Mat<G> dq, dk, dv;
+};
+
+template <class In, class Out, class G>
+BackwardRun<In, Out, G> run_backward(const sml::Attention<>& attn, const BackwardProblem& p,
+                                     bool masked) {
+  BackwardRun<In, Out, G> r{p.q.cast<In>(),
+                            p.k.cast<In>(),
+                            p.v.cast<In>(),
+                            p.mask.cast<In>(),
+                            Mat<Out>(p.q.rows(), p.v.cols()),
+                            p.dout.cast<Out>(),
+                            Eigen::Matrix<Out, Eigen::Dynamic, 1>(p.q.rows()),
+                            Mat<G>(p.q.rows(), p.q.cols()),
+                            Mat<G>(p.k.rows(), p.k.cols()),
+                            Mat<G>(p.k.rows(), p.v.cols())};
+  if (masked) {
+    attn.apply_masked(r.q, r.k, r.v, r.mask, r.o, r.lse);
+    attn.backward_masked(r.q, r.k, r.v, r.mask, r.o, r.lse, r.dout, r.dq, r.dk, r.dv);
+  } else {
+    attn.apply(r.q, r.k, r.v, r.o, r.lse);
+    attn.backward(r.q, r.k, r.v, r.o, r.lse, r.dout, r.dq, r.dk, r.dv);
+  }
+  return r;
+}
+
+// The 16-bit (or mixed) backward against the float (double when any type is double) backward on
+// the widened inputs, its dQ, dK, dV rounded once to G: equal bit for bit.
+template <class In, class Out, class G>
+void backward_16bit_is_float_rounded(const sml::AttentionOptions& options, bool masked,
+                                     Eigen::Index bq, Eigen::Index bk, unsigned seed) {
+  using C = std::conditional_t<
+      std::is_same_v<In, double> || std::is_same_v<Out, double> || std::is_same_v<G, double>,
+      double, float>;
+  sml::Attention<> attn(options);
+  attn.with_block_sizes(bq, bk);
+  const BackwardProblem p = backward_problem(37, 70, 16, 16, seed);
+  const BackwardRun<In, Out, G> r = run_backward<In, Out, G>(attn, p, masked);
+  const Mat<C> q = r.q.template cast<C>(), k = r.k.template cast<C>(), v = r.v.template cast<C>();
+  const Mat<C> mask = r.mask.template cast<C>(), o = r.o.template cast<C>();
+  const Mat<C> dout = r.dout.template cast<C>();
+  const Eigen::Matrix<C, Eigen::Dynamic, 1> lse = r.lse.template cast<C>();
+  Mat<C> dq(q.rows(), q.cols()), dk(k.rows(), k.cols()), dv(v.rows(), v.cols());
+  if (masked)
+    attn.backward_masked(q, k, v, mask, o, lse, dout, dq, dk, dv);
+  else
+    attn.backward(q, k, v, o, lse, dout, dq, dk, dv);
+  auto same = [&](const Mat<G>& got, const Mat<C>& ref, const char* what) {
+    Eigen::Index mismatches = 0;
+    for (Eigen::Index i = 0; i < ref.rows(); ++i)
+      for (Eigen::Index j = 0; j < ref.cols(); ++j) {
+        const double g = as_double(got(i, j)), f = as_double(static_cast<G>(ref(i, j)));
+        if (!(g == f || (std::isnan(g) && std::isnan(f)))) {
+          if (mismatches++ == 0)
+            UNSCOPED_INFO(what << " (" << i << ", " << j << ") got " << g << ", float rounded "
+                               << f);
+        }
+      }
+    INFO(Format<In>::name << " in, " << Format<Out>::name << " O, " << Format<G>::name
+                          << " gradients, blocks " << bq << "x" << bk
+                          << (options.causal() ? ", causal" : "") << (masked ? ", masked" : ""));
+    CHECK(mismatches == 0);
+  };
+  same(r.dq, dq, "dQ");
+  same(r.dk, dk, "dK");
+  same(r.dv, dv, "dV");
+  CHECK(dq.allFinite());
+  if (masked) {  // row 5 sees no key: zero gradient
+    for (Eigen::Index c = 0; c < dq.cols(); ++c)
+      CHECK(as_double(r.dq(5, c)) == 0.0);
+  }
+}
+
+}  // namespace
+
+TEST_CASE(
+    "half precision: Attention backward in 16-bit is the float backward on the widened inputs, "
+    "rounded once",
+    "[half][attention]") {
+  const sml::AttentionOptions plain;
+  const sml::AttentionOptions causal = plain.with_causal(true);
+  for (const bool masked : {false, true}) {
+    for (const sml::AttentionOptions& o : {plain, causal}) {
+      backward_16bit_is_float_rounded<H, H, H>(o, masked, 64, 128, 31);
+      backward_16bit_is_float_rounded<B, B, B>(o, masked, 64, 128, 32);
+      backward_16bit_is_float_rounded<H, H, H>(o, masked, 7, 5, 33);
+      backward_16bit_is_float_rounded<B, B, B>(o, masked, 7, 5, 34);
+    }
+  }
+  // the other options, mixed types, double inside
+  const sml::AttentionOptions capped =
+      causal.with_softcap(3.0).with_sink(0.25).with_scale(0.4).with_mask_slope(0.5);
+  backward_16bit_is_float_rounded<H, H, H>(capped, true, 7, 5, 35);
+  backward_16bit_is_float_rounded<B, B, B>(capped, false, 64, 128, 36);
+  backward_16bit_is_float_rounded<H, float, H>(causal, true, 7, 5, 37);
+  backward_16bit_is_float_rounded<B, B, float>(plain, true, 64, 128, 38);
+  backward_16bit_is_float_rounded<float, float, H>(causal, false, 7, 5, 39);
+  backward_16bit_is_float_rounded<H, H, double>(causal, true, 7, 5, 40);
+  backward_16bit_is_float_rounded<double, H, B>(plain, true, 64, 128, 41);
+}
