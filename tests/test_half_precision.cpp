@@ -1112,3 +1112,155 @@ TEST_CASE(
   backward_16bit_is_float_rounded<H, H, double>(causal, true, 7, 5, 40);
   backward_16bit_is_float_rounded<double, H, B>(plain, true, 64, 128, 41);
 }
+
+namespace {
+
+// The gradient of <dO, O> in long double on the exact (widened) inputs, materialized:
+// P = softmax(scale Q K^T + mask) (causal: j <= i + Lk - Lq), dV = P^T dO, dP = dO V^T,
+// dS = P * (dP - rowsum(dO * O)), dQ = scale dS K, dK = scale dS^T Q, with the O given (the
+// forward's 16-bit output). Also the magnitudes the float error scales with: A = P * (|dO| |V|^T
+// + rowsum(|dO| * |O|)), |dQ| <= scale A |K|, |dK| <= scale A^T |Q|, |dV| <= P^T |dO|; the
+// per-entry relative error factor rho of the recomputed P (see the test below) and the exact lse.
+struct BackwardExact {
+  using LMat = Eigen::Matrix<long double, Eigen::Dynamic, Eigen::Dynamic>;
+  LMat dq, dk, dv, mag_dq, mag_dk, mag_dv;
+  Eigen::Matrix<long double, Eigen::Dynamic, 1> lse;
+  long double rho = 0;
+};
+
+template <class MI, class MO>
+BackwardExact attention_backward_reference(const MI& q_in, const MI& k_in, const MI& v_in,
+                                           const MI* mask_in, const MO& o_in, const MO& dout_in,
+                                           bool causal) {
+  using LMat = BackwardExact::LMat;
+  const LMat q = widen_long_double(q_in), k = widen_long_double(k_in), v = widen_long_double(v_in);
+  const LMat o = widen_long_double(o_in), dout = widen_long_double(dout_in);
+  const Eigen::Index lq = q.rows(), lk = k.rows(), d = q.cols();
+  const long double scale = 1.0L / std::sqrt(static_cast<long double>(d));
+  const long double inf = std::numeric_limits<long double>::infinity();
+  LMat t = LMat::Constant(lq, lk, -inf), mask_abs = LMat::Zero(lq, lk), dot_abs(lq, lk);
+  BackwardExact r;
+  r.lse.resize(lq);
+  for (Eigen::Index i = 0; i < lq; ++i) {
+    long double top = -inf;
+    for (Eigen::Index j = 0; j < lk; ++j) {
+      dot_abs(i, j) = q.row(i).cwiseAbs().dot(k.row(j).cwiseAbs());
+      const long double m = mask_in ? static_cast<long double>(as_double((*mask_in)(i, j))) : 0.0L;
+      if ((causal && j > i + lk - lq) || m == -inf)
+        continue;
+      mask_abs(i, j) = std::fabs(m);
+      t(i, j) = scale * q.row(i).dot(k.row(j)) + m;
+      top = std::max(top, t(i, j));
+    }
+    long double sum = 0;
+    for (Eigen::Index j = 0; top != -inf && j < lk; ++j)
+      sum += std::exp(t(i, j) - top);
+    r.lse(i) = top == -inf ? -inf : top + std::log(sum);
+  }
+  LMat p = LMat::Zero(lq, lk);
+  for (Eigen::Index i = 0; i < lq; ++i) {
+    if (r.lse(i) == -inf)
+      continue;
+    for (Eigen::Index j = 0; j < lk; ++j) {
+      if (t(i, j) == -inf)
+        continue;
+      p(i, j) = std::exp(t(i, j) - r.lse(i));
+      r.rho = std::max(r.rho, d * scale * dot_abs(i, j) + 2 * std::fabs(t(i, j))
+                                  + std::fabs(t(i, j) - r.lse(i)) + 2 * mask_abs(i, j) + 4);
+    }
+  }
+  const Eigen::Matrix<long double, Eigen::Dynamic, 1> delta = dout.cwiseProduct(o).rowwise().sum();
+  const Eigen::Matrix<long double, Eigen::Dynamic, 1> delta_abs =
+      dout.cwiseAbs().cwiseProduct(o.cwiseAbs()).rowwise().sum();
+  const LMat ds = p.cwiseProduct((dout * v.transpose()).colwise() - delta);
+  const LMat a = p.cwiseProduct((dout.cwiseAbs() * v.cwiseAbs().transpose()).colwise() + delta_abs);
+  r.dv = p.transpose() * dout;
+  r.dq = scale * ds * k;
+  r.dk = scale * ds.transpose() * q;
+  r.mag_dv = p.transpose() * dout.cwiseAbs();
+  r.mag_dq = scale * a * k.cwiseAbs();
+  r.mag_dk = scale * a.transpose() * q.cwiseAbs();
+  return r;
+}
+
+// Worst error of the 16-bit backward's dQ, dK, dV in ulps of G against the long-double gradient.
+// Bound, per entry of dX with magnitude mag (above): kappa_X mag + 1/2 ulp of G at |exact| +
+// kappa_X mag (the one final rounding), kappa_X = eps_C (rho + dv + 3 + n_X) + (e^eta - 1):
+//   eps_C rho: P recomputed from lse in C, relative error of each weight (the score's dot product
+//     d scale sum|q k| eps, the scale and mask roundings, exp(t - lse) within |t - lse| + 2 eps);
+//   dv + 3: dP and D = rowsum(dO O) (dv-term dot products), dS's subtraction and products;
+//   n_X: the accumulation, Bk + ceil(Lk / Bk) terms for dQ, Bq + ceil(Lq / Bq) for dK and dV;
+//   eta = max_i |lse_i - exact lse_i|: the given lse (Out, rounded by the forward) scales row i of
+//     the recomputed P by e^(exact - lse_i) exactly.
+template <class In, class Out, class G>
+void backward_16bit_within_bound(bool causal, bool masked, Eigen::Index bq, Eigen::Index bk,
+                                 unsigned seed) {
+  using C = std::conditional_t<
+      std::is_same_v<In, double> || std::is_same_v<Out, double> || std::is_same_v<G, double>,
+      double, float>;
+  const Eigen::Index lq = 37, lk = 70, d = 16, dv = 16;
+  sml::Attention<> attn(sml::AttentionOptions().with_causal(causal));
+  attn.with_block_sizes(bq, bk);
+  const BackwardProblem p = backward_problem(lq, lk, d, dv, seed);
+  const BackwardRun<In, Out, G> r = run_backward<In, Out, G>(attn, p, masked);
+  const BackwardExact exact =
+      attention_backward_reference(r.q, r.k, r.v, masked ? &r.mask : nullptr, r.o, r.dout, causal);
+  long double eta = 0;
+  for (Eigen::Index i = 0; i < lq; ++i) {
+    if (std::isinf(exact.lse(i))) {
+      CHECK(as_double(r.lse(i)) == static_cast<double>(exact.lse(i)));
+      continue;
+    }
+    eta = std::max(eta, std::fabs(static_cast<long double>(as_double(r.lse(i))) - exact.lse(i)));
+  }
+  const long double eps_c = std::numeric_limits<C>::epsilon();
+  auto blocks = [](Eigen::Index n, Eigen::Index b) {
+    return static_cast<long double>((n + b - 1) / b);
+  };
+  const long double lse_term = std::expm1(eta);
+  auto check = [&](const Mat<G>& got, const BackwardExact::LMat& ex, const BackwardExact::LMat& mag,
+                   long double n_acc, const char* what) {
+    const long double kappa = eps_c * (exact.rho + dv + 3 + n_acc) + lse_term;
+    softmaxlab_test::Worst worst;
+    for (Eigen::Index i = 0; i < ex.rows(); ++i)
+      for (Eigen::Index c = 0; c < ex.cols(); ++c) {
+        const long double x = ex(i, c), u = ulp_at<G>(x);
+        const long double abs_bound = kappa * mag(i, c);
+        const double bound =
+            static_cast<double>((abs_bound + 0.5L * ulp_at<G>(std::fabs(x) + abs_bound)) / u);
+        worst.update(ulp_error(got(i, c), static_cast<double>(x)), bound, [&](std::ostream& s) {
+          s << what << "(" << i << ", " << c << ") exact " << static_cast<double>(x) << " got "
+            << as_double(got(i, c)) << " magnitude " << static_cast<double>(mag(i, c));
+        });
+      }
+    const char* how = causal ? (masked ? "causal, masked" : "causal") : (masked ? "masked" : "");
+    INFO(Format<In>::name << " in, " << Format<Out>::name << " O/lse/dO, " << Format<G>::name
+                          << " gradients " << how << " blocks " << bq << "x" << bk << ": " << what
+                          << " worst " << worst.error << " ulp (bound there " << worst.bound
+                          << ") at " << worst.where << "; rho " << static_cast<double>(exact.rho)
+                          << ", lse error " << static_cast<double>(eta));
+    CHECK(worst.ratio <= 1.0);
+    WARN("Attention backward " << Format<In>::name << " -> " << Format<G>::name << " " << how << " "
+                               << what << ": worst " << worst.error << " ulp of " << Format<G>::name
+                               << " (bound there " << worst.bound << ", ratio " << worst.ratio
+                               << "; lse error " << static_cast<double>(eta) << ")");
+  };
+  check(r.dq, exact.dq, exact.mag_dq, bk + blocks(lk, bk), "dQ");
+  check(r.dk, exact.dk, exact.mag_dk, bq + blocks(lq, bq), "dK");
+  check(r.dv, exact.dv, exact.mag_dv, bq + blocks(lq, bq), "dV");
+}
+
+}  // namespace
+
+TEST_CASE(
+    "half precision: Attention backward on half and bfloat16 within the float bound plus half an "
+    "ulp",
+    "[half][attention]") {
+  backward_16bit_within_bound<H, H, H>(false, false, 64, 128, 51);
+  backward_16bit_within_bound<H, H, H>(true, true, 7, 5, 52);
+  backward_16bit_within_bound<B, B, B>(false, true, 64, 128, 53);
+  backward_16bit_within_bound<B, B, B>(true, false, 7, 5, 54);
+  backward_16bit_within_bound<H, float, H>(true, true, 64, 128, 55);
+  backward_16bit_within_bound<H, H, float>(false, true, 7, 5, 56);
+  backward_16bit_within_bound<B, B, double>(true, true, 64, 128, 57);
+}
