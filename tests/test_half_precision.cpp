@@ -1042,13 +1042,14 @@ BackwardRun<In, Out, G> run_backward(const sml::Attention<>& attn, const Backwar
 // the widened inputs, its dQ, dK, dV rounded once to G: equal bit for bit.
 template <class In, class Out, class G>
 void backward_16bit_is_float_rounded(const sml::AttentionOptions& options, bool masked,
-                                     Eigen::Index bq, Eigen::Index bk, unsigned seed) {
+                                     Eigen::Index bq, Eigen::Index bk, unsigned seed,
+                                     Eigen::Index lq = 37, Eigen::Index lk = 70) {
   using C = std::conditional_t<
       std::is_same_v<In, double> || std::is_same_v<Out, double> || std::is_same_v<G, double>,
       double, float>;
   sml::Attention<> attn(options);
   attn.with_block_sizes(bq, bk);
-  const BackwardProblem p = backward_problem(37, 70, 16, 16, seed);
+  const BackwardProblem p = backward_problem(lq, lk, 16, 16, seed);
   const BackwardRun<In, Out, G> r = run_backward<In, Out, G>(attn, p, masked);
   const Mat<C> q = r.q.template cast<C>(), k = r.k.template cast<C>(), v = r.v.template cast<C>();
   const Mat<C> mask = r.mask.template cast<C>(), o = r.o.template cast<C>();
@@ -1111,6 +1112,40 @@ TEST_CASE(
   backward_16bit_is_float_rounded<float, float, H>(causal, false, 7, 5, 39);
   backward_16bit_is_float_rounded<H, H, double>(causal, true, 7, 5, 40);
   backward_16bit_is_float_rounded<double, H, B>(plain, true, 64, 128, 41);
+  // causal with Lq > Lk: the first queries see no key (lse -inf, zero gradient rows)
+  backward_16bit_is_float_rounded<H, H, H>(causal, true, 7, 5, 42, 45, 30);
+  backward_16bit_is_float_rounded<B, B, B>(causal, false, 64, 128, 43, 45, 30);
+  SECTION("a NaN in a query row makes that dQ row NaN, and dK, dV NaN where it reaches") {
+    const sml::Attention<> attn;
+    const BackwardProblem p = backward_problem(9, 20, 16, 16, 44);
+    BackwardRun<H, H, H> r = run_backward<H, H, H>(attn, p, false);
+    r.dout(3, 2) = H(std::numeric_limits<float>::quiet_NaN());
+    attn.backward(r.q, r.k, r.v, r.o, r.lse, r.dout, r.dq, r.dk, r.dv);
+    for (Eigen::Index c = 0; c < r.dq.cols(); ++c) {
+      CHECK(std::isnan(as_double(r.dq(3, c))));
+      CHECK(std::isfinite(as_double(r.dq(2, c))));
+    }
+    CHECK(std::isnan(as_double(r.dv(0, 2))));
+    CHECK(std::isfinite(as_double(r.dv(0, 1))));
+  }
+  SECTION("shapes are checked, empty in gives empty or zero out") {
+    const sml::Attention<> attn;
+    const BackwardProblem p = backward_problem(9, 20, 16, 16, 45);
+    BackwardRun<H, H, H> r = run_backward<H, H, H>(attn, p, false);
+    Mat<H> wrong(9, 15);
+    CHECK_THROWS_AS(attn.backward(r.q, r.k, r.v, r.o, r.lse, r.dout, wrong, r.dk, r.dv),
+                    std::invalid_argument);
+    Eigen::Matrix<float, Eigen::Dynamic, 1> lse_short(8);
+    Eigen::MatrixXf of = r.o.cast<float>(), dof = r.dout.cast<float>();
+    CHECK_THROWS_AS(attn.backward(r.q, r.k, r.v, of, lse_short, dof, r.dq, r.dk, r.dv),
+                    std::invalid_argument);
+    const Mat<H> none(0, 16), none_o(0, 16);
+    const Eigen::Matrix<H, Eigen::Dynamic, 1> none_lse(0);
+    Mat<H> dq0(0, 16);
+    attn.backward(none, r.k, r.v, none_o, none_lse, none_o, dq0, r.dk, r.dv);
+    CHECK(r.dk.cast<float>().cwiseAbs().maxCoeff() == 0.0f);
+    CHECK(r.dv.cast<float>().cwiseAbs().maxCoeff() == 0.0f);
+  }
 }
 
 namespace {
