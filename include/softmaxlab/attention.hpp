@@ -63,18 +63,40 @@
 // not allocate (tested at d = dv = 64; Eigen's GEMM packs its blocks on the stack while they stay
 // under EIGEN_STACK_ALLOCATION_LIMIT, 128 KiB, i.e. for moderate d and dv). with_block_sizes(bq,
 // bk) sets smaller blocks (1..64, 1..128), which changes only the rounding.
-// Half precision (forward only): Q, K, V and the mask may also be Eigen::half or Eigen::bfloat16
-// (one type In for the four), O and lse any of {half, bfloat16, float, double} (one type Out for
-// both; f(Q, K, V) returns In). The pass runs in float (double when In or Out is double) on
-// exactly widened copies, and this form allocates them: float copies of K and V, Lk (d + dv)
-// elements, made once; then per query block (Bq rows) a float copy of its Q rows, its mask rows
-// (Bq Lk: the caller's mask, never the whole Lq x Lk again) and its O and lse, Bq (d + Lk + dv +
-// 1) elements, rounded once to Out. The Lq x Lk scores are still never formed, and the float
-// result is bit-for-bit the float forward's. Accuracy (test_half_precision.cpp, against the
-// long-double materialized form on the widened inputs): |O_ik - exact| <= the float bound below
-// + 1/2 ulp of Out; measured worst 0.50 ulp of half and of bfloat16 (Lq 37, Lk 300, d 32, causal
-// and masked). backward in half or bfloat16 is a static_assert naming the types (widen them with
-// .cast<float>() first).
+// Half precision: Q, K, V and the mask may also be Eigen::half or Eigen::bfloat16 (one type In for
+// the four), O and lse any of {half, bfloat16, float, double} (one type Out for both; f(Q, K, V)
+// returns In). The pass runs in float (double when In or Out is double) on exactly widened
+// copies, and this form allocates them: float copies of K and V, Lk (d + dv) elements, made once;
+// then per query block (Bq rows) a float copy of its Q rows, its mask rows (Bq Lk: the caller's
+// mask, never the whole Lq x Lk again) and its O and lse, Bq (d + Lk + dv + 1) elements, rounded
+// once to Out. The Lq x Lk scores are still never formed, and the float result is bit-for-bit the
+// float forward's. Accuracy (test_half_precision.cpp, against the long-double materialized form
+// on the widened inputs): |O_ik - exact| <= the float bound below + 1/2 ulp of Out; measured
+// worst 0.50 ulp of half and of bfloat16 (Lq 37, Lk 300, d 32, causal and masked).
+// backward and backward_masked take the same types: In for Q, K, V and the mask, Out for O, lse
+// and dO, and one type G of the four for dQ, dK and dV; float inside, double when In, Out or G is
+// double (any other scalar: a static_assert naming the accepted types). They allocate, in elements
+// of that type: K and V widened once and dK, dV accumulated over every query block, 2 Lk (d + dv);
+// per query block copies of its Q, O, dO, lse and mask rows and its dQ, Bq (2 d + 2 dv + Lk + 1).
+// dQ is rounded to G once per block, dK and dV once at the end: the result is bit-for-bit the
+// float backward on the widened (column-major) inputs, rounded once.
+// Backward accuracy (test_half_precision.cpp, against the long-double materialized gradient on
+// the widened inputs and the O given; every type; no softcap, slope 1): per entry of dX (X = Q,
+// K, V),
+//   |dX - exact| <= kappa_X mag_X + 1/2 ulp of G,
+//   kappa_X = eps (rho + dv + 3 + n_X) + (e^eta - 1),
+// mag_dV = P^T |dO|, mag_dQ = scale A |K|, mag_dK = scale A^T |Q|, A = P (|dO| |V|^T +
+// rowsum(|dO| |O|)); rho = max_ij (d scale sum_k |q_ik k_jk| + 2 |t_ij| + |t_ij - lse_i| +
+// 2 |mask_ij| + 4) bounds the relative error of each recomputed weight, dv + 3 that of dP, D and
+// dS, n_dQ = Bk + ceil(Lk / Bk) and n_dK = n_dV = Bq + ceil(Lq / Bq) the accumulations; eta =
+// max_i |lse_i - exact lse_i|: P is recomputed from the lse given, which scales row i of P by
+// e^(exact - lse_i). A 16-bit lse is off by up to 1/2 ulp of Out (2^-9 in half, 2^-6 in bfloat16
+// for lse in [4, 8)), and that term dominates. Measured worst (Lq 37, Lk 70, d = dv = 16, causal
+// and masked, blocks 64 x 128 and 7 x 5): 4.2 ulp of half (0.66 of the bound at worst), 3.8 ulp of
+// bfloat16 (0.83) with O, lse and dO in the 16-bit type; 0.50 ulp of half (0.92) with half Q, K,
+// V and gradients but O, lse and dO in float (the forward's Out = float): keep lse in float when
+// the gradients matter. The float backward: worst 5.1 ulp of float, double 6 ulp (ratios at
+// most 0.023 and 0.014).
 // Accuracy (tests/test_attention.cpp, against a long-double materialized reference on the same
 // inputs): per entry, |O_ik - exact| <= eps max|V| (2 rho + Bk + 2 ceil(Lk / Bk) + 4), where rho =
 // max_j (4 (1 + |t_ij - M_i|) + d_j) bounds the relative error of each weight as above (d_j now
