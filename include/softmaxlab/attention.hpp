@@ -95,8 +95,8 @@
 // and masked, blocks 64 x 128 and 7 x 5): 4.2 ulp of half (0.66 of the bound at worst), 3.8 ulp of
 // bfloat16 (0.83) with O, lse and dO in the 16-bit type; 0.50 ulp of half (0.92) with half Q, K,
 // V and gradients but O, lse and dO in float (the forward's Out = float): keep lse in float when
-// the gradients matter. The float backward: worst 5.1 ulp of float, double 6 ulp (ratios at
-// most 0.023 and 0.014).
+// the gradients matter. The float backward: worst 6.0 ulp of float, double 6 ulp (ratios at
+// most 0.023 and 0.015).
 // Accuracy (tests/test_attention.cpp, against a long-double materialized reference on the same
 // inputs): per entry, |O_ik - exact| <= eps max|V| (2 rho + Bk + 2 ceil(Lk / Bk) + 4), where rho =
 // max_j (4 (1 + |t_ij - M_i|) + d_j) bounds the relative error of each weight as above (d_j now
