@@ -972,3 +972,333 @@ TEST_CASE(
     CHECK(out.size() == 0);
   }
 }
+
+namespace {
+
+// Random Q, K, V, dO and an additive mask (every tenth entry -inf, row 5 all -inf) for the 16-bit
+// backward tests, in float, to be rounded to the input types.
+struct BackwardProblem {
+  Eigen::MatrixXf q, k, v, dout, mask;
+};
+
+BackwardProblem backward_problem(Eigen::Index lq, Eigen::Index lk, Eigen::Index d, Eigen::Index dv,
+                                 unsigned seed) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  auto random = [&](Eigen::Index r, Eigen::Index c, float sigma) {
+    Eigen::MatrixXf m(r, c);
+    for (Eigen::Index i = 0; i < m.size(); ++i)
+      m.data()[i] = sigma * normal(gen);
+    return m;
+  };
+  BackwardProblem p{random(lq, d, 1.0f), random(lk, d, 1.0f), random(lk, dv, 2.0f),
+                    random(lq, dv, 1.0f), random(lq, lk, 1.0f)};
+  const float inf = std::numeric_limits<float>::infinity();
+  for (Eigen::Index i = 0; i < p.mask.size(); ++i) {
+    if (i % 10 == 3)
+      p.mask.data()[i] = -inf;
+  }
+  p.mask.row(5).setConstant(-inf);
+  return p;
+}
+
+template <class S>
+using Mat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>;
+
+// Backward on In inputs (Q, K, V, mask), O, lse, dO of Out from the 16-bit forward, gradients in
+// G; returns the forward's outputs and the gradients.
+template <class In, class Out, class G>
+struct BackwardRun {
+  Mat<In> q, k, v, mask;
+  Mat<Out> o, dout;
+  Eigen::Matrix<Out, Eigen::Dynamic, 1> lse;
+  Mat<G> dq, dk, dv;
+};
+
+template <class In, class Out, class G>
+BackwardRun<In, Out, G> run_backward(const sml::Attention<>& attn, const BackwardProblem& p,
+                                     bool masked) {
+  BackwardRun<In, Out, G> r{p.q.cast<In>(),
+                            p.k.cast<In>(),
+                            p.v.cast<In>(),
+                            p.mask.cast<In>(),
+                            Mat<Out>(p.q.rows(), p.v.cols()),
+                            p.dout.cast<Out>(),
+                            Eigen::Matrix<Out, Eigen::Dynamic, 1>(p.q.rows()),
+                            Mat<G>(p.q.rows(), p.q.cols()),
+                            Mat<G>(p.k.rows(), p.k.cols()),
+                            Mat<G>(p.k.rows(), p.v.cols())};
+  if (masked) {
+    attn.apply_masked(r.q, r.k, r.v, r.mask, r.o, r.lse);
+    attn.backward_masked(r.q, r.k, r.v, r.mask, r.o, r.lse, r.dout, r.dq, r.dk, r.dv);
+  } else {
+    attn.apply(r.q, r.k, r.v, r.o, r.lse);
+    attn.backward(r.q, r.k, r.v, r.o, r.lse, r.dout, r.dq, r.dk, r.dv);
+  }
+  return r;
+}
+
+// The 16-bit (or mixed) backward against the float (double when any type is double) backward on
+// the widened inputs, its dQ, dK, dV rounded once to G: equal bit for bit.
+template <class In, class Out, class G>
+void backward_16bit_is_float_rounded(const sml::AttentionOptions& options, bool masked,
+                                     Eigen::Index bq, Eigen::Index bk, unsigned seed,
+                                     Eigen::Index lq = 37, Eigen::Index lk = 70) {
+  using C = std::conditional_t<
+      std::is_same_v<In, double> || std::is_same_v<Out, double> || std::is_same_v<G, double>,
+      double, float>;
+  sml::Attention<> attn(options);
+  attn.with_block_sizes(bq, bk);
+  const BackwardProblem p = backward_problem(lq, lk, 16, 16, seed);
+  const BackwardRun<In, Out, G> r = run_backward<In, Out, G>(attn, p, masked);
+  const Mat<C> q = r.q.template cast<C>(), k = r.k.template cast<C>(), v = r.v.template cast<C>();
+  const Mat<C> mask = r.mask.template cast<C>(), o = r.o.template cast<C>();
+  const Mat<C> dout = r.dout.template cast<C>();
+  const Eigen::Matrix<C, Eigen::Dynamic, 1> lse = r.lse.template cast<C>();
+  Mat<C> dq(q.rows(), q.cols()), dk(k.rows(), k.cols()), dv(v.rows(), v.cols());
+  if (masked)
+    attn.backward_masked(q, k, v, mask, o, lse, dout, dq, dk, dv);
+  else
+    attn.backward(q, k, v, o, lse, dout, dq, dk, dv);
+  auto same = [&](const Mat<G>& got, const Mat<C>& ref, const char* what) {
+    Eigen::Index mismatches = 0;
+    for (Eigen::Index i = 0; i < ref.rows(); ++i)
+      for (Eigen::Index j = 0; j < ref.cols(); ++j) {
+        const double g = as_double(got(i, j)), f = as_double(static_cast<G>(ref(i, j)));
+        if (!(g == f || (std::isnan(g) && std::isnan(f)))) {
+          if (mismatches++ == 0)
+            UNSCOPED_INFO(what << " (" << i << ", " << j << ") got " << g << ", float rounded "
+                               << f);
+        }
+      }
+    INFO(Format<In>::name << " in, " << Format<Out>::name << " O, " << Format<G>::name
+                          << " gradients, blocks " << bq << "x" << bk
+                          << (options.causal() ? ", causal" : "") << (masked ? ", masked" : ""));
+    CHECK(mismatches == 0);
+  };
+  same(r.dq, dq, "dQ");
+  same(r.dk, dk, "dK");
+  same(r.dv, dv, "dV");
+  CHECK(dq.allFinite());
+  if (masked) {  // row 5 sees no key: zero gradient
+    for (Eigen::Index c = 0; c < dq.cols(); ++c)
+      CHECK(as_double(r.dq(5, c)) == 0.0);
+  }
+}
+
+}  // namespace
+
+TEST_CASE(
+    "half precision: Attention backward in 16-bit is the float backward on the widened inputs, "
+    "rounded once",
+    "[half][attention]") {
+  const sml::AttentionOptions plain;
+  const sml::AttentionOptions causal = plain.with_causal(true);
+  for (const bool masked : {false, true}) {
+    for (const sml::AttentionOptions& o : {plain, causal}) {
+      backward_16bit_is_float_rounded<H, H, H>(o, masked, 64, 128, 31);
+      backward_16bit_is_float_rounded<B, B, B>(o, masked, 64, 128, 32);
+      backward_16bit_is_float_rounded<H, H, H>(o, masked, 7, 5, 33);
+      backward_16bit_is_float_rounded<B, B, B>(o, masked, 7, 5, 34);
+    }
+  }
+  // the other options, mixed types, double inside
+  const sml::AttentionOptions capped =
+      causal.with_softcap(3.0).with_sink(0.25).with_scale(0.4).with_mask_slope(0.5);
+  backward_16bit_is_float_rounded<H, H, H>(capped, true, 7, 5, 35);
+  backward_16bit_is_float_rounded<B, B, B>(capped, false, 64, 128, 36);
+  backward_16bit_is_float_rounded<H, float, H>(causal, true, 7, 5, 37);
+  backward_16bit_is_float_rounded<B, B, float>(plain, true, 64, 128, 38);
+  backward_16bit_is_float_rounded<float, float, H>(causal, false, 7, 5, 39);
+  backward_16bit_is_float_rounded<H, H, double>(causal, true, 7, 5, 40);
+  backward_16bit_is_float_rounded<double, H, B>(plain, true, 64, 128, 41);
+  // causal with Lq > Lk: the first queries see no key (lse -inf, zero gradient rows)
+  backward_16bit_is_float_rounded<H, H, H>(causal, true, 7, 5, 42, 45, 30);
+  backward_16bit_is_float_rounded<B, B, B>(causal, false, 64, 128, 43, 45, 30);
+  SECTION("a NaN in a query row makes that dQ row NaN, and dK, dV NaN where it reaches") {
+    const sml::Attention<> attn;
+    const BackwardProblem p = backward_problem(9, 20, 16, 16, 44);
+    BackwardRun<H, H, H> r = run_backward<H, H, H>(attn, p, false);
+    r.dout(3, 2) = H(std::numeric_limits<float>::quiet_NaN());
+    attn.backward(r.q, r.k, r.v, r.o, r.lse, r.dout, r.dq, r.dk, r.dv);
+    for (Eigen::Index c = 0; c < r.dq.cols(); ++c) {
+      CHECK(std::isnan(as_double(r.dq(3, c))));
+      CHECK(std::isfinite(as_double(r.dq(2, c))));
+    }
+    CHECK(std::isnan(as_double(r.dv(0, 2))));
+    CHECK(std::isfinite(as_double(r.dv(0, 1))));
+  }
+  SECTION("shapes are checked, empty in gives empty or zero out") {
+    const sml::Attention<> attn;
+    const BackwardProblem p = backward_problem(9, 20, 16, 16, 45);
+    BackwardRun<H, H, H> r = run_backward<H, H, H>(attn, p, false);
+    Mat<H> wrong(9, 15);
+    CHECK_THROWS_AS(attn.backward(r.q, r.k, r.v, r.o, r.lse, r.dout, wrong, r.dk, r.dv),
+                    std::invalid_argument);
+    Eigen::Matrix<float, Eigen::Dynamic, 1> lse_short(8);
+    Eigen::MatrixXf of = r.o.cast<float>(), dof = r.dout.cast<float>();
+    CHECK_THROWS_AS(attn.backward(r.q, r.k, r.v, of, lse_short, dof, r.dq, r.dk, r.dv),
+                    std::invalid_argument);
+    const Mat<H> none(0, 16), none_o(0, 16);
+    const Eigen::Matrix<H, Eigen::Dynamic, 1> none_lse(0);
+    Mat<H> dq0(0, 16);
+    attn.backward(none, r.k, r.v, none_o, none_lse, none_o, dq0, r.dk, r.dv);
+    CHECK(r.dk.cast<float>().cwiseAbs().maxCoeff() == 0.0f);
+    CHECK(r.dv.cast<float>().cwiseAbs().maxCoeff() == 0.0f);
+  }
+}
+
+namespace {
+
+// The gradient of <dO, O> in long double on the exact (widened) inputs, materialized:
+// P = softmax(scale Q K^T + mask) (causal: j <= i + Lk - Lq), dV = P^T dO, dP = dO V^T,
+// dS = P * (dP - rowsum(dO * O)), dQ = scale dS K, dK = scale dS^T Q, with the O given (the
+// forward's 16-bit output). Also the magnitudes the float error scales with: A = P * (|dO| |V|^T
+// + rowsum(|dO| * |O|)), |dQ| <= scale A |K|, |dK| <= scale A^T |Q|, |dV| <= P^T |dO|; the
+// per-entry relative error factor rho of the recomputed P (see the test below) and the exact lse.
+struct BackwardExact {
+  using LMat = Eigen::Matrix<long double, Eigen::Dynamic, Eigen::Dynamic>;
+  LMat dq, dk, dv, mag_dq, mag_dk, mag_dv;
+  Eigen::Matrix<long double, Eigen::Dynamic, 1> lse;
+  long double rho = 0;
+};
+
+template <class MI, class MO>
+BackwardExact attention_backward_reference(const MI& q_in, const MI& k_in, const MI& v_in,
+                                           const MI* mask_in, const MO& o_in, const MO& dout_in,
+                                           bool causal) {
+  using LMat = BackwardExact::LMat;
+  const LMat q = widen_long_double(q_in), k = widen_long_double(k_in), v = widen_long_double(v_in);
+  const LMat o = widen_long_double(o_in), dout = widen_long_double(dout_in);
+  const Eigen::Index lq = q.rows(), lk = k.rows(), d = q.cols();
+  const long double scale = 1.0L / std::sqrt(static_cast<long double>(d));
+  const long double inf = std::numeric_limits<long double>::infinity();
+  LMat t = LMat::Constant(lq, lk, -inf), mask_abs = LMat::Zero(lq, lk), dot_abs(lq, lk);
+  BackwardExact r;
+  r.lse.resize(lq);
+  for (Eigen::Index i = 0; i < lq; ++i) {
+    long double top = -inf;
+    for (Eigen::Index j = 0; j < lk; ++j) {
+      dot_abs(i, j) = q.row(i).cwiseAbs().dot(k.row(j).cwiseAbs());
+      const long double m = mask_in ? static_cast<long double>(as_double((*mask_in)(i, j))) : 0.0L;
+      if ((causal && j > i + lk - lq) || m == -inf)
+        continue;
+      mask_abs(i, j) = std::fabs(m);
+      t(i, j) = scale * q.row(i).dot(k.row(j)) + m;
+      top = std::max(top, t(i, j));
+    }
+    long double sum = 0;
+    for (Eigen::Index j = 0; top != -inf && j < lk; ++j)
+      sum += std::exp(t(i, j) - top);
+    r.lse(i) = top == -inf ? -inf : top + std::log(sum);
+  }
+  LMat p = LMat::Zero(lq, lk);
+  for (Eigen::Index i = 0; i < lq; ++i) {
+    if (r.lse(i) == -inf)
+      continue;
+    for (Eigen::Index j = 0; j < lk; ++j) {
+      if (t(i, j) == -inf)
+        continue;
+      p(i, j) = std::exp(t(i, j) - r.lse(i));
+      r.rho = std::max(r.rho, d * scale * dot_abs(i, j) + 2 * std::fabs(t(i, j))
+                                  + std::fabs(t(i, j) - r.lse(i)) + 2 * mask_abs(i, j) + 4);
+    }
+  }
+  const Eigen::Matrix<long double, Eigen::Dynamic, 1> delta = dout.cwiseProduct(o).rowwise().sum();
+  const Eigen::Matrix<long double, Eigen::Dynamic, 1> delta_abs =
+      dout.cwiseAbs().cwiseProduct(o.cwiseAbs()).rowwise().sum();
+  const LMat ds = p.cwiseProduct((dout * v.transpose()).colwise() - delta);
+  const LMat a = p.cwiseProduct((dout.cwiseAbs() * v.cwiseAbs().transpose()).colwise() + delta_abs);
+  r.dv = p.transpose() * dout;
+  r.dq = scale * ds * k;
+  r.dk = scale * ds.transpose() * q;
+  r.mag_dv = p.transpose() * dout.cwiseAbs();
+  r.mag_dq = scale * a * k.cwiseAbs();
+  r.mag_dk = scale * a.transpose() * q.cwiseAbs();
+  return r;
+}
+
+// Worst error of the 16-bit backward's dQ, dK, dV in ulps of G against the long-double gradient.
+// Bound, per entry of dX with magnitude mag (above): kappa_X mag + 1/2 ulp of G at |exact| +
+// kappa_X mag (the one final rounding), kappa_X = eps_C (rho + dv + 3 + n_X) + (e^eta - 1):
+//   eps_C rho: P recomputed from lse in C, relative error of each weight (the score's dot product
+//     d scale sum|q k| eps, the scale and mask roundings, exp(t - lse) within |t - lse| + 2 eps);
+//   dv + 3: dP and D = rowsum(dO O) (dv-term dot products), dS's subtraction and products;
+//   n_X: the accumulation, Bk + ceil(Lk / Bk) terms for dQ, Bq + ceil(Lq / Bq) for dK and dV;
+//   eta = max_i |lse_i - exact lse_i|: the given lse (Out, rounded by the forward) scales row i of
+//     the recomputed P by e^(exact - lse_i) exactly.
+template <class In, class Out, class G>
+void backward_16bit_within_bound(bool causal, bool masked, Eigen::Index bq, Eigen::Index bk,
+                                 unsigned seed) {
+  using C = std::conditional_t<
+      std::is_same_v<In, double> || std::is_same_v<Out, double> || std::is_same_v<G, double>,
+      double, float>;
+  const Eigen::Index lq = 37, lk = 70, d = 16, dv = 16;
+  sml::Attention<> attn(sml::AttentionOptions().with_causal(causal));
+  attn.with_block_sizes(bq, bk);
+  const BackwardProblem p = backward_problem(lq, lk, d, dv, seed);
+  const BackwardRun<In, Out, G> r = run_backward<In, Out, G>(attn, p, masked);
+  const BackwardExact exact =
+      attention_backward_reference(r.q, r.k, r.v, masked ? &r.mask : nullptr, r.o, r.dout, causal);
+  long double eta = 0;
+  for (Eigen::Index i = 0; i < lq; ++i) {
+    if (std::isinf(exact.lse(i))) {
+      CHECK(as_double(r.lse(i)) == static_cast<double>(exact.lse(i)));
+      continue;
+    }
+    eta = std::max(eta, std::fabs(static_cast<long double>(as_double(r.lse(i))) - exact.lse(i)));
+  }
+  const long double eps_c = std::numeric_limits<C>::epsilon();
+  auto blocks = [](Eigen::Index n, Eigen::Index b) {
+    return static_cast<long double>((n + b - 1) / b);
+  };
+  const long double lse_term = std::expm1(eta);
+  auto check = [&](const Mat<G>& got, const BackwardExact::LMat& ex, const BackwardExact::LMat& mag,
+                   long double n_acc, const char* what) {
+    const long double kappa = eps_c * (exact.rho + dv + 3 + n_acc) + lse_term;
+    softmaxlab_test::Worst worst;
+    for (Eigen::Index i = 0; i < ex.rows(); ++i)
+      for (Eigen::Index c = 0; c < ex.cols(); ++c) {
+        const long double x = ex(i, c), u = ulp_at<G>(x);
+        const long double abs_bound = kappa * mag(i, c);
+        const double bound =
+            static_cast<double>((abs_bound + 0.5L * ulp_at<G>(std::fabs(x) + abs_bound)) / u);
+        worst.update(ulp_error(got(i, c), static_cast<double>(x)), bound, [&](std::ostream& s) {
+          s << what << "(" << i << ", " << c << ") exact " << static_cast<double>(x) << " got "
+            << as_double(got(i, c)) << " magnitude " << static_cast<double>(mag(i, c));
+        });
+      }
+    const char* how = causal ? (masked ? "causal, masked" : "causal") : (masked ? "masked" : "");
+    INFO(Format<In>::name << " in, " << Format<Out>::name << " O/lse/dO, " << Format<G>::name
+                          << " gradients " << how << " blocks " << bq << "x" << bk << ": " << what
+                          << " worst " << worst.error << " ulp (bound there " << worst.bound
+                          << ") at " << worst.where << "; rho " << static_cast<double>(exact.rho)
+                          << ", lse error " << static_cast<double>(eta));
+    CHECK(worst.ratio <= 1.0);
+    WARN("Attention backward " << Format<In>::name << " -> " << Format<G>::name << " " << how << " "
+                               << what << ": worst " << worst.error << " ulp of " << Format<G>::name
+                               << " (bound there " << worst.bound << ", ratio " << worst.ratio
+                               << "; lse error " << static_cast<double>(eta) << ")");
+  };
+  check(r.dq, exact.dq, exact.mag_dq, bk + blocks(lk, bk), "dQ");
+  check(r.dk, exact.dk, exact.mag_dk, bq + blocks(lq, bq), "dK");
+  check(r.dv, exact.dv, exact.mag_dv, bq + blocks(lq, bq), "dV");
+}
+
+}  // namespace
+
+TEST_CASE(
+    "half precision: Attention backward on half and bfloat16 within the float bound plus half an "
+    "ulp",
+    "[half][attention]") {
+  backward_16bit_within_bound<H, H, H>(false, false, 64, 128, 51);
+  backward_16bit_within_bound<H, H, H>(true, true, 7, 5, 52);
+  backward_16bit_within_bound<B, B, B>(false, true, 64, 128, 53);
+  backward_16bit_within_bound<B, B, B>(true, false, 7, 5, 54);
+  backward_16bit_within_bound<H, float, H>(true, true, 64, 128, 55);
+  backward_16bit_within_bound<H, H, float>(false, true, 7, 5, 56);
+  backward_16bit_within_bound<B, B, double>(true, true, 64, 128, 57);
+  // the float and double backward meet the same bound (their lse's error in eta)
+  backward_16bit_within_bound<float, float, float>(true, true, 7, 5, 58);
+  backward_16bit_within_bound<double, double, double>(false, true, 64, 128, 59);
+}

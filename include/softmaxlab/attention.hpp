@@ -63,18 +63,40 @@
 // not allocate (tested at d = dv = 64; Eigen's GEMM packs its blocks on the stack while they stay
 // under EIGEN_STACK_ALLOCATION_LIMIT, 128 KiB, i.e. for moderate d and dv). with_block_sizes(bq,
 // bk) sets smaller blocks (1..64, 1..128), which changes only the rounding.
-// Half precision (forward only): Q, K, V and the mask may also be Eigen::half or Eigen::bfloat16
-// (one type In for the four), O and lse any of {half, bfloat16, float, double} (one type Out for
-// both; f(Q, K, V) returns In). The pass runs in float (double when In or Out is double) on
-// exactly widened copies, and this form allocates them: float copies of K and V, Lk (d + dv)
-// elements, made once; then per query block (Bq rows) a float copy of its Q rows, its mask rows
-// (Bq Lk: the caller's mask, never the whole Lq x Lk again) and its O and lse, Bq (d + Lk + dv +
-// 1) elements, rounded once to Out. The Lq x Lk scores are still never formed, and the float
-// result is bit-for-bit the float forward's. Accuracy (test_half_precision.cpp, against the
-// long-double materialized form on the widened inputs): |O_ik - exact| <= the float bound below
-// + 1/2 ulp of Out; measured worst 0.50 ulp of half and of bfloat16 (Lq 37, Lk 300, d 32, causal
-// and masked). backward in half or bfloat16 is a static_assert naming the types (widen them with
-// .cast<float>() first).
+// Half precision: Q, K, V and the mask may also be Eigen::half or Eigen::bfloat16 (one type In for
+// the four), O and lse any of {half, bfloat16, float, double} (one type Out for both; f(Q, K, V)
+// returns In). The pass runs in float (double when In or Out is double) on exactly widened
+// copies, and this form allocates them: float copies of K and V, Lk (d + dv) elements, made once;
+// then per query block (Bq rows) a float copy of its Q rows, its mask rows (Bq Lk: the caller's
+// mask, never the whole Lq x Lk again) and its O and lse, Bq (d + Lk + dv + 1) elements, rounded
+// once to Out. The Lq x Lk scores are still never formed, and the float result is bit-for-bit the
+// float forward's. Accuracy (test_half_precision.cpp, against the long-double materialized form
+// on the widened inputs): |O_ik - exact| <= the float bound below + 1/2 ulp of Out; measured
+// worst 0.50 ulp of half and of bfloat16 (Lq 37, Lk 300, d 32, causal and masked).
+// backward and backward_masked take the same types: In for Q, K, V and the mask, Out for O, lse
+// and dO, and one type G of the four for dQ, dK and dV; float inside, double when In, Out or G is
+// double (any other scalar: a static_assert naming the accepted types). They allocate, in elements
+// of that type: K and V widened once and dK, dV accumulated over every query block, 2 Lk (d + dv);
+// per query block copies of its Q, O, dO, lse and mask rows and its dQ, Bq (2 d + 2 dv + Lk + 1).
+// dQ is rounded to G once per block, dK and dV once at the end: the result is bit-for-bit the
+// float backward on the widened (column-major) inputs, rounded once.
+// Backward accuracy (test_half_precision.cpp, against the long-double materialized gradient on
+// the widened inputs and the O given; every type; no softcap, slope 1): per entry of dX (X = Q,
+// K, V),
+//   |dX - exact| <= kappa_X mag_X + 1/2 ulp of G,
+//   kappa_X = eps (rho + dv + 3 + n_X) + (e^eta - 1),
+// mag_dV = P^T |dO|, mag_dQ = scale A |K|, mag_dK = scale A^T |Q|, A = P (|dO| |V|^T +
+// rowsum(|dO| |O|)); rho = max_ij (d scale sum_k |q_ik k_jk| + 2 |t_ij| + |t_ij - lse_i| +
+// 2 |mask_ij| + 4) bounds the relative error of each recomputed weight, dv + 3 that of dP, D and
+// dS, n_dQ = Bk + ceil(Lk / Bk) and n_dK = n_dV = Bq + ceil(Lq / Bq) the accumulations; eta =
+// max_i |lse_i - exact lse_i|: P is recomputed from the lse given, which scales row i of P by
+// e^(exact - lse_i). A 16-bit lse is off by up to 1/2 ulp of Out (2^-9 in half, 2^-6 in bfloat16
+// for lse in [4, 8)), and that term dominates. Measured worst (Lq 37, Lk 70, d = dv = 16, causal
+// and masked, blocks 64 x 128 and 7 x 5): 4.2 ulp of half (0.66 of the bound at worst), 3.8 ulp of
+// bfloat16 (0.83) with O, lse and dO in the 16-bit type; 0.50 ulp of half (0.92) with half Q, K,
+// V and gradients but O, lse and dO in float (the forward's Out = float): keep lse in float when
+// the gradients matter. The float backward: worst 6.0 ulp of float, double 6 ulp (ratios at
+// most 0.023 and 0.015).
 // Accuracy (tests/test_attention.cpp, against a long-double materialized reference on the same
 // inputs): per entry, |O_ik - exact| <= eps max|V| (2 rho + Bk + 2 ceil(Lk / Bk) + 4), where rho =
 // max_j (4 (1 + |t_ij - M_i|) + d_j) bounds the relative error of each weight as above (d_j now
@@ -1022,64 +1044,106 @@ void attention_forward_block_polynomial(const QM& q, const KM& k, const VM& v, c
   }
 }
 
-// The backward pass (FlashAttention-2's recomputation), sequential: dQ, dK, dV are overwritten.
+// The backward pass (FlashAttention-2's recomputation) of query rows [i0, i0 + bq): adds their
+// terms to dQ's rows (zeroed by the caller), to dK and to dV.
+template <class Scalar, class QM, class KM, class VM, class MaskM, class OM, class LM, class DOM,
+          class DQ, class DK, class DV>
+void attention_backward_block(const QM& q, const KM& k, const VM& v, const MaskM* mask, const OM& o,
+                              const LM& lse, const DOM& dout, DQ& dq, DK& dk, DV& dv, Index i0,
+                              Index bq, const AttentionPlan<Scalar>& plan) {
+  const Scalar inf = std::numeric_limits<Scalar>::infinity();
+  const Index lq = q.rows(), lk = k.rows();
+  alignas(64) Scalar p_buffer[kAttentionMaxBlockQ * kAttentionMaxBlockK];
+  alignas(64) Scalar ds_buffer[kAttentionMaxBlockQ * kAttentionMaxBlockK];
+  Scalar delta[kAttentionMaxBlockQ];
+  const ScoreTransform<Scalar>& f = plan.transform;
+  for (Index r = 0; r < bq; ++r)
+    delta[r] = dout.row(i0 + r).cwiseProduct(o.row(i0 + r)).sum();
+  const auto qb = q.middleRows(i0, bq);
+  const auto dob = dout.middleRows(i0, bq);
+  for_each_key_block(q, k, i0, bq, plan, p_buffer, [&](Index j0, Index nk, auto& p) {
+    Eigen::Map<RowMajorMatrix<Scalar>> ds(ds_buffer, bq, nk);
+    ds.noalias() = dob * v.middleRows(j0, nk).transpose();  // dP
+    for (Index r = 0; r < bq; ++r) {
+      const Index visible = attention_visible(i0 + r, j0, nk, lq, lk, plan.causal);
+      const Span<const Scalar> ms = attention_mask_span<Scalar>(mask, i0 + r, j0, visible);
+      const Scalar row_lse = lse[i0 + r];
+      for (Index j = 0; j < nk; ++j) {
+        Scalar weight = 0, slope_of_cap = 1;
+        if (j < visible) {
+          const Scalar pre = f.scale * p(r, j);
+          const Scalar capped = f.has_cap() ? f.cap * std::tanh(pre / f.cap) : pre;
+          if (f.has_cap())
+            slope_of_cap = Scalar(1) - (capped / f.cap) * (capped / f.cap);
+          Scalar t = capped;
+          if (ms.size != 0) {
+            const Scalar mm = f.slope * ms[j];
+            t = mm == -inf ? -inf : t + mm;
+          }
+          if (pre == -inf)
+            t = -inf;
+          if (row_lse != row_lse || t != t) {
+            weight = std::numeric_limits<Scalar>::quiet_NaN();
+          } else if (row_lse != -inf && row_lse != inf && t != -inf) {
+            weight = std::exp(t - row_lse);
+          }  // masked keys, all-masked rows and +inf rows (locally constant): 0
+        }
+        p(r, j) = weight;
+        ds(r, j) =
+            weight == 0 ? Scalar(0) : weight * (ds(r, j) - delta[r]) * slope_of_cap * f.scale;
+      }
+    }
+    dv.middleRows(j0, nk).noalias() += p.transpose() * dob;
+    dq.middleRows(i0, bq).noalias() += ds * k.middleRows(j0, nk);
+    dk.middleRows(j0, nk).noalias() += ds.transpose() * qb;
+  });
+}
+
+// The backward pass, sequential: dQ, dK, dV are overwritten.
 template <class Scalar, class QM, class KM, class VM, class MaskM, class OM, class LM, class DOM,
           class DQ, class DK, class DV>
 void attention_backward(const QM& q, const KM& k, const VM& v, const MaskM* mask, const OM& o,
                         const LM& lse, const DOM& dout, DQ& dq, DK& dk, DV& dv,
                         const AttentionPlan<Scalar>& plan) {
-  const Scalar inf = std::numeric_limits<Scalar>::infinity();
-  const Index lq = q.rows(), lk = k.rows();
   dq.setZero();
   dk.setZero();
   dv.setZero();
-  alignas(64) Scalar p_buffer[kAttentionMaxBlockQ * kAttentionMaxBlockK];
-  alignas(64) Scalar ds_buffer[kAttentionMaxBlockQ * kAttentionMaxBlockK];
-  Scalar delta[kAttentionMaxBlockQ];
-  const ScoreTransform<Scalar>& f = plan.transform;
-  for (Index i0 = 0; i0 < lq; i0 += plan.block_q) {
-    const Index bq = std::min(plan.block_q, lq - i0);
-    for (Index r = 0; r < bq; ++r)
-      delta[r] = dout.row(i0 + r).cwiseProduct(o.row(i0 + r)).sum();
-    const auto qb = q.middleRows(i0, bq);
-    const auto dob = dout.middleRows(i0, bq);
-    for_each_key_block(q, k, i0, bq, plan, p_buffer, [&](Index j0, Index nk, auto& p) {
-      Eigen::Map<RowMajorMatrix<Scalar>> ds(ds_buffer, bq, nk);
-      ds.noalias() = dob * v.middleRows(j0, nk).transpose();  // dP
-      for (Index r = 0; r < bq; ++r) {
-        const Index visible = attention_visible(i0 + r, j0, nk, lq, lk, plan.causal);
-        const Span<const Scalar> ms = attention_mask_span<Scalar>(mask, i0 + r, j0, visible);
-        const Scalar row_lse = lse[i0 + r];
-        for (Index j = 0; j < nk; ++j) {
-          Scalar weight = 0, slope_of_cap = 1;
-          if (j < visible) {
-            const Scalar pre = f.scale * p(r, j);
-            const Scalar capped = f.has_cap() ? f.cap * std::tanh(pre / f.cap) : pre;
-            if (f.has_cap())
-              slope_of_cap = Scalar(1) - (capped / f.cap) * (capped / f.cap);
-            Scalar t = capped;
-            if (ms.size != 0) {
-              const Scalar mm = f.slope * ms[j];
-              t = mm == -inf ? -inf : t + mm;
-            }
-            if (pre == -inf)
-              t = -inf;
-            if (row_lse != row_lse || t != t) {
-              weight = std::numeric_limits<Scalar>::quiet_NaN();
-            } else if (row_lse != -inf && row_lse != inf && t != -inf) {
-              weight = std::exp(t - row_lse);
-            }  // masked keys, all-masked rows and +inf rows (locally constant): 0
-          }
-          p(r, j) = weight;
-          ds(r, j) =
-              weight == 0 ? Scalar(0) : weight * (ds(r, j) - delta[r]) * slope_of_cap * f.scale;
-        }
-      }
-      dv.middleRows(j0, nk).noalias() += p.transpose() * dob;
-      dq.middleRows(i0, bq).noalias() += ds * k.middleRows(j0, nk);
-      dk.middleRows(j0, nk).noalias() += ds.transpose() * qb;
-    });
+  for (Index i0 = 0; i0 < q.rows(); i0 += plan.block_q) {
+    attention_backward_block(q, k, v, mask, o, lse, dout, dq, dk, dv, i0,
+                             std::min(plan.block_q, q.rows() - i0), plan);
   }
+}
+
+// The 16-bit and mixed-type paths of Attention, forward and backward: the float (or double) code
+// on exactly widened copies. K and V are widened to C once (Lk (d + dv) elements); then each query
+// block [i0, i0 + n) goes to fn(i0, n, Q_b, K_b, V_b, mask_b) as an attention problem of its
+// own: its Q rows and mask rows widened (n (d + lk_b) elements, mask_b null without a mask), with
+// the first lk_b keys it sees (causal: j < i0 + n + Lk - Lq; the bottom-right rule on n queries and
+// lk_b keys is then exactly j <= i + Lk - Lq). The float code meets the same key blocks in the same
+// order as on the whole problem, so its results are bit-for-bit those of the float call on the
+// widened inputs. kParallel: the blocks may run on several threads (the forward); otherwise in
+// order (the backward accumulates dK and dV).
+template <class C, bool kParallel, class XQ, class XK, class XV, class XM, class Fn>
+void for_each_widened_query_block(const XQ& q, const XK& k_in, const XV& v_in, const XM* mask,
+                                  Index block, bool causal, const Fn& fn) {
+  using M = Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic>;
+  const Index lq = q.rows(), lk = k_in.rows();
+  const M k = k_in.template cast<C>();
+  const M v = v_in.template cast<C>();
+  const Index blocks = (lq + block - 1) / block;
+  for_each_slice<kParallel>(blocks, block * (lk + 1) * (q.cols() + v.cols() + 1), [&](Index b) {
+    const Index i0 = b * block, n = std::min(block, lq - i0);
+    const Index lk_b = attention_key_end(i0, n, lq, lk, causal);
+    const M qb = q.middleRows(i0, n).template cast<C>();
+    const auto kb = k.topRows(lk_b);
+    const auto vb = v.topRows(lk_b);
+    if (mask != nullptr) {
+      const M mb = mask->block(i0, 0, n, lk_b).template cast<C>();
+      fn(i0, n, qb, kb, vb, &mb);
+    } else {
+      fn(i0, n, qb, kb, vb, static_cast<const M*>(nullptr));
+    }
+  });
 }
 
 template <class A, class B>
@@ -1307,31 +1371,14 @@ class Attention {
     auto& o = const_cast<Eigen::DenseBase<XO>&>(o_in).derived();
     if (!check_forward(q_in, k_in, v_in, mask, o, lse_in))
       return;
-    const Index lq = q_in.rows(), lk = k_in.rows();
-    // K and V widened once (every query block reads all of them); Q, the mask, O and lse one
-    // query block at a time, each block solved as an attention problem of its own with the float
-    // code. Causal: block [i0, i0 + n) sees keys j < i0 + n + Lk - Lq = lk_b, and the
-    // bottom-right rule on n queries and the first lk_b keys is exactly j <= i + Lk - Lq. The
-    // float result is bit-for-bit the float forward's (the same blocks in the same order).
-    const M k = k_in.derived().template cast<C>();
-    const M v = v_in.derived().template cast<C>();
-    const auto& q = q_in.derived();
-    const Index block = block_q_, blocks = (lq + block - 1) / block;
-    detail::for_each_slice<detail::kParallelSlices>(
-        blocks, block * (lk + 1) * (q.cols() + v.cols() + 1), [&](Index b) {
-          const Index i0 = b * block, n = std::min(block, lq - i0);
-          const Index lk_b = options_.causal() ? std::clamp<Index>(i0 + n + lk - lq, 0, lk) : lk;
-          const M qb = q.middleRows(i0, n).template cast<C>();
-          M ob(n, v.cols());
+    // Each query block solved as an attention problem of its own by the float code on widened
+    // copies (detail::for_each_widened_query_block), O and lse rounded once to Out.
+    detail::for_each_widened_query_block<C, true>(
+        q_in.derived(), k_in.derived(), v_in.derived(), mask, block_q_, options_.causal(),
+        [&](Index i0, Index n, const auto& qb, const auto& kb, const auto& vb, const auto* mb) {
+          M ob(n, v_in.cols());
           V lb(lse_in != nullptr ? n : 0);
-          V* lse_b = lse_in != nullptr ? &lb : nullptr;
-          if (mask != nullptr) {
-            const M mb = mask->block(i0, 0, n, lk_b).template cast<C>();
-            forward_same(qb, k.topRows(lk_b), v.topRows(lk_b), &mb, ob, lse_b);
-          } else {
-            forward_same(qb, k.topRows(lk_b), v.topRows(lk_b), static_cast<const M*>(nullptr), ob,
-                         lse_b);
-          }
+          forward_same(qb, kb, vb, mb, ob, lse_in != nullptr ? &lb : static_cast<V*>(nullptr));
           o.middleRows(i0, n) = ob.template cast<Out>();
           if (lse_in != nullptr) {
             auto& lse_out = const_cast<XL&>(*lse_in);
@@ -1413,6 +1460,9 @@ class Attention {
     });
   }
 
+  // The backward's type rules (the forward's, extended): Q, K, V and the mask of one type In, O,
+  // lse and dO of one type Out, dQ, dK and dV of one type G, each of {half, bfloat16, float,
+  // double}; float inside, double when any of them is double.
   template <class XQ, class XK, class XV, class XM, class XO, class XL, class XdO, class XdQ,
             class XdK, class XdV>
   void backward_impl(const Eigen::DenseBase<XQ>& q_in, const Eigen::DenseBase<XK>& k_in,
@@ -1420,60 +1470,123 @@ class Attention {
                      const Eigen::DenseBase<XO>& o_in, const Eigen::DenseBase<XL>& lse_in,
                      const Eigen::DenseBase<XdO>& dout_in, const Eigen::DenseBase<XdQ>& dq_in,
                      const Eigen::DenseBase<XdK>& dk_in, const Eigen::DenseBase<XdV>& dv_in) const {
-    using Scalar = typename XQ::Scalar;
+    using In = typename XQ::Scalar;
+    using Out = typename XO::Scalar;
+    using G = typename XdQ::Scalar;
     static_assert(kSoftmax && sizeof(XQ) > 0,
                   "softmaxlab: Attention::backward needs the Softmax weight");
-    static_assert(detail::is_supported_scalar_v<Scalar>,
-                  "softmaxlab: Attention::backward takes float or double only: Eigen::half and "
-                  "Eigen::bfloat16 Q, K, V, O, lse, dO, dQ, dK, dV are forward-only (widen them "
-                  "with .cast<float>() for the gradients)");
-    static_assert(std::
-                          is_same_v<Scalar,
-                                    typename XO::Scalar> && std::is_same_v<Scalar, typename XL::Scalar> && std::is_same_v<Scalar, typename XdO::Scalar> && std::is_same_v<Scalar, typename XdQ::Scalar> && std::is_same_v<Scalar, typename XdK::Scalar> && std::is_same_v<Scalar, typename XdV::Scalar> && std::is_same_v<Scalar, typename XM::Scalar>,
-                  "softmaxlab: every argument of Attention::backward must have Q's scalar type");
+    constexpr bool kStorageScalars =
+        detail::is_storage_scalar_v<
+            In> && detail::is_storage_scalar_v<Out> && detail::is_storage_scalar_v<G>;
+    static_assert(kStorageScalars,
+                  "softmaxlab: Attention::backward takes Eigen::half, Eigen::bfloat16, float or "
+                  "double (Q, K, V, mask; O, lse, dO; dQ, dK, dV)");
+    static_assert(
+        std::is_same_v<
+            In,
+            typename XK::
+                Scalar> && std::is_same_v<In, typename XV::Scalar> && std::is_same_v<In, typename XM::Scalar>,
+        "softmaxlab: K, V and the mask of Attention::backward must have Q's scalar type");
+    static_assert(
+        std::is_same_v<Out, typename XL::Scalar> && std::is_same_v<Out, typename XdO::Scalar>,
+        "softmaxlab: lse and dO of Attention::backward must have O's scalar type");
+    static_assert(
+        std::is_same_v<G, typename XdK::Scalar> && std::is_same_v<G, typename XdV::Scalar>,
+        "softmaxlab: dK and dV of Attention::backward must have dQ's scalar type");
     static_assert(
         detail::is_writable_storage_v<
             XdQ> && detail::is_writable_storage_v<XdK> && detail::is_writable_storage_v<XdV>,
         "softmaxlab: dQ, dK and dV must be writable storage");
     static_assert(detail::has_direct_access_v<XM>,
                   "softmaxlab: the mask must be storage; evaluate an expression first");
-    check_qkv(q_in.derived(), k_in.derived(), v_in.derived());
-    const Index lq = q_in.rows(), lk = k_in.rows(), d = q_in.cols(), dv_cols = v_in.cols();
-    auto& dq = const_cast<Eigen::DenseBase<XdQ>&>(dq_in).derived();
-    auto& dk = const_cast<Eigen::DenseBase<XdK>&>(dk_in).derived();
-    auto& dv = const_cast<Eigen::DenseBase<XdV>&>(dv_in).derived();
-    check_output("O", o_in, lq, dv_cols);
-    check_output("dO", dout_in, lq, dv_cols);
-    check_lse(lse_in, lq);
-    check_output("dQ", dq, lq, d);
-    check_output("dK", dk, lk, d);
-    check_output("dV", dv, lk, dv_cols);
-    if (mask != nullptr)
-      check_output("mask", *mask, lq, lk);
-    auto no_overlap = [&](const char* out_name, const auto& out) {
-      detail::require_no_overlap(name, out_name, "Q", out, q_in.derived());
-      detail::require_no_overlap(name, out_name, "K", out, k_in.derived());
-      detail::require_no_overlap(name, out_name, "V", out, v_in.derived());
-      detail::require_no_overlap(name, out_name, "O", out, o_in.derived());
-      detail::require_no_overlap(name, out_name, "dO", out, dout_in.derived());
-    };
-    no_overlap("dQ", dq);
-    no_overlap("dK", dk);
-    no_overlap("dV", dv);
-    const detail::AttentionPlan<Scalar> p = plan<Scalar>(d);
-    detail::with_storage(q_in, [&](const auto& q) {
-      detail::with_storage(k_in, [&](const auto& k) {
-        detail::with_storage(v_in, [&](const auto& v) {
-          detail::with_storage(o_in, [&](const auto& o) {
-            detail::with_storage(dout_in, [&](const auto& dout) {
-              detail::with_storage(lse_in, [&](const auto& lse) {
-                detail::attention_backward(q, k, v, mask, o, lse, dout, dq, dk, dv, p);
+    if constexpr (kStorageScalars) {
+      check_qkv(q_in.derived(), k_in.derived(), v_in.derived());
+      const Index lq = q_in.rows(), lk = k_in.rows(), d = q_in.cols(), dv_cols = v_in.cols();
+      auto& dq = const_cast<Eigen::DenseBase<XdQ>&>(dq_in).derived();
+      auto& dk = const_cast<Eigen::DenseBase<XdK>&>(dk_in).derived();
+      auto& dv = const_cast<Eigen::DenseBase<XdV>&>(dv_in).derived();
+      check_output("O", o_in, lq, dv_cols);
+      check_output("dO", dout_in, lq, dv_cols);
+      check_lse(lse_in, lq);
+      check_output("dQ", dq, lq, d);
+      check_output("dK", dk, lk, d);
+      check_output("dV", dv, lk, dv_cols);
+      if (mask != nullptr)
+        check_output("mask", *mask, lq, lk);
+      // Only outputs of an input's scalar type can share its storage.
+      auto no_overlap = [&](const char* out_name, const auto& out) {
+        if constexpr (std::is_same_v<G, In>) {
+          detail::require_no_overlap(name, out_name, "Q", out, q_in.derived());
+          detail::require_no_overlap(name, out_name, "K", out, k_in.derived());
+          detail::require_no_overlap(name, out_name, "V", out, v_in.derived());
+        }
+        if constexpr (std::is_same_v<G, Out>) {
+          detail::require_no_overlap(name, out_name, "O", out, o_in.derived());
+          detail::require_no_overlap(name, out_name, "dO", out, dout_in.derived());
+        }
+      };
+      no_overlap("dQ", dq);
+      no_overlap("dK", dk);
+      no_overlap("dV", dv);
+      if constexpr (detail::is_mixed_v<In, Out> || detail::is_mixed_v<In, G>) {
+        backward_staged(q_in, k_in, v_in, mask, o_in, lse_in, dout_in, dq, dk, dv);
+      } else {
+        const detail::AttentionPlan<In> p = plan<In>(d);
+        detail::with_storage(q_in, [&](const auto& q) {
+          detail::with_storage(k_in, [&](const auto& k) {
+            detail::with_storage(v_in, [&](const auto& v) {
+              detail::with_storage(o_in, [&](const auto& o) {
+                detail::with_storage(dout_in, [&](const auto& dout) {
+                  detail::with_storage(lse_in, [&](const auto& lse) {
+                    detail::attention_backward(q, k, v, mask, o, lse, dout, dq, dk, dv, p);
+                  });
+                });
               });
             });
           });
         });
+      }
+    }
+  }
+
+  // 16-bit or mixed types: the float backward (double when any type is double) on exactly
+  // widened copies, query block by query block in order (detail::for_each_widened_query_block),
+  // with the block's O, dO and lse rows widened beside its Q and mask rows; dQ rounded once per
+  // block, dK and dV accumulated in C over every block and rounded once at the end.
+  template <class XQ, class XK, class XV, class XM, class XO, class XL, class XdO, class DQ,
+            class DK, class DV>
+  void backward_staged(const Eigen::DenseBase<XQ>& q_in, const Eigen::DenseBase<XK>& k_in,
+                       const Eigen::DenseBase<XV>& v_in, const XM* mask,
+                       const Eigen::DenseBase<XO>& o_in, const Eigen::DenseBase<XL>& lse_in,
+                       const Eigen::DenseBase<XdO>& dout_in, DQ& dq, DK& dk, DV& dv) const {
+    using G = typename DQ::Scalar;
+    using C = detail::compute_scalar_t<detail::compute_scalar_t<typename XQ::Scalar, G>,
+                                       typename XO::Scalar>;
+    using M = Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic>;
+    using V = Eigen::Matrix<C, Eigen::Dynamic, 1>;
+    const Index lk = k_in.rows(), d = q_in.cols();
+    M dk_c = M::Zero(lk, d), dv_c = M::Zero(lk, v_in.cols());
+    const detail::AttentionPlan<C> p = plan<C>(d);
+    detail::with_storage(o_in, [&](const auto& o) {
+      detail::with_storage(dout_in, [&](const auto& dout) {
+        detail::for_each_widened_query_block<C, false>(
+            q_in.derived(), k_in.derived(), v_in.derived(), mask, p.block_q, p.causal,
+            [&](Index i0, Index n, const auto& qb, const auto& kb, const auto& vb, const auto* mb) {
+              const M ob = o.middleRows(i0, n).template cast<C>();
+              const M dob = dout.middleRows(i0, n).template cast<C>();
+              V lb(n);
+              for (Index r = 0; r < n; ++r)
+                lb(r) = detail::convert_scalar<C>(lse_in.derived().coeff(i0 + r));
+              M dqb = M::Zero(n, d);
+              auto dkb = dk_c.topRows(kb.rows());
+              auto dvb = dv_c.topRows(kb.rows());
+              detail::attention_backward_block(qb, kb, vb, mb, ob, lb, dob, dqb, dkb, dvb, 0, n, p);
+              dq.middleRows(i0, n) = dqb.template cast<G>();
+            });
       });
     });
+    dk = dk_c.template cast<G>();
+    dv = dv_c.template cast<G>();
   }
 
   AttentionOptions options_;

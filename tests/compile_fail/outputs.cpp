@@ -87,6 +87,12 @@ int main() {
 #elif SOFTMAXLAB_CASE == 12
   const Eigen::MatrixXf G(3, 4);
   sml::EntmaxLoss()(X, std::vector<int>{0, 1, 3}, G);
+#elif SOFTMAXLAB_CASE == 13
+  // 16-bit and mixed types are accepted; a scalar outside {half, bfloat16, float, double} is not.
+  const Eigen::MatrixXi I = Eigen::MatrixXi::Ones(3, 4);
+  const Eigen::VectorXi l = Eigen::VectorXi::Zero(3);
+  Eigen::MatrixXi dI(3, 4);
+  sml::Attention<>().backward(I, I, I, I, l, I, dI, dI, dI);
 #endif
   return 0;
 }
