@@ -64,20 +64,22 @@
 // under EIGEN_STACK_ALLOCATION_LIMIT, 128 KiB, i.e. for moderate d and dv). with_block_sizes(bq,
 // bk) sets smaller blocks (1..64, 1..128), which changes only the rounding.
 // Half precision: Q, K, V and the mask may also be Eigen::half or Eigen::bfloat16 (one type In for
-// the four), O and lse any of {half, bfloat16, float, double} (one type Out for both; f(Q, K, V)
-// returns In). The pass runs in float (double when In or Out is double) on exactly widened
-// copies, and this form allocates them: float copies of K and V, Lk (d + dv) elements, made once;
-// then per query block (Bq rows) a float copy of its Q rows, its mask rows (Bq Lk: the caller's
-// mask, never the whole Lq x Lk again) and its O and lse, Bq (d + Lk + dv + 1) elements, rounded
-// once to Out. The Lq x Lk scores are still never formed, and the float result is bit-for-bit the
-// float forward's. Accuracy (test_half_precision.cpp, against the long-double materialized form
-// on the widened inputs): |O_ik - exact| <= the float bound below + 1/2 ulp of Out; measured
-// worst 0.50 ulp of half and of bfloat16 (Lq 37, Lk 300, d 32, causal and masked).
-// backward and backward_masked take the same types: In for Q, K, V and the mask, Out for O, lse
-// and dO, and one type G of the four for dQ, dK and dV; float inside, double when In, Out or G is
-// double (any other scalar: a static_assert naming the accepted types). They allocate, in elements
-// of that type: K and V widened once and dK, dV accumulated over every query block, 2 Lk (d + dv);
-// per query block copies of its Q, O, dO, lse and mask rows and its dQ, Bq (2 d + 2 dv + Lk + 1).
+// the four), O any of {half, bfloat16, float, double} (type Out; f(Q, K, V) returns In), lse of
+// type Out or, beside a 16-bit Out, float (FlashAttention's convention: the backward rebuilds its
+// weights from lse, so keep it in float). The pass runs in float (double when In or Out is double)
+// on exactly widened copies, and this form allocates them: float copies of K and V, Lk (d + dv)
+// elements, made once; then per query block (Bq rows) a float copy of its Q rows, its mask rows (Bq
+// Lk: the caller's mask, never the whole Lq x Lk again) and its O and lse, Bq (d + Lk + dv + 1)
+// elements, rounded once to Out. The Lq x Lk scores are still never formed, and the float result is
+// bit-for-bit the float forward's. Accuracy (test_half_precision.cpp, against the long-double
+// materialized form on the widened inputs): |O_ik - exact| <= the float bound below + 1/2 ulp of
+// Out; measured worst 0.50 ulp of half and of bfloat16 (Lq 37, Lk 300, d 32, causal and masked).
+// backward and backward_masked take the same types: In for Q, K, V and the mask, Out for O and
+// dO, lse as in the forward, and one type G of the four for dQ, dK and dV; float inside, double
+// when In, Out or G is double (any other scalar: a static_assert naming the accepted types). They
+// allocate, in elements of that type: K and V widened once and dK, dV accumulated over every query
+// block, 2 Lk (d + dv); per query block copies of its Q, O, dO, lse and mask rows and its dQ,
+// Bq (2 d + 2 dv + Lk + 1).
 // dQ is rounded to G once per block, dK and dV once at the end: the result is bit-for-bit the
 // float backward on the widened (column-major) inputs, rounded once.
 // Backward accuracy (test_half_precision.cpp, against the long-double materialized gradient on
@@ -94,9 +96,10 @@
 // for lse in [4, 8)), and that term dominates. Measured worst (Lq 37, Lk 70, d = dv = 16, causal
 // and masked, blocks 64 x 128 and 7 x 5): 4.2 ulp of half (0.66 of the bound at worst), 3.8 ulp of
 // bfloat16 (0.83) with O, lse and dO in the 16-bit type; 0.50 ulp of half (0.92) with half Q, K,
-// V and gradients but O, lse and dO in float (the forward's Out = float): keep lse in float when
-// the gradients matter. The float backward: worst 6.0 ulp of float, double 6 ulp (ratios at
-// most 0.023 and 0.015).
+// V and gradients but O, lse and dO in float (the forward's Out = float), and also with half O and
+// dO beside a float lse ("half precision: a float lse beside a half O keeps the backward within
+// half an ulp"): keep lse in float when the gradients matter. The float backward: worst 6.0 ulp
+// of float, double 6 ulp (ratios at most 0.023 and 0.015).
 // Accuracy (tests/test_attention.cpp, against a long-double materialized reference on the same
 // inputs): per entry, |O_ik - exact| <= eps max|V| (2 rho + Bk + 2 ceil(Lk / Bk) + 4), where rho =
 // max_j (4 (1 + |t_ij - M_i|) + d_j) bounds the relative error of each weight as above (d_j now
@@ -694,6 +697,13 @@ class AttentionSoftmax : public detail::DistributionFunctor<AttentionSoftmax>,
 };
 
 namespace detail {
+
+// The scalar type lse may have beside O's: O's own, or float when O is 16-bit (FlashAttention's
+// convention: a 16-bit lse is off by up to 2^-9 (half) or 2^-6 (bfloat16) near 8, and every
+// weight the backward rebuilds from it inherits that error).
+template <class Out, class L>
+inline constexpr bool lse_scalar_ok_v =
+    std::is_same_v<L, Out> || (std::is_same_v<L, float> && is_16bit_v<Out>);
 
 // Query and key block sizes of Attention: the default and the largest (the stack workspace is
 // kAttentionMaxBlockQ x kAttentionMaxBlockK scalars, two of them in the backward pass).
@@ -1366,8 +1376,9 @@ class Attention {
     detail::static_check_storage_scalars<In, Out>();
     static_assert(std::is_same_v<In, typename XM::Scalar>,
                   "softmaxlab: the mask must have Q's scalar type");
-    static_assert(std::is_same_v<Out, typename XL::Scalar>,
-                  "softmaxlab: lse must have O's scalar type");
+    static_assert(detail::lse_scalar_ok_v<Out, typename XL::Scalar>,
+                  "softmaxlab: lse must have O's scalar type, or float when O is Eigen::half or "
+                  "Eigen::bfloat16");
     auto& o = const_cast<Eigen::DenseBase<XO>&>(o_in).derived();
     if (!check_forward(q_in, k_in, v_in, mask, o, lse_in))
       return;
@@ -1383,7 +1394,7 @@ class Attention {
           if (lse_in != nullptr) {
             auto& lse_out = const_cast<XL&>(*lse_in);
             for (Index r = 0; r < n; ++r)
-              lse_out.coeffRef(i0 + r) = detail::convert_scalar<Out>(lb(r));
+              lse_out.coeffRef(i0 + r) = detail::convert_scalar<typename XL::Scalar>(lb(r));
           }
         });
   }
@@ -1412,7 +1423,9 @@ class Attention {
       detail::require_no_overlap(name, "O", "V", o, v.derived());
     }
     if (lse != nullptr && lq > 0) {
-      if constexpr (detail::has_direct_access_v<XL>)
+      // (a float lse beside a 16-bit O is other storage)
+      if constexpr (detail::has_direct_access_v<
+                        XL> && std::is_same_v<typename XL::Scalar, typename XO::Scalar>)
         detail::require_no_overlap(name, "lse", "O", *lse, o);
     }
     return !(lq == 0 || (o.cols() == 0 && lse == nullptr));
@@ -1487,9 +1500,11 @@ class Attention {
             typename XK::
                 Scalar> && std::is_same_v<In, typename XV::Scalar> && std::is_same_v<In, typename XM::Scalar>,
         "softmaxlab: K, V and the mask of Attention::backward must have Q's scalar type");
-    static_assert(
-        std::is_same_v<Out, typename XL::Scalar> && std::is_same_v<Out, typename XdO::Scalar>,
-        "softmaxlab: lse and dO of Attention::backward must have O's scalar type");
+    static_assert(std::is_same_v<Out, typename XdO::Scalar>,
+                  "softmaxlab: dO of Attention::backward must have O's scalar type");
+    static_assert(detail::lse_scalar_ok_v<Out, typename XL::Scalar>,
+                  "softmaxlab: lse of Attention::backward must have O's scalar type, or float when "
+                  "O is Eigen::half or Eigen::bfloat16");
     static_assert(
         std::is_same_v<G, typename XdK::Scalar> && std::is_same_v<G, typename XdV::Scalar>,
         "softmaxlab: dK and dV of Attention::backward must have dQ's scalar type");

@@ -32,6 +32,10 @@ inline constexpr bool is_storage_scalar_v =
     is_supported_scalar_v<
         Scalar> || std::is_same_v<Scalar, Eigen::half> || std::is_same_v<Scalar, Eigen::bfloat16>;
 
+// Eigen::half or Eigen::bfloat16.
+template <class T>
+inline constexpr bool is_16bit_v = is_storage_scalar_v<T> && !is_supported_scalar_v<T>;
+
 // Whether In -> Out needs the staged path (a conversion on the way in or out).
 template <class In, class Out>
 inline constexpr bool is_mixed_v = !(std::is_same_v<In, Out> && is_supported_scalar_v<In>);
