@@ -19,7 +19,7 @@
 #   BUILD_DIR          build directory (default build/bench, relative to the repository root)
 #   SOFTMAXLAB_NATIVE  ON to compile with -march=native (default ON)
 #   JOBS               parallel build jobs (default: nproc)
-#   MIN_TIME           seconds per benchmark (default 0.25; the full suite runs in 2-5 minutes)
+#   MIN_TIME           seconds per benchmark (default 0.25; the full suite runs in about 7 minutes)
 #   SOFTMAXLAB_MACHINE_NOTE  a line about the machine, printed in the report and chart
 set -euo pipefail
 
