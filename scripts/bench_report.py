@@ -86,19 +86,25 @@ NAMED_TARGETS = [
 ]
 
 
-def load_named(path):
-    """Returns {benchmark name: items_per_second} (median aggregates when repeated)."""
+def median_entries(path):
+    """(context, [(name, entry)]): every benchmark of the JSON, or only the median aggregates
+    (named by their run name) when the run was repeated."""
     with open(path) as f:
         data = json.load(f)
     has_aggregates = any(b.get("run_type") == "aggregate" for b in data["benchmarks"])
-    out = {}
+    entries = []
     for b in data["benchmarks"]:
-        if has_aggregates and (b.get("run_type") != "aggregate"
-                               or b.get("aggregate_name") != "median"):
-            continue
-        if "items_per_second" in b:
-            out[b["run_name"] if has_aggregates else b["name"]] = float(b["items_per_second"])
-    return out
+        if not has_aggregates:
+            entries.append((b["name"], b))
+        elif b.get("run_type") == "aggregate" and b.get("aggregate_name") == "median":
+            entries.append((b["run_name"], b))
+    return data.get("context", {}), entries
+
+
+def load_named(path):
+    """Returns {benchmark name: items_per_second} (median aggregates when repeated)."""
+    return {name: float(b["items_per_second"]) for name, b in median_entries(path)[1]
+            if "items_per_second" in b}
 
 # Issue 13 (half precision): bench/bench_half.cpp's half/<impl>/<float|half|bf16>/<cache>/<n>;
 # element rates, 16-bit in and out against float in and out on the same lengths.
@@ -142,15 +148,9 @@ KERNEL_PASSES = ["max", "exp_store_sum", "scale", "exp_scale", "update", "softma
 
 def kernels_markdown(path):
     """The row passes in cycles per element, in L1 and from memory; empty when not measured."""
-    with open(path) as f:
-        data = json.load(f)
-    has_aggregates = any(b.get("run_type") == "aggregate" for b in data["benchmarks"])
     cells, ghz = {}, None
-    for b in data["benchmarks"]:
-        if has_aggregates and (b.get("run_type") != "aggregate"
-                               or b.get("aggregate_name") != "median"):
-            continue
-        parts = (b["run_name"] if has_aggregates else b["name"]).split("/")
+    for name, b in median_entries(path)[1]:
+        parts = name.split("/")
         if len(parts) != 5 or parts[0] != "kernels" or "cpe" not in b:
             continue
         cells[(parts[1], parts[3])] = (float(b["cpe"]), float(b.get("bytes_per_element", 0)))
@@ -180,15 +180,9 @@ TIME_UNIT_NS = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}
 def load_attention(path):
     """Returns ({(impl, lq, lk, d, threads): benchmark entry}, {(impl, n): items_per_second}),
     with the times in ns (median aggregates when repeated)."""
-    with open(path) as f:
-        data = json.load(f)
-    has_aggregates = any(b.get("run_type") == "aggregate" for b in data["benchmarks"])
     rows, softmax_rows = {}, {}
-    for b in data["benchmarks"]:
-        if has_aggregates and (b.get("run_type") != "aggregate"
-                               or b.get("aggregate_name") != "median"):
-            continue
-        parts = (b["run_name"] if has_aggregates else b["name"]).split("/")
+    for name, b in median_entries(path)[1]:
+        parts = name.split("/")
         if len(parts) == 5 and parts[0] == "attention_softmax" and "items_per_second" in b:
             softmax_rows[(parts[1], int(parts[4]))] = float(b["items_per_second"])
         if len(parts) not in (5, 6) or parts[0] != "attention":
@@ -294,17 +288,9 @@ def attention_markdown(path):
 
 def load(path):
     """Returns (context, {(impl, type, cache, n): items_per_second})."""
-    with open(path) as f:
-        data = json.load(f)
-    has_aggregates = any(b.get("run_type") == "aggregate" for b in data["benchmarks"])
+    context, entries = median_entries(path)
     results = {}
-    for b in data["benchmarks"]:
-        if has_aggregates:
-            if b.get("run_type") != "aggregate" or b.get("aggregate_name") != "median":
-                continue
-            name = b["run_name"]
-        else:
-            name = b["name"]
+    for name, b in entries:
         parts = name.split("/")
         if parts and parts[-1] == "real_time":  # thread cases are timed in wall time
             parts = parts[:-1]
@@ -312,7 +298,7 @@ def load(path):
             continue
         _, impl, typ, cache, n = parts
         results[(impl, typ, cache, int(n))] = float(b["items_per_second"])
-    return data.get("context", {}), results
+    return context, results
 
 
 def impls_in(results):
