@@ -1473,9 +1473,10 @@ class Attention {
     });
   }
 
-  // The backward's type rules (the forward's, extended): Q, K, V and the mask of one type In, O,
-  // lse and dO of one type Out, dQ, dK and dV of one type G, each of {half, bfloat16, float,
-  // double}; float inside, double when any of them is double.
+  // The backward's type rules (the forward's, extended): Q, K, V and the mask of one type In, O
+  // and dO of one type Out, lse of type Out or float beside a 16-bit Out (lse_scalar_ok_v), dQ, dK
+  // and dV of one type G, each of {half, bfloat16, float, double}; float inside, double when any of
+  // them is double.
   template <class XQ, class XK, class XV, class XM, class XO, class XL, class XdO, class XdQ,
             class XdK, class XdV>
   void backward_impl(const Eigen::DenseBase<XQ>& q_in, const Eigen::DenseBase<XK>& k_in,
