@@ -41,6 +41,10 @@
 #pragma once
 
 #include <algorithm>
+// clang-format off
+#include "../detail/common.hpp"  // before Eigen: see detail/config.hpp
+// clang-format on
+
 #include <cmath>
 #include <limits>
 #include <string>

@@ -1,12 +1,14 @@
 // softmaxlab: shared types and compile-time checks used by every variant.
 #pragma once
 
+// clang-format off
+#include "config.hpp"  // first: its checks and its GCC 105593 pragma must precede Eigen
+// clang-format on
+
 #include <cstddef>
 #include <type_traits>
 
 #include <Eigen/Core>
-
-#include "config.hpp"
 
 namespace softmaxlab {
 

@@ -13,7 +13,23 @@
 // __cpp_exceptions / __EXCEPTIONS / _CPPUNWIND macros) and SOFTMAXLAB_NO_EXCEPTIONS is not
 // defined; otherwise 0, and every error the policy would throw calls the installable error handler
 // instead (see softmaxlab::set_error_handler in detail/checks.hpp).
+//
+// GCC before 13 with AVX-512 (GCC bug 105593): the self-initialized `_mm512_undefined_*` of its
+// own avx512fintrin.h raise -Wuninitialized and -Wmaybe-uninitialized wherever packet code inlines
+// them, so a -Werror build fails on code that is correct. The immintrin.h include below silences
+// exactly those two warnings inside GCC's intrinsic headers (a diagnostic pragma applies by source
+// location); every other file keeps them. It takes effect when this header precedes the first
+// include of immintrin.h (Eigen includes it): softmaxlab's headers include this one before Eigen,
+// and softmaxlab's own targets force-include it (cmake/softmaxlabFlags.cmake).
 #pragma once
+
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13 && defined(__AVX512F__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+#endif
 
 #if defined(__FAST_MATH__)
 #error \
