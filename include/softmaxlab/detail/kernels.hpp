@@ -26,9 +26,25 @@ inline constexpr int kPacketSize = Eigen::internal::unpacket_traits<PacketOf<Sca
 // Elements per chunk when a strided row is staged through the stack (2 KiB of floats).
 inline constexpr Index kChunk = 512;
 
+#if defined(EIGEN_VECTORIZE_AVX512)
+// The mask of the first n < 16 lanes.
+EIGEN_STRONG_INLINE __mmask16 tail_mask(Index n) {
+  return static_cast<__mmask16>((1u << static_cast<unsigned>(n)) - 1u);
+}
+#endif
+
 // Loads the n < packet-size trailing elements, filling the other lanes with `fill`.
 template <class Packet, class Scalar>
 EIGEN_STRONG_INLINE Packet load_partial(const Scalar* x, Index n, Scalar fill) {
+#if defined(EIGEN_VECTORIZE_AVX512)
+  // Masked loads: the lanes past n are never read (no fault), and no store-to-load round trip
+  // through a stack buffer, which cost more than the arithmetic on rows of 16 to 64 entries.
+  if constexpr (std::is_same_v<Scalar, float> && sizeof(Packet) == 64) {
+    return _mm512_mask_loadu_ps(_mm512_set1_ps(fill), tail_mask(n), x);
+  } else if constexpr (std::is_same_v<Scalar, double> && sizeof(Packet) == 64) {
+    return _mm512_mask_loadu_pd(_mm512_set1_pd(fill), static_cast<__mmask8>(tail_mask(n)), x);
+  }
+#endif
   alignas(64) Scalar buf[kPacketSize<Scalar>];
   for (int k = 0; k < kPacketSize<Scalar>; ++k)
     buf[k] = k < n ? x[k] : fill;
@@ -37,6 +53,15 @@ EIGEN_STRONG_INLINE Packet load_partial(const Scalar* x, Index n, Scalar fill) {
 
 template <class Packet, class Scalar>
 EIGEN_STRONG_INLINE void store_partial(Scalar* y, Index n, const Packet& p) {
+#if defined(EIGEN_VECTORIZE_AVX512)
+  if constexpr (std::is_same_v<Scalar, float> && sizeof(Packet) == 64) {
+    _mm512_mask_storeu_ps(y, tail_mask(n), p);
+    return;
+  } else if constexpr (std::is_same_v<Scalar, double> && sizeof(Packet) == 64) {
+    _mm512_mask_storeu_pd(y, static_cast<__mmask8>(tail_mask(n)), p);
+    return;
+  }
+#endif
   alignas(64) Scalar buf[kPacketSize<Scalar>];
   Eigen::internal::pstore(buf, p);
   for (Index k = 0; k < n; ++k)
@@ -148,6 +173,26 @@ EIGEN_STRONG_INLINE double total_wide(const CompensatedSum<float>& a,
   };
   const __m256d t = _mm256_add_pd(wide_difference(a.sum, a.carry), wide_difference(b.sum, b.carry));
   return Eigen::internal::predux(t);
+}
+#endif
+
+#if defined(EIGEN_VECTORIZE_AVX512)
+// 16 float lanes (AVX-512): the same differences s - c, exact in double, added on two 8-lane
+// double packets, where the lane loop (a store, 16 conversions and a dependent chain of adds) cost
+// as much as the exp pass on rows of 16 to 64 entries.
+template <>
+EIGEN_STRONG_INLINE double total_wide(const CompensatedSum<float>& a,
+                                      const CompensatedSum<float>& b) {
+  const auto wide_difference = [](const __m512& s, const __m512& c) {
+    const __m512d lo = _mm512_sub_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(s)),
+                                     _mm512_cvtps_pd(_mm512_castps512_ps256(c)));
+    const __m512d hi = _mm512_sub_pd(
+        _mm512_cvtps_pd(_mm256_castsi256_ps(_mm512_extracti64x4_epi64(_mm512_castps_si512(s), 1))),
+        _mm512_cvtps_pd(_mm256_castsi256_ps(_mm512_extracti64x4_epi64(_mm512_castps_si512(c), 1))));
+    return _mm512_add_pd(lo, hi);
+  };
+  return _mm512_reduce_add_pd(
+      _mm512_add_pd(wide_difference(a.sum, a.carry), wide_difference(b.sum, b.carry)));
 }
 #endif
 
@@ -402,9 +447,20 @@ EIGEN_STRONG_INLINE void scale_packets(Scalar* y, Index n, Scalar factor) {
 // its sum is long ready. A NaN beside a finite max makes the sum, hence the factor, NaN: the row
 // comes out all NaN without a test. Rows whose max is NaN or +-inf go to special(i), the exact
 // path of the functor.
+//
+// Rows of at most one packet (n <= 16 floats with AVX-512, 8 with AVX2) take
+// softmax_single_packet_rows: the row stays in a register from load to store.
+template <bool kScaled, class Scalar, class Special>
+void softmax_single_packet_rows(const Scalar* x, Index ldx, Scalar* y, Index ldy, Index rows,
+                                Index n, Scalar s, const Special& special);
+
 template <bool kScaled, class Scalar, class Special>
 void softmax_contiguous_rows(const Scalar* x, Index ldx, Scalar* y, Index ldy, Index rows, Index n,
                              Scalar s, const Special& special) {
+  if (n <= kPacketSize<Scalar>) {
+    softmax_single_packet_rows<kScaled>(x, ldx, y, ldy, rows, n, s, special);
+    return;
+  }
   const Scalar inf = std::numeric_limits<Scalar>::infinity();
   CompensatedSum<Scalar> sums[2][2];  // the current and the pending row's sums, by slot
   Index pending = -1;                 // the row whose last pass is due, -1 if none
@@ -430,6 +486,39 @@ void softmax_contiguous_rows(const Scalar* x, Index ldx, Scalar* y, Index ldy, I
   if (pending >= 0) {
     const CompensatedSum<Scalar>* done = sums[1 - slot];
     scale_packets(y + pending * ldy, n, inverse_total(done[0], done[1]));
+  }
+}
+
+// The same arithmetic as softmax_contiguous_rows for a row of n <= P entries, bit for bit: the max,
+// the exp of one packet (padding lanes -inf, so exp 0), its lanes summed by total_wide exactly as
+// the compensated sums of a one-packet row are (a sum that received one packet holds it with a
+// zero carry), and y = e / sum by the same multiply. No store and reload of y between the passes,
+// no loop set-up: on rows of 16 floats those cost more than the arithmetic. Rows are independent,
+// so out-of-order execution overlaps one row's division with the next row's exp.
+template <bool kScaled, class Scalar, class Special>
+void softmax_single_packet_rows(const Scalar* x, Index ldx, Scalar* y, Index ldy, Index rows,
+                                Index n, Scalar s, const Special& special) {
+  using namespace Eigen::internal;
+  using Packet = PacketOf<Scalar>;
+  constexpr int P = kPacketSize<Scalar>;
+  const Scalar inf = std::numeric_limits<Scalar>::infinity();
+  const Packet ps = pset1<Packet>(s);
+  const CompensatedSum<Scalar> empty;
+  for (Index i = 0; i < rows; ++i) {
+    const Scalar* xi = x + i * ldx;
+    const Packet v = n == P ? ploadu<Packet>(xi) : load_partial<Packet>(xi, n, -inf);
+    const Scalar m = predux_max(v);
+    if (!(m > -inf && m < inf)) {
+      special(i);
+      continue;
+    }
+    CompensatedSum<Scalar> sum;
+    sum.sum = pexp_nonpositive_scaled(shifted<kScaled>(v, pset1<Packet>(m), ps));
+    const Packet out = pmul(sum.sum, pset1<Packet>(inverse_total(sum, empty)));
+    if (n == P)
+      pstoreu(y + i * ldy, out);
+    else
+      store_partial(y + i * ldy, n, out);
   }
 }
 
