@@ -1,14 +1,14 @@
 // The row passes of Softmax and SinglePassSoftmax one by one, in cycles per element, to show where
-// the time of a softmax goes and how far each pass is from its bound (issue 17: a target out of
-// reach is shown with cycles per element, the instruction mix and the bound).
+// the time of a softmax goes and how far each pass is from its bound (a target out of reach is shown
+// with cycles per element, the instruction mix and the bound).
 //
 //   kernels/<pass>/float/l1/2048      one 8 KiB row (and its 8 KiB output) kept in L1
 //   kernels/<pass>/float/memory/2^24  one 64 MiB row, streamed from memory
 //
-// Counters: cpe = cycles per element at the core clock measured in the same process (`ghz`: a
-// chain of dependent integer additions retires one per cycle; this machine has no readable cycle
-// counter, `perf stat` says "not supported"), and bytes_per_element the pass moves to or from
-// memory. Passes (detail/kernels.hpp, single_pass.hpp):
+// Counters: cpe = cycles per element at the core clock measured in the same process in CPU time
+// (`ghz`: a chain of dependent integer additions retires one per cycle; this machine has no
+// readable cycle counter, `perf stat` says "not supported"), and bytes_per_element the pass moves
+// to or from memory. Passes (detail/kernels.hpp, single_pass.hpp):
 //   max            packet max (PropagateFast: Softmax's batch kernel)
 //   exp_store_sum  y = exp(x - m) 2^64, compensated sums: Softmax's middle pass
 //   scale          y *= f: Softmax's last pass
@@ -16,12 +16,11 @@
 //   update         OnlineNormalizer::update: block max, then the exp sum (SinglePassSoftmax's first
 //                  pass)
 //   softmax, single_pass   the whole functors' apply, for comparison
-// Per 32 floats, the exp pass issues 32 FMAs and 8 multiplies (2 FMA/multiply pipes on Zen3: a
-// bound of 20 cycles, 0.625 per element), 4 max, 4 shifts, 22 additions/subtractions (the other
-// pipes), 4 loads and 4 stores.
+//   fma_peak       16 independent FMA chains: the vector pipes' throughput, for the exp pass's bound
+// The exp pass's vector instruction count per packet is exp_store_sum_vector_ops_per_packet().
 #include <algorithm>
-#include <chrono>
 #include <cstdint>
+#include <ctime>
 #include <random>
 #include <vector>
 
@@ -35,6 +34,14 @@ namespace sml = softmaxlab;
 namespace sd = softmaxlab::detail;
 using Index = Eigen::Index;
 
+// This thread's CPU time: on a shared machine wall time also counts the time other processes ran,
+// and the rates Google Benchmark reports are per CPU second too.
+double thread_seconds() {
+  timespec t{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
 // The core clock in GHz: four dependent additions per iteration retire in four cycles.
 double measured_ghz() {
   static const double ghz = [] {
@@ -42,7 +49,7 @@ double measured_ghz() {
     for (int rep = 0; rep < 5; ++rep) {
       std::uint64_t v = 1;
       constexpr std::uint64_t kIterations = 50'000'000;
-      const auto t0 = std::chrono::steady_clock::now();
+      const double t0 = thread_seconds();
       for (std::uint64_t i = 0; i < kIterations; ++i) {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__aarch64__))
 #if defined(__x86_64__)
@@ -56,7 +63,7 @@ double measured_ghz() {
         benchmark::DoNotOptimize(v);
 #endif
       }
-      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const double s = thread_seconds() - t0;
       best = std::max(best, 4.0 * kIterations / s / 1e9);
     }
     return best;
@@ -101,12 +108,30 @@ void max_pass(benchmark::State& state, double bytes) {
   });
 }
 
+// Vector ALU instructions per packet in scaled_exp_store_sum's main loop (4 packets an iteration),
+// counted with objdump on GCC 12 -O3 builds: AVX-512 66 per iteration (per packet: subtract, clamp,
+// 2 for n, 2 for the reduction, 4 + 1 + 1 for the polynomial, 1 for 2^64 (v + 1), 1 vscalefps, and
+// 2.5 for the paired Kahan sums); AVX2 + FMA 70 (the shift and multiply for 2^n in place of
+// vscalefps, an addition in place of the fma). Loads, stores and register moves are not counted:
+// they issue on other ports or are eliminated at rename. Recount after changing the kernel:
+//   objdump -d --no-show-raw-insn bench_kernels.cpp.o, the loop of scaled_exp_store_sum<false>.
+constexpr double exp_store_sum_vector_ops_per_packet() {
+#if defined(EIGEN_VECTORIZE_AVX512)
+  return 66.0 / 4;
+#elif defined(EIGEN_VECTORIZE_AVX2) && defined(EIGEN_VECTORIZE_FMA)
+  return 70.0 / 4;
+#else
+  return 0;  // not counted for this instruction set
+#endif
+}
+
 void exp_store_sum_pass(benchmark::State& state, double bytes) {
   run_pass(state, bytes, [](const float* x, float* y, Index n, float m) {
     sd::CompensatedSum<float> a, b;
     sd::scaled_exp_store_sum<false>(x, y, n, m, 1.0f, a, b);
     benchmark::DoNotOptimize(sd::total_wide(a, b));
   });
+  state.counters["vector_ops_per_packet"] = exp_store_sum_vector_ops_per_packet();
 }
 
 void scale_pass(benchmark::State& state, double bytes) {
@@ -150,6 +175,37 @@ void single_pass_apply(benchmark::State& state, double bytes) {
   });
 }
 
+// The vector pipes' peak: 16 independent chains of packet FMAs (more than latency x pipes on any
+// current core), so the loop runs at the FMA throughput. Counters: fma_per_cycle (packet FMAs
+// retired per cycle: 2 on a core with two 512-bit or two 256-bit FMA pipes), lanes (floats per
+// packet in this build). The exp passes' bound is their vector instructions per packet divided by
+// fma_per_cycle and lanes: every one of them (FMA, multiply, add, max, shift, scalef) issues on the
+// same vector ALU ports.
+void fma_peak(benchmark::State& state, double) {
+  using Packet = sd::PacketOf<float>;
+  using namespace Eigen::internal;
+  constexpr int kChains = 16;
+  constexpr Index kIterations = 1024;
+  Packet acc[kChains];
+  for (int k = 0; k < kChains; ++k)
+    acc[k] = pset1<Packet>(1.0f + 0x1p-10f * static_cast<float>(k));
+  const Packet a = pset1<Packet>(0.999f), b = pset1<Packet>(1e-3f);
+  for (auto _ : state) {
+    for (Index i = 0; i < kIterations; ++i) {
+      for (int k = 0; k < kChains; ++k)
+        acc[k] = pmadd(acc[k], a, b);
+    }
+    for (int k = 0; k < kChains; ++k)
+      benchmark::DoNotOptimize(acc[k]);
+  }
+  const double fmas = static_cast<double>(kIterations) * kChains;
+  const double ghz = measured_ghz();
+  state.counters["ghz"] = ghz;
+  state.counters["fma_per_cycle"] =
+      benchmark::Counter(fmas / (ghz * 1e9), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["lanes"] = sd::kPacketSize<float>;
+}
+
 // Bytes per element each pass moves to or from memory on the 2^24 row: 4 per float read or
 // written, and 4 more where a pass writes lines it has not read (read for ownership: exp_store_sum;
 // exp_scale's streaming stores skip it); in L1, 0.
@@ -168,6 +224,7 @@ bool registered = [] {
                          {"update", update_pass, 4},
                          {"softmax", softmax_apply, 24},
                          {"single_pass", single_pass_apply, 12}};
+  benchmark::RegisterBenchmark("kernels/fma_peak/float/l1", fma_peak, 0.0)->Arg(kL1);
   for (const Pass& p : passes) {
     benchmark::RegisterBenchmark((std::string("kernels/") + p.name + "/float/l1").c_str(), p.fn,
                                  0.0)

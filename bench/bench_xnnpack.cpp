@@ -56,7 +56,9 @@ const bool xnnpack_registered =
 const bool xnnpack_context = [] {
   softmaxlab_bench::context_providers().push_back([] {
     return std::pair<std::string, std::string>(
-        "xnnpack", "Debian libxnnpack-dev (softmax_nc_f32, no thread pool: one thread)");
+        "xnnpack",
+        "Debian libxnnpack-dev (softmax_nc_f32, no thread pool: one thread; kernels chosen at run "
+        "time for this CPU)");
   });
   return true;
 }();
