@@ -448,19 +448,17 @@ EIGEN_STRONG_INLINE void scale_packets(Scalar* y, Index n, Scalar factor) {
 // comes out all NaN without a test. Rows whose max is NaN or +-inf go to special(i), the exact
 // path of the functor.
 //
-// Rows of at most one packet (n <= 16 floats with AVX-512, 8 with AVX2) take
-// softmax_single_packet_rows: the row stays in a register from load to store.
+// Rows of at most four packets (n <= 64 floats with AVX-512, 32 with AVX2) take
+// softmax_short_rows: the row stays in registers from load to store.
 template <bool kScaled, class Scalar, class Special>
-void softmax_single_packet_rows(const Scalar* x, Index ldx, Scalar* y, Index ldy, Index rows,
-                                Index n, Scalar s, const Special& special);
+bool softmax_short_rows(const Scalar* x, Index ldx, Scalar* y, Index ldy, Index rows, Index n,
+                        Scalar s, const Special& special);
 
 template <bool kScaled, class Scalar, class Special>
 void softmax_contiguous_rows(const Scalar* x, Index ldx, Scalar* y, Index ldy, Index rows, Index n,
                              Scalar s, const Special& special) {
-  if (n <= kPacketSize<Scalar>) {
-    softmax_single_packet_rows<kScaled>(x, ldx, y, ldy, rows, n, s, special);
+  if (softmax_short_rows<kScaled>(x, ldx, y, ldy, rows, n, s, special))
     return;
-  }
   const Scalar inf = std::numeric_limits<Scalar>::infinity();
   CompensatedSum<Scalar> sums[2][2];  // the current and the pending row's sums, by slot
   Index pending = -1;                 // the row whose last pass is due, -1 if none
@@ -489,37 +487,102 @@ void softmax_contiguous_rows(const Scalar* x, Index ldx, Scalar* y, Index ldy, I
   }
 }
 
-// The same arithmetic as softmax_contiguous_rows for a row of n <= P entries, bit for bit: the max,
-// the exp of one packet (padding lanes -inf, so exp 0), its lanes summed by total_wide exactly as
-// the compensated sums of a one-packet row are (a sum that received one packet holds it with a
-// zero carry), and y = e / sum by the same multiply. No store and reload of y between the passes,
-// no loop set-up: on rows of 16 floats those cost more than the arithmetic. Rows are independent,
-// so out-of-order execution overlaps one row's division with the next row's exp.
-template <bool kScaled, class Scalar, class Special>
-void softmax_single_packet_rows(const Scalar* x, Index ldx, Scalar* y, Index ldy, Index rows,
-                                Index n, Scalar s, const Special& special) {
+// The same arithmetic as softmax_contiguous_rows for rows of n <= 4P entries (kFull full packets
+// and a partial one when kTail), bit for bit: the max, the exp of each packet (padding lanes -inf,
+// so exp 0), the compensated sums fed in the order the general path feeds them (the pairs of a
+// 4-packet iteration; otherwise the full packets one by one into the first sum and the tail into
+// the second), and y = e / sum by the same multiply. The row stays in registers from load to store:
+// no store and reload of y between the passes and no loop set-up, which on rows of 16 to 64 floats
+// cost more than the arithmetic. Rows are independent, so out-of-order execution overlaps one
+// row's division with the next row's exp.
+template <bool kScaled, int kFull, bool kTail, class Scalar, class Special>
+void softmax_register_rows(const Scalar* x, Index ldx, Scalar* y, Index ldy, Index rows, Index n,
+                           Scalar s, const Special& special) {
   using namespace Eigen::internal;
   using Packet = PacketOf<Scalar>;
   constexpr int P = kPacketSize<Scalar>;
+  constexpr int kCount = kFull + (kTail ? 1 : 0);
+  static_assert(kCount >= 1 && kCount <= 4 && (kFull < 4 || !kTail));
   const Scalar inf = std::numeric_limits<Scalar>::infinity();
+  const Index tail = n - kFull * P;
   const Packet ps = pset1<Packet>(s);
-  const CompensatedSum<Scalar> empty;
   for (Index i = 0; i < rows; ++i) {
     const Scalar* xi = x + i * ldx;
-    const Packet v = n == P ? ploadu<Packet>(xi) : load_partial<Packet>(xi, n, -inf);
-    const Scalar m = predux_max(v);
+    Packet v[kCount];
+    for (int k = 0; k < kFull; ++k)
+      v[k] = ploadu<Packet>(xi + k * P);
+    if constexpr (kTail)
+      v[kFull] = load_partial<Packet>(xi + kFull * P, tail, -inf);
+    Packet vmax = v[0];
+    for (int k = 1; k < kCount; ++k)
+      vmax = pmax<Eigen::PropagateFast>(vmax, v[k]);
+    const Scalar m = predux_max(vmax);
     if (!(m > -inf && m < inf)) {
       special(i);
       continue;
     }
-    CompensatedSum<Scalar> sum;
-    sum.sum = pexp_nonpositive_scaled(shifted<kScaled>(v, pset1<Packet>(m), ps));
-    const Packet out = pmul(sum.sum, pset1<Packet>(inverse_total(sum, empty)));
-    if (n == P)
-      pstoreu(y + i * ldy, out);
-    else
-      store_partial(y + i * ldy, n, out);
+    const Packet pm = pset1<Packet>(m);
+    for (int k = 0; k < kCount; ++k)
+      v[k] = pexp_nonpositive_scaled(shifted<kScaled>(v[k], pm, ps));
+    CompensatedSum<Scalar> sum0, sum1;
+    if constexpr (kFull == 4) {
+      sum0.add(padd(v[0], v[1]));
+      sum1.add(padd(v[2], v[3]));
+    } else {
+      for (int k = 0; k < kFull; ++k)
+        sum0.add(v[k]);
+      if constexpr (kTail)
+        sum1.add(v[kFull]);
+    }
+    const Packet factor = pset1<Packet>(inverse_total(sum0, sum1));
+    Scalar* yi = y + i * ldy;
+    for (int k = 0; k < kFull; ++k)
+      pstoreu(yi + k * P, pmul(v[k], factor));
+    if constexpr (kTail)
+      store_partial(yi + kFull * P, tail, pmul(v[kFull], factor));
   }
+}
+
+// Dispatches rows of n <= 4P entries to softmax_register_rows; returns false for longer rows.
+template <bool kScaled, class Scalar, class Special>
+bool softmax_short_rows(const Scalar* x, Index ldx, Scalar* y, Index ldy, Index rows, Index n,
+                        Scalar s, const Special& special) {
+  constexpr int P = kPacketSize<Scalar>;
+  if (P == 1 || n > 4 * P)
+    return false;
+  const auto run = [&](auto full, auto tail) {
+    softmax_register_rows<kScaled, decltype(full)::value, decltype(tail)::value>(
+        x, ldx, y, ldy, rows, n, s, special);
+  };
+  using F = std::false_type;
+  using T = std::true_type;
+  switch ((n / P) * 2 + (n % P != 0 ? 1 : 0)) {
+    case 1:
+      run(std::integral_constant<int, 0>(), T());
+      break;
+    case 2:
+      run(std::integral_constant<int, 1>(), F());
+      break;
+    case 3:
+      run(std::integral_constant<int, 1>(), T());
+      break;
+    case 4:
+      run(std::integral_constant<int, 2>(), F());
+      break;
+    case 5:
+      run(std::integral_constant<int, 2>(), T());
+      break;
+    case 6:
+      run(std::integral_constant<int, 3>(), F());
+      break;
+    case 7:
+      run(std::integral_constant<int, 3>(), T());
+      break;
+    default:
+      run(std::integral_constant<int, 4>(), F());
+      break;
+  }
+  return true;
 }
 
 // (x - m) * s for an entry x of a row whose max m is finite, without the overflow of x - m: the
