@@ -385,8 +385,10 @@ class LogSoftmax : public detail::DistributionFunctor<LogSoftmax>,
                    public detail::BackwardFunctor<LogSoftmax> {
  public:
   static constexpr const char* name = "LogSoftmax";
-  static constexpr bool backward_reads_input = false;  // the gradient needs only y and dy
-  static constexpr bool streams_long_rows = true;      // long 16-bit/mixed rows: compute_streamed
+  // The backward reads x: a masked entry is x_i = -inf, not y_i = -inf (a finite x_i whose
+  // log-probability overflows the output type also has y_i = -inf, and keeps its gradient).
+  static constexpr bool backward_reads_input = true;
+  static constexpr bool streams_long_rows = true;  // long 16-bit/mixed rows: compute_streamed
 
   explicit LogSoftmax(double temperature = 1.0)
       : temperature_(detail::check_temperature("LogSoftmax: temperature", temperature)) {}
@@ -451,14 +453,36 @@ class LogSoftmax : public detail::DistributionFunctor<LogSoftmax>,
 // Backward passes (vector-Jacobian products, see detail/backward_base.hpp for the call forms).
 //
 //   Softmax:    dx = y * (dy - <dy, y>) / T
-//   LogSoftmax: dx = (dy - softmax(x) * sum(dy)) / T,  softmax(x) = exp(y)
+//   LogSoftmax: dx_i = (dy_i - p_i S) / T,  p_i = exp(y_i),  S = sum_{j unmasked} dy_j
 //
-// Both read only y and dy (x is shape-checked). A masked entry (x_i = -inf, so y_i = 0, log form
-// -inf) is a constant: it gets dx_i = 0 and, in the log form, its dy_i is left out of sum(dy).
-// Rows with +inf entries use the same formulas at y (the limit with those entries equal). NaN in y
-// gives a NaN row; so does NaN in dy (except, in the log form, at a masked entry).
-// Accuracy: a few eps relative to max |dy| * max |y| / T per entry (Softmax), or to
-// (|dy_i| + max|dy|) / T (LogSoftmax): errors come from the one reduction and the final product.
+// Softmax reads only y and dy (x is shape-checked). LogSoftmax reads x, y and dy: a masked entry
+// is x_i = -inf (the forward's contract), a constant: it gets dx_i = 0 and its dy_i is left out of
+// S. A finite x_i whose log-probability overflows the output (float [FLT_MAX, -FLT_MAX] gives
+// y = [0, -inf]) is not masked: p_i = 0 and dx_i = dy_i / T (PyTorch's value, and the exact one;
+// tests/test_replayed_faults.cpp, "the PyTorch differential run"). A Softmax entry with y_i = 0
+// gets dx_i = 0 either way. Rows with +inf entries use the same formulas at y (the limit with
+// those entries equal: in the log form the finite entries keep dx_i = dy_i / T). NaN in y gives a
+// NaN row (Softmax) or NaN entries (LogSoftmax: where y is NaN, all of them for the forward's NaN
+// row); NaN in dy gives a NaN row (except, in the log form, at a masked entry).
+// Softmax accuracy: a few eps relative to max |dy| * max |y| / T per entry.
+// LogSoftmax accuracy, against the exact value from the given y and dy (p_i = exp(y_i) exactly),
+// with eps of the scalar type, A = sum_{j unmasked} |dy_j| and n the row length:
+//   |dx_i - exact| <= eps (2 |dy_i - p_i S| + 4 p_i |S|) / T + n eps^2 p_i A / T.
+// Derivation (u = eps / 2, every rounding relative and at most u unless said): S is summed with
+// Neumaier's compensated sum in double (float terms are exact in double) and rounded once to the
+// scalar: S' = S (1 + s) + r, |s| <= 3u, |r| <= n eps^2 A / 2 (Higham, "Accuracy and Stability",
+// sec. 4.3: 2u|S| + O(n u^2) A in the working double; its u_double is far below float's u);
+// p'_i = exp(y_i) (1 + e), |e| <= 1.07 ulp <= 2.2u (detail/exp.hpp, pexp_nonpositive: y_i <= 0
+// for LogSoftmax's output); q = p'_i S' (1 + d1); dx'_i = (dy_i - q)(1 + d2)(1 + d3)(1 + d4),
+// d3 the rounding of 1 / T (0 when T = 1) and d2, d4 those of the subtraction and the scaling.
+// So |dx'_i - exact| T <= |p_i S - q| + |dy_i - q| (3u + O(u^2)), |p_i S - q| <= p_i |S| (6.2u +
+// O(u^2)) + p_i |r|, and |dy_i - q| <= |dy_i - p_i S| + |p_i S - q|: the terms in eps above, with
+// room for the O(u^2) parts. The relative error of dx_i is therefore small unless dy_i ~ p_i S
+// cancel. The compensated S is what keeps the bound independent of n: a plain sum adds up to
+// ~n eps A p_i (measured 42 x 16 eps of the old scale (|dy_i| + max|dy|) / T at n = 100,000,
+// as PyTorch's float path). p_i below the smallest normal number add an absolute error of a few
+// subnormal steps times |S|. Tested on rows of 1,000 to 100,000 against long double
+// (tests/test_backward.cpp, "LogSoftmax backward within its stated bound on long rows").
 
 namespace detail {
 
@@ -491,19 +515,64 @@ void Softmax::compute_backward(const detail::Span<const Scalar>& /*x*/,
   detail::softmax_backward(y, dy, dx, temperature_);
 }
 
+namespace detail {
+
+// exp(v) for v <= 0 as an Eigen unary functor (packets: pexp_nonpositive, 1.07 ulp; exactly 0 at
+// -inf), so the backward's exp has the error its bound states.
 template <class Scalar>
-void LogSoftmax::compute_backward(const detail::Span<const Scalar>& /*x*/,
+struct exp_nonpositive_op {
+  EIGEN_STRONG_INLINE Scalar operator()(const Scalar& v) const { return exp_nonpositive_scalar(v); }
+  template <class Packet>
+  EIGEN_STRONG_INLINE Packet packetOp(const Packet& v) const {
+    return pexp_nonpositive(v);
+  }
+};
+
+}  // namespace detail
+}  // namespace softmaxlab
+
+namespace Eigen {
+namespace internal {
+template <class Scalar>
+struct functor_traits<softmaxlab::detail::exp_nonpositive_op<Scalar>> {
+  enum { Cost = 20 * NumTraits<Scalar>::MulCost, PacketAccess = true };
+};
+}  // namespace internal
+}  // namespace Eigen
+
+namespace softmaxlab {
+
+template <class Scalar>
+void LogSoftmax::compute_backward(const detail::Span<const Scalar>& x,
                                   const detail::Span<const Scalar>& y,
                                   const detail::Span<const Scalar>& dy,
                                   const detail::Span<Scalar>& dx) const {
   const Scalar inf = std::numeric_limits<Scalar>::infinity();
   const Scalar inverse_t = static_cast<Scalar>(1.0 / temperature_);
+  // S over the unmasked entries (x_i > -inf, NaN included), Neumaier's compensated sum in double:
+  // its error is about one rounding of S, whatever n (see the bound above). Every read of the
+  // row happens before dx is written (dx may be x, y or dy).
+  double sum = 0, carry = 0;
+  for (Index i = 0; i < x.size; ++i) {
+    if (x[i] == -inf)
+      continue;
+    const double v = static_cast<double>(dy[i]);
+    const double t = sum + v;
+    carry += std::fabs(sum) >= std::fabs(v) ? (sum - t) + v : (v - t) + sum;
+    sum = t;
+  }
+  // (an infinite dy makes the carry NaN: the plain sum is then the limit)
+  const Scalar s = static_cast<Scalar>(std::isfinite(sum) ? sum + carry : sum);
   detail::with_arrays(
-      [&](auto ya, auto dya, auto dxa) {
-        const Scalar sum = (ya > -inf).select(dya, Scalar(0)).sum();
-        dxa = (ya == -inf).select(Scalar(0), (dya - ya.exp() * sum) * inverse_t);
+      [&](auto xa, auto ya, auto dya, auto dxa) {
+        const auto p = ya.unaryExpr(detail::exp_nonpositive_op<Scalar>());
+        if (temperature_ != 1.0) {
+          dxa = (xa == -inf).select(Scalar(0), (dya - p * s) * inverse_t);
+        } else {
+          dxa = (xa == -inf).select(Scalar(0), dya - p * s);
+        }
       },
-      y, dy, dx);
+      x, y, dy, dx);
 }
 
 }  // namespace softmaxlab
