@@ -95,6 +95,7 @@
 
 #include "detail/backward_base.hpp"
 #include "detail/checks.hpp"
+#include "detail/exact_sum.hpp"
 #include "detail/functor_base.hpp"
 #include "detail/kernels.hpp"
 #include "loss.hpp"
@@ -389,6 +390,20 @@ double bisect_threshold(const Span<const Scalar>& x, const Span<Scalar>& scratch
   return lo;
 }
 
+// The unnormalized alpha-entmax weight of an entry x_i, (gap_i / T)^p with gap_i = (x_i - m) s + T,
+// T = -tau > 0 (the threshold), s = alpha - 1, p = 1 / s: formed as exp(p log1p(z)), z = (x_i - m)
+// s / T in (-1, 0], never as pow(gap, p). The gap, near T for small s, would carry a rounding of
+// eps T that the power amplifies by p (3e-6 at alpha = 1 + 1e-12), where z's rounding is relative
+// to z itself: p log1p(z) is then within a few eps of (1 + |x_i - m| / T), whatever alpha, and
+// tends to (x_i - m) / T, softmax's exponent, as alpha -> 1. Weights lie in [0, 1], 1 at the max.
+struct EntmaxWeight {
+  double m, s, p, t;
+  double operator()(double xi) const {
+    const double z = (xi - m) * s / t;
+    return z > -1.0 ? std::exp(p * std::log1p(z)) : 0.0;
+  }
+};
+
 // The special rows shared by the sparse maps (as Softmax): returns true when y was written.
 template <class Scalar>
 bool sparse_special_row(const Span<const Scalar>& x, const Span<Scalar>& y, Scalar m) {
@@ -408,6 +423,56 @@ bool sparse_special_row(const Span<const Scalar>& x, const Span<Scalar>& y, Scal
       return false;
   }
   return false;
+}
+
+// Sparsemax's support decided exactly: the entry x_i is in the support {x_i > tau} exactly when
+// f(x_i) = sum_j max(x_j - x_i, 0) < 1 (f is strictly decreasing below the max and f(tau) = 1), a
+// sign that ExactSum decides without rounding. Entries farther than the threshold's error bound
+// from c = m + tau (the computed threshold in x's frame) are decided by the comparison with c
+// alone; the rest (ties, and near-ties within the bound) by the exact test, the one nearest c
+// first: an entry found in the support puts every larger one in it, one found out every smaller one
+// out. Returns cut: the support is exactly {x_i > cut}. One sweep when no entry is in doubt.
+template <class Scalar>
+Scalar sparsemax_support_cut(const Span<const Scalar>& x, double m, double tau) {
+  const Scalar inf = std::numeric_limits<Scalar>::infinity();
+  const double eps = std::numeric_limits<double>::epsilon();
+  // The threshold's error: its sums over up to n gaps of size <= 1 in the shifted frame, the
+  // shift m + tau, and for float the rounding of that shift to a float pair (hi, lo).
+  const double delta = 64 * eps * static_cast<double>(x.size + 2) + 4 * eps * std::fabs(m)
+                       + (std::is_same_v<Scalar, float> ? 0x1p-44 * (std::fabs(m) + 1) : 0.0);
+  const double c = m + tau;
+  const Scalar lo = scalar_floor<Scalar>(c - delta), hi = -scalar_floor<Scalar>(-(c + delta));
+  Scalar out_max = -inf, in_min = inf;
+  for (;;) {
+    bool found = false;
+    Scalar best = 0;
+    double best_distance = 0;
+    for (Index i = 0; i < x.size; ++i) {
+      const Scalar v = x[i];
+      if (v >= lo && v <= hi && v > out_max && v < in_min) {
+        const double distance = std::fabs(static_cast<double>(v) - c);
+        if (!found || distance < best_distance) {
+          found = true;
+          best = v;
+          best_distance = distance;
+        }
+      }
+    }
+    if (!found)
+      break;
+    ExactSum f;  // f(best) - 1
+    f.add(-1.0);
+    const double b = static_cast<double>(best);
+    for (Index j = 0; j < x.size; ++j) {
+      const Scalar v = x[j];
+      if (v > best) {
+        f.add(static_cast<double>(v));
+        f.add(-b);
+      }
+    }
+    (f.sign() < 0 ? in_min : out_max) = best;
+  }
+  return out_max >= lo ? out_max : std::nextafter(lo, -inf);
 }
 
 // dx = g dy - g (<g, dy> / sum g), g_i = weight(y_i) on the support (y_i > 0), 0 elsewhere: the
@@ -462,7 +527,13 @@ class Sparsemax : public detail::DistributionFunctor<Sparsemax>,
     const double tau = detail::sparse_row_threshold<1>(x, y, m_s, lanes, lane_count, 1.0);
     const std::pair<Scalar, Scalar> shift = detail::split_shift<Scalar>(m, tau);
     const Scalar hi = shift.first, lo = shift.second;  // (lambdas cannot capture bindings)
-    detail::with_arrays([&](auto xa, auto ya) { ya = ((xa - hi) - lo).max(Scalar(0)); }, x, y);
+    // The support decided exactly (ties included), then each value from the threshold: members
+    // get at least the smallest positive Scalar, so the backward's {y > 0} is this support.
+    const Scalar cut = detail::sparsemax_support_cut(x, m, tau);
+    const Scalar tiny = std::numeric_limits<Scalar>::denorm_min();
+    detail::with_arrays(
+        [&](auto xa, auto ya) { ya = (xa > cut).select(((xa - hi) - lo).max(tiny), Scalar(0)); }, x,
+        y);
   }
 
   template <class Scalar>
@@ -531,6 +602,10 @@ class Entmax : public detail::DistributionFunctor<Entmax>, public detail::Backwa
       Softmax().apply(detail::strided_array(x), detail::strided_array(y));
       return;
     }
+    if (alpha_ == 2.0) {  // sparsemax, with its exact support (the backward's weights jump there)
+      Sparsemax().apply(detail::strided_array(x), detail::strided_array(y));
+      return;
+    }
     const Scalar m_s = detail::max_propagate_nan(x);
     if (detail::sparse_special_row(x, y, m_s))
       return;
@@ -539,17 +614,14 @@ class Entmax : public detail::DistributionFunctor<Entmax>, public detail::Backwa
     const bool in_place = x.data == y.data;
     const double tau =
         detail::bisect_threshold(x, in_place ? detail::Span<Scalar>{nullptr, 0, 1} : y, m, s, p);
-    const auto power = [&](Index i) {
-      const double gap = (static_cast<double>(x[i]) - m) * s - tau;
-      return gap > 0 ? std::pow(gap, p) : 0.0;
-    };
+    const detail::EntmaxWeight weight{m, s, p, -tau};
     double sum = 0;
     for (Index i = 0; i < x.size; ++i)
-      sum += power(i);
+      sum += weight(static_cast<double>(x[i]));
     // Normalized in double and rounded once; y[i] is written after x[i]'s last read (in place).
     const double inv = 1.0 / sum;
     for (Index i = 0; i < x.size; ++i)
-      y[i] = static_cast<Scalar>(power(i) * inv);
+      y[i] = static_cast<Scalar>(weight(static_cast<double>(x[i])) * inv);
   }
 
   template <class Scalar>
@@ -590,10 +662,12 @@ struct EntmaxRow {
     }
   }
   double unnormalized(Scalar xi) const {
+    if (alpha != 2.0 && alpha != 1.5)  // Entmax's weights (EntmaxWeight), accurate near alpha = 1
+      return EntmaxWeight{m, alpha - 1.0, 1.0 / (alpha - 1.0), -tau}(static_cast<double>(xi));
     const double gap = (static_cast<double>(xi) - m) * (alpha - 1.0) - tau;
     if (!(gap > 0))
       return 0.0;
-    return alpha == 2.0 ? gap : alpha == 1.5 ? gap * gap : std::pow(gap, 1.0 / (alpha - 1.0));
+    return alpha == 2.0 ? gap : gap * gap;
   }
   double y(Scalar xi) const { return unnormalized(xi) * inv_sum; }
 };
