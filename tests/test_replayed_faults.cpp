@@ -831,8 +831,8 @@ TEMPLATE_TEST_CASE(
 namespace {
 
 // LogSoftmax's backward on one long row against long double from the same y and dy: the error of
-// every entry against the header's bound eps (2 |dy_i - p_i S| + 4 p_i |S|) / T + n eps^2 p_i A /
-// T.
+// every entry against the header's bound
+// eps (2 |dy_i - p_i S| + 4 p_i |S|) / T + (n eps_d)^2 p_i A / T, eps_d = 2^-52.
 template <class Scalar>
 void log_softmax_backward_bound(Eigen::Index n, double temperature, bool biased, unsigned seed,
                                 softmaxlab_test::Worst& worst) {
@@ -870,7 +870,7 @@ void log_softmax_backward_bound(Eigen::Index n, double temperature, bool biased,
     const LD p = std::exp(static_cast<LD>(y(i)));
     const LD exact = (dy(i) - p * s) / temperature;
     const LD bound = eps * (2 * std::fabs(dy(i) - p * s) + 4 * p * std::fabs(s)) / temperature
-                     + static_cast<LD>(n) * eps * eps * p * a / temperature;
+                     + std::pow(static_cast<LD>(n) * 0x1p-52L, 2) * p * a / temperature;
     const LD err = std::fabs(static_cast<LD>(dx(i)) - exact);
     worst.update(
         static_cast<double>(err / eps), static_cast<double>(bound / eps), [&](std::ostream& o) {
