@@ -51,6 +51,7 @@
 // and no input value (NaN, inf, subnormal, +-FLT_MAX) is an error.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <utility>
@@ -470,9 +471,10 @@ class LogSoftmax : public detail::DistributionFunctor<LogSoftmax>,
 // length (n eps_d < 1/100):
 //   |dx_i - exact| <= eps (2 |dy_i - p_i S| + 4 p_i |S|) / T + (n eps_d)^2 p_i A / T.
 // Derivation (u = eps / 2, every rounding relative and at most u unless said): S is summed with
-// Neumaier's compensated sum in double (float terms are exact in double), whose error is at most
-// u_d |S| + gamma_n^2 A, gamma_n = n u_d / (1 - n u_d) (Ogita, Rump and Oishi 2005, Sum2, the
-// same algorithm with TwoSum), then rounded once to the scalar: S' = S (1 + s) + r, |s| <= u +
+// Neumaier's compensated sum in double (float terms are exact in double) on four chains whose
+// eight parts are summed likewise, with error at most u_d |S| + (gamma_n^2 + gamma_8^2) A,
+// gamma_n = n u_d / (1 - n u_d) (Ogita, Rump and Oishi 2005, Sum2, the same algorithm with
+// TwoSum), then rounded once to the scalar: S' = S (1 + s) + r, |s| <= u +
 // u_d, |r| <= (n eps_d)^2 A / 3.9; p'_i = exp(y_i) (1 + e), |e| <= 1.07 ulp <= 2.2u
 // (detail/exp.hpp, pexp_nonpositive: y_i <= 0 for LogSoftmax's output); q = p'_i S' (1 + d1);
 // dx'_i = (dy_i - q)(1 + d2)(1 + d3)(1 + d4), d3 the rounding of 1 / T (0 when T = 1), d2 and d4
@@ -520,30 +522,37 @@ void Softmax::compute_backward(const detail::Span<const Scalar>& /*x*/,
 
 namespace detail {
 
-// exp(v) for v <= 0 as an Eigen unary functor (packets: pexp_nonpositive, 1.07 ulp; exactly 0 at
-// -inf), so the backward's exp has the error its bound states.
+// dx_i = (dy_i - exp(y_i) s) (* inverse_t when scaled), 0 where x_i = -inf, over contiguous
+// arrays (dx may be x, y or dy): packets, the tail padded into one packet, so every entry meets
+// the same code (exp: pexp_nonpositive, 1.07 ulp, exactly 0 at -inf).
 template <class Scalar>
-struct exp_nonpositive_op {
-  EIGEN_STRONG_INLINE Scalar operator()(const Scalar& v) const { return exp_nonpositive_scalar(v); }
-  template <class Packet>
-  EIGEN_STRONG_INLINE Packet packetOp(const Packet& v) const {
-    return pexp_nonpositive(v);
+void log_softmax_backward_pass(const Scalar* x, const Scalar* y, const Scalar* dy, Scalar* dx,
+                               Index n, Scalar s, Scalar inverse_t, bool scaled) {
+  using namespace Eigen::internal;
+  using Packet = PacketOf<Scalar>;
+  constexpr int P = kPacketSize<Scalar>;
+  const Packet ps = pset1<Packet>(s), pt = pset1<Packet>(inverse_t),
+               minus_inf = pset1<Packet>(-std::numeric_limits<Scalar>::infinity()),
+               zero = pzero(ps);
+  const auto entry = [&](const Packet& xv, const Packet& yv, const Packet& dyv) {
+    Packet r = psub(dyv, pmul(pexp_nonpositive(yv), ps));
+    if (scaled)
+      r = pmul(r, pt);
+    return pselect(pcmp_eq(xv, minus_inf), zero, r);
+  };
+  Index i = 0;
+  for (; i + P <= n; i += P)
+    pstoreu(dx + i, entry(ploadu<Packet>(x + i), ploadu<Packet>(y + i), ploadu<Packet>(dy + i)));
+  if (i < n) {
+    const Index rest = n - i;
+    store_partial(dx + i, rest,
+                  entry(load_partial<Packet>(x + i, rest, Scalar(0)),
+                        load_partial<Packet>(y + i, rest, Scalar(0)),
+                        load_partial<Packet>(dy + i, rest, Scalar(0))));
   }
-};
+}
 
 }  // namespace detail
-}  // namespace softmaxlab
-
-namespace Eigen {
-namespace internal {
-template <class Scalar>
-struct functor_traits<softmaxlab::detail::exp_nonpositive_op<Scalar>> {
-  enum { Cost = 20 * NumTraits<Scalar>::MulCost, PacketAccess = true };
-};
-}  // namespace internal
-}  // namespace Eigen
-
-namespace softmaxlab {
 
 template <class Scalar>
 void LogSoftmax::compute_backward(const detail::Span<const Scalar>& x,
@@ -552,30 +561,48 @@ void LogSoftmax::compute_backward(const detail::Span<const Scalar>& x,
                                   const detail::Span<Scalar>& dx) const {
   const Scalar inf = std::numeric_limits<Scalar>::infinity();
   const Scalar inverse_t = static_cast<Scalar>(1.0 / temperature_);
-  // S over the unmasked entries (x_i > -inf, NaN included), Neumaier's compensated sum in double:
-  // its error is about one rounding of S, whatever n (see the bound above). Every read of the
-  // row happens before dx is written (dx may be x, y or dy).
-  double sum = 0, carry = 0;
-  for (Index i = 0; i < x.size; ++i) {
-    if (x[i] == -inf)
-      continue;
-    const double v = static_cast<double>(dy[i]);
+  // S over the unmasked entries (x_i > -inf, NaN included), Neumaier's compensated sum in double
+  // on four chains (entry i on chain i mod 4, so any layout sums alike; four chains for
+  // throughput), whose eight parts are summed the same way: the error is about one rounding of
+  // S plus O(n^2 u_d^2) A, whatever n (see the bound above). Every read of the row happens before
+  // dx is written (dx may be x, y or dy).
+  const auto add = [](double& sum, double& carry, double v) {
     const double t = sum + v;
     carry += std::fabs(sum) >= std::fabs(v) ? (sum - t) + v : (v - t) + sum;
     sum = t;
+  };
+  double sums[4] = {0, 0, 0, 0}, carries[4] = {0, 0, 0, 0};
+  for (Index i = 0; i < x.size; ++i) {
+    if (x[i] != -inf)
+      add(sums[i & 3], carries[i & 3], static_cast<double>(dy[i]));
   }
-  // (an infinite dy makes the carry NaN: the plain sum is then the limit)
+  double sum = 0, carry = 0;
+  for (int k = 0; k < 4; ++k)
+    add(sum, carry, sums[k]);
+  for (int k = 0; k < 4; ++k)
+    add(sum, carry, carries[k]);
+  // (an infinite dy makes a carry NaN: the plain sum is then the limit)
   const Scalar s = static_cast<Scalar>(std::isfinite(sum) ? sum + carry : sum);
-  detail::with_arrays(
-      [&](auto xa, auto ya, auto dya, auto dxa) {
-        const auto p = ya.unaryExpr(detail::exp_nonpositive_op<Scalar>());
-        if (temperature_ != 1.0) {
-          dxa = (xa == -inf).select(Scalar(0), (dya - p * s) * inverse_t);
-        } else {
-          dxa = (xa == -inf).select(Scalar(0), dya - p * s);
-        }
-      },
-      x, y, dy, dx);
+  const bool scaled = temperature_ != 1.0;
+  if (x.contiguous() && y.contiguous() && dy.contiguous() && dx.contiguous()) {
+    detail::log_softmax_backward_pass(x.data, y.data, dy.data, dx.data, x.size, s, inverse_t,
+                                      scaled);
+    return;
+  }
+  // Strided rows through stack chunks, so every entry meets the same packet code.
+  constexpr Index kChunk = detail::kChunk;
+  alignas(64) Scalar bx[kChunk], by[kChunk], bdy[kChunk];
+  for (Index i0 = 0; i0 < x.size; i0 += kChunk) {
+    const Index n = std::min(kChunk, x.size - i0);
+    for (Index i = 0; i < n; ++i) {
+      bx[i] = x[i0 + i];
+      by[i] = y[i0 + i];
+      bdy[i] = dy[i0 + i];
+    }
+    detail::log_softmax_backward_pass(bx, by, bdy, bdy, n, s, inverse_t, scaled);
+    for (Index i = 0; i < n; ++i)
+      dx[i0 + i] = bdy[i];
+  }
 }
 
 }  // namespace softmaxlab
