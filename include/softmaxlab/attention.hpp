@@ -132,11 +132,11 @@
 // weight, softcap or not; a row with every entry masked gives zeros, even with a sink, which then
 // takes all the mass (Attention: a query row with no visible key, all masked, causal or Lk = 0,
 // gives a zero output row and lse = z with a sink, the sink's own log-sum-exp, -inf without one,
-// so that merge_attention keeps the sink's mass whichever partial holds it; tests
-// "Attention: special values and shapes" and the FlashAttention#2752 case of
-// tests/test_replayed_faults.cpp); +inf entries of x or the
-// mask share the mass (with a softcap, cap(+inf) = c is finite: the limit of the formula); a NaN
-// anywhere in a row (input or mask) makes the row NaN (Attention: a NaN in the query row's
+// so that merge_attention keeps the sink's mass whichever partial holds it; tests "Attention:
+// special values and shapes" and, in tests/test_replayed_faults.cpp, "FlashAttention#2752: a sink
+// on a query row with no visible key keeps its mass in lse and merge_attention"); +inf entries of
+// x or the mask share the mass (with a softcap, cap(+inf) = c is finite: the limit of the formula);
+// a NaN anywhere in a row (input or mask) makes the row NaN (Attention: a NaN in the query row's
 // scores); an empty input gives an empty output.
 // Overflow: in AttentionSoftmax a finite x_i or mask_i whose scale x_i, m mask_i or score
 // overflows the scalar type is not +-inf: pass 1 flags the row and it is recomputed in double,
