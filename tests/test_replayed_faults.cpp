@@ -412,6 +412,7 @@ TEST_CASE("NormalizedSoftmax gradients scale exactly with tiny and subnormal emb
 // here, beside it.)
 #include <functional>
 #include <random>
+#include <sstream>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -764,7 +765,9 @@ TEMPLATE_TEST_CASE("deep-spin/entmax#24: Entmax stays within its bound as alpha 
             std::fabs(static_cast<LD>(y(i)) - exact[static_cast<std::size_t>(i)]));
         if (!(err <= worst)) {
           worst = err;
-          where = "alpha - 1 = " + std::to_string(alpha - 1) + ", n " + std::to_string(n);
+          std::ostringstream at;
+          at << "alpha - 1 = " << alpha - 1 << ", n " << n;
+          where = at.str();
         }
       }
       // The reference itself: near alpha = 1 the map is softmax to O(alpha - 1).
