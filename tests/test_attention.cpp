@@ -190,8 +190,8 @@ AttentionRef attention_reference(const Mat<S>& q, const Mat<S>& k, const Mat<S>&
       t[j] = visible ? transformed(s(i, j), mask ? (*mask)(i, j) : S(0), p) : -kInfL;
       top = std::max(top, t[j]);
     }
-    if (top == -kInfL) {
-      r.lse(i) = -kInfL;
+    if (top == -kInfL) {  // no visible key: log(exp(z)) = z with a sink, else log 0
+      r.lse(i) = p.has_sink ? static_cast<long double>(p.sink) : -kInfL;
       continue;
     }
     if (p.has_sink)
@@ -593,11 +593,12 @@ TEST_CASE("Attention: special values and shapes", "[attention]") {
   const Eigen::MatrixXf v = normal_matrix<float>(3, 5, 3, 1.0);
   Eigen::MatrixXf o(6, 5);
   Eigen::VectorXf lse(6);
-  // Causal with Lq > Lk: query i sees keys j <= i - 3, so rows 0..2 see nothing.
+  // Causal with Lq > Lk: query i sees keys j <= i - 3, so rows 0..2 see nothing: a zero row and
+  // the sink's own log-sum-exp, lse = z = 1.
   const sml::Attention<> causal(sml::AttentionOptions().with_causal(true).with_sink(1.0));
   causal.apply(q, k, v, o, lse);
   CHECK(o.topRows(3).isZero(0));
-  CHECK((lse.head(3).array() == -inf).all());
+  CHECK((lse.head(3).array() == 1.0f).all());
   CHECK(o.bottomRows(3).allFinite());
   CHECK(lse.tail(3).allFinite());
   // A fully masked row (mask) gives zeros and lse = -inf; a NaN in one query row stays there.

@@ -52,9 +52,11 @@
 // buffer, Bq Bk scalars (64 x 128 by default, 32 KiB float), plus Bq maxima and sums,
 // independent of Lk; the accumulator is O itself.
 //   attn(Q, K, V) -> O;  attn.apply(Q, K, V, O[, lse]);  attn.apply_masked(Q, K, V, mask, O[, lse])
-//   lse_i = log(sum_j exp(t_ij) + exp(z)): the per-query log-sum-exp of the transformed scores;
+//   lse_i = log(sum_j exp(t_ij) + exp(z)): the per-query log-sum-exp of the transformed scores,
+//   for every row (a row with no visible key: lse_i = z, or -inf without a sink);
 //   merge_attention(O1, lse1, O2, lse2, O, lse) combines two partials over disjoint key sets
-//   exactly (split-K decoding, sequence parallelism; give the sink to one partial only).
+//   exactly (split-K decoding, sequence parallelism; give the sink to one partial only, which may
+//   be one whose keys are all masked for a query, or empty).
 //   attn.backward(Q, K, V, O, lse, dO, dQ, dK, dV) (and backward_masked with the mask): the
 //   gradients by recomputation of P from lse (FlashAttention-2, Dao 2023, Algorithm 2),
 //   D_i = <dO_i, O_i>, dS = P (dO V^T - D), through the cap and the scale.
@@ -127,10 +129,14 @@
 // 1.1e-5, the approximation's own error.
 //
 // Special values (both classes): a -inf entry of x (or of the mask) is masked out: exactly 0
-// weight, softcap or not; a row with every entry masked gives zeros (Attention: a zero output row
-// and lse = -inf), even with a sink, which then would take all the mass; +inf entries of x or the
-// mask share the mass (with a softcap, cap(+inf) = c is finite: the limit of the formula); a NaN
-// anywhere in a row (input or mask) makes the row NaN (Attention: a NaN in the query row's
+// weight, softcap or not; a row with every entry masked gives zeros, even with a sink, which then
+// takes all the mass (Attention: a query row with no visible key, all masked, causal or Lk = 0,
+// gives a zero output row and lse = z with a sink, the sink's own log-sum-exp, -inf without one,
+// so that merge_attention keeps the sink's mass whichever partial holds it; tests "Attention:
+// special values and shapes" and, in tests/test_replayed_faults.cpp, "FlashAttention#2752: a sink
+// on a query row with no visible key keeps its mass in lse and merge_attention"); +inf entries of
+// x or the mask share the mass (with a softcap, cap(+inf) = c is finite: the limit of the formula);
+// a NaN anywhere in a row (input or mask) makes the row NaN (Attention: a NaN in the query row's
 // scores); an empty input gives an empty output.
 // Overflow: in AttentionSoftmax a finite x_i or mask_i whose scale x_i, m mask_i or score
 // overflows the scalar type is not +-inf: pass 1 flags the row and it is recomputed in double,
@@ -833,8 +839,11 @@ void attention_forward_block(const QM& q, const KM& k, const VM& v, const MaskM*
       ob.row(r).setConstant(std::numeric_limits<Scalar>::quiet_NaN());
       row_lse = std::numeric_limits<Scalar>::quiet_NaN();
     } else if (m == -inf) {
-      ob.row(r).setZero();  // every key masked: zeros, even with a sink
-      row_lse = -inf;
+      // No visible key (every key masked, causal, or Lk = 0): the output is 0 (the sink has no
+      // value) and lse is the log-sum-exp of the sink alone, z, so merge_attention gives this
+      // partial the sink's mass; -inf without a sink.
+      ob.row(r).setZero();
+      row_lse = plan.has_sink ? plan.sink : -inf;
     } else if (m == inf) {
       ob.row(r) *= static_cast<Scalar>(1.0L / running_sum[r]);
       row_lse = inf;
@@ -1614,9 +1623,10 @@ class Attention {
 // Merges two attention partials over disjoint key sets of the same queries (see the doc block):
 // O = (exp(lse1 - M) O1 + exp(lse2 - M) O2) / L, lse = M + log L, L = exp(lse1 - M) +
 // exp(lse2 - M), M = max(lse1, lse2), row by row, in long double. A partial with lse = -inf
-// (no visible key) contributes nothing; both -inf gives zeros and -inf; a NaN lse gives a NaN
-// row; two +inf partials (whose mass split the lse does not record) give a NaN row; one +inf
-// partial wins. O may be O1 or O2 (exactly), and lse lse1 or lse2.
+// (no visible key and no sink) contributes nothing; a partial holding only the sink (lse = z, a
+// zero row) contributes its mass exp(z) and no value; both -inf gives zeros and -inf; a NaN lse
+// gives a NaN row; two +inf partials (whose mass split the lse does not record) give a NaN row; one
+// +inf partial wins. O may be O1 or O2 (exactly), and lse lse1 or lse2.
 template <class XO1, class XL1, class XO2, class XL2, class OutO, class OutL>
 void merge_attention(const Eigen::DenseBase<XO1>& o1, const Eigen::DenseBase<XL1>& lse1,
                      const Eigen::DenseBase<XO2>& o2, const Eigen::DenseBase<XL2>& lse2,

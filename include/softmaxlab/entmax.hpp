@@ -10,8 +10,9 @@
 //
 // Parameters: Entmax(alpha) takes alpha in [1, 2]. alpha = 1 is the limit softmax: Entmax(1)
 // computes Softmax (and its backward) exactly. alpha outside [1, 2] or NaN throws
-// std::invalid_argument naming the value. Entmax(2) is sparsemax and Entmax(1.5) is 1.5-entmax,
-// computed by the bisection below (the tests check them against Sparsemax and Entmax15).
+// std::invalid_argument naming the value. Entmax(2) computes Sparsemax exactly (same support and
+// values); Entmax(1.5) is 1.5-entmax, computed by the bisection below (the tests check it against
+// Entmax15).
 //
 // Algorithms (per row; m = max x, computed in double from the row's exact values):
 //   Sparsemax and Entmax15 are exact: with d_i = (x_i - m) s (s = 1 or 1/2), the threshold solves
@@ -28,10 +29,25 @@
 //   sweep the whole row. Expected cost: three sweeps of the row (max, filter, output) plus a few of
 //   the candidates; worst case O(n * support) for adversarial rows. Results do not depend on the
 //   layout (strided rows gather the same packets) nor on in-place use.
-//   Entmax(alpha), 1 < alpha <= 2: bisection on t in [-1, -n^(1 - alpha)] (f >= 1 and f <= 1 at
+//   Sparsemax's support is decided exactly, once: entry i is in it iff sum_j max(x_j - x_i, 0) < 1
+//   (the threshold's defining sum at x_i), a sign computed without rounding (detail::ExactSum, a
+//   fixed-point accumulator) for the entries within the threshold's error bound of it (ties such
+//   as double(0.1) on the threshold of [0.1, 0.2, 0.3, 0.4, 0.5], and near-ties); the others are
+//   decided by the computed threshold, which cannot misplace them. Members get y_i >= the smallest
+//   positive Scalar, the rest exactly 0, so the backward's support {y > 0} is this exact support
+//   (the entmax package's definition). Cost: nothing measurable when y is not x (the output pass
+//   also checks for entries in doubt, and is redone when it finds one), one compare sweep in
+//   place; a row with entries in doubt adds a sweep and an exact sum per distinct doubtful value
+//   tried, nearest first (usually one). Float rows of 1,000 to 32,000: within the noise of the
+//   rounded-support code (shared machine).
+//   Entmax15's weight sqrt(y) vanishes at the support's edge, so its gradient is continuous there
+//   and its support is the rounded one.
+//   Entmax(alpha), 1 < alpha < 2: bisection on t in [-1, -n^(1 - alpha)] (f >= 1 and f <= 1 at
 //   the ends) until the bracket cannot be split in double (at most 200 halvings, about 60 in
 //   practice); y_i = max(d_i - t, 0)^(1 / (alpha - 1)) then divided by its sum, so the row sums to
-//   1 within rounding and entries at or below t are exactly 0.
+//   1 within rounding and entries at or below t are exactly 0. The power is formed in the log
+//   domain, (gap_i / T)^p = exp(p log1p(d_i / T)) with T = -t, p = 1 / (alpha - 1): pow(gap_i, p)
+//   would amplify the rounding of gap_i (about eps T, as gap_i -> T when alpha -> 1) by p.
 //
 // Accuracy (tests/test_entmax.cpp against the mpmath table tests/reference/entmax_table.ipp,
 // written by tests/reference/generate_entmax.py from the exact inputs):
@@ -40,8 +56,19 @@
 //     tau exact, rounded once (measured worst 1.43 eps);
 //   Sparsemax, Entmax15, double: |y_i - exact| <= 4 eps (|exact| + 1), absolute on an output of
 //     scale 1: x_i - m and the threshold's sums carry a few roundings (measured worst 0.29 eps);
-//   Entmax(alpha): |y_i - exact| <= 2 eps (float) or 1e-12 (double) absolute, the threshold
-//     bracketed to double resolution (measured worst 0.17 eps float, 0.5 eps double).
+//   Entmax(alpha): |y_i - exact| <= 2 eps (float) or 1e-12 (double) absolute for every alpha in
+//     (1, 2], the threshold bracketed to double resolution (measured worst 0.33 eps float, 0.5 eps
+//     double). Near alpha = 1 the bound does not degrade: z_i = (x_i - m)(alpha - 1) / T carries
+//     a few relative roundings, so the exponent p log1p(z_i) is within a few double eps of
+//     (1 + |x_i - m|), y_i within that relative error, i.e. a few eps absolute (y_i |x_i - m| <=
+//     1/e); T's own error (about eps, double resolution) moves the exponent by about |x_i - m|
+//     eps. As alpha -> 1 the map and its error tend to Softmax's. Measured worst absolute error for
+//     alpha - 1 from 2^-52 to 0.9, rows of 2 to 300: 2.8e-8 float (its rounding), 3.1e-16 double,
+//     where pow(gap, p) gave 3.0e-6 at alpha = 1 + 1e-12 and 0.06 at 1 + 2^-52 (tests/
+//     test_replayed_faults.cpp, "deep-spin/entmax#24: Entmax stays within its bound as alpha
+//     approaches 1", against a long-double log-domain reference).
+//   Sparsemax's support at ties: exact, forward and backward (tests/test_replayed_faults.cpp,
+//     "keras#23425: Sparsemax decides its support exactly at ties, forward and backward alike").
 // Rows sum to 1 within 2e-6 (float, any length) and (8 + k / 4) eps in double for a support of k
 // entries (the threshold's sums over the support are plain double sums: measured k / 8 eps on rows
 // of k equal entries, k = 300 to 1e5; 1e-14 on the reference rows, n <= 300).
@@ -56,7 +83,9 @@
 //   dx = g * dy - g * (sum_j g_j dy_j / sum_j g_j)
 // (Peters, Niculae and Martins 2019, eq. 10): sparsemax's g is the support indicator (dx is dy
 // projected onto the support's tangent space), 1.5-entmax's g = sqrt(y). Entmax(1) uses softmax's
-// backward. Entries outside the support get exactly 0.
+// backward. Entries outside the support get exactly 0. Sparsemax's g jumps at the support's edge,
+// which is why its forward decides the support exactly: the keras#23425 row gives [0, -0.774102917,
+// 0.499551765, 0.969791834, -0.695240682], the exact gradient.
 //
 // Losses (Fenchel-Young, Blondel, Martins and Niculae 2020): EntmaxLoss(alpha = 1.5, reduction =
 // Mean, ignore_index = -100), alpha in (1, 2] (alpha = 1 is CrossEntropyLoss: rejected), and
@@ -95,6 +124,7 @@
 
 #include "detail/backward_base.hpp"
 #include "detail/checks.hpp"
+#include "detail/exact_sum.hpp"
 #include "detail/functor_base.hpp"
 #include "detail/kernels.hpp"
 #include "loss.hpp"
@@ -389,6 +419,20 @@ double bisect_threshold(const Span<const Scalar>& x, const Span<Scalar>& scratch
   return lo;
 }
 
+// The unnormalized alpha-entmax weight of an entry x_i, (gap_i / T)^p with gap_i = (x_i - m) s + T,
+// T = -tau > 0 (the threshold), s = alpha - 1, p = 1 / s: formed as exp(p log1p(z)), z = (x_i - m)
+// s / T in (-1, 0], never as pow(gap, p). The gap, near T for small s, would carry a rounding of
+// eps T that the power amplifies by p (3e-6 at alpha = 1 + 1e-12), where z's rounding is relative
+// to z itself: p log1p(z) is then within a few eps of (1 + |x_i - m| / T), whatever alpha, and
+// tends to (x_i - m) / T, softmax's exponent, as alpha -> 1. Weights lie in [0, 1], 1 at the max.
+struct EntmaxWeight {
+  double m, s, p, t;
+  double operator()(double xi) const {
+    const double z = (xi - m) * s / t;
+    return z > -1.0 ? std::exp(p * std::log1p(z)) : 0.0;
+  }
+};
+
 // The special rows shared by the sparse maps (as Softmax): returns true when y was written.
 template <class Scalar>
 bool sparse_special_row(const Span<const Scalar>& x, const Span<Scalar>& y, Scalar m) {
@@ -408,6 +452,132 @@ bool sparse_special_row(const Span<const Scalar>& x, const Span<Scalar>& y, Scal
       return false;
   }
   return false;
+}
+
+// Sparsemax's support decided exactly: the entry x_i is in the support {x_i > tau} exactly when
+// f(x_i) = sum_j max(x_j - x_i, 0) < 1 (f is strictly decreasing below the max and f(tau) = 1), a
+// sign that ExactSum decides without rounding. Entries outside the doubt window [lo, hi] around
+// c = m + tau (the computed threshold in x's frame, widened by its error bound) are decided by the
+// comparison with c alone: the computed threshold cannot misplace them. Entries inside it (ties,
+// and near-ties) are decided by the exact test.
+template <class Scalar>
+struct DoubtWindow {
+  Scalar lo, hi;  // entries in [lo, hi] are in doubt
+  double c;       // m + tau
+  Scalar plain_cut() const { return std::nextafter(lo, -std::numeric_limits<Scalar>::infinity()); }
+};
+
+template <class Scalar>
+DoubtWindow<Scalar> sparsemax_doubt_window(Index n, double m, double tau) {
+  const double eps = std::numeric_limits<double>::epsilon();
+  // The threshold's error: its sums over up to n gaps of size <= 1 in the shifted frame, the
+  // shift m + tau, and for float the rounding of that shift to a float pair (hi, lo). Generous:
+  // a wider window only sends more entries to the exact test.
+  const double delta = 64 * eps * static_cast<double>(n + 2) + 4 * eps * std::fabs(m)
+                       + (std::is_same_v<Scalar, float> ? 0x1p-44 * (std::fabs(m) + 1) : 0.0);
+  const double c = m + tau;
+  return {scalar_floor<Scalar>(c - delta), -scalar_floor<Scalar>(-(c + delta)), c};
+}
+
+// The exact support of a row with entries in doubt: returns cut, the support being exactly
+// {x_i > cut}. Doubtful values are tried nearest to c first (usually one is enough): one found
+// in the support puts every larger value in it, one found out every smaller one out.
+template <class Scalar>
+Scalar sparsemax_exact_cut(const Span<const Scalar>& x, const DoubtWindow<Scalar>& w) {
+  const Scalar inf = std::numeric_limits<Scalar>::infinity();
+  Scalar out_max = -inf, in_min = inf;
+  for (;;) {
+    bool found = false;
+    Scalar best = 0;
+    double best_distance = 0;
+    for (Index i = 0; i < x.size; ++i) {
+      const Scalar v = x[i];
+      if (v >= w.lo && v <= w.hi && v > out_max && v < in_min) {
+        const double distance = std::fabs(static_cast<double>(v) - w.c);
+        if (!found || distance < best_distance) {
+          found = true;
+          best = v;
+          best_distance = distance;
+        }
+      }
+    }
+    if (!found)
+      break;
+    ExactSum f;  // f(best) - 1
+    f.add(-1.0);
+    const double b = static_cast<double>(best);
+    for (Index j = 0; j < x.size; ++j) {
+      const Scalar v = x[j];
+      if (v > best) {
+        f.add(static_cast<double>(v));
+        f.add(-b);
+      }
+    }
+    (f.sign() < 0 ? in_min : out_max) = best;
+  }
+  return out_max >= w.lo ? out_max : w.plain_cut();
+}
+
+// Sparsemax's output pass: y_i = max((x_i - hi) - lo, smallest positive Scalar) for x_i > cut (the
+// support), 0 elsewhere; on packets for contiguous rows, the same operations one by one otherwise
+// (every layout gives the same bits). y may be x. Returns whether some x_i lies in the doubt
+// window (read in the same sweep, so a row without doubt costs no extra sweep).
+template <class Scalar>
+bool sparsemax_output(const Span<const Scalar>& x, const Span<Scalar>& y, Scalar cut, Scalar hi,
+                      Scalar lo, const DoubtWindow<Scalar>& w) {
+  using namespace Eigen::internal;
+  using Packet = PacketOf<Scalar>;
+  constexpr int P = kPacketSize<Scalar>;
+  const Scalar tiny = std::numeric_limits<Scalar>::denorm_min();
+  Index i = 0;
+  bool doubt = false;
+  if (x.contiguous() && y.contiguous()) {
+    const Packet pcut = pset1<Packet>(cut), phi = pset1<Packet>(hi), plo = pset1<Packet>(lo),
+                 ptiny = pset1<Packet>(tiny), zero = pzero(pcut), wlo = pset1<Packet>(w.lo),
+                 whi = pset1<Packet>(w.hi);
+    Packet in_window = zero;
+    // Locals: through the spans, every store to y (a Scalar*) may alias their members, and the
+    // compiler then reloads them after each store (measured 1.5x the pass's time).
+    const Scalar* in = x.data;
+    Scalar* out = y.data;
+    const Index n = x.size;
+    for (; i + P <= n; i += P) {
+      const Packet v = ploadu<Packet>(in + i);
+      in_window = por(in_window, pand(pcmp_le(wlo, v), pcmp_le(v, whi)));
+      const Packet value = pmax(psub(psub(v, phi), plo), ptiny);
+      pstoreu(out + i, pselect(pcmp_lt(pcut, v), value, zero));
+    }
+    doubt = predux_any(in_window);
+  }
+  for (; i < x.size; ++i) {
+    const Scalar v = x[i];
+    doubt = doubt || (v >= w.lo && v <= w.hi);
+    y[i] = v > cut ? std::max((v - hi) - lo, tiny) : Scalar(0);
+  }
+  return doubt;
+}
+
+// Whether some x_i lies in the doubt window: one compare sweep on packets (contiguous rows), for
+// the in-place output, which must know the support before it overwrites x.
+template <class Scalar>
+bool any_in_window(const Span<const Scalar>& x, const DoubtWindow<Scalar>& w) {
+  using namespace Eigen::internal;
+  using Packet = PacketOf<Scalar>;
+  constexpr int P = kPacketSize<Scalar>;
+  Index i = 0;
+  bool any = false;
+  if (x.contiguous()) {
+    const Packet wlo = pset1<Packet>(w.lo), whi = pset1<Packet>(w.hi);
+    Packet acc = pzero(wlo);
+    for (; i + P <= x.size; i += P) {
+      const Packet v = ploadu<Packet>(x.data + i);
+      acc = por(acc, pand(pcmp_le(wlo, v), pcmp_le(v, whi)));
+    }
+    any = predux_any(acc);
+  }
+  for (; i < x.size && !any; ++i)
+    any = x[i] >= w.lo && x[i] <= w.hi;
+  return any;
 }
 
 // dx = g dy - g (<g, dy> / sum g), g_i = weight(y_i) on the support (y_i > 0), 0 elsewhere: the
@@ -461,8 +631,20 @@ class Sparsemax : public detail::DistributionFunctor<Sparsemax>,
     const double m = static_cast<double>(m_s);
     const double tau = detail::sparse_row_threshold<1>(x, y, m_s, lanes, lane_count, 1.0);
     const std::pair<Scalar, Scalar> shift = detail::split_shift<Scalar>(m, tau);
-    const Scalar hi = shift.first, lo = shift.second;  // (lambdas cannot capture bindings)
-    detail::with_arrays([&](auto xa, auto ya) { ya = ((xa - hi) - lo).max(Scalar(0)); }, x, y);
+    const Scalar hi = shift.first, lo = shift.second;
+    // The support decided exactly (ties included), then each value from the threshold: members
+    // get at least the smallest positive Scalar, so the backward's {y > 0} is this support. Not
+    // in place, the output pass also looks for entries in doubt and is redone if it finds one;
+    // in place, a compare sweep looks first.
+    const detail::DoubtWindow<Scalar> w = detail::sparsemax_doubt_window<Scalar>(x.size, m, tau);
+    if (x.data != y.data) {
+      if (detail::sparsemax_output(x, y, w.plain_cut(), hi, lo, w))
+        detail::sparsemax_output(x, y, detail::sparsemax_exact_cut(x, w), hi, lo, w);
+    } else {
+      const Scalar cut =
+          detail::any_in_window(x, w) ? detail::sparsemax_exact_cut(x, w) : w.plain_cut();
+      detail::sparsemax_output(x, y, cut, hi, lo, w);
+    }
   }
 
   template <class Scalar>
@@ -531,6 +713,10 @@ class Entmax : public detail::DistributionFunctor<Entmax>, public detail::Backwa
       Softmax().apply(detail::strided_array(x), detail::strided_array(y));
       return;
     }
+    if (alpha_ == 2.0) {  // sparsemax, with its exact support (the backward's weights jump there)
+      Sparsemax().apply(detail::strided_array(x), detail::strided_array(y));
+      return;
+    }
     const Scalar m_s = detail::max_propagate_nan(x);
     if (detail::sparse_special_row(x, y, m_s))
       return;
@@ -539,17 +725,14 @@ class Entmax : public detail::DistributionFunctor<Entmax>, public detail::Backwa
     const bool in_place = x.data == y.data;
     const double tau =
         detail::bisect_threshold(x, in_place ? detail::Span<Scalar>{nullptr, 0, 1} : y, m, s, p);
-    const auto power = [&](Index i) {
-      const double gap = (static_cast<double>(x[i]) - m) * s - tau;
-      return gap > 0 ? std::pow(gap, p) : 0.0;
-    };
+    const detail::EntmaxWeight weight{m, s, p, -tau};
     double sum = 0;
     for (Index i = 0; i < x.size; ++i)
-      sum += power(i);
+      sum += weight(static_cast<double>(x[i]));
     // Normalized in double and rounded once; y[i] is written after x[i]'s last read (in place).
     const double inv = 1.0 / sum;
     for (Index i = 0; i < x.size; ++i)
-      y[i] = static_cast<Scalar>(power(i) * inv);
+      y[i] = static_cast<Scalar>(weight(static_cast<double>(x[i])) * inv);
   }
 
   template <class Scalar>
@@ -590,10 +773,12 @@ struct EntmaxRow {
     }
   }
   double unnormalized(Scalar xi) const {
+    if (alpha != 2.0 && alpha != 1.5)  // Entmax's weights (EntmaxWeight), accurate near alpha = 1
+      return EntmaxWeight{m, alpha - 1.0, 1.0 / (alpha - 1.0), -tau}(static_cast<double>(xi));
     const double gap = (static_cast<double>(xi) - m) * (alpha - 1.0) - tau;
     if (!(gap > 0))
       return 0.0;
-    return alpha == 2.0 ? gap : alpha == 1.5 ? gap * gap : std::pow(gap, 1.0 / (alpha - 1.0));
+    return alpha == 2.0 ? gap : gap * gap;
   }
   double y(Scalar xi) const { return unnormalized(xi) * inv_sum; }
 };

@@ -51,6 +51,7 @@
 // and no input value (NaN, inf, subnormal, +-FLT_MAX) is an error.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <utility>
@@ -385,8 +386,10 @@ class LogSoftmax : public detail::DistributionFunctor<LogSoftmax>,
                    public detail::BackwardFunctor<LogSoftmax> {
  public:
   static constexpr const char* name = "LogSoftmax";
-  static constexpr bool backward_reads_input = false;  // the gradient needs only y and dy
-  static constexpr bool streams_long_rows = true;      // long 16-bit/mixed rows: compute_streamed
+  // The backward reads x: a masked entry is x_i = -inf, not y_i = -inf (a finite x_i whose
+  // log-probability overflows the output type also has y_i = -inf, and keeps its gradient).
+  static constexpr bool backward_reads_input = true;
+  static constexpr bool streams_long_rows = true;  // long 16-bit/mixed rows: compute_streamed
 
   explicit LogSoftmax(double temperature = 1.0)
       : temperature_(detail::check_temperature("LogSoftmax: temperature", temperature)) {}
@@ -451,14 +454,40 @@ class LogSoftmax : public detail::DistributionFunctor<LogSoftmax>,
 // Backward passes (vector-Jacobian products, see detail/backward_base.hpp for the call forms).
 //
 //   Softmax:    dx = y * (dy - <dy, y>) / T
-//   LogSoftmax: dx = (dy - softmax(x) * sum(dy)) / T,  softmax(x) = exp(y)
+//   LogSoftmax: dx_i = (dy_i - p_i S) / T,  p_i = exp(y_i),  S = sum_{j unmasked} dy_j
 //
-// Both read only y and dy (x is shape-checked). A masked entry (x_i = -inf, so y_i = 0, log form
-// -inf) is a constant: it gets dx_i = 0 and, in the log form, its dy_i is left out of sum(dy).
-// Rows with +inf entries use the same formulas at y (the limit with those entries equal). NaN in y
-// gives a NaN row; so does NaN in dy (except, in the log form, at a masked entry).
-// Accuracy: a few eps relative to max |dy| * max |y| / T per entry (Softmax), or to
-// (|dy_i| + max|dy|) / T (LogSoftmax): errors come from the one reduction and the final product.
+// Softmax reads only y and dy (x is shape-checked). LogSoftmax reads x, y and dy: a masked entry
+// is x_i = -inf (the forward's contract), a constant: it gets dx_i = 0 and its dy_i is left out of
+// S. A finite x_i whose log-probability overflows the output (float [FLT_MAX, -FLT_MAX] gives
+// y = [0, -inf]) is not masked: p_i = 0 and dx_i = dy_i / T (PyTorch's value, and the exact one;
+// tests/test_replayed_faults.cpp, "the PyTorch differential run"). A Softmax entry with y_i = 0
+// gets dx_i = 0 either way. Rows with +inf entries use the same formulas at y (the limit with
+// those entries equal: in the log form the finite entries keep dx_i = dy_i / T). NaN in y gives a
+// NaN row (Softmax) or NaN entries (LogSoftmax: where y is NaN, all of them for the forward's NaN
+// row); NaN in dy gives a NaN row (except, in the log form, at a masked entry).
+// Softmax accuracy: a few eps relative to max |dy| * max |y| / T per entry.
+// LogSoftmax accuracy, against the exact value from the given y and dy (p_i = exp(y_i) exactly),
+// with eps of the scalar type, eps_d = 2^-52 (double's), A = sum_{j unmasked} |dy_j|, n the row
+// length (n eps_d < 1/100):
+//   |dx_i - exact| <= eps (2 |dy_i - p_i S| + 4 p_i |S|) / T + (n eps_d)^2 p_i A / T.
+// Derivation (u = eps / 2, every rounding relative and at most u unless said): S is summed with
+// Neumaier's compensated sum in double (float terms are exact in double) on four chains whose
+// eight parts are summed likewise, with error at most u_d |S| + (gamma_n^2 + gamma_8^2) A,
+// gamma_n = n u_d / (1 - n u_d) (Ogita, Rump and Oishi 2005, Sum2, the same algorithm with
+// TwoSum), then rounded once to the scalar: S' = S (1 + s) + r, |s| <= u +
+// u_d, |r| <= (n eps_d)^2 A / 3.9; p'_i = exp(y_i) (1 + e), |e| <= 1.07 ulp <= 2.2u
+// (detail/exp.hpp, pexp_nonpositive: y_i <= 0 for LogSoftmax's output); q = p'_i S' (1 + d1);
+// dx'_i = (dy_i - q)(1 + d2)(1 + d3)(1 + d4), d3 the rounding of 1 / T (0 when T = 1), d2 and d4
+// those of the subtraction and the scaling. So |dx'_i - exact| T <= |p_i S - q| + |dy_i - q|
+// (3u + O(u^2)), |p_i S - q| <= p_i |S| (4.2u + u_d + O(u^2)) + p_i |r| (1 + 4u), and |dy_i - q|
+// <= |dy_i - p_i S| + |p_i S - q|: the terms in eps above, with room for the O(u^2) parts. The
+// relative error of dx_i is therefore small unless dy_i ~ p_i S cancel. The compensated S is what
+// keeps the bound independent of n: a plain sum adds up to ~n eps A p_i (measured 42 x 16 eps of
+// the old scale (|dy_i| + max|dy|) / T at n = 100,000, as PyTorch's float path). p_i below the
+// smallest normal number add an absolute error of a few subnormal steps times |S|. Tested on rows
+// of 1,000 to 100,000 against long double (tests/test_replayed_faults.cpp, "PyTorch differential
+// run: LogSoftmax's backward within its stated bound on long rows": measured worst 0.50 of the
+// bound, 1.07 eps float, 0.70 eps double).
 
 namespace detail {
 
@@ -491,19 +520,89 @@ void Softmax::compute_backward(const detail::Span<const Scalar>& /*x*/,
   detail::softmax_backward(y, dy, dx, temperature_);
 }
 
+namespace detail {
+
+// dx_i = (dy_i - exp(y_i) s) (* inverse_t when scaled), 0 where x_i = -inf, over contiguous
+// arrays (dx may be x, y or dy): packets, the tail padded into one packet, so every entry meets
+// the same code (exp: pexp_nonpositive, 1.07 ulp, exactly 0 at -inf).
 template <class Scalar>
-void LogSoftmax::compute_backward(const detail::Span<const Scalar>& /*x*/,
+void log_softmax_backward_pass(const Scalar* x, const Scalar* y, const Scalar* dy, Scalar* dx,
+                               Index n, Scalar s, Scalar inverse_t, bool scaled) {
+  using namespace Eigen::internal;
+  using Packet = PacketOf<Scalar>;
+  constexpr int P = kPacketSize<Scalar>;
+  const Packet ps = pset1<Packet>(s), pt = pset1<Packet>(inverse_t),
+               minus_inf = pset1<Packet>(-std::numeric_limits<Scalar>::infinity()),
+               zero = pzero(ps);
+  const auto entry = [&](const Packet& xv, const Packet& yv, const Packet& dyv) {
+    Packet r = psub(dyv, pmul(pexp_nonpositive(yv), ps));
+    if (scaled)
+      r = pmul(r, pt);
+    return pselect(pcmp_eq(xv, minus_inf), zero, r);
+  };
+  Index i = 0;
+  for (; i + P <= n; i += P)
+    pstoreu(dx + i, entry(ploadu<Packet>(x + i), ploadu<Packet>(y + i), ploadu<Packet>(dy + i)));
+  if (i < n) {
+    const Index rest = n - i;
+    store_partial(dx + i, rest,
+                  entry(load_partial<Packet>(x + i, rest, Scalar(0)),
+                        load_partial<Packet>(y + i, rest, Scalar(0)),
+                        load_partial<Packet>(dy + i, rest, Scalar(0))));
+  }
+}
+
+}  // namespace detail
+
+template <class Scalar>
+void LogSoftmax::compute_backward(const detail::Span<const Scalar>& x,
                                   const detail::Span<const Scalar>& y,
                                   const detail::Span<const Scalar>& dy,
                                   const detail::Span<Scalar>& dx) const {
   const Scalar inf = std::numeric_limits<Scalar>::infinity();
   const Scalar inverse_t = static_cast<Scalar>(1.0 / temperature_);
-  detail::with_arrays(
-      [&](auto ya, auto dya, auto dxa) {
-        const Scalar sum = (ya > -inf).select(dya, Scalar(0)).sum();
-        dxa = (ya == -inf).select(Scalar(0), (dya - ya.exp() * sum) * inverse_t);
-      },
-      y, dy, dx);
+  // S over the unmasked entries (x_i > -inf, NaN included), Neumaier's compensated sum in double
+  // on four chains (entry i on chain i mod 4, so any layout sums alike; four chains for
+  // throughput), whose eight parts are summed the same way: the error is about one rounding of
+  // S plus O(n^2 u_d^2) A, whatever n (see the bound above). Every read of the row happens before
+  // dx is written (dx may be x, y or dy).
+  const auto add = [](double& sum, double& carry, double v) {
+    const double t = sum + v;
+    carry += std::fabs(sum) >= std::fabs(v) ? (sum - t) + v : (v - t) + sum;
+    sum = t;
+  };
+  double sums[4] = {0, 0, 0, 0}, carries[4] = {0, 0, 0, 0};
+  for (Index i = 0; i < x.size; ++i) {
+    if (x[i] != -inf)
+      add(sums[i & 3], carries[i & 3], static_cast<double>(dy[i]));
+  }
+  double sum = 0, carry = 0;
+  for (int k = 0; k < 4; ++k)
+    add(sum, carry, sums[k]);
+  for (int k = 0; k < 4; ++k)
+    add(sum, carry, carries[k]);
+  // (an infinite dy makes a carry NaN: the plain sum is then the limit)
+  const Scalar s = static_cast<Scalar>(std::isfinite(sum) ? sum + carry : sum);
+  const bool scaled = temperature_ != 1.0;
+  if (x.contiguous() && y.contiguous() && dy.contiguous() && dx.contiguous()) {
+    detail::log_softmax_backward_pass(x.data, y.data, dy.data, dx.data, x.size, s, inverse_t,
+                                      scaled);
+    return;
+  }
+  // Strided rows through stack chunks, so every entry meets the same packet code.
+  constexpr Index kChunk = detail::kChunk;
+  alignas(64) Scalar bx[kChunk], by[kChunk], bdy[kChunk];
+  for (Index i0 = 0; i0 < x.size; i0 += kChunk) {
+    const Index n = std::min(kChunk, x.size - i0);
+    for (Index i = 0; i < n; ++i) {
+      bx[i] = x[i0 + i];
+      by[i] = y[i0 + i];
+      bdy[i] = dy[i0 + i];
+    }
+    detail::log_softmax_backward_pass(bx, by, bdy, bdy, n, s, inverse_t, scaled);
+    for (Index i = 0; i < n; ++i)
+      dx[i0 + i] = bdy[i];
+  }
 }
 
 }  // namespace softmaxlab
