@@ -20,8 +20,11 @@
 // The token with the largest logit survives every stage, so the kept set is never empty. The draw
 // is inverse-CDF on one 53-bit uniform u in [0, 1): token t is the first (small path: in order of
 // decreasing probability, ties by index; large path: by index) whose cumulative weight exceeds
-// u * total. Every token of probability 0 (a -inf logit, or an exp that underflowed) is never
-// drawn.
+// u * total. A token to which probabilities() gives 0 (a -inf logit, a banned token, or a weight
+// that underflows in the output type) is never drawn, for any u in [0, 1) and any option: the walk
+// returns only tokens of positive reported probability, and when rounding leaves u * total beyond
+// the running sum it returns the last such token (tests/test_replayed_faults.cpp, "Sampler never
+// draws a token of probability 0").
 //
 // Algorithm (no sort of the vocabulary):
 //   - m = max x (NaN-propagating, as Softmax);
@@ -386,13 +389,13 @@ class Sampler {
       case Kind::Small:
         probs.setZero();
         for (std::size_t j = 0; j < plan.count; ++j)
-          probs.coeffRef(b.cand[j].second) = static_cast<Scalar>(b.cand_weight[j] / plan.total);
+          probs.coeffRef(b.cand[j].second) = reported<Scalar>(b.cand_weight[j], plan.total);
         return;
       case Kind::Large:
         for (Index i = 0; i < n; ++i) {
           const Scalar w = b.weight[static_cast<std::size_t>(i)];
           probs.coeffRef(i) =
-              plan.kept(xs[i], w) ? static_cast<Scalar>(double(w) / plan.total) : Scalar(0);
+              plan.kept(xs[i], w) ? reported<Scalar>(double(w), plan.total) : Scalar(0);
         }
         return;
     }
@@ -430,8 +433,8 @@ class Sampler {
     sample_rowwise(logits, gen, std::forward<Out>(tokens), ws);
   }
 
-  // Size of the kept set (the support of probabilities()), for diagnostics and examples; 0 for a
-  // NaN or empty row.
+  // Size of the kept set: the number of nonzero entries of probabilities() (masked, -inf and
+  // underflowed tokens excluded), for diagnostics and examples; 0 for a NaN or empty row.
   template <class XprX>
   Index kept_count(const Eigen::DenseBase<XprX>& x, SamplingWorkspace& ws) const {
     using Scalar = typename XprX::Scalar;
@@ -446,15 +449,27 @@ class Sampler {
       case Kind::Greedy:
         return 1;
       case Kind::Infinity:
-      case Kind::Small:
         return static_cast<Index>(plan.count);
+      case Kind::Small: {
+        Index c = 0;
+        for (std::size_t j = 0; j < plan.count; ++j)
+          c += reported<Scalar>(b.cand_weight[j], plan.total) > 0 ? 1 : 0;
+        return c;
+      }
       case Kind::Large:
         break;
     }
     Index c = 0;
-    for (Index i = 0; i < x.size(); ++i)
-      c += plan.kept(xs[i], b.weight[static_cast<std::size_t>(i)]) ? 1 : 0;
+    for (Index i = 0; i < x.size(); ++i) {
+      const Scalar w = b.weight[static_cast<std::size_t>(i)];
+      c += plan.kept(xs[i], w) && reported<Scalar>(double(w), plan.total) > 0 ? 1 : 0;
+    }
     return c;
+  }
+  template <class XprX>
+  Index kept_count(const Eigen::DenseBase<XprX>& x) const {
+    SamplingWorkspace ws;
+    return kept_count(x, ws);
   }
 
  private:
@@ -472,8 +487,21 @@ class Sampler {
     double total = 0;
     Scalar threshold = -std::numeric_limits<Scalar>::infinity();
     Scalar min_weight = 0;
-    bool kept(Scalar x, Scalar w) const { return x >= threshold && w >= min_weight && w > 0; }
+    // x > -inf: the exp kernel clamps its weights to normal numbers, so a -inf logit (masked,
+    // banned) has a tiny positive weight and must be excluded by its logit (issue 28).
+    bool kept(Scalar x, Scalar w) const {
+      return x >= threshold && x > -std::numeric_limits<Scalar>::infinity() && w >= min_weight
+             && w > 0;
+    }
   };
+
+  // The probability probabilities() reports for a kept weight w of a plan of total `total`. The
+  // draw returns only tokens for which this is > 0, so a token reported as 0 (an underflow in the
+  // output type included) is never drawn, whatever u and the rounding of the running sum.
+  template <class Scalar>
+  static Scalar reported(double w, double total) {
+    return static_cast<Scalar>(w / total);
+  }
 
   template <class Scalar>
   Plan<Scalar> make_plan(const Scalar* x, Index n, SamplingWorkspace& ws) const {
@@ -666,12 +694,16 @@ class Sampler {
         const auto& b = ws.buffers<Scalar>();
         const double target = detail::uniform53(gen) * plan.total;
         double cum = 0;
+        Index last = -1;
         for (std::size_t j = 0; j < plan.count; ++j) {
           cum += b.cand_weight[j];
-          if (cum > target)
-            return b.cand[j].second;
+          if (reported<Scalar>(b.cand_weight[j], plan.total) > 0) {
+            last = b.cand[j].second;
+            if (cum > target)
+              return last;
+          }
         }
-        return b.cand[plan.count - 1].second;  // rounding: the last kept token
+        return last;  // rounding left target >= cum: the last token of positive probability
       }
       case Kind::Large: {
         const Scalar* w = ws.buffers<Scalar>().weight.data();
@@ -681,12 +713,14 @@ class Sampler {
         for (Index i = 0; i < n; ++i) {
           if (plan.kept(x[i], w[i])) {
             cum += double(w[i]);
-            last = i;
-            if (cum > target)
-              return i;
+            if (reported<Scalar>(double(w[i]), plan.total) > 0) {
+              last = i;
+              if (cum > target)
+                return i;
+            }
           }
         }
-        return last;  // rounding: the last kept token
+        return last;  // rounding left target >= cum: the last token of positive probability
       }
     }
     return -1;
