@@ -92,50 +92,232 @@
 
 namespace softmaxlab {
 
-// The sampler's configuration; each with_* validates its value and throws std::invalid_argument.
+// The stages of the chain whose order the caller chooses (SamplerOptions::with_order). A stage not
+// in the order is not applied, whatever its parameter.
+enum class SamplerStage { Penalties, TopNSigma, TopK, TypicalP, TopP, MinP, Temperature };
+
+// Previous tokens of the sequence, oldest first (the penalties read the last penalty_last_n of
+// them). A view: the caller keeps the tokens alive during the call. Built from a pointer and a
+// count or from any contiguous container of Index (std::vector<Index>, Eigen::Matrix<Index, ...>).
+class TokenHistory {
+ public:
+  TokenHistory() = default;
+  TokenHistory(const Index* tokens, Index size) : data_(tokens), size_(size) {
+    if (size < 0 || (size > 0 && tokens == nullptr))
+      detail::fail("TokenHistory: size must be >= 0 with non-null tokens, but got ", size);
+  }
+  template <class C,
+            class = std::enable_if_t<std::is_same_v<
+                std::remove_cv_t<std::remove_pointer_t<decltype(std::declval<const C&>().data())>>,
+                Index>>>
+  TokenHistory(const C& tokens)  // NOLINT: implicit, so a container can be passed as it is
+      : TokenHistory(tokens.data(), static_cast<Index>(tokens.size())) {}
+  const Index* data() const { return data_; }
+  Index size() const { return size_; }
+
+ private:
+  const Index* data_ = nullptr;
+  Index size_ = 0;
+};
+
+// The sampler's configuration. Each with_* validates its value (std::invalid_argument naming the
+// option and the value) and returns a modified copy, so chains such as
+// SamplerOptions().with_top_k(40).with_top_p(0.95) read as before (a bare `o.with_top_k(40);`
+// statement, which used to modify o, now leaves o unchanged: assign the result).
 class SamplerOptions {
  public:
   SamplerOptions() = default;
 
   // 0 = greedy; otherwise in [2^-100, 2^100] (Softmax's range).
-  SamplerOptions& with_temperature(double t) {
+  SamplerOptions with_temperature(double t) const {
     if (t != 0.0)
       detail::check_temperature("SamplerOptions: temperature (or exactly 0 for greedy)", t);
-    temperature_ = t;
-    return *this;
+    SamplerOptions o = *this;
+    o.temperature_ = t;
+    return o;
   }
   // 0 = off.
-  SamplerOptions& with_top_k(Index k) {
+  SamplerOptions with_top_k(Index k) const {
     if (k < 0)
       detail::fail("SamplerOptions: top_k must be >= 0 (0 = off), but got ", k);
-    top_k_ = k;
-    return *this;
+    SamplerOptions o = *this;
+    o.top_k_ = k;
+    return o;
   }
   // 1 = off.
-  SamplerOptions& with_top_p(double p) {
+  SamplerOptions with_top_p(double p) const {
     detail::require_in_range("SamplerOptions: top_p", p, std::nextafter(0.0, 1.0), 1.0,
                              "in (0, 1] (1 = off)");
-    top_p_ = p;
-    return *this;
+    SamplerOptions o = *this;
+    o.top_p_ = p;
+    return o;
   }
   // 0 = off.
-  SamplerOptions& with_min_p(double p) {
+  SamplerOptions with_min_p(double p) const {
     detail::require_in_range("SamplerOptions: min_p", p, 0.0, std::nextafter(1.0, 0.0),
                              "in [0, 1) (0 = off)");
-    min_p_ = p;
-    return *this;
+    SamplerOptions o = *this;
+    o.min_p_ = p;
+    return o;
+  }
+  // Locally typical sampling's mass, in (0, 1]; 1 = off.
+  SamplerOptions with_typical_p(double p) const {
+    detail::require_in_range("SamplerOptions: typical_p", p, std::nextafter(0.0, 1.0), 1.0,
+                             "in (0, 1] (1 = off)");
+    SamplerOptions o = *this;
+    o.typical_p_ = p;
+    return o;
+  }
+  // Top-n-sigma's n: keep z >= max z - n sigma; finite, >= 0 (0 = off).
+  SamplerOptions with_top_n_sigma(double n) const {
+    detail::require_in_range("SamplerOptions: top_n_sigma", n, 0.0,
+                             std::numeric_limits<double>::max(), "finite and >= 0 (0 = off)");
+    SamplerOptions o = *this;
+    o.top_n_sigma_ = n;
+    return o;
+  }
+  // llama.cpp's penalties over the last `last_n` tokens of the history (-1 = all of it):
+  // repeat in [2^-100, 2^100] (1 = off), frequency and presence finite (0 = off).
+  SamplerOptions with_penalties(double repeat, double frequency, double presence,
+                                Index last_n = 64) const {
+    detail::check_temperature("SamplerOptions: repeat_penalty", repeat);
+    detail::require_in_range("SamplerOptions: frequency_penalty", frequency,
+                             std::numeric_limits<double>::lowest(),
+                             std::numeric_limits<double>::max(), "finite");
+    detail::require_in_range("SamplerOptions: presence_penalty", presence,
+                             std::numeric_limits<double>::lowest(),
+                             std::numeric_limits<double>::max(), "finite");
+    if (last_n < -1)
+      detail::fail(
+          "SamplerOptions: penalty_last_n must be >= -1 (-1 = the whole history), but got ",
+          last_n);
+    SamplerOptions o = *this;
+    o.repeat_ = repeat;
+    o.frequency_ = frequency;
+    o.presence_ = presence;
+    o.last_n_ = last_n;
+    return o;
+  }
+  // Adds `bias` to the logit of `token` (entries for one token add up). bias finite or -inf (a
+  // ban); token >= 0 (and < V, checked at each call).
+  SamplerOptions with_logit_bias(Index token, double bias) const {
+    if (token < 0)
+      detail::fail("SamplerOptions: logit_bias token must be >= 0, but got ", token);
+    if (!(bias < std::numeric_limits<double>::infinity()))
+      detail::fail("SamplerOptions: logit_bias must be finite or -inf, but got ", bias,
+                   " for token ", token);
+    SamplerOptions o = *this;
+    o.bias_.emplace_back(token, bias);
+    return o;
+  }
+  // Replaces the whole sparse bias (token, bias) list; the same rules per entry.
+  SamplerOptions with_logit_bias(const std::vector<std::pair<Index, double>>& entries) const {
+    SamplerOptions o = *this;
+    o.bias_.clear();
+    for (const auto& e : entries)
+      o = o.with_logit_bias(e.first, e.second);
+    return o;
+  }
+  // The allowed-token mask as a grammar produces it: keep[i] false bans token i. Its size must be
+  // the vocabulary's (checked at each call). An empty vector removes the mask.
+  SamplerOptions with_token_mask(std::vector<bool> keep) const {
+    SamplerOptions o = *this;
+    o.mask_ = std::move(keep);
+    o.allowed_.clear();
+    o.has_allowed_ = false;
+    return o;
+  }
+  // The allowed-token mask as a list of allowed ids (each >= 0, < V checked at each call); every
+  // other token is banned. Replaces a boolean mask.
+  SamplerOptions with_allowed_tokens(std::vector<Index> ids) const {
+    for (const Index t : ids) {
+      if (t < 0)
+        detail::fail("SamplerOptions: allowed token ids must be >= 0, but got ", t);
+    }
+    SamplerOptions o = *this;
+    o.allowed_ = std::move(ids);
+    o.has_allowed_ = true;
+    o.mask_.clear();
+    return o;
+  }
+  SamplerOptions without_token_mask() const {
+    SamplerOptions o = *this;
+    o.mask_.clear();
+    o.allowed_.clear();
+    o.has_allowed_ = false;
+    return o;
+  }
+  // The chain's order: each stage at most once; a stage left out is not applied.
+  SamplerOptions with_order(const std::vector<SamplerStage>& order) const {
+    for (std::size_t a = 0; a < order.size(); ++a) {
+      if (static_cast<int>(order[a]) < 0 || static_cast<int>(order[a]) > 6)
+        detail::fail("SamplerOptions: order holds an unknown stage ", static_cast<int>(order[a]));
+      for (std::size_t b = 0; b < a; ++b) {
+        if (order[a] == order[b])
+          detail::fail("SamplerOptions: order names stage ", static_cast<int>(order[a]),
+                       " twice (at positions ", b, " and ", a, ")");
+      }
+    }
+    SamplerOptions o = *this;
+    o.order_ = order;
+    return o;
+  }
+  // llama.cpp's default order (common_params_sampling::samplers, without DRY and XTC): penalties,
+  // top-n-sigma, top-k, typical-p, top-p, min-p, temperature. The default.
+  static std::vector<SamplerStage> llama_cpp_order() {
+    return {SamplerStage::Penalties,  SamplerStage::TopNSigma, SamplerStage::TopK,
+            SamplerStage::TypicalP,   SamplerStage::TopP,      SamplerStage::MinP,
+            SamplerStage::Temperature};
+  }
+  // Temperature first (Hugging Face's warper order, and this library's before the chain existed):
+  // penalties, temperature, top-n-sigma, top-k, typical-p, top-p, min-p.
+  static std::vector<SamplerStage> temperature_first_order() {
+    return {SamplerStage::Penalties, SamplerStage::Temperature, SamplerStage::TopNSigma,
+            SamplerStage::TopK,      SamplerStage::TypicalP,    SamplerStage::TopP,
+            SamplerStage::MinP};
   }
 
   double temperature() const { return temperature_; }
   Index top_k() const { return top_k_; }
   double top_p() const { return top_p_; }
   double min_p() const { return min_p_; }
+  double typical_p() const { return typical_p_; }
+  double top_n_sigma() const { return top_n_sigma_; }
+  double repeat_penalty() const { return repeat_; }
+  double frequency_penalty() const { return frequency_; }
+  double presence_penalty() const { return presence_; }
+  Index penalty_last_n() const { return last_n_; }
+  const std::vector<std::pair<Index, double>>& logit_bias() const { return bias_; }
+  const std::vector<bool>& token_mask() const { return mask_; }
+  const std::vector<Index>& allowed_tokens() const { return allowed_; }
+  bool has_allowed_tokens() const { return has_allowed_; }
+  const std::vector<SamplerStage>& order() const { return order_; }
 
  private:
   double temperature_ = 1.0;
   Index top_k_ = 0;
   double top_p_ = 1.0;
   double min_p_ = 0.0;
+  double typical_p_ = 1.0;
+  double top_n_sigma_ = 0.0;
+  double repeat_ = 1.0;
+  double frequency_ = 0.0;
+  double presence_ = 0.0;
+  Index last_n_ = 64;
+  std::vector<std::pair<Index, double>> bias_;
+  std::vector<bool> mask_;
+  std::vector<Index> allowed_;
+  bool has_allowed_ = false;
+  std::vector<SamplerStage> order_ = llama_cpp_order();
+};
+
+// What Sampler::verify returns: `accepted` draft tokens (a prefix of the drafts, in [0, k]) and
+// `token`, the one that follows them (a residual draw at the first rejection, or the bonus token
+// drawn from the last target row when all k are accepted); -1 when that target row holds a NaN or
+// only -inf.
+struct SpeculativeResult {
+  Index accepted = 0;
+  Index token = -1;
 };
 
 // Scratch memory of the sampler and of top_k_log_softmax, reusable across calls and vocabularies.
@@ -149,6 +331,8 @@ class SamplingWorkspace {
     std::vector<Scalar> block_max;               // the max of each block of kSelectBlock logits
     std::vector<std::pair<Scalar, Index>> cand;  // candidates (logit, index)
     std::vector<double> cand_weight;             // their weights (small path)
+    std::vector<Scalar> modified;                // the row after the logit stages
+    std::vector<Scalar> probs;                   // a target row's probabilities (verify)
   };
   template <class Scalar>
   Buffers<Scalar>& buffers() {
@@ -159,8 +343,18 @@ class SamplingWorkspace {
     }
   }
   std::vector<double>& histogram() { return histogram_; }
+  std::vector<double>& chain() { return chain_; }     // the general path's logits
+  std::vector<Index>& tokens() { return tokens_; }    // penalty windows, kept ids
+  std::vector<Index>& history() { return history_; }  // verify's history with the drafts
+  std::vector<double>& scores() { return scores_; }   // verify's row normalizers
+  std::vector<std::pair<double, Index>>& keyed() { return keyed_; }  // the general path's set
 
  private:
+  std::vector<std::pair<double, Index>> keyed_;
+  std::vector<double> chain_;
+  std::vector<Index> tokens_;
+  std::vector<Index> history_;
+  std::vector<double> scores_;
   Buffers<float> f_;
   Buffers<double> d_;
   std::vector<double> histogram_;
@@ -329,18 +523,23 @@ class Sampler {
   // Largest k handled by the streaming heap (beyond it std::nth_element and the large path).
   static constexpr Index kHeapMaxK = 1024;
 
-  explicit Sampler(const SamplerOptions& options = SamplerOptions()) : o_(options) {}
+  explicit Sampler(const SamplerOptions& options = SamplerOptions()) : o_(options) { configure(); }
 
   const SamplerOptions& options() const { return o_; }
+  // Whether the options' chain runs on the fast paths (no sort of the vocabulary); otherwise the
+  // general path applies the stages in order with sorts (see the doc block).
+  bool fast_path() const { return fast_; }
 
+  // One token of the row x (the logits of V tokens); `history`: the previous tokens, read by the
+  // penalties.
   template <class XprX, class Gen>
-  Index sample(const Eigen::DenseBase<XprX>& x, Gen& gen, SamplingWorkspace& ws) const {
+  Index sample(const Eigen::DenseBase<XprX>& x, Gen& gen, SamplingWorkspace& ws,
+               const TokenHistory& history = TokenHistory()) const {
     using Scalar = typename XprX::Scalar;
     detail::static_check_scalar<Scalar>();
     detail::require_vector("Sampler::sample", x.rows(), x.cols());
-    auto& b = ws.buffers<Scalar>();
-    const Scalar* xs = detail::contiguous_row<Scalar>(x, b.row);
-    const Plan<Scalar> plan = make_plan(xs, x.size(), ws);
+    const Scalar* xs = prepare(x, ws, history);
+    const Plan<Scalar> plan = make_plan(xs, x.size(), ws, history);
     return draw(plan, xs, x.size(), gen, ws);
   }
   template <class XprX, class Gen>
@@ -351,8 +550,8 @@ class Sampler {
 
   // probs = the exact distribution sample() draws from (0 outside the kept set).
   template <class XprX, class Out>
-  void probabilities(const Eigen::DenseBase<XprX>& x, Out&& probs_out,
-                     SamplingWorkspace& ws) const {
+  void probabilities(const Eigen::DenseBase<XprX>& x, Out&& probs_out, SamplingWorkspace& ws,
+                     const TokenHistory& history = TokenHistory()) const {
     using Scalar = typename XprX::Scalar;
     using XprY = detail::output_xpr_t<Out>;
     detail::static_check_scalar<Scalar>();
@@ -367,8 +566,8 @@ class Sampler {
     }
     auto& b = ws.buffers<Scalar>();
     const Index n = x.size();
-    const Scalar* xs = detail::contiguous_row<Scalar>(x, b.row);
-    const Plan<Scalar> plan = make_plan(xs, n, ws);
+    const Scalar* xs = prepare(x, ws, history);
+    const Plan<Scalar> plan = make_plan(xs, n, ws, history);
     switch (plan.kind) {
       case Kind::NaN:
         probs.setConstant(std::numeric_limits<Scalar>::quiet_NaN());
@@ -433,15 +632,194 @@ class Sampler {
     sample_rowwise(logits, gen, std::forward<Out>(tokens), ws);
   }
 
+  // Exact speculative-decoding verification (Leviathan et al. 2023, arXiv 2211.17192; Chen et al.
+  // 2023, arXiv 2302.01318; FlashInfer's chain_speculative_sampling). target_logits: (k + 1) x V
+  // logits of the target model at the k draft positions and the one after them (row i conditioned
+  // on the history and drafts 0..i-1); draft_probs: k x V, the distributions the draft tokens were
+  // drawn from, as given (the draft's own stages applied; each row normalized by its sum here);
+  // draft_tokens: k integer entries. With p_i the Sampler's probabilities() of target row i
+  // (its stages applied; the penalties see history + drafts 0..i-1): draft token t is accepted
+  // with probability min(1, p_i(t) / q_i(t)) (u q < p, one uniform); at the first rejection the
+  // next token is drawn from (p_i - q_i)+ normalized (a second uniform) and the result is returned;
+  // when all k are accepted the bonus token is sample() of row k. Then the emitted tokens are
+  // distributed exactly as successive draws from the p_i (tests/test_sampler_chain.cpp,
+  // "verify: emitted tokens follow the target by chi-square"). A token of p_i = 0 is never
+  // emitted. Throws std::invalid_argument (naming the argument) for: target_logits without k + 1
+  // rows, draft_probs not k x V, a draft token outside [0, V), a negative or non-finite draft
+  // probability, a row not summing to 1 within 1e-3, or a draft token of draft probability 0.
+  template <class XprT, class XprQ, class XprD, class Gen>
+  SpeculativeResult verify(const Eigen::DenseBase<XprT>& target_logits,
+                           const Eigen::DenseBase<XprQ>& draft_probs,
+                           const Eigen::DenseBase<XprD>& draft_tokens, Gen& gen,
+                           SamplingWorkspace& ws,
+                           const TokenHistory& history = TokenHistory()) const {
+    using Scalar = typename XprT::Scalar;
+    detail::static_check_scalar<Scalar>();
+    static_assert(std::is_floating_point_v<typename XprQ::Scalar>,
+                  "softmaxlab: draft_probs must hold float or double probabilities");
+    static_assert(std::is_integral_v<typename XprD::Scalar>,
+                  "softmaxlab: draft_tokens must be an integer vector");
+    detail::require_vector("Sampler::verify: draft_tokens", draft_tokens.rows(),
+                           draft_tokens.cols());
+    const Index k = draft_tokens.size();
+    const Index n = target_logits.cols();
+    if (target_logits.rows() != k + 1) {
+      detail::fail("Sampler::verify: target_logits must have k + 1 = ", k + 1,
+                   " rows (k = draft_tokens.size()), but got ", target_logits.rows());
+    }
+    if (draft_probs.rows() != k || draft_probs.cols() != n) {
+      detail::fail("Sampler::verify: draft_probs must be k x V = ", k, " x ", n, ", but got ",
+                   draft_probs.rows(), " x ", draft_probs.cols());
+    }
+    std::vector<double>& inv_sum = ws.scores();
+    inv_sum.resize(static_cast<std::size_t>(k));
+    for (Index i = 0; i < k; ++i) {
+      const auto t = static_cast<Index>(draft_tokens.derived().coeff(i));
+      if (t < 0 || t >= n)
+        detail::fail("Sampler::verify: draft_tokens(", i, ") must be in [0, ", n, "), but got ", t);
+      long double sum = 0;
+      for (Index j = 0; j < n; ++j) {
+        const double q = static_cast<double>(draft_probs.derived().coeff(i, j));
+        if (!(q >= 0 && q <= 1))
+          detail::fail("Sampler::verify: draft_probs(", i, ", ", j, ") must be in [0, 1], but got ",
+                       q);
+        sum += q;
+      }
+      if (!(std::fabs(sum - 1.0L) <= 1e-3L)) {
+        detail::fail("Sampler::verify: draft_probs row ", i,
+                     " must sum to 1 (within 1e-3), but sums to ", static_cast<double>(sum));
+      }
+      if (!(draft_probs.derived().coeff(i, t) > 0)) {
+        detail::fail("Sampler::verify: draft_probs(", i, ", ", t,
+                     ") is 0, but the draft drew token ", t, " (draft_tokens(", i, "))");
+      }
+      inv_sum[static_cast<std::size_t>(i)] = 1.0 / static_cast<double>(sum);
+    }
+    if (!o_.has_allowed_tokens() && !o_.token_mask().empty())
+      check_vocabulary(n);
+    auto& b = ws.buffers<Scalar>();
+    if (b.probs.size() < static_cast<std::size_t>(n))
+      b.probs.resize(static_cast<std::size_t>(n));
+    Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, 1>> p(b.probs.data(), n);
+    // The penalties of row i see the history and drafts 0..i-1 (the last window of them).
+    std::vector<Index>& extended = ws.history();
+    const bool extend = penalties_on_ && k > 0;
+    if (extend) {
+      const Index keep =
+          o_.penalty_last_n() < 0 ? history.size() : std::min(history.size(), o_.penalty_last_n());
+      extended.assign(history.data() + (history.size() - keep), history.data() + history.size());
+    }
+    const auto history_of = [&](Index i) {
+      if (!extend)
+        return history;
+      return TokenHistory(extended.data(), static_cast<Index>(extended.size()) - (k - i));
+    };
+    if (extend) {
+      for (Index i = 0; i < k; ++i)
+        extended.push_back(static_cast<Index>(draft_tokens.derived().coeff(i)));
+    }
+    for (Index i = 0; i < k; ++i) {
+      probabilities(target_logits.row(i), p, ws, history_of(i));
+      if (p(0) != p(0))
+        return {i, -1};  // a NaN row
+      const auto t = static_cast<Index>(draft_tokens.derived().coeff(i));
+      const double scale = inv_sum[static_cast<std::size_t>(i)];
+      const double q_t = static_cast<double>(draft_probs.derived().coeff(i, t)) * scale;
+      if (detail::uniform53(gen) * q_t < static_cast<double>(p(t)))
+        continue;  // accepted with probability min(1, p(t) / q(t))
+      // Rejected: draw from the residual (p - q)+, normalized.
+      const auto residual = [&](Index j) {
+        const double r = static_cast<double>(p(j))
+                         - static_cast<double>(draft_probs.derived().coeff(i, j)) * scale;
+        return r > 0 ? r : 0.0;
+      };
+      long double total = 0;
+      for (Index j = 0; j < n; ++j)
+        total += residual(j);
+      const double target = detail::uniform53(gen) * static_cast<double>(total);
+      double cum = 0;
+      Index last = -1;
+      for (Index j = 0; j < n; ++j) {
+        const double r = residual(j);
+        if (r > 0) {
+          cum += r;
+          last = j;
+          if (cum > target)
+            return {i, j};
+        }
+      }
+      if (last >= 0)
+        return {i, last};  // rounding left target >= cum: the last token of the residual
+      // No residual mass: p = q up to rounding, so the rejection itself came from rounding; p's
+      // largest entry is then a token the target gives positive probability (or -1: empty row).
+      Index best = -1;
+      for (Index j = 0; j < n; ++j) {
+        if (p(j) > 0 && (best < 0 || p(j) > p(best)))
+          best = j;
+      }
+      return {i, best};
+    }
+    return {k, sample(target_logits.row(k), gen, ws, history_of(k))};
+  }
+  template <class XprT, class XprQ, class XprD, class Gen>
+  SpeculativeResult verify(const Eigen::DenseBase<XprT>& target_logits,
+                           const Eigen::DenseBase<XprQ>& draft_probs,
+                           const Eigen::DenseBase<XprD>& draft_tokens, Gen& gen) const {
+    SamplingWorkspace ws;
+    return verify(target_logits, draft_probs, draft_tokens, gen, ws);
+  }
+
+  // tokens(r) = sample(L.row(r), g_r) with g_r = Philox4x32(seed, first_stream + r): each row
+  // has its own counter-based stream, so the result is the same for any thread count and any
+  // schedule. Rows run on OpenMP threads when SOFTMAXLAB_USE_OPENMP is defined with -fopenmp
+  // (one workspace per thread), else in order. No history (the penalties see none). The options'
+  // mask and bias are checked against V before any row is drawn.
+  template <class XprL, class Out>
+  void sample_rowwise_philox(const Eigen::DenseBase<XprL>& logits, std::uint64_t seed,
+                             Out&& tokens_out, std::uint64_t first_stream = 0) const {
+    using Scalar = typename XprL::Scalar;
+    using XprT = detail::output_xpr_t<Out>;
+    detail::static_check_scalar<Scalar>();
+    auto& tokens = detail::writable_output(std::forward<Out>(tokens_out));
+    detail::require_vector("Sampler::sample_rowwise_philox: tokens", tokens.rows(), tokens.cols());
+    const Index rows = logits.rows();
+    if (tokens.size() != rows) {
+      detail::fail("Sampler::sample_rowwise_philox: tokens must have one entry per row (", rows,
+                   "), but got ", tokens.size());
+    }
+    check_vocabulary(logits.cols());
+    const auto one_row = [&](Index r, SamplingWorkspace& w) {
+      Philox4x32 gen(seed, first_stream + static_cast<std::uint64_t>(r));
+      tokens.coeffRef(r) = static_cast<typename XprT::Scalar>(sample(logits.row(r), gen, w));
+    };
+#if SOFTMAXLAB_PARALLEL_SLICES
+    if (rows > 1 && !omp_in_parallel() && omp_get_max_threads() > 1) {
+      std::vector<SamplingWorkspace> per_thread(static_cast<std::size_t>(omp_get_max_threads()));
+#pragma omp parallel
+      {
+        SamplingWorkspace& w = per_thread[static_cast<std::size_t>(omp_get_thread_num())];
+#pragma omp for schedule(static)
+        for (Index r = 0; r < rows; ++r)
+          one_row(r, w);
+      }
+      return;
+    }
+#endif
+    SamplingWorkspace w;
+    for (Index r = 0; r < rows; ++r)
+      one_row(r, w);
+  }
+
   // Size of the kept set: the number of nonzero entries of probabilities() (masked, -inf and
   // underflowed tokens excluded), for diagnostics and examples; 0 for a NaN or empty row.
   template <class XprX>
-  Index kept_count(const Eigen::DenseBase<XprX>& x, SamplingWorkspace& ws) const {
+  Index kept_count(const Eigen::DenseBase<XprX>& x, SamplingWorkspace& ws,
+                   const TokenHistory& history = TokenHistory()) const {
     using Scalar = typename XprX::Scalar;
     detail::require_vector("Sampler::kept_count", x.rows(), x.cols());
     auto& b = ws.buffers<Scalar>();
-    const Scalar* xs = detail::contiguous_row<Scalar>(x, b.row);
-    const Plan<Scalar> plan = make_plan(xs, x.size(), ws);
+    const Scalar* xs = prepare(x, ws, history);
+    const Plan<Scalar> plan = make_plan(xs, x.size(), ws, history);
     switch (plan.kind) {
       case Kind::NaN:
       case Kind::Empty:
@@ -504,13 +882,13 @@ class Sampler {
   }
 
   template <class Scalar>
-  Plan<Scalar> make_plan(const Scalar* x, Index n, SamplingWorkspace& ws) const {
+  Plan<Scalar> make_plan(const Scalar* x, Index n, SamplingWorkspace& ws,
+                         const TokenHistory& history) const {
     const Scalar inf = std::numeric_limits<Scalar>::infinity();
     Plan<Scalar> plan;
     if (n == 0)
       return plan;
-    const Index k = o_.top_k();
-    const bool small = k > 0 && k <= kHeapMaxK && o_.temperature() != 0.0;
+    const bool small = fast_ && !greedy_ && k_ > 0 && k_ <= kHeapMaxK;
     // The small path's block maxima come with the row max in the same pass.
     const Scalar m = small ? detail::block_maxima(x, n, ws.buffers<Scalar>().block_max)
                            : detail::max_propagate_nan(x, n);
@@ -520,7 +898,7 @@ class Sampler {
     }
     if (m == -inf)
       return plan;  // Empty
-    if (o_.temperature() == 0.0) {
+    if (greedy_) {
       plan.kind = Kind::Greedy;
       plan.index = static_cast<Index>(std::find(x, x + n, m) - x);
       return plan;
@@ -530,6 +908,8 @@ class Sampler {
       plan.count = static_cast<std::size_t>(std::count(x, x + n, inf));
       return plan;
     }
+    if (!fast_)
+      return general_plan(x, n, ws, history);
     if (small)
       return small_plan(x, n, m, ws);
     return large_plan(x, n, m, ws);
@@ -539,26 +919,32 @@ class Sampler {
   template <class Scalar>
   Plan<Scalar> small_plan(const Scalar* x, Index n, Scalar m, SamplingWorkspace& ws) const {
     auto& b = ws.buffers<Scalar>();
-    const Scalar kth = detail::kth_largest(x, n, o_.top_k(), b.block_max, b.heap);
+    const Scalar kth = detail::kth_largest(x, n, k_, b.block_max, b.heap);
     detail::gather_at_least(x, n, kth, b.block_max, b.cand);
     std::sort(b.cand.begin(), b.cand.end(), detail::by_decreasing_logit<Scalar>);
     const std::size_t count = b.cand.size();
     b.cand_weight.resize(count);
-    const double t = o_.temperature();
+    // Temperature last (llama.cpp's order): top-p and min-p cut the T = 1 distribution, then the
+    // kept tokens are reweighted at T.
+    const double t = temp_last_ ? 1.0 : temp_;
     double total = 0;
     for (std::size_t j = 0; j < count; ++j) {
       b.cand_weight[j] = std::exp((double(b.cand[j].first) - double(m)) / t);
       total += b.cand_weight[j];
     }
     std::size_t c = count;
-    if (o_.top_p() < 1.0)
-      c = detail::top_p_cut(b.cand, b.cand_weight, c, o_.top_p(), 0.0, total);
-    if (o_.min_p() > 0.0) {
+    if (p_ < 1.0)
+      c = detail::top_p_cut(b.cand, b.cand_weight, c, p_, 0.0, total);
+    if (minp_ > 0.0) {
       // The first candidate is the max: weight exp(0) = 1, so the rule is w_j >= min_p.
       std::size_t keep = 1;
-      while (keep < c && b.cand_weight[keep] >= o_.min_p())
+      while (keep < c && b.cand_weight[keep] >= minp_)
         ++keep;
       c = keep;
+    }
+    if (temp_last_ && temp_ != 1.0) {
+      for (std::size_t j = 0; j < c; ++j)
+        b.cand_weight[j] = std::exp((double(b.cand[j].first) - double(m)) / temp_);
     }
     Plan<Scalar> plan;
     plan.kind = Kind::Small;
@@ -582,15 +968,15 @@ class Sampler {
     Plan<Scalar> plan;
     plan.kind = Kind::Large;
     // Top-k beyond the heap's range: the k-th largest finite value by nth_element on a copy.
-    const Index k = o_.top_k();
+    const Index k = k_;
     if (k > 0 && k < n) {
       std::copy(x, x + n, w);
       std::nth_element(w, w + (k - 1), w + n, std::greater<Scalar>());
       plan.threshold = w[k - 1];  // -inf when fewer than k are finite: no restriction
     }
-    const Scalar s = static_cast<Scalar>(1.0 / o_.temperature());
+    const Scalar s = static_cast<Scalar>(1.0 / temp_);
     detail::CompensatedSum<Scalar> sum0, sum1;
-    if (o_.temperature() != 1.0) {
+    if (temp_ != 1.0) {
       detail::scaled_exp_store_sum<true>(x, w, n, m, s, sum0, sum1);
     } else {
       detail::scaled_exp_store_sum<false>(x, w, n, m, s, sum0, sum1);
@@ -598,11 +984,11 @@ class Sampler {
     double total = static_cast<double>(sum0.total() + sum1.total());
     if (plan.threshold > -inf)
       total = kept_sum(x, w, n, plan);
-    if (o_.top_p() < 1.0)
+    if (p_ < 1.0)
       plan.threshold = top_p_threshold(x, w, n, m, s, plan.threshold, total, ws);
-    if (o_.min_p() > 0.0)
-      plan.min_weight = static_cast<Scalar>(o_.min_p() * double(detail::kExpScale<Scalar>));
-    if (o_.top_p() < 1.0 || o_.min_p() > 0.0)
+    if (minp_ > 0.0)
+      plan.min_weight = static_cast<Scalar>(minp_ * double(detail::kExpScale<Scalar>));
+    if (p_ < 1.0 || minp_ > 0.0)
       total = kept_sum(x, w, n, plan);
     plan.total = total;
     return plan;
@@ -640,7 +1026,7 @@ class Sampler {
       if (x[i] >= floor)
         hist[static_cast<std::size_t>(bucket(x[i]))] += double(w[i]);
     }
-    const double target = o_.top_p() * total;
+    const double target = p_ * total;
     double before = 0;
     int boundary = 0;
     int last_nonempty = 0;
@@ -668,7 +1054,7 @@ class Sampler {
     for (std::size_t j = 0; j < b.cand.size(); ++j)
       b.cand_weight[j] = double(w[static_cast<std::size_t>(b.cand[j].second)]);
     const std::size_t c =
-        detail::top_p_cut(b.cand, b.cand_weight, b.cand.size(), o_.top_p(), before, total);
+        detail::top_p_cut(b.cand, b.cand_weight, b.cand.size(), p_, before, total);
     return b.cand[c - 1].first;
   }
 
@@ -726,7 +1112,377 @@ class Sampler {
     return -1;
   }
 
+  // Which stages are on, and whether their order allows the fast paths: [penalties]
+  // [top-n-sigma] applied to a copy of the row, then top-k, top-p, min-p in this relative order
+  // with temperature before top-p and min-p or after both (the latter on the heap path only).
+  void configure() {
+    const auto in_order = [&](SamplerStage st) {
+      return std::find(o_.order().begin(), o_.order().end(), st) != o_.order().end();
+    };
+    greedy_ = in_order(SamplerStage::Temperature) && o_.temperature() == 0.0;
+    temp_ = in_order(SamplerStage::Temperature) && !greedy_ ? o_.temperature() : 1.0;
+    penalties_on_ = in_order(SamplerStage::Penalties)
+                    && (o_.repeat_penalty() != 1.0 || o_.frequency_penalty() != 0.0
+                        || o_.presence_penalty() != 0.0)
+                    && o_.penalty_last_n() != 0;
+    sigma_on_ = !greedy_ && in_order(SamplerStage::TopNSigma) && o_.top_n_sigma() > 0.0;
+    k_ = in_order(SamplerStage::TopK) ? o_.top_k() : 0;
+    typical_ = in_order(SamplerStage::TypicalP) ? o_.typical_p() : 1.0;
+    p_ = in_order(SamplerStage::TopP) ? o_.top_p() : 1.0;
+    minp_ = in_order(SamplerStage::MinP) ? o_.min_p() : 0.0;
+    fast_ = true;
+    temp_last_ = false;
+    if (greedy_)
+      return;  // the argmax after the logit stages: the other stages play no part
+    std::vector<SamplerStage> seq;
+    for (const SamplerStage st : o_.order()) {
+      const bool on =
+          (st == SamplerStage::Penalties && penalties_on_)
+          || (st == SamplerStage::TopNSigma && sigma_on_) || (st == SamplerStage::TopK && k_ > 0)
+          || (st == SamplerStage::TypicalP && typical_ < 1.0)
+          || (st == SamplerStage::TopP && p_ < 1.0) || (st == SamplerStage::MinP && minp_ > 0.0)
+          || (st == SamplerStage::Temperature && temp_ != 1.0);
+      if (on)
+        seq.push_back(st);
+    }
+    std::size_t pos = 0;
+    if (pos < seq.size() && seq[pos] == SamplerStage::Penalties)
+      ++pos;
+    if (pos < seq.size() && seq[pos] == SamplerStage::TopNSigma)
+      ++pos;
+    int last_rank = -1, cuts = 0, cuts_before_t = 0;
+    bool seen_t = false;
+    for (; pos < seq.size(); ++pos) {
+      const SamplerStage st = seq[pos];
+      if (st == SamplerStage::Temperature) {
+        seen_t = true;
+        continue;
+      }
+      const int rank = st == SamplerStage::TopK   ? 0
+                       : st == SamplerStage::TopP ? 1
+                       : st == SamplerStage::MinP ? 2
+                                                  : -1;
+      if (rank < 0 || rank < last_rank)
+        fast_ = false;
+      last_rank = rank;
+      if (rank >= 1) {
+        ++cuts;
+        cuts_before_t += seen_t ? 0 : 1;
+      }
+    }
+    if (seen_t && cuts > 0 && cuts_before_t > 0) {
+      if (cuts_before_t < cuts)
+        fast_ = false;  // temperature between top-p and min-p
+      temp_last_ = true;
+      if (!(k_ > 0 && k_ <= kHeapMaxK))
+        fast_ = false;  // temperature last beyond the heap path: the general path
+    }
+  }
+
+  // The mask's and the bias's token ids against the vocabulary size n.
+  void check_vocabulary(Index n) const {
+    if (!o_.has_allowed_tokens() && !o_.token_mask().empty()
+        && static_cast<Index>(o_.token_mask().size()) != n) {
+      detail::fail("Sampler: token_mask must have one entry per token (V = ", n, "), but has ",
+                   o_.token_mask().size());
+    }
+    for (const Index t : o_.allowed_tokens()) {
+      if (t >= n)
+        detail::fail("Sampler: allowed token id ", t, " must be < V = ", n);
+    }
+    for (const auto& e : o_.logit_bias()) {
+      if (e.first >= n)
+        detail::fail("Sampler: logit_bias token ", e.first, " must be < V = ", n);
+    }
+  }
+
+  Index penalty_window(const TokenHistory& h) const {
+    if (!penalties_on_)
+      return 0;
+    return o_.penalty_last_n() < 0 ? h.size() : std::min(h.size(), o_.penalty_last_n());
+  }
+
+  // The row the chain reads: x itself, or a copy with the mask, the bias and (on the fast paths)
+  // the penalties and top-n-sigma applied. The mask and the bias cost O(entries) beyond the copy
+  // (a boolean mask O(V)); the penalties O(window log window).
+  template <class XprX>
+  const typename XprX::Scalar* prepare(const Eigen::DenseBase<XprX>& x, SamplingWorkspace& ws,
+                                       const TokenHistory& h) const {
+    using Scalar = typename XprX::Scalar;
+    const Scalar inf = std::numeric_limits<Scalar>::infinity();
+    auto& b = ws.buffers<Scalar>();
+    const Index n = x.size();
+    const Scalar* xs = detail::contiguous_row<Scalar>(x, b.row);
+    const bool masked = o_.has_allowed_tokens() || !o_.token_mask().empty();
+    const bool penalties = fast_ && penalty_window(h) > 0;
+    const bool sigma = fast_ && sigma_on_;
+    if (!masked && o_.logit_bias().empty() && !penalties && !sigma)
+      return xs;
+    check_vocabulary(n);
+    if (b.modified.size() < static_cast<std::size_t>(n))
+      b.modified.resize(static_cast<std::size_t>(n));
+    Scalar* y = b.modified.data();
+    if (o_.has_allowed_tokens()) {
+      std::fill(y, y + n, -inf);
+      for (const Index t : o_.allowed_tokens())
+        y[t] = xs[t];
+    } else if (!o_.token_mask().empty()) {
+      const std::vector<bool>& keep = o_.token_mask();
+      for (Index i = 0; i < n; ++i)  // a NaN stays (the row's NaN policy)
+        y[i] = keep[static_cast<std::size_t>(i)] || xs[i] != xs[i] ? xs[i] : -inf;
+    } else if (y != xs) {
+      std::copy(xs, xs + n, y);
+    }
+    for (const auto& e : o_.logit_bias()) {
+      Scalar& v = y[e.first];
+      if (e.second == -std::numeric_limits<double>::infinity())
+        v = v != v ? v : -inf;  // a ban, even of a +inf logit
+      else
+        v = clamp_finite<Scalar>(static_cast<double>(v) + e.second, v);
+    }
+    if (penalties)
+      apply_penalties(y, n, ws, h);
+    if (sigma)
+      top_n_sigma_in_place(y, n);
+    return y;
+  }
+
+  // v, except that a finite input pushed beyond the range of T by a stage stays finite (the
+  // largest finite value of its sign): a penalty or a bias must not create an infinity.
+  template <class T>
+  static T clamp_finite(double v, T before) {
+    const double big = static_cast<double>(std::numeric_limits<T>::max());
+    if (std::isfinite(static_cast<double>(before)) && !(std::fabs(v) <= big) && v == v)
+      return static_cast<T>(v > 0 ? big : -big);
+    return static_cast<T>(v);
+  }
+
+  // llama.cpp's penalties (llama_sampler_penalties_apply): for each token of count c > 0 in the
+  // window, z = z <= 0 ? z * repeat : z / repeat, then z -= c * frequency + presence.
+  template <class T>
+  void apply_penalties(T* z, Index n, SamplingWorkspace& ws, const TokenHistory& h) const {
+    const Index w = penalty_window(h);
+    if (w == 0)
+      return;
+    std::vector<Index>& t = ws.tokens();
+    t.assign(h.data() + (h.size() - w), h.data() + h.size());
+    for (std::size_t j = 0; j < t.size(); ++j) {
+      if (t[j] < 0 || t[j] >= n)
+        detail::fail("Sampler: history token ", t[j], " (", j,
+                     "th of the penalty window) must be in [0, V = ", n, ")");
+    }
+    std::sort(t.begin(), t.end());
+    for (std::size_t j = 0; j < t.size();) {
+      std::size_t e = j;
+      while (e < t.size() && t[e] == t[j])
+        ++e;
+      const double count = static_cast<double>(e - j);
+      const T before = z[t[j]];
+      double v = static_cast<double>(before);
+      v = v <= 0 ? v * o_.repeat_penalty() : v / o_.repeat_penalty();
+      v -= count * o_.frequency_penalty() + o_.presence_penalty();
+      z[t[j]] = clamp_finite<T>(v, before);
+      j = e;
+    }
+  }
+
+  // Top-n-sigma (Tang et al. 2024, arXiv 2411.07641; llama.cpp's top_n_sigma): over the finite
+  // entries, mean and population standard deviation sigma; every entry below max - n sigma
+  // becomes -inf. Skipped for a row holding a NaN or +inf (their own rules apply).
+  template <class Scalar>
+  void top_n_sigma_in_place(Scalar* y, Index n) const {
+    const Scalar inf = std::numeric_limits<Scalar>::infinity();
+    long double sum = 0, mx = -INFINITY;
+    Index count = 0;
+    for (Index i = 0; i < n; ++i) {
+      if (y[i] != y[i] || y[i] == inf)
+        return;
+      if (y[i] > -inf) {
+        sum += y[i];
+        mx = std::max<long double>(mx, y[i]);
+        ++count;
+      }
+    }
+    if (count <= 1)
+      return;
+    const long double mean = sum / count;
+    long double acc = 0;
+    for (Index i = 0; i < n; ++i) {
+      if (y[i] > -inf)
+        acc += (y[i] - mean) * (y[i] - mean);
+    }
+    const long double threshold = mx - o_.top_n_sigma() * std::sqrt(acc / count);
+    for (Index i = 0; i < n; ++i) {
+      if (static_cast<long double>(y[i]) < threshold)
+        y[i] = -inf;
+    }
+  }
+
+  // Any order of the stages (each applied to the distribution the previous ones left, exactly as
+  // the doc block states), in double with sorts: O(V log V). The kept set and its weights go
+  // where the heap path puts them (cand, cand_weight, by decreasing weight), so the Small draw,
+  // probabilities() and kept_count() serve both.
+  template <class Scalar>
+  Plan<Scalar> general_plan(const Scalar* x, Index n, SamplingWorkspace& ws,
+                            const TokenHistory& h) const {
+    auto& b = ws.buffers<Scalar>();
+    std::vector<double>& z = ws.chain();
+    z.assign(x, x + n);
+    std::vector<std::pair<double, Index>>& kept = ws.keyed();
+    kept.clear();
+    for (Index i = 0; i < n; ++i) {
+      if (z[static_cast<std::size_t>(i)] > -std::numeric_limits<double>::infinity())
+        kept.emplace_back(0.0, i);
+    }
+    const auto zi = [&](Index i) -> double& {
+      return z[static_cast<std::size_t>(i)];
+    };
+    const auto z_max = [&] {
+      double m = -std::numeric_limits<double>::infinity();
+      for (const auto& e : kept)
+        m = std::max(m, zi(e.second));
+      return m;
+    };
+    // Keeps the first c entries of `kept` (sorted by the caller's key) plus the following ones
+    // whose key equals the c-th's (ties at the boundary are kept).
+    const auto cut_sorted = [&](std::size_t c) {
+      while (c < kept.size() && kept[c].first == kept[c - 1].first)
+        ++c;
+      kept.resize(c);
+    };
+    // The smallest prefix of `kept` (in its current order) whose weight reaches p of the total.
+    const auto mass_prefix = [&](double p) {
+      const double m = z_max();
+      long double total = 0;
+      for (const auto& e : kept)
+        total += std::exp(zi(e.second) - m);
+      long double cum = 0;
+      std::size_t c = 0;
+      while (c < kept.size()) {
+        cum += std::exp(zi(kept[c].second) - m);
+        ++c;
+        if (cum >= p * total)
+          break;
+      }
+      return c;
+    };
+    const auto by_key = [](const std::pair<double, Index>& a, const std::pair<double, Index>& c) {
+      return a.first < c.first || (a.first == c.first && a.second < c.second);
+    };
+    for (const SamplerStage st : o_.order()) {
+      switch (st) {
+        case SamplerStage::Penalties: {
+          if (penalty_window(h) == 0)
+            break;
+          apply_penalties(z.data(), n, ws, h);
+          kept.erase(
+              std::remove_if(kept.begin(), kept.end(),
+                             [&](const auto& e) {
+                               return !(zi(e.second) > -std::numeric_limits<double>::infinity());
+                             }),
+              kept.end());
+          break;
+        }
+        case SamplerStage::Temperature:
+          if (temp_ != 1.0) {
+            for (const auto& e : kept)
+              zi(e.second) = clamp_finite<double>(zi(e.second) / temp_, zi(e.second));
+          }
+          break;
+        case SamplerStage::TopNSigma: {
+          if (!sigma_on_ || kept.size() <= 1)
+            break;
+          long double sum = 0, acc = 0;
+          for (const auto& e : kept)
+            sum += zi(e.second);
+          const long double mean = sum / static_cast<long double>(kept.size());
+          for (const auto& e : kept)
+            acc += (zi(e.second) - mean) * (zi(e.second) - mean);
+          const long double threshold =
+              z_max() - o_.top_n_sigma() * std::sqrt(acc / static_cast<long double>(kept.size()));
+          kept.erase(std::remove_if(kept.begin(), kept.end(),
+                                    [&](const auto& e) {
+                                      return static_cast<long double>(zi(e.second)) < threshold;
+                                    }),
+                     kept.end());
+          break;
+        }
+        case SamplerStage::TopK: {
+          if (k_ == 0 || k_ >= static_cast<Index>(kept.size()))
+            break;
+          for (auto& e : kept)
+            e.first = -zi(e.second);
+          std::sort(kept.begin(), kept.end(), by_key);
+          cut_sorted(static_cast<std::size_t>(k_));
+          break;
+        }
+        case SamplerStage::TypicalP: {
+          if (typical_ >= 1.0)
+            break;
+          // Locally typical sampling (Meister et al. 2023, arXiv 2202.00666): order by
+          // |-log q_i - H(q)|, keep the smallest prefix of mass >= typical_p (ties kept).
+          const double m = z_max();
+          long double total = 0;
+          for (const auto& e : kept)
+            total += std::exp(zi(e.second) - m);
+          const long double log_total = std::log(total);
+          long double entropy = 0;
+          for (const auto& e : kept) {
+            const long double log_q = (zi(e.second) - m) - log_total;
+            entropy -= std::exp(log_q) * log_q;
+          }
+          for (auto& e : kept)
+            e.first = static_cast<double>(std::fabs(-((zi(e.second) - m) - log_total) - entropy));
+          std::sort(kept.begin(), kept.end(), by_key);
+          cut_sorted(mass_prefix(typical_));
+          break;
+        }
+        case SamplerStage::TopP: {
+          if (p_ >= 1.0)
+            break;
+          for (auto& e : kept)
+            e.first = -zi(e.second);
+          std::sort(kept.begin(), kept.end(), by_key);
+          cut_sorted(mass_prefix(p_));
+          break;
+        }
+        case SamplerStage::MinP: {
+          if (minp_ <= 0.0)
+            break;
+          const double m = z_max();
+          kept.erase(
+              std::remove_if(kept.begin(), kept.end(),
+                             [&](const auto& e) { return std::exp(zi(e.second) - m) < minp_; }),
+              kept.end());
+          break;
+        }
+      }
+    }
+    const double m = z_max();
+    for (auto& e : kept)
+      e.first = -zi(e.second);
+    std::sort(kept.begin(), kept.end(), by_key);  // decreasing weight, ties by index
+    b.cand.clear();
+    b.cand_weight.clear();
+    long double total = 0;
+    for (const auto& e : kept) {
+      b.cand.emplace_back(x[e.second], e.second);
+      b.cand_weight.push_back(std::exp(zi(e.second) - m));
+      total += b.cand_weight.back();
+    }
+    Plan<Scalar> plan;
+    plan.kind = Kind::Small;
+    plan.count = b.cand.size();
+    plan.total = static_cast<double>(total);
+    return plan;
+  }
+
   SamplerOptions o_;
+  // What configure() derived from o_: the effective parameters (neutral for a stage left out of
+  // the order) and the path.
+  bool greedy_ = false, fast_ = true, temp_last_ = false, penalties_on_ = false, sigma_on_ = false;
+  double temp_ = 1.0, typical_ = 1.0, p_ = 1.0, minp_ = 0.0;
+  Index k_ = 0;
 };
 
 // The k largest log-probabilities of log_softmax(x), normalized over the whole row:
