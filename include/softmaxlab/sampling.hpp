@@ -1,23 +1,57 @@
-// softmaxlab: token sampling (temperature, top-k, top-p, min-p, exact draws) and top-k
-// log-probabilities, without sorting the vocabulary.
+// softmaxlab: token sampling as inference engines chain it (penalties, logit bias, token masks,
+// top-n-sigma, top-k, typical-p, top-p, min-p, temperature; exact draws), exact speculative
+// verification, and top-k log-probabilities, without sorting the vocabulary on the common paths.
 //
-//   Sampler s(SamplerOptions().with_temperature(T).with_top_k(k).with_top_p(p).with_min_p(q));
-//   Index t = s.sample(logits, gen[, workspace]);    // one token of a 1-D row of V logits
-//   s.probabilities(logits, probs[, workspace]);     // the exact distribution sample() draws from
-//   s.sample_rowwise(L, gen, tokens[, workspace]);   // one token per row of L (rows drawn in
-//   order) top_k_log_softmax(logits, k, indices, log_probs) // the k largest log-probabilities, in
-//   order top_k_log_softmax_rowwise(L, k, Indices, LogProbs)
+//   Sampler s(SamplerOptions().with_penalties(1.1, 0, 0, 64).with_top_k(40).with_top_p(0.95)
+//                 .with_min_p(0.05).with_temperature(0.8));      // llama.cpp's default chain
+//   Index t = s.sample(logits, gen[, workspace[, history]]);    // one token of a row of V logits
+//   s.probabilities(logits, probs[, workspace[, history]]);     // the exact distribution drawn
+//   from s.kept_count(logits[, workspace[, history]]);               // the size of its support
+//   s.sample_rowwise(L, gen, tokens[, workspace]);              // one token per row, in order
+//   s.sample_rowwise_philox(L, seed, tokens[, first_stream]);   // per-row Philox streams, threads
+//   SpeculativeResult r = s.verify(target_logits, draft_probs, draft_tokens, gen[, ws[, history]]);
+//   top_k_log_softmax(logits, k, indices, log_probs); top_k_log_softmax_rowwise(L, k, I, LP);
+// history: the previous tokens (TokenHistory: a pointer and a count, or a std::vector<Index> or
+// Eigen vector of Index), read only by the penalties.
 //
-// Stages, always in this order, each one renormalizing what the previous one kept (exact rules, in
-// exact arithmetic; z = x / T the scaled logits, q the current distribution over the kept set):
-//   1. temperature T: q = softmax(x / T) over the tokens with x > -inf. T = 0 means greedy: the
-//      first index of the largest logit, probability 1 (the other stages then play no part).
-//   2. top-k (k > 0; 0 = off): keep every token whose z is >= the k-th largest z (ties at the
-//      boundary kept, so more than k tokens may survive).
-//   3. top-p (p in (0, 1]; 1 = off): sort the kept tokens by decreasing q; keep the smallest prefix
-//      whose sum is >= p, plus every token tied with the last one of that prefix.
-//   4. min-p (q in [0, 1); 0 = off): keep the tokens with q_i >= min_p * max_j q_j.
-// The token with the largest logit survives every stage, so the kept set is never empty. The draw
+// Logit stages, applied first, in this order, to a copy of the row (O(entries) each beyond the
+// copy; a boolean mask O(V)):
+//   a. token mask: with_token_mask(keep) (bool per token, false = banned) or
+//      with_allowed_tokens(ids) (every other token banned): a banned logit becomes -inf (a NaN in
+//      a banned entry of a boolean mask stays, so the row still reads as NaN; the allowed-ids form
+//      reads only the allowed entries);
+//   b. logit bias: with_logit_bias(token, b): x_t += b; b = -inf bans t (even a +inf logit). A
+//      finite logit pushed beyond the type's range by a bias or a penalty is clamped to the largest
+//      finite value of its sign.
+// Chain stages, in the order with_order() gives (default llama_cpp_order(): penalties,
+// top-n-sigma, top-k, typical-p, top-p, min-p, temperature, the order of llama.cpp's
+// common_params_sampling::samplers without DRY and XTC; temperature_first_order() puts temperature
+// second). A stage left out of the order is not applied. Each acts on the logits z and the kept
+// set left by the previous ones; q = softmax(z) over the kept set (exact rules, exact arithmetic):
+//   - penalties (llama_sampler_penalties_apply's rule): for each token t that occurs c > 0 times
+//     among the last penalty_last_n tokens of the history (-1 = all of it): z_t = z_t / repeat if
+//     z_t > 0, else z_t * repeat; then z_t -= c * frequency + presence. Cost O(w log w) for a
+//     window of w tokens, never a pass over V.
+//   - temperature T: z = z / T. T = 0 means greedy: the first index of the largest logit after
+//     the logit stages and the penalties, probability 1 (the other stages play no part).
+//   - top-n-sigma n (Tang et al. 2024, arXiv 2411.07641; llama.cpp's semantics): over the kept
+//     tokens, sigma = the population standard deviation of z; keep z >= max z - n sigma.
+//   - top-k (k > 0; 0 = off): keep every token whose z is >= the k-th largest z (ties at the
+//     boundary kept, so more than k tokens may survive).
+//   - typical-p (Meister et al. 2023, arXiv 2202.00666; p in (0, 1], 1 = off): with H the entropy
+//     of q, sort the kept tokens by |-log q_i - H| (ties by index); keep the smallest prefix whose
+//     mass is >= p, plus the tokens whose score ties the last one's.
+//   - top-p (p in (0, 1]; 1 = off): sort the kept tokens by decreasing q; keep the smallest prefix
+//     whose sum is >= p, plus every token tied with the last one of that prefix.
+//   - min-p (in [0, 1); 0 = off): keep the tokens with q_i >= min_p * max_j q_j.
+// Not implemented (yet): llama.cpp's XTC, DRY and mirostat v2.
+// Paths: the fast paths below serve the orders [penalties] [top-n-sigma] then top-k, top-p,
+// min-p in this relative order, with temperature before top-p and min-p, or after both (llama.cpp's
+// order; then on the heap path only: 0 < k <= 1024); penalties and top-n-sigma then run on the copy
+// of the row (top-n-sigma: two passes over V). Any other order, and typical-p, take the general
+// path: the stages one by one in double with sorts, O(V log V) (fast_path() says which).
+// Except with typical-p, the token with the largest logit survives every stage, so the kept set is
+// never empty; typical-p keeps at least one token. The draw
 // is inverse-CDF on one 53-bit uniform u in [0, 1): token t is the first (small path: in order of
 // decreasing probability, ties by index; large path: by index) whose cumulative weight exceeds
 // u * total. A token to which probabilities() gives 0 (a -inf logit, a banned token, or a weight
@@ -39,14 +73,21 @@
 //     w_i = exp((x_i - m) / T) with the Softmax kernel (detail/kernels.hpp), a histogram of the
 //     weights over 2048 buckets of width 1/64 in (m - x_i) / T finds the bucket in which the top-p
 //     prefix reaches p, and only that bucket's tokens are sorted. Masses are summed in double (long
-//     double for double logits).
-// Cost per token: O(V) with small constants, against O(V log V) for a sort (bench_sampling.cpp).
+//     double for double logits);
+//   - temperature last (llama.cpp's order) on the heap path: the candidates are cut on their
+//     T = 1 weights, then the kept ones are reweighted at T;
+//   - the general path: the stages in order on double logits, with std::sort where a stage needs
+//     an order (top-k, typical-p, top-p) and long double sums.
+// Cost per token: O(V) with small constants on the fast paths, against O(V log V) for a sort
+// (bench_sampling.cpp measures every stage and llama.cpp's default chain).
 //
-// Accuracy: the kept set is the exact rule's except when a cumulative sum or a min-p ratio lies
-// within a few eps of its boundary (rounding decides there). probabilities() is within
-// 4 eps (1 + |z_i - max z|) relative of the exact value (double weights on the small path; the
-// Softmax kernel's float weights on the large path); tests/test_sampling.cpp measures both against
-// a sort-based long-double implementation and chi-square tests the draws.
+// Accuracy: the kept set is the exact rule's except when a cumulative sum, a min-p ratio, a
+// typical-p score or a top-n-sigma threshold lies within a few eps of its boundary (rounding
+// decides there). probabilities() is within 4 eps (1 + |z_i - max z|) relative of the exact value
+// of the chain applied to the logits after the logit stages, which are held in the logits' type
+// (a bias or a penalty rounds the modified logit once: a further relative error of at most
+// 0.5 eps |x| / T in the probability); tests/test_sampling.cpp and tests/test_sampler_chain.cpp
+// measure it against sort-based long-double implementations and chi-square test the draws.
 //
 // Random numbers: u is built from two 32-bit words (high word first) of a 32-bit generator such as
 // Philox4x32 or std::mt19937, from one word of a 64-bit one (std::mt19937_64), else from
@@ -62,16 +103,29 @@
 //
 // Outputs (probs, tokens, indices, log_probs): a const Matrix does not compile; pass a view/block.
 // Errors (std::invalid_argument, naming the parameter and the value): temperature not 0 and not in
-// [2^-100, 2^100] (NaN included); top_k < 0; top_p not in (0, 1]; min_p not in [0, 1);
-// top_k_log_softmax's k < 0; outputs of the wrong size; a matrix where a vector is expected.
+// [2^-100, 2^100] (NaN included); top_k < 0; top_p or typical_p not in (0, 1]; min_p not in
+// [0, 1); top_n_sigma negative or not finite; repeat_penalty not in [2^-100, 2^100]; frequency or
+// presence penalty not finite; penalty_last_n < -1; a logit_bias of +inf or NaN, or a negative
+// token id (bias, allowed ids); an order naming a stage twice; at each call: a token mask whose
+// size is not V, an allowed id or bias token >= V, a history token of the penalty window outside
+// [0, V); verify's arguments (see there); top_k_log_softmax's k < 0; outputs of the wrong size; a
+// matrix where a vector is expected.
 //
 // Allocation: the forms taking a SamplingWorkspace allocate only while the workspace grows to the
 // largest vocabulary seen; later calls allocate nothing. The forms without one use a local
-// workspace (allocating). A workspace must not be shared by concurrent calls.
+// workspace (allocating). A workspace must not be shared by concurrent calls. SamplerOptions
+// holds vectors (bias, mask, order): copying options or constructing a Sampler allocates.
 //
-// References: the stage rules of Hugging Face Transformers' TopK/TopP/MinP logits warpers and
-// llama.cpp's samplers (order and ties fixed here); Holtzman et al. 2020 (nucleus sampling,
-// arXiv 1904.09751); Nguyen et al. 2024 (min-p, arXiv 2407.01082).
+// Speculative verification: see Sampler::verify (exact; tests/test_sampler_chain.cpp).
+//
+// References: the stage rules of Hugging Face Transformers' TopK/TopP/MinP/Typical logits
+// warpers and llama.cpp's samplers (src/llama-sampling.cpp: penalties, top-n-sigma, typical;
+// ties fixed here); Holtzman et al. 2020 (nucleus sampling, arXiv 1904.09751); Nguyen et al. 2024
+// (min-p, arXiv 2407.01082); Leviathan et al. 2023 (arXiv 2211.17192) and Chen et al. 2023
+// (arXiv 2302.01318) for speculative sampling. Tests: tests/test_sampling.cpp (the original four
+// stages, temperature first), tests/test_sampler_chain.cpp (every stage and chains against a
+// sort-based long double reference, verify), tests/test_replayed_faults.cpp (zero-probability
+// tokens never drawn).
 #pragma once
 
 #include <algorithm>
