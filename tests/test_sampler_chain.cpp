@@ -46,6 +46,9 @@ struct Chain {
   std::vector<bool> mask;      // empty: none
   std::vector<Index> allowed;  // used when use_allowed
   bool use_allowed = false;
+  double xtc_probability = 0, xtc_threshold = 0.1;
+  bool mirostat = false;
+  double tau = 3, eta = 0.1, mu = 4.5;  // mirostat v2: the state's mu for probabilities()
   std::vector<Stage> order = sml::SamplerOptions::llama_cpp_order();
   std::string name;
 };
@@ -60,7 +63,10 @@ sml::SamplerOptions options_of(const Chain& c) {
                               .with_typical_p(c.typical_p)
                               .with_top_n_sigma(c.top_n_sigma)
                               .with_penalties(c.repeat, c.frequency, c.presence, c.last_n)
-                              .with_logit_bias(c.bias);
+                              .with_logit_bias(c.bias)
+                              .with_xtc(c.xtc_probability, c.xtc_threshold);
+  if (c.mirostat)
+    o = o.with_mirostat_v2(c.tau, c.eta);
   if (c.use_allowed)
     o = o.with_allowed_tokens(c.allowed);
   else if (!c.mask.empty())
@@ -77,8 +83,8 @@ struct Reference {
 // The documented rules, one after the other, in long double on a boolean kept set. `tol`: a cut
 // whose boundary lies within tol (relative) of its threshold is marked ambiguous (rounding decides
 // there, legitimately).
-Reference reference(const std::vector<double>& x, const Chain& c, const std::vector<Index>& hist,
-                    LD tol) {
+Reference reference_branch(const std::vector<double>& x, const Chain& c,
+                           const std::vector<Index>& hist, LD tol, bool xtc_cut) {
   const std::size_t n = x.size();
   const LD inf = std::numeric_limits<LD>::infinity();
   Reference r;
@@ -221,6 +227,25 @@ Reference reference(const std::vector<double>& x, const Chain& c, const std::vec
       for (std::size_t i = 0; i < n; ++i)
         neg[i] = -z[i];
       mass_cut(sorted_by(neg), neg, c.top_p);
+    } else if (s == Stage::Xtc && xtc_cut) {
+      // Leading tokens (by decreasing q, ties by index) with q >= threshold: all but the last of
+      // them go when there are at least two.
+      const std::vector<LD> q = probs();
+      std::vector<LD> neg(n);
+      for (std::size_t i = 0; i < n; ++i)
+        neg[i] = -q[i];
+      const auto order = sorted_by(neg);
+      std::size_t above = 0;
+      for (std::size_t i : order) {
+        if (std::fabs(q[i] - c.xtc_threshold) <= tol * c.xtc_threshold)
+          r.ambiguous = true;
+      }
+      while (above < order.size() && q[order[above]] >= c.xtc_threshold)
+        ++above;
+      if (above >= 2) {
+        for (std::size_t a = 0; a + 1 < above; ++a)
+          kept[order[a]] = false;
+      }
     } else if (s == Stage::MinP && c.min_p > 0) {
       const LD m = zmax();
       for (std::size_t i = 0; i < n; ++i) {
@@ -233,6 +258,39 @@ Reference reference(const std::vector<double>& x, const Chain& c, const std::vec
   }
   r.q = probs();
   r.z = z;
+  return r;
+}
+
+// The chain with XTC's two outcomes mixed by its probability, then mirostat's truncation at mu.
+Reference reference(const std::vector<double>& x, const Chain& c, const std::vector<Index>& hist,
+                    LD tol) {
+  const bool xtc = c.xtc_probability > 0 && c.xtc_threshold <= 0.5 && c.temperature != 0
+                   && std::find(c.order.begin(), c.order.end(), Stage::Xtc) != c.order.end();
+  Reference r = reference_branch(x, c, hist, tol, xtc && c.xtc_probability >= 1);
+  if (xtc && c.xtc_probability < 1) {
+    const Reference cut = reference_branch(x, c, hist, tol, true);
+    for (std::size_t i = 0; i < x.size(); ++i)
+      r.q[i] = (1 - c.xtc_probability) * r.q[i] + c.xtc_probability * cut.q[i];
+    r.ambiguous = r.ambiguous || cut.ambiguous;
+  }
+  if (c.mirostat && c.temperature != 0) {
+    std::vector<std::size_t> order(x.size());
+    std::iota(order.begin(), order.end(), std::size_t(0));
+    std::stable_sort(order.begin(), order.end(),
+                     [&](std::size_t a, std::size_t b) { return r.q[a] > r.q[b]; });
+    LD total = r.q[order[0]];
+    std::size_t keep = 1;
+    for (; keep < order.size() && r.q[order[keep]] > 0; ++keep) {
+      const LD surprise = -std::log2(r.q[order[keep]]);
+      if (std::fabs(surprise - c.mu) <= tol * c.mu)
+        r.ambiguous = true;
+      if (surprise > c.mu)
+        break;
+      total += r.q[order[keep]];
+    }
+    for (std::size_t j = 0; j < order.size(); ++j)
+      r.q[order[j]] = j < keep ? r.q[order[j]] / total : 0;
+  }
   return r;
 }
 
@@ -324,6 +382,18 @@ std::vector<Chain> chains(std::size_t n) {
   c.top_n_sigma = 2, c.typical_p = 0.95;
   add(c, "scrambled order 2 (general)");
   c = Chain();
+  c.xtc_probability = 0.5, c.xtc_threshold = 0.05;
+  add(c, "XTC alone (probability 0.5)");
+  c.xtc_probability = 1, c.xtc_threshold = 0.02;
+  add(c, "XTC always");
+  c.top_k = 40, c.min_p = 0.02, c.temperature = 0.7, c.xtc_probability = 0.3;
+  add(c, "top-k, min-p, XTC, temperature (general)");
+  c = Chain();
+  c.mirostat = true;
+  add(c, "mirostat v2 alone (mu 4.5)");
+  c.temperature = 0.8, c.mu = 6;
+  add(c, "temperature, mirostat v2 (mu 6)");
+  c = Chain();
   c.use_allowed = true;
   c.allowed = {0, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89};
   c.repeat = 0.8, c.frequency = -0.3, c.top_k = 5, c.min_p = 0.01, c.temperature = 1.4;
@@ -361,7 +431,9 @@ void check_chains_against_reference() {
           const Eigen::Map<const Eigen::Matrix<Scalar, Eigen::Dynamic, 1>> xv(
               xs.data(), static_cast<Index>(n));
           Eigen::Matrix<Scalar, Eigen::Dynamic, 1> p(static_cast<Index>(n));
-          s.probabilities(xv, p, ws, hist);
+          sml::MirostatState state;
+          state.mu = c.mu;
+          s.probabilities(xv, p, ws, hist, c.mirostat ? &state : nullptr);
           LD zmax = -INFINITY;
           for (std::size_t i = 0; i < n; ++i)
             zmax = ref.q[i] > 0 ? std::max(zmax, ref.z[i]) : zmax;
@@ -386,7 +458,7 @@ void check_chains_against_reference() {
             worst.update(static_cast<double>(err), static_cast<double>(bound),
                          [&](auto& o) { o << c.name << ", n = " << n << ", token " << i; });
           }
-          CHECK(s.kept_count(xv, ws, hist) == support);
+          CHECK(s.kept_count(xv, ws, hist, c.mirostat ? &state : nullptr) == support);
         }
       }
     }
@@ -493,12 +565,17 @@ TEST_CASE("Sampler chain: chi-square of draws against probabilities()", "[sampli
     const sml::Sampler s(options_of(c));
     sml::SamplingWorkspace ws;
     Eigen::VectorXd p(50);
-    s.probabilities(xv, p, ws, hist);
+    sml::MirostatState state;
+    state.mu = c.mu;
+    s.probabilities(xv, p, ws, hist, c.mirostat ? &state : nullptr);
     std::vector<long> count(50, 0);
     sml::Philox4x32 gen(seed++);
     const long draws = 100000;
-    for (long d = 0; d < draws; ++d)
-      ++count[static_cast<std::size_t>(s.sample(xv, gen, ws, hist))];
+    for (long d = 0; d < draws; ++d) {
+      sml::MirostatState fresh = state;  // the same mu for every draw: one distribution
+      const Index t = c.mirostat ? s.sample(xv, gen, ws, hist, fresh) : s.sample(xv, gen, ws, hist);
+      ++count[static_cast<std::size_t>(t)];
+    }
     long outside = 0;
     const auto [chi2, dof] =
         chi_square(count, std::vector<double>(p.data(), p.data() + 50), draws, outside);
@@ -521,6 +598,8 @@ TEST_CASE("Sampler chain: masked and banned tokens are never drawn, for any u",
   for (Chain c : chains(300)) {
     c.bias.emplace_back(0, -std::numeric_limits<double>::infinity());
     c.bias.emplace_back(299, -std::numeric_limits<double>::infinity());
+    if (c.mirostat)
+      continue;  // covered by the reference test (its probabilities need the state)
     const sml::Sampler s(options_of(c));
     const Eigen::VectorXf p = s.probabilities(xv);
     for (const std::uint64_t u53 : {std::uint64_t{0}, std::uint64_t{1}, (std::uint64_t{1} << 52),
@@ -775,6 +854,12 @@ TEST_CASE("Sampler chain: bad options throw, naming the option and the value",
                (void)O().with_allowed_tokens({1, -4});
              }),
              Catch::Contains("allowed token") && Catch::Contains("-4"));
+  CHECK_THAT(message([] { (void)O().with_xtc(1.5, 0.1); }),
+             Catch::Contains("xtc_probability") && Catch::Contains("1.5"));
+  CHECK_THAT(message([&] { (void)O().with_xtc(0.5, nan); }), Catch::Contains("xtc_threshold"));
+  CHECK_THAT(message([] { (void)O().with_mirostat_v2(0, 0.1); }), Catch::Contains("mirostat_tau"));
+  CHECK_THAT(message([] { (void)O().with_mirostat_v2(5, -0.1); }),
+             Catch::Contains("mirostat_eta") && Catch::Contains("-0.1"));
   CHECK_THAT(message([] {
                (void)O().with_order({Stage::TopK, Stage::TopP, Stage::TopK});
              }),
@@ -801,4 +886,32 @@ TEST_CASE("Sampler chain: bad options throw, naming the option and the value",
   const O changed = base.with_top_k(7);
   CHECK(base.top_k() == 5);
   CHECK(changed.top_k() == 7);
+}
+
+TEST_CASE("Mirostat v2: the state's mu moves by eta (surprise - tau) after each draw",
+          "[sampling][chain]") {
+  // llama.cpp's update: mu -= eta (-log2 q_t - tau), q_t the drawn token's probability in the
+  // truncated distribution, which probabilities() with the same state reports.
+  std::mt19937 rng(8);
+  std::vector<double> x = random_logits(200, false, rng);
+  const Eigen::Map<const Eigen::VectorXd> xv(x.data(), 200);
+  const double tau = 4, eta = 0.2;
+  const sml::Sampler s(sml::SamplerOptions().with_mirostat_v2(tau, eta));
+  sml::MirostatState state(tau);
+  CHECK(state.mu == 2 * tau);
+  sml::SamplingWorkspace ws;
+  sml::Philox4x32 gen(5);
+  Eigen::VectorXd p(200);
+  for (int step = 0; step < 50; ++step) {
+    s.probabilities(xv, p, ws, {}, &state);
+    const double before = state.mu;
+    const Index t = s.sample(xv, gen, ws, {}, state);
+    REQUIRE(p(t) > 0);
+    const double expected = before - eta * (-std::log2(p(t)) - tau);
+    INFO("step " << step << ": token " << t << ", q " << p(t) << ", mu " << before << " -> "
+                 << state.mu);
+    CHECK(std::fabs(state.mu - expected) <= 1e-12 * (1 + std::fabs(expected)));
+  }
+  // Without a state, mirostat refuses to guess one.
+  CHECK_THAT(message([&] { s.probabilities(xv, p, ws); }), Catch::Contains("MirostatState"));
 }

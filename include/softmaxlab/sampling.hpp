@@ -24,8 +24,8 @@
 //      finite logit pushed beyond the type's range by a bias or a penalty is clamped to the largest
 //      finite value of its sign.
 // Chain stages, in the order with_order() gives (default llama_cpp_order(): penalties,
-// top-n-sigma, top-k, typical-p, top-p, min-p, temperature, the order of llama.cpp's
-// common_params_sampling::samplers without DRY and XTC; temperature_first_order() puts temperature
+// top-n-sigma, top-k, typical-p, top-p, min-p, XTC, temperature, the order of llama.cpp's
+// common_params_sampling::samplers without DRY; temperature_first_order() puts temperature
 // second). A stage left out of the order is not applied. Each acts on the logits z and the kept
 // set left by the previous ones; q = softmax(z) over the kept set (exact rules, exact arithmetic):
 //   - penalties (llama_sampler_penalties_apply's rule): for each token t that occurs c > 0 times
@@ -44,12 +44,23 @@
 //   - top-p (p in (0, 1]; 1 = off): sort the kept tokens by decreasing q; keep the smallest prefix
 //     whose sum is >= p, plus every token tied with the last one of that prefix.
 //   - min-p (in [0, 1); 0 = off): keep the tokens with q_i >= min_p * max_j q_j.
-// Not implemented (yet): llama.cpp's XTC, DRY and mirostat v2.
+//   - XTC (llama.cpp's llama_sampler_xtc semantics; probability pi, threshold t <= 0.5): with
+//     probability pi, when at least two kept tokens have q >= t, all of them but the least
+//     probable (ties by index) are removed. probabilities() returns the exact mixture
+//     (1 - pi) q_without + pi q_with of the chain's two outcomes, and the draw takes one token
+//     from it (llama.cpp draws XTC's coin with its own generator: the same law).
+// Then, when with_mirostat_v2(tau, eta) is set (Basu et al. 2021, arXiv 2007.14966; llama.cpp's
+// llama_sampler_mirostat_v2): keep the tokens of surprise -log2 q_i <= mu (at least the most
+// probable), mu read from the caller's MirostatState; sample(x, gen, ws, history, state) then
+// updates mu -= eta (-log2 q_t - tau) with q_t the drawn token's probability. To reproduce
+// llama.cpp's mirostat mode (temperature, then mirostat) leave the other stages off.
+// Not implemented: llama.cpp's DRY.
 // Paths: the fast paths below serve the orders [penalties] [top-n-sigma] then top-k, top-p,
 // min-p in this relative order, with temperature before top-p and min-p, or after both (llama.cpp's
 // order; then on the heap path only: 0 < k <= 1024); penalties and top-n-sigma then run on the copy
-// of the row (top-n-sigma: two passes over V). Any other order, and typical-p, take the general
-// path: the stages one by one in double with sorts, O(V log V) (fast_path() says which).
+// of the row (top-n-sigma: two passes over V). Any other order, typical-p, XTC and mirostat take
+// the general path: the stages one by one in double with sorts, O(V log V) (XTC: twice), and
+// fast_path() says which.
 // Except with typical-p, the token with the largest logit survives every stage, so the kept set is
 // never empty; typical-p keeps at least one token. The draw
 // is inverse-CDF on one 53-bit uniform u in [0, 1): token t is the first (small path: in order of
@@ -148,7 +159,7 @@ namespace softmaxlab {
 
 // The stages of the chain whose order the caller chooses (SamplerOptions::with_order). A stage not
 // in the order is not applied, whatever its parameter.
-enum class SamplerStage { Penalties, TopNSigma, TopK, TypicalP, TopP, MinP, Temperature };
+enum class SamplerStage { Penalties, TopNSigma, TopK, TypicalP, TopP, MinP, Temperature, Xtc };
 
 // Previous tokens of the sequence, oldest first (the penalties read the last penalty_last_n of
 // them). A view: the caller keeps the tokens alive during the call. Built from a pointer and a
@@ -301,10 +312,38 @@ class SamplerOptions {
     o.has_allowed_ = false;
     return o;
   }
+  // XTC, "exclude top choices" (llama.cpp's llama_sampler_init_xtc): with probability
+  // `probability`, when at least two kept tokens have q >= threshold, every one of them but the
+  // least probable is removed. probability in [0, 1] (0 = off), threshold in [0, 1] (> 0.5 = off,
+  // as llama.cpp: two tokens cannot both exceed it).
+  SamplerOptions with_xtc(double probability, double threshold) const {
+    detail::require_in_range("SamplerOptions: xtc_probability", probability, 0.0, 1.0,
+                             "in [0, 1] (0 = off)");
+    detail::require_in_range("SamplerOptions: xtc_threshold", threshold, 0.0, 1.0,
+                             "in [0, 1] (> 0.5 = off)");
+    SamplerOptions o = *this;
+    o.xtc_probability_ = probability;
+    o.xtc_threshold_ = threshold;
+    return o;
+  }
+  // Mirostat v2 (Basu et al. 2021, arXiv 2007.14966; llama.cpp's llama_sampler_init_mirostat_v2):
+  // after the chain, keep the tokens of surprise -log2 q_i <= mu (at least the most probable),
+  // draw, then mu -= eta (-log2 q_t - tau) with q_t the drawn token's probability. mu is the
+  // caller's MirostatState, passed to sample() and probabilities(). tau finite > 0 (target
+  // surprise, bits), eta in [0, 1] (learning rate).
+  SamplerOptions with_mirostat_v2(double tau, double eta) const {
+    detail::require_positive_finite("SamplerOptions: mirostat_tau", tau);
+    detail::require_in_range("SamplerOptions: mirostat_eta", eta, 0.0, 1.0, "in [0, 1]");
+    SamplerOptions o = *this;
+    o.mirostat_ = true;
+    o.mirostat_tau_ = tau;
+    o.mirostat_eta_ = eta;
+    return o;
+  }
   // The chain's order: each stage at most once; a stage left out is not applied.
   SamplerOptions with_order(const std::vector<SamplerStage>& order) const {
     for (std::size_t a = 0; a < order.size(); ++a) {
-      if (static_cast<int>(order[a]) < 0 || static_cast<int>(order[a]) > 6)
+      if (static_cast<int>(order[a]) < 0 || static_cast<int>(order[a]) > 7)
         detail::fail("SamplerOptions: order holds an unknown stage ", static_cast<int>(order[a]));
       for (std::size_t b = 0; b < a; ++b) {
         if (order[a] == order[b])
@@ -316,19 +355,19 @@ class SamplerOptions {
     o.order_ = order;
     return o;
   }
-  // llama.cpp's default order (common_params_sampling::samplers, without DRY and XTC): penalties,
-  // top-n-sigma, top-k, typical-p, top-p, min-p, temperature. The default.
+  // llama.cpp's default order (common_params_sampling::samplers, without DRY): penalties,
+  // top-n-sigma, top-k, typical-p, top-p, min-p, XTC, temperature. The default.
   static std::vector<SamplerStage> llama_cpp_order() {
-    return {SamplerStage::Penalties,  SamplerStage::TopNSigma, SamplerStage::TopK,
-            SamplerStage::TypicalP,   SamplerStage::TopP,      SamplerStage::MinP,
-            SamplerStage::Temperature};
+    return {SamplerStage::Penalties, SamplerStage::TopNSigma,  SamplerStage::TopK,
+            SamplerStage::TypicalP,  SamplerStage::TopP,       SamplerStage::MinP,
+            SamplerStage::Xtc,       SamplerStage::Temperature};
   }
   // Temperature first (Hugging Face's warper order, and this library's before the chain existed):
-  // penalties, temperature, top-n-sigma, top-k, typical-p, top-p, min-p.
+  // penalties, temperature, top-n-sigma, top-k, typical-p, top-p, min-p, XTC.
   static std::vector<SamplerStage> temperature_first_order() {
     return {SamplerStage::Penalties, SamplerStage::Temperature, SamplerStage::TopNSigma,
             SamplerStage::TopK,      SamplerStage::TypicalP,    SamplerStage::TopP,
-            SamplerStage::MinP};
+            SamplerStage::MinP,      SamplerStage::Xtc};
   }
 
   double temperature() const { return temperature_; }
@@ -346,6 +385,11 @@ class SamplerOptions {
   const std::vector<Index>& allowed_tokens() const { return allowed_; }
   bool has_allowed_tokens() const { return has_allowed_; }
   const std::vector<SamplerStage>& order() const { return order_; }
+  double xtc_probability() const { return xtc_probability_; }
+  double xtc_threshold() const { return xtc_threshold_; }
+  bool mirostat_v2() const { return mirostat_; }
+  double mirostat_tau() const { return mirostat_tau_; }
+  double mirostat_eta() const { return mirostat_eta_; }
 
  private:
   double temperature_ = 1.0;
@@ -362,7 +406,19 @@ class SamplerOptions {
   std::vector<bool> mask_;
   std::vector<Index> allowed_;
   bool has_allowed_ = false;
+  double xtc_probability_ = 0.0;
+  double xtc_threshold_ = 0.1;
+  bool mirostat_ = false;
+  double mirostat_tau_ = 5.0;
+  double mirostat_eta_ = 0.1;
   std::vector<SamplerStage> order_ = llama_cpp_order();
+};
+
+// Mirostat v2's state, carried by the caller from token to token: mu starts at 2 tau.
+struct MirostatState {
+  double mu = 10.0;
+  MirostatState() = default;
+  explicit MirostatState(double tau) : mu(2 * tau) {}
 };
 
 // What Sampler::verify returns: `accepted` draft tokens (a prefix of the drafts, in [0, k]) and
@@ -402,8 +458,10 @@ class SamplingWorkspace {
   std::vector<Index>& history() { return history_; }  // verify's history with the drafts
   std::vector<double>& scores() { return scores_; }   // verify's row normalizers
   std::vector<std::pair<double, Index>>& keyed() { return keyed_; }  // the general path's set
+  std::vector<std::pair<Index, double>>& branch(int i) { return branch_[i]; }  // XTC's branches
 
  private:
+  std::vector<std::pair<Index, double>> branch_[3];
   std::vector<std::pair<double, Index>> keyed_;
   std::vector<double> chain_;
   std::vector<Index> tokens_;
@@ -593,8 +651,30 @@ class Sampler {
     detail::static_check_scalar<Scalar>();
     detail::require_vector("Sampler::sample", x.rows(), x.cols());
     const Scalar* xs = prepare(x, ws, history);
-    const Plan<Scalar> plan = make_plan(xs, x.size(), ws, history);
+    const Plan<Scalar> plan = make_plan(xs, x.size(), ws, history, nullptr);
     return draw(plan, xs, x.size(), gen, ws);
+  }
+  // With mirostat v2: draws with the state's mu, then updates it (see with_mirostat_v2).
+  template <class XprX, class Gen>
+  Index sample(const Eigen::DenseBase<XprX>& x, Gen& gen, SamplingWorkspace& ws,
+               const TokenHistory& history, MirostatState& mirostat) const {
+    using Scalar = typename XprX::Scalar;
+    detail::static_check_scalar<Scalar>();
+    detail::require_vector("Sampler::sample", x.rows(), x.cols());
+    const Scalar* xs = prepare(x, ws, history);
+    const Plan<Scalar> plan = make_plan(xs, x.size(), ws, history, &mirostat);
+    const Index t = draw(plan, xs, x.size(), gen, ws);
+    if (mirostat_on_ && plan.kind == Kind::Small) {
+      const auto& b = ws.buffers<Scalar>();
+      for (std::size_t j = 0; j < plan.count; ++j) {
+        if (b.cand[j].second == t) {
+          const double surprise = -std::log2(b.cand_weight[j] / plan.total);
+          mirostat.mu -= o_.mirostat_eta() * (surprise - o_.mirostat_tau());
+          break;
+        }
+      }
+    }
+    return t;
   }
   template <class XprX, class Gen>
   Index sample(const Eigen::DenseBase<XprX>& x, Gen& gen) const {
@@ -605,7 +685,8 @@ class Sampler {
   // probs = the exact distribution sample() draws from (0 outside the kept set).
   template <class XprX, class Out>
   void probabilities(const Eigen::DenseBase<XprX>& x, Out&& probs_out, SamplingWorkspace& ws,
-                     const TokenHistory& history = TokenHistory()) const {
+                     const TokenHistory& history = TokenHistory(),
+                     const MirostatState* mirostat = nullptr) const {
     using Scalar = typename XprX::Scalar;
     using XprY = detail::output_xpr_t<Out>;
     detail::static_check_scalar<Scalar>();
@@ -621,7 +702,7 @@ class Sampler {
     auto& b = ws.buffers<Scalar>();
     const Index n = x.size();
     const Scalar* xs = prepare(x, ws, history);
-    const Plan<Scalar> plan = make_plan(xs, n, ws, history);
+    const Plan<Scalar> plan = make_plan(xs, n, ws, history, mirostat);
     switch (plan.kind) {
       case Kind::NaN:
         probs.setConstant(std::numeric_limits<Scalar>::quiet_NaN());
@@ -868,12 +949,13 @@ class Sampler {
   // underflowed tokens excluded), for diagnostics and examples; 0 for a NaN or empty row.
   template <class XprX>
   Index kept_count(const Eigen::DenseBase<XprX>& x, SamplingWorkspace& ws,
-                   const TokenHistory& history = TokenHistory()) const {
+                   const TokenHistory& history = TokenHistory(),
+                   const MirostatState* mirostat = nullptr) const {
     using Scalar = typename XprX::Scalar;
     detail::require_vector("Sampler::kept_count", x.rows(), x.cols());
     auto& b = ws.buffers<Scalar>();
     const Scalar* xs = prepare(x, ws, history);
-    const Plan<Scalar> plan = make_plan(xs, x.size(), ws, history);
+    const Plan<Scalar> plan = make_plan(xs, x.size(), ws, history, mirostat);
     switch (plan.kind) {
       case Kind::NaN:
       case Kind::Empty:
@@ -937,7 +1019,12 @@ class Sampler {
 
   template <class Scalar>
   Plan<Scalar> make_plan(const Scalar* x, Index n, SamplingWorkspace& ws,
-                         const TokenHistory& history) const {
+                         const TokenHistory& history, const MirostatState* mirostat) const {
+    if (mirostat_on_ && mirostat == nullptr && !greedy_) {
+      detail::fail(
+          "Sampler: mirostat v2 is on: pass its MirostatState to sample(), "
+          "probabilities() or kept_count()");
+    }
     const Scalar inf = std::numeric_limits<Scalar>::infinity();
     Plan<Scalar> plan;
     if (n == 0)
@@ -963,7 +1050,7 @@ class Sampler {
       return plan;
     }
     if (!fast_)
-      return general_plan(x, n, ws, history);
+      return general_plan(x, n, ws, history, mirostat);
     if (small)
       return small_plan(x, n, m, ws);
     return large_plan(x, n, m, ws);
@@ -1184,6 +1271,9 @@ class Sampler {
     typical_ = in_order(SamplerStage::TypicalP) ? o_.typical_p() : 1.0;
     p_ = in_order(SamplerStage::TopP) ? o_.top_p() : 1.0;
     minp_ = in_order(SamplerStage::MinP) ? o_.min_p() : 0.0;
+    xtc_on_ =
+        in_order(SamplerStage::Xtc) && o_.xtc_probability() > 0.0 && o_.xtc_threshold() <= 0.5;
+    mirostat_on_ = o_.mirostat_v2();
     fast_ = true;
     temp_last_ = false;
     if (greedy_)
@@ -1195,7 +1285,8 @@ class Sampler {
           || (st == SamplerStage::TopNSigma && sigma_on_) || (st == SamplerStage::TopK && k_ > 0)
           || (st == SamplerStage::TypicalP && typical_ < 1.0)
           || (st == SamplerStage::TopP && p_ < 1.0) || (st == SamplerStage::MinP && minp_ > 0.0)
-          || (st == SamplerStage::Temperature && temp_ != 1.0);
+          || (st == SamplerStage::Temperature && temp_ != 1.0)
+          || (st == SamplerStage::Xtc && xtc_on_);
       if (on)
         seq.push_back(st);
     }
@@ -1231,6 +1322,8 @@ class Sampler {
       if (!(k_ > 0 && k_ <= kHeapMaxK))
         fast_ = false;  // temperature last beyond the heap path: the general path
     }
+    if (mirostat_on_)
+      fast_ = false;
   }
 
   // The mask's and the bias's token ids against the vocabulary size n.
@@ -1376,10 +1469,11 @@ class Sampler {
   // the doc block states), in double with sorts: O(V log V). The kept set and its weights go
   // where the heap path puts them (cand, cand_weight, by decreasing weight), so the Small draw,
   // probabilities() and kept_count() serve both.
+  // One run of the chain; `xtc_cut`: whether XTC removes (its random decision taken). Writes the
+  // final distribution as (index, probability) sorted by index.
   template <class Scalar>
-  Plan<Scalar> general_plan(const Scalar* x, Index n, SamplingWorkspace& ws,
-                            const TokenHistory& h) const {
-    auto& b = ws.buffers<Scalar>();
+  void run_chain(const Scalar* x, Index n, SamplingWorkspace& ws, const TokenHistory& h,
+                 bool xtc_cut, std::vector<std::pair<Index, double>>& out) const {
     std::vector<double>& z = ws.chain();
     z.assign(x, x + n);
     std::vector<std::pair<double, Index>>& kept = ws.keyed();
@@ -1500,6 +1594,26 @@ class Sampler {
           cut_sorted(mass_prefix(p_));
           break;
         }
+        case SamplerStage::Xtc: {
+          if (!xtc_cut || kept.size() < 2)
+            break;
+          // Sort by decreasing q (ties by index); the leading tokens with q >= threshold: all but
+          // the last of them are removed when there are at least two.
+          const double m = z_max();
+          long double total = 0;
+          for (auto& e : kept) {
+            e.first = -zi(e.second);
+            total += std::exp(zi(e.second) - m);
+          }
+          std::sort(kept.begin(), kept.end(), by_key);
+          std::size_t above = 0;
+          while (above < kept.size()
+                 && std::exp(zi(kept[above].second) - m) >= o_.xtc_threshold() * total)
+            ++above;
+          if (above >= 2)
+            kept.erase(kept.begin(), kept.begin() + static_cast<std::ptrdiff_t>(above - 1));
+          break;
+        }
         case SamplerStage::MinP: {
           if (minp_ <= 0.0)
             break;
@@ -1513,16 +1627,66 @@ class Sampler {
       }
     }
     const double m = z_max();
-    for (auto& e : kept)
-      e.first = -zi(e.second);
-    std::sort(kept.begin(), kept.end(), by_key);  // decreasing weight, ties by index
+    long double total = 0;
+    for (const auto& e : kept)
+      total += std::exp(zi(e.second) - m);
+    out.clear();
+    for (const auto& e : kept)
+      out.emplace_back(e.second, static_cast<double>(std::exp(zi(e.second) - m) / total));
+    std::sort(out.begin(), out.end());
+  }
+
+  // The general path: the chain (twice with XTC, mixed by its probability: the draw's law is
+  // then exactly llama.cpp's, whose XTC takes its own uniform), then mirostat's truncation. The
+  // kept set and its weights go where the heap path puts them (cand, cand_weight, by decreasing
+  // weight), so the Small draw, probabilities() and kept_count() serve both.
+  template <class Scalar>
+  Plan<Scalar> general_plan(const Scalar* x, Index n, SamplingWorkspace& ws, const TokenHistory& h,
+                            const MirostatState* mirostat) const {
+    auto& b = ws.buffers<Scalar>();
+    std::vector<std::pair<Index, double>>& dist = ws.branch(0);
+    const double pi = xtc_on_ ? o_.xtc_probability() : 0.0;
+    run_chain(x, n, ws, h, pi >= 1.0, dist);
+    if (pi > 0.0 && pi < 1.0) {
+      std::vector<std::pair<Index, double>>& cut = ws.branch(1);
+      std::vector<std::pair<Index, double>>& mixed = ws.branch(2);
+      run_chain(x, n, ws, h, true, cut);
+      mixed.clear();
+      std::size_t a = 0, c = 0;
+      while (a < dist.size() || c < cut.size()) {
+        if (c == cut.size() || (a < dist.size() && dist[a].first < cut[c].first)) {
+          mixed.emplace_back(dist[a].first, (1 - pi) * dist[a].second);
+          ++a;
+        } else if (a == dist.size() || cut[c].first < dist[a].first) {
+          mixed.emplace_back(cut[c].first, pi * cut[c].second);
+          ++c;
+        } else {
+          mixed.emplace_back(dist[a].first, (1 - pi) * dist[a].second + pi * cut[c].second);
+          ++a;
+          ++c;
+        }
+      }
+      dist.swap(mixed);
+    }
+    // Decreasing weight, ties by index: the draw's order.
+    std::sort(dist.begin(), dist.end(), [](const auto& u, const auto& v) {
+      return u.second > v.second || (u.second == v.second && u.first < v.first);
+    });
+    std::size_t count = dist.size();
+    if (mirostat_on_ && mirostat != nullptr) {
+      // Mirostat v2: keep the tokens of surprise -log2 q <= mu, at least the most probable.
+      std::size_t keep = 1;
+      while (keep < count && -std::log2(dist[keep].second) <= mirostat->mu)
+        ++keep;
+      count = keep;
+    }
     b.cand.clear();
     b.cand_weight.clear();
     long double total = 0;
-    for (const auto& e : kept) {
-      b.cand.emplace_back(x[e.second], e.second);
-      b.cand_weight.push_back(std::exp(zi(e.second) - m));
-      total += b.cand_weight.back();
+    for (std::size_t j = 0; j < count; ++j) {
+      b.cand.emplace_back(x[dist[j].first], dist[j].first);
+      b.cand_weight.push_back(dist[j].second);
+      total += dist[j].second;
     }
     Plan<Scalar> plan;
     plan.kind = Kind::Small;
@@ -1535,6 +1699,7 @@ class Sampler {
   // What configure() derived from o_: the effective parameters (neutral for a stage left out of
   // the order) and the path.
   bool greedy_ = false, fast_ = true, temp_last_ = false, penalties_on_ = false, sigma_on_ = false;
+  bool xtc_on_ = false, mirostat_on_ = false;
   double temp_ = 1.0, typical_ = 1.0, p_ = 1.0, minp_ = 0.0;
   Index k_ = 0;
 };
