@@ -46,6 +46,9 @@ struct Chain {
   std::vector<bool> mask;      // empty: none
   std::vector<Index> allowed;  // used when use_allowed
   bool use_allowed = false;
+  double dry_multiplier = 0, dry_base = 1.75;
+  Index dry_allowed = 2, dry_last_n = -1;
+  std::vector<Index> dry_breakers;
   double xtc_probability = 0, xtc_threshold = 0.1;
   bool mirostat = false;
   double tau = 3, eta = 0.1, mu = 4.5;  // mirostat v2: the state's mu for probabilities()
@@ -54,17 +57,19 @@ struct Chain {
 };
 
 sml::SamplerOptions options_of(const Chain& c) {
-  sml::SamplerOptions o = sml::SamplerOptions()
-                              .with_order(c.order)
-                              .with_temperature(c.temperature)
-                              .with_top_k(c.top_k)
-                              .with_top_p(c.top_p)
-                              .with_min_p(c.min_p)
-                              .with_typical_p(c.typical_p)
-                              .with_top_n_sigma(c.top_n_sigma)
-                              .with_penalties(c.repeat, c.frequency, c.presence, c.last_n)
-                              .with_logit_bias(c.bias)
-                              .with_xtc(c.xtc_probability, c.xtc_threshold);
+  sml::SamplerOptions o =
+      sml::SamplerOptions()
+          .with_order(c.order)
+          .with_temperature(c.temperature)
+          .with_top_k(c.top_k)
+          .with_top_p(c.top_p)
+          .with_min_p(c.min_p)
+          .with_typical_p(c.typical_p)
+          .with_top_n_sigma(c.top_n_sigma)
+          .with_penalties(c.repeat, c.frequency, c.presence, c.last_n)
+          .with_logit_bias(c.bias)
+          .with_xtc(c.xtc_probability, c.xtc_threshold)
+          .with_dry(c.dry_multiplier, c.dry_base, c.dry_allowed, c.dry_last_n, c.dry_breakers);
   if (c.mirostat)
     o = o.with_mirostat_v2(c.tau, c.eta);
   if (c.use_allowed)
@@ -120,6 +125,35 @@ Reference reference_branch(const std::vector<double>& x, const Chain& c,
       z[i] -= count[i] * c.frequency + c.presence;
     }
   };
+  // DRY by its definition: L(v) = the largest L such that some segment h[i-L+1..i] of the window
+  // equals the window's last L tokens (none of them a breaker) and is followed by v.
+  auto dry = [&] {
+    const std::size_t w = c.dry_last_n < 0
+                              ? hist.size()
+                              : std::min(hist.size(), static_cast<std::size_t>(c.dry_last_n));
+    const std::size_t start = hist.size() - w, end = hist.size();
+    std::vector<Index> longest(n, 0);
+    for (std::size_t i = start; i + 1 < end; ++i) {
+      for (std::size_t len = 1; i + 1 >= start + len; ++len) {
+        bool breaker = false;
+        for (std::size_t m = end - len; m < end; ++m)
+          breaker = breaker
+                    || std::find(c.dry_breakers.begin(), c.dry_breakers.end(), hist[m])
+                           != c.dry_breakers.end();
+        if (breaker
+            || !std::equal(hist.begin() + static_cast<std::ptrdiff_t>(i + 1 - len),
+                           hist.begin() + static_cast<std::ptrdiff_t>(i + 1),
+                           hist.begin() + static_cast<std::ptrdiff_t>(end - len)))
+          break;
+        const auto v = static_cast<std::size_t>(hist[i + 1]);
+        longest[v] = std::max(longest[v], static_cast<Index>(len));
+      }
+    }
+    for (std::size_t v = 0; v < n; ++v) {
+      if (longest[v] >= c.dry_allowed)
+        z[v] -= c.dry_multiplier * std::pow(LD(c.dry_base), LD(longest[v] - c.dry_allowed));
+    }
+  };
   auto zmax = [&] {
     LD m = -inf;
     for (std::size_t i = 0; i < n; ++i)
@@ -167,8 +201,12 @@ Reference reference_branch(const std::vector<double>& x, const Chain& c,
     return order;
   };
   if (c.temperature == 0 && has(Stage::Temperature)) {  // greedy after the logit stages
-    if (has(Stage::Penalties))
-      penalize();
+    for (const Stage s : c.order) {
+      if (s == Stage::Penalties)
+        penalize();
+      if (s == Stage::Dry && c.dry_multiplier > 0)
+        dry();
+    }
     std::size_t best = 0;
     for (std::size_t i = 0; i < n; ++i)
       best = kept[i] && (!kept[best] || z[i] > z[best]) ? i : best;
@@ -180,6 +218,8 @@ Reference reference_branch(const std::vector<double>& x, const Chain& c,
   for (const Stage s : c.order) {
     if (s == Stage::Penalties) {
       penalize();
+    } else if (s == Stage::Dry && c.dry_multiplier > 0) {
+      dry();
     } else if (s == Stage::Temperature) {
       for (auto& v : z)
         v /= c.temperature;
@@ -389,6 +429,16 @@ std::vector<Chain> chains(std::size_t n) {
   c.top_k = 40, c.min_p = 0.02, c.temperature = 0.7, c.xtc_probability = 0.3;
   add(c, "top-k, min-p, XTC, temperature (general)");
   c = Chain();
+  c.dry_multiplier = 0.8;
+  add(c, "DRY alone");
+  c.dry_breakers = {15, 30};
+  c.dry_allowed = 3, c.dry_last_n = 50, c.dry_base = 2;
+  add(c, "DRY with breakers, window 50");
+  c.repeat = 1.1, c.top_k = 40, c.top_p = 0.95, c.min_p = 0.05, c.temperature = 0.8;
+  add(c, "llama.cpp default chain with DRY (fast)");
+  c.order = {Stage::TopK, Stage::Dry, Stage::Temperature, Stage::TopP};
+  add(c, "DRY after top-k (general)");
+  c = Chain();
   c.mirostat = true;
   add(c, "mirostat v2 alone (mu 4.5)");
   c.temperature = 0.8, c.mu = 6;
@@ -418,8 +468,10 @@ void check_chains_against_reference() {
         std::vector<double> x(xs.begin(), xs.end());  // the exact values the sampler sees
         std::vector<Index> hist;
         std::uniform_int_distribution<Index> pick(0, 20);
-        for (int j = 0; j < 80; ++j)
+        for (int j = 0; j < 60; ++j)
           hist.push_back(pick(rng) * 3 % static_cast<Index>(n));
+        for (int j = 20; j < 35; ++j)  // a repeated stretch, so that DRY finds long matches
+          hist.push_back(hist[static_cast<std::size_t>(j)]);
         for (const Chain& c : chains(n)) {
           const sml::Sampler s(options_of(c));
           const Reference ref = reference(x, c, hist, tol);
@@ -447,10 +499,18 @@ void check_chains_against_reference() {
             INFO(c.name << " (fast path: " << s.fast_path() << "), n = " << n << ", ties = " << ties
                         << ", token " << i << ": got " << p(ii) << ", reference "
                         << static_cast<double>(ref.q[i]));
-            REQUIRE((p(ii) > 0) == (ref.q[i] > 0));
             support += p(ii) > 0 ? 1 : 0;
-            if (ref.q[i] == 0)
+            // Below Scalar's normal range the computed probability may legitimately flush to 0
+            // (a heavily penalized token): only the support above it is compared.
+            if (ref.q[i] == 0) {
+              REQUIRE(p(ii) == 0);  // outside the kept set
               continue;
+            }
+            if (ref.q[i] < std::numeric_limits<Scalar>::min()) {
+              CHECK(p(ii) < std::numeric_limits<Scalar>::min());
+              continue;
+            }
+            REQUIRE(p(ii) > 0);
             // The weights' bound (Softmax's 4 eps (1 + |z - max z|)) plus the rounding of the
             // modified logits (bias, penalties) to Scalar, scaled by 1 / T.
             const LD bound = 8 * (1 + std::fabs(ref.z[i] - zmax) + 4 * xmax / t);
@@ -854,6 +914,16 @@ TEST_CASE("Sampler chain: bad options throw, naming the option and the value",
                (void)O().with_allowed_tokens({1, -4});
              }),
              Catch::Contains("allowed token") && Catch::Contains("-4"));
+  CHECK_THAT(message([&] { (void)O().with_dry(nan); }), Catch::Contains("dry_multiplier"));
+  CHECK_THAT(message([] { (void)O().with_dry(0.8, 0.5); }),
+             Catch::Contains("dry_base") && Catch::Contains("0.5"));
+  CHECK_THAT(message([] { (void)O().with_dry(0.8, 1.75, 0); }),
+             Catch::Contains("dry_allowed_length"));
+  CHECK_THAT(message([] { (void)O().with_dry(0.8, 1.75, 2, -3); }), Catch::Contains("dry_last_n"));
+  CHECK_THAT(message([] {
+               (void)O().with_dry(0.8, 1.75, 2, -1, {4, -2});
+             }),
+             Catch::Contains("breaker") && Catch::Contains("-2"));
   CHECK_THAT(message([] { (void)O().with_xtc(1.5, 0.1); }),
              Catch::Contains("xtc_probability") && Catch::Contains("1.5"));
   CHECK_THAT(message([&] { (void)O().with_xtc(0.5, nan); }), Catch::Contains("xtc_threshold"));

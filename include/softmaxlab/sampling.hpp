@@ -23,17 +23,22 @@
 //   b. logit bias: with_logit_bias(token, b): x_t += b; b = -inf bans t (even a +inf logit). A
 //      finite logit pushed beyond the type's range by a bias or a penalty is clamped to the largest
 //      finite value of its sign.
-// Chain stages, in the order with_order() gives (default llama_cpp_order(): penalties,
+// Chain stages, in the order with_order() gives (default llama_cpp_order(): penalties, DRY,
 // top-n-sigma, top-k, typical-p, top-p, min-p, XTC, temperature, the order of llama.cpp's
-// common_params_sampling::samplers without DRY; temperature_first_order() puts temperature
-// second). A stage left out of the order is not applied. Each acts on the logits z and the kept
-// set left by the previous ones; q = softmax(z) over the kept set (exact rules, exact arithmetic):
+// common_params_sampling::samplers; temperature_first_order() puts temperature third, after the
+// penalties and DRY). A stage left out of the order is not applied. Each acts on the logits z and
+// the kept set left by the previous ones; q = softmax(z) over the kept set (exact rules, exact
+// arithmetic):
 //   - penalties (llama_sampler_penalties_apply's rule): for each token t that occurs c > 0 times
 //     among the last penalty_last_n tokens of the history (-1 = all of it): z_t = z_t / repeat if
 //     z_t > 0, else z_t * repeat; then z_t -= c * frequency + presence. Cost O(w log w) for a
 //     window of w tokens, never a pass over V.
+//   - DRY (with_dry; the text-generation-webui sampler as llama.cpp applies it, breakers given as
+//     token ids rather than strings): for each token t, L(t) = the longest match between the end
+//     of the history window and a segment of it followed by t, no breaker in the matched end;
+//     z_t -= multiplier * base^(L(t) - allowed_length) when L(t) >= allowed_length. O(w L).
 //   - temperature T: z = z / T. T = 0 means greedy: the first index of the largest logit after
-//     the logit stages and the penalties, probability 1 (the other stages play no part).
+//     the logit stages, the penalties and DRY, probability 1 (the other stages play no part).
 //   - top-n-sigma n (Tang et al. 2024, arXiv 2411.07641; llama.cpp's semantics): over the kept
 //     tokens, sigma = the population standard deviation of z; keep z >= max z - n sigma.
 //   - top-k (k > 0; 0 = off): keep every token whose z is >= the k-th largest z (ties at the
@@ -54,10 +59,9 @@
 // probable), mu read from the caller's MirostatState; sample(x, gen, ws, history, state) then
 // updates mu -= eta (-log2 q_t - tau) with q_t the drawn token's probability. To reproduce
 // llama.cpp's mirostat mode (temperature, then mirostat) leave the other stages off.
-// Not implemented: llama.cpp's DRY.
-// Paths: the fast paths below serve the orders [penalties] [top-n-sigma] then top-k, top-p,
+// Paths: the fast paths below serve the orders [penalties] [DRY] [top-n-sigma] then top-k, top-p,
 // min-p in this relative order, with temperature before top-p and min-p, or after both (llama.cpp's
-// order; then on the heap path only: 0 < k <= 1024); penalties and top-n-sigma then run on the copy
+// order; then on the heap path only: 0 < k <= 1024); penalties, DRY and top-n-sigma run on the copy
 // of the row (top-n-sigma: two passes over V). Any other order, typical-p, XTC and mirostat take
 // the general path: the stages one by one in double with sorts, O(V log V) (XTC: twice), and
 // fast_path() says which.
@@ -159,7 +163,7 @@ namespace softmaxlab {
 
 // The stages of the chain whose order the caller chooses (SamplerOptions::with_order). A stage not
 // in the order is not applied, whatever its parameter.
-enum class SamplerStage { Penalties, TopNSigma, TopK, TypicalP, TopP, MinP, Temperature, Xtc };
+enum class SamplerStage { Penalties, TopNSigma, TopK, TypicalP, TopP, MinP, Temperature, Xtc, Dry };
 
 // Previous tokens of the sequence, oldest first (the penalties read the last penalty_last_n of
 // them). A view: the caller keeps the tokens alive during the call. Built from a pointer and a
@@ -340,10 +344,40 @@ class SamplerOptions {
     o.mirostat_eta_ = eta;
     return o;
   }
+  // DRY, "don't repeat yourself" (the text-generation-webui sampler as llama.cpp's
+  // llama_sampler_dry applies it, with sequence breakers given as token ids): for each token t,
+  // L(t) = the longest match between the end of the history window and a segment of the window
+  // followed by t, without a breaker in the matched end; if L(t) >= allowed_length, z_t -=
+  // multiplier * base^(L(t) - allowed_length). multiplier finite >= 0 (0 = off), base finite >= 1,
+  // allowed_length >= 1, last_n >= -1 (-1 = the whole history), breaker ids >= 0.
+  SamplerOptions with_dry(double multiplier, double base = 1.75, Index allowed_length = 2,
+                          Index last_n = -1, std::vector<Index> breakers = {}) const {
+    detail::require_in_range("SamplerOptions: dry_multiplier", multiplier, 0.0,
+                             std::numeric_limits<double>::max(), "finite and >= 0 (0 = off)");
+    detail::require_in_range("SamplerOptions: dry_base", base, 1.0,
+                             std::numeric_limits<double>::max(), "finite and >= 1");
+    if (allowed_length < 1)
+      detail::fail("SamplerOptions: dry_allowed_length must be >= 1, but got ", allowed_length);
+    if (last_n < -1)
+      detail::fail("SamplerOptions: dry_last_n must be >= -1 (-1 = the whole history), but got ",
+                   last_n);
+    for (const Index t : breakers) {
+      if (t < 0)
+        detail::fail("SamplerOptions: dry breaker token ids must be >= 0, but got ", t);
+    }
+    SamplerOptions o = *this;
+    o.dry_multiplier_ = multiplier;
+    o.dry_base_ = base;
+    o.dry_allowed_length_ = allowed_length;
+    o.dry_last_n_ = last_n;
+    std::sort(breakers.begin(), breakers.end());
+    o.dry_breakers_ = std::move(breakers);
+    return o;
+  }
   // The chain's order: each stage at most once; a stage left out is not applied.
   SamplerOptions with_order(const std::vector<SamplerStage>& order) const {
     for (std::size_t a = 0; a < order.size(); ++a) {
-      if (static_cast<int>(order[a]) < 0 || static_cast<int>(order[a]) > 7)
+      if (static_cast<int>(order[a]) < 0 || static_cast<int>(order[a]) > 8)
         detail::fail("SamplerOptions: order holds an unknown stage ", static_cast<int>(order[a]));
       for (std::size_t b = 0; b < a; ++b) {
         if (order[a] == order[b])
@@ -355,19 +389,19 @@ class SamplerOptions {
     o.order_ = order;
     return o;
   }
-  // llama.cpp's default order (common_params_sampling::samplers, without DRY): penalties,
-  // top-n-sigma, top-k, typical-p, top-p, min-p, XTC, temperature. The default.
+  // llama.cpp's default order (common_params_sampling::samplers): penalties, DRY, top-n-sigma,
+  // top-k, typical-p, top-p, min-p, XTC, temperature. The default.
   static std::vector<SamplerStage> llama_cpp_order() {
-    return {SamplerStage::Penalties, SamplerStage::TopNSigma,  SamplerStage::TopK,
-            SamplerStage::TypicalP,  SamplerStage::TopP,       SamplerStage::MinP,
-            SamplerStage::Xtc,       SamplerStage::Temperature};
+    return {SamplerStage::Penalties, SamplerStage::Dry,      SamplerStage::TopNSigma,
+            SamplerStage::TopK,      SamplerStage::TypicalP, SamplerStage::TopP,
+            SamplerStage::MinP,      SamplerStage::Xtc,      SamplerStage::Temperature};
   }
   // Temperature first (Hugging Face's warper order, and this library's before the chain existed):
-  // penalties, temperature, top-n-sigma, top-k, typical-p, top-p, min-p, XTC.
+  // penalties, DRY, temperature, top-n-sigma, top-k, typical-p, top-p, min-p, XTC.
   static std::vector<SamplerStage> temperature_first_order() {
-    return {SamplerStage::Penalties, SamplerStage::Temperature, SamplerStage::TopNSigma,
-            SamplerStage::TopK,      SamplerStage::TypicalP,    SamplerStage::TopP,
-            SamplerStage::MinP,      SamplerStage::Xtc};
+    return {SamplerStage::Penalties, SamplerStage::Dry,  SamplerStage::Temperature,
+            SamplerStage::TopNSigma, SamplerStage::TopK, SamplerStage::TypicalP,
+            SamplerStage::TopP,      SamplerStage::MinP, SamplerStage::Xtc};
   }
 
   double temperature() const { return temperature_; }
@@ -385,6 +419,11 @@ class SamplerOptions {
   const std::vector<Index>& allowed_tokens() const { return allowed_; }
   bool has_allowed_tokens() const { return has_allowed_; }
   const std::vector<SamplerStage>& order() const { return order_; }
+  double dry_multiplier() const { return dry_multiplier_; }
+  double dry_base() const { return dry_base_; }
+  Index dry_allowed_length() const { return dry_allowed_length_; }
+  Index dry_last_n() const { return dry_last_n_; }
+  const std::vector<Index>& dry_breakers() const { return dry_breakers_; }  // sorted
   double xtc_probability() const { return xtc_probability_; }
   double xtc_threshold() const { return xtc_threshold_; }
   bool mirostat_v2() const { return mirostat_; }
@@ -406,6 +445,11 @@ class SamplerOptions {
   std::vector<bool> mask_;
   std::vector<Index> allowed_;
   bool has_allowed_ = false;
+  double dry_multiplier_ = 0.0;
+  double dry_base_ = 1.75;
+  Index dry_allowed_length_ = 2;
+  Index dry_last_n_ = -1;
+  std::vector<Index> dry_breakers_;
   double xtc_probability_ = 0.0;
   double xtc_threshold_ = 0.1;
   bool mirostat_ = false;
@@ -838,10 +882,14 @@ class Sampler {
     Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, 1>> p(b.probs.data(), n);
     // The penalties of row i see the history and drafts 0..i-1 (the last window of them).
     std::vector<Index>& extended = ws.history();
-    const bool extend = penalties_on_ && k > 0;
+    const bool extend = (penalties_on_ || dry_on_) && k > 0;
     if (extend) {
+      // The longest window any history stage reads (-1: all of it).
+      const auto window = [&](bool on, Index last_n) {
+        return !on ? Index(0) : last_n < 0 ? history.size() : std::min(history.size(), last_n);
+      };
       const Index keep =
-          o_.penalty_last_n() < 0 ? history.size() : std::min(history.size(), o_.penalty_last_n());
+          std::max(window(penalties_on_, o_.penalty_last_n()), window(dry_on_, o_.dry_last_n()));
       extended.assign(history.data() + (history.size() - keep), history.data() + history.size());
     }
     const auto history_of = [&](Index i) {
@@ -1274,6 +1322,7 @@ class Sampler {
     xtc_on_ =
         in_order(SamplerStage::Xtc) && o_.xtc_probability() > 0.0 && o_.xtc_threshold() <= 0.5;
     mirostat_on_ = o_.mirostat_v2();
+    dry_on_ = in_order(SamplerStage::Dry) && o_.dry_multiplier() > 0.0 && o_.dry_last_n() != 0;
     fast_ = true;
     temp_last_ = false;
     if (greedy_)
@@ -1286,12 +1335,14 @@ class Sampler {
           || (st == SamplerStage::TypicalP && typical_ < 1.0)
           || (st == SamplerStage::TopP && p_ < 1.0) || (st == SamplerStage::MinP && minp_ > 0.0)
           || (st == SamplerStage::Temperature && temp_ != 1.0)
-          || (st == SamplerStage::Xtc && xtc_on_);
+          || (st == SamplerStage::Xtc && xtc_on_) || (st == SamplerStage::Dry && dry_on_);
       if (on)
         seq.push_back(st);
     }
     std::size_t pos = 0;
     if (pos < seq.size() && seq[pos] == SamplerStage::Penalties)
+      ++pos;
+    if (pos < seq.size() && seq[pos] == SamplerStage::Dry)
       ++pos;
     if (pos < seq.size() && seq[pos] == SamplerStage::TopNSigma)
       ++pos;
@@ -1362,8 +1413,9 @@ class Sampler {
     const Scalar* xs = detail::contiguous_row<Scalar>(x, b.row);
     const bool masked = o_.has_allowed_tokens() || !o_.token_mask().empty();
     const bool penalties = fast_ && penalty_window(h) > 0;
+    const bool dry = fast_ && dry_on_ && h.size() > 1;
     const bool sigma = fast_ && sigma_on_;
-    if (!masked && o_.logit_bias().empty() && !penalties && !sigma)
+    if (!masked && o_.logit_bias().empty() && !penalties && !dry && !sigma)
       return xs;
     check_vocabulary(n);
     if (b.modified.size() < static_cast<std::size_t>(n))
@@ -1389,6 +1441,8 @@ class Sampler {
     }
     if (penalties)
       apply_penalties(y, n, ws, h);
+    if (dry)
+      apply_dry(y, n, ws, h);
     if (sigma)
       top_n_sigma_in_place(y, n);
     return y;
@@ -1430,6 +1484,60 @@ class Sampler {
       v -= count * o_.frequency_penalty() + o_.presence_penalty();
       z[t[j]] = clamp_finite<T>(v, before);
       j = e;
+    }
+  }
+
+  // DRY (see SamplerOptions::with_dry): for each position i of the window but the last, the
+  // length of the match between the window's end and the segment ending at i (stopping at a
+  // breaker in the end part, or at the window's start), credited to the token h[i + 1]. Cost
+  // O(w L), L the matched lengths: O(w^2) on a window of one repeated token.
+  template <class T>
+  void apply_dry(T* z, Index n, SamplingWorkspace& ws, const TokenHistory& h) const {
+    const Index w = o_.dry_last_n() < 0 ? h.size() : std::min(h.size(), o_.dry_last_n());
+    if (w < 2)
+      return;
+    const Index* t = h.data() + (h.size() - w);
+    for (Index j = 0; j < w; ++j) {
+      if (t[j] < 0 || t[j] >= n)
+        detail::fail("Sampler: history token ", t[j], " (", j,
+                     "th of the DRY window) must be in [0, V = ", n, ")");
+    }
+    const auto& breakers = o_.dry_breakers();
+    const auto is_breaker = [&](Index v) {
+      return std::binary_search(breakers.begin(), breakers.end(), v);
+    };
+    std::vector<Index>& best = ws.tokens();  // (token, length) pairs, flattened
+    best.clear();
+    for (Index i = 0; i + 1 < w; ++i) {
+      Index len = 0;
+      while (len <= i && t[i - len] == t[w - 1 - len] && !is_breaker(t[w - 1 - len]))
+        ++len;
+      if (len >= o_.dry_allowed_length()) {
+        best.push_back(t[i + 1]);
+        best.push_back(len);
+      }
+    }
+    // The longest match per token, then one penalty each.
+    for (std::size_t a = 0; a < best.size(); a += 2) {
+      const Index token = best[a];
+      Index len = best[a + 1];
+      bool first = true;
+      for (std::size_t c = 0; c < best.size(); c += 2) {
+        if (best[c] == token) {
+          if (c < a) {
+            first = false;
+            break;
+          }
+          len = std::max(len, best[c + 1]);
+        }
+      }
+      if (!first)
+        continue;
+      const T before = z[token];
+      const double penalty =
+          o_.dry_multiplier()
+          * std::pow(o_.dry_base(), static_cast<double>(len - o_.dry_allowed_length()));
+      z[token] = clamp_finite<T>(static_cast<double>(before) - penalty, before);
     }
   }
 
@@ -1523,6 +1631,18 @@ class Sampler {
           if (penalty_window(h) == 0)
             break;
           apply_penalties(z.data(), n, ws, h);
+          kept.erase(
+              std::remove_if(kept.begin(), kept.end(),
+                             [&](const auto& e) {
+                               return !(zi(e.second) > -std::numeric_limits<double>::infinity());
+                             }),
+              kept.end());
+          break;
+        }
+        case SamplerStage::Dry: {
+          if (!dry_on_)
+            break;
+          apply_dry(z.data(), n, ws, h);
           kept.erase(
               std::remove_if(kept.begin(), kept.end(),
                              [&](const auto& e) {
@@ -1699,7 +1819,7 @@ class Sampler {
   // What configure() derived from o_: the effective parameters (neutral for a stage left out of
   // the order) and the path.
   bool greedy_ = false, fast_ = true, temp_last_ = false, penalties_on_ = false, sigma_on_ = false;
-  bool xtc_on_ = false, mirostat_on_ = false;
+  bool xtc_on_ = false, mirostat_on_ = false, dry_on_ = false;
   double temp_ = 1.0, typical_ = 1.0, p_ = 1.0, minp_ = 0.0;
   Index k_ = 0;
 };
