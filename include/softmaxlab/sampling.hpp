@@ -486,7 +486,6 @@ class SamplingWorkspace {
     std::vector<std::pair<Scalar, Index>> cand;  // candidates (logit, index)
     std::vector<double> cand_weight;             // their weights (small path)
     std::vector<Scalar> modified;                // the row after the logit stages
-    std::vector<Scalar> probs;                   // a target row's probabilities (verify)
   };
   template <class Scalar>
   Buffers<Scalar>& buffers() {
@@ -856,7 +855,7 @@ class Sampler {
       const auto t = static_cast<Index>(draft_tokens.derived().coeff(i));
       if (t < 0 || t >= n)
         detail::fail("Sampler::verify: draft_tokens(", i, ") must be in [0, ", n, "), but got ", t);
-      long double sum = 0;
+      double sum = 0;  // double: its error (V eps) is far below the 1e-3 tolerance
       for (Index j = 0; j < n; ++j) {
         const double q = static_cast<double>(draft_probs.derived().coeff(i, j));
         if (!(q >= 0 && q <= 1))
@@ -864,7 +863,7 @@ class Sampler {
                        q);
         sum += q;
       }
-      if (!(std::fabs(sum - 1.0L) <= 1e-3L)) {
+      if (!(std::fabs(sum - 1.0) <= 1e-3)) {
         detail::fail("Sampler::verify: draft_probs row ", i,
                      " must sum to 1 (within 1e-3), but sums to ", static_cast<double>(sum));
       }
@@ -876,10 +875,6 @@ class Sampler {
     }
     if (!o_.has_allowed_tokens() && !o_.token_mask().empty())
       check_vocabulary(n);
-    auto& b = ws.buffers<Scalar>();
-    if (b.probs.size() < static_cast<std::size_t>(n))
-      b.probs.resize(static_cast<std::size_t>(n));
-    Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, 1>> p(b.probs.data(), n);
     // The penalties of row i see the history and drafts 0..i-1 (the last window of them).
     std::vector<Index>& extended = ws.history();
     const bool extend = (penalties_on_ || dry_on_) && k > 0;
@@ -902,44 +897,48 @@ class Sampler {
         extended.push_back(static_cast<Index>(draft_tokens.derived().coeff(i)));
     }
     for (Index i = 0; i < k; ++i) {
-      probabilities(target_logits.row(i), p, ws, history_of(i));
-      if (p(0) != p(0))
-        return {i, -1};  // a NaN row
+      // The plan of row i gives p(t) in O(kept) on the heap and general paths (no write of V
+      // probabilities) and the residual's support: (p - q)+ > 0 only where p > 0.
+      const TokenHistory hi = history_of(i);
+      const Scalar* xs = prepare(target_logits.row(i), ws, hi);
+      const Plan<Scalar> plan = make_plan(xs, n, ws, hi, nullptr);
+      if (plan.kind == Kind::NaN)
+        return {i, -1};
       const auto t = static_cast<Index>(draft_tokens.derived().coeff(i));
       const double scale = inv_sum[static_cast<std::size_t>(i)];
       const double q_t = static_cast<double>(draft_probs.derived().coeff(i, t)) * scale;
-      if (detail::uniform53(gen) * q_t < static_cast<double>(p(t)))
+      if (detail::uniform53(gen) * q_t < plan_probability(plan, xs, t, ws))
         continue;  // accepted with probability min(1, p(t) / q(t))
       // Rejected: draw from the residual (p - q)+, normalized.
-      const auto residual = [&](Index j) {
-        const double r = static_cast<double>(p(j))
-                         - static_cast<double>(draft_probs.derived().coeff(i, j)) * scale;
+      const auto residual = [&](Index j, double p_j) {
+        const double r = p_j - static_cast<double>(draft_probs.derived().coeff(i, j)) * scale;
         return r > 0 ? r : 0.0;
       };
       long double total = 0;
-      for (Index j = 0; j < n; ++j)
-        total += residual(j);
+      for_each_support(plan, xs, n, ws, [&](Index j, double p_j) { total += residual(j, p_j); });
       const double target = detail::uniform53(gen) * static_cast<double>(total);
       double cum = 0;
-      Index last = -1;
-      for (Index j = 0; j < n; ++j) {
-        const double r = residual(j);
-        if (r > 0) {
-          cum += r;
-          last = j;
-          if (cum > target)
-            return {i, j};
+      Index chosen = -1, last = -1, best = -1;
+      double best_p = 0;
+      for_each_support(plan, xs, n, ws, [&](Index j, double p_j) {
+        if (p_j > best_p) {
+          best_p = p_j;
+          best = j;
         }
-      }
+        const double r = residual(j, p_j);
+        if (chosen >= 0 || !(r > 0))
+          return;
+        cum += r;
+        last = j;
+        if (cum > target)
+          chosen = j;
+      });
+      if (chosen >= 0)
+        return {i, chosen};
       if (last >= 0)
         return {i, last};  // rounding left target >= cum: the last token of the residual
       // No residual mass: p = q up to rounding, so the rejection itself came from rounding; p's
-      // largest entry is then a token the target gives positive probability (or -1: empty row).
-      Index best = -1;
-      for (Index j = 0; j < n; ++j) {
-        if (p(j) > 0 && (best < 0 || p(j) > p(best)))
-          best = j;
-      }
+      // largest entry is then a token the target gives positive probability (-1: empty row).
       return {i, best};
     }
     return {k, sample(target_logits.row(k), gen, ws, history_of(k))};
@@ -1288,17 +1287,85 @@ class Sampler {
         for (Index i = 0; i < n; ++i) {
           if (plan.kept(x[i], w[i])) {
             cum += double(w[i]);
-            if (reported<Scalar>(double(w[i]), plan.total) > 0) {
-              last = i;
-              if (cum > target)
-                return i;
-            }
+            if (cum > target && reported<Scalar>(double(w[i]), plan.total) > 0)
+              return i;
           }
         }
-        return last;  // rounding left target >= cum: the last token of positive probability
+        // Rounding left target >= cum: the last token of positive probability.
+        for (Index i = n - 1; i >= 0; --i) {
+          if (plan.kept(x[i], w[i]) && reported<Scalar>(double(w[i]), plan.total) > 0) {
+            last = i;
+            break;
+          }
+        }
+        return last;
       }
     }
     return -1;
+  }
+
+  // The probability probabilities() reports for token t under `plan` (as a double).
+  template <class Scalar>
+  double plan_probability(const Plan<Scalar>& plan, const Scalar* xs, Index t,
+                          SamplingWorkspace& ws) const {
+    switch (plan.kind) {
+      case Kind::NaN:
+        return std::numeric_limits<double>::quiet_NaN();
+      case Kind::Empty:
+        return 0.0;
+      case Kind::Greedy:
+        return t == plan.index ? 1.0 : 0.0;
+      case Kind::Infinity:
+        return xs[t] == std::numeric_limits<Scalar>::infinity()
+                   ? double(Scalar(1) / static_cast<Scalar>(plan.count))
+                   : 0.0;
+      case Kind::Small: {
+        const auto& b = ws.buffers<Scalar>();
+        for (std::size_t j = 0; j < plan.count; ++j) {
+          if (b.cand[j].second == t)
+            return double(reported<Scalar>(b.cand_weight[j], plan.total));
+        }
+        return 0.0;
+      }
+      case Kind::Large: {
+        const Scalar w = ws.buffers<Scalar>().weight[static_cast<std::size_t>(t)];
+        return plan.kept(xs[t], w) ? double(reported<Scalar>(double(w), plan.total)) : 0.0;
+      }
+    }
+    return 0.0;
+  }
+
+  // fn(j, p_j) for every token j that `plan` may give a positive probability (p_j as
+  // probabilities() reports it; some may be 0 after rounding), in a fixed order.
+  template <class Scalar, class Fn>
+  void for_each_support(const Plan<Scalar>& plan, const Scalar* xs, Index n, SamplingWorkspace& ws,
+                        const Fn& fn) const {
+    const auto& b = ws.buffers<Scalar>();
+    switch (plan.kind) {
+      case Kind::NaN:
+      case Kind::Empty:
+        return;
+      case Kind::Greedy:
+        fn(plan.index, 1.0);
+        return;
+      case Kind::Infinity:
+        for (Index j = 0; j < n; ++j) {
+          if (xs[j] == std::numeric_limits<Scalar>::infinity())
+            fn(j, double(Scalar(1) / static_cast<Scalar>(plan.count)));
+        }
+        return;
+      case Kind::Small:
+        for (std::size_t c = 0; c < plan.count; ++c)
+          fn(b.cand[c].second, double(reported<Scalar>(b.cand_weight[c], plan.total)));
+        return;
+      case Kind::Large:
+        for (Index j = 0; j < n; ++j) {
+          const Scalar w = b.weight[static_cast<std::size_t>(j)];
+          if (plan.kept(xs[j], w))
+            fn(j, double(reported<Scalar>(double(w), plan.total)));
+        }
+        return;
+    }
   }
 
   // Which stages are on, and whether their order allows the fast paths: [penalties]
@@ -1547,28 +1614,28 @@ class Sampler {
   template <class Scalar>
   void top_n_sigma_in_place(Scalar* y, Index n) const {
     const Scalar inf = std::numeric_limits<Scalar>::infinity();
-    long double sum = 0, mx = -INFINITY;
+    double sum = 0, mx = -std::numeric_limits<double>::infinity();
     Index count = 0;
     for (Index i = 0; i < n; ++i) {
       if (y[i] != y[i] || y[i] == inf)
         return;
       if (y[i] > -inf) {
         sum += y[i];
-        mx = std::max<long double>(mx, y[i]);
+        mx = std::max<double>(mx, y[i]);
         ++count;
       }
     }
     if (count <= 1)
       return;
-    const long double mean = sum / count;
-    long double acc = 0;
+    const double mean = sum / static_cast<double>(count);
+    double acc = 0;
     for (Index i = 0; i < n; ++i) {
       if (y[i] > -inf)
         acc += (y[i] - mean) * (y[i] - mean);
     }
-    const long double threshold = mx - o_.top_n_sigma() * std::sqrt(acc / count);
+    const double threshold = mx - o_.top_n_sigma() * std::sqrt(acc / static_cast<double>(count));
     for (Index i = 0; i < n; ++i) {
-      if (static_cast<long double>(y[i]) < threshold)
+      if (static_cast<double>(y[i]) < threshold)
         y[i] = -inf;
     }
   }
