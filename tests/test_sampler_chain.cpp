@@ -397,6 +397,9 @@ std::vector<Chain> chains(std::size_t n) {
   c.repeat = 1.1, c.frequency = 0.05, c.presence = 0.1;
   c.top_k = 40, c.top_p = 0.95, c.min_p = 0.05, c.temperature = 0.8;
   add(c, "llama.cpp default chain (fast, temperature last)");
+  c.bias = {{0, 3.0}, {2, -std::numeric_limits<double>::infinity()}, {45, 1.5}, {3, -0.5}};
+  add(c, "default chain with a bias (fast: sparse overlay, no copy of the row)");
+  c.bias.clear();
   c.top_n_sigma = 1.5;
   add(c, "default chain with top-n-sigma (fast)");
   c.top_n_sigma = 0;

@@ -479,13 +479,17 @@ class SamplingWorkspace {
  public:
   template <class Scalar>
   struct Buffers {
-    std::vector<Scalar> row;                     // a contiguous copy of a strided input
-    std::vector<Scalar> weight;                  // exp((x_i - m) / T) * 2^64 (large path)
-    std::vector<Scalar> heap;                    // the k largest values (min-heap)
-    std::vector<Scalar> block_max;               // the max of each block of kSelectBlock logits
-    std::vector<std::pair<Scalar, Index>> cand;  // candidates (logit, index)
-    std::vector<double> cand_weight;             // their weights (small path)
-    std::vector<Scalar> modified;                // the row after the logit stages
+    std::vector<Scalar> row;                        // a contiguous copy of a strided input
+    std::vector<Scalar> weight;                     // exp((x_i - m) / T) * 2^64 (large path)
+    std::vector<Scalar> heap;                       // the k largest values (min-heap)
+    std::vector<Scalar> block_max;                  // the max of each block of kSelectBlock logits
+    std::vector<std::pair<Scalar, Index>> cand;     // candidates (logit, index)
+    std::vector<double> cand_weight;                // their weights (small path)
+    std::vector<Scalar> modified;                   // the row after the logit stages
+    std::vector<std::pair<Index, Scalar>> overlay;  // sparse logit stages: (token, new logit)
+    bool overlay_on = false;                        // prepare() chose the overlay for this row
+    std::vector<Scalar> patch;                      // the overlay's blocks, patched
+    std::vector<const Scalar*> block_src;           // where each block's logits are read
   };
   template <class Scalar>
   Buffers<Scalar>& buffers() {
@@ -597,7 +601,7 @@ Scalar block_maxima(const Scalar* x, Index n, std::vector<Scalar>& out) {
 // block whose max is <= its smallest value is skipped without being read.
 template <class Scalar>
 Scalar kth_largest(const Scalar* x, Index n, Index k, const std::vector<Scalar>& block_max,
-                   std::vector<Scalar>& heap) {
+                   std::vector<Scalar>& heap, const Scalar* const* src = nullptr) {
   const Scalar inf = std::numeric_limits<Scalar>::infinity();
   heap.clear();
   if (heap.capacity() < static_cast<std::size_t>(k))
@@ -608,8 +612,9 @@ Scalar kth_largest(const Scalar* x, Index n, Index k, const std::vector<Scalar>&
     if (static_cast<Index>(heap.size()) == k
         && block_max[static_cast<std::size_t>(b)] <= heap.front())
       continue;
+    const Scalar* xb = src != nullptr ? src[b] : x + i;  // this block's logits
     for (Index j = i; j < end; ++j) {
-      const Scalar v = x[j];
+      const Scalar v = xb[j - i];
       if (v == -inf)
         continue;
       if (static_cast<Index>(heap.size()) < k) {
@@ -625,19 +630,22 @@ Scalar kth_largest(const Scalar* x, Index n, Index k, const std::vector<Scalar>&
   return heap.empty() ? -inf : heap.front();
 }
 
-// Appends (x_i, i) for every x_i >= threshold, skipping blocks by their max.
+// Appends (x_i, i) for every x_i >= threshold, skipping blocks by their max. src (optional):
+// where each block's logits are read (patched blocks of a sparse overlay), else x.
 template <class Scalar>
 void gather_at_least(const Scalar* x, Index n, Scalar threshold,
                      const std::vector<Scalar>& block_max,
-                     std::vector<std::pair<Scalar, Index>>& out) {
+                     std::vector<std::pair<Scalar, Index>>& out,
+                     const Scalar* const* src = nullptr) {
   out.clear();
   for (Index i = 0, b = 0; i < n; i += kSelectBlock, ++b) {
     if (block_max[static_cast<std::size_t>(b)] < threshold)
       continue;
     const Index end = std::min(n, i + kSelectBlock);
+    const Scalar* xb = src != nullptr ? src[b] : x + i;
     for (Index j = i; j < end; ++j) {
-      if (x[j] >= threshold)
-        out.emplace_back(x[j], j);
+      if (xb[j - i] >= threshold)
+        out.emplace_back(xb[j - i], j);
     }
   }
 }
@@ -855,14 +863,35 @@ class Sampler {
       const auto t = static_cast<Index>(draft_tokens.derived().coeff(i));
       if (t < 0 || t >= n)
         detail::fail("Sampler::verify: draft_tokens(", i, ") must be in [0, ", n, "), but got ", t);
-      double sum = 0;  // double: its error (V eps) is far below the 1e-3 tolerance
-      for (Index j = 0; j < n; ++j) {
-        const double q = static_cast<double>(draft_probs.derived().coeff(i, j));
-        if (!(q >= 0 && q <= 1))
-          detail::fail("Sampler::verify: draft_probs(", i, ", ", j, ") must be in [0, 1], but got ",
-                       q);
-        sum += q;
+      // Four double sums (independent chains: the pass runs near load speed); their error, V eps,
+      // is far below the 1e-3 tolerance. The range test (NaN fails it) is folded in without
+      // branches; a failure is located afterwards.
+      double sums[4] = {0, 0, 0, 0};
+      int in_range = 1;
+      const auto q_at = [&](Index c) {
+        return static_cast<double>(draft_probs.derived().coeff(i, c));
+      };
+      Index j = 0;
+      for (; j + 4 <= n; j += 4) {
+        for (int l = 0; l < 4; ++l) {
+          const double q = q_at(j + l);
+          in_range &= static_cast<int>(q >= 0) & static_cast<int>(q <= 1);
+          sums[l] += q;
+        }
       }
+      for (; j < n; ++j) {
+        const double q = q_at(j);
+        in_range &= static_cast<int>(q >= 0) & static_cast<int>(q <= 1);
+        sums[0] += q;
+      }
+      if (!in_range) {
+        for (Index c = 0; c < n; ++c) {
+          if (!(q_at(c) >= 0 && q_at(c) <= 1))
+            detail::fail("Sampler::verify: draft_probs(", i, ", ", c,
+                         ") must be in [0, 1], but got ", q_at(c));
+        }
+      }
+      const double sum = (sums[0] + sums[1]) + (sums[2] + sums[3]);
       if (!(std::fabs(sum - 1.0) <= 1e-3)) {
         detail::fail("Sampler::verify: draft_probs row ", i,
                      " must sum to 1 (within 1e-3), but sums to ", static_cast<double>(sum));
@@ -1078,8 +1107,10 @@ class Sampler {
       return plan;
     const bool small = fast_ && !greedy_ && k_ > 0 && k_ <= kHeapMaxK;
     // The small path's block maxima come with the row max in the same pass.
-    const Scalar m = small ? detail::block_maxima(x, n, ws.buffers<Scalar>().block_max)
-                           : detail::max_propagate_nan(x, n);
+    Scalar m = small ? detail::block_maxima(x, n, ws.buffers<Scalar>().block_max)
+                     : detail::max_propagate_nan(x, n);
+    if (small && ws.buffers<Scalar>().overlay_on)
+      m = patch_blocks(x, n, ws);
     if (m != m) {
       plan.kind = Kind::NaN;
       return plan;
@@ -1103,12 +1134,50 @@ class Sampler {
     return large_plan(x, n, m, ws);
   }
 
+  // The overlay's blocks: each block holding a modified logit is copied into `patch` with the
+  // overlay applied and its max recomputed; block_src points at every block's logits. Returns
+  // the row's max (NaN-propagating).
+  template <class Scalar>
+  Scalar patch_blocks(const Scalar* x, Index n, SamplingWorkspace& ws) const {
+    auto& b = ws.buffers<Scalar>();
+    const auto blocks = b.block_max.size();
+    b.block_src.resize(blocks);
+    for (std::size_t bl = 0; bl < blocks; ++bl)
+      b.block_src[bl] = x + static_cast<Index>(bl) * detail::kSelectBlock;
+    std::size_t dirty = 0;
+    for (std::size_t e = 0; e < b.overlay.size(); ++e) {
+      if (e == 0
+          || b.overlay[e].first / detail::kSelectBlock
+                 != b.overlay[e - 1].first / detail::kSelectBlock)
+        ++dirty;
+    }
+    b.patch.resize(dirty * static_cast<std::size_t>(detail::kSelectBlock));
+    std::size_t slot = 0;
+    for (std::size_t e = 0; e < b.overlay.size();) {
+      const Index bl = b.overlay[e].first / detail::kSelectBlock;
+      const Index start = bl * detail::kSelectBlock;
+      const Index len = std::min(detail::kSelectBlock, n - start);
+      Scalar* dst = b.patch.data() + slot * static_cast<std::size_t>(detail::kSelectBlock);
+      std::copy(x + start, x + start + len, dst);
+      for (; e < b.overlay.size() && b.overlay[e].first / detail::kSelectBlock == bl; ++e)
+        dst[b.overlay[e].first - start] = b.overlay[e].second;
+      b.block_max[static_cast<std::size_t>(bl)] = detail::max_propagate_nan(dst, len);
+      b.block_src[static_cast<std::size_t>(bl)] = dst;
+      ++slot;
+    }
+    Scalar m = -std::numeric_limits<Scalar>::infinity();
+    for (const Scalar bm : b.block_max)
+      m = (bm != bm || bm > m) ? bm : m;
+    return m;
+  }
+
   // Top-k by the streaming heap, then only the candidates are weighted, sorted and cut.
   template <class Scalar>
   Plan<Scalar> small_plan(const Scalar* x, Index n, Scalar m, SamplingWorkspace& ws) const {
     auto& b = ws.buffers<Scalar>();
-    const Scalar kth = detail::kth_largest(x, n, k_, b.block_max, b.heap);
-    detail::gather_at_least(x, n, kth, b.block_max, b.cand);
+    const Scalar* const* src = b.overlay_on ? b.block_src.data() : nullptr;
+    const Scalar kth = detail::kth_largest(x, n, k_, b.block_max, b.heap, src);
+    detail::gather_at_least(x, n, kth, b.block_max, b.cand, src);
     std::sort(b.cand.begin(), b.cand.end(), detail::by_decreasing_logit<Scalar>);
     const std::size_t count = b.cand.size();
     b.cand_weight.resize(count);
@@ -1482,9 +1551,40 @@ class Sampler {
     const bool penalties = fast_ && penalty_window(h) > 0;
     const bool dry = fast_ && dry_on_ && h.size() > 1;
     const bool sigma = fast_ && sigma_on_;
+    b.overlay_on = false;
     if (!masked && o_.logit_bias().empty() && !penalties && !dry && !sigma)
       return xs;
     check_vocabulary(n);
+    if (!masked && !sigma && !greedy_ && k_ > 0 && k_ <= kHeapMaxK) {
+      // Only sparse stages on the heap path: their few modified logits go to an overlay that
+      // the selection reads through patched 64-logit blocks; the row is not copied.
+      auto& ov = b.overlay;
+      ov.clear();
+      const auto at = [&](Index t) -> Scalar& {
+        auto it = std::lower_bound(ov.begin(), ov.end(), t,
+                                   [](const auto& e, Index v) { return e.first < v; });
+        if (it == ov.end() || it->first != t)
+          it = ov.insert(it, {t, xs[t]});
+        return it->second;
+      };
+      for (const auto& e : o_.logit_bias()) {
+        Scalar& v = at(e.first);
+        v = apply_bias(v, e.second);
+      }
+      if (penalties)
+        apply_penalties(at, n, ws, h);
+      if (dry)
+        apply_dry(at, n, ws, h);
+      // Tokens whose logit is +inf or NaN keep the dense path (the Infinity and NaN rules read
+      // the row itself).
+      bool plain = true;
+      for (const auto& e : ov)
+        plain = plain && (xs[e.first] == -inf || std::isfinite(xs[e.first]));
+      if (plain) {
+        b.overlay_on = true;
+        return xs;
+      }
+    }
     if (b.modified.size() < static_cast<std::size_t>(n))
       b.modified.resize(static_cast<std::size_t>(n));
     Scalar* y = b.modified.data();
@@ -1499,20 +1599,26 @@ class Sampler {
     } else if (y != xs) {
       std::copy(xs, xs + n, y);
     }
-    for (const auto& e : o_.logit_bias()) {
-      Scalar& v = y[e.first];
-      if (e.second == -std::numeric_limits<double>::infinity())
-        v = v != v ? v : -inf;  // a ban, even of a +inf logit
-      else
-        v = clamp_finite<Scalar>(static_cast<double>(v) + e.second, v);
-    }
+    for (const auto& e : o_.logit_bias())
+      y[e.first] = apply_bias(y[e.first], e.second);
+    const auto dense = [y](Index t) -> Scalar& {
+      return y[t];
+    };
     if (penalties)
-      apply_penalties(y, n, ws, h);
+      apply_penalties(dense, n, ws, h);
     if (dry)
-      apply_dry(y, n, ws, h);
+      apply_dry(dense, n, ws, h);
     if (sigma)
       top_n_sigma_in_place(y, n);
     return y;
+  }
+
+  // The logit v after a bias b: b = -inf bans (even a +inf logit; a NaN stays).
+  template <class T>
+  static T apply_bias(T v, double bias) {
+    if (bias == -std::numeric_limits<double>::infinity())
+      return v != v ? v : -std::numeric_limits<T>::infinity();
+    return clamp_finite<T>(static_cast<double>(v) + bias, v);
   }
 
   // v, except that a finite input pushed beyond the range of T by a stage stays finite (the
@@ -1527,8 +1633,10 @@ class Sampler {
 
   // llama.cpp's penalties (llama_sampler_penalties_apply): for each token of count c > 0 in the
   // window, z = z <= 0 ? z * repeat : z / repeat, then z -= c * frequency + presence.
-  template <class T>
-  void apply_penalties(T* z, Index n, SamplingWorkspace& ws, const TokenHistory& h) const {
+  // z(t) returns a reference to token t's logit (a dense row, or the sparse overlay).
+  template <class Z>
+  void apply_penalties(const Z& z, Index n, SamplingWorkspace& ws, const TokenHistory& h) const {
+    using T = std::remove_reference_t<decltype(z(Index(0)))>;
     const Index w = penalty_window(h);
     if (w == 0)
       return;
@@ -1545,11 +1653,12 @@ class Sampler {
       while (e < t.size() && t[e] == t[j])
         ++e;
       const double count = static_cast<double>(e - j);
-      const T before = z[t[j]];
+      T& zt = z(t[j]);
+      const T before = zt;
       double v = static_cast<double>(before);
       v = v <= 0 ? v * o_.repeat_penalty() : v / o_.repeat_penalty();
       v -= count * o_.frequency_penalty() + o_.presence_penalty();
-      z[t[j]] = clamp_finite<T>(v, before);
+      zt = clamp_finite<T>(v, before);
       j = e;
     }
   }
@@ -1558,8 +1667,9 @@ class Sampler {
   // length of the match between the window's end and the segment ending at i (stopping at a
   // breaker in the end part, or at the window's start), credited to the token h[i + 1]. Cost
   // O(w L), L the matched lengths: O(w^2) on a window of one repeated token.
-  template <class T>
-  void apply_dry(T* z, Index n, SamplingWorkspace& ws, const TokenHistory& h) const {
+  template <class Z>
+  void apply_dry(const Z& z, Index n, SamplingWorkspace& ws, const TokenHistory& h) const {
+    using T = std::remove_reference_t<decltype(z(Index(0)))>;
     const Index w = o_.dry_last_n() < 0 ? h.size() : std::min(h.size(), o_.dry_last_n());
     if (w < 2)
       return;
@@ -1600,11 +1710,12 @@ class Sampler {
       }
       if (!first)
         continue;
-      const T before = z[token];
+      T& zt = z(token);
+      const T before = zt;
       const double penalty =
           o_.dry_multiplier()
           * std::pow(o_.dry_base(), static_cast<double>(len - o_.dry_allowed_length()));
-      z[token] = clamp_finite<T>(static_cast<double>(before) - penalty, before);
+      zt = clamp_finite<T>(static_cast<double>(before) - penalty, before);
     }
   }
 
@@ -1697,7 +1808,7 @@ class Sampler {
         case SamplerStage::Penalties: {
           if (penalty_window(h) == 0)
             break;
-          apply_penalties(z.data(), n, ws, h);
+          apply_penalties([&](Index t) -> double& { return zi(t); }, n, ws, h);
           kept.erase(
               std::remove_if(kept.begin(), kept.end(),
                              [&](const auto& e) {
@@ -1709,7 +1820,7 @@ class Sampler {
         case SamplerStage::Dry: {
           if (!dry_on_)
             break;
-          apply_dry(z.data(), n, ws, h);
+          apply_dry([&](Index t) -> double& { return zi(t); }, n, ws, h);
           kept.erase(
               std::remove_if(kept.begin(), kept.end(),
                              [&](const auto& e) {
