@@ -201,49 +201,35 @@ class SamplerOptions {
   SamplerOptions with_temperature(double t) const {
     if (t != 0.0)
       detail::check_temperature("SamplerOptions: temperature (or exactly 0 for greedy)", t);
-    SamplerOptions o = *this;
-    o.temperature_ = t;
-    return o;
+    return set(&SamplerOptions::temperature_, t);
   }
   // 0 = off.
   SamplerOptions with_top_k(Index k) const {
     if (k < 0)
       detail::fail("SamplerOptions: top_k must be >= 0 (0 = off), but got ", k);
-    SamplerOptions o = *this;
-    o.top_k_ = k;
-    return o;
+    return set(&SamplerOptions::top_k_, k);
   }
   // 1 = off.
   SamplerOptions with_top_p(double p) const {
-    detail::require_in_range("SamplerOptions: top_p", p, std::nextafter(0.0, 1.0), 1.0,
-                             "in (0, 1] (1 = off)");
-    SamplerOptions o = *this;
-    o.top_p_ = p;
-    return o;
+    check_mass("SamplerOptions: top_p", p);
+    return set(&SamplerOptions::top_p_, p);
   }
   // 0 = off.
   SamplerOptions with_min_p(double p) const {
     detail::require_in_range("SamplerOptions: min_p", p, 0.0, std::nextafter(1.0, 0.0),
                              "in [0, 1) (0 = off)");
-    SamplerOptions o = *this;
-    o.min_p_ = p;
-    return o;
+    return set(&SamplerOptions::min_p_, p);
   }
   // Locally typical sampling's mass, in (0, 1]; 1 = off.
   SamplerOptions with_typical_p(double p) const {
-    detail::require_in_range("SamplerOptions: typical_p", p, std::nextafter(0.0, 1.0), 1.0,
-                             "in (0, 1] (1 = off)");
-    SamplerOptions o = *this;
-    o.typical_p_ = p;
-    return o;
+    check_mass("SamplerOptions: typical_p", p);
+    return set(&SamplerOptions::typical_p_, p);
   }
   // Top-n-sigma's n: keep z >= max z - n sigma; finite, >= 0 (0 = off).
   SamplerOptions with_top_n_sigma(double n) const {
     detail::require_in_range("SamplerOptions: top_n_sigma", n, 0.0,
                              std::numeric_limits<double>::max(), "finite and >= 0 (0 = off)");
-    SamplerOptions o = *this;
-    o.top_n_sigma_ = n;
-    return o;
+    return set(&SamplerOptions::top_n_sigma_, n);
   }
   // llama.cpp's penalties over the last `last_n` tokens of the history (-1 = all of it):
   // repeat in [2^-100, 2^100] (1 = off), frequency and presence finite (0 = off).
@@ -385,9 +371,7 @@ class SamplerOptions {
                        " twice (at positions ", b, " and ", a, ")");
       }
     }
-    SamplerOptions o = *this;
-    o.order_ = order;
-    return o;
+    return set(&SamplerOptions::order_, order);
   }
   // llama.cpp's default order (common_params_sampling::samplers): penalties, DRY, top-n-sigma,
   // top-k, typical-p, top-p, min-p, XTC, temperature. The default.
@@ -452,6 +436,17 @@ class SamplerOptions {
   std::vector<Index> dry_breakers_;
   double xtc_probability_ = 0.0;
   double xtc_threshold_ = 0.1;
+  // A copy with one member changed: the body of every single-value with_*.
+  template <class T, class V>
+  SamplerOptions set(T SamplerOptions::*member, V&& value) const {
+    SamplerOptions o = *this;
+    o.*member = std::forward<V>(value);
+    return o;
+  }
+  // A probability mass cut (top-p, typical-p): in (0, 1], 1 = off.
+  static void check_mass(const char* what, double p) {
+    detail::require_in_range(what, p, std::nextafter(0.0, 1.0), 1.0, "in (0, 1] (1 = off)");
+  }
   bool mirostat_ = false;
   double mirostat_tau_ = 5.0;
   double mirostat_eta_ = 0.1;
@@ -1808,25 +1803,14 @@ class Sampler {
         case SamplerStage::Penalties: {
           if (penalty_window(h) == 0)
             break;
+          // A kept (finite) logit stays finite (clamp_finite): the kept set is unchanged.
           apply_penalties([&](Index t) -> double& { return zi(t); }, n, ws, h);
-          kept.erase(
-              std::remove_if(kept.begin(), kept.end(),
-                             [&](const auto& e) {
-                               return !(zi(e.second) > -std::numeric_limits<double>::infinity());
-                             }),
-              kept.end());
           break;
         }
         case SamplerStage::Dry: {
           if (!dry_on_)
             break;
           apply_dry([&](Index t) -> double& { return zi(t); }, n, ws, h);
-          kept.erase(
-              std::remove_if(kept.begin(), kept.end(),
-                             [&](const auto& e) {
-                               return !(zi(e.second) > -std::numeric_limits<double>::infinity());
-                             }),
-              kept.end());
           break;
         }
         case SamplerStage::Temperature:
