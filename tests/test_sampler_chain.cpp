@@ -987,4 +987,13 @@ TEST_CASE("Mirostat v2: the state's mu moves by eta (surprise - tau) after each 
   }
   // Without a state, mirostat refuses to guess one.
   CHECK_THAT(message([&] { s.probabilities(xv, p, ws); }), Catch::Contains("MirostatState"));
+  sml::Philox4x32 g;
+  CHECK_THAT(message([&] {
+               s.verify(Eigen::MatrixXd::Zero(1, 200), Eigen::MatrixXd(0, 200), Eigen::VectorXi(0),
+                        g);
+             }),
+             Catch::Contains("Sampler::verify: mirostat"));
+  Eigen::VectorXi tokens(2);
+  CHECK_THAT(message([&] { s.sample_rowwise_philox(Eigen::MatrixXd::Zero(2, 200), 1, tokens); }),
+             Catch::Contains("sample_rowwise_philox: mirostat"));
 }

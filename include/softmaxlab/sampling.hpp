@@ -842,6 +842,11 @@ class Sampler {
                   "softmaxlab: draft_tokens must be an integer vector");
     detail::require_vector("Sampler::verify: draft_tokens", draft_tokens.rows(),
                            draft_tokens.cols());
+    if (mirostat_on_ && !greedy_) {
+      detail::fail(
+          "Sampler::verify: mirostat v2 is not supported (its state would change between "
+          "the positions); verify with a Sampler without it");
+    }
     const Index k = draft_tokens.size();
     const Index n = target_logits.cols();
     if (target_logits.rows() != k + 1) {
@@ -994,6 +999,11 @@ class Sampler {
                    "), but got ", tokens.size());
     }
     check_vocabulary(logits.cols());
+    if (mirostat_on_ && !greedy_) {
+      detail::fail(
+          "Sampler::sample_rowwise_philox: mirostat v2 needs one MirostatState per "
+          "sequence; call sample(row, gen, ws, history, state) per row");
+    }
     const auto one_row = [&](Index r, SamplingWorkspace& w) {
       Philox4x32 gen(seed, first_stream + static_cast<std::uint64_t>(r));
       tokens.coeffRef(r) = static_cast<typename XprT::Scalar>(sample(logits.row(r), gen, w));
