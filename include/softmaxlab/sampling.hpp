@@ -827,7 +827,11 @@ class Sampler {
   // "verify: emitted tokens follow the target by chi-square"). A token of p_i = 0 is never
   // emitted. Throws std::invalid_argument (naming the argument) for: target_logits without k + 1
   // rows, draft_probs not k x V, a draft token outside [0, V), a negative or non-finite draft
-  // probability, a row not summing to 1 within 1e-3, or a draft token of draft probability 0.
+  // probability (or one above 1), a row not summing to 1 within 1e-3, a draft token of draft
+  // probability 0, or mirostat v2 on. Random words: two per draft examined, two more for the
+  // residual or the bonus draw. Cost per position: the chain's plan of the row (no write of V
+  // probabilities), one pass over the draft row (its check), and at a rejection one pass over
+  // the residual's support (the kept set).
   template <class XprT, class XprQ, class XprD, class Gen>
   SpeculativeResult verify(const Eigen::DenseBase<XprT>& target_logits,
                            const Eigen::DenseBase<XprQ>& draft_probs,
