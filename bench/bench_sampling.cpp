@@ -98,7 +98,9 @@ Index sort_baseline(const Eigen::Ref<const Eigen::RowVectorXf>& x, const Setting
 
 void sampler(benchmark::State& state, Setting s) {
   const RowMatrixF x = logits(state.range(0));
+  // Temperature first, as the sort baseline computes it (like for like).
   const sml::Sampler sam(sml::SamplerOptions()
+                             .with_order(sml::SamplerOptions::temperature_first_order())
                              .with_temperature(s.temperature)
                              .with_top_k(s.top_k)
                              .with_top_p(s.top_p)
