@@ -1,8 +1,12 @@
 // Token sampling per token over vocabularies of 32,000, 128,256 and 256,000 float logits
 // (normal, sigma 3): softmaxlab's Sampler against the baseline users write (softmax, std::sort of
 // the indices by probability, cumulative sum, cut, draw), and one Softmax pass over the row; and
-// top_k_log_softmax (k = 1, 4, 64) against LogSoftmax + std::partial_sort. Self-contained: no
-// bench/common.hpp. Names: sampling/<impl>/<setting>/<V>, topk_logsoftmax/<impl>/<V>/<k>.
+// top_k_log_softmax (k = 1, 4, 64) against LogSoftmax + std::partial_sort; the chain's stages one
+// at a time and llama.cpp's default chain (penalties over 64 tokens, top-k 40, top-p 0.95, min-p
+// 0.05, temperature 0.8, llama.cpp's order), and Sampler::verify of k = 4 draft tokens (items =
+// the 4 positions) against the same Softmax pass. Self-contained: no bench/common.hpp. Names:
+// sampling/<impl>/<setting>/<V>, sampling/stage/<stage>/<V>, sampling/verify/k4/<V>,
+// topk_logsoftmax/<impl>/<V>/<k>.
 //
 //   ./build/bench/bench/softmaxlab_bench --benchmark_filter='^sampling/|^topk_logsoftmax/'
 #include <algorithm>
@@ -94,7 +98,9 @@ Index sort_baseline(const Eigen::Ref<const Eigen::RowVectorXf>& x, const Setting
 
 void sampler(benchmark::State& state, Setting s) {
   const RowMatrixF x = logits(state.range(0));
+  // Temperature first, as the sort baseline computes it (like for like).
   const sml::Sampler sam(sml::SamplerOptions()
+                             .with_order(sml::SamplerOptions::temperature_first_order())
                              .with_temperature(s.temperature)
                              .with_top_k(s.top_k)
                              .with_top_p(s.top_p)
@@ -120,6 +126,78 @@ void baseline(benchmark::State& state, Setting s) {
     r = (r + 1) % kRows;
   }
   state.SetItemsProcessed(state.iterations());
+}
+
+// A history of 64 tokens for the penalties (llama.cpp's default window).
+std::vector<Index> history(Index cols) {
+  std::mt19937 rng(3);
+  std::uniform_int_distribution<Index> pick(0, cols - 1);
+  std::vector<Index> h(64);
+  for (auto& t : h)
+    t = pick(rng);
+  return h;
+}
+
+void chain(benchmark::State& state, const sml::SamplerOptions& o) {
+  const RowMatrixF x = logits(state.range(0));
+  const std::vector<Index> h = history(x.cols());
+  const sml::Sampler sam(o);
+  sml::SamplingWorkspace ws;
+  sml::Philox4x32 gen(7);
+  Index r = 0;
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(sam.sample(x.row(r), gen, ws, h));
+    r = (r + 1) % kRows;
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
+sml::SamplerOptions llama_default_chain() {
+  return sml::SamplerOptions()
+      .with_penalties(1.1, 0.0, 0.0, 64)
+      .with_top_k(40)
+      .with_top_p(0.95)
+      .with_min_p(0.05)
+      .with_temperature(0.8);
+}
+
+// One speculative step: target (k + 1) x V logits, draft k x V probabilities (a draft close to
+// the target: 0.8 times the target chain's distribution plus 0.2 times the softmax of noisy
+// logits, so that most drafts are accepted and some rejected), drafts drawn from them.
+void verify(benchmark::State& state) {
+  constexpr Index k = 4;
+  const Index v = state.range(0);
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0, 3), noise(0, 0.5f);
+  RowMatrixF target(k + 1, v), draft(k, v);
+  for (Index i = 0; i < target.size(); ++i)
+    target.data()[i] = normal(rng);
+  Eigen::VectorXi drafts(k);
+  const sml::Sampler sam(llama_default_chain());
+  for (Index i = 0; i < k; ++i) {
+    Eigen::RowVectorXf noisy = target.row(i);
+    for (Index j = 0; j < v; ++j)
+      noisy(j) += noise(rng);
+    Eigen::RowVectorXf q(v), p(v);
+    sml::Softmax(0.8).apply(noisy, q);
+    sam.probabilities(target.row(i), p);
+    q = 0.8f * p + 0.2f * q;
+    q /= q.sum();
+    draft.row(i) = q;
+    std::discrete_distribution<int> pick(q.data(), q.data() + v);
+    drafts(i) = pick(rng);
+  }
+  sml::SamplingWorkspace ws;
+  sml::Philox4x32 gen(7);
+  Index accepted = 0;
+  for (auto _ : state) {
+    const sml::SpeculativeResult res = sam.verify(target, draft, drafts, gen, ws);
+    accepted += res.accepted;
+    benchmark::DoNotOptimize(res.token);
+  }
+  state.counters["accepted_per_step"] =
+      benchmark::Counter(static_cast<double>(accepted), benchmark::Counter::kAvgIterations);
+  state.SetItemsProcessed(state.iterations() * k);
 }
 
 void softmax_pass(benchmark::State& state) {
@@ -193,6 +271,31 @@ const bool registered = [] {
     }
     if (v == 256000)
       continue;
+    benchmark::RegisterBenchmark("sampling/Sampler/llama-default-chain", chain,
+                                 llama_default_chain())
+        ->Arg(v);
+    benchmark::RegisterBenchmark("sampling/verify/k4", verify)->Arg(v);
+    std::vector<Index> allowed;
+    for (Index t = 0; t < v; t += 97)
+      allowed.push_back(t);
+    std::vector<std::pair<Index, double>> bias;
+    for (Index t = 0; t < 16; ++t)
+      bias.emplace_back(t * 1001 % v, t % 2 == 0 ? 1.5 : -1.5);
+    const std::pair<const char*, sml::SamplerOptions> stages[] = {
+        {"penalties64", sml::SamplerOptions().with_penalties(1.1, 0.1, 0.1, 64)},
+        {"logit-bias16", sml::SamplerOptions().with_logit_bias(bias)},
+        {"allowed-ids", sml::SamplerOptions().with_allowed_tokens(allowed)},
+        {"bool-mask", sml::SamplerOptions().with_token_mask(
+                          std::vector<bool>(static_cast<std::size_t>(v), true))},
+        {"top-n-sigma1", sml::SamplerOptions().with_top_n_sigma(1.0)},
+        {"typical-p0.95", sml::SamplerOptions().with_typical_p(0.95)},
+        {"min-p0.05", sml::SamplerOptions().with_min_p(0.05)},
+        {"none", sml::SamplerOptions()},
+    };
+    for (const auto& st : stages)
+      benchmark::RegisterBenchmark(("sampling/stage/" + std::string(st.first)).c_str(), chain,
+                                   st.second)
+          ->Arg(v);
     for (const Index k : {1, 4, 64}) {
       const std::string kk = tail;
       benchmark::RegisterBenchmark(("topk_logsoftmax/top_k_log_softmax" + kk).c_str(), top_k)

@@ -5,15 +5,25 @@
 //   1. shifted differences x_i - max that overflow before a temperature, tau or weight scales
 //      them back into range (log forms, the normalizer's log output, fusions, losses);
 //   2. margin gradients of NormalizedSoftmax as the target angle goes to 0 or pi;
-//   3. subnormal (and huge) embeddings and class weights, forward and backward.
+//   3. subnormal (and huge) embeddings and class weights, forward and backward;
+//   and, from a second round (issue 28), an attention sink lost on a row with no visible key,
+//   Sparsemax's support at ties, Entmax near alpha = 1, LogSoftmax's backward at overflow and its
+//   bound on long rows, and a sampler that drew tokens of probability 0.
 // clang-format off
 #include "support.hpp"  // first: it configures Eigen (asserts, malloc checks)
 // clang-format on
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <functional>
 #include <iostream>
 #include <limits>
+#include <random>
+#include <sstream>
+#include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -408,14 +418,7 @@ TEST_CASE("NormalizedSoftmax gradients scale exactly with tiny and subnormal emb
 
 // ---- Issue 28: replayed reports and the PyTorch differential run ----------------------------
 // Each case replays the reported input and other inputs of the same kind, against values computed
-// here in long double (or exactly, on dyadic inputs). (The headers this block adds are included
-// here, beside it.)
-#include <functional>
-#include <random>
-#include <sstream>
-#include <string>
-#include <type_traits>
-#include <utility>
+// here in long double (or exactly, on dyadic inputs).
 
 namespace {
 
@@ -900,4 +903,99 @@ TEMPLATE_TEST_CASE(
   std::cout << "LogSoftmax backward, " << (sizeof(TestType) == 4 ? "float" : "double") << ": "
             << worst.report() << "\n";
   CHECK(worst.ratio <= 1.0);
+}
+
+// ---- Issue 28, item 2: the sampler drew tokens of probability 0 -----------------------------
+
+namespace {
+
+// A 64-bit "generator" that always returns the same word: uniform53 takes its top 53 bits, so
+// u = u53 * 2^-53 exactly, from 0 to 1 - 2^-53.
+struct FixedWord {
+  using result_type = std::uint64_t;
+  std::uint64_t word;
+  static constexpr result_type min() { return 0; }
+  static constexpr result_type max() { return ~result_type{0}; }
+  result_type operator()() const { return word; }
+};
+
+FixedWord fixed_u(std::uint64_t u53) {
+  return FixedWord{u53 << 11};
+}
+
+template <class Scalar>
+void check_never_draws_zero(const std::vector<Scalar>& row, const sml::SamplerOptions& o,
+                            const char* what) {
+  const sml::Sampler s(o);
+  Vec<Scalar> x = Eigen::Map<const Vec<Scalar>>(row.data(), Eigen::Index(row.size()));
+  const Vec<Scalar> p = s.probabilities(x);
+  Eigen::Index support = 0;
+  for (Eigen::Index i = 0; i < p.size(); ++i)
+    support += p(i) > 0 ? 1 : 0;
+  INFO(what << " V = " << row.size() << " T = " << o.temperature() << " top_k = " << o.top_k()
+            << " top_p = " << o.top_p() << " min_p = " << o.min_p());
+  CHECK(s.kept_count(x) == support);  // the support of probabilities(), masked tokens excluded
+  const std::uint64_t top = (std::uint64_t{1} << 53) - 1;
+  std::vector<std::uint64_t> us = {0, 1, 2, top, top - 1, top - 2, top / 2, top / 3};
+  std::mt19937_64 rng(28);
+  for (int j = 0; j < 200; ++j)
+    us.push_back(rng() >> 11);
+  for (std::uint64_t u : us) {
+    FixedWord gen = fixed_u(u);
+    const Eigen::Index t = s.sample(x, gen);
+    INFO("u = " << static_cast<double>(u) * 0x1p-53 << " drew " << t);
+    REQUIRE(t >= 0);
+    REQUIRE(t < x.size());
+    CHECK(p(t) > 0);
+  }
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("Sampler never draws a token of probability 0, for any u in [0, 1)",
+                   "[regression][sampling]", float, double) {
+  // Replays pytorch/pytorch#48841 (multinomial drew a zero-probability category) and
+  // TransformerLens#1347 (sampling returned a token masked to -inf): the u = 0 draw on [-inf, 0]
+  // returned the -inf token (the exp kernel's clamped weight is positive), and on the top-k path
+  // u just below 1 fell through to the last candidate whatever its weight. The exact rule: the
+  // token drawn always has probabilities() > 0, and kept_count() counts exactly those tokens.
+  using S = TestType;
+  const S inf = std::numeric_limits<S>::infinity();
+  const S big = std::numeric_limits<S>::max();
+  const std::vector<std::vector<S>> rows = {
+      {-inf, 0},
+      {0, -inf},
+      {-inf, -inf, 0, -inf, 1},
+      {-inf, 1, -inf, 0, -inf},
+      {0, -200, -inf, -1000, 0},          // underflowing weights beside masked ones
+      {-big, big, -inf, 0},               // a finite logit whose probability underflows
+      {3, -inf, 3, -30000, -inf, 2.5, 3}  // ties, a mask and an underflow
+  };
+  std::vector<sml::SamplerOptions> options;
+  for (double t : {1.0, 0.01, 7.0}) {
+    for (Eigen::Index k : {Eigen::Index(0), Eigen::Index(1), Eigen::Index(2), Eigen::Index(3),
+                           Eigen::Index(40), Eigen::Index(1025)}) {
+      for (double p : {1.0, 0.5, 0.999}) {
+        for (double mp : {0.0, 1e-30, 0.3})
+          options.push_back(
+              sml::SamplerOptions().with_temperature(t).with_top_k(k).with_top_p(p).with_min_p(mp));
+      }
+    }
+  }
+  for (const auto& row : rows) {
+    for (const auto& o : options)
+      check_never_draws_zero(row, o, "row");
+  }
+  // The reported case of the histogram path: V = 5, three masked, top_k = 1025 kept 5.
+  const Vec<S> x = (Vec<S>(5) << -inf, 1, -inf, 2, -inf).finished();
+  CHECK(sml::Sampler(sml::SamplerOptions().with_top_k(1025)).kept_count(x) == 2);
+  // A longer row with most tokens masked: both paths (k = 0 and k = 40) and large V.
+  std::vector<S> long_row(5000, -inf);
+  std::mt19937 rng(48841);
+  std::normal_distribution<double> normal(0.0, 3.0);
+  for (std::size_t i = 0; i < long_row.size(); i += 7)
+    long_row[i] = static_cast<S>(normal(rng));
+  for (Eigen::Index k : {Eigen::Index(0), Eigen::Index(40), Eigen::Index(2000)})
+    check_never_draws_zero(long_row, sml::SamplerOptions().with_top_k(k).with_top_p(0.9),
+                           "long masked row");
 }

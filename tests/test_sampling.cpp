@@ -34,7 +34,9 @@ struct Config {
 };
 
 sml::SamplerOptions options_of(const Config& c) {
+  // The stage rules below apply temperature first (the order this file's reference implements).
   return sml::SamplerOptions()
+      .with_order(sml::SamplerOptions::temperature_first_order())
       .with_temperature(c.temperature)
       .with_top_k(c.top_k)
       .with_top_p(c.top_p)

@@ -1,27 +1,79 @@
-// softmaxlab: token sampling (temperature, top-k, top-p, min-p, exact draws) and top-k
-// log-probabilities, without sorting the vocabulary.
+// softmaxlab: token sampling as inference engines chain it (penalties, logit bias, token masks,
+// top-n-sigma, top-k, typical-p, top-p, min-p, temperature; exact draws), exact speculative
+// verification, and top-k log-probabilities, without sorting the vocabulary on the common paths.
 //
-//   Sampler s(SamplerOptions().with_temperature(T).with_top_k(k).with_top_p(p).with_min_p(q));
-//   Index t = s.sample(logits, gen[, workspace]);    // one token of a 1-D row of V logits
-//   s.probabilities(logits, probs[, workspace]);     // the exact distribution sample() draws from
-//   s.sample_rowwise(L, gen, tokens[, workspace]);   // one token per row of L (rows drawn in
-//   order) top_k_log_softmax(logits, k, indices, log_probs) // the k largest log-probabilities, in
-//   order top_k_log_softmax_rowwise(L, k, Indices, LogProbs)
+//   Sampler s(SamplerOptions().with_penalties(1.1, 0, 0, 64).with_top_k(40).with_top_p(0.95)
+//                 .with_min_p(0.05).with_temperature(0.8));      // llama.cpp's default chain
+//   Index t = s.sample(logits, gen[, workspace[, history]]);    // one token of a row of V logits
+//   s.probabilities(logits, probs[, workspace[, history]]);     // the exact distribution drawn
+//   from s.kept_count(logits[, workspace[, history]]);               // the size of its support
+//   s.sample_rowwise(L, gen, tokens[, workspace]);              // one token per row, in order
+//   s.sample_rowwise_philox(L, seed, tokens[, first_stream]);   // per-row Philox streams, threads
+//   SpeculativeResult r = s.verify(target_logits, draft_probs, draft_tokens, gen[, ws[, history]]);
+//   top_k_log_softmax(logits, k, indices, log_probs); top_k_log_softmax_rowwise(L, k, I, LP);
+// history: the previous tokens (TokenHistory: a pointer and a count, or a std::vector<Index> or
+// Eigen vector of Index), read only by the penalties.
 //
-// Stages, always in this order, each one renormalizing what the previous one kept (exact rules, in
-// exact arithmetic; z = x / T the scaled logits, q the current distribution over the kept set):
-//   1. temperature T: q = softmax(x / T) over the tokens with x > -inf. T = 0 means greedy: the
-//      first index of the largest logit, probability 1 (the other stages then play no part).
-//   2. top-k (k > 0; 0 = off): keep every token whose z is >= the k-th largest z (ties at the
-//      boundary kept, so more than k tokens may survive).
-//   3. top-p (p in (0, 1]; 1 = off): sort the kept tokens by decreasing q; keep the smallest prefix
-//      whose sum is >= p, plus every token tied with the last one of that prefix.
-//   4. min-p (q in [0, 1); 0 = off): keep the tokens with q_i >= min_p * max_j q_j.
-// The token with the largest logit survives every stage, so the kept set is never empty. The draw
+// Logit stages, applied first, in this order, to a copy of the row (O(entries) each beyond the
+// copy; a boolean mask O(V)):
+//   a. token mask: with_token_mask(keep) (bool per token, false = banned) or
+//      with_allowed_tokens(ids) (every other token banned): a banned logit becomes -inf (a NaN in
+//      a banned entry of a boolean mask stays, so the row still reads as NaN; the allowed-ids form
+//      reads only the allowed entries);
+//   b. logit bias: with_logit_bias(token, b): x_t += b; b = -inf bans t (even a +inf logit). A
+//      finite logit pushed beyond the type's range by a bias or a penalty is clamped to the largest
+//      finite value of its sign.
+// Chain stages, in the order with_order() gives (default llama_cpp_order(): penalties, DRY,
+// top-n-sigma, top-k, typical-p, top-p, min-p, XTC, temperature, the order of llama.cpp's
+// common_params_sampling::samplers; temperature_first_order() puts temperature third, after the
+// penalties and DRY). A stage left out of the order is not applied. Each acts on the logits z and
+// the kept set left by the previous ones; q = softmax(z) over the kept set (exact rules, exact
+// arithmetic):
+//   - penalties (llama_sampler_penalties_apply's rule): for each token t that occurs c > 0 times
+//     among the last penalty_last_n tokens of the history (-1 = all of it): z_t = z_t / repeat if
+//     z_t > 0, else z_t * repeat; then z_t -= c * frequency + presence. Cost O(w log w) for a
+//     window of w tokens, never a pass over V.
+//   - DRY (with_dry; the text-generation-webui sampler as llama.cpp applies it, breakers given as
+//     token ids rather than strings): for each token t, L(t) = the longest match between the end
+//     of the history window and a segment of it followed by t, no breaker in the matched end;
+//     z_t -= multiplier * base^(L(t) - allowed_length) when L(t) >= allowed_length. O(w L).
+//   - temperature T: z = z / T. T = 0 means greedy: the first index of the largest logit after
+//     the logit stages, the penalties and DRY, probability 1 (the other stages play no part).
+//   - top-n-sigma n (Tang et al. 2024, arXiv 2411.07641; llama.cpp's semantics): over the kept
+//     tokens, sigma = the population standard deviation of z; keep z >= max z - n sigma.
+//   - top-k (k > 0; 0 = off): keep every token whose z is >= the k-th largest z (ties at the
+//     boundary kept, so more than k tokens may survive).
+//   - typical-p (Meister et al. 2023, arXiv 2202.00666; p in (0, 1], 1 = off): with H the entropy
+//     of q, sort the kept tokens by |-log q_i - H| (ties by index); keep the smallest prefix whose
+//     mass is >= p, plus the tokens whose score ties the last one's.
+//   - top-p (p in (0, 1]; 1 = off): sort the kept tokens by decreasing q; keep the smallest prefix
+//     whose sum is >= p, plus every token tied with the last one of that prefix.
+//   - min-p (in [0, 1); 0 = off): keep the tokens with q_i >= min_p * max_j q_j.
+//   - XTC (llama.cpp's llama_sampler_xtc semantics; probability pi, threshold t <= 0.5): with
+//     probability pi, when at least two kept tokens have q >= t, all of them but the least
+//     probable (ties by index) are removed. probabilities() returns the exact mixture
+//     (1 - pi) q_without + pi q_with of the chain's two outcomes, and the draw takes one token
+//     from it (llama.cpp draws XTC's coin with its own generator: the same law).
+// Then, when with_mirostat_v2(tau, eta) is set (Basu et al. 2021, arXiv 2007.14966; llama.cpp's
+// llama_sampler_mirostat_v2): keep the tokens of surprise -log2 q_i <= mu (at least the most
+// probable), mu read from the caller's MirostatState; sample(x, gen, ws, history, state) then
+// updates mu -= eta (-log2 q_t - tau) with q_t the drawn token's probability. To reproduce
+// llama.cpp's mirostat mode (temperature, then mirostat) leave the other stages off.
+// Paths: the fast paths below serve the orders [penalties] [DRY] [top-n-sigma] then top-k, top-p,
+// min-p in this relative order, with temperature before top-p and min-p, or after both (llama.cpp's
+// order; then on the heap path only: 0 < k <= 1024); penalties, DRY and top-n-sigma run on the copy
+// of the row (top-n-sigma: two passes over V). Any other order, typical-p, XTC and mirostat take
+// the general path: the stages one by one in double with sorts, O(V log V) (XTC: twice), and
+// fast_path() says which.
+// Except with typical-p, the token with the largest logit survives every stage, so the kept set is
+// never empty; typical-p keeps at least one token. The draw
 // is inverse-CDF on one 53-bit uniform u in [0, 1): token t is the first (small path: in order of
 // decreasing probability, ties by index; large path: by index) whose cumulative weight exceeds
-// u * total. Every token of probability 0 (a -inf logit, or an exp that underflowed) is never
-// drawn.
+// u * total. A token to which probabilities() gives 0 (a -inf logit, a banned token, or a weight
+// that underflows in the output type) is never drawn, for any u in [0, 1) and any option: the walk
+// returns only tokens of positive reported probability, and when rounding leaves u * total beyond
+// the running sum it returns the last such token (tests/test_replayed_faults.cpp, "Sampler never
+// draws a token of probability 0").
 //
 // Algorithm (no sort of the vocabulary):
 //   - m = max x (NaN-propagating, as Softmax);
@@ -36,14 +88,21 @@
 //     w_i = exp((x_i - m) / T) with the Softmax kernel (detail/kernels.hpp), a histogram of the
 //     weights over 2048 buckets of width 1/64 in (m - x_i) / T finds the bucket in which the top-p
 //     prefix reaches p, and only that bucket's tokens are sorted. Masses are summed in double (long
-//     double for double logits).
-// Cost per token: O(V) with small constants, against O(V log V) for a sort (bench_sampling.cpp).
+//     double for double logits);
+//   - temperature last (llama.cpp's order) on the heap path: the candidates are cut on their
+//     T = 1 weights, then the kept ones are reweighted at T;
+//   - the general path: the stages in order on double logits, with std::sort where a stage needs
+//     an order (top-k, typical-p, top-p) and long double sums.
+// Cost per token: O(V) with small constants on the fast paths, against O(V log V) for a sort
+// (bench_sampling.cpp measures every stage and llama.cpp's default chain).
 //
-// Accuracy: the kept set is the exact rule's except when a cumulative sum or a min-p ratio lies
-// within a few eps of its boundary (rounding decides there). probabilities() is within
-// 4 eps (1 + |z_i - max z|) relative of the exact value (double weights on the small path; the
-// Softmax kernel's float weights on the large path); tests/test_sampling.cpp measures both against
-// a sort-based long-double implementation and chi-square tests the draws.
+// Accuracy: the kept set is the exact rule's except when a cumulative sum, a min-p ratio, a
+// typical-p score or a top-n-sigma threshold lies within a few eps of its boundary (rounding
+// decides there). probabilities() is within 4 eps (1 + |z_i - max z|) relative of the exact value
+// of the chain applied to the logits after the logit stages, which are held in the logits' type
+// (a bias or a penalty rounds the modified logit once: a further relative error of at most
+// 0.5 eps |x| / T in the probability); tests/test_sampling.cpp and tests/test_sampler_chain.cpp
+// measure it against sort-based long-double implementations and chi-square test the draws.
 //
 // Random numbers: u is built from two 32-bit words (high word first) of a 32-bit generator such as
 // Philox4x32 or std::mt19937, from one word of a 64-bit one (std::mt19937_64), else from
@@ -59,16 +118,29 @@
 //
 // Outputs (probs, tokens, indices, log_probs): a const Matrix does not compile; pass a view/block.
 // Errors (std::invalid_argument, naming the parameter and the value): temperature not 0 and not in
-// [2^-100, 2^100] (NaN included); top_k < 0; top_p not in (0, 1]; min_p not in [0, 1);
-// top_k_log_softmax's k < 0; outputs of the wrong size; a matrix where a vector is expected.
+// [2^-100, 2^100] (NaN included); top_k < 0; top_p or typical_p not in (0, 1]; min_p not in
+// [0, 1); top_n_sigma negative or not finite; repeat_penalty not in [2^-100, 2^100]; frequency or
+// presence penalty not finite; penalty_last_n < -1; a logit_bias of +inf or NaN, or a negative
+// token id (bias, allowed ids); an order naming a stage twice; at each call: a token mask whose
+// size is not V, an allowed id or bias token >= V, a history token of the penalty window outside
+// [0, V); verify's arguments (see there); top_k_log_softmax's k < 0; outputs of the wrong size; a
+// matrix where a vector is expected.
 //
 // Allocation: the forms taking a SamplingWorkspace allocate only while the workspace grows to the
 // largest vocabulary seen; later calls allocate nothing. The forms without one use a local
-// workspace (allocating). A workspace must not be shared by concurrent calls.
+// workspace (allocating). A workspace must not be shared by concurrent calls. SamplerOptions
+// holds vectors (bias, mask, order): copying options or constructing a Sampler allocates.
 //
-// References: the stage rules of Hugging Face Transformers' TopK/TopP/MinP logits warpers and
-// llama.cpp's samplers (order and ties fixed here); Holtzman et al. 2020 (nucleus sampling,
-// arXiv 1904.09751); Nguyen et al. 2024 (min-p, arXiv 2407.01082).
+// Speculative verification: see Sampler::verify (exact; tests/test_sampler_chain.cpp).
+//
+// References: the stage rules of Hugging Face Transformers' TopK/TopP/MinP/Typical logits
+// warpers and llama.cpp's samplers (src/llama-sampling.cpp: penalties, top-n-sigma, typical;
+// ties fixed here); Holtzman et al. 2020 (nucleus sampling, arXiv 1904.09751); Nguyen et al. 2024
+// (min-p, arXiv 2407.01082); Leviathan et al. 2023 (arXiv 2211.17192) and Chen et al. 2023
+// (arXiv 2302.01318) for speculative sampling. Tests: tests/test_sampling.cpp (the original four
+// stages, temperature first), tests/test_sampler_chain.cpp (every stage and chains against a
+// sort-based long double reference, verify), tests/test_replayed_faults.cpp (zero-probability
+// tokens never drawn).
 #pragma once
 
 #include <algorithm>
@@ -89,50 +161,312 @@
 
 namespace softmaxlab {
 
-// The sampler's configuration; each with_* validates its value and throws std::invalid_argument.
+// The stages of the chain whose order the caller chooses (SamplerOptions::with_order). A stage not
+// in the order is not applied, whatever its parameter.
+enum class SamplerStage { Penalties, TopNSigma, TopK, TypicalP, TopP, MinP, Temperature, Xtc, Dry };
+
+// Previous tokens of the sequence, oldest first (the penalties read the last penalty_last_n of
+// them). A view: the caller keeps the tokens alive during the call. Built from a pointer and a
+// count or from any contiguous container of Index (std::vector<Index>, Eigen::Matrix<Index, ...>).
+class TokenHistory {
+ public:
+  TokenHistory() = default;
+  TokenHistory(const Index* tokens, Index size) : data_(tokens), size_(size) {
+    if (size < 0 || (size > 0 && tokens == nullptr))
+      detail::fail("TokenHistory: size must be >= 0 with non-null tokens, but got ", size);
+  }
+  template <class C,
+            class = std::enable_if_t<std::is_same_v<
+                std::remove_cv_t<std::remove_pointer_t<decltype(std::declval<const C&>().data())>>,
+                Index>>>
+  TokenHistory(const C& tokens)  // NOLINT: implicit, so a container can be passed as it is
+      : TokenHistory(tokens.data(), static_cast<Index>(tokens.size())) {}
+  const Index* data() const { return data_; }
+  Index size() const { return size_; }
+
+ private:
+  const Index* data_ = nullptr;
+  Index size_ = 0;
+};
+
+// The sampler's configuration. Each with_* validates its value (std::invalid_argument naming the
+// option and the value) and returns a modified copy, so chains such as
+// SamplerOptions().with_top_k(40).with_top_p(0.95) read as before (a bare `o.with_top_k(40);`
+// statement, which used to modify o, now leaves o unchanged: assign the result).
 class SamplerOptions {
  public:
   SamplerOptions() = default;
 
   // 0 = greedy; otherwise in [2^-100, 2^100] (Softmax's range).
-  SamplerOptions& with_temperature(double t) {
+  SamplerOptions with_temperature(double t) const {
     if (t != 0.0)
       detail::check_temperature("SamplerOptions: temperature (or exactly 0 for greedy)", t);
-    temperature_ = t;
-    return *this;
+    return set(&SamplerOptions::temperature_, t);
   }
   // 0 = off.
-  SamplerOptions& with_top_k(Index k) {
+  SamplerOptions with_top_k(Index k) const {
     if (k < 0)
       detail::fail("SamplerOptions: top_k must be >= 0 (0 = off), but got ", k);
-    top_k_ = k;
-    return *this;
+    return set(&SamplerOptions::top_k_, k);
   }
   // 1 = off.
-  SamplerOptions& with_top_p(double p) {
-    detail::require_in_range("SamplerOptions: top_p", p, std::nextafter(0.0, 1.0), 1.0,
-                             "in (0, 1] (1 = off)");
-    top_p_ = p;
-    return *this;
+  SamplerOptions with_top_p(double p) const {
+    check_mass("SamplerOptions: top_p", p);
+    return set(&SamplerOptions::top_p_, p);
   }
   // 0 = off.
-  SamplerOptions& with_min_p(double p) {
+  SamplerOptions with_min_p(double p) const {
     detail::require_in_range("SamplerOptions: min_p", p, 0.0, std::nextafter(1.0, 0.0),
                              "in [0, 1) (0 = off)");
-    min_p_ = p;
-    return *this;
+    return set(&SamplerOptions::min_p_, p);
+  }
+  // Locally typical sampling's mass, in (0, 1]; 1 = off.
+  SamplerOptions with_typical_p(double p) const {
+    check_mass("SamplerOptions: typical_p", p);
+    return set(&SamplerOptions::typical_p_, p);
+  }
+  // Top-n-sigma's n: keep z >= max z - n sigma; finite, >= 0 (0 = off).
+  SamplerOptions with_top_n_sigma(double n) const {
+    detail::require_in_range("SamplerOptions: top_n_sigma", n, 0.0,
+                             std::numeric_limits<double>::max(), "finite and >= 0 (0 = off)");
+    return set(&SamplerOptions::top_n_sigma_, n);
+  }
+  // llama.cpp's penalties over the last `last_n` tokens of the history (-1 = all of it):
+  // repeat in [2^-100, 2^100] (1 = off), frequency and presence finite (0 = off).
+  SamplerOptions with_penalties(double repeat, double frequency, double presence,
+                                Index last_n = 64) const {
+    detail::check_temperature("SamplerOptions: repeat_penalty", repeat);
+    detail::require_in_range("SamplerOptions: frequency_penalty", frequency,
+                             std::numeric_limits<double>::lowest(),
+                             std::numeric_limits<double>::max(), "finite");
+    detail::require_in_range("SamplerOptions: presence_penalty", presence,
+                             std::numeric_limits<double>::lowest(),
+                             std::numeric_limits<double>::max(), "finite");
+    if (last_n < -1)
+      detail::fail(
+          "SamplerOptions: penalty_last_n must be >= -1 (-1 = the whole history), but got ",
+          last_n);
+    SamplerOptions o = *this;
+    o.repeat_ = repeat;
+    o.frequency_ = frequency;
+    o.presence_ = presence;
+    o.last_n_ = last_n;
+    return o;
+  }
+  // Adds `bias` to the logit of `token` (entries for one token add up). bias finite or -inf (a
+  // ban); token >= 0 (and < V, checked at each call).
+  SamplerOptions with_logit_bias(Index token, double bias) const {
+    if (token < 0)
+      detail::fail("SamplerOptions: logit_bias token must be >= 0, but got ", token);
+    if (!(bias < std::numeric_limits<double>::infinity()))
+      detail::fail("SamplerOptions: logit_bias must be finite or -inf, but got ", bias,
+                   " for token ", token);
+    SamplerOptions o = *this;
+    o.bias_.emplace_back(token, bias);
+    return o;
+  }
+  // Replaces the whole sparse bias (token, bias) list; the same rules per entry.
+  SamplerOptions with_logit_bias(const std::vector<std::pair<Index, double>>& entries) const {
+    SamplerOptions o = *this;
+    o.bias_.clear();
+    for (const auto& e : entries)
+      o = o.with_logit_bias(e.first, e.second);
+    return o;
+  }
+  // The allowed-token mask as a grammar produces it: keep[i] false bans token i. Its size must be
+  // the vocabulary's (checked at each call). An empty vector removes the mask.
+  SamplerOptions with_token_mask(std::vector<bool> keep) const {
+    SamplerOptions o = *this;
+    o.mask_ = std::move(keep);
+    o.allowed_.clear();
+    o.has_allowed_ = false;
+    return o;
+  }
+  // The allowed-token mask as a list of allowed ids (each >= 0, < V checked at each call); every
+  // other token is banned. Replaces a boolean mask.
+  SamplerOptions with_allowed_tokens(std::vector<Index> ids) const {
+    for (const Index t : ids) {
+      if (t < 0)
+        detail::fail("SamplerOptions: allowed token ids must be >= 0, but got ", t);
+    }
+    SamplerOptions o = *this;
+    o.allowed_ = std::move(ids);
+    o.has_allowed_ = true;
+    o.mask_.clear();
+    return o;
+  }
+  SamplerOptions without_token_mask() const {
+    SamplerOptions o = *this;
+    o.mask_.clear();
+    o.allowed_.clear();
+    o.has_allowed_ = false;
+    return o;
+  }
+  // XTC, "exclude top choices" (llama.cpp's llama_sampler_init_xtc): with probability
+  // `probability`, when at least two kept tokens have q >= threshold, every one of them but the
+  // least probable is removed. probability in [0, 1] (0 = off), threshold in [0, 1] (> 0.5 = off,
+  // as llama.cpp: two tokens cannot both exceed it).
+  SamplerOptions with_xtc(double probability, double threshold) const {
+    detail::require_in_range("SamplerOptions: xtc_probability", probability, 0.0, 1.0,
+                             "in [0, 1] (0 = off)");
+    detail::require_in_range("SamplerOptions: xtc_threshold", threshold, 0.0, 1.0,
+                             "in [0, 1] (> 0.5 = off)");
+    SamplerOptions o = *this;
+    o.xtc_probability_ = probability;
+    o.xtc_threshold_ = threshold;
+    return o;
+  }
+  // Mirostat v2 (Basu et al. 2021, arXiv 2007.14966; llama.cpp's llama_sampler_init_mirostat_v2):
+  // after the chain, keep the tokens of surprise -log2 q_i <= mu (at least the most probable),
+  // draw, then mu -= eta (-log2 q_t - tau) with q_t the drawn token's probability. mu is the
+  // caller's MirostatState, passed to sample() and probabilities(). tau finite > 0 (target
+  // surprise, bits), eta in [0, 1] (learning rate).
+  SamplerOptions with_mirostat_v2(double tau, double eta) const {
+    detail::require_positive_finite("SamplerOptions: mirostat_tau", tau);
+    detail::require_in_range("SamplerOptions: mirostat_eta", eta, 0.0, 1.0, "in [0, 1]");
+    SamplerOptions o = *this;
+    o.mirostat_ = true;
+    o.mirostat_tau_ = tau;
+    o.mirostat_eta_ = eta;
+    return o;
+  }
+  // DRY, "don't repeat yourself" (the text-generation-webui sampler as llama.cpp's
+  // llama_sampler_dry applies it, with sequence breakers given as token ids): for each token t,
+  // L(t) = the longest match between the end of the history window and a segment of the window
+  // followed by t, without a breaker in the matched end; if L(t) >= allowed_length, z_t -=
+  // multiplier * base^(L(t) - allowed_length). multiplier finite >= 0 (0 = off), base finite >= 1,
+  // allowed_length >= 1, last_n >= -1 (-1 = the whole history), breaker ids >= 0.
+  SamplerOptions with_dry(double multiplier, double base = 1.75, Index allowed_length = 2,
+                          Index last_n = -1, std::vector<Index> breakers = {}) const {
+    detail::require_in_range("SamplerOptions: dry_multiplier", multiplier, 0.0,
+                             std::numeric_limits<double>::max(), "finite and >= 0 (0 = off)");
+    detail::require_in_range("SamplerOptions: dry_base", base, 1.0,
+                             std::numeric_limits<double>::max(), "finite and >= 1");
+    if (allowed_length < 1)
+      detail::fail("SamplerOptions: dry_allowed_length must be >= 1, but got ", allowed_length);
+    if (last_n < -1)
+      detail::fail("SamplerOptions: dry_last_n must be >= -1 (-1 = the whole history), but got ",
+                   last_n);
+    for (const Index t : breakers) {
+      if (t < 0)
+        detail::fail("SamplerOptions: dry breaker token ids must be >= 0, but got ", t);
+    }
+    SamplerOptions o = *this;
+    o.dry_multiplier_ = multiplier;
+    o.dry_base_ = base;
+    o.dry_allowed_length_ = allowed_length;
+    o.dry_last_n_ = last_n;
+    std::sort(breakers.begin(), breakers.end());
+    o.dry_breakers_ = std::move(breakers);
+    return o;
+  }
+  // The chain's order: each stage at most once; a stage left out is not applied.
+  SamplerOptions with_order(const std::vector<SamplerStage>& order) const {
+    for (std::size_t a = 0; a < order.size(); ++a) {
+      if (static_cast<int>(order[a]) < 0 || static_cast<int>(order[a]) > 8)
+        detail::fail("SamplerOptions: order holds an unknown stage ", static_cast<int>(order[a]));
+      for (std::size_t b = 0; b < a; ++b) {
+        if (order[a] == order[b])
+          detail::fail("SamplerOptions: order names stage ", static_cast<int>(order[a]),
+                       " twice (at positions ", b, " and ", a, ")");
+      }
+    }
+    return set(&SamplerOptions::order_, order);
+  }
+  // llama.cpp's default order (common_params_sampling::samplers): penalties, DRY, top-n-sigma,
+  // top-k, typical-p, top-p, min-p, XTC, temperature. The default.
+  static std::vector<SamplerStage> llama_cpp_order() {
+    return {SamplerStage::Penalties, SamplerStage::Dry,      SamplerStage::TopNSigma,
+            SamplerStage::TopK,      SamplerStage::TypicalP, SamplerStage::TopP,
+            SamplerStage::MinP,      SamplerStage::Xtc,      SamplerStage::Temperature};
+  }
+  // Temperature first (Hugging Face's warper order, and this library's before the chain existed):
+  // penalties, DRY, temperature, top-n-sigma, top-k, typical-p, top-p, min-p, XTC.
+  static std::vector<SamplerStage> temperature_first_order() {
+    return {SamplerStage::Penalties, SamplerStage::Dry,  SamplerStage::Temperature,
+            SamplerStage::TopNSigma, SamplerStage::TopK, SamplerStage::TypicalP,
+            SamplerStage::TopP,      SamplerStage::MinP, SamplerStage::Xtc};
   }
 
   double temperature() const { return temperature_; }
   Index top_k() const { return top_k_; }
   double top_p() const { return top_p_; }
   double min_p() const { return min_p_; }
+  double typical_p() const { return typical_p_; }
+  double top_n_sigma() const { return top_n_sigma_; }
+  double repeat_penalty() const { return repeat_; }
+  double frequency_penalty() const { return frequency_; }
+  double presence_penalty() const { return presence_; }
+  Index penalty_last_n() const { return last_n_; }
+  const std::vector<std::pair<Index, double>>& logit_bias() const { return bias_; }
+  const std::vector<bool>& token_mask() const { return mask_; }
+  const std::vector<Index>& allowed_tokens() const { return allowed_; }
+  bool has_allowed_tokens() const { return has_allowed_; }
+  const std::vector<SamplerStage>& order() const { return order_; }
+  double dry_multiplier() const { return dry_multiplier_; }
+  double dry_base() const { return dry_base_; }
+  Index dry_allowed_length() const { return dry_allowed_length_; }
+  Index dry_last_n() const { return dry_last_n_; }
+  const std::vector<Index>& dry_breakers() const { return dry_breakers_; }  // sorted
+  double xtc_probability() const { return xtc_probability_; }
+  double xtc_threshold() const { return xtc_threshold_; }
+  bool mirostat_v2() const { return mirostat_; }
+  double mirostat_tau() const { return mirostat_tau_; }
+  double mirostat_eta() const { return mirostat_eta_; }
 
  private:
   double temperature_ = 1.0;
   Index top_k_ = 0;
   double top_p_ = 1.0;
   double min_p_ = 0.0;
+  double typical_p_ = 1.0;
+  double top_n_sigma_ = 0.0;
+  double repeat_ = 1.0;
+  double frequency_ = 0.0;
+  double presence_ = 0.0;
+  Index last_n_ = 64;
+  std::vector<std::pair<Index, double>> bias_;
+  std::vector<bool> mask_;
+  std::vector<Index> allowed_;
+  bool has_allowed_ = false;
+  double dry_multiplier_ = 0.0;
+  double dry_base_ = 1.75;
+  Index dry_allowed_length_ = 2;
+  Index dry_last_n_ = -1;
+  std::vector<Index> dry_breakers_;
+  double xtc_probability_ = 0.0;
+  double xtc_threshold_ = 0.1;
+  // A copy with one member changed: the body of every single-value with_*.
+  template <class T, class V>
+  SamplerOptions set(T SamplerOptions::*member, V&& value) const {
+    SamplerOptions o = *this;
+    o.*member = std::forward<V>(value);
+    return o;
+  }
+  // A probability mass cut (top-p, typical-p): in (0, 1], 1 = off.
+  static void check_mass(const char* what, double p) {
+    detail::require_in_range(what, p, std::nextafter(0.0, 1.0), 1.0, "in (0, 1] (1 = off)");
+  }
+  bool mirostat_ = false;
+  double mirostat_tau_ = 5.0;
+  double mirostat_eta_ = 0.1;
+  std::vector<SamplerStage> order_ = llama_cpp_order();
+};
+
+// Mirostat v2's state, carried by the caller from token to token: mu starts at 2 tau.
+struct MirostatState {
+  double mu = 10.0;
+  MirostatState() = default;
+  explicit MirostatState(double tau) : mu(2 * tau) {}
+};
+
+// What Sampler::verify returns: `accepted` draft tokens (a prefix of the drafts, in [0, k]) and
+// `token`, the one that follows them (a residual draw at the first rejection, or the bonus token
+// drawn from the last target row when all k are accepted); -1 when that target row holds a NaN or
+// only -inf.
+struct SpeculativeResult {
+  Index accepted = 0;
+  Index token = -1;
 };
 
 // Scratch memory of the sampler and of top_k_log_softmax, reusable across calls and vocabularies.
@@ -140,12 +474,17 @@ class SamplingWorkspace {
  public:
   template <class Scalar>
   struct Buffers {
-    std::vector<Scalar> row;                     // a contiguous copy of a strided input
-    std::vector<Scalar> weight;                  // exp((x_i - m) / T) * 2^64 (large path)
-    std::vector<Scalar> heap;                    // the k largest values (min-heap)
-    std::vector<Scalar> block_max;               // the max of each block of kSelectBlock logits
-    std::vector<std::pair<Scalar, Index>> cand;  // candidates (logit, index)
-    std::vector<double> cand_weight;             // their weights (small path)
+    std::vector<Scalar> row;                        // a contiguous copy of a strided input
+    std::vector<Scalar> weight;                     // exp((x_i - m) / T) * 2^64 (large path)
+    std::vector<Scalar> heap;                       // the k largest values (min-heap)
+    std::vector<Scalar> block_max;                  // the max of each block of kSelectBlock logits
+    std::vector<std::pair<Scalar, Index>> cand;     // candidates (logit, index)
+    std::vector<double> cand_weight;                // their weights (small path)
+    std::vector<Scalar> modified;                   // the row after the logit stages
+    std::vector<std::pair<Index, Scalar>> overlay;  // sparse logit stages: (token, new logit)
+    bool overlay_on = false;                        // prepare() chose the overlay for this row
+    std::vector<Scalar> patch;                      // the overlay's blocks, patched
+    std::vector<const Scalar*> block_src;           // where each block's logits are read
   };
   template <class Scalar>
   Buffers<Scalar>& buffers() {
@@ -156,8 +495,20 @@ class SamplingWorkspace {
     }
   }
   std::vector<double>& histogram() { return histogram_; }
+  std::vector<double>& chain() { return chain_; }     // the general path's logits
+  std::vector<Index>& tokens() { return tokens_; }    // penalty windows, kept ids
+  std::vector<Index>& history() { return history_; }  // verify's history with the drafts
+  std::vector<double>& scores() { return scores_; }   // verify's row normalizers
+  std::vector<std::pair<double, Index>>& keyed() { return keyed_; }  // the general path's set
+  std::vector<std::pair<Index, double>>& branch(int i) { return branch_[i]; }  // XTC's branches
 
  private:
+  std::vector<std::pair<Index, double>> branch_[3];
+  std::vector<std::pair<double, Index>> keyed_;
+  std::vector<double> chain_;
+  std::vector<Index> tokens_;
+  std::vector<Index> history_;
+  std::vector<double> scores_;
   Buffers<float> f_;
   Buffers<double> d_;
   std::vector<double> histogram_;
@@ -245,7 +596,7 @@ Scalar block_maxima(const Scalar* x, Index n, std::vector<Scalar>& out) {
 // block whose max is <= its smallest value is skipped without being read.
 template <class Scalar>
 Scalar kth_largest(const Scalar* x, Index n, Index k, const std::vector<Scalar>& block_max,
-                   std::vector<Scalar>& heap) {
+                   std::vector<Scalar>& heap, const Scalar* const* src = nullptr) {
   const Scalar inf = std::numeric_limits<Scalar>::infinity();
   heap.clear();
   if (heap.capacity() < static_cast<std::size_t>(k))
@@ -256,8 +607,9 @@ Scalar kth_largest(const Scalar* x, Index n, Index k, const std::vector<Scalar>&
     if (static_cast<Index>(heap.size()) == k
         && block_max[static_cast<std::size_t>(b)] <= heap.front())
       continue;
+    const Scalar* xb = src != nullptr ? src[b] : x + i;  // this block's logits
     for (Index j = i; j < end; ++j) {
-      const Scalar v = x[j];
+      const Scalar v = xb[j - i];
       if (v == -inf)
         continue;
       if (static_cast<Index>(heap.size()) < k) {
@@ -273,19 +625,22 @@ Scalar kth_largest(const Scalar* x, Index n, Index k, const std::vector<Scalar>&
   return heap.empty() ? -inf : heap.front();
 }
 
-// Appends (x_i, i) for every x_i >= threshold, skipping blocks by their max.
+// Appends (x_i, i) for every x_i >= threshold, skipping blocks by their max. src (optional):
+// where each block's logits are read (patched blocks of a sparse overlay), else x.
 template <class Scalar>
 void gather_at_least(const Scalar* x, Index n, Scalar threshold,
                      const std::vector<Scalar>& block_max,
-                     std::vector<std::pair<Scalar, Index>>& out) {
+                     std::vector<std::pair<Scalar, Index>>& out,
+                     const Scalar* const* src = nullptr) {
   out.clear();
   for (Index i = 0, b = 0; i < n; i += kSelectBlock, ++b) {
     if (block_max[static_cast<std::size_t>(b)] < threshold)
       continue;
     const Index end = std::min(n, i + kSelectBlock);
+    const Scalar* xb = src != nullptr ? src[b] : x + i;
     for (Index j = i; j < end; ++j) {
-      if (x[j] >= threshold)
-        out.emplace_back(x[j], j);
+      if (xb[j - i] >= threshold)
+        out.emplace_back(xb[j - i], j);
     }
   }
 }
@@ -326,19 +681,46 @@ class Sampler {
   // Largest k handled by the streaming heap (beyond it std::nth_element and the large path).
   static constexpr Index kHeapMaxK = 1024;
 
-  explicit Sampler(const SamplerOptions& options = SamplerOptions()) : o_(options) {}
+  explicit Sampler(const SamplerOptions& options = SamplerOptions()) : o_(options) { configure(); }
 
   const SamplerOptions& options() const { return o_; }
+  // Whether the options' chain runs on the fast paths (no sort of the vocabulary); otherwise the
+  // general path applies the stages in order with sorts (see the doc block).
+  bool fast_path() const { return fast_; }
 
+  // One token of the row x (the logits of V tokens); `history`: the previous tokens, read by the
+  // penalties.
   template <class XprX, class Gen>
-  Index sample(const Eigen::DenseBase<XprX>& x, Gen& gen, SamplingWorkspace& ws) const {
+  Index sample(const Eigen::DenseBase<XprX>& x, Gen& gen, SamplingWorkspace& ws,
+               const TokenHistory& history = TokenHistory()) const {
     using Scalar = typename XprX::Scalar;
     detail::static_check_scalar<Scalar>();
     detail::require_vector("Sampler::sample", x.rows(), x.cols());
-    auto& b = ws.buffers<Scalar>();
-    const Scalar* xs = detail::contiguous_row<Scalar>(x, b.row);
-    const Plan<Scalar> plan = make_plan(xs, x.size(), ws);
+    const Scalar* xs = prepare(x, ws, history);
+    const Plan<Scalar> plan = make_plan(xs, x.size(), ws, history, nullptr);
     return draw(plan, xs, x.size(), gen, ws);
+  }
+  // With mirostat v2: draws with the state's mu, then updates it (see with_mirostat_v2).
+  template <class XprX, class Gen>
+  Index sample(const Eigen::DenseBase<XprX>& x, Gen& gen, SamplingWorkspace& ws,
+               const TokenHistory& history, MirostatState& mirostat) const {
+    using Scalar = typename XprX::Scalar;
+    detail::static_check_scalar<Scalar>();
+    detail::require_vector("Sampler::sample", x.rows(), x.cols());
+    const Scalar* xs = prepare(x, ws, history);
+    const Plan<Scalar> plan = make_plan(xs, x.size(), ws, history, &mirostat);
+    const Index t = draw(plan, xs, x.size(), gen, ws);
+    if (mirostat_on_ && plan.kind == Kind::Small) {
+      const auto& b = ws.buffers<Scalar>();
+      for (std::size_t j = 0; j < plan.count; ++j) {
+        if (b.cand[j].second == t) {
+          const double surprise = -std::log2(b.cand_weight[j] / plan.total);
+          mirostat.mu -= o_.mirostat_eta() * (surprise - o_.mirostat_tau());
+          break;
+        }
+      }
+    }
+    return t;
   }
   template <class XprX, class Gen>
   Index sample(const Eigen::DenseBase<XprX>& x, Gen& gen) const {
@@ -348,8 +730,9 @@ class Sampler {
 
   // probs = the exact distribution sample() draws from (0 outside the kept set).
   template <class XprX, class Out>
-  void probabilities(const Eigen::DenseBase<XprX>& x, Out&& probs_out,
-                     SamplingWorkspace& ws) const {
+  void probabilities(const Eigen::DenseBase<XprX>& x, Out&& probs_out, SamplingWorkspace& ws,
+                     const TokenHistory& history = TokenHistory(),
+                     const MirostatState* mirostat = nullptr) const {
     using Scalar = typename XprX::Scalar;
     using XprY = detail::output_xpr_t<Out>;
     detail::static_check_scalar<Scalar>();
@@ -364,8 +747,8 @@ class Sampler {
     }
     auto& b = ws.buffers<Scalar>();
     const Index n = x.size();
-    const Scalar* xs = detail::contiguous_row<Scalar>(x, b.row);
-    const Plan<Scalar> plan = make_plan(xs, n, ws);
+    const Scalar* xs = prepare(x, ws, history);
+    const Plan<Scalar> plan = make_plan(xs, n, ws, history, mirostat);
     switch (plan.kind) {
       case Kind::NaN:
         probs.setConstant(std::numeric_limits<Scalar>::quiet_NaN());
@@ -386,13 +769,13 @@ class Sampler {
       case Kind::Small:
         probs.setZero();
         for (std::size_t j = 0; j < plan.count; ++j)
-          probs.coeffRef(b.cand[j].second) = static_cast<Scalar>(b.cand_weight[j] / plan.total);
+          probs.coeffRef(b.cand[j].second) = reported<Scalar>(b.cand_weight[j], plan.total);
         return;
       case Kind::Large:
         for (Index i = 0; i < n; ++i) {
           const Scalar w = b.weight[static_cast<std::size_t>(i)];
           probs.coeffRef(i) =
-              plan.kept(xs[i], w) ? static_cast<Scalar>(double(w) / plan.total) : Scalar(0);
+              plan.kept(xs[i], w) ? reported<Scalar>(double(w), plan.total) : Scalar(0);
         }
         return;
     }
@@ -430,15 +813,234 @@ class Sampler {
     sample_rowwise(logits, gen, std::forward<Out>(tokens), ws);
   }
 
-  // Size of the kept set (the support of probabilities()), for diagnostics and examples; 0 for a
-  // NaN or empty row.
+  // Exact speculative-decoding verification (Leviathan et al. 2023, arXiv 2211.17192; Chen et al.
+  // 2023, arXiv 2302.01318; FlashInfer's chain_speculative_sampling). target_logits: (k + 1) x V
+  // logits of the target model at the k draft positions and the one after them (row i conditioned
+  // on the history and drafts 0..i-1); draft_probs: k x V, the distributions the draft tokens were
+  // drawn from, as given (the draft's own stages applied; each row normalized by its sum here);
+  // draft_tokens: k integer entries. With p_i the Sampler's probabilities() of target row i
+  // (its stages applied; the penalties see history + drafts 0..i-1): draft token t is accepted
+  // with probability min(1, p_i(t) / q_i(t)) (u q < p, one uniform); at the first rejection the
+  // next token is drawn from (p_i - q_i)+ normalized (a second uniform) and the result is returned;
+  // when all k are accepted the bonus token is sample() of row k. Then the emitted tokens are
+  // distributed exactly as successive draws from the p_i (tests/test_sampler_chain.cpp,
+  // "verify: emitted tokens follow the target by chi-square"). A token of p_i = 0 is never
+  // emitted. Throws std::invalid_argument (naming the argument) for: target_logits without k + 1
+  // rows, draft_probs not k x V, a draft token outside [0, V), a negative or non-finite draft
+  // probability (or one above 1), a row not summing to 1 within 1e-3, a draft token of draft
+  // probability 0, or mirostat v2 on. Random words: two per draft examined, two more for the
+  // residual or the bonus draw. Cost per position: the chain's plan of the row (no write of V
+  // probabilities), one pass over the draft row (its check), and at a rejection one pass over
+  // the residual's support (the kept set).
+  template <class XprT, class XprQ, class XprD, class Gen>
+  SpeculativeResult verify(const Eigen::DenseBase<XprT>& target_logits,
+                           const Eigen::DenseBase<XprQ>& draft_probs,
+                           const Eigen::DenseBase<XprD>& draft_tokens, Gen& gen,
+                           SamplingWorkspace& ws,
+                           const TokenHistory& history = TokenHistory()) const {
+    using Scalar = typename XprT::Scalar;
+    detail::static_check_scalar<Scalar>();
+    static_assert(std::is_floating_point_v<typename XprQ::Scalar>,
+                  "softmaxlab: draft_probs must hold float or double probabilities");
+    static_assert(std::is_integral_v<typename XprD::Scalar>,
+                  "softmaxlab: draft_tokens must be an integer vector");
+    detail::require_vector("Sampler::verify: draft_tokens", draft_tokens.rows(),
+                           draft_tokens.cols());
+    if (mirostat_on_ && !greedy_) {
+      detail::fail(
+          "Sampler::verify: mirostat v2 is not supported (its state would change between "
+          "the positions); verify with a Sampler without it");
+    }
+    const Index k = draft_tokens.size();
+    const Index n = target_logits.cols();
+    if (target_logits.rows() != k + 1) {
+      detail::fail("Sampler::verify: target_logits must have k + 1 = ", k + 1,
+                   " rows (k = draft_tokens.size()), but got ", target_logits.rows());
+    }
+    if (draft_probs.rows() != k || draft_probs.cols() != n) {
+      detail::fail("Sampler::verify: draft_probs must be k x V = ", k, " x ", n, ", but got ",
+                   draft_probs.rows(), " x ", draft_probs.cols());
+    }
+    std::vector<double>& inv_sum = ws.scores();
+    inv_sum.resize(static_cast<std::size_t>(k));
+    for (Index i = 0; i < k; ++i) {
+      const auto t = static_cast<Index>(draft_tokens.derived().coeff(i));
+      if (t < 0 || t >= n)
+        detail::fail("Sampler::verify: draft_tokens(", i, ") must be in [0, ", n, "), but got ", t);
+      // Four double sums (independent chains: the pass runs near load speed); their error, V eps,
+      // is far below the 1e-3 tolerance. The range test (NaN fails it) is folded in without
+      // branches; a failure is located afterwards.
+      double sums[4] = {0, 0, 0, 0};
+      int in_range = 1;
+      const auto q_at = [&](Index c) {
+        return static_cast<double>(draft_probs.derived().coeff(i, c));
+      };
+      Index j = 0;
+      for (; j + 4 <= n; j += 4) {
+        for (int l = 0; l < 4; ++l) {
+          const double q = q_at(j + l);
+          in_range &= static_cast<int>(q >= 0) & static_cast<int>(q <= 1);
+          sums[l] += q;
+        }
+      }
+      for (; j < n; ++j) {
+        const double q = q_at(j);
+        in_range &= static_cast<int>(q >= 0) & static_cast<int>(q <= 1);
+        sums[0] += q;
+      }
+      if (!in_range) {
+        for (Index c = 0; c < n; ++c) {
+          if (!(q_at(c) >= 0 && q_at(c) <= 1))
+            detail::fail("Sampler::verify: draft_probs(", i, ", ", c,
+                         ") must be in [0, 1], but got ", q_at(c));
+        }
+      }
+      const double sum = (sums[0] + sums[1]) + (sums[2] + sums[3]);
+      if (!(std::fabs(sum - 1.0) <= 1e-3)) {
+        detail::fail("Sampler::verify: draft_probs row ", i,
+                     " must sum to 1 (within 1e-3), but sums to ", static_cast<double>(sum));
+      }
+      if (!(draft_probs.derived().coeff(i, t) > 0)) {
+        detail::fail("Sampler::verify: draft_probs(", i, ", ", t,
+                     ") is 0, but the draft drew token ", t, " (draft_tokens(", i, "))");
+      }
+      inv_sum[static_cast<std::size_t>(i)] = 1.0 / static_cast<double>(sum);
+    }
+    if (!o_.has_allowed_tokens() && !o_.token_mask().empty())
+      check_vocabulary(n);
+    // The penalties of row i see the history and drafts 0..i-1 (the last window of them).
+    std::vector<Index>& extended = ws.history();
+    const bool extend = (penalties_on_ || dry_on_) && k > 0;
+    if (extend) {
+      // The longest window any history stage reads (-1: all of it).
+      const auto window = [&](bool on, Index last_n) {
+        return !on ? Index(0) : last_n < 0 ? history.size() : std::min(history.size(), last_n);
+      };
+      const Index keep =
+          std::max(window(penalties_on_, o_.penalty_last_n()), window(dry_on_, o_.dry_last_n()));
+      extended.assign(history.data() + (history.size() - keep), history.data() + history.size());
+    }
+    const auto history_of = [&](Index i) {
+      if (!extend)
+        return history;
+      return TokenHistory(extended.data(), static_cast<Index>(extended.size()) - (k - i));
+    };
+    if (extend) {
+      for (Index i = 0; i < k; ++i)
+        extended.push_back(static_cast<Index>(draft_tokens.derived().coeff(i)));
+    }
+    for (Index i = 0; i < k; ++i) {
+      // The plan of row i gives p(t) in O(kept) on the heap and general paths (no write of V
+      // probabilities) and the residual's support: (p - q)+ > 0 only where p > 0.
+      const TokenHistory hi = history_of(i);
+      const Scalar* xs = prepare(target_logits.row(i), ws, hi);
+      const Plan<Scalar> plan = make_plan(xs, n, ws, hi, nullptr);
+      if (plan.kind == Kind::NaN)
+        return {i, -1};
+      const auto t = static_cast<Index>(draft_tokens.derived().coeff(i));
+      const double scale = inv_sum[static_cast<std::size_t>(i)];
+      const double q_t = static_cast<double>(draft_probs.derived().coeff(i, t)) * scale;
+      if (detail::uniform53(gen) * q_t < plan_probability(plan, xs, t, ws))
+        continue;  // accepted with probability min(1, p(t) / q(t))
+      // Rejected: draw from the residual (p - q)+, normalized.
+      const auto residual = [&](Index j, double p_j) {
+        const double r = p_j - static_cast<double>(draft_probs.derived().coeff(i, j)) * scale;
+        return r > 0 ? r : 0.0;
+      };
+      long double total = 0;
+      for_each_support(plan, xs, n, ws, [&](Index j, double p_j) { total += residual(j, p_j); });
+      const double target = detail::uniform53(gen) * static_cast<double>(total);
+      double cum = 0;
+      Index chosen = -1, last = -1, best = -1;
+      double best_p = 0;
+      for_each_support(plan, xs, n, ws, [&](Index j, double p_j) {
+        if (p_j > best_p) {
+          best_p = p_j;
+          best = j;
+        }
+        const double r = residual(j, p_j);
+        if (chosen >= 0 || !(r > 0))
+          return;
+        cum += r;
+        last = j;
+        if (cum > target)
+          chosen = j;
+      });
+      if (chosen >= 0)
+        return {i, chosen};
+      if (last >= 0)
+        return {i, last};  // rounding left target >= cum: the last token of the residual
+      // No residual mass: p = q up to rounding, so the rejection itself came from rounding; p's
+      // largest entry is then a token the target gives positive probability (-1: empty row).
+      return {i, best};
+    }
+    return {k, sample(target_logits.row(k), gen, ws, history_of(k))};
+  }
+  template <class XprT, class XprQ, class XprD, class Gen>
+  SpeculativeResult verify(const Eigen::DenseBase<XprT>& target_logits,
+                           const Eigen::DenseBase<XprQ>& draft_probs,
+                           const Eigen::DenseBase<XprD>& draft_tokens, Gen& gen) const {
+    SamplingWorkspace ws;
+    return verify(target_logits, draft_probs, draft_tokens, gen, ws);
+  }
+
+  // tokens(r) = sample(L.row(r), g_r) with g_r = Philox4x32(seed, first_stream + r): each row
+  // has its own counter-based stream, so the result is the same for any thread count and any
+  // schedule. Rows run on OpenMP threads when SOFTMAXLAB_USE_OPENMP is defined with -fopenmp
+  // (one workspace per thread), else in order. No history (the penalties see none). The options'
+  // mask and bias are checked against V before any row is drawn.
+  template <class XprL, class Out>
+  void sample_rowwise_philox(const Eigen::DenseBase<XprL>& logits, std::uint64_t seed,
+                             Out&& tokens_out, std::uint64_t first_stream = 0) const {
+    using Scalar = typename XprL::Scalar;
+    using XprT = detail::output_xpr_t<Out>;
+    detail::static_check_scalar<Scalar>();
+    auto& tokens = detail::writable_output(std::forward<Out>(tokens_out));
+    detail::require_vector("Sampler::sample_rowwise_philox: tokens", tokens.rows(), tokens.cols());
+    const Index rows = logits.rows();
+    if (tokens.size() != rows) {
+      detail::fail("Sampler::sample_rowwise_philox: tokens must have one entry per row (", rows,
+                   "), but got ", tokens.size());
+    }
+    check_vocabulary(logits.cols());
+    if (mirostat_on_ && !greedy_) {
+      detail::fail(
+          "Sampler::sample_rowwise_philox: mirostat v2 needs one MirostatState per "
+          "sequence; call sample(row, gen, ws, history, state) per row");
+    }
+    const auto one_row = [&](Index r, SamplingWorkspace& w) {
+      Philox4x32 gen(seed, first_stream + static_cast<std::uint64_t>(r));
+      tokens.coeffRef(r) = static_cast<typename XprT::Scalar>(sample(logits.row(r), gen, w));
+    };
+#if SOFTMAXLAB_PARALLEL_SLICES
+    if (rows > 1 && !omp_in_parallel() && omp_get_max_threads() > 1) {
+      std::vector<SamplingWorkspace> per_thread(static_cast<std::size_t>(omp_get_max_threads()));
+#pragma omp parallel
+      {
+        SamplingWorkspace& w = per_thread[static_cast<std::size_t>(omp_get_thread_num())];
+#pragma omp for schedule(static)
+        for (Index r = 0; r < rows; ++r)
+          one_row(r, w);
+      }
+      return;
+    }
+#endif
+    SamplingWorkspace w;
+    for (Index r = 0; r < rows; ++r)
+      one_row(r, w);
+  }
+
+  // Size of the kept set: the number of nonzero entries of probabilities() (masked, -inf and
+  // underflowed tokens excluded), for diagnostics and examples; 0 for a NaN or empty row.
   template <class XprX>
-  Index kept_count(const Eigen::DenseBase<XprX>& x, SamplingWorkspace& ws) const {
+  Index kept_count(const Eigen::DenseBase<XprX>& x, SamplingWorkspace& ws,
+                   const TokenHistory& history = TokenHistory(),
+                   const MirostatState* mirostat = nullptr) const {
     using Scalar = typename XprX::Scalar;
     detail::require_vector("Sampler::kept_count", x.rows(), x.cols());
     auto& b = ws.buffers<Scalar>();
-    const Scalar* xs = detail::contiguous_row<Scalar>(x, b.row);
-    const Plan<Scalar> plan = make_plan(xs, x.size(), ws);
+    const Scalar* xs = prepare(x, ws, history);
+    const Plan<Scalar> plan = make_plan(xs, x.size(), ws, history, mirostat);
     switch (plan.kind) {
       case Kind::NaN:
       case Kind::Empty:
@@ -446,15 +1048,27 @@ class Sampler {
       case Kind::Greedy:
         return 1;
       case Kind::Infinity:
-      case Kind::Small:
         return static_cast<Index>(plan.count);
+      case Kind::Small: {
+        Index c = 0;
+        for (std::size_t j = 0; j < plan.count; ++j)
+          c += reported<Scalar>(b.cand_weight[j], plan.total) > 0 ? 1 : 0;
+        return c;
+      }
       case Kind::Large:
         break;
     }
     Index c = 0;
-    for (Index i = 0; i < x.size(); ++i)
-      c += plan.kept(xs[i], b.weight[static_cast<std::size_t>(i)]) ? 1 : 0;
+    for (Index i = 0; i < x.size(); ++i) {
+      const Scalar w = b.weight[static_cast<std::size_t>(i)];
+      c += plan.kept(xs[i], w) && reported<Scalar>(double(w), plan.total) > 0 ? 1 : 0;
+    }
     return c;
+  }
+  template <class XprX>
+  Index kept_count(const Eigen::DenseBase<XprX>& x) const {
+    SamplingWorkspace ws;
+    return kept_count(x, ws);
   }
 
  private:
@@ -472,27 +1086,47 @@ class Sampler {
     double total = 0;
     Scalar threshold = -std::numeric_limits<Scalar>::infinity();
     Scalar min_weight = 0;
-    bool kept(Scalar x, Scalar w) const { return x >= threshold && w >= min_weight && w > 0; }
+    // x > -inf: the exp kernel clamps its weights to normal numbers, so a -inf logit (masked,
+    // banned) has a tiny positive weight and must be excluded by its logit (issue 28).
+    bool kept(Scalar x, Scalar w) const {
+      return x >= threshold && x > -std::numeric_limits<Scalar>::infinity() && w >= min_weight
+             && w > 0;
+    }
   };
 
+  // The probability probabilities() reports for a kept weight w of a plan of total `total`. The
+  // draw returns only tokens for which this is > 0, so a token reported as 0 (an underflow in the
+  // output type included) is never drawn, whatever u and the rounding of the running sum.
   template <class Scalar>
-  Plan<Scalar> make_plan(const Scalar* x, Index n, SamplingWorkspace& ws) const {
+  static Scalar reported(double w, double total) {
+    return static_cast<Scalar>(w / total);
+  }
+
+  template <class Scalar>
+  Plan<Scalar> make_plan(const Scalar* x, Index n, SamplingWorkspace& ws,
+                         const TokenHistory& history, const MirostatState* mirostat) const {
+    if (mirostat_on_ && mirostat == nullptr && !greedy_) {
+      detail::fail(
+          "Sampler: mirostat v2 is on: pass its MirostatState to sample(), "
+          "probabilities() or kept_count()");
+    }
     const Scalar inf = std::numeric_limits<Scalar>::infinity();
     Plan<Scalar> plan;
     if (n == 0)
       return plan;
-    const Index k = o_.top_k();
-    const bool small = k > 0 && k <= kHeapMaxK && o_.temperature() != 0.0;
+    const bool small = fast_ && !greedy_ && k_ > 0 && k_ <= kHeapMaxK;
     // The small path's block maxima come with the row max in the same pass.
-    const Scalar m = small ? detail::block_maxima(x, n, ws.buffers<Scalar>().block_max)
-                           : detail::max_propagate_nan(x, n);
+    Scalar m = small ? detail::block_maxima(x, n, ws.buffers<Scalar>().block_max)
+                     : detail::max_propagate_nan(x, n);
+    if (small && ws.buffers<Scalar>().overlay_on)
+      m = patch_blocks(x, n, ws);
     if (m != m) {
       plan.kind = Kind::NaN;
       return plan;
     }
     if (m == -inf)
       return plan;  // Empty
-    if (o_.temperature() == 0.0) {
+    if (greedy_) {
       plan.kind = Kind::Greedy;
       plan.index = static_cast<Index>(std::find(x, x + n, m) - x);
       return plan;
@@ -502,35 +1136,81 @@ class Sampler {
       plan.count = static_cast<std::size_t>(std::count(x, x + n, inf));
       return plan;
     }
+    if (!fast_)
+      return general_plan(x, n, ws, history, mirostat);
     if (small)
       return small_plan(x, n, m, ws);
     return large_plan(x, n, m, ws);
+  }
+
+  // The overlay's blocks: each block holding a modified logit is copied into `patch` with the
+  // overlay applied and its max recomputed; block_src points at every block's logits. Returns
+  // the row's max (NaN-propagating).
+  template <class Scalar>
+  Scalar patch_blocks(const Scalar* x, Index n, SamplingWorkspace& ws) const {
+    auto& b = ws.buffers<Scalar>();
+    const auto blocks = b.block_max.size();
+    b.block_src.resize(blocks);
+    for (std::size_t bl = 0; bl < blocks; ++bl)
+      b.block_src[bl] = x + static_cast<Index>(bl) * detail::kSelectBlock;
+    std::size_t dirty = 0;
+    for (std::size_t e = 0; e < b.overlay.size(); ++e) {
+      if (e == 0
+          || b.overlay[e].first / detail::kSelectBlock
+                 != b.overlay[e - 1].first / detail::kSelectBlock)
+        ++dirty;
+    }
+    b.patch.resize(dirty * static_cast<std::size_t>(detail::kSelectBlock));
+    std::size_t slot = 0;
+    for (std::size_t e = 0; e < b.overlay.size();) {
+      const Index bl = b.overlay[e].first / detail::kSelectBlock;
+      const Index start = bl * detail::kSelectBlock;
+      const Index len = std::min(detail::kSelectBlock, n - start);
+      Scalar* dst = b.patch.data() + slot * static_cast<std::size_t>(detail::kSelectBlock);
+      std::copy(x + start, x + start + len, dst);
+      for (; e < b.overlay.size() && b.overlay[e].first / detail::kSelectBlock == bl; ++e)
+        dst[b.overlay[e].first - start] = b.overlay[e].second;
+      b.block_max[static_cast<std::size_t>(bl)] = detail::max_propagate_nan(dst, len);
+      b.block_src[static_cast<std::size_t>(bl)] = dst;
+      ++slot;
+    }
+    Scalar m = -std::numeric_limits<Scalar>::infinity();
+    for (const Scalar bm : b.block_max)
+      m = (bm != bm || bm > m) ? bm : m;
+    return m;
   }
 
   // Top-k by the streaming heap, then only the candidates are weighted, sorted and cut.
   template <class Scalar>
   Plan<Scalar> small_plan(const Scalar* x, Index n, Scalar m, SamplingWorkspace& ws) const {
     auto& b = ws.buffers<Scalar>();
-    const Scalar kth = detail::kth_largest(x, n, o_.top_k(), b.block_max, b.heap);
-    detail::gather_at_least(x, n, kth, b.block_max, b.cand);
+    const Scalar* const* src = b.overlay_on ? b.block_src.data() : nullptr;
+    const Scalar kth = detail::kth_largest(x, n, k_, b.block_max, b.heap, src);
+    detail::gather_at_least(x, n, kth, b.block_max, b.cand, src);
     std::sort(b.cand.begin(), b.cand.end(), detail::by_decreasing_logit<Scalar>);
     const std::size_t count = b.cand.size();
     b.cand_weight.resize(count);
-    const double t = o_.temperature();
+    // Temperature last (llama.cpp's order): top-p and min-p cut the T = 1 distribution, then the
+    // kept tokens are reweighted at T.
+    const double t = temp_last_ ? 1.0 : temp_;
     double total = 0;
     for (std::size_t j = 0; j < count; ++j) {
       b.cand_weight[j] = std::exp((double(b.cand[j].first) - double(m)) / t);
       total += b.cand_weight[j];
     }
     std::size_t c = count;
-    if (o_.top_p() < 1.0)
-      c = detail::top_p_cut(b.cand, b.cand_weight, c, o_.top_p(), 0.0, total);
-    if (o_.min_p() > 0.0) {
+    if (p_ < 1.0)
+      c = detail::top_p_cut(b.cand, b.cand_weight, c, p_, 0.0, total);
+    if (minp_ > 0.0) {
       // The first candidate is the max: weight exp(0) = 1, so the rule is w_j >= min_p.
       std::size_t keep = 1;
-      while (keep < c && b.cand_weight[keep] >= o_.min_p())
+      while (keep < c && b.cand_weight[keep] >= minp_)
         ++keep;
       c = keep;
+    }
+    if (temp_last_ && temp_ != 1.0) {
+      for (std::size_t j = 0; j < c; ++j)
+        b.cand_weight[j] = std::exp((double(b.cand[j].first) - double(m)) / temp_);
     }
     Plan<Scalar> plan;
     plan.kind = Kind::Small;
@@ -554,15 +1234,15 @@ class Sampler {
     Plan<Scalar> plan;
     plan.kind = Kind::Large;
     // Top-k beyond the heap's range: the k-th largest finite value by nth_element on a copy.
-    const Index k = o_.top_k();
+    const Index k = k_;
     if (k > 0 && k < n) {
       std::copy(x, x + n, w);
       std::nth_element(w, w + (k - 1), w + n, std::greater<Scalar>());
       plan.threshold = w[k - 1];  // -inf when fewer than k are finite: no restriction
     }
-    const Scalar s = static_cast<Scalar>(1.0 / o_.temperature());
+    const Scalar s = static_cast<Scalar>(1.0 / temp_);
     detail::CompensatedSum<Scalar> sum0, sum1;
-    if (o_.temperature() != 1.0) {
+    if (temp_ != 1.0) {
       detail::scaled_exp_store_sum<true>(x, w, n, m, s, sum0, sum1);
     } else {
       detail::scaled_exp_store_sum<false>(x, w, n, m, s, sum0, sum1);
@@ -570,11 +1250,11 @@ class Sampler {
     double total = static_cast<double>(sum0.total() + sum1.total());
     if (plan.threshold > -inf)
       total = kept_sum(x, w, n, plan);
-    if (o_.top_p() < 1.0)
+    if (p_ < 1.0)
       plan.threshold = top_p_threshold(x, w, n, m, s, plan.threshold, total, ws);
-    if (o_.min_p() > 0.0)
-      plan.min_weight = static_cast<Scalar>(o_.min_p() * double(detail::kExpScale<Scalar>));
-    if (o_.top_p() < 1.0 || o_.min_p() > 0.0)
+    if (minp_ > 0.0)
+      plan.min_weight = static_cast<Scalar>(minp_ * double(detail::kExpScale<Scalar>));
+    if (p_ < 1.0 || minp_ > 0.0)
       total = kept_sum(x, w, n, plan);
     plan.total = total;
     return plan;
@@ -612,7 +1292,7 @@ class Sampler {
       if (x[i] >= floor)
         hist[static_cast<std::size_t>(bucket(x[i]))] += double(w[i]);
     }
-    const double target = o_.top_p() * total;
+    const double target = p_ * total;
     double before = 0;
     int boundary = 0;
     int last_nonempty = 0;
@@ -640,7 +1320,7 @@ class Sampler {
     for (std::size_t j = 0; j < b.cand.size(); ++j)
       b.cand_weight[j] = double(w[static_cast<std::size_t>(b.cand[j].second)]);
     const std::size_t c =
-        detail::top_p_cut(b.cand, b.cand_weight, b.cand.size(), o_.top_p(), before, total);
+        detail::top_p_cut(b.cand, b.cand_weight, b.cand.size(), p_, before, total);
     return b.cand[c - 1].first;
   }
 
@@ -666,12 +1346,16 @@ class Sampler {
         const auto& b = ws.buffers<Scalar>();
         const double target = detail::uniform53(gen) * plan.total;
         double cum = 0;
+        Index last = -1;
         for (std::size_t j = 0; j < plan.count; ++j) {
           cum += b.cand_weight[j];
-          if (cum > target)
-            return b.cand[j].second;
+          if (reported<Scalar>(b.cand_weight[j], plan.total) > 0) {
+            last = b.cand[j].second;
+            if (cum > target)
+              return last;
+          }
         }
-        return b.cand[plan.count - 1].second;  // rounding: the last kept token
+        return last;  // rounding left target >= cum: the last token of positive probability
       }
       case Kind::Large: {
         const Scalar* w = ws.buffers<Scalar>().weight.data();
@@ -681,18 +1365,639 @@ class Sampler {
         for (Index i = 0; i < n; ++i) {
           if (plan.kept(x[i], w[i])) {
             cum += double(w[i]);
-            last = i;
-            if (cum > target)
+            if (cum > target && reported<Scalar>(double(w[i]), plan.total) > 0)
               return i;
           }
         }
-        return last;  // rounding: the last kept token
+        // Rounding left target >= cum: the last token of positive probability.
+        for (Index i = n - 1; i >= 0; --i) {
+          if (plan.kept(x[i], w[i]) && reported<Scalar>(double(w[i]), plan.total) > 0) {
+            last = i;
+            break;
+          }
+        }
+        return last;
       }
     }
     return -1;
   }
 
+  // The probability probabilities() reports for token t under `plan` (as a double).
+  template <class Scalar>
+  double plan_probability(const Plan<Scalar>& plan, const Scalar* xs, Index t,
+                          SamplingWorkspace& ws) const {
+    switch (plan.kind) {
+      case Kind::NaN:
+        return std::numeric_limits<double>::quiet_NaN();
+      case Kind::Empty:
+        return 0.0;
+      case Kind::Greedy:
+        return t == plan.index ? 1.0 : 0.0;
+      case Kind::Infinity:
+        return xs[t] == std::numeric_limits<Scalar>::infinity()
+                   ? double(Scalar(1) / static_cast<Scalar>(plan.count))
+                   : 0.0;
+      case Kind::Small: {
+        const auto& b = ws.buffers<Scalar>();
+        for (std::size_t j = 0; j < plan.count; ++j) {
+          if (b.cand[j].second == t)
+            return double(reported<Scalar>(b.cand_weight[j], plan.total));
+        }
+        return 0.0;
+      }
+      case Kind::Large: {
+        const Scalar w = ws.buffers<Scalar>().weight[static_cast<std::size_t>(t)];
+        return plan.kept(xs[t], w) ? double(reported<Scalar>(double(w), plan.total)) : 0.0;
+      }
+    }
+    return 0.0;
+  }
+
+  // fn(j, p_j) for every token j that `plan` may give a positive probability (p_j as
+  // probabilities() reports it; some may be 0 after rounding), in a fixed order.
+  template <class Scalar, class Fn>
+  void for_each_support(const Plan<Scalar>& plan, const Scalar* xs, Index n, SamplingWorkspace& ws,
+                        const Fn& fn) const {
+    const auto& b = ws.buffers<Scalar>();
+    switch (plan.kind) {
+      case Kind::NaN:
+      case Kind::Empty:
+        return;
+      case Kind::Greedy:
+        fn(plan.index, 1.0);
+        return;
+      case Kind::Infinity:
+        for (Index j = 0; j < n; ++j) {
+          if (xs[j] == std::numeric_limits<Scalar>::infinity())
+            fn(j, double(Scalar(1) / static_cast<Scalar>(plan.count)));
+        }
+        return;
+      case Kind::Small:
+        for (std::size_t c = 0; c < plan.count; ++c)
+          fn(b.cand[c].second, double(reported<Scalar>(b.cand_weight[c], plan.total)));
+        return;
+      case Kind::Large:
+        for (Index j = 0; j < n; ++j) {
+          const Scalar w = b.weight[static_cast<std::size_t>(j)];
+          if (plan.kept(xs[j], w))
+            fn(j, double(reported<Scalar>(double(w), plan.total)));
+        }
+        return;
+    }
+  }
+
+  // Which stages are on, and whether their order allows the fast paths: [penalties]
+  // [top-n-sigma] applied to a copy of the row, then top-k, top-p, min-p in this relative order
+  // with temperature before top-p and min-p or after both (the latter on the heap path only).
+  void configure() {
+    const auto in_order = [&](SamplerStage st) {
+      return std::find(o_.order().begin(), o_.order().end(), st) != o_.order().end();
+    };
+    greedy_ = in_order(SamplerStage::Temperature) && o_.temperature() == 0.0;
+    temp_ = in_order(SamplerStage::Temperature) && !greedy_ ? o_.temperature() : 1.0;
+    penalties_on_ = in_order(SamplerStage::Penalties)
+                    && (o_.repeat_penalty() != 1.0 || o_.frequency_penalty() != 0.0
+                        || o_.presence_penalty() != 0.0)
+                    && o_.penalty_last_n() != 0;
+    sigma_on_ = !greedy_ && in_order(SamplerStage::TopNSigma) && o_.top_n_sigma() > 0.0;
+    k_ = in_order(SamplerStage::TopK) ? o_.top_k() : 0;
+    typical_ = in_order(SamplerStage::TypicalP) ? o_.typical_p() : 1.0;
+    p_ = in_order(SamplerStage::TopP) ? o_.top_p() : 1.0;
+    minp_ = in_order(SamplerStage::MinP) ? o_.min_p() : 0.0;
+    xtc_on_ =
+        in_order(SamplerStage::Xtc) && o_.xtc_probability() > 0.0 && o_.xtc_threshold() <= 0.5;
+    mirostat_on_ = o_.mirostat_v2();
+    dry_on_ = in_order(SamplerStage::Dry) && o_.dry_multiplier() > 0.0 && o_.dry_last_n() != 0;
+    fast_ = true;
+    temp_last_ = false;
+    if (greedy_)
+      return;  // the argmax after the logit stages: the other stages play no part
+    std::vector<SamplerStage> seq;
+    for (const SamplerStage st : o_.order()) {
+      const bool on =
+          (st == SamplerStage::Penalties && penalties_on_)
+          || (st == SamplerStage::TopNSigma && sigma_on_) || (st == SamplerStage::TopK && k_ > 0)
+          || (st == SamplerStage::TypicalP && typical_ < 1.0)
+          || (st == SamplerStage::TopP && p_ < 1.0) || (st == SamplerStage::MinP && minp_ > 0.0)
+          || (st == SamplerStage::Temperature && temp_ != 1.0)
+          || (st == SamplerStage::Xtc && xtc_on_) || (st == SamplerStage::Dry && dry_on_);
+      if (on)
+        seq.push_back(st);
+    }
+    std::size_t pos = 0;
+    if (pos < seq.size() && seq[pos] == SamplerStage::Penalties)
+      ++pos;
+    if (pos < seq.size() && seq[pos] == SamplerStage::Dry)
+      ++pos;
+    if (pos < seq.size() && seq[pos] == SamplerStage::TopNSigma)
+      ++pos;
+    int last_rank = -1, cuts = 0, cuts_before_t = 0;
+    bool seen_t = false;
+    for (; pos < seq.size(); ++pos) {
+      const SamplerStage st = seq[pos];
+      if (st == SamplerStage::Temperature) {
+        seen_t = true;
+        continue;
+      }
+      const int rank = st == SamplerStage::TopK   ? 0
+                       : st == SamplerStage::TopP ? 1
+                       : st == SamplerStage::MinP ? 2
+                                                  : -1;
+      if (rank < 0 || rank < last_rank)
+        fast_ = false;
+      last_rank = rank;
+      if (rank >= 1) {
+        ++cuts;
+        cuts_before_t += seen_t ? 0 : 1;
+      }
+    }
+    if (seen_t && cuts > 0 && cuts_before_t > 0) {
+      if (cuts_before_t < cuts)
+        fast_ = false;  // temperature between top-p and min-p
+      temp_last_ = true;
+      if (!(k_ > 0 && k_ <= kHeapMaxK))
+        fast_ = false;  // temperature last beyond the heap path: the general path
+    }
+    if (mirostat_on_)
+      fast_ = false;
+  }
+
+  // The mask's and the bias's token ids against the vocabulary size n.
+  void check_vocabulary(Index n) const {
+    if (!o_.has_allowed_tokens() && !o_.token_mask().empty()
+        && static_cast<Index>(o_.token_mask().size()) != n) {
+      detail::fail("Sampler: token_mask must have one entry per token (V = ", n, "), but has ",
+                   o_.token_mask().size());
+    }
+    for (const Index t : o_.allowed_tokens()) {
+      if (t >= n)
+        detail::fail("Sampler: allowed token id ", t, " must be < V = ", n);
+    }
+    for (const auto& e : o_.logit_bias()) {
+      if (e.first >= n)
+        detail::fail("Sampler: logit_bias token ", e.first, " must be < V = ", n);
+    }
+  }
+
+  Index penalty_window(const TokenHistory& h) const {
+    if (!penalties_on_)
+      return 0;
+    return o_.penalty_last_n() < 0 ? h.size() : std::min(h.size(), o_.penalty_last_n());
+  }
+
+  // The row the chain reads: x itself, or a copy with the mask, the bias and (on the fast paths)
+  // the penalties and top-n-sigma applied. The mask and the bias cost O(entries) beyond the copy
+  // (a boolean mask O(V)); the penalties O(window log window).
+  template <class XprX>
+  const typename XprX::Scalar* prepare(const Eigen::DenseBase<XprX>& x, SamplingWorkspace& ws,
+                                       const TokenHistory& h) const {
+    using Scalar = typename XprX::Scalar;
+    const Scalar inf = std::numeric_limits<Scalar>::infinity();
+    auto& b = ws.buffers<Scalar>();
+    const Index n = x.size();
+    const Scalar* xs = detail::contiguous_row<Scalar>(x, b.row);
+    const bool masked = o_.has_allowed_tokens() || !o_.token_mask().empty();
+    const bool penalties = fast_ && penalty_window(h) > 0;
+    const bool dry = fast_ && dry_on_ && h.size() > 1;
+    const bool sigma = fast_ && sigma_on_;
+    b.overlay_on = false;
+    if (!masked && o_.logit_bias().empty() && !penalties && !dry && !sigma)
+      return xs;
+    check_vocabulary(n);
+    if (!masked && !sigma && !greedy_ && k_ > 0 && k_ <= kHeapMaxK) {
+      // Only sparse stages on the heap path: their few modified logits go to an overlay that
+      // the selection reads through patched 64-logit blocks; the row is not copied.
+      auto& ov = b.overlay;
+      ov.clear();
+      const auto at = [&](Index t) -> Scalar& {
+        auto it = std::lower_bound(ov.begin(), ov.end(), t,
+                                   [](const auto& e, Index v) { return e.first < v; });
+        if (it == ov.end() || it->first != t)
+          it = ov.insert(it, {t, xs[t]});
+        return it->second;
+      };
+      for (const auto& e : o_.logit_bias()) {
+        Scalar& v = at(e.first);
+        v = apply_bias(v, e.second);
+      }
+      if (penalties)
+        apply_penalties(at, n, ws, h);
+      if (dry)
+        apply_dry(at, n, ws, h);
+      // Tokens whose logit is +inf or NaN keep the dense path (the Infinity and NaN rules read
+      // the row itself).
+      bool plain = true;
+      for (const auto& e : ov)
+        plain = plain && (xs[e.first] == -inf || std::isfinite(xs[e.first]));
+      if (plain) {
+        b.overlay_on = true;
+        return xs;
+      }
+    }
+    if (b.modified.size() < static_cast<std::size_t>(n))
+      b.modified.resize(static_cast<std::size_t>(n));
+    Scalar* y = b.modified.data();
+    if (o_.has_allowed_tokens()) {
+      std::fill(y, y + n, -inf);
+      for (const Index t : o_.allowed_tokens())
+        y[t] = xs[t];
+    } else if (!o_.token_mask().empty()) {
+      const std::vector<bool>& keep = o_.token_mask();
+      for (Index i = 0; i < n; ++i)  // a NaN stays (the row's NaN policy)
+        y[i] = keep[static_cast<std::size_t>(i)] || xs[i] != xs[i] ? xs[i] : -inf;
+    } else if (y != xs) {
+      std::copy(xs, xs + n, y);
+    }
+    for (const auto& e : o_.logit_bias())
+      y[e.first] = apply_bias(y[e.first], e.second);
+    const auto dense = [y](Index t) -> Scalar& {
+      return y[t];
+    };
+    if (penalties)
+      apply_penalties(dense, n, ws, h);
+    if (dry)
+      apply_dry(dense, n, ws, h);
+    if (sigma)
+      top_n_sigma_in_place(y, n);
+    return y;
+  }
+
+  // The logit v after a bias b: b = -inf bans (even a +inf logit; a NaN stays).
+  template <class T>
+  static T apply_bias(T v, double bias) {
+    if (bias == -std::numeric_limits<double>::infinity())
+      return v != v ? v : -std::numeric_limits<T>::infinity();
+    return clamp_finite<T>(static_cast<double>(v) + bias, v);
+  }
+
+  // v, except that a finite input pushed beyond the range of T by a stage stays finite (the
+  // largest finite value of its sign): a penalty or a bias must not create an infinity.
+  template <class T>
+  static T clamp_finite(double v, T before) {
+    const double big = static_cast<double>(std::numeric_limits<T>::max());
+    if (std::isfinite(static_cast<double>(before)) && !(std::fabs(v) <= big) && v == v)
+      return static_cast<T>(v > 0 ? big : -big);
+    return static_cast<T>(v);
+  }
+
+  // llama.cpp's penalties (llama_sampler_penalties_apply): for each token of count c > 0 in the
+  // window, z = z <= 0 ? z * repeat : z / repeat, then z -= c * frequency + presence.
+  // z(t) returns a reference to token t's logit (a dense row, or the sparse overlay).
+  template <class Z>
+  void apply_penalties(const Z& z, Index n, SamplingWorkspace& ws, const TokenHistory& h) const {
+    using T = std::remove_reference_t<decltype(z(Index(0)))>;
+    const Index w = penalty_window(h);
+    if (w == 0)
+      return;
+    std::vector<Index>& t = ws.tokens();
+    t.assign(h.data() + (h.size() - w), h.data() + h.size());
+    for (std::size_t j = 0; j < t.size(); ++j) {
+      if (t[j] < 0 || t[j] >= n)
+        detail::fail("Sampler: history token ", t[j], " (", j,
+                     "th of the penalty window) must be in [0, V = ", n, ")");
+    }
+    std::sort(t.begin(), t.end());
+    for (std::size_t j = 0; j < t.size();) {
+      std::size_t e = j;
+      while (e < t.size() && t[e] == t[j])
+        ++e;
+      const double count = static_cast<double>(e - j);
+      T& zt = z(t[j]);
+      const T before = zt;
+      double v = static_cast<double>(before);
+      v = v <= 0 ? v * o_.repeat_penalty() : v / o_.repeat_penalty();
+      v -= count * o_.frequency_penalty() + o_.presence_penalty();
+      zt = clamp_finite<T>(v, before);
+      j = e;
+    }
+  }
+
+  // DRY (see SamplerOptions::with_dry): for each position i of the window but the last, the
+  // length of the match between the window's end and the segment ending at i (stopping at a
+  // breaker in the end part, or at the window's start), credited to the token h[i + 1]. Cost
+  // O(w L), L the matched lengths: O(w^2) on a window of one repeated token.
+  template <class Z>
+  void apply_dry(const Z& z, Index n, SamplingWorkspace& ws, const TokenHistory& h) const {
+    using T = std::remove_reference_t<decltype(z(Index(0)))>;
+    const Index w = o_.dry_last_n() < 0 ? h.size() : std::min(h.size(), o_.dry_last_n());
+    if (w < 2)
+      return;
+    const Index* t = h.data() + (h.size() - w);
+    for (Index j = 0; j < w; ++j) {
+      if (t[j] < 0 || t[j] >= n)
+        detail::fail("Sampler: history token ", t[j], " (", j,
+                     "th of the DRY window) must be in [0, V = ", n, ")");
+    }
+    const auto& breakers = o_.dry_breakers();
+    const auto is_breaker = [&](Index v) {
+      return std::binary_search(breakers.begin(), breakers.end(), v);
+    };
+    std::vector<Index>& best = ws.tokens();  // (token, length) pairs, flattened
+    best.clear();
+    for (Index i = 0; i + 1 < w; ++i) {
+      Index len = 0;
+      while (len <= i && t[i - len] == t[w - 1 - len] && !is_breaker(t[w - 1 - len]))
+        ++len;
+      if (len >= o_.dry_allowed_length()) {
+        best.push_back(t[i + 1]);
+        best.push_back(len);
+      }
+    }
+    // The longest match per token, then one penalty each.
+    for (std::size_t a = 0; a < best.size(); a += 2) {
+      const Index token = best[a];
+      Index len = best[a + 1];
+      bool first = true;
+      for (std::size_t c = 0; c < best.size(); c += 2) {
+        if (best[c] == token) {
+          if (c < a) {
+            first = false;
+            break;
+          }
+          len = std::max(len, best[c + 1]);
+        }
+      }
+      if (!first)
+        continue;
+      T& zt = z(token);
+      const T before = zt;
+      const double penalty =
+          o_.dry_multiplier()
+          * std::pow(o_.dry_base(), static_cast<double>(len - o_.dry_allowed_length()));
+      zt = clamp_finite<T>(static_cast<double>(before) - penalty, before);
+    }
+  }
+
+  // Top-n-sigma (Tang et al. 2024, arXiv 2411.07641; llama.cpp's top_n_sigma): over the finite
+  // entries, mean and population standard deviation sigma; every entry below max - n sigma
+  // becomes -inf. Skipped for a row holding a NaN or +inf (their own rules apply).
+  template <class Scalar>
+  void top_n_sigma_in_place(Scalar* y, Index n) const {
+    const Scalar inf = std::numeric_limits<Scalar>::infinity();
+    double sum = 0, mx = -std::numeric_limits<double>::infinity();
+    Index count = 0;
+    for (Index i = 0; i < n; ++i) {
+      if (y[i] != y[i] || y[i] == inf)
+        return;
+      if (y[i] > -inf) {
+        sum += y[i];
+        mx = std::max<double>(mx, y[i]);
+        ++count;
+      }
+    }
+    if (count <= 1)
+      return;
+    const double mean = sum / static_cast<double>(count);
+    double acc = 0;
+    for (Index i = 0; i < n; ++i) {
+      if (y[i] > -inf)
+        acc += (y[i] - mean) * (y[i] - mean);
+    }
+    const double threshold = mx - o_.top_n_sigma() * std::sqrt(acc / static_cast<double>(count));
+    for (Index i = 0; i < n; ++i) {
+      if (static_cast<double>(y[i]) < threshold)
+        y[i] = -inf;
+    }
+  }
+
+  // Any order of the stages (each applied to the distribution the previous ones left, exactly as
+  // the doc block states), in double with sorts: O(V log V). The kept set and its weights go
+  // where the heap path puts them (cand, cand_weight, by decreasing weight), so the Small draw,
+  // probabilities() and kept_count() serve both.
+  // One run of the chain; `xtc_cut`: whether XTC removes (its random decision taken). Writes the
+  // final distribution as (index, probability) sorted by index.
+  template <class Scalar>
+  void run_chain(const Scalar* x, Index n, SamplingWorkspace& ws, const TokenHistory& h,
+                 bool xtc_cut, std::vector<std::pair<Index, double>>& out) const {
+    std::vector<double>& z = ws.chain();
+    z.assign(x, x + n);
+    std::vector<std::pair<double, Index>>& kept = ws.keyed();
+    kept.clear();
+    for (Index i = 0; i < n; ++i) {
+      if (z[static_cast<std::size_t>(i)] > -std::numeric_limits<double>::infinity())
+        kept.emplace_back(0.0, i);
+    }
+    const auto zi = [&](Index i) -> double& {
+      return z[static_cast<std::size_t>(i)];
+    };
+    const auto z_max = [&] {
+      double m = -std::numeric_limits<double>::infinity();
+      for (const auto& e : kept)
+        m = std::max(m, zi(e.second));
+      return m;
+    };
+    // Keeps the first c entries of `kept` (sorted by the caller's key) plus the following ones
+    // whose key equals the c-th's (ties at the boundary are kept).
+    const auto cut_sorted = [&](std::size_t c) {
+      while (c < kept.size() && kept[c].first == kept[c - 1].first)
+        ++c;
+      kept.resize(c);
+    };
+    // The smallest prefix of `kept` (in its current order) whose weight reaches p of the total.
+    const auto mass_prefix = [&](double p) {
+      const double m = z_max();
+      long double total = 0;
+      for (const auto& e : kept)
+        total += std::exp(zi(e.second) - m);
+      long double cum = 0;
+      std::size_t c = 0;
+      while (c < kept.size()) {
+        cum += std::exp(zi(kept[c].second) - m);
+        ++c;
+        if (cum >= p * total)
+          break;
+      }
+      return c;
+    };
+    const auto by_key = [](const std::pair<double, Index>& a, const std::pair<double, Index>& c) {
+      return a.first < c.first || (a.first == c.first && a.second < c.second);
+    };
+    for (const SamplerStage st : o_.order()) {
+      switch (st) {
+        case SamplerStage::Penalties: {
+          if (penalty_window(h) == 0)
+            break;
+          // A kept (finite) logit stays finite (clamp_finite): the kept set is unchanged.
+          apply_penalties([&](Index t) -> double& { return zi(t); }, n, ws, h);
+          break;
+        }
+        case SamplerStage::Dry: {
+          if (!dry_on_)
+            break;
+          apply_dry([&](Index t) -> double& { return zi(t); }, n, ws, h);
+          break;
+        }
+        case SamplerStage::Temperature:
+          if (temp_ != 1.0) {
+            for (const auto& e : kept)
+              zi(e.second) = clamp_finite<double>(zi(e.second) / temp_, zi(e.second));
+          }
+          break;
+        case SamplerStage::TopNSigma: {
+          if (!sigma_on_ || kept.size() <= 1)
+            break;
+          long double sum = 0, acc = 0;
+          for (const auto& e : kept)
+            sum += zi(e.second);
+          const long double mean = sum / static_cast<long double>(kept.size());
+          for (const auto& e : kept)
+            acc += (zi(e.second) - mean) * (zi(e.second) - mean);
+          const long double threshold =
+              z_max() - o_.top_n_sigma() * std::sqrt(acc / static_cast<long double>(kept.size()));
+          kept.erase(std::remove_if(kept.begin(), kept.end(),
+                                    [&](const auto& e) {
+                                      return static_cast<long double>(zi(e.second)) < threshold;
+                                    }),
+                     kept.end());
+          break;
+        }
+        case SamplerStage::TopK: {
+          if (k_ == 0 || k_ >= static_cast<Index>(kept.size()))
+            break;
+          for (auto& e : kept)
+            e.first = -zi(e.second);
+          std::sort(kept.begin(), kept.end(), by_key);
+          cut_sorted(static_cast<std::size_t>(k_));
+          break;
+        }
+        case SamplerStage::TypicalP: {
+          if (typical_ >= 1.0)
+            break;
+          // Locally typical sampling (Meister et al. 2023, arXiv 2202.00666): order by
+          // |-log q_i - H(q)|, keep the smallest prefix of mass >= typical_p (ties kept).
+          const double m = z_max();
+          long double total = 0;
+          for (const auto& e : kept)
+            total += std::exp(zi(e.second) - m);
+          const long double log_total = std::log(total);
+          long double entropy = 0;
+          for (const auto& e : kept) {
+            const long double log_q = (zi(e.second) - m) - log_total;
+            entropy -= std::exp(log_q) * log_q;
+          }
+          for (auto& e : kept)
+            e.first = static_cast<double>(std::fabs(-((zi(e.second) - m) - log_total) - entropy));
+          std::sort(kept.begin(), kept.end(), by_key);
+          cut_sorted(mass_prefix(typical_));
+          break;
+        }
+        case SamplerStage::TopP: {
+          if (p_ >= 1.0)
+            break;
+          for (auto& e : kept)
+            e.first = -zi(e.second);
+          std::sort(kept.begin(), kept.end(), by_key);
+          cut_sorted(mass_prefix(p_));
+          break;
+        }
+        case SamplerStage::Xtc: {
+          if (!xtc_cut || kept.size() < 2)
+            break;
+          // Sort by decreasing q (ties by index); the leading tokens with q >= threshold: all but
+          // the last of them are removed when there are at least two.
+          const double m = z_max();
+          long double total = 0;
+          for (auto& e : kept) {
+            e.first = -zi(e.second);
+            total += std::exp(zi(e.second) - m);
+          }
+          std::sort(kept.begin(), kept.end(), by_key);
+          std::size_t above = 0;
+          while (above < kept.size()
+                 && std::exp(zi(kept[above].second) - m) >= o_.xtc_threshold() * total)
+            ++above;
+          if (above >= 2)
+            kept.erase(kept.begin(), kept.begin() + static_cast<std::ptrdiff_t>(above - 1));
+          break;
+        }
+        case SamplerStage::MinP: {
+          if (minp_ <= 0.0)
+            break;
+          const double m = z_max();
+          kept.erase(
+              std::remove_if(kept.begin(), kept.end(),
+                             [&](const auto& e) { return std::exp(zi(e.second) - m) < minp_; }),
+              kept.end());
+          break;
+        }
+      }
+    }
+    const double m = z_max();
+    long double total = 0;
+    for (const auto& e : kept)
+      total += std::exp(zi(e.second) - m);
+    out.clear();
+    for (const auto& e : kept)
+      out.emplace_back(e.second, static_cast<double>(std::exp(zi(e.second) - m) / total));
+    std::sort(out.begin(), out.end());
+  }
+
+  // The general path: the chain (twice with XTC, mixed by its probability: the draw's law is
+  // then exactly llama.cpp's, whose XTC takes its own uniform), then mirostat's truncation. The
+  // kept set and its weights go where the heap path puts them (cand, cand_weight, by decreasing
+  // weight), so the Small draw, probabilities() and kept_count() serve both.
+  template <class Scalar>
+  Plan<Scalar> general_plan(const Scalar* x, Index n, SamplingWorkspace& ws, const TokenHistory& h,
+                            const MirostatState* mirostat) const {
+    auto& b = ws.buffers<Scalar>();
+    std::vector<std::pair<Index, double>>& dist = ws.branch(0);
+    const double pi = xtc_on_ ? o_.xtc_probability() : 0.0;
+    run_chain(x, n, ws, h, pi >= 1.0, dist);
+    if (pi > 0.0 && pi < 1.0) {
+      std::vector<std::pair<Index, double>>& cut = ws.branch(1);
+      std::vector<std::pair<Index, double>>& mixed = ws.branch(2);
+      run_chain(x, n, ws, h, true, cut);
+      mixed.clear();
+      std::size_t a = 0, c = 0;
+      while (a < dist.size() || c < cut.size()) {
+        if (c == cut.size() || (a < dist.size() && dist[a].first < cut[c].first)) {
+          mixed.emplace_back(dist[a].first, (1 - pi) * dist[a].second);
+          ++a;
+        } else if (a == dist.size() || cut[c].first < dist[a].first) {
+          mixed.emplace_back(cut[c].first, pi * cut[c].second);
+          ++c;
+        } else {
+          mixed.emplace_back(dist[a].first, (1 - pi) * dist[a].second + pi * cut[c].second);
+          ++a;
+          ++c;
+        }
+      }
+      dist.swap(mixed);
+    }
+    // Decreasing weight, ties by index: the draw's order.
+    std::sort(dist.begin(), dist.end(), [](const auto& u, const auto& v) {
+      return u.second > v.second || (u.second == v.second && u.first < v.first);
+    });
+    std::size_t count = dist.size();
+    if (mirostat_on_ && mirostat != nullptr) {
+      // Mirostat v2: keep the tokens of surprise -log2 q <= mu, at least the most probable.
+      std::size_t keep = 1;
+      while (keep < count && -std::log2(dist[keep].second) <= mirostat->mu)
+        ++keep;
+      count = keep;
+    }
+    b.cand.clear();
+    b.cand_weight.clear();
+    long double total = 0;
+    for (std::size_t j = 0; j < count; ++j) {
+      b.cand.emplace_back(x[dist[j].first], dist[j].first);
+      b.cand_weight.push_back(dist[j].second);
+      total += dist[j].second;
+    }
+    Plan<Scalar> plan;
+    plan.kind = Kind::Small;
+    plan.count = b.cand.size();
+    plan.total = static_cast<double>(total);
+    return plan;
+  }
+
   SamplerOptions o_;
+  // What configure() derived from o_: the effective parameters (neutral for a stage left out of
+  // the order) and the path.
+  bool greedy_ = false, fast_ = true, temp_last_ = false, penalties_on_ = false, sigma_on_ = false;
+  bool xtc_on_ = false, mirostat_on_ = false, dry_on_ = false;
+  double temp_ = 1.0, typical_ = 1.0, p_ = 1.0, minp_ = 0.0;
+  Index k_ = 0;
 };
 
 // The k largest log-probabilities of log_softmax(x), normalized over the whole row:

@@ -8,8 +8,9 @@
 //   NormalizedSoftmax, Margin    normalized.hpp   cosine logits with CosFace/ArcFace/SphereFace
 //                                                 margins; prototypes for novel classes
 //   Philox4x32                   random.hpp       counter-based UniformRandomBitGenerator
-//   Sampler, SamplerOptions,     sampling.hpp     temperature, top-k, top-p, min-p token draws
-//     top_k_log_softmax                           without a sort; top-k log-probabilities
+//   Sampler, SamplerOptions,     sampling.hpp     llama.cpp's sampler chain (penalties, DRY,
+//     top_k_log_softmax                           top-k, top-p, min-p, ...) without a sort; exact
+//                                                 speculative verify; top-k log-probabilities
 //   SinglePassSoftmax,           single_pass.hpp  one read for the normalizer, one to write;
 //     OnlineNormalizer<Scalar>                    mergeable [max, sum] state for chunked rows
 //   LogSumExp                    logsumexp.hpp    log sum exp, weighted/signed (SciPy b=), backward
