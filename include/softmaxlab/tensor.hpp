@@ -178,6 +178,9 @@ EIGEN_STRONG_INLINE void softmax_lane_tile(const Scalar* x, Scalar* y, Index n, 
     } else {
       for (int j = 0; j < NP; ++j)
         m[j] = pmax<Eigen::PropagateNaN>(m[j], ploadu<Packet>(xk + j * P));
+      // The next tile's lines of this row, while the arithmetic of this one runs from cache.
+      for (std::uintptr_t b = 0; b < NP * P * sizeof(Scalar); b += 64)
+        prefetch_read(xk, NP * P * sizeof(Scalar) + b);
     }
   }
   alignas(64) Scalar lanes[NP * P];
