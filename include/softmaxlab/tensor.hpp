@@ -28,16 +28,18 @@
 // with the rowwise result on a permuted copy. y may be t (in place) but must not otherwise overlap
 // it; y must have t's layout, rank and dimensions.
 //
-// How the data reaches the kernels (no element-by-element gathers for Softmax):
+// How the data reaches the kernels (no element-by-element gathers for Softmax and LogSoftmax):
 //   - the contiguous axis (axis 0 of a ColMajor tensor, R-1 of a RowMajor one) is a batch of
 //     contiguous rows: f.rowwise on a Map of the data, the row kernels, no copy;
 //   - any other axis views the data as [outer][n][inner] (n the axis length, inner the product of
-//     the faster dimensions). Softmax runs softmax_lanes: tiles of up to 4 packets of adjacent
-//     slices, one slice per SIMD lane, whose max, exp-sum and scale passes read the n rows of the
-//     tile with contiguous packet loads (the same exp kernel, Kahan sums per lane and one
-//     reciprocal per slice as the row kernel). Slices with a NaN or infinite max take the
-//     functor's exact row path. Every other functor runs its rowwise on a strided Map of each
-//     [n][inner] block (its strided row path, staged through stack buffers by the kernels).
+//     the faster dimensions). Softmax and LogSoftmax run softmax_lanes: tiles of up to 4 packets of
+//     adjacent slices, one slice per SIMD lane, whose max, exp-sum and scale passes read the n rows
+//     of the tile with contiguous packet loads (the same exp kernel, Kahan sums per lane and one
+//     reciprocal, or log of the sum, per slice as the row kernels). A tile holding a slice with
+//     a NaN or infinite max (LogSoftmax with T != 1: also a max >= 2^103 in float) gives each
+//     of its slices to the functor's exact row path. Every other functor runs its rowwise on a
+//     strided Map of each [n][inner] block (its strided row path, staged through stack buffers by
+//     the kernels).
 //
 // Errors (std::invalid_argument): an axis outside [-R, R) ("axis must be in [-4, 4) for a tensor
 // of rank 4, but got 5"); an output, dy, dx or mask whose dimensions differ; an output that
@@ -156,11 +158,13 @@ void for_each_axis_block(Scalar* data, const AxisGeometry& g, const Fn& fn) {
     fn(MatrixMap<Scalar, Eigen::ColMajor>(data + o * g.n * g.inner, g.inner, g.n), o);
 }
 
-// Softmax of the `inner` slices of one [n][inner] block side by side, one slice per SIMD lane:
-// tiles of NP packets (the last lanes of a tile of width w < NP P are padding, never stored).
-// The max pass is NaN-propagating; a tile with a NaN or infinite max in any lane leaves the
-// vector path and gives each of its slices to line(i), the functor's exact path.
-template <int NP, bool kScaled, class Scalar, class Line>
+// Softmax (kLog: log-softmax) of the `inner` slices of one [n][inner] block side by side, one
+// slice per SIMD lane: tiles of NP packets (the last lanes of a tile of width w < NP P are
+// padding, never stored). The max pass is NaN-propagating; a tile with a NaN or infinite max in
+// any lane (or, for the scaled log form, a max whose shift may overflow: see
+// log_softmax_last_pass) leaves the vector path and gives each of its slices to line(i), the
+// functor's exact path.
+template <int NP, bool kLog, bool kScaled, class Scalar, class Line>
 EIGEN_STRONG_INLINE void softmax_lane_tile(const Scalar* x, Scalar* y, Index n, Index inner,
                                            Index w, Scalar s, Index column, const Line& line) {
   using namespace Eigen::internal;
@@ -187,7 +191,7 @@ EIGEN_STRONG_INLINE void softmax_lane_tile(const Scalar* x, Scalar* y, Index n, 
   for (int j = 0; j < NP; ++j)
     pstore(lanes + j * P, m[j]);
   for (Index l = 0; l < w; ++l) {
-    if (!(lanes[l] > -inf && lanes[l] < inf)) {
+    if (!(lanes[l] > -inf && lanes[l] < inf) || (kLog && kScaled && shift_may_overflow(lanes[l]))) {
       for (Index i = 0; i < w; ++i)
         line(column + i);
       return;
@@ -201,29 +205,53 @@ EIGEN_STRONG_INLINE void softmax_lane_tile(const Scalar* x, Scalar* y, Index n, 
     if (partial) {
       const Packet e =
           pexp_nonpositive_scaled(shifted<kScaled>(load_partial<Packet>(xk, w, -inf), m[0], ps));
-      store_partial(yk, w, e);
+      if constexpr (!kLog)
+        store_partial(yk, w, e);
       sum[0].add(e);
     } else {
       for (int j = 0; j < NP; ++j) {
         const Packet e =
             pexp_nonpositive_scaled(shifted<kScaled>(ploadu<Packet>(xk + j * P), m[j], ps));
-        pstoreu(yk + j * P, e);
-        sum[0 + j].add(e);
+        if constexpr (!kLog)
+          pstoreu(yk + j * P, e);
+        sum[j].add(e);
       }
     }
   }
-  // One reciprocal per slice: the lane's compensated total (sum - carry) in Wide, as
-  // inverse_total does for a row.
+  // Per slice, from the lane's compensated total (sum - carry) in Wide: one reciprocal, as
+  // inverse_total does for a row, or (kLog) log(total 2^-64) in long double, as LogSoftmax does.
   using Wide = typename CompensatedSum<Scalar>::Wide;
-  Packet inverse[NP];
+  Packet factor[NP];
   for (int j = 0; j < NP; ++j) {
     alignas(64) Scalar total[P], carry[P];
     pstore(total, sum[j].sum);
     pstore(carry, sum[j].carry);
-    for (int l = 0; l < P; ++l)
-      total[l] = static_cast<Scalar>(Wide(1) / (Wide(total[l]) - Wide(carry[l])));
-    inverse[j] = pload<Packet>(total);
+    for (int l = 0; l < P; ++l) {
+      const Wide t = Wide(total[l]) - Wide(carry[l]);
+      total[l] = kLog ? static_cast<Scalar>(
+                     std::log(std::ldexp(static_cast<long double>(t), -kExpScaleLog2<Scalar>)))
+                      : static_cast<Scalar>(Wide(1) / t);
+    }
+    factor[j] = pload<Packet>(total);
   }
+  if constexpr (kLog) {
+    // y = (x - m) s - log(sum), from x again (in cache: the exp pass just read it).
+    for (Index k = 0; k < n; ++k) {
+      const Scalar* xk = x + k * inner;
+      Scalar* yk = y + k * inner;
+      if (partial) {
+        store_partial(
+            yk, w,
+            psub(shifted<kScaled>(load_partial<Packet>(xk, w, Scalar(0)), m[0], ps), factor[0]));
+      } else {
+        for (int j = 0; j < NP; ++j)
+          pstoreu(yk + j * P,
+                  psub(shifted<kScaled>(ploadu<Packet>(xk + j * P), m[j], ps), factor[j]));
+      }
+    }
+    return;
+  }
+  const Packet* inverse = factor;
   for (Index k = 0; k < n; ++k) {
     Scalar* yk = y + k * inner;
     if (partial) {
@@ -235,18 +263,19 @@ EIGEN_STRONG_INLINE void softmax_lane_tile(const Scalar* x, Scalar* y, Index n, 
   }
 }
 
-// Softmax over the middle axis of [n][inner] blocks (inner > 1): tiles of 4 packets, then single
-// packets, then one partial packet. y may be x (each tile reads its slices before it writes them).
-template <bool kScaled, class Scalar, class Line>
+// Softmax (kLog: log-softmax) over the middle axis of [n][inner] blocks (inner > 1): tiles of 4
+// packets, then single packets, then one partial packet. y may be x (each tile reads its slices
+// before it writes them).
+template <bool kLog, bool kScaled, class Scalar, class Line>
 void softmax_lanes(const Scalar* x, Scalar* y, Index n, Index inner, Scalar s, const Line& line) {
   constexpr int P = kPacketSize<Scalar>;
   Index c = 0;
   for (; c + 4 * P <= inner; c += 4 * P)
-    softmax_lane_tile<4, kScaled>(x + c, y + c, n, inner, 4 * P, s, c, line);
+    softmax_lane_tile<4, kLog, kScaled>(x + c, y + c, n, inner, 4 * P, s, c, line);
   for (; c + P <= inner; c += P)
-    softmax_lane_tile<1, kScaled>(x + c, y + c, n, inner, P, s, c, line);
+    softmax_lane_tile<1, kLog, kScaled>(x + c, y + c, n, inner, P, s, c, line);
   if (c < inner)
-    softmax_lane_tile<1, kScaled>(x + c, y + c, n, inner, inner - c, s, c, line);
+    softmax_lane_tile<1, kLog, kScaled>(x + c, y + c, n, inner, inner - c, s, c, line);
 }
 
 // Whether [a, a + n) and [b, b + n) overlap other than being the same storage.
@@ -286,10 +315,12 @@ void apply_along_axis_impl(const F& f, const TX& x, Index axis, const TY& y_out,
   } else {
     xp = require_storage(name, "a mixed-type input", x);
   }
-  if constexpr (
-      std::is_same_v<
-          F,
-          Softmax> && std::is_same_v<In, Out> && (std::is_same_v<In, float> || std::is_same_v<In, double>)) {
+  // Softmax and LogSoftmax of float or double: the lane kernel for the outer axes.
+  constexpr bool kLog = std::is_same_v<F, LogSoftmax>;
+  constexpr bool kLanes =
+      (std::is_same_v<F, Softmax> || kLog)
+      && std::is_same_v<In, Out> && (std::is_same_v<In, float> || std::is_same_v<In, double>);
+  if constexpr (kLanes) {
     if (g.inner > 1) {
       const In s = static_cast<In>(1.0 / f.temperature());
       for (Index o = 0; o < g.outer; ++o) {
@@ -300,9 +331,9 @@ void apply_along_axis_impl(const F& f, const TX& x, Index axis, const TY& y_out,
                   LineMap<Out>(yo + i, g.n, Eigen::InnerStride<>(g.inner)));
         };
         if (f.temperature() != 1.0) {
-          softmax_lanes<true>(xo, yo, g.n, g.inner, s, line);
+          softmax_lanes<kLog, true>(xo, yo, g.n, g.inner, s, line);
         } else {
-          softmax_lanes<false>(xo, yo, g.n, g.inner, s, line);
+          softmax_lanes<kLog, false>(xo, yo, g.n, g.inner, s, line);
         }
       }
       return;
