@@ -332,7 +332,7 @@ class GumbelSoftmax : public detail::DistributionFunctor<GumbelSoftmax>,
   void apply(const T& t, Index axis, Out&& y, Gen& gen) const {
     static_check_generator<Gen>();
     detail::static_check_tensor_forms<T>();
-    detail::TensorAxisForms<T>::apply(*this, t, axis, y, gen);
+    detail::TensorAxisForms<T>::apply(*this, t, axis, std::forward<Out>(y), gen);
   }
 
   // Without a generator: a compile-time error that says what to pass (the base's generator-less

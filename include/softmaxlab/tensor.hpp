@@ -53,6 +53,7 @@
 #include <array>
 #include <limits>
 #include <type_traits>
+#include <utility>
 
 #include <unsupported/Eigen/CXX11/Tensor>
 
@@ -117,6 +118,16 @@ void require_same_dimensions(const char* function, const char* what, const A& a,
            shape_b.str());
     }
   }
+}
+
+// Refuses, at compile time, an output that cannot be written: a const Tensor, a TensorMap of a
+// const Tensor, a TensorRef (whose data() is read-only).
+template <class Out>
+constexpr void static_check_tensor_output() {
+  using Pointer = decltype(std::declval<std::remove_reference_t<Out>&>().data());
+  static_assert(!std::is_const_v<std::remove_pointer_t<Pointer>>,
+                "softmaxlab: the output of an axis form must be a writable Tensor or TensorMap "
+                "(not const, not a TensorRef)");
 }
 
 // The storage of a tensor argument; a TensorRef of an expression has none (nullptr).
@@ -408,17 +419,19 @@ struct TensorAxisForms {
   static auto along(const F& f, const T& t, Index axis, Extra&... extra) {
     return along_axis_impl(f, t, axis, extra...);
   }
-  template <class F, class TY, class... Extra>
-  static void apply(const F& f, const T& t, Index axis, const TY& y, Extra&... extra) {
+  template <class F, class Out, class... Extra>
+  static void apply(const F& f, const T& t, Index axis, Out&& y, Extra&... extra) {
+    static_check_tensor_output<Out>();
     apply_along_axis_impl(f, t, axis, y, extra...);
   }
   template <class F, class TY, class TDy>
   static auto backward(const F& f, const T& x, const TY& y, const TDy& dy, Index axis) {
     return backward_along_axis_impl(f, x, y, dy, axis);
   }
-  template <class F, class TY, class TDy, class TDx>
+  template <class F, class TY, class TDy, class Out>
   static void apply_backward(const F& f, const T& x, const TY& y, const TDy& dy, Index axis,
-                             const TDx& dx) {
+                             Out&& dx) {
+    static_check_tensor_output<Out>();
     backward_along_axis_impl(f, x, y, dy, axis, dx);
   }
 };
@@ -436,6 +449,7 @@ auto along_axis(const F& f, const T& t, Index axis, Extra&... extra) {
 // The same into y (a Tensor or TensorMap of t's shape; y may be t); allocation-free.
 template <class F, class T, class Out, class... Extra, detail::if_tensor_t<T> = 0>
 void apply_along_axis(const F& f, const T& t, Index axis, Out&& y, Extra&... extra) {
+  detail::static_check_tensor_output<Out>();
   detail::apply_along_axis_impl(f, t, axis, y, extra...);
 }
 
@@ -446,6 +460,7 @@ auto backward_along_axis(const F& f, const T& x, const TY& y, const TDy& dy, Ind
 }
 template <class F, class T, class TY, class TDy, class Out, detail::if_tensor_t<T> = 0>
 void backward_along_axis(const F& f, const T& x, const TY& y, const TDy& dy, Index axis, Out&& dx) {
+  detail::static_check_tensor_output<Out>();
   detail::backward_along_axis_impl(f, x, y, dy, axis, dx);
 }
 
@@ -454,6 +469,7 @@ void backward_along_axis(const F& f, const T& x, const TY& y, const TDy& dy, Ind
 // Allocation-free when f.apply_masked is.
 template <class F, class T, class TM, class Out, detail::if_tensor_t<T> = 0>
 void apply_masked_along_axis(const F& f, const T& t, const TM& mask, Index axis, Out&& y_out) {
+  detail::static_check_tensor_output<Out>();
   using In = detail::tensor_scalar_t<T>;
   using M = detail::tensor_scalar_t<TM>;
   using O = detail::tensor_scalar_t<std::decay_t<Out>>;
@@ -503,6 +519,7 @@ auto masked_along_axis(const F& f, const T& t, const TM& mask, Index axis) {
 // rank-0 tensor for a rank-1 t), t's layout; float or double. Allocation-free.
 template <class T, class Out, detail::if_tensor_t<T> = 0>
 void logsumexp_along_axis(const LogSumExp& lse, const T& t, Index axis, Out&& out) {
+  detail::static_check_tensor_output<Out>();
   using S = detail::tensor_scalar_t<T>;
   using O = detail::tensor_scalar_t<std::decay_t<Out>>;
   constexpr int R = detail::tensor_rank_v<T>;

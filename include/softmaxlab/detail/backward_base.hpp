@@ -175,7 +175,7 @@ class BackwardFunctor {
   template <class T, class TY, class TDy, class Out, if_tensor_t<T> = 0>
   void backward(const T& x, const TY& y, const TDy& dy, Index axis, Out&& dx) const {
     static_check_tensor_forms<T>();
-    TensorAxisForms<T>::apply_backward(self(), x, y, dy, axis, dx);
+    TensorAxisForms<T>::apply_backward(self(), x, y, dy, axis, std::forward<Out>(dx));
   }
 
  protected:

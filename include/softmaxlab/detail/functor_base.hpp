@@ -35,6 +35,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <utility>
 
 #include "checks.hpp"
 #include "common.hpp"
@@ -301,7 +302,7 @@ class DistributionFunctor {
   template <class T, class Out, if_tensor_t<T> = 0>
   void apply(const T& t, Index axis, Out&& y) const {
     static_check_tensor_forms<T>();
-    TensorAxisForms<T>::apply(self(), t, axis, y);
+    TensorAxisForms<T>::apply(self(), t, axis, std::forward<Out>(y));
   }
 
  protected:
