@@ -43,8 +43,9 @@
 //
 // Errors (std::invalid_argument): an axis outside [-R, R) ("axis must be in [-4, 4) for a tensor
 // of rank 4, but got 5"); an output, dy, dx or mask whose dimensions differ; an output that
-// partially overlaps the input; a TensorRef without storage (an expression) where an output, or a
-// mixed-type input, is needed. apply does not allocate (tests/test_tensor_axis.cpp checks it).
+// partially overlaps the input; a TensorRef without storage (an expression) given as a mixed-type
+// input, y, dy or a mask. An output that cannot be written (a const Tensor, a map of one, a
+// TensorRef) does not compile. apply does not allocate (tests/test_tensor_axis.cpp checks it).
 // Accuracy: the functor's stated bound, unchanged (checked per axis in tests/test_tensor_axis.cpp
 // against the functor's rowwise on a permuted copy, and for Softmax against long double).
 // Reference: torch.softmax(x, dim), ONNX Softmax-13 (axis), oneDNN softmax primitive (axis).
