@@ -320,6 +320,21 @@ class GumbelSoftmax : public detail::DistributionFunctor<GumbelSoftmax>,
     this->slices_impl(x, y, false, gen);
   }
 
+  // One independent sample per 1-D slice along `axis` of the tensor t (tensor.hpp; the slices
+  // drawn in the order of sml::along_axis).
+  template <class T, class Gen, detail::if_tensor_t<T> = 0>
+  auto operator()(const T& t, Index axis, Gen& gen) const {
+    static_check_generator<Gen>();
+    detail::static_check_tensor_forms<T>();
+    return detail::TensorAxisForms<T>::along(*this, t, axis, gen);
+  }
+  template <class T, class Out, class Gen, detail::if_tensor_t<T> = 0>
+  void apply(const T& t, Index axis, Out&& y, Gen& gen) const {
+    static_check_generator<Gen>();
+    detail::static_check_tensor_forms<T>();
+    detail::TensorAxisForms<T>::apply(*this, t, axis, std::forward<Out>(y), gen);
+  }
+
   // Without a generator: a compile-time error that says what to pass (the base's generator-less
   // forms make no sense for a sampler).
   template <class XprX>

@@ -24,6 +24,9 @@
 //                                                 link softmaxlab::mpi
 //   AttentionSoftmax, Attention, attention.hpp    fused score softmax (scale, softcap, mask x
 //     merge_attention                             ALiBi slope, sink); flash-style attention
+//   f(t, axis), along_axis,      tensor.hpp       every functor over any axis of an Eigen::Tensor;
+//     logsumexp_along_axis                        needs Eigen's Tensor module, so not included
+//                                                 here: include it where tensors are used
 //
 // Every functor maps each 1-D slice of its input to a distribution of the same length:
 //   f(x), f.apply(x, y), f.rowwise(X), f.rowwise(X, Y), f.colwise(X), f.colwise(X, Y).

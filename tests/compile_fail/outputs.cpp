@@ -6,6 +6,11 @@
 #include <vector>
 
 #include <softmaxlab/softmaxlab.hpp>
+#if SOFTMAXLAB_CASE == 14
+#include <softmaxlab/tensor.hpp>
+#elif SOFTMAXLAB_CASE == 15
+#include <unsupported/Eigen/CXX11/Tensor>  // without <softmaxlab/tensor.hpp>
+#endif
 
 namespace sml = softmaxlab;
 
@@ -93,6 +98,13 @@ int main() {
   const Eigen::VectorXi l = Eigen::VectorXi::Zero(3);
   Eigen::MatrixXi dI(3, 4);
   sml::Attention<>().backward(I, I, I, I, l, I, dI, dI, dI);
+#elif SOFTMAXLAB_CASE == 14
+  const Eigen::Tensor<float, 2> t(3, 4), out(3, 4);
+  f.apply(t, 1, out);  // a const Tensor output
+#elif SOFTMAXLAB_CASE == 15
+  Eigen::Tensor<float, 2> t(3, 4);
+  t.setZero();
+  f(t, 1);  // the axis forms without their header
 #endif
   return 0;
 }

@@ -164,6 +164,20 @@ class BackwardFunctor {
     backward_impl(x, y, dy, dx, SliceMode::Cols);
   }
 
+  // Each 1-D slice along `axis` of the tensors x, y, dy (one shape) is one distribution
+  // (tensor.hpp): returns dx as a Tensor of x's shape, or writes it into a Tensor or TensorMap dx
+  // without allocating (16-bit slices longer than the stage excepted, as in rowwise_backward).
+  template <class T, class TY, class TDy, if_tensor_t<T> = 0>
+  auto backward(const T& x, const TY& y, const TDy& dy, Index axis) const {
+    static_check_tensor_forms<T>();
+    return TensorAxisForms<T>::backward(self(), x, y, dy, axis);
+  }
+  template <class T, class TY, class TDy, class Out, if_tensor_t<T> = 0>
+  void backward(const T& x, const TY& y, const TDy& dy, Index axis, Out&& dx) const {
+    static_check_tensor_forms<T>();
+    TensorAxisForms<T>::apply_backward(self(), x, y, dy, axis, std::forward<Out>(dx));
+  }
+
  protected:
   // The allocating forms: expression inputs go to temporaries, then the output form runs.
   template <class XprX, class XprY, class XprDy, class XprDx, class... Extra>

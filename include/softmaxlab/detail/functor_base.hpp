@@ -18,6 +18,12 @@
 // temporary Block such as Y.row(i), taken by forwarding reference so that a const Matrix/Array is
 // refused at compile time (static_check_output / writable_output, shared by every header).
 //
+// Tensors (DESIGN.md's axis forms): f(t, axis) and f.apply(t, axis, y) for an Eigen::Tensor,
+// TensorMap or TensorRef t, and f.backward(x, y, dy, axis[, dx]). The base only declares them and
+// detects tensors through Eigen's TensorBase (declared below, so this header does not need the
+// Tensor module); the definitions are in <softmaxlab/tensor.hpp>, which a program using them
+// includes (a static_assert says so otherwise).
+//
 // Parallel batches: rowwise/colwise spread their slices over OpenMP threads when the program is
 // compiled with OpenMP (-fopenmp, so _OPENMP is defined) AND defines SOFTMAXLAB_USE_OPENMP before
 // including softmaxlab (off by default: a header library must not start threads behind its user's
@@ -29,6 +35,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <utility>
 
 #include "checks.hpp"
 #include "common.hpp"
@@ -41,8 +48,37 @@
 #define SOFTMAXLAB_PARALLEL_SLICES 0
 #endif
 
+namespace Eigen {
+template <typename Derived, int AccessLevel>
+class TensorBase;
+}  // namespace Eigen
+
 namespace softmaxlab {
 namespace detail {
+
+// Whether T is an Eigen tensor (Tensor, TensorMap, TensorRef, TensorFixedSize or an expression):
+// every one derives from TensorBase<T, ReadOnlyAccessors>, complete or not.
+template <class T>
+inline constexpr bool is_tensor_v =
+    std::is_base_of_v<Eigen::TensorBase<T, Eigen::ReadOnlyAccessors>, std::remove_cv_t<T>>;
+template <class T>
+using if_tensor_t =
+    std::enable_if_t<is_tensor_v<std::remove_cv_t<std::remove_reference_t<T>>>, int>;
+
+// The axis forms of every functor on tensors, defined by <softmaxlab/tensor.hpp>.
+template <class T, class = void>
+struct TensorAxisForms;
+template <class T, class = void>
+inline constexpr bool tensor_forms_included_v = false;
+template <class T>
+inline constexpr bool
+    tensor_forms_included_v<T, std::void_t<decltype(sizeof(TensorAxisForms<T>))>> = true;
+template <class T>
+constexpr void static_check_tensor_forms() {
+  static_assert(
+      tensor_forms_included_v<T>,
+      "softmaxlab: the axis forms on Eigen tensors need #include <softmaxlab/tensor.hpp>");
+}
 
 template <class Xpr>
 inline constexpr bool has_direct_access_v = (int(Xpr::Flags) & Eigen::DirectAccessBit) != 0;
@@ -253,6 +289,20 @@ class DistributionFunctor {
   void colwise(const Eigen::DenseBase<XprX>& x, Out&& y) const {
     static_check_output<Out>();
     slices_impl(x, y, false);
+  }
+
+  // Each 1-D slice along `axis` of the tensor t is one distribution (tensor.hpp): returns a
+  // Tensor of t's shape, layout and scalar; apply writes into y (a Tensor or TensorMap of t's
+  // shape) without allocating.
+  template <class T, if_tensor_t<T> = 0>
+  auto operator()(const T& t, Index axis) const {
+    static_check_tensor_forms<T>();
+    return TensorAxisForms<T>::along(self(), t, axis);
+  }
+  template <class T, class Out, if_tensor_t<T> = 0>
+  void apply(const T& t, Index axis, Out&& y) const {
+    static_check_tensor_forms<T>();
+    TensorAxisForms<T>::apply(self(), t, axis, std::forward<Out>(y));
   }
 
  protected:
