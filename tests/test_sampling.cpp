@@ -392,19 +392,24 @@ TEST_CASE("Sampler: every bad option throws, naming the parameter and the value"
     return std::string("no exception");
   };
   for (const double t : {-1.0, nan, inf, 1e-200, 1e300}) {
-    const std::string what = message([&] { sml::SamplerOptions().with_temperature(t); });
+    const std::string what =
+        message([&] { static_cast<void>(sml::SamplerOptions().with_temperature(t)); });
     CHECK_THAT(what, Catch::Contains("temperature"));
   }
-  CHECK_THAT(message([] { sml::SamplerOptions().with_top_k(-3); }),
+  CHECK_THAT(message([] { static_cast<void>(sml::SamplerOptions().with_top_k(-3)); }),
              Catch::Contains("top_k") && Catch::Contains("-3"));
   for (const double p : {0.0, -0.5, 1.5, nan, inf}) {
-    CHECK_THAT(message([&] { sml::SamplerOptions().with_top_p(p); }), Catch::Contains("top_p"));
+    CHECK_THAT(message([&] { static_cast<void>(sml::SamplerOptions().with_top_p(p)); }),
+               Catch::Contains("top_p"));
   }
-  CHECK_THAT(message([] { sml::SamplerOptions().with_top_p(1.25); }), Catch::Contains("1.25"));
+  CHECK_THAT(message([] { static_cast<void>(sml::SamplerOptions().with_top_p(1.25)); }),
+             Catch::Contains("1.25"));
   for (const double p : {1.0, -0.1, 2.0, nan}) {
-    CHECK_THAT(message([&] { sml::SamplerOptions().with_min_p(p); }), Catch::Contains("min_p"));
+    CHECK_THAT(message([&] { static_cast<void>(sml::SamplerOptions().with_min_p(p)); }),
+               Catch::Contains("min_p"));
   }
-  CHECK_THAT(message([] { sml::SamplerOptions().with_min_p(-0.25); }), Catch::Contains("-0.25"));
+  CHECK_THAT(message([] { static_cast<void>(sml::SamplerOptions().with_min_p(-0.25)); }),
+             Catch::Contains("-0.25"));
   // Valid edges.
   CHECK_NOTHROW(
       sml::SamplerOptions().with_temperature(0).with_top_k(0).with_top_p(1).with_min_p(0));

@@ -191,49 +191,50 @@ class TokenHistory {
 
 // The sampler's configuration. Each with_* validates its value (std::invalid_argument naming the
 // option and the value) and returns a modified copy, so chains such as
-// SamplerOptions().with_top_k(40).with_top_p(0.95) read as before (a bare `o.with_top_k(40);`
-// statement, which used to modify o, now leaves o unchanged: assign the result).
+// SamplerOptions().with_top_k(40).with_top_p(0.95) read as before. A bare `o.with_top_k(40);`
+// statement, which used to modify o, would now leave o unchanged: the setters are [[nodiscard]],
+// so the compiler warns about it (assign the result: o = o.with_top_k(40)).
 class SamplerOptions {
  public:
   SamplerOptions() = default;
 
   // 0 = greedy; otherwise in [2^-100, 2^100] (Softmax's range).
-  SamplerOptions with_temperature(double t) const {
+  [[nodiscard]] SamplerOptions with_temperature(double t) const {
     if (t != 0.0)
       detail::check_temperature("SamplerOptions: temperature (or exactly 0 for greedy)", t);
     return set(&SamplerOptions::temperature_, t);
   }
   // 0 = off.
-  SamplerOptions with_top_k(Index k) const {
+  [[nodiscard]] SamplerOptions with_top_k(Index k) const {
     if (k < 0)
       detail::fail("SamplerOptions: top_k must be >= 0 (0 = off), but got ", k);
     return set(&SamplerOptions::top_k_, k);
   }
   // 1 = off.
-  SamplerOptions with_top_p(double p) const {
+  [[nodiscard]] SamplerOptions with_top_p(double p) const {
     check_mass("SamplerOptions: top_p", p);
     return set(&SamplerOptions::top_p_, p);
   }
   // 0 = off.
-  SamplerOptions with_min_p(double p) const {
+  [[nodiscard]] SamplerOptions with_min_p(double p) const {
     detail::require_in_range("SamplerOptions: min_p", p, 0.0, std::nextafter(1.0, 0.0),
                              "in [0, 1) (0 = off)");
     return set(&SamplerOptions::min_p_, p);
   }
   // Locally typical sampling's mass, in (0, 1]; 1 = off.
-  SamplerOptions with_typical_p(double p) const {
+  [[nodiscard]] SamplerOptions with_typical_p(double p) const {
     check_mass("SamplerOptions: typical_p", p);
     return set(&SamplerOptions::typical_p_, p);
   }
   // Top-n-sigma's n: keep z >= max z - n sigma; finite, >= 0 (0 = off).
-  SamplerOptions with_top_n_sigma(double n) const {
+  [[nodiscard]] SamplerOptions with_top_n_sigma(double n) const {
     detail::require_in_range("SamplerOptions: top_n_sigma", n, 0.0,
                              std::numeric_limits<double>::max(), "finite and >= 0 (0 = off)");
     return set(&SamplerOptions::top_n_sigma_, n);
   }
   // llama.cpp's penalties over the last `last_n` tokens of the history (-1 = all of it):
   // repeat in [2^-100, 2^100] (1 = off), frequency and presence finite (0 = off).
-  SamplerOptions with_penalties(double repeat, double frequency, double presence,
+  [[nodiscard]] SamplerOptions with_penalties(double repeat, double frequency, double presence,
                                 Index last_n = 64) const {
     detail::check_temperature("SamplerOptions: repeat_penalty", repeat);
     detail::require_in_range("SamplerOptions: frequency_penalty", frequency,
@@ -255,7 +256,7 @@ class SamplerOptions {
   }
   // Adds `bias` to the logit of `token` (entries for one token add up). bias finite or -inf (a
   // ban); token >= 0 (and < V, checked at each call).
-  SamplerOptions with_logit_bias(Index token, double bias) const {
+  [[nodiscard]] SamplerOptions with_logit_bias(Index token, double bias) const {
     if (token < 0)
       detail::fail("SamplerOptions: logit_bias token must be >= 0, but got ", token);
     if (!(bias < std::numeric_limits<double>::infinity()))
@@ -266,7 +267,7 @@ class SamplerOptions {
     return o;
   }
   // Replaces the whole sparse bias (token, bias) list; the same rules per entry.
-  SamplerOptions with_logit_bias(const std::vector<std::pair<Index, double>>& entries) const {
+  [[nodiscard]] SamplerOptions with_logit_bias(const std::vector<std::pair<Index, double>>& entries) const {
     SamplerOptions o = *this;
     o.bias_.clear();
     for (const auto& e : entries)
@@ -275,7 +276,7 @@ class SamplerOptions {
   }
   // The allowed-token mask as a grammar produces it: keep[i] false bans token i. Its size must be
   // the vocabulary's (checked at each call). An empty vector removes the mask.
-  SamplerOptions with_token_mask(std::vector<bool> keep) const {
+  [[nodiscard]] SamplerOptions with_token_mask(std::vector<bool> keep) const {
     SamplerOptions o = *this;
     o.mask_ = std::move(keep);
     o.allowed_.clear();
@@ -284,7 +285,7 @@ class SamplerOptions {
   }
   // The allowed-token mask as a list of allowed ids (each >= 0, < V checked at each call); every
   // other token is banned. Replaces a boolean mask.
-  SamplerOptions with_allowed_tokens(std::vector<Index> ids) const {
+  [[nodiscard]] SamplerOptions with_allowed_tokens(std::vector<Index> ids) const {
     for (const Index t : ids) {
       if (t < 0)
         detail::fail("SamplerOptions: allowed token ids must be >= 0, but got ", t);
@@ -306,7 +307,7 @@ class SamplerOptions {
   // `probability`, when at least two kept tokens have q >= threshold, every one of them but the
   // least probable is removed. probability in [0, 1] (0 = off), threshold in [0, 1] (> 0.5 = off,
   // as llama.cpp: two tokens cannot both exceed it).
-  SamplerOptions with_xtc(double probability, double threshold) const {
+  [[nodiscard]] SamplerOptions with_xtc(double probability, double threshold) const {
     detail::require_in_range("SamplerOptions: xtc_probability", probability, 0.0, 1.0,
                              "in [0, 1] (0 = off)");
     detail::require_in_range("SamplerOptions: xtc_threshold", threshold, 0.0, 1.0,
@@ -321,7 +322,7 @@ class SamplerOptions {
   // draw, then mu -= eta (-log2 q_t - tau) with q_t the drawn token's probability. mu is the
   // caller's MirostatState, passed to sample() and probabilities(). tau finite > 0 (target
   // surprise, bits), eta in [0, 1] (learning rate).
-  SamplerOptions with_mirostat_v2(double tau, double eta) const {
+  [[nodiscard]] SamplerOptions with_mirostat_v2(double tau, double eta) const {
     detail::require_positive_finite("SamplerOptions: mirostat_tau", tau);
     detail::require_in_range("SamplerOptions: mirostat_eta", eta, 0.0, 1.0, "in [0, 1]");
     SamplerOptions o = *this;
@@ -336,7 +337,7 @@ class SamplerOptions {
   // followed by t, without a breaker in the matched end; if L(t) >= allowed_length, z_t -=
   // multiplier * base^(L(t) - allowed_length). multiplier finite >= 0 (0 = off), base finite >= 1,
   // allowed_length >= 1, last_n >= -1 (-1 = the whole history), breaker ids >= 0.
-  SamplerOptions with_dry(double multiplier, double base = 1.75, Index allowed_length = 2,
+  [[nodiscard]] SamplerOptions with_dry(double multiplier, double base = 1.75, Index allowed_length = 2,
                           Index last_n = -1, std::vector<Index> breakers = {}) const {
     detail::require_in_range("SamplerOptions: dry_multiplier", multiplier, 0.0,
                              std::numeric_limits<double>::max(), "finite and >= 0 (0 = off)");
@@ -361,7 +362,7 @@ class SamplerOptions {
     return o;
   }
   // The chain's order: each stage at most once; a stage left out is not applied.
-  SamplerOptions with_order(const std::vector<SamplerStage>& order) const {
+  [[nodiscard]] SamplerOptions with_order(const std::vector<SamplerStage>& order) const {
     for (std::size_t a = 0; a < order.size(); ++a) {
       if (static_cast<int>(order[a]) < 0 || static_cast<int>(order[a]) > 8)
         detail::fail("SamplerOptions: order holds an unknown stage ", static_cast<int>(order[a]));
