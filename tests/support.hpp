@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <limits>
 #include <sstream>
 
@@ -104,5 +105,16 @@ bool same(const A& a, const B& b) {
   }
   return true;
 }
+
+// A 64-bit "generator" that always returns the same word, to drive a sampler at a chosen uniform:
+// samplers take the word's top 53 bits, so FixedWord{u53 << 11} gives u = u53 * 2^-53 exactly,
+// from 0 to 1 - 2^-53.
+struct FixedWord {
+  using result_type = std::uint64_t;
+  std::uint64_t word;
+  static constexpr result_type min() { return 0; }
+  static constexpr result_type max() { return ~result_type{0}; }
+  result_type operator()() const { return word; }
+};
 
 }  // namespace softmaxlab_test

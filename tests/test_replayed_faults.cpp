@@ -909,15 +909,7 @@ TEMPLATE_TEST_CASE(
 
 namespace {
 
-// A 64-bit "generator" that always returns the same word: uniform53 takes its top 53 bits, so
-// u = u53 * 2^-53 exactly, from 0 to 1 - 2^-53.
-struct FixedWord {
-  using result_type = std::uint64_t;
-  std::uint64_t word;
-  static constexpr result_type min() { return 0; }
-  static constexpr result_type max() { return ~result_type{0}; }
-  result_type operator()() const { return word; }
-};
+using softmaxlab_test::FixedWord;
 
 FixedWord fixed_u(std::uint64_t u53) {
   return FixedWord{u53 << 11};

@@ -565,14 +565,7 @@ bool chi_square_passes(double chi2, int dof) {
   return chi2 < dof + 7 * std::sqrt(2.0 * dof) + 12;
 }
 
-// A 64-bit generator that always returns the same word: u = word's top 53 bits * 2^-53.
-struct FixedWord {
-  using result_type = std::uint64_t;
-  std::uint64_t word;
-  static constexpr result_type min() { return 0; }
-  static constexpr result_type max() { return ~result_type{0}; }
-  result_type operator()() const { return word; }
-};
+using softmaxlab_test::FixedWord;
 
 template <class F>
 std::string message(F&& f) {
