@@ -108,6 +108,31 @@ def load_named(path):
     return {name: float(b["items_per_second"]) for name, b in median_entries(path)[1]
             if "items_per_second" in b}
 
+# The sampler chain (bench/bench_sampling.cpp): llama.cpp's default chain within 1.5x one Softmax
+# pass over the row, exact speculative verification (k = 4) within 2x one pass per position.
+CHAIN_TARGETS = [
+    ("llama.cpp's default chain within 1.5x one Softmax pass, V = %s" % "{:,}".format(v),
+     "sampling/Sampler/llama-default-chain/%d" % v, "sampling/Softmax/pass/%d" % v, 1 / 1.5)
+    for v in (32000, 128256)
+] + [
+    ("Speculative verification, k = 4, within 2x one Softmax pass per position, V = %s"
+     % "{:,}".format(v), "sampling/verify/k4/%d" % v, "sampling/Softmax/pass/%d" % v, 0.5)
+    for v in (32000, 128256)
+]
+
+# Softmax over an axis of a [32, 16, 128, 128] float tensor (bench/bench_tensor.cpp).
+_TENSOR = "tensor/%s/float/32x16x128x128/axis%d"
+TENSOR_TARGETS = [
+    ("Innermost axis vs rowwise on the same data", _TENSOR % ("sml_axis", 3),
+     _TENSOR % ("rowwise", 3), 0.95),
+] + [
+    ("Axis %d vs the innermost axis's element rate" % k, _TENSOR % ("sml_axis", k),
+     _TENSOR % ("sml_axis", 3), 0.7) for k in (0, 1, 2)
+] + [
+    ("Axis %d vs the plain Eigen::Tensor expression over it" % k, _TENSOR % ("sml_axis", k),
+     _TENSOR % ("eigen_expr", k), 3.0) for k in (0, 1, 2)
+]
+
 # Issue 13 (half precision): bench/bench_half.cpp's half/<impl>/<float|half|bf16>/<cache>/<n>;
 # element rates, 16-bit in and out against float in and out on the same lengths.
 HALF_TARGETS = [
@@ -531,6 +556,12 @@ def main():
     half = named_targets_markdown(named, HALF_TARGETS,
                                   "Targets (issue 13: half precision, element rates)")
     sampling += ("\n" + half) if half else ""
+    chain_targets = named_targets_markdown(named, CHAIN_TARGETS,
+                                           "Targets (the sampler chain and speculative decoding)")
+    sampling += ("\n" + chain_targets) if chain_targets else ""
+    tensor_targets = named_targets_markdown(named, TENSOR_TARGETS,
+                                            "Targets (softmax over an axis of an Eigen::Tensor)")
+    sampling += ("\n" + tensor_targets) if tensor_targets else ""
     attention = attention_markdown(args.json)
     sampling += ("\n" + attention) if attention else ""
     kernels = kernels_markdown(args.json)
