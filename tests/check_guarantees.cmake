@@ -20,12 +20,18 @@ endif()
 string(REGEX MATCHALL "\n\\|[^\n]*" rows "${section}")
 string(REPLACE ";" "," rows "${rows}")  # (no test name holds a ;)
 string(REPLACE "\\|" "|" rows "${rows}")
+string(REPLACE "[" "<" rows "${rows}")
+string(REPLACE "]" ">" rows "${rows}")
 
 execute_process(COMMAND "${TESTS}" --list-test-names-only OUTPUT_VARIABLE listed RESULT_VARIABLE rc)
 if(NOT rc EQUAL 0 AND listed STREQUAL "")
   message(FATAL_ERROR "could not list the tests of ${TESTS}")
 endif()
 string(REPLACE ";" "," listed "${listed}")
+# Square brackets in a name (a test named "... for any u in [0, 1)") would stop CMake's list
+# splitting at the unbalanced bracket: compare with them replaced, here and in the README.
+string(REPLACE "[" "<" listed "${listed}")
+string(REPLACE "]" ">" listed "${listed}")
 string(REPLACE "\n" ";" listed "${listed}")
 set(names "")
 foreach(entry IN LISTS listed)
