@@ -235,7 +235,7 @@ class SamplerOptions {
   // llama.cpp's penalties over the last `last_n` tokens of the history (-1 = all of it):
   // repeat in [2^-100, 2^100] (1 = off), frequency and presence finite (0 = off).
   [[nodiscard]] SamplerOptions with_penalties(double repeat, double frequency, double presence,
-                                Index last_n = 64) const {
+                                              Index last_n = 64) const {
     detail::check_temperature("SamplerOptions: repeat_penalty", repeat);
     detail::require_in_range("SamplerOptions: frequency_penalty", frequency,
                              std::numeric_limits<double>::lowest(),
@@ -267,7 +267,8 @@ class SamplerOptions {
     return o;
   }
   // Replaces the whole sparse bias (token, bias) list; the same rules per entry.
-  [[nodiscard]] SamplerOptions with_logit_bias(const std::vector<std::pair<Index, double>>& entries) const {
+  [[nodiscard]] SamplerOptions with_logit_bias(
+      const std::vector<std::pair<Index, double>>& entries) const {
     SamplerOptions o = *this;
     o.bias_.clear();
     for (const auto& e : entries)
@@ -337,8 +338,9 @@ class SamplerOptions {
   // followed by t, without a breaker in the matched end; if L(t) >= allowed_length, z_t -=
   // multiplier * base^(L(t) - allowed_length). multiplier finite >= 0 (0 = off), base finite >= 1,
   // allowed_length >= 1, last_n >= -1 (-1 = the whole history), breaker ids >= 0.
-  [[nodiscard]] SamplerOptions with_dry(double multiplier, double base = 1.75, Index allowed_length = 2,
-                          Index last_n = -1, std::vector<Index> breakers = {}) const {
+  [[nodiscard]] SamplerOptions with_dry(double multiplier, double base = 1.75,
+                                        Index allowed_length = 2, Index last_n = -1,
+                                        std::vector<Index> breakers = {}) const {
     detail::require_in_range("SamplerOptions: dry_multiplier", multiplier, 0.0,
                              std::numeric_limits<double>::max(), "finite and >= 0 (0 = off)");
     detail::require_in_range("SamplerOptions: dry_base", base, 1.0,
