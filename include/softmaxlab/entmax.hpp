@@ -433,27 +433,6 @@ struct EntmaxWeight {
   }
 };
 
-// The special rows shared by the sparse maps (as Softmax): returns true when y was written.
-template <class Scalar>
-bool sparse_special_row(const Span<const Scalar>& x, const Span<Scalar>& y, Scalar m) {
-  switch (classify(m)) {
-    case RowKind::NaN:
-      fill(y, m);
-      return true;
-    case RowKind::AllMasked:
-      fill(y, Scalar(0));
-      return true;
-    case RowKind::PositiveInfinity: {
-      const Index k = count_positive_infinity(x);
-      fill_by_infinity(x, y, Scalar(1) / Scalar(k), Scalar(0));
-      return true;
-    }
-    case RowKind::Regular:
-      return false;
-  }
-  return false;
-}
-
 // Sparsemax's support decided exactly: the entry x_i is in the support {x_i > tau} exactly when
 // f(x_i) = sum_j max(x_j - x_i, 0) < 1 (f is strictly decreasing below the max and f(tau) = 1), a
 // sign that ExactSum decides without rounding. Entries outside the doubt window [lo, hi] around
@@ -626,7 +605,7 @@ class Sparsemax : public detail::DistributionFunctor<Sparsemax>,
     Scalar lanes[detail::kLaneMaxima<Scalar>];
     int lane_count = 0;
     const Scalar m_s = detail::max_with_lanes(x, lanes, lane_count);
-    if (detail::sparse_special_row(x, y, m_s))
+    if (detail::write_special_row<false>(x, y, m_s))
       return;
     const double m = static_cast<double>(m_s);
     const double tau = detail::sparse_row_threshold<1>(x, y, m_s, lanes, lane_count, 1.0);
@@ -672,7 +651,7 @@ class Entmax15 : public detail::DistributionFunctor<Entmax15>,
     Scalar lanes[detail::kLaneMaxima<Scalar>];
     int lane_count = 0;
     const Scalar m_s = detail::max_with_lanes(x, lanes, lane_count);
-    if (detail::sparse_special_row(x, y, m_s))
+    if (detail::write_special_row<false>(x, y, m_s))
       return;
     const double m = static_cast<double>(m_s);
     const double tau = detail::sparse_row_threshold<2>(x, y, m_s, lanes, lane_count, 0.5);
@@ -718,7 +697,7 @@ class Entmax : public detail::DistributionFunctor<Entmax>, public detail::Backwa
       return;
     }
     const Scalar m_s = detail::max_propagate_nan(x);
-    if (detail::sparse_special_row(x, y, m_s))
+    if (detail::write_special_row<false>(x, y, m_s))
       return;
     const double m = static_cast<double>(m_s);
     const double s = alpha_ - 1.0, p = 1.0 / s;

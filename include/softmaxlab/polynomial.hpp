@@ -410,13 +410,9 @@ class PolynomialSoftmax : public detail::DistributionFunctor<PolynomialSoftmax>,
       Scalar hi = -inf, lo = inf;
       detail::for_chunks(x, [&](const Scalar* in, Index n) { detail::max_min(in, n, hi, lo); });
       if (!(hi > -inf && hi < inf)) {  // all -inf (or NaN-only), or +inf present
-        if (detail::has_nan(x))
-          return detail::fill(y, std::numeric_limits<Scalar>::quiet_NaN());
-        if (hi == inf) {
-          const Index k = detail::count_positive_infinity(x);
-          return detail::fill_by_infinity(x, y, Scalar(1) / Scalar(k), Scalar(0));
-        }
-        return detail::fill(y, Scalar(0));
+        const Scalar m = detail::has_nan(x) ? std::numeric_limits<Scalar>::quiet_NaN() : hi;
+        detail::write_special_row<false>(x, y, m);
+        return;
       }
       shift = hi;
       mask = lo == -inf;

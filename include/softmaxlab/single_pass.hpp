@@ -250,15 +250,9 @@ class OnlineNormalizer {
   template <bool kLog>
   void write_span(const detail::Span<const Real>& x, const detail::Span<Real>& y) const {
     const Real inf = std::numeric_limits<Real>::infinity();
-    if (is_nan())
-      return detail::fill(y, max_);
-    if (max_ == -inf)
-      return detail::fill(y, kLog ? -inf : Real(0));
-    if (max_ == inf) {
-      const Real at_inf =
-          kLog ? static_cast<Real>(-std::log(sum_)) : static_cast<Real>(1.0L / sum_);
-      return detail::fill_by_infinity(x, y, at_inf, kLog ? -inf : Real(0));
-    }
+    // A +inf max: sum_ holds the number of +inf entries of the whole row (x may be a chunk).
+    if (detail::write_special_row<kLog>(x, y, max_, max_ == inf ? static_cast<Index>(sum_) : -1))
+      return;
     const bool scaled = temperature_ != 1.0;
     const Real m = max_, s = scale_;
     if constexpr (kLog) {

@@ -2,7 +2,7 @@
 // one entry at a time (fused losses, SurfaceFusion) without writing a whole row first.
 //
 // LogNormalizer<Scalar>::of(x, s) reads the row twice (max, then sum of exp((x_i - m) s)) with the
-// kernels of softmax.hpp and then gives, for any entry x_i of that row,
+// kernels of softmax_rows.hpp and then gives, for any entry x_i of that row,
 //   log_p(x_i) = (x_i - m) s - log(sum)     (LogSoftmax with temperature 1/s, same rounding order)
 //   p(x_i)     = exp((x_i - m) s) / sum     (Softmax)
 // following the special-value rules of softmax.hpp: NaN row -> NaN; all -inf -> log_p = -inf, p =
@@ -17,7 +17,7 @@
 #include <limits>
 #include <type_traits>
 
-#include "../softmax.hpp"
+#include "softmax_rows.hpp"
 
 namespace softmaxlab {
 namespace detail {
