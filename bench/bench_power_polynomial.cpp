@@ -62,7 +62,7 @@ void power8(benchmark::State& state) {
 }
 void power4_goldschmidt(benchmark::State& state) {
   softmaxlab::PowerSoftmaxOptions o;
-  o.reciprocal = softmaxlab::PowerReciprocal::Goldschmidt;
+  o.reciprocal = softmaxlab::ReciprocalMethod::Goldschmidt;
   run_rows(state, softmaxlab::PowerSoftmax(4, o));
 }
 void polynomial(benchmark::State& state) {
@@ -70,10 +70,10 @@ void polynomial(benchmark::State& state) {
 }
 void polynomial_rs17(benchmark::State& state) {
   run_rows(state, softmaxlab::PolynomialSoftmax(
-                      softmaxlab::PolynomialSoftmaxConfig::repeated_squaring(17, 20)));
+                      softmaxlab::PolynomialSoftmaxOptions::repeated_squaring(17, 20)));
 }
 void polynomial_public(benchmark::State& state) {
-  auto c = softmaxlab::PolynomialSoftmaxConfig().with_public_bound(16.0);
+  auto c = softmaxlab::PolynomialSoftmaxOptions().with_public_bound(16.0);
   run_rows(state, softmaxlab::PolynomialSoftmax(c));
 }
 

@@ -66,7 +66,7 @@ int main() {
   while (range / std::ldexp(1.0, r) > 0.625)
     ++r;
   const sml::PolynomialSoftmax poly_public(
-      sml::PolynomialSoftmaxConfig::chebyshev(4, r, range).with_public_bound(bound, 2 * bound));
+      sml::PolynomialSoftmaxOptions::chebyshev(4, r, range).with_public_bound(bound, 2 * bound));
 
   struct Variant {
     const char* name;

@@ -13,7 +13,7 @@
 #include <softmaxlab/softmaxlab.hpp>
 
 namespace sml = softmaxlab;
-using Config = sml::PolynomialSoftmaxConfig;
+using Config = sml::PolynomialSoftmaxOptions;
 
 namespace {
 

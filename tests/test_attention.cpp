@@ -884,7 +884,7 @@ TEST_CASE(
   const Eigen::MatrixXf k = normal_matrix<float>(lk, d, 602, 1.0);
   const Eigen::MatrixXf v = normal_matrix<float>(lk, dv, 603, 1.0);
   const Eigen::MatrixXf scores = q * k.transpose() * 0.25f;
-  sml::PolynomialSoftmaxConfig config;  // Chebyshev 4, r = 5, R = 20, Goldschmidt
+  sml::PolynomialSoftmaxOptions config;  // Chebyshev 4, r = 5, R = 20, Goldschmidt
   config.shift = sml::Shift::PublicBound;
   config.bound = 8.0;  // a public bound above every score (|scores| stay below 5 here)
   config.gap = 16.0;   // bound - gap <= max score: the promise the reciprocal's range relies on

@@ -76,7 +76,7 @@ TEST_CASE("PowerSoftmax backward matches finite differences, every form", "[back
     }
   }
   sml::PowerSoftmaxOptions goldschmidt;
-  goldschmidt.reciprocal = sml::PowerReciprocal::Goldschmidt;
+  goldschmidt.reciprocal = sml::ReciprocalMethod::Goldschmidt;
   check_fd(sml::PowerSoftmax(4, goldschmidt), rows, "Goldschmidt reciprocal");
 }
 
@@ -92,14 +92,14 @@ TEST_CASE("PolynomialSoftmax backward matches finite differences of the computed
   dominant(3) = 12;
   rows.emplace_back("dominant entry", dominant);
   rows.emplace_back("all equal", Vec::Constant(7, 1.5));
-  std::vector<std::pair<std::string, sml::PolynomialSoftmaxConfig>> configs(6);
+  std::vector<std::pair<std::string, sml::PolynomialSoftmaxOptions>> configs(6);
   configs[0].first = "default (Chebyshev 4, r 5, Goldschmidt)";
   configs[1].first = "Newton";
   configs[1].second.reciprocal = sml::ReciprocalMethod::Newton;
   configs[2].first = "exact reciprocal";
   configs[2].second.reciprocal = sml::ReciprocalMethod::Exact;
   configs[3].first = "Chebyshev 2, r 3";
-  configs[3].second = sml::PolynomialSoftmaxConfig::chebyshev(2, 3, 20);
+  configs[3].second = sml::PolynomialSoftmaxOptions::chebyshev(2, 3, 20);
   configs[4].first = "repeated squaring r 6";
   configs[4].second.exp = sml::ExpMethod::RepeatedSquaring;
   configs[4].second.squarings = 6;
@@ -111,7 +111,7 @@ TEST_CASE("PolynomialSoftmax backward matches finite differences of the computed
     check_fd(sml::PolynomialSoftmax(config), rows, label, 1e-4);
 
   SECTION("the row max dependence matters: it is not Softmax's gradient") {
-    const sml::PolynomialSoftmax f(sml::PolynomialSoftmaxConfig::chebyshev(2, 3, 20));
+    const sml::PolynomialSoftmax f(sml::PolynomialSoftmaxOptions::chebyshev(2, 3, 20));
     const Vec x = rows[0].second, dy = random_vec(x.size(), 77, 1.0);
     const Vec dx = f.backward(x, f(x), dy);
     CHECK((dx - sml::Softmax().backward(x, f(x), dy)).norm() > 1e-3);

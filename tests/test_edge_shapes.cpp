@@ -127,7 +127,7 @@ struct PowerGoldschmidtCase {
   using F = sml::PowerSoftmax;
   static F make() {
     sml::PowerSoftmaxOptions o;
-    o.reciprocal = sml::PowerReciprocal::Goldschmidt;
+    o.reciprocal = sml::ReciprocalMethod::Goldschmidt;
     return F(4, o);
   }
   static constexpr bool log = false;
@@ -144,7 +144,7 @@ template <sml::ReciprocalMethod kReciprocal, sml::ExpMethod kExp>
 struct PolynomialCase {
   using F = sml::PolynomialSoftmax;
   static F make() {
-    sml::PolynomialSoftmaxConfig c;
+    sml::PolynomialSoftmaxOptions c;
     c.reciprocal = kReciprocal;
     c.exp = kExp;
     if (kExp == sml::ExpMethod::RepeatedSquaring)

@@ -21,7 +21,7 @@
 namespace sml = softmaxlab;
 namespace approx = softmaxlab::approx;
 using Index = Eigen::Index;
-using sml::PolynomialSoftmaxConfig;
+using sml::PolynomialSoftmaxOptions;
 
 namespace {
 
@@ -197,31 +197,31 @@ namespace {
 
 struct Named {
   std::string name;
-  PolynomialSoftmaxConfig config;
+  PolynomialSoftmaxOptions config;
 };
 
 std::vector<Named> configurations() {
   using RM = sml::ReciprocalMethod;
   std::vector<Named> out;
   out.push_back({"default (Chebyshev 4, r 5, R 20, Goldschmidt auto)", {}});
-  out.push_back({"Chebyshev 5, r 5", PolynomialSoftmaxConfig::chebyshev(5, 5)});
-  out.push_back({"Chebyshev 4, r 6", PolynomialSoftmaxConfig::chebyshev(4, 6)});
-  out.push_back({"Chebyshev 6, r 4", PolynomialSoftmaxConfig::chebyshev(6, 4)});
-  out.push_back({"Chebyshev 7, r 3", PolynomialSoftmaxConfig::chebyshev(7, 3)});
-  out.push_back({"Chebyshev 3, r 4 (coarse)", PolynomialSoftmaxConfig::chebyshev(3, 4)});
-  out.push_back({"Chebyshev 10, r 0 (plain, wide)", PolynomialSoftmaxConfig::chebyshev(10, 0)});
-  out.push_back({"Chebyshev 8, r 1", PolynomialSoftmaxConfig::chebyshev(8, 1)});
-  out.push_back({"RepeatedSquaring 8", PolynomialSoftmaxConfig::repeated_squaring(8)});
-  out.push_back({"RepeatedSquaring 12", PolynomialSoftmaxConfig::repeated_squaring(12)});
-  out.push_back({"RepeatedSquaring 17", PolynomialSoftmaxConfig::repeated_squaring(17)});
+  out.push_back({"Chebyshev 5, r 5", PolynomialSoftmaxOptions::chebyshev(5, 5)});
+  out.push_back({"Chebyshev 4, r 6", PolynomialSoftmaxOptions::chebyshev(4, 6)});
+  out.push_back({"Chebyshev 6, r 4", PolynomialSoftmaxOptions::chebyshev(6, 4)});
+  out.push_back({"Chebyshev 7, r 3", PolynomialSoftmaxOptions::chebyshev(7, 3)});
+  out.push_back({"Chebyshev 3, r 4 (coarse)", PolynomialSoftmaxOptions::chebyshev(3, 4)});
+  out.push_back({"Chebyshev 10, r 0 (plain, wide)", PolynomialSoftmaxOptions::chebyshev(10, 0)});
+  out.push_back({"Chebyshev 8, r 1", PolynomialSoftmaxOptions::chebyshev(8, 1)});
+  out.push_back({"RepeatedSquaring 8", PolynomialSoftmaxOptions::repeated_squaring(8)});
+  out.push_back({"RepeatedSquaring 12", PolynomialSoftmaxOptions::repeated_squaring(12)});
+  out.push_back({"RepeatedSquaring 17", PolynomialSoftmaxOptions::repeated_squaring(17)});
   out.push_back(
-      {"default exp, Newton auto", PolynomialSoftmaxConfig().with_reciprocal(RM::Newton)});
+      {"default exp, Newton auto", PolynomialSoftmaxOptions().with_reciprocal(RM::Newton)});
   out.push_back(
-      {"default exp, exact division", PolynomialSoftmaxConfig().with_reciprocal(RM::Exact)});
+      {"default exp, exact division", PolynomialSoftmaxOptions().with_reciprocal(RM::Exact)});
   out.push_back({"default exp, Goldschmidt k = 10 (truncated)",
-                 PolynomialSoftmaxConfig().with_reciprocal(RM::Goldschmidt, 10)});
+                 PolynomialSoftmaxOptions().with_reciprocal(RM::Goldschmidt, 10)});
   out.push_back({"default exp, Newton k = 12 (truncated)",
-                 PolynomialSoftmaxConfig().with_reciprocal(RM::Newton, 12)});
+                 PolynomialSoftmaxOptions().with_reciprocal(RM::Newton, 12)});
   return out;
 }
 
@@ -356,7 +356,7 @@ TEMPLATE_TEST_CASE("PolynomialSoftmax with a public bound: the shift needs no ma
     for (std::size_t i = 0; i < c.n; ++i)
       if (std::isfinite(c.x[i]))
         hi = std::max(hi, static_cast<double>(c.x[i]));
-    auto config = PolynomialSoftmaxConfig::chebyshev(5, 5, 24).with_public_bound(hi + 3, 3);
+    auto config = PolynomialSoftmaxOptions::chebyshev(5, 5, 24).with_public_bound(hi + 3, 3);
     const sml::PolynomialSoftmax f(config);
     RowError err;
     const double bound = f.error_bound<TestType>(static_cast<Index>(c.n));
@@ -366,7 +366,7 @@ TEMPLATE_TEST_CASE("PolynomialSoftmax with a public bound: the shift needs no ma
     CHECK(err.max_abs <= 1e-4);
   }
   // entries above the bound count as the bound
-  const sml::PolynomialSoftmax f(PolynomialSoftmaxConfig().with_public_bound(0.0, 5));
+  const sml::PolynomialSoftmax f(PolynomialSoftmaxOptions().with_public_bound(0.0, 5));
   Vector<TestType> x(3);
   x << 1, 0, INFINITY;
   const Vector<TestType> y = f(x);
@@ -398,7 +398,7 @@ TEST_CASE("PolynomialSoftmax cost report matches hand counts", "[polynomial][cos
     // exp: 1 + t/256 [const, depth 1], 8 squarings [depth 9]: 8 products, 1 constant.
     // Newton from y0 = z0: y1 = z0 (2 - S z0) [2 const, depth 2], y2..y6: 2 products each,
     // depth +2 each: 10 products, depth 12. y = E y6: depth 9 + 12 + 1 = 22.
-    const auto cfg = PolynomialSoftmaxConfig::repeated_squaring(8).with_reciprocal(
+    const auto cfg = PolynomialSoftmaxOptions::repeated_squaring(8).with_reciprocal(
         sml::ReciprocalMethod::Newton, 6);
     const sml::PolynomialCost c = sml::PolynomialSoftmax(cfg).cost(100);
     CHECK(c.exp.multiplications == 8);
@@ -414,8 +414,8 @@ TEST_CASE("PolynomialSoftmax cost report matches hand counts", "[polynomial][cos
   SECTION("Chebyshev degree 1, r = 0, exact division: not polynomial-only") {
     // p(u) = c0 + c1 u: u [const], c1 u [const]: 0 products, depth 2; y = E / S: the division
     // is not counted as a polynomial, the final product is.
-    const auto cfg =
-        PolynomialSoftmaxConfig::chebyshev(1, 0, 1.0).with_reciprocal(sml::ReciprocalMethod::Exact);
+    const auto cfg = PolynomialSoftmaxOptions::chebyshev(1, 0, 1.0).with_reciprocal(
+        sml::ReciprocalMethod::Exact);
     const sml::PolynomialCost c = sml::PolynomialSoftmax(cfg).cost(10);
     CHECK(c.exp.multiplications == 0);
     CHECK(c.exp.constant_multiplications == 2);
@@ -428,7 +428,7 @@ TEST_CASE("PolynomialSoftmax cost report matches hand counts", "[polynomial][cos
 
 TEST_CASE("PolynomialSoftmax rejects bad configurations naming the field and value",
           "[polynomial][parameters]") {
-  using C = PolynomialSoftmaxConfig;
+  using C = PolynomialSoftmaxOptions;
   CHECK_THROWS_WITH(sml::PolynomialSoftmax(C::chebyshev(0, 5)),
                     Catch::Contains("degree") && Catch::Contains("0"));
   CHECK_THROWS_WITH(sml::PolynomialSoftmax(C::chebyshev(11, 5)), Catch::Contains("degree"));
@@ -466,8 +466,9 @@ TEMPLATE_TEST_CASE("PolynomialSoftmax policy: NaN row, masks, empty, sizes, sums
   using S = TestType;
   using Mat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>;
   const S inf = std::numeric_limits<S>::infinity();
-  for (const auto& cfg : {PolynomialSoftmaxConfig(), PolynomialSoftmaxConfig::repeated_squaring(12),
-                          PolynomialSoftmaxConfig().with_public_bound(40.0, 60)}) {
+  for (const auto& cfg :
+       {PolynomialSoftmaxOptions(), PolynomialSoftmaxOptions::repeated_squaring(12),
+        PolynomialSoftmaxOptions().with_public_bound(40.0, 60)}) {
     const sml::PolynomialSoftmax f(cfg);
     Mat x(4, 45);  // column-major: rows are strided
     for (Index j = 0; j < 45; ++j) {
@@ -512,7 +513,7 @@ TEST_CASE("PolynomialSoftmax apply allocates nothing (contiguous, strided, in pl
   Eigen::MatrixXf X = Eigen::MatrixXf::Random(16, 300) * 5;
   Eigen::MatrixXf Y(16, 300);
   Eigen::VectorXd v = Eigen::VectorXd::Random(777), w(777);
-  const sml::PolynomialSoftmax f, g(PolynomialSoftmaxConfig::repeated_squaring(10).with_reciprocal(
+  const sml::PolynomialSoftmax f, g(PolynomialSoftmaxOptions::repeated_squaring(10).with_reciprocal(
                                       sml::ReciprocalMethod::Newton));
   softmaxlab_test::AllocationGuard guard;
   f.apply(v, w);
@@ -575,13 +576,13 @@ TEST_CASE("PolynomialSoftmax cost report matches the operations the algorithms p
           "[polynomial][cost]") {
   const auto gs = sml::ReciprocalMethod::Goldschmidt;
   const auto nt = sml::ReciprocalMethod::Newton;
-  const PolynomialSoftmaxConfig configs[] = {
-      PolynomialSoftmaxConfig(),
-      PolynomialSoftmaxConfig::chebyshev(1, 0, 1.0).with_reciprocal(gs, 1),
-      PolynomialSoftmaxConfig::chebyshev(7, 3).with_reciprocal(nt, 9),
-      PolynomialSoftmaxConfig::chebyshev(10, 2).with_reciprocal(gs, 5),
-      PolynomialSoftmaxConfig::repeated_squaring(8).with_reciprocal(nt, 6),
-      PolynomialSoftmaxConfig::repeated_squaring(17).with_reciprocal(gs, 3),
+  const PolynomialSoftmaxOptions configs[] = {
+      PolynomialSoftmaxOptions(),
+      PolynomialSoftmaxOptions::chebyshev(1, 0, 1.0).with_reciprocal(gs, 1),
+      PolynomialSoftmaxOptions::chebyshev(7, 3).with_reciprocal(nt, 9),
+      PolynomialSoftmaxOptions::chebyshev(10, 2).with_reciprocal(gs, 5),
+      PolynomialSoftmaxOptions::repeated_squaring(8).with_reciprocal(nt, 6),
+      PolynomialSoftmaxOptions::repeated_squaring(17).with_reciprocal(gs, 3),
   };
   for (const auto& cfg : configs) {
     const sml::PolynomialSoftmax f(cfg);
@@ -634,7 +635,7 @@ TEMPLATE_TEST_CASE(
     for (const auto method : {sml::ReciprocalMethod::Newton, sml::ReciprocalMethod::Goldschmidt,
                               sml::ReciprocalMethod::Exact}) {
       const sml::PolynomialSoftmax f(
-          PolynomialSoftmaxConfig::chebyshev(degree, 0, range).with_reciprocal(method));
+          PolynomialSoftmaxOptions::chebyshev(degree, 0, range).with_reciprocal(method));
       for (const Index n : {Index(17), Index(1000), Index(4096)}) {
         // One entry far above the rest (the fuzz row), and a row spread evenly over [-3R, 0].
         Vec far = Vec::Constant(n, Scalar(0.5));

@@ -107,7 +107,7 @@ void check_goldschmidt(const PowerCase<Scalar> (&table)[N], int iterations) {
         sml::PowerSoftmaxOptions o;
         o.form = kForms[form];
         o.eps = c.eps;
-        o.reciprocal = sml::PowerReciprocal::Goldschmidt;
+        o.reciprocal = sml::ReciprocalMethod::Goldschmidt;
         o.iterations = iterations;
         const sml::PowerSoftmax f(p, o);
         // The documented bound: (2p + 4) eps + e0^(2^k) + (2k + 2) u over the row's range. The
@@ -140,8 +140,8 @@ TEST_CASE("PowerSoftmax with the Goldschmidt reciprocal stays within its documen
     check_goldschmidt(softmaxlab_test::kPowerCasesF64, 20);
   }
   SECTION("auto iterations reach the exact-division accuracy class") {
-    const sml::PowerSoftmax f(4,
-                              {sml::PowerForm::Stable, 1e-6, sml::PowerReciprocal::Goldschmidt, 0});
+    const sml::PowerSoftmax f(
+        4, {sml::PowerForm::Stable, 1e-6, sml::ReciprocalMethod::Goldschmidt, 0});
     const int k = f.iterations_for<float>(1000);
     // l = 1 / (1000 * 16): k = ceil(log2(ln(2^24) / (2 l))) = 18 (hand count).
     CHECK(k == 18);
@@ -168,11 +168,16 @@ TEST_CASE("PowerSoftmax parameters: odd, zero, negative or too large p, bad eps,
   CHECK_THROWS_WITH(sml::PowerSoftmax(4, sml::PowerForm::Lipschitz, -1.0),
                     Catch::Contains("eps") && Catch::Contains("-1"));
   sml::PowerSoftmaxOptions o;
-  o.reciprocal = sml::PowerReciprocal::Goldschmidt;
+  o.reciprocal = sml::ReciprocalMethod::Goldschmidt;
   for (int k : {-1, 65}) {
     o.iterations = k;
     CHECK_THROWS_WITH(sml::PowerSoftmax(4, o), Catch::Contains("iterations"));
   }
+  // the one reciprocal enum: PowerSoftmax takes Exact and Goldschmidt, and names Newton
+  o.iterations = 0;
+  o.reciprocal = sml::ReciprocalMethod::Newton;
+  CHECK_THROWS_WITH(sml::PowerSoftmax(4, o),
+                    Catch::Contains("reciprocal") && Catch::Contains("Newton"));
   // defaults and accessors
   const sml::PowerSoftmax f;
   CHECK(f.p() == 4);
@@ -261,7 +266,7 @@ TEST_CASE("PowerSoftmax apply and apply_masked allocate nothing, in place and st
   Eigen::VectorXi mask = Eigen::VectorXi::Ones(1000);
   mask.head(10).setZero();
   sml::PowerSoftmaxOptions o;
-  o.reciprocal = sml::PowerReciprocal::Goldschmidt;
+  o.reciprocal = sml::ReciprocalMethod::Goldschmidt;
   const sml::PowerSoftmax f(4), g(8, o), h(6, sml::PowerForm::LengthAgnostic, 1e-3);
   softmaxlab_test::AllocationGuard guard;
   f.apply(v, w);

@@ -995,7 +995,7 @@ void attention_forward_block_polynomial(const QM& q, const KM& k, const VM& v, c
   const Scalar inf = std::numeric_limits<Scalar>::infinity();
   const Index lq = q.rows(), lk = k.rows();
   const ScoreTransform<Scalar>& f = plan.transform;
-  const Scalar bound = static_cast<Scalar>(weight.config().bound);
+  const Scalar bound = static_cast<Scalar>(weight.options().bound);
   const approx::ExpApprox& e = weight.exp_approx();
   alignas(64) Scalar buffer[kAttentionMaxBlockQ * kAttentionMaxBlockK];
   long double running_sum[kAttentionMaxBlockQ];
@@ -1047,7 +1047,7 @@ void attention_forward_block_polynomial(const QM& q, const KM& k, const VM& v, c
       ob.row(r).setZero();
     } else {
       Scalar reciprocal;
-      const PolynomialSoftmaxConfig& c = weight.config();
+      const PolynomialSoftmaxOptions& c = weight.options();
       if (c.reciprocal == ReciprocalMethod::Exact) {
         reciprocal = Scalar(1) / sum;
       } else {
@@ -1200,7 +1200,7 @@ class Attention {
                      weight.temperature());
       }
     } else if constexpr (std::is_same_v<Weight, PolynomialSoftmax>) {
-      if (weight.config().shift != Shift::PublicBound)
+      if (weight.options().shift != Shift::PublicBound)
         detail::fail(name,
                      ": the PolynomialSoftmax weight must use Shift::PublicBound (online, "
                      "no max), but got Shift::RowMax");

@@ -7,7 +7,7 @@
 //   E_i = expapprox(t_i)                  approx/exp.hpp: RepeatedSquaring or Chebyshev, on [-R, 0]
 //   y_i = E_i * recip(sum_j E_j)          approx/reciprocal.hpp: Goldschmidt, Newton or exact
 //
-// Configuration (PolynomialSoftmaxConfig; the constructor throws std::invalid_argument naming the
+// Options (PolynomialSoftmaxOptions; the constructor throws std::invalid_argument naming the
 // field and value when outside these ranges):
 //   exp          ExpMethod::Chebyshev (default) or ::RepeatedSquaring
 //   degree       Chebyshev degree n in [1, 10] (default 4)
@@ -93,41 +93,71 @@
 namespace softmaxlab {
 
 using approx::ExpMethod;
-enum class ReciprocalMethod { Exact, Goldschmidt, Newton };
 enum class Shift { RowMax, PublicBound };
 
-struct PolynomialSoftmaxConfig {
-  ExpMethod exp = ExpMethod::Chebyshev;
-  int degree = 4;
-  int squarings = 5;
-  double range = 20;
-  ReciprocalMethod reciprocal = ReciprocalMethod::Goldschmidt;
-  int iterations = 0;
-  Shift shift = Shift::RowMax;
-  double bound = 0;
-  double gap = -1;
+/// The options of PolynomialSoftmax (the header's doc block gives each field's valid range; the
+/// constructor of PolynomialSoftmax checks them and throws std::invalid_argument naming the field).
+struct PolynomialSoftmaxOptions {
+  ExpMethod exp = ExpMethod::Chebyshev;  ///< the exp approximation (approx/exp.hpp)
+  int degree = 4;                        ///< Chebyshev degree n in [1, 10]
+  int squarings = 5;                     ///< squarings r in [0, 24]
+  double range = 20;                     ///< the approximation's range R > 0: exp on [-R, 0]
+  ReciprocalMethod reciprocal = ReciprocalMethod::Goldschmidt;  ///< how 1 / sum is formed
+  int iterations = 0;           ///< reciprocal iterations k in [1, 64], 0 = automatic
+  Shift shift = Shift::RowMax;  ///< subtract the row max, or a public bound
+  double bound = 0;             ///< the public bound B (Shift::PublicBound), finite
+  double gap = -1;              ///< B - max x at most this, in [0, 700]; negative: the range R
 
-  static PolynomialSoftmaxConfig chebyshev(int degree, int squarings, double range = 20) {
-    PolynomialSoftmaxConfig c;
+  /// Chebyshev exp of the given degree, squarings and range.
+  static PolynomialSoftmaxOptions chebyshev(int degree, int squarings, double range = 20) {
+    PolynomialSoftmaxOptions c;
     c.exp = ExpMethod::Chebyshev;
     c.degree = degree;
     c.squarings = squarings;
     c.range = range;
     return c;
   }
-  static PolynomialSoftmaxConfig repeated_squaring(int squarings, double range = 20) {
-    PolynomialSoftmaxConfig c;
+  /// Repeated-squaring exp, (1 + t / 2^r)^(2^r), with the given squarings and range.
+  static PolynomialSoftmaxOptions repeated_squaring(int squarings, double range = 20) {
+    PolynomialSoftmaxOptions c;
     c.exp = ExpMethod::RepeatedSquaring;
     c.degree = 0;
     c.squarings = squarings;
     c.range = range;
     return c;
   }
+  /// A copy with the reciprocal method and its iteration count (0 = automatic).
+  [[nodiscard]] PolynomialSoftmaxOptions with_reciprocal(ReciprocalMethod method, int k = 0) const {
+    PolynomialSoftmaxOptions c = *this;
+    c.reciprocal = method;
+    c.iterations = k;
+    return c;
+  }
+  /// A copy that shifts by the public bound b (>= every logit) with the gap g (negative: R).
+  [[nodiscard]] PolynomialSoftmaxOptions with_public_bound(double b, double g = -1) const {
+    PolynomialSoftmaxOptions c = *this;
+    c.shift = Shift::PublicBound;
+    c.bound = b;
+    c.gap = g;
+    return c;
+  }
+};
+
+/// The former name of PolynomialSoftmaxOptions, kept for code written against it: its with_*
+/// modify the object in place and return it (PolynomialSoftmaxOptions' return a modified copy).
+struct [[deprecated("use softmaxlab::PolynomialSoftmaxOptions")]] PolynomialSoftmaxConfig
+    : PolynomialSoftmaxOptions {
+  PolynomialSoftmaxConfig() = default;
+  /// From the options (what the static factories return).
+  PolynomialSoftmaxConfig(const PolynomialSoftmaxOptions& options)  // NOLINT: implicit on purpose
+      : PolynomialSoftmaxOptions(options) {}
+  /// Sets the reciprocal method in place.
   PolynomialSoftmaxConfig& with_reciprocal(ReciprocalMethod method, int k = 0) {
     reciprocal = method;
     iterations = k;
     return *this;
   }
+  /// Sets the public bound in place.
   PolynomialSoftmaxConfig& with_public_bound(double b, double g = -1) {
     shift = Shift::PublicBound;
     bound = b;
@@ -281,7 +311,9 @@ class PolynomialSoftmax : public detail::DistributionFunctor<PolynomialSoftmax>,
   // Target of the automatic iteration count: e0^(2^k) <= 2^-26.
   static constexpr double kAutoTolerance = 0x1p-26;
 
-  explicit PolynomialSoftmax(const PolynomialSoftmaxConfig& config = {}) : config_(config) {
+  /// Checks the options (std::invalid_argument naming the field and value) and builds the exp
+  /// approximation once.
+  explicit PolynomialSoftmax(const PolynomialSoftmaxOptions& options = {}) : config_(options) {
     validate();
     exp_ = config_.exp == ExpMethod::Chebyshev
                ? approx::ExpApprox::chebyshev(config_.degree, config_.squarings, config_.range)
@@ -292,7 +324,10 @@ class PolynomialSoftmax : public detail::DistributionFunctor<PolynomialSoftmax>,
     exp_gap_ = std::exp(-gap());
   }
 
-  const PolynomialSoftmaxConfig& config() const { return config_; }
+  /// The options this map was built with.
+  const PolynomialSoftmaxOptions& options() const { return config_; }
+  /// The former name of options().
+  [[deprecated("use options()")]] const PolynomialSoftmaxOptions& config() const { return config_; }
   const approx::ExpApprox& exp_approx() const { return exp_; }
   double gap() const {
     return config_.shift == Shift::RowMax ? 0.0 : (config_.gap < 0 ? config_.range : config_.gap);
@@ -549,7 +584,7 @@ class PolynomialSoftmax : public detail::DistributionFunctor<PolynomialSoftmax>,
       dx[argmax] -= total;
   }
 
-  PolynomialSoftmaxConfig config_;
+  PolynomialSoftmaxOptions config_;
   approx::ExpApprox exp_;
   double rho_float_ = 0, rho_double_ = 0;  // exp's relative error bound, capped at 0.5
   double exp_gap_ = 1;                     // e^-gap: the smallest possible largest term

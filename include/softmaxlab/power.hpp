@@ -12,7 +12,7 @@
 //          the cap 64 keeps (x / c)^p and its row sum inside float's range (see Algorithm).
 //   form   PowerForm::Stable, ::Lipschitz or ::LengthAgnostic.
 //   eps    Lipschitz / LengthAgnostic only: finite, > 0 (default 1e-6). Stable ignores it.
-//   reciprocal  PowerReciprocal::Exact (default: one correctly rounded division per row) or
+//   reciprocal  ReciprocalMethod::Exact (default: one correctly rounded division per row) or
 //          ::Goldschmidt (polynomial only, as an encrypted pipeline must; see below), with
 //          `iterations` k in [1, 64], or 0 (default) for the fewest that reach the scalar's
 //          unit roundoff u on the row's range.
@@ -84,12 +84,13 @@
 namespace softmaxlab {
 
 enum class PowerForm { Stable, Lipschitz, LengthAgnostic };
-enum class PowerReciprocal { Exact, Goldschmidt };
+/// The former name of ReciprocalMethod (PowerSoftmax takes its Exact and Goldschmidt).
+using PowerReciprocal [[deprecated("use softmaxlab::ReciprocalMethod")]] = ReciprocalMethod;
 
 struct PowerSoftmaxOptions {
   PowerForm form = PowerForm::Stable;
   double eps = 1e-6;  // Lipschitz / LengthAgnostic
-  PowerReciprocal reciprocal = PowerReciprocal::Exact;
+  ReciprocalMethod reciprocal = ReciprocalMethod::Exact;
   int iterations = 0;  // Goldschmidt: 0 = auto (fewest reaching the scalar's unit roundoff)
 };
 
@@ -193,7 +194,7 @@ class PowerSoftmax : public detail::DistributionFunctor<PowerSoftmax>,
   int p() const { return p_; }
   PowerForm form() const { return options_.form; }
   double eps() const { return options_.eps; }
-  PowerReciprocal reciprocal() const { return options_.reciprocal; }
+  ReciprocalMethod reciprocal() const { return options_.reciprocal; }
   const PowerSoftmaxOptions& options() const { return options_; }
 
   // The range [lo, hi] of the denominator after the exact power-of-two scaling, for a row of n
@@ -250,7 +251,11 @@ class PowerSoftmax : public detail::DistributionFunctor<PowerSoftmax>,
     }
     if (options_.form != PowerForm::Stable)
       detail::require_positive_finite("PowerSoftmax: eps", options_.eps);
-    if (options_.reciprocal == PowerReciprocal::Goldschmidt
+    if (options_.reciprocal == ReciprocalMethod::Newton)
+      detail::fail(
+          "PowerSoftmax: reciprocal must be ReciprocalMethod::Exact or ::Goldschmidt, but "
+          "got ReciprocalMethod::Newton");
+    if (options_.reciprocal == ReciprocalMethod::Goldschmidt
         && (options_.iterations < 0 || options_.iterations > 64)) {
       detail::fail("PowerSoftmax: iterations must be in [0, 64] (0 = auto), but got ",
                    options_.iterations);
@@ -346,7 +351,7 @@ class PowerSoftmax : public detail::DistributionFunctor<PowerSoftmax>,
     long double r;
     if (!(d < std::numeric_limits<long double>::infinity())) {
       r = 0;
-    } else if (options_.reciprocal == PowerReciprocal::Exact) {
+    } else if (options_.reciprocal == ReciprocalMethod::Exact) {
       r = 1.0L / d;
     } else {
       // Polynomial-only: a = D / hi in [l, 1], 1/D = (1/a) / hi with hi public.

@@ -16,13 +16,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const int degree = head.take<std::int8_t>();
   const int squarings = head.take<std::int8_t>();
   const double range = head.parameter(20.0);
-  sml::PolynomialSoftmaxConfig config =
-      (choice & 1) ? sml::PolynomialSoftmaxConfig::repeated_squaring(squarings, range)
-                   : sml::PolynomialSoftmaxConfig::chebyshev(degree, squarings, range);
-  config.with_reciprocal(static_cast<sml::ReciprocalMethod>((choice >> 1) % 3),
-                         (choice & 0x10) ? head.take<std::int8_t>() : 0);
+  sml::PolynomialSoftmaxOptions config =
+      (choice & 1) ? sml::PolynomialSoftmaxOptions::repeated_squaring(squarings, range)
+                   : sml::PolynomialSoftmaxOptions::chebyshev(degree, squarings, range);
+  config = config.with_reciprocal(static_cast<sml::ReciprocalMethod>((choice >> 1) % 3),
+                                  (choice & 0x10) ? head.take<std::int8_t>() : 0);
   if (choice & 0x20)
-    config = sml::PolynomialSoftmaxConfig();  // the default, most of the time
+    config = sml::PolynomialSoftmaxOptions();  // the default, most of the time
   Rules rules(Output::Probabilities);
   rules.approximate = true;
   return run_functor_target<sml::PolynomialSoftmax>(

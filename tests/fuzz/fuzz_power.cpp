@@ -19,7 +19,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   options.form = static_cast<sml::PowerForm>((choice >> 2) % 3);
   options.eps = head.parameter(1e-6);
   options.reciprocal =
-      (choice & 0x20) ? sml::PowerReciprocal::Goldschmidt : sml::PowerReciprocal::Exact;
+      (choice & 0x20) ? sml::ReciprocalMethod::Goldschmidt : sml::ReciprocalMethod::Exact;
   options.iterations = (choice & 0x40) ? head.take<std::int8_t>() : 0;
   Rules rules(Output::Probabilities);
   rules.any_infinity_shares = true;
@@ -31,7 +31,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       p < 2 || p > 64
       || sml::approx::ReciprocalRange(1.0 / std::ldexp(5500.0, p), 1.0).truncation_error(64)
              <= std::numeric_limits<double>::epsilon() / 2;
-  rules.approximate = options.reciprocal == sml::PowerReciprocal::Goldschmidt
+  rules.approximate = options.reciprocal == sml::ReciprocalMethod::Goldschmidt
                       && (options.iterations != 0 || !auto_converges);
   return run_functor_target<sml::PowerSoftmax>(
       head, rules, [&](Bytes&) { return sml::PowerSoftmax(p, options); });

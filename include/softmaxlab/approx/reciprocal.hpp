@@ -37,6 +37,13 @@
 #include "../detail/config.hpp"
 
 namespace softmaxlab {
+
+/// How a softmax-like map forms 1 / sum: one correctly rounded division (Exact), or the
+/// polynomial-only Goldschmidt or Newton iterations of approx/reciprocal.hpp (as an encrypted
+/// pipeline must). The one reciprocal-method enum of the library: PolynomialSoftmax takes all
+/// three, PowerSoftmax Exact and Goldschmidt (it throws std::invalid_argument on Newton).
+enum class ReciprocalMethod { Exact, Goldschmidt, Newton };
+
 namespace approx {
 
 // Multiplication counts and multiplicative depth of a polynomial-only computation. Additions and
