@@ -488,7 +488,10 @@ class AttentionSoftmax : public detail::DistributionFunctor<AttentionSoftmax>,
                          public detail::BackwardFunctor<AttentionSoftmax> {
  public:
   static constexpr const char* name = "AttentionSoftmax";
-  static constexpr bool backward_reads_input = true;  // the cap's derivative reads x
+  /// The variant's flags (detail::VariantTraits gives their meaning and defaults).
+  struct Traits : detail::VariantTraits {
+    static constexpr bool backward_reads_input = true;  // the cap's derivative reads x
+  };
 
   explicit AttentionSoftmax(const AttentionOptions& options = {}) : options_(options) {
     if (options.causal())

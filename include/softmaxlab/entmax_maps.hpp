@@ -130,8 +130,10 @@ class ExactEntmax : public detail::DistributionFunctor<ExactEntmax<kPower>>,
  public:
   /// The variant's name in error messages: "Sparsemax" or "Entmax15".
   static constexpr const char* name = kPower == 1 ? "Sparsemax" : "Entmax15";
-  /// The backward reads only y and dy.
-  static constexpr bool backward_reads_input = false;
+  /// The variant's flags (detail::VariantTraits gives their meaning and defaults).
+  struct Traits : detail::VariantTraits {
+    static constexpr bool backward_reads_input = false;  // the backward reads only y and dy
+  };
   /// The entmax alpha of this map: 2 (Sparsemax) or 1.5 (Entmax15).
   static constexpr double alpha = kPower == 1 ? 2.0 : 1.5;
 
@@ -196,7 +198,10 @@ using Entmax15 = ExactEntmax<2>;
 class Entmax : public detail::DistributionFunctor<Entmax>, public detail::BackwardFunctor<Entmax> {
  public:
   static constexpr const char* name = "Entmax";
-  static constexpr bool backward_reads_input = false;
+  /// The variant's flags (detail::VariantTraits gives their meaning and defaults).
+  struct Traits : detail::VariantTraits {
+    static constexpr bool backward_reads_input = false;  // the backward reads only y and dy
+  };
 
   explicit Entmax(double alpha = 1.5)
       : alpha_(detail::require_in_range("Entmax: alpha", alpha, 1.0, 2.0, "in [1, 2]")) {}

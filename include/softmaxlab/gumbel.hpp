@@ -264,7 +264,10 @@ class GumbelSoftmax : public detail::DistributionFunctor<GumbelSoftmax>,
 
  public:
   static constexpr const char* name = "GumbelSoftmax";
-  static constexpr bool backward_reads_input = false;  // the gradient needs the soft sample
+  /// The variant's flags (detail::VariantTraits gives their meaning and defaults).
+  struct Traits : detail::VariantTraits {
+    static constexpr bool backward_reads_input = false;  // the gradient needs the soft sample
+  };
 
   explicit GumbelSoftmax(double tau = 1.0, bool hard = false)
       : tau_(detail::check_temperature("GumbelSoftmax: tau", tau)), hard_(hard) {}

@@ -415,8 +415,11 @@ class SinglePassSoftmax : public detail::DistributionFunctor<SinglePassSoftmax>,
                           public detail::BackwardFunctor<SinglePassSoftmax> {
  public:
   static constexpr const char* name = "SinglePassSoftmax";
-  static constexpr bool backward_reads_input = false;  // the gradient needs only y and dy
-  static constexpr bool streams_long_rows = true;      // long 16-bit/mixed rows: compute_streamed
+  /// The variant's flags (detail::VariantTraits gives their meaning and defaults).
+  struct Traits : detail::VariantTraits {
+    static constexpr bool backward_reads_input = false;  // the gradient needs only y and dy
+    static constexpr bool streams_long_rows = true;      // long 16-bit/mixed rows: compute_streamed
+  };
 
   explicit SinglePassSoftmax(double temperature = 1.0)
       : temperature_(detail::check_temperature("SinglePassSoftmax: temperature", temperature)) {}

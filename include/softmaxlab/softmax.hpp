@@ -70,10 +70,13 @@ class Softmax : public detail::DistributionFunctor<Softmax>,
                 public detail::BackwardFunctor<Softmax> {
  public:
   static constexpr const char* name = "Softmax";
-  static constexpr bool backward_reads_input = false;   // the gradient needs only y and dy
-  static constexpr bool contiguous_rows_kernel = true;  // rowwise/colwise: compute_rows
-  static constexpr bool streams_long_rows = true;       // long 16-bit/mixed rows: compute_streamed
-  static constexpr bool fuses_conversions = true;       // and every length, in its own passes
+  /// The variant's flags (detail::VariantTraits gives their meaning and defaults).
+  struct Traits : detail::VariantTraits {
+    static constexpr bool backward_reads_input = false;   // the gradient needs only y and dy
+    static constexpr bool contiguous_rows_kernel = true;  // rowwise/colwise: compute_rows
+    static constexpr bool streams_long_rows = true;  // long 16-bit/mixed rows: compute_streamed
+    static constexpr bool fuses_conversions = true;  // and every length, in its own passes
+  };
 
   explicit Softmax(double temperature = 1.0)
       : temperature_(detail::check_temperature("Softmax: temperature", temperature)) {}
@@ -147,8 +150,11 @@ class LogSoftmax : public detail::DistributionFunctor<LogSoftmax>,
   static constexpr const char* name = "LogSoftmax";
   // The backward reads x: a masked entry is x_i = -inf, not y_i = -inf (a finite x_i whose
   // log-probability overflows the output type also has y_i = -inf, and keeps its gradient).
-  static constexpr bool backward_reads_input = true;
-  static constexpr bool streams_long_rows = true;  // long 16-bit/mixed rows: compute_streamed
+  /// The variant's flags (detail::VariantTraits gives their meaning and defaults).
+  struct Traits : detail::VariantTraits {
+    static constexpr bool backward_reads_input = true;
+    static constexpr bool streams_long_rows = true;  // long 16-bit/mixed rows: compute_streamed
+  };
 
   explicit LogSoftmax(double temperature = 1.0)
       : temperature_(detail::check_temperature("LogSoftmax: temperature", temperature)) {}

@@ -8,8 +8,8 @@
 // the vector-Jacobian product dx = J_f(x)^T dy for one distribution y = f(x). It must finish every
 // reduction over the inputs before it writes dx, and write dx[i] only after its last read of
 // x[i], y[i] and dy[i]: then dx may be exactly any of x, y, dy (in place). A variant whose
-// gradient does not read x declares `static constexpr bool backward_reads_input = false;` (x is
-// then shape-checked only and an empty span is passed).
+// gradient does not read x sets backward_reads_input = false in its Traits (functor_base.hpp's
+// VariantTraits; x is then shape-checked only and an empty span is passed).
 //
 // The base provides the public forms:
 //     dx = f.backward(x, y, dy);           f.backward(x, y, dy, dx);          // 1-D
@@ -31,11 +31,8 @@
 namespace softmaxlab {
 namespace detail {
 
-template <class Derived, class = void>
-struct backward_reads_input : std::true_type {};
 template <class Derived>
-struct backward_reads_input<Derived, std::void_t<decltype(Derived::backward_reads_input)>>
-    : std::bool_constant<Derived::backward_reads_input> {};
+struct backward_reads_input : std::bool_constant<traits_t<Derived>::backward_reads_input> {};
 
 // Calls fn with x itself when it has storage, otherwise with a plain temporary holding it.
 template <class Xpr, class Fn>

@@ -211,15 +211,35 @@ void for_each_slice(Index count, Index slice_size, const Fn& fn) {
     fn(i);
 }
 
-// Whether a variant has a batch kernel for contiguous slices (a public static constexpr bool
-// contiguous_rows_kernel = true, and a private compute_rows(x, ldx, y, ldy, count, size)): batches
-// whose slices are contiguous then go to it in blocks of rows instead of one compute call per row.
-template <class D, class = void>
-inline constexpr bool has_contiguous_rows_kernel_v = false;
+// The flags a variant may set, with their defaults, in one traits struct. A variant that sets any
+// declares a public nested `struct Traits : detail::VariantTraits { ... };` overriding them; the
+// bases read them through traits_t<Variant> (the one detection of a variant's flags).
+struct VariantTraits {
+  // The backward reads x (false: x is shape-checked only and an empty span is passed).
+  static constexpr bool backward_reads_input = true;
+  // A batch kernel for contiguous slices, a private compute_rows(x, ldx, y, ldy, count, size):
+  // batches whose slices are contiguous then go to it in blocks of rows instead of one compute
+  // call per row.
+  static constexpr bool contiguous_rows_kernel = false;
+  // Long rows of 16-bit or mixed scalars are streamed by the variant's compute_streamed (see
+  // compute_mixed).
+  static constexpr bool streams_long_rows = false;
+  // compute_streamed also takes the rows that fit the stage, converting inside its own passes.
+  static constexpr bool fuses_conversions = false;
+};
+template <class V, class = void>
+struct traits_of {
+  using type = VariantTraits;
+};
+template <class V>
+struct traits_of<V, std::void_t<typename V::Traits>> {
+  using type = typename V::Traits;
+};
+template <class V>
+using traits_t = typename traits_of<V>::type;
+
 template <class D>
-inline constexpr bool
-    has_contiguous_rows_kernel_v<D, std::void_t<decltype(D::contiguous_rows_kernel)>> =
-        D::contiguous_rows_kernel;
+inline constexpr bool has_contiguous_rows_kernel_v = traits_t<D>::contiguous_rows_kernel;
 
 // Elements per block of rows given to a batch kernel (and the unit of work of a thread).
 inline constexpr Index kRowsBlockElements = Index(1) << 12;
@@ -230,21 +250,10 @@ const typename Xpr::Scalar* last_coefficient(const Xpr& m) {
   return m.data() + (m.rows() - 1) * m.rowStride() + (m.cols() - 1) * m.colStride();
 }
 
-// Whether a variant streams long rows of mixed scalars itself: it declares
-// `static constexpr bool streams_long_rows = true;` and a compute_streamed (see compute_mixed).
-template <class Derived, class = void>
-struct streams_long_rows : std::false_type {};
 template <class Derived>
-struct streams_long_rows<Derived, std::void_t<decltype(Derived::streams_long_rows)>>
-    : std::bool_constant<Derived::streams_long_rows> {};
-
-// Whether compute_streamed also takes the rows that fit the stage, converting inside its own
-// passes (`static constexpr bool fuses_conversions = true;`, Softmax).
-template <class Derived, class = void>
-struct fuses_conversions : std::false_type {};
+struct streams_long_rows : std::bool_constant<traits_t<Derived>::streams_long_rows> {};
 template <class Derived>
-struct fuses_conversions<Derived, std::void_t<decltype(Derived::fuses_conversions)>>
-    : std::bool_constant<Derived::fuses_conversions> {};
+struct fuses_conversions : std::bool_constant<traits_t<Derived>::fuses_conversions> {};
 
 template <class Derived>
 class DistributionFunctor {
