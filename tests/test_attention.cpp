@@ -15,7 +15,6 @@
 
 #include <softmaxlab/attention.hpp>
 
-#include "finite_difference.hpp"
 #include "support.hpp"
 
 namespace sml = softmaxlab;

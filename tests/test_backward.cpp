@@ -10,9 +10,8 @@
 
 #include <catch2/catch.hpp>
 
-#include <softmaxlab/softmaxlab.hpp>
+#include <softmaxlab/softmax.hpp>
 
-#include "finite_difference.hpp"
 #include "support.hpp"
 
 namespace sml = softmaxlab;

@@ -10,9 +10,12 @@
 
 #include <catch2/catch.hpp>
 
-#include <softmaxlab/softmaxlab.hpp>
+#include <softmaxlab/gumbel.hpp>
+#include <softmaxlab/loss.hpp>
+#include <softmaxlab/normalized.hpp>
+#include <softmaxlab/random.hpp>
+#include <softmaxlab/softmax.hpp>
 
-#include "finite_difference.hpp"
 #include "support.hpp"
 
 namespace sml = softmaxlab;

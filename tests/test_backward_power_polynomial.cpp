@@ -11,9 +11,12 @@
 
 #include <catch2/catch.hpp>
 
-#include <softmaxlab/softmaxlab.hpp>
+#include <softmaxlab/approx/exp.hpp>
+#include <softmaxlab/approx/reciprocal.hpp>
+#include <softmaxlab/polynomial.hpp>
+#include <softmaxlab/power.hpp>
+#include <softmaxlab/softmax.hpp>
 
-#include "finite_difference.hpp"
 #include "support.hpp"
 
 namespace sml = softmaxlab;

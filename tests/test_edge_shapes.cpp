@@ -18,7 +18,15 @@
 
 #include <catch2/catch.hpp>
 
-#include <softmaxlab/softmaxlab.hpp>
+#include <softmaxlab/approx/exp.hpp>
+#include <softmaxlab/approx/reciprocal.hpp>
+#include <softmaxlab/entmax_maps.hpp>
+#include <softmaxlab/gumbel.hpp>
+#include <softmaxlab/polynomial.hpp>
+#include <softmaxlab/power.hpp>
+#include <softmaxlab/random.hpp>
+#include <softmaxlab/single_pass.hpp>
+#include <softmaxlab/softmax.hpp>
 
 #include "support.hpp"
 

@@ -19,7 +19,15 @@
 
 #include <catch2/catch.hpp>
 
-#include <softmaxlab/softmaxlab.hpp>
+#include <softmaxlab/fusion.hpp>
+#include <softmaxlab/gumbel.hpp>
+#include <softmaxlab/loss.hpp>
+#include <softmaxlab/normalized.hpp>
+#include <softmaxlab/polynomial.hpp>
+#include <softmaxlab/power.hpp>
+#include <softmaxlab/random.hpp>
+#include <softmaxlab/single_pass.hpp>
+#include <softmaxlab/softmax.hpp>
 
 #include "support.hpp"
 

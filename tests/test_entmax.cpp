@@ -12,9 +12,11 @@
 
 #include <catch2/catch.hpp>
 
-#include <softmaxlab/softmaxlab.hpp>
+#include <softmaxlab/entmax_loss.hpp>
+#include <softmaxlab/entmax_maps.hpp>
+#include <softmaxlab/loss.hpp>
+#include <softmaxlab/softmax.hpp>
 
-#include "finite_difference.hpp"
 #include "reference/reference_table.hpp"
 #include "support.hpp"
 

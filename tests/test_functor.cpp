@@ -4,7 +4,7 @@
 
 #include <catch2/catch.hpp>
 
-#include <softmaxlab/softmaxlab.hpp>
+#include <softmaxlab/softmax.hpp>
 
 #include "support.hpp"
 

@@ -11,9 +11,9 @@
 
 #include <catch2/catch.hpp>
 
-#include <softmaxlab/softmaxlab.hpp>
+#include <softmaxlab/fusion.hpp>
+#include <softmaxlab/softmax.hpp>
 
-#include "finite_difference.hpp"
 #include "support.hpp"
 
 namespace sml = softmaxlab;

@@ -12,7 +12,11 @@
 
 #include <catch2/catch.hpp>
 
-#include <softmaxlab/softmaxlab.hpp>
+#include <softmaxlab/fusion.hpp>
+#include <softmaxlab/loss.hpp>
+#include <softmaxlab/normalized.hpp>
+#include <softmaxlab/random.hpp>
+#include <softmaxlab/softmax.hpp>
 
 namespace sml = softmaxlab;
 

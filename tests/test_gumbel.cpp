@@ -17,7 +17,8 @@
 #include <catch2/catch.hpp>
 
 #include <softmaxlab/detail/log.hpp>
-#include <softmaxlab/softmaxlab.hpp>
+#include <softmaxlab/gumbel.hpp>
+#include <softmaxlab/random.hpp>
 
 namespace sml = softmaxlab;
 using Index = Eigen::Index;
@@ -32,21 +33,6 @@ struct Kat {
 const Kat kPhiloxKat[] = {
 #include "reference/philox4x32_kat.ipp"
 };
-
-// Exact softmax probabilities of x, in long double.
-template <class Scalar>
-std::vector<long double> exact_softmax(const std::vector<Scalar>& x) {
-  long double m = -std::numeric_limits<long double>::infinity();
-  for (Scalar v : x)
-    m = std::max(m, static_cast<long double>(v));
-  std::vector<long double> p(x.size());
-  long double sum = 0;
-  for (std::size_t i = 0; i < x.size(); ++i)
-    sum += p[i] = std::exp(static_cast<long double>(x[i]) - m);
-  for (auto& v : p)
-    v /= sum;
-  return p;
-}
 
 // Pearson's chi-square statistic of observed counts against probabilities p (zero-probability
 // cells must be empty and are left out).
@@ -172,7 +158,7 @@ TEMPLATE_TEST_CASE("hard draws follow softmax(logits): chi-square over 200,000 d
   const std::vector<TestType> logits = {TestType(0.5),  TestType(-1.0), TestType(2.0),
                                         TestType(0.0),  TestType(-3.0), TestType(1.25),
                                         TestType(-0.5), TestType(1.0)};
-  const auto p = exact_softmax(logits);
+  const auto p = softmaxlab_test::exact_softmax(logits);
   const Index k = static_cast<Index>(logits.size());
   const long long draws = 100000;
   // Critical value of chi-square with 7 degrees of freedom at p = 0.001.

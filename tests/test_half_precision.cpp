@@ -8,7 +8,16 @@
 #include <random>
 #include <vector>
 
-#include <softmaxlab/softmaxlab.hpp>
+#include <softmaxlab/attention.hpp>
+#include <softmaxlab/entmax_loss.hpp>
+#include <softmaxlab/entmax_maps.hpp>
+#include <softmaxlab/gumbel.hpp>
+#include <softmaxlab/loss.hpp>
+#include <softmaxlab/normalized.hpp>
+#include <softmaxlab/polynomial.hpp>
+#include <softmaxlab/power.hpp>
+#include <softmaxlab/single_pass.hpp>
+#include <softmaxlab/softmax.hpp>
 
 #include "reference/softmax_half.ipp"
 #include "support.hpp"

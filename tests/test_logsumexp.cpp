@@ -12,7 +12,7 @@
 
 #include <catch2/catch.hpp>
 
-#include <softmaxlab/softmaxlab.hpp>
+#include <softmaxlab/logsumexp.hpp>
 
 #include "reference/softmax_f32.ipp"
 #include "reference/softmax_f64.ipp"

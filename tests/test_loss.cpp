@@ -9,9 +9,8 @@
 
 #include <catch2/catch.hpp>
 
-#include <softmaxlab/softmaxlab.hpp>
+#include <softmaxlab/loss.hpp>
 
-#include "finite_difference.hpp"
 #include "support.hpp"
 
 namespace sml = softmaxlab;

@@ -13,7 +13,8 @@
 
 #include <catch2/catch.hpp>
 
-#include <softmaxlab/softmaxlab.hpp>
+#include <softmaxlab/loss.hpp>
+#include <softmaxlab/softmax.hpp>
 
 namespace sml = softmaxlab;
 using Index = Eigen::Index;

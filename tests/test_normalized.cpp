@@ -13,7 +13,8 @@
 
 #include <catch2/catch.hpp>
 
-#include <softmaxlab/softmaxlab.hpp>
+#include <softmaxlab/normalized.hpp>
+#include <softmaxlab/softmax.hpp>
 
 namespace sml = softmaxlab;
 using Index = Eigen::Index;

@@ -6,7 +6,9 @@
 
 #include <catch2/catch.hpp>
 
-#include <softmaxlab/softmaxlab.hpp>
+#include <softmaxlab/attention.hpp>
+#include <softmaxlab/single_pass.hpp>
+#include <softmaxlab/softmax.hpp>
 
 #include "support.hpp"
 

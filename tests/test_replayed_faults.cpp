@@ -28,7 +28,15 @@
 
 #include <catch2/catch.hpp>
 
-#include <softmaxlab/softmaxlab.hpp>
+#include <softmaxlab/attention.hpp>
+#include <softmaxlab/entmax_maps.hpp>
+#include <softmaxlab/fusion.hpp>
+#include <softmaxlab/loss.hpp>
+#include <softmaxlab/normalized.hpp>
+#include <softmaxlab/random.hpp>
+#include <softmaxlab/sampling.hpp>
+#include <softmaxlab/single_pass.hpp>
+#include <softmaxlab/softmax.hpp>
 
 namespace sml = softmaxlab;
 
@@ -39,18 +47,9 @@ using LD = long double;
 template <class Scalar>
 using Vec = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
 
-// log_softmax(x / T) in long double: (x_i - m) / T - log sum_j exp((x_j - m) / T).
+// log_softmax(x / T) in long double: support/softmax_reference.hpp.
 std::vector<LD> reference_log_softmax(const std::vector<LD>& x, LD temperature) {
-  LD m = -INFINITY;
-  for (LD v : x)
-    m = std::max(m, v);
-  LD sum = 0;
-  for (LD v : x)
-    sum += std::exp((v - m) / temperature);
-  std::vector<LD> out;
-  for (LD v : x)
-    out.push_back((v - m) / temperature - std::log(sum));
-  return out;
+  return softmaxlab_test::exact_log_softmax(x, temperature);
 }
 
 // |y - exact| within LogSoftmax's bound 4 eps (1 + |exact|), where exact is rounded to Scalar

@@ -17,7 +17,8 @@
 
 #include <catch2/catch.hpp>
 
-#include <softmaxlab/softmaxlab.hpp>
+#include <softmaxlab/random.hpp>
+#include <softmaxlab/sampling.hpp>
 
 namespace sml = softmaxlab;
 using Index = Eigen::Index;

@@ -15,8 +15,8 @@
 
 #include "reference/softmax_f32.ipp"
 #include "reference/softmax_f64.ipp"
-#include "reference_check.hpp"
 #include "support.hpp"
+#include "support/reference_check.hpp"
 
 namespace sml = softmaxlab;
 using softmaxlab_test::SoftmaxCase;

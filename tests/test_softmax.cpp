@@ -9,7 +9,7 @@
 #include <catch2/catch.hpp>
 
 #include <softmaxlab/detail/exp.hpp>
-#include <softmaxlab/softmaxlab.hpp>
+#include <softmaxlab/softmax.hpp>
 
 #include "support.hpp"
 

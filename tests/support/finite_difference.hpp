@@ -1,4 +1,4 @@
-// Finite-difference gradients (and the random inputs) for the backward and loss tests, in double
+// Finite-difference gradients for the backward and loss tests, in double
 // precision: the fourth-order central stencil (-L(x+2h) + 8 L(x+h) - 8 L(x-h) + L(x-2h)) / 12h with
 // h = 1e-3, whose truncation error (~h^4) and rounding error (~eps/h) both stay near 1e-12
 // relative.
@@ -11,20 +11,9 @@
 
 #include <Eigen/Core>
 
-namespace softmaxlab_test {
+#include "random_inputs.hpp"  // random_normal, which the gradient tests use beside these
 
-// A rows x cols matrix of independent N(0, scale^2) draws from mt19937(seed), in storage order:
-// the random rows and cotangents of the gradient tests, reproducible across runs and platforms'
-// libstdc++.
-inline Eigen::MatrixXd random_normal(Eigen::Index rows, Eigen::Index cols, unsigned seed,
-                                     double scale) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<double> normal(0.0, scale);
-  Eigen::MatrixXd m(rows, cols);
-  for (Eigen::Index i = 0; i < m.size(); ++i)
-    m(i) = normal(gen);
-  return m;
-}
+namespace softmaxlab_test {
 
 // Gradient of the scalar function loss(X) at X (any double matrix or vector shape); entries equal
 // to -inf (masked) are not perturbed and get 0.

@@ -15,8 +15,8 @@
 
 #include <catch2/catch.hpp>
 
-#include "reference/reference_table.hpp"
-#include "support.hpp"
+#include "../reference/reference_table.hpp"
+#include "error_measures.hpp"
 
 namespace softmaxlab_test {
 
