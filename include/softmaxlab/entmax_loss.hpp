@@ -41,17 +41,23 @@ namespace softmaxlab {
 // EntmaxLoss(2); EntmaxLoss(1.5) uses the exact 1.5-entmax threshold.
 class EntmaxLoss : public detail::LogitsLoss<EntmaxLoss> {
  public:
+  // The variant's name, as error messages give it.
   static constexpr const char* name = "EntmaxLoss";
+  // The default ignore_index, PyTorch's -100.
   static constexpr long default_ignore_index = -100;
 
+  // The default ignore_index, PyTorch's -100.
   explicit EntmaxLoss(double alpha = 1.5, Reduction reduction = Reduction::Mean,
                       long ignore_index = default_ignore_index)
       : alpha_(check_alpha(alpha)),
         reduction_(detail::check_reduction_or_none("EntmaxLoss: reduction", reduction)),
         ignore_index_(ignore_index) {}
 
+  // The alpha this object was built with.
   double alpha() const { return alpha_; }
+  // The reduction this object was built with.
   Reduction reduction() const { return reduction_; }
+  // The ignore index this object was built with.
   long ignore_index() const { return ignore_index_; }
 
   // The call forms (detail::LogitsLoss): loss(logits, targets[, out]) -> the loss;
@@ -154,6 +160,7 @@ class EntmaxLoss : public detail::LogitsLoss<EntmaxLoss> {
 // The sparsemax loss (Martins and Astudillo 2016): EntmaxLoss with alpha = 2.
 class SparsemaxLoss : public EntmaxLoss {
  public:
+  // The default ignore_index, PyTorch's -100.
   explicit SparsemaxLoss(Reduction reduction = Reduction::Mean,
                          long ignore_index = default_ignore_index)
       : EntmaxLoss(2.0, reduction, ignore_index) {}

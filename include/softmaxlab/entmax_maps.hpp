@@ -197,15 +197,18 @@ using Entmax15 = ExactEntmax<2>;
 // alpha-entmax by bisection: see the header's doc block.
 class Entmax : public detail::DistributionFunctor<Entmax>, public detail::BackwardFunctor<Entmax> {
  public:
+  // The variant's name, as error messages give it.
   static constexpr const char* name = "Entmax";
   /// The variant's flags (detail::VariantTraits gives their meaning and defaults).
   struct Traits : detail::VariantTraits {
     static constexpr bool backward_reads_input = false;  // the backward reads only y and dy
   };
 
+  // alpha in [1, 2]; throws std::invalid_argument naming the value otherwise (NaN included).
   explicit Entmax(double alpha = 1.5)
       : alpha_(detail::require_in_range("Entmax: alpha", alpha, 1.0, 2.0, "in [1, 2]")) {}
 
+  // The alpha this object was built with.
   double alpha() const { return alpha_; }
 
  private:

@@ -297,11 +297,14 @@ class FusionFunctor {
 // Hard SurfaceFusion: see the header's doc block.
 class HardFusion : public detail::FusionFunctor<HardFusion> {
  public:
+  // The variant's name, as error messages give it.
   static constexpr const char* name = "HardFusion";
 
+  // lambda in [0, 1]; throws std::invalid_argument naming the value otherwise.
   explicit HardFusion(double lambda = 0.8)
       : lambda_(detail::require_in_range("HardFusion: lambda", lambda, 0.0, 1.0, "in [0, 1]")) {}
 
+  // The lambda this object was built with.
   double lambda() const { return lambda_; }
 
  private:
@@ -357,12 +360,15 @@ class HardFusion : public detail::FusionFunctor<HardFusion> {
 // Soft SurfaceFusion: see the header's doc block.
 class SoftFusion : public detail::FusionFunctor<SoftFusion> {
  public:
+  // The variant's name, as error messages give it.
   static constexpr const char* name = "SoftFusion";
 
+  // tau in [2^-100, 2^100]; throws std::invalid_argument naming the value otherwise.
   explicit SoftFusion(double tau = 1.0)
       : tau_(detail::require_in_range("SoftFusion: tau", tau, 0x1p-100, 0x1p100,
                                       "in [2^-100, 2^100] (finite, > 0)")) {}
 
+  // The tau this object was built with.
   double tau() const { return tau_; }
 
  private:

@@ -263,16 +263,21 @@ class GumbelSoftmax : public detail::DistributionFunctor<GumbelSoftmax>,
   using Base = detail::DistributionFunctor<GumbelSoftmax>;
 
  public:
+  // The variant's name, as error messages give it.
   static constexpr const char* name = "GumbelSoftmax";
   /// The variant's flags (detail::VariantTraits gives their meaning and defaults).
   struct Traits : detail::VariantTraits {
     static constexpr bool backward_reads_input = false;  // the gradient needs the soft sample
   };
 
+  // tau in [2^-100, 2^100] (throws std::invalid_argument naming the value otherwise); hard gives
+  // one-hot samples with the soft sample's gradient (straight-through).
   explicit GumbelSoftmax(double tau = 1.0, bool hard = false)
       : tau_(detail::check_temperature("GumbelSoftmax: tau", tau)), hard_(hard) {}
 
+  // The tau this object was built with.
   double tau() const { return tau_; }
+  // The hard this object was built with.
   bool hard() const { return hard_; }
 
   // One sample for the 1-D x; returns a plain object of x's shape and scalar.
@@ -302,6 +307,7 @@ class GumbelSoftmax : public detail::DistributionFunctor<GumbelSoftmax>,
     return y;
   }
   template <class XprX, class Out, class Gen>
+  // The same, into y (x's shape).
   void rowwise(const Eigen::DenseBase<XprX>& x, Out&& y, Gen& gen) const {
     detail::static_check_output<Out>();
     static_check_generator<Gen>();
@@ -317,6 +323,7 @@ class GumbelSoftmax : public detail::DistributionFunctor<GumbelSoftmax>,
     return y;
   }
   template <class XprX, class Out, class Gen>
+  // The same, into y (x's shape).
   void colwise(const Eigen::DenseBase<XprX>& x, Out&& y, Gen& gen) const {
     detail::static_check_output<Out>();
     static_check_generator<Gen>();
@@ -332,6 +339,7 @@ class GumbelSoftmax : public detail::DistributionFunctor<GumbelSoftmax>,
     return detail::TensorAxisForms<T>::along(*this, t, axis, gen);
   }
   template <class T, class Out, class Gen, detail::if_tensor_t<T> = 0>
+  // The same, into y (t's shape).
   void apply(const T& t, Index axis, Out&& y, Gen& gen) const {
     static_check_generator<Gen>();
     detail::static_check_tensor_forms<T>();
@@ -346,15 +354,18 @@ class GumbelSoftmax : public detail::DistributionFunctor<GumbelSoftmax>,
     return {};
   }
   template <class XprX, class XprY>
+  // A compile-time error: GumbelSoftmax needs a random generator.
   void apply(const Eigen::DenseBase<XprX>&, const Eigen::DenseBase<XprY>&) const {
     static_check_generator<XprY>();
   }
   template <class XprX>
+  // A compile-time error: GumbelSoftmax needs a random generator.
   typename XprX::PlainObject rowwise(const Eigen::DenseBase<XprX>&) const {
     static_check_generator<XprX>();
     return {};
   }
   template <class XprX>
+  // A compile-time error: GumbelSoftmax needs a random generator.
   typename XprX::PlainObject colwise(const Eigen::DenseBase<XprX>&) const {
     static_check_generator<XprX>();
     return {};
@@ -373,10 +384,13 @@ class GumbelSoftmax : public detail::DistributionFunctor<GumbelSoftmax>,
   // A Gumbel-max draw with its log-probability under softmax(x): log p = x_i - m - log sum exp(x -
   // m), m = max x. index = -1 and log_prob = NaN when nothing can be drawn.
   struct Draw {
+    // The drawn index, or -1.
     Index index;
+    // Its log-probability under softmax(x), or NaN.
     double log_prob;
   };
   template <class XprX, class Gen>
+  // A Gumbel-max draw from the 1-D x with its log-probability (see Draw); allocation-free.
   static Draw sample_with_log_prob(const Eigen::DenseBase<XprX>& x, Gen& gen) {
     using Scalar = typename XprX::Scalar;
     const Index index = sample(x, gen);

@@ -48,13 +48,16 @@
 namespace softmaxlab {
 
 template <class Scalar>
+// The result of LogSumExp::signed_lse: log |sum_i s_i exp(x_i)| and the sign of the sum.
 struct SignedLogSumExp {
   Scalar value;  // log |sum b_i exp(x_i)|
   Scalar sign;   // +1, -1, or 0 when the sum is 0 (NaN when value is NaN)
 };
 
+// log sum_i exp(x_i) of a 1-D input, of each row or of each column: see the header's doc block.
 class LogSumExp {
  public:
+  // The variant's name, as error messages give it.
   static constexpr const char* name = "LogSumExp";
 
   template <class XprX>
@@ -71,6 +74,7 @@ class LogSumExp {
   }
 
   template <class XprX>
+  // The log-sum-exp of each row of X, as a column vector (X.rows() entries).
   Eigen::Matrix<typename XprX::Scalar, Eigen::Dynamic, 1> rowwise(
       const Eigen::DenseBase<XprX>& x) const {
     Eigen::Matrix<typename XprX::Scalar, Eigen::Dynamic, 1> out(x.rows());
@@ -78,11 +82,13 @@ class LogSumExp {
     return out;
   }
   template <class XprX, class Out>
+  // The same, into out (X.rows() entries).
   void rowwise(const Eigen::DenseBase<XprX>& x, Out&& out) const {
     detail::static_check_output<Out>();
     slices(x, out, true);
   }
   template <class XprX>
+  // The log-sum-exp of each column of X, as a row vector (X.cols() entries).
   Eigen::Matrix<typename XprX::Scalar, 1, Eigen::Dynamic> colwise(
       const Eigen::DenseBase<XprX>& x) const {
     Eigen::Matrix<typename XprX::Scalar, 1, Eigen::Dynamic> out(x.cols());
@@ -90,6 +96,7 @@ class LogSumExp {
     return out;
   }
   template <class XprX, class Out>
+  // The same, into out (X.cols() entries).
   void colwise(const Eigen::DenseBase<XprX>& x, Out&& out) const {
     detail::static_check_output<Out>();
     slices(x, out, false);

@@ -334,6 +334,7 @@ void allreduce(OnlineNormalizer<Scalar>* normalizers, Index n, MPI_Comm comm) {
 }
 
 template <class Scalar, class Allocator>
+// The same for a batch of states, one message for all of them.
 void allreduce(std::vector<OnlineNormalizer<Scalar>, Allocator>& normalizers, MPI_Comm comm) {
   allreduce(normalizers.data(), static_cast<Index>(normalizers.size()), comm);
 }
@@ -341,7 +342,11 @@ void allreduce(std::vector<OnlineNormalizer<Scalar>, Allocator>& normalizers, MP
 // Softmax over the whole vocabulary of rows split by columns across ranks: see the doc block.
 class VocabParallelSoftmax : public detail::VocabParallelNormalize<false> {
  public:
+  // The variant's name, as error messages give it.
   static constexpr const char* name = "VocabParallelSoftmax";
+  // comm the communicator of the ranks holding the vocabulary's shards; Throws
+  // std::invalid_argument naming the value when temperature is outside [2^-100, 2^100] (NaN
+  // included).
   explicit VocabParallelSoftmax(MPI_Comm comm, double temperature = 1.0)
       : VocabParallelNormalize(name, comm, temperature) {}
 };
@@ -349,7 +354,11 @@ class VocabParallelSoftmax : public detail::VocabParallelNormalize<false> {
 // Log-softmax over the whole vocabulary: y = x/T - m - log d, on this rank's columns.
 class VocabParallelLogSoftmax : public detail::VocabParallelNormalize<true> {
  public:
+  // The variant's name, as error messages give it.
   static constexpr const char* name = "VocabParallelLogSoftmax";
+  // comm the communicator of the ranks holding the vocabulary's shards; Throws
+  // std::invalid_argument naming the value when temperature is outside [2^-100, 2^100] (NaN
+  // included).
   explicit VocabParallelLogSoftmax(MPI_Comm comm, double temperature = 1.0)
       : VocabParallelNormalize(name, comm, temperature) {}
 };
@@ -358,8 +367,11 @@ class VocabParallelLogSoftmax : public detail::VocabParallelNormalize<true> {
 // block. Labels are global class indices, the same on every rank.
 class VocabParallelCrossEntropy {
  public:
+  // The variant's name, as error messages give it.
   static constexpr const char* name = "VocabParallelCrossEntropy";
 
+  // comm as above; vocab_size the whole vocabulary (> 0); reduction, label_smoothing in [0, 1] and
+  // ignore_index as CrossEntropyLoss; throws std::invalid_argument naming the value otherwise.
   VocabParallelCrossEntropy(MPI_Comm comm, Index vocab_size, Reduction reduction = Reduction::Mean,
                             double label_smoothing = 0.0,
                             long ignore_index = CrossEntropyLoss::default_ignore_index)
@@ -368,10 +380,15 @@ class VocabParallelCrossEntropy {
       detail::fail(name, ": vocab_size must be >= 0, but got ", vocab_size);
   }
 
+  // The vocab size this object was built with.
   Index vocab_size() const { return vocab_size_; }
+  // The reduction this object was built with.
   Reduction reduction() const { return loss_.reduction(); }
+  // The label smoothing this object was built with.
   double label_smoothing() const { return loss_.label_smoothing(); }
+  // The ignore index this object was built with.
   long ignore_index() const { return loss_.ignore_index(); }
+  // The comm this object was built with.
   MPI_Comm comm() const { return comm_; }
 
   // The loss (the same on every rank). logits_shard: N x (end - begin), columns [begin, end).

@@ -91,13 +91,20 @@ namespace softmaxlab {
 
 // The target-class margin of NormalizedSoftmax.
 struct Margin {
+  // The margin's family.
   enum class Kind { None, CosFace, ArcFace, SphereFace };
+  // Which margin.
   Kind kind = Kind::None;
+  // Its parameter m (CosFace [0, 1], ArcFace [0, pi/2], SphereFace an integer in [1, 8]).
   double m = 0;
 
+  // No margin.
   static Margin none() { return {}; }
+  // CosFace: cos t - m.
   static Margin cosface(double m) { return {Kind::CosFace, m}; }
+  // ArcFace: cos(t + m), with the linear fallback past pi - m.
   static Margin arcface(double m) { return {Kind::ArcFace, m}; }
+  // SphereFace: the monotone extension of cos(m t).
   static Margin sphereface(int m) { return {Kind::SphereFace, static_cast<double>(m)}; }
 };
 
@@ -305,14 +312,19 @@ void target_margin_backward(const Margin& margin, double gt, const RowE& e, cons
 // Normalized softmax with optional target margins: see the header's doc block.
 class NormalizedSoftmax {
  public:
+  // The variant's name, as error messages give it.
   static constexpr const char* name = "NormalizedSoftmax";
 
+  // scale s in [2^-100, 2^100], margin within its range (see Margin); throws std::invalid_argument
+  // naming the value otherwise.
   explicit NormalizedSoftmax(double scale = 20.0, Margin margin = Margin::none())
       : scale_(detail::require_in_range("NormalizedSoftmax: scale", scale, 0x1p-100, 0x1p100,
                                         "in [2^-100, 2^100] (finite, > 0)")),  // s fits a float
         margin_(detail::check_margin(margin)) {}
 
+  // The scale this object was built with.
   double scale() const { return scale_; }
+  // The margin this object was built with.
   const Margin& margin() const { return margin_; }
 
   // Each row of X divided by its norm and multiplied by `factor` (zero rows stay zero, rows with
@@ -424,6 +436,8 @@ class NormalizedSoftmax {
     }
   }
   template <class XprE, class XprW, class XprL>
+  // With class labels (one per row of E, in [0, C)): the margin applied at each row's label;
+  // returns P (N x C).
   RowMatrix<typename XprE::Scalar> operator()(const Eigen::DenseBase<XprE>& e,
                                               const Eigen::DenseBase<XprW>& w,
                                               const Eigen::DenseBase<XprL>& labels) const {
@@ -586,6 +600,8 @@ class NormalizedSoftmax {
     }
   }
   template <class XprE, class XprW, class XprL, class XprG>
+  // The gradient of the margin logits dz (N x C) taken back to E and W (see the header's doc
+  // block).
   Gradients<XprE, XprW> logits_backward(const Eigen::DenseBase<XprE>& e,
                                         const Eigen::DenseBase<XprW>& w,
                                         const Eigen::DenseBase<XprL>& labels,
@@ -600,12 +616,14 @@ class NormalizedSoftmax {
     }
   }
   template <class XprE, class XprW, class XprP, class XprDP>
+  // The gradients of E and W from the probabilities P and their cotangent dP (no margin).
   Gradients<XprE, XprW> backward(const Eigen::DenseBase<XprE>& e, const Eigen::DenseBase<XprW>& w,
                                  const Eigen::DenseBase<XprP>& p,
                                  const Eigen::DenseBase<XprDP>& dp) const {
     return backward_through_softmax(e, w, static_cast<const Eigen::VectorXi*>(nullptr), p, dp);
   }
   template <class XprE, class XprW, class XprL, class XprP, class XprDP>
+  // The same with class labels (the margin at each row's label).
   Gradients<XprE, XprW> backward(const Eigen::DenseBase<XprE>& e, const Eigen::DenseBase<XprW>& w,
                                  const Eigen::DenseBase<XprL>& labels,
                                  const Eigen::DenseBase<XprP>& p,

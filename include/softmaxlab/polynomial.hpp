@@ -93,6 +93,7 @@
 namespace softmaxlab {
 
 using approx::ExpMethod;
+// What is subtracted before the exp: the row max, or a public bound B >= max x.
 enum class Shift { RowMax, PublicBound };
 
 /// The options of PolynomialSoftmax (the header's doc block gives each field's valid range; the
@@ -172,6 +173,7 @@ struct PolynomialCost {
   int constant_multiplications_per_element = 0;  // exp's products by public constants
   approx::HeCost exp;                            // the exp approximation alone
   approx::HeCost reciprocal;                     // the once-per-row reciprocal (zero when exact)
+  // The reciprocal's iterations k.
   int reciprocal_iterations = 0;
   int depth = 0;  // exp depth + reciprocal depth + 1 (the final product); the sum is additions
   bool polynomial_only = true;  // false with ReciprocalMethod::Exact
@@ -307,6 +309,7 @@ struct Dual {
 class PolynomialSoftmax : public detail::DistributionFunctor<PolynomialSoftmax>,
                           public detail::BackwardFunctor<PolynomialSoftmax> {
  public:
+  // The variant's name, as error messages give it.
   static constexpr const char* name = "PolynomialSoftmax";
   // Target of the automatic iteration count: e0^(2^k) <= 2^-26.
   static constexpr double kAutoTolerance = 0x1p-26;
@@ -328,7 +331,10 @@ class PolynomialSoftmax : public detail::DistributionFunctor<PolynomialSoftmax>,
   const PolynomialSoftmaxOptions& options() const { return config_; }
   /// The former name of options().
   [[deprecated("use options()")]] const PolynomialSoftmaxOptions& config() const { return config_; }
+  // The exp approximation built from the options.
   const approx::ExpApprox& exp_approx() const { return exp_; }
+  // The gap B - max x the public-bound shift allows: 0 for Shift::RowMax, the range R when the
+  // options give a negative gap.
   double gap() const {
     return config_.shift == Shift::RowMax ? 0.0 : (config_.gap < 0 ? config_.range : config_.gap);
   }
@@ -343,6 +349,7 @@ class PolynomialSoftmax : public detail::DistributionFunctor<PolynomialSoftmax>,
   }
 
   template <class Scalar>
+  // The reciprocal iterations used on rows of n entries (the options' count, or the automatic one).
   int iterations_for(Index n) const {
     if (config_.iterations > 0)
       return config_.iterations;

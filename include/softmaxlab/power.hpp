@@ -83,13 +83,17 @@
 
 namespace softmaxlab {
 
+// The three forms of the header's doc block.
 enum class PowerForm { Stable, Lipschitz, LengthAgnostic };
 /// The former name of ReciprocalMethod (PowerSoftmax takes its Exact and Goldschmidt).
 using PowerReciprocal [[deprecated("use softmaxlab::ReciprocalMethod")]] = ReciprocalMethod;
 
+// The options of PowerSoftmax beyond p (valid ranges in the header's doc block).
 struct PowerSoftmaxOptions {
+  // Stable, Lipschitz or LengthAgnostic.
   PowerForm form = PowerForm::Stable;
   double eps = 1e-6;  // Lipschitz / LengthAgnostic
+  // Exact or Goldschmidt (Newton throws std::invalid_argument).
   ReciprocalMethod reciprocal = ReciprocalMethod::Exact;
   int iterations = 0;  // Goldschmidt: 0 = auto (fewest reaching the scalar's unit roundoff)
 };
@@ -178,23 +182,33 @@ void power_store_sum(const Scalar* x, Scalar* y, Index n, Scalar s1, Scalar s2, 
 class PowerSoftmax : public detail::DistributionFunctor<PowerSoftmax>,
                      public detail::BackwardFunctor<PowerSoftmax> {
  public:
+  // The variant's name, as error messages give it.
   static constexpr const char* name = "PowerSoftmax";
+  // The default eps of the Lipschitz and LengthAgnostic forms.
   static constexpr double kDefaultEps = 1e-6;
 
+  // p an even integer in [2, 64]; throws std::invalid_argument naming the value when p or an option
+  // is outside its range.
   explicit PowerSoftmax(int p = 4, const PowerSoftmaxOptions& options = {})
       : p_(p), options_(options) {
     validate();
   }
+  // The default eps of the Lipschitz and LengthAgnostic forms.
   PowerSoftmax(int p, PowerForm form, double eps = kDefaultEps) : p_(p) {
     options_.form = form;
     options_.eps = eps;
     validate();
   }
 
+  // The p this object was built with.
   int p() const { return p_; }
+  // The form this object was built with.
   PowerForm form() const { return options_.form; }
+  // The eps this object was built with.
   double eps() const { return options_.eps; }
+  // The reciprocal this object was built with.
   ReciprocalMethod reciprocal() const { return options_.reciprocal; }
+  // The options this object was built with.
   const PowerSoftmaxOptions& options() const { return options_; }
 
   // The range [lo, hi] of the denominator after the exact power-of-two scaling, for a row of n
@@ -227,6 +241,7 @@ class PowerSoftmax : public detail::DistributionFunctor<PowerSoftmax>,
     apply_impl(x, y, m);
   }
   template <class XprX, class XprM>
+  // The same with a mask of x's shape (nonzero = kept), returned as a plain object of x's shape.
   typename XprX::PlainObject masked(const Eigen::DenseBase<XprX>& x,
                                     const Eigen::DenseBase<XprM>& mask) const {
     detail::require_vector(name, x.rows(), x.cols());

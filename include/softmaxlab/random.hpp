@@ -35,17 +35,31 @@
 
 namespace softmaxlab {
 
+// Philox4x32-10 (Salmon et al. 2011): a counter-based generator of 32-bit words; see the header's
+// doc block.
 class Philox4x32 {
  public:
+  // The type of one output word.
   using result_type = std::uint32_t;
+  // The 128-bit counter, four words.
   using Counter = std::array<std::uint32_t, 4>;
+  // The 64-bit key, two words.
   using Key = std::array<std::uint32_t, 2>;
 
+  // Rounds per block (10, Philox4x32-10).
   static constexpr int rounds = 10;
-  static constexpr std::uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
-  static constexpr std::uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
+  // The round multipliers of Philox4x32 (Salmon et al. 2011).
+  static constexpr std::uint32_t kM0 = 0xD2511F53u;
+  // The second round multiplier.
+  static constexpr std::uint32_t kM1 = 0xCD9E8D57u;
+  // The key increments (Weyl sequence) of Philox4x32.
+  static constexpr std::uint32_t kW0 = 0x9E3779B9u;
+  // The second key increment.
+  static constexpr std::uint32_t kW1 = 0xBB67AE85u;
 
+  // The smallest output, 0.
   static constexpr result_type min() { return 0; }
+  // The largest output, 2^32 - 1.
   static constexpr result_type max() { return 0xFFFFFFFFu; }
 
   // Key = the seed's two 32-bit halves (low first); counter = {0, 0, stream low, stream high}.
@@ -71,6 +85,7 @@ class Philox4x32 {
     return c;
   }
 
+  // The next 32-bit word.
   result_type operator()() {
     if (available_ == 0)
       refill();
@@ -106,9 +121,11 @@ class Philox4x32 {
       out[i] = (*this)();
   }
 
+  // The key this object was built with.
   const Key& key() const { return key_; }
   // The counter of the next block to compute, and how many words of the current block are left.
   const Counter& next_counter() const { return next_; }
+  // The buffered words this object was built with.
   int buffered_words() const { return available_; }
 
   friend bool operator==(const Philox4x32& a, const Philox4x32& b) {

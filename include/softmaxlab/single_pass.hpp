@@ -139,12 +139,16 @@ class OnlineNormalizer {
   // double.
   using Real = detail::compute_scalar_t<Scalar>;
 
+  // The variant's name, as error messages give it.
   static constexpr const char* name = "OnlineNormalizer";
 
+  // Throws std::invalid_argument naming the value when temperature is outside [2^-100, 2^100] (NaN
+  // included).
   explicit OnlineNormalizer(double temperature = 1.0)
       : temperature_(detail::check_temperature("OnlineNormalizer: temperature", temperature)),
         scale_(static_cast<Real>(1.0 / temperature)) {}
 
+  // The temperature this object was built with.
   double temperature() const { return temperature_; }
 
   // Adds the elements of a 1-D chunk (any dense Eigen expression; strided views are fine).
@@ -414,6 +418,7 @@ class OnlineNormalizer {
 class SinglePassSoftmax : public detail::DistributionFunctor<SinglePassSoftmax>,
                           public detail::BackwardFunctor<SinglePassSoftmax> {
  public:
+  // The variant's name, as error messages give it.
   static constexpr const char* name = "SinglePassSoftmax";
   /// The variant's flags (detail::VariantTraits gives their meaning and defaults).
   struct Traits : detail::VariantTraits {
@@ -421,9 +426,12 @@ class SinglePassSoftmax : public detail::DistributionFunctor<SinglePassSoftmax>,
     static constexpr bool streams_long_rows = true;      // long 16-bit/mixed rows: compute_streamed
   };
 
+  // Throws std::invalid_argument naming the value when temperature is outside [2^-100, 2^100] (NaN
+  // included).
   explicit SinglePassSoftmax(double temperature = 1.0)
       : temperature_(detail::check_temperature("SinglePassSoftmax: temperature", temperature)) {}
 
+  // The temperature this object was built with.
   double temperature() const { return temperature_; }
 
   // Most pieces apply_split takes.

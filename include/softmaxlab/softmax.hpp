@@ -69,6 +69,7 @@ namespace softmaxlab {
 class Softmax : public detail::DistributionFunctor<Softmax>,
                 public detail::BackwardFunctor<Softmax> {
  public:
+  // The variant's name, as error messages give it.
   static constexpr const char* name = "Softmax";
   /// The variant's flags (detail::VariantTraits gives their meaning and defaults).
   struct Traits : detail::VariantTraits {
@@ -78,9 +79,12 @@ class Softmax : public detail::DistributionFunctor<Softmax>,
     static constexpr bool fuses_conversions = true;  // and every length, in its own passes
   };
 
+  // Throws std::invalid_argument naming the value when temperature is outside [2^-100, 2^100] (NaN
+  // included).
   explicit Softmax(double temperature = 1.0)
       : temperature_(detail::check_temperature("Softmax: temperature", temperature)) {}
 
+  // The temperature this object was built with.
   double temperature() const { return temperature_; }
 
   // Boolean mask (bool scalars, true = kept; JAX's where=): entries where keep is false behave
@@ -147,18 +151,23 @@ class Softmax : public detail::DistributionFunctor<Softmax>,
 class LogSoftmax : public detail::DistributionFunctor<LogSoftmax>,
                    public detail::BackwardFunctor<LogSoftmax> {
  public:
+  // The variant's name, as error messages give it.
   static constexpr const char* name = "LogSoftmax";
   // The backward reads x: a masked entry is x_i = -inf, not y_i = -inf (a finite x_i whose
   // log-probability overflows the output type also has y_i = -inf, and keeps its gradient).
   /// The variant's flags (detail::VariantTraits gives their meaning and defaults).
   struct Traits : detail::VariantTraits {
+    // The backward reads x: a masked entry is x_i = -inf.
     static constexpr bool backward_reads_input = true;
     static constexpr bool streams_long_rows = true;  // long 16-bit/mixed rows: compute_streamed
   };
 
+  // Throws std::invalid_argument naming the value when temperature is outside [2^-100, 2^100] (NaN
+  // included).
   explicit LogSoftmax(double temperature = 1.0)
       : temperature_(detail::check_temperature("LogSoftmax: temperature", temperature)) {}
 
+  // The temperature this object was built with.
   double temperature() const { return temperature_; }
 
   // Boolean mask (bool scalars, true = kept; JAX's where=): entries where keep is false behave

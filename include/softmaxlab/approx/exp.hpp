@@ -58,6 +58,8 @@
 namespace softmaxlab {
 namespace approx {
 
+// The exp approximations: (1 + t / 2^r)^(2^r), or a Chebyshev polynomial on [-L, 0] squared r
+// times.
 enum class ExpMethod { RepeatedSquaring, Chebyshev };
 
 // A validated exp approximation on [-R, 0]. Construct through the factories (they throw
@@ -67,9 +69,13 @@ class ExpApprox {
   // The default of PolynomialSoftmax: Chebyshev degree 4, r = 5, R = 20.
   ExpApprox() : entry_(&tables::kExpChebyshev[length_index(0.625)][3]) {}
 
+  // The method this object was built with.
   ExpMethod method() const { return method_; }
+  // The degree this object was built with.
   int degree() const { return degree_; }
+  // The squarings this object was built with.
   int squarings() const { return squarings_; }
+  // The range this object was built with.
   double range() const { return range_; }
   // The polynomial's interval length L = R / 2^r (Chebyshev).
   double length() const { return std::ldexp(range_, -squarings_); }
@@ -123,6 +129,7 @@ class ExpApprox {
     return std::min(rel, via_abs);
   }
 
+  // The cost this object was built with.
   HeCost cost() const {
     if (method_ == ExpMethod::RepeatedSquaring)
       return {squarings_, 1, squarings_ + 1};

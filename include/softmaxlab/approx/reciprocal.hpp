@@ -60,6 +60,7 @@ struct ReciprocalRange {
   double z0;  // initial guess / scaling constant
   double e0;  // |1 - s z0| <= e0 for every s in [lo, hi]
 
+  // The scaling for s in [lo, hi], finite 0 < lo <= hi (not checked: an inner-loop building block).
   ReciprocalRange(double lo, double hi) {
     const double l = lo / hi;
     z0 = 2.0 / ((1.0 + l) * hi);
@@ -119,6 +120,7 @@ inline double reciprocal_error_bound(const ReciprocalRange& range, int k, double
 inline HeCost goldschmidt_cost(int k) {
   return {2 * (k - 1), 2, k + 1};
 }
+// The cost of k >= 1 Newton iterations.
 inline HeCost newton_cost(int k) {
   return {2 * (k - 1), 2, 2 * k};
 }
