@@ -152,7 +152,7 @@ TEMPLATE_TEST_CASE(
 
 namespace {
 
-// Max error of pexp_nonpositive in ulps of the result (absolute in units of the smallest subnormal
+// Max error of pexp_nonpositive_u11 in ulps of the result (absolute in units of the smallest subnormal
 // below the normal range) over the given float bit patterns, against long double exp.
 template <class Scalar, class Next>
 double exp_kernel_max_ulp(Scalar first, Index count, Next next, Scalar& worst_x) {
@@ -165,7 +165,7 @@ double exp_kernel_max_ulp(Scalar first, Index count, Next next, Scalar& worst_x)
   for (Index i = 0; i < count; i += P) {
     for (int k = 0; k < P; ++k, x = next(x))
       in[k] = x;
-    Eigen::internal::pstore(out, sml::detail::pexp_nonpositive(Eigen::internal::pload<Packet>(in)));
+    Eigen::internal::pstore(out, sml::detail::pexp_nonpositive_u11(Eigen::internal::pload<Packet>(in)));
     for (int k = 0; k < P; ++k) {
       const long double exact = std::exp(static_cast<long double>(in[k]));
       const int digits = std::numeric_limits<Scalar>::digits;
@@ -214,7 +214,7 @@ TEST_CASE("the exp kernel is within 1.1 ulp, exact at 0 and -inf, NaN in NaN out
     using P = sml::detail::PacketOf<float>;
     alignas(64) float out[sml::detail::kPacketSize<float>];
     const auto eval = [&](float v) {
-      Eigen::internal::pstore(out, sml::detail::pexp_nonpositive(Eigen::internal::pset1<P>(v)));
+      Eigen::internal::pstore(out, sml::detail::pexp_nonpositive_u11(Eigen::internal::pset1<P>(v)));
       return out[0];
     };
     CHECK(eval(0.0f) == 1.0f);

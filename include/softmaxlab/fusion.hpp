@@ -21,9 +21,9 @@
 // other. The forms returning results accept any expressions.
 //
 // Backward (vector-Jacobian products; the log-softmax backward of softmax.hpp applied twice):
-//   Hard: dtgt = lambda (dy - softmax(tgt) sum(dy)),  dsrc = (1 - lambda) (dy - softmax(src)
-//   sum(dy)) Soft: da = dy - exp(y) sum(dy);  dtgt = da;  dsrc = tau (da - softmax(tau src)
-//   sum(da))
+//   Hard: dtgt = lambda (dy - softmax(tgt) sum(dy)),
+//         dsrc = (1 - lambda) (dy - softmax(src) sum(dy))
+//   Soft: da = dy - exp(y) sum(dy);  dtgt = da;  dsrc = tau (da - softmax(tau src) sum(da))
 // where an output entry equal to -inf (masked) is a constant: its dy is left out of the sums, and a
 // masked input entry (-inf) gets gradient 0.
 //
@@ -33,7 +33,8 @@
 // the backward's gradient rows NaN, masked entries included; except that HardFusion with a
 // weight of exactly 0 drops that input, NaN included. +inf entries follow softmax.hpp's rules
 // for each log_softmax. Accuracy: each log_softmax as in softmax.hpp (4 eps (1 + |value|)); the
-// fusion adds one rounding per operation. Overflow: a shifted difference x_i - max that leaves the
+// fusion adds one rounding per operation (tests/test_fusion.cpp, "fusion: exact values and
+// properties", against long double; tests/test_replayed_faults.cpp for the overflowing rows). Overflow: a shifted difference x_i - max that leaves the
 // range is scaled first (lambda x_i - lambda max; tau likewise, softmax.hpp's rule), and a
 // SoftFusion row where log_softmax(tau src) or tgt + log_softmax(tau src) overflows is computed as
 // log_softmax(tgt + tau (src - max src)), equal in exact arithmetic, formed scaled by 2^-k

@@ -142,7 +142,7 @@ template <class Packet>
 EIGEN_STRONG_INLINE Packet gumbel_from_one_two(const Packet& v, const Packet& offset) {
   using namespace Eigen::internal;
   const Packet u = psub(v, offset);
-  return pnegate(plog_positive_normal(pnegate(plog_positive_normal(u))));
+  return pnegate(plog_positive_normal_u20(pnegate(plog_positive_normal_u20(u))));
 }
 
 // out_i = x_i + g_i for contiguous x, out (out may be x), drawing n uniforms from gen; returns

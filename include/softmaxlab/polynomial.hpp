@@ -31,8 +31,9 @@
 // Speed (bench/bench_power_polynomial.cpp, float rows of 4096 in cache, AVX2): about 1.2x the
 // tuned Softmax (1.6x the Softmax before its kernel tuning); below the 1.5x target, see README.
 //
-// Accuracy: error_bound<Scalar>(n) states an a-priori bound on max_j |y_j - softmax_j| for rows of
-// n entries whose spread is <= R - gap (row max: gap = 0). With rho, alpha the exp approximation's
+// Accuracy (tests/test_polynomial.cpp, "every PolynomialSoftmax configuration stays within its
+// documented error bound"): error_bound<Scalar>(n) states an a-priori bound on
+// max_j |y_j - softmax_j| for rows of n entries whose spread is <= R - gap (row max: gap = 0). With rho, alpha the exp approximation's
 // max relative / absolute errors on [-R, 0] (ExpApprox), s_min = e^-gap the smallest possible sum,
 // and g_i the relative error of term i: y'_j - y_j = y_j (g_j - gbar) / (1 + gbar), gbar the
 // y-weighted mean of g, so

@@ -238,7 +238,7 @@ class LogSoftmax : public detail::DistributionFunctor<LogSoftmax>,
 // gamma_n = n u_d / (1 - n u_d) (Ogita, Rump and Oishi 2005, Sum2, the same algorithm with
 // TwoSum), then rounded once to the scalar: S' = S (1 + s) + r, |s| <= u +
 // u_d, |r| <= (n eps_d)^2 A / 3.9; p'_i = exp(y_i) (1 + e), |e| <= 1.07 ulp <= 2.2u
-// (detail/exp.hpp, pexp_nonpositive: y_i <= 0 for LogSoftmax's output); q = p'_i S' (1 + d1);
+// (detail/exp.hpp, pexp_nonpositive_u11: y_i <= 0 for LogSoftmax's output); q = p'_i S' (1 + d1);
 // dx'_i = (dy_i - q)(1 + d2)(1 + d3)(1 + d4), d3 the rounding of 1 / T (0 when T = 1), d2 and d4
 // those of the subtraction and the scaling. So |dx'_i - exact| T <= |p_i S - q| + |dy_i - q|
 // (3u + O(u^2)), |p_i S - q| <= p_i |S| (4.2u + u_d + O(u^2)) + p_i |r| (1 + 4u), and |dy_i - q|

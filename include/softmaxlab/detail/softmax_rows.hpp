@@ -305,7 +305,7 @@ void softmax_backward(const Span<const Scalar>& y, const Span<const Scalar>& dy,
 
 // dx_i = (dy_i - exp(y_i) s) (* inverse_t when scaled), 0 where x_i = -inf, over contiguous
 // arrays (dx may be x, y or dy): packets, the tail padded into one packet, so every entry meets
-// the same code (exp: pexp_nonpositive, 1.07 ulp, exactly 0 at -inf).
+// the same code (exp: pexp_nonpositive_u11, 1.07 ulp, exactly 0 at -inf).
 template <class Scalar>
 void log_softmax_backward_pass(const Scalar* x, const Scalar* y, const Scalar* dy, Scalar* dx,
                                Index n, Scalar s, Scalar inverse_t, bool scaled) {
@@ -316,7 +316,7 @@ void log_softmax_backward_pass(const Scalar* x, const Scalar* y, const Scalar* d
                minus_inf = pset1<Packet>(-std::numeric_limits<Scalar>::infinity()),
                zero = pzero(ps);
   const auto entry = [&](const Packet& xv, const Packet& yv, const Packet& dyv) {
-    Packet r = psub(dyv, pmul(pexp_nonpositive(yv), ps));
+    Packet r = psub(dyv, pmul(pexp_nonpositive_u11(yv), ps));
     if (scaled)
       r = pmul(r, pt);
     return pselect(pcmp_eq(xv, minus_inf), zero, r);
