@@ -306,8 +306,8 @@ class GumbelSoftmax : public detail::DistributionFunctor<GumbelSoftmax>,
     this->slices_impl(x, y, true, gen);
     return y;
   }
-  template <class XprX, class Out, class Gen>
   // The same, into y (x's shape).
+  template <class XprX, class Out, class Gen>
   void rowwise(const Eigen::DenseBase<XprX>& x, Out&& y, Gen& gen) const {
     detail::static_check_output<Out>();
     static_check_generator<Gen>();
@@ -322,8 +322,8 @@ class GumbelSoftmax : public detail::DistributionFunctor<GumbelSoftmax>,
     this->slices_impl(x, y, false, gen);
     return y;
   }
-  template <class XprX, class Out, class Gen>
   // The same, into y (x's shape).
+  template <class XprX, class Out, class Gen>
   void colwise(const Eigen::DenseBase<XprX>& x, Out&& y, Gen& gen) const {
     detail::static_check_output<Out>();
     static_check_generator<Gen>();
@@ -338,8 +338,8 @@ class GumbelSoftmax : public detail::DistributionFunctor<GumbelSoftmax>,
     detail::static_check_tensor_forms<T>();
     return detail::TensorAxisForms<T>::along(*this, t, axis, gen);
   }
-  template <class T, class Out, class Gen, detail::if_tensor_t<T> = 0>
   // The same, into y (t's shape).
+  template <class T, class Out, class Gen, detail::if_tensor_t<T> = 0>
   void apply(const T& t, Index axis, Out&& y, Gen& gen) const {
     static_check_generator<Gen>();
     detail::static_check_tensor_forms<T>();
@@ -353,19 +353,19 @@ class GumbelSoftmax : public detail::DistributionFunctor<GumbelSoftmax>,
     static_check_generator<XprX>();
     return {};
   }
-  template <class XprX, class XprY>
   // A compile-time error: GumbelSoftmax needs a random generator.
+  template <class XprX, class XprY>
   void apply(const Eigen::DenseBase<XprX>&, const Eigen::DenseBase<XprY>&) const {
     static_check_generator<XprY>();
   }
-  template <class XprX>
   // A compile-time error: GumbelSoftmax needs a random generator.
+  template <class XprX>
   typename XprX::PlainObject rowwise(const Eigen::DenseBase<XprX>&) const {
     static_check_generator<XprX>();
     return {};
   }
-  template <class XprX>
   // A compile-time error: GumbelSoftmax needs a random generator.
+  template <class XprX>
   typename XprX::PlainObject colwise(const Eigen::DenseBase<XprX>&) const {
     static_check_generator<XprX>();
     return {};
@@ -389,8 +389,8 @@ class GumbelSoftmax : public detail::DistributionFunctor<GumbelSoftmax>,
     // Its log-probability under softmax(x), or NaN.
     double log_prob;
   };
-  template <class XprX, class Gen>
   // A Gumbel-max draw from the 1-D x with its log-probability (see Draw); allocation-free.
+  template <class XprX, class Gen>
   static Draw sample_with_log_prob(const Eigen::DenseBase<XprX>& x, Gen& gen) {
     using Scalar = typename XprX::Scalar;
     const Index index = sample(x, gen);

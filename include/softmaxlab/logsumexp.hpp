@@ -47,8 +47,8 @@
 
 namespace softmaxlab {
 
-template <class Scalar>
 // The result of LogSumExp::signed_lse: log |sum_i s_i exp(x_i)| and the sign of the sum.
+template <class Scalar>
 struct SignedLogSumExp {
   Scalar value;  // log |sum b_i exp(x_i)|
   Scalar sign;   // +1, -1, or 0 when the sum is 0 (NaN when value is NaN)
@@ -73,30 +73,30 @@ class LogSumExp {
     }
   }
 
-  template <class XprX>
   // The log-sum-exp of each row of X, as a column vector (X.rows() entries).
+  template <class XprX>
   Eigen::Matrix<typename XprX::Scalar, Eigen::Dynamic, 1> rowwise(
       const Eigen::DenseBase<XprX>& x) const {
     Eigen::Matrix<typename XprX::Scalar, Eigen::Dynamic, 1> out(x.rows());
     rowwise(x, out);
     return out;
   }
-  template <class XprX, class Out>
   // The same, into out (X.rows() entries).
+  template <class XprX, class Out>
   void rowwise(const Eigen::DenseBase<XprX>& x, Out&& out) const {
     detail::static_check_output<Out>();
     slices(x, out, true);
   }
-  template <class XprX>
   // The log-sum-exp of each column of X, as a row vector (X.cols() entries).
+  template <class XprX>
   Eigen::Matrix<typename XprX::Scalar, 1, Eigen::Dynamic> colwise(
       const Eigen::DenseBase<XprX>& x) const {
     Eigen::Matrix<typename XprX::Scalar, 1, Eigen::Dynamic> out(x.cols());
     colwise(x, out);
     return out;
   }
-  template <class XprX, class Out>
   // The same, into out (X.cols() entries).
+  template <class XprX, class Out>
   void colwise(const Eigen::DenseBase<XprX>& x, Out&& out) const {
     detail::static_check_output<Out>();
     slices(x, out, false);

@@ -333,8 +333,8 @@ void allreduce(OnlineNormalizer<Scalar>* normalizers, Index n, MPI_Comm comm) {
   }
 }
 
-template <class Scalar, class Allocator>
 // The same for a batch of states, one message for all of them.
+template <class Scalar, class Allocator>
 void allreduce(std::vector<OnlineNormalizer<Scalar>, Allocator>& normalizers, MPI_Comm comm) {
   allreduce(normalizers.data(), static_cast<Index>(normalizers.size()), comm);
 }

@@ -347,9 +347,9 @@ class NormalizedSoftmax {
       return out;
     }
   }
-  template <class XprE, class XprW, class XprL>
   // With class labels (one per row of E, in [0, C)): the margin applied at each row's label;
   // returns P (N x C).
+  template <class XprE, class XprW, class XprL>
   RowMatrix<typename XprE::Scalar> operator()(const Eigen::DenseBase<XprE>& e,
                                               const Eigen::DenseBase<XprW>& w,
                                               const Eigen::DenseBase<XprL>& labels) const {
@@ -511,9 +511,9 @@ class NormalizedSoftmax {
       return logits_backward_impl(e, w, static_cast<const Eigen::VectorXi*>(nullptr), dz);
     }
   }
-  template <class XprE, class XprW, class XprL, class XprG>
   // The gradient of the margin logits dz (N x C) taken back to E and W (see the header's doc
   // block).
+  template <class XprE, class XprW, class XprL, class XprG>
   Gradients<XprE, XprW> logits_backward(const Eigen::DenseBase<XprE>& e,
                                         const Eigen::DenseBase<XprW>& w,
                                         const Eigen::DenseBase<XprL>& labels,
@@ -527,15 +527,15 @@ class NormalizedSoftmax {
       return logits_backward_impl(e, w, &labels.derived(), dz);
     }
   }
-  template <class XprE, class XprW, class XprP, class XprDP>
   // The gradients of E and W from the probabilities P and their cotangent dP (no margin).
+  template <class XprE, class XprW, class XprP, class XprDP>
   Gradients<XprE, XprW> backward(const Eigen::DenseBase<XprE>& e, const Eigen::DenseBase<XprW>& w,
                                  const Eigen::DenseBase<XprP>& p,
                                  const Eigen::DenseBase<XprDP>& dp) const {
     return backward_through_softmax(e, w, static_cast<const Eigen::VectorXi*>(nullptr), p, dp);
   }
-  template <class XprE, class XprW, class XprL, class XprP, class XprDP>
   // The same with class labels (the margin at each row's label).
+  template <class XprE, class XprW, class XprL, class XprP, class XprDP>
   Gradients<XprE, XprW> backward(const Eigen::DenseBase<XprE>& e, const Eigen::DenseBase<XprW>& w,
                                  const Eigen::DenseBase<XprL>& labels,
                                  const Eigen::DenseBase<XprP>& p,

@@ -349,12 +349,27 @@ class PolynomialSoftmax : public detail::DistributionFunctor<PolynomialSoftmax>,
     return approx::ReciprocalRange(lo, hi);
   }
 
-  template <class Scalar>
   // The reciprocal iterations used on rows of n entries (the options' count, or the automatic one).
+  template <class Scalar>
   int iterations_for(Index n) const {
     if (config_.iterations > 0)
       return config_.iterations;
     return reciprocal_range<Scalar>(n).iterations_for(kAutoTolerance);
+  }
+
+  // 1 / s as this map forms the reciprocal of a row sum s > 0 over n kept entries: the options'
+  // method, an exact division or Goldschmidt / Newton iterations on the row's public range
+  // (reciprocal_range). Shared by the forward and Attention<PolynomialSoftmax>.
+  template <class Scalar>
+  Scalar reciprocal_of(Scalar s, Index n) const {
+    if (config_.reciprocal == ReciprocalMethod::Exact)
+      return Scalar(1) / s;
+    const approx::ReciprocalRange range = reciprocal_range<Scalar>(n);
+    const int k = iterations_for<Scalar>(n);
+    const Scalar z0 = static_cast<Scalar>(range.z0);
+    return config_.reciprocal == ReciprocalMethod::Goldschmidt
+               ? approx::goldschmidt_reciprocal(s, z0, k)
+               : approx::newton_reciprocal(s, z0, k);
   }
 
   // Hand-countable cost of a row of n entries (float iteration count when auto).
@@ -477,19 +492,7 @@ class PolynomialSoftmax : public detail::DistributionFunctor<PolynomialSoftmax>,
       return detail::fill(y, std::numeric_limits<Scalar>::quiet_NaN());
     if (s == Scalar(0))
       return detail::fill(y, Scalar(0));
-    Scalar r;
-    if (config_.reciprocal == ReciprocalMethod::Exact) {
-      r = Scalar(1) / s;
-    } else {
-      const approx::ReciprocalRange range = reciprocal_range<Scalar>(x.size);
-      const int k =
-          config_.iterations > 0 ? config_.iterations : range.iterations_for(kAutoTolerance);
-      const Scalar z0 = static_cast<Scalar>(range.z0);
-      r = config_.reciprocal == ReciprocalMethod::Goldschmidt
-              ? approx::goldschmidt_reciprocal(s, z0, k)
-              : approx::newton_reciprocal(s, z0, k);
-    }
-    detail::scale_row(y, static_cast<long double>(r));
+    detail::scale_row(y, static_cast<long double>(reciprocal_of(s, x.size)));
   }
 
   template <bool kMask, bool kClipTop, class Scalar>

@@ -240,8 +240,8 @@ class PowerSoftmax : public detail::DistributionFunctor<PowerSoftmax>,
     MaskRef<XprM> m{mask.derived()};
     apply_impl(x, y, m);
   }
-  template <class XprX, class XprM>
   // The same with a mask of x's shape (nonzero = kept), returned as a plain object of x's shape.
+  template <class XprX, class XprM>
   typename XprX::PlainObject masked(const Eigen::DenseBase<XprX>& x,
                                     const Eigen::DenseBase<XprM>& mask) const {
     detail::require_vector(name, x.rows(), x.cols());

@@ -459,8 +459,8 @@ template <class F, class T, class TY, class TDy, detail::if_tensor_t<T> = 0>
 auto backward_along_axis(const F& f, const T& x, const TY& y, const TDy& dy, Index axis) {
   return detail::backward_along_axis_impl(f, x, y, dy, axis);
 }
-template <class F, class T, class TY, class TDy, class Out, detail::if_tensor_t<T> = 0>
 // The backward of f along axis of the tensor x into dx (x's shape): see the header's doc block.
+template <class F, class T, class TY, class TDy, class Out, detail::if_tensor_t<T> = 0>
 void backward_along_axis(const F& f, const T& x, const TY& y, const TDy& dy, Index axis, Out&& dx) {
   detail::static_check_tensor_output<Out>();
   detail::backward_along_axis_impl(f, x, y, dy, axis, dx);
@@ -509,8 +509,8 @@ void apply_masked_along_axis(const F& f, const T& t, const TM& mask, Index axis,
     }
   }
 }
-template <class F, class T, class TM, detail::if_tensor_t<T> = 0>
 // f with a mask of t's shape along axis of the tensor t: see the header's doc block.
+template <class F, class T, class TM, detail::if_tensor_t<T> = 0>
 auto masked_along_axis(const F& f, const T& t, const TM& mask, Index axis) {
   Eigen::Tensor<detail::tensor_scalar_t<T>, detail::tensor_rank_v<T>, int(T::Layout), Index> y(
       t.dimensions());
@@ -551,8 +551,8 @@ void logsumexp_along_axis(const LogSumExp& lse, const T& t, Index axis, Out&& ou
     lse.rowwise(xm, r);
   });
 }
-template <class T, detail::if_tensor_t<T> = 0>
 // The log-sum-exp of each slice along axis of the tensor t (t's shape without that axis).
+template <class T, detail::if_tensor_t<T> = 0>
 auto logsumexp_along_axis(const LogSumExp& lse, const T& t, Index axis) {
   constexpr int R = detail::tensor_rank_v<T>;
   const detail::AxisGeometry g =
