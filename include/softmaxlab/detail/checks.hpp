@@ -44,6 +44,7 @@ inline std::atomic<ErrorHandler>& error_handler_slot() {
 inline ErrorHandler set_error_handler(ErrorHandler handler) noexcept {
   return detail::error_handler_slot().exchange(handler);
 }
+// The handler installed now (nullptr: the default).
 inline ErrorHandler get_error_handler() noexcept {
   return detail::error_handler_slot().load();
 }

@@ -12,6 +12,7 @@
 
 namespace softmaxlab {
 
+// Sizes and indices, as Eigen's (std::ptrdiff_t by default).
 using Index = Eigen::Index;
 
 namespace detail {

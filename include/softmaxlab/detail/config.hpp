@@ -39,6 +39,8 @@
     "softmaxlab: -ffinite-math-only is not supported: the NaN and infinity policy (NaN rows, -inf masks, +inf entries) relies on IEEE comparisons the flag lets the compiler fold. Compile the files that include softmaxlab with -fno-finite-math-only."
 #endif
 
+// 1 when errors are thrown as std::invalid_argument; 0 in -fno-exceptions builds (or with
+// SOFTMAXLAB_NO_EXCEPTIONS), where they go to the error handler (checks.hpp).
 #if !defined(SOFTMAXLAB_NO_EXCEPTIONS) \
     && (defined(__cpp_exceptions) || defined(__EXCEPTIONS) || defined(_CPPUNWIND))
 #define SOFTMAXLAB_HAS_EXCEPTIONS 1

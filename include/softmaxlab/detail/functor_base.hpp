@@ -41,6 +41,8 @@
 #include "common.hpp"
 #include "scalar_types.hpp"
 
+// 1 when rowwise/colwise and Attention spread their slices over OpenMP threads (compiled with
+// OpenMP and SOFTMAXLAB_USE_OPENMP), 0 otherwise.
 #if defined(_OPENMP) && defined(SOFTMAXLAB_USE_OPENMP)
 #include <omp.h>
 #define SOFTMAXLAB_PARALLEL_SLICES 1
