@@ -123,20 +123,13 @@ class EntmaxLoss : public detail::LogitsLoss<EntmaxLoss> {
       }
       return total * w;
     } else {
-      static_assert(std::is_base_of_v<Eigen::DenseBase<Targets>, Targets>,
-                    "softmaxlab: targets must be class labels (an Eigen integer vector or a "
-                    "std::vector) or an Eigen matrix of target distributions");
-      static_assert(std::is_same_v<Scalar, typename Targets::Scalar>,
-                    "softmaxlab: target distributions must have the logits' scalar type");
-      detail::require_same_shape(name, detail::SliceMode::Rows, "targets", targets.rows(),
-                                 targets.cols(), rows, classes);
+      detail::check_distribution_targets<Scalar>(name, targets, rows, classes);
       return detail::with_storage(targets, [&](const auto& t) {
         if constexpr (has_grad) {
           if (detail::storage_overlaps(t, *grad_ptr))
             detail::fail(name, ": grad must not share storage with the targets");
         }
-        const double w =
-            reduction_ == Reduction::Mean && rows > 0 ? 1.0 / static_cast<double>(rows) : 1.0;
+        const double w = detail::reduction_scale(reduction_, rows);
         for (Index n = 0; n < rows; ++n) {
           const auto tn = detail::slice_span<const Scalar>(t, n, true);
           const auto q = [&](Index k) {

@@ -288,6 +288,26 @@ class LogitsLoss {
   const Derived& self() const { return static_cast<const Derived&>(*this); }
 };
 
+// The factor a reduction applies to the sum over `count` samples: 1 / count for Mean (0 samples:
+// 1, the sum being 0), 1 for Sum and None.
+inline double reduction_scale(Reduction r, Index count) {
+  return r == Reduction::Mean && count > 0 ? 1.0 / static_cast<double>(count) : 1.0;
+}
+
+// The checks every loss makes of a target-distribution matrix (as opposed to class labels): an
+// Eigen matrix of the logits' scalar type with the logits' shape N x C.
+template <class Scalar, class Targets>
+void check_distribution_targets(const char* name, const Targets& targets, Index rows,
+                                Index classes) {
+  static_assert(std::is_base_of_v<Eigen::DenseBase<Targets>, Targets>,
+                "softmaxlab: targets must be class labels (an Eigen integer vector or a "
+                "std::vector) or an Eigen matrix of target distributions");
+  static_assert(std::is_same_v<Scalar, typename Targets::Scalar>,
+                "softmaxlab: target distributions must have the logits' scalar type");
+  require_same_shape(name, SliceMode::Rows, "targets", targets.rows(), targets.cols(), rows,
+                     classes);
+}
+
 // Class weights (PyTorch's `weight`): finite and >= 0; empty means none.
 inline std::vector<double> check_class_weights(const char* what, std::vector<double> w) {
   for (std::size_t k = 0; k < w.size(); ++k) {
@@ -577,13 +597,7 @@ class CrossEntropyLoss : public detail::LogitsLoss<CrossEntropyLoss> {
       }
       return total * w;
     } else {
-      static_assert(std::is_base_of_v<Eigen::DenseBase<Targets>, Targets>,
-                    "softmaxlab: targets must be class labels (an Eigen integer vector or a "
-                    "std::vector) or an Eigen matrix of target distributions");
-      static_assert(std::is_same_v<Scalar, typename Targets::Scalar>,
-                    "softmaxlab: target distributions must have the logits' scalar type");
-      detail::require_same_shape(name, detail::SliceMode::Rows, "targets", targets.rows(),
-                                 targets.cols(), rows, classes);
+      detail::check_distribution_targets<Scalar>(name, targets, rows, classes);
       return detail::with_storage(targets, [&](const auto& t) {
         if constexpr (has_grad) {
           if (detail::storage_partially_overlaps(t, *grad_ptr))
@@ -592,8 +606,7 @@ class CrossEntropyLoss : public detail::LogitsLoss<CrossEntropyLoss> {
             store_terms = false;
         }
         // PyTorch: with target probabilities Mean divides by N, weights or not.
-        const double w =
-            reduction_ == Reduction::Mean && rows > 0 ? 1.0 / static_cast<double>(rows) : 1.0;
+        const double w = detail::reduction_scale(reduction_, rows);
         for (Index n = 0; n < rows; ++n) {
           const auto tn = detail::slice_span<const Scalar>(t, n, true);
           const auto q = [&](Index k) {
