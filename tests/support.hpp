@@ -7,6 +7,7 @@
 #pragma once
 
 #include "support/allocation.hpp"
+#include "support/attention_reference.hpp"
 #include "support/error_measures.hpp"
 #include "support/finite_difference.hpp"
 #include "support/random_inputs.hpp"

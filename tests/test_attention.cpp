@@ -169,44 +169,20 @@ void attention_softmax_accuracy(Worst& summary) {
 // ---------------------------------------------------------------------------------------------
 // Attention: the materialized long-double reference.
 
-struct AttentionRef {
-  LMat o;
-  LVec lse;
-};
+using AttentionRef = softmaxlab_test::AttentionReference;  // tests/support/attention_reference.hpp
 
 template <class S>
 AttentionRef attention_reference(const Mat<S>& q, const Mat<S>& k, const Mat<S>& v,
                                  const Mat<S>* mask, const Params& p) {
   const Index lq = q.rows(), lk = k.rows();
-  AttentionRef r{LMat::Zero(lq, v.cols()), LVec(lq)};
   const LMat ql = q.template cast<long double>(), kl = k.template cast<long double>();
   const LMat s = ql * kl.transpose();
-  for (Index i = 0; i < lq; ++i) {
-    std::vector<long double> t(lk);
-    long double top = -kInfL;
-    for (Index j = 0; j < lk; ++j) {
-      const bool visible = !p.causal || j <= i + lk - lq;
-      t[j] = visible ? transformed(s(i, j), mask ? (*mask)(i, j) : S(0), p) : -kInfL;
-      top = std::max(top, t[j]);
-    }
-    if (top == -kInfL) {  // no visible key: log(exp(z)) = z with a sink, else log 0
-      r.lse(i) = p.has_sink ? static_cast<long double>(p.sink) : -kInfL;
-      continue;
-    }
-    if (p.has_sink)
-      top = std::max<long double>(top, p.sink);
-    long double sum = p.has_sink ? std::exp(p.sink - top) : 0.0L;
-    for (Index j = 0; j < lk; ++j) {
-      if (t[j] == -kInfL)
-        continue;
-      const long double w = std::exp(t[j] - top);
-      sum += w;
-      r.o.row(i) += w * v.row(j).template cast<long double>();
-    }
-    r.o.row(i) /= sum;
-    r.lse(i) = top + std::log(sum);
-  }
-  return r;
+  const auto score = [&](Index i, Index j) {
+    const bool visible = !p.causal || j <= i + lk - lq;
+    return visible ? transformed(s(i, j), mask ? (*mask)(i, j) : S(0), p) : -kInfL;
+  };
+  return softmaxlab_test::materialized_attention(lq, v.template cast<long double>().eval(), score,
+                                                 p.has_sink, static_cast<long double>(p.sink));
 }
 
 // |O - exact| <= 8 eps (1 + max|V|) per entry; lse within 8 eps (1 + |lse| + scale sum|q||k|).

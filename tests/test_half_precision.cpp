@@ -789,11 +789,8 @@ TEST_CASE("half precision: NormalizedSoftmax 16-bit results are the float result
 namespace {
 
 // Attention in long double, materialized, on the widened inputs: O = softmax(scale Q K^T + mask)
-// V with the causal rule j <= i + Lk - Lq; lse per query.
-struct AttentionExact {
-  Eigen::Matrix<long double, Eigen::Dynamic, Eigen::Dynamic> o;
-  Eigen::Matrix<long double, Eigen::Dynamic, 1> lse;
-};
+// V with the causal rule j <= i + Lk - Lq; lse per query (tests/support/attention_reference.hpp).
+using AttentionExact = softmaxlab_test::AttentionReference;
 
 template <class MQ, class MM>
 AttentionExact attention_reference(const MQ& q, const MQ& k, const MQ& v, const MM* mask,
@@ -802,34 +799,14 @@ AttentionExact attention_reference(const MQ& q, const MQ& k, const MQ& v, const 
   const LMat ql = widen_long_double(q), kl = widen_long_double(k), vl = widen_long_double(v);
   const Eigen::Index lq = q.rows(), lk = k.rows();
   const long double scale = 1.0L / std::sqrt(static_cast<long double>(q.cols()));
-  AttentionExact r{LMat::Zero(lq, v.cols()), Eigen::Matrix<long double, Eigen::Dynamic, 1>(lq)};
   const long double inf = std::numeric_limits<long double>::infinity();
-  for (Eigen::Index i = 0; i < lq; ++i) {
-    std::vector<long double> t(static_cast<std::size_t>(lk), -inf);
-    long double top = -inf;
-    for (Eigen::Index j = 0; j < lk; ++j) {
-      if (causal && j > i + lk - lq)
-        continue;
-      const long double m = mask ? static_cast<long double>(as_double((*mask)(i, j))) : 0.0L;
-      if (m == -inf)
-        continue;
-      t[static_cast<std::size_t>(j)] = scale * ql.row(i).dot(kl.row(j)) + m;
-      top = std::max(top, t[static_cast<std::size_t>(j)]);
-    }
-    if (top == -inf) {
-      r.lse(i) = -inf;
-      continue;
-    }
-    long double sum = 0;
-    for (Eigen::Index j = 0; j < lk; ++j) {
-      const long double w = std::exp(t[static_cast<std::size_t>(j)] - top);
-      sum += w;
-      r.o.row(i) += w * vl.row(j);
-    }
-    r.o.row(i) /= sum;
-    r.lse(i) = top + std::log(sum);
-  }
-  return r;
+  const auto score = [&](Eigen::Index i, Eigen::Index j) -> long double {
+    if (causal && j > i + lk - lq)
+      return -inf;
+    const long double m = mask ? static_cast<long double>(as_double((*mask)(i, j))) : 0.0L;
+    return m == -inf ? -inf : scale * ql.row(i).dot(kl.row(j)) + m;
+  };
+  return softmaxlab_test::materialized_attention(lq, vl, score);
 }
 
 // Worst error of 16-bit (or mixed) Attention in ulps of Out against the reference. Bound: the
