@@ -505,16 +505,6 @@ void attention_irregular_row(const Span<const Scalar>& x, const Span<const Scala
     y[i] = static_cast<Scalar>(weight(score(i)) * inverse);
 }
 
-// p_i = exp(t_i - m) in place over contiguous t (m finite), returning sum_i p_i.
-template <class Scalar>
-long double exp_shift_store_sum(Scalar* t, Index n, Scalar m) {
-  CompensatedSum<Scalar> sum0, sum1;
-  scaled_exp_store_sum<false>(t, t, n, m, Scalar(1), sum0, sum1);
-  // The kernel keeps exp * 2^64 (always normal); scale back exactly but for subnormal results.
-  scale_in_place(t, n, Scalar(1) / kExpScale<Scalar>);
-  return std::ldexp(sum0.total() + sum1.total(), -kExpScaleLog2<Scalar>);
-}
-
 }  // namespace detail
 
 // The fused attention score softmax: see the header's doc block.
