@@ -24,6 +24,8 @@
 //                                                 link softmaxlab::mpi
 //   AttentionSoftmax, Attention, attention.hpp    fused score softmax (scale, softcap, mask x
 //     merge_attention                             ALiBi slope, sink); flash-style attention
+//   MultiHeadAttention           multi_head_attention.hpp  every head in one call: GQA/MQA,
+//                                                 windows and ALiBi from positions, 16-bit KV
 //   f(t, axis), along_axis,      tensor.hpp       every functor over any axis of an Eigen::Tensor;
 //     logsumexp_along_axis                        needs Eigen's Tensor module, so not included
 //                                                 here: include it where tensors are used
@@ -41,6 +43,7 @@
 #include "gumbel.hpp"
 #include "logsumexp.hpp"
 #include "loss.hpp"
+#include "multi_head_attention.hpp"
 #include "normalized.hpp"
 #include "polynomial.hpp"
 #include "power.hpp"
