@@ -487,3 +487,91 @@ TEST_CASE("MultiHeadAttention: bad arguments throw naming the parameter",
   CHECK_THROWS_WITH(mha.apply(q, k, v, wrong), Catch::Contains("O must be Lq x Hq dv = 3 x 16"));
   CHECK_THROWS_WITH(mha.apply(q, k, v, out, wrong_lse), Catch::Contains("lse must be Lq x Hq"));
 }
+
+TEST_CASE("MultiHeadAttention: backward against central finite differences in double",
+          "[multi_head_attention]") {
+  // L = sum(O .* W): dO = W, and each entry of dQ, dK, dV against (L(x + h) - L(x - h)) / 2h with
+  // h = 1e-6 (truncation ~h^2, rounding ~1e-16 / h): within 1e-6 (1 + |fd|). GQA and MQA: dK and
+  // dV of a KV head carry the sum over its query heads.
+  using MatD = Mat<double>;
+  const Index lq = 5, lk = 7, d = 3, dv = 2;
+  std::vector<Config> cs(3);
+  cs[0].causal = true;
+  cs[0].left = 3;
+  cs[0].right = 1;
+  cs[0].max_bias = 4;
+  cs[0].has_sink = true;
+  cs[0].sink = 0.3;
+  cs[1].cap = 3;
+  cs[1].right = 2;
+  for (Index hkv : {2, 1}) {
+    const Index hq = 4;
+    for (const Config& c : cs) {
+      const sml::MultiHeadAttention mha(c.options(), hq, hkv);
+      MatD q = normal<double>(lq, hq * d, 61, 1.0), k = normal<double>(lk, hkv * d, 62, 1.0);
+      MatD v = normal<double>(lk, hkv * dv, 63, 1.0);
+      const MatD w = normal<double>(lq, hq * dv, 64, 1.0);
+      MatD o(lq, hq * dv), lse(lq, hq);
+      mha.apply(q, k, v, o, lse);
+      MatD dq(q.rows(), q.cols()), dk(k.rows(), k.cols()), dvm(v.rows(), v.cols());
+      mha.backward(q, k, v, o, lse, w, dq, dk, dvm);
+      auto loss = [&]() {
+        return mha(q, k, v).cwiseProduct(w).sum();
+      };
+      double worst = 0;
+      auto probe = [&](MatD& x, const MatD& grad) {
+        for (Index i = 0; i < x.rows(); ++i) {
+          for (Index j = 0; j < x.cols(); ++j) {
+            const double keep = x(i, j), h = 1e-6;
+            x(i, j) = keep + h;
+            const double up = loss();
+            x(i, j) = keep - h;
+            const double down = loss();
+            x(i, j) = keep;
+            const double fd = (up - down) / (2 * h);
+            worst = std::max(worst, std::fabs(grad(i, j) - fd) / (1 + std::fabs(fd)));
+          }
+        }
+      };
+      probe(q, dq);
+      probe(k, dk);
+      probe(v, dvm);
+      INFO("Hkv " << hkv << " " << c.label() << ": worst relative difference " << worst);
+      CHECK(worst <= 1e-6);
+      CHECK(dk.norm() > 0);
+    }
+  }
+}
+
+TEST_CASE("MultiHeadAttention: backward of float inputs against the double backward",
+          "[multi_head_attention]") {
+  // The float pass (half K/V) against the double pass on the same values: within
+  // 64 eps (1 + max|dX|) per entry (Attention's backward measured 6 ulp), worst printed.
+  const Index hq = 8, hkv = 2, lq = 40, lk = 300, d = 16, dv = 8;
+  const MatF q = normal<float>(lq, hq * d, 71, 1.0);
+  const Mat<Eigen::half> k = normal<Eigen::half>(lk, hkv * d, 72, 1.0);
+  const Mat<Eigen::half> v = normal<Eigen::half>(lk, hkv * dv, 73, 1.0);
+  const MatF w = normal<float>(lq, hq * dv, 74, 1.0);
+  const sml::MultiHeadAttention mha(
+      sml::AttentionOptions().with_causal(true).with_window(100, -1).with_alibi(2), hq, hkv);
+  MatF o(lq, hq * dv), lse(lq, hq), dq(lq, hq * d), dk(lk, hkv * d), dvf(lk, hkv * dv);
+  mha.apply(q, k, v, o, lse);
+  mha.backward(q, k, v, o, lse, w, dq, dk, dvf);
+  using MatD = Mat<double>;
+  const MatD qd = q.cast<double>(), kd = k.cast<float>().cast<double>();
+  const MatD vd = v.cast<float>().cast<double>(), od = o.cast<double>(), ld = lse.cast<double>();
+  MatD dqd(lq, hq * d), dkd(lk, hkv * d), dvd(lk, hkv * dv);
+  mha.backward(qd, kd, vd, od, ld, MatD(w.cast<double>()), dqd, dkd, dvd);
+  double worst = 0;
+  auto cmp = [&](const MatF& a, const MatD& b) {
+    const double scale = 1 + b.cwiseAbs().maxCoeff();
+    worst = std::max(worst, (a.cast<double>() - b).cwiseAbs().maxCoeff() / scale
+                                / std::numeric_limits<float>::epsilon());
+  };
+  cmp(dq, dqd);
+  cmp(dk, dkd);
+  cmp(dvf, dvd);
+  std::cout << "MultiHeadAttention backward float vs double: worst " << worst
+            << " eps (1 + max|dX|)\n";
+  CHECK(worst <= 64);
+}

@@ -10,6 +10,7 @@
 //   mha.apply(Q, K, V, O, lse);   lse Lq x Hq
 //   O = mha(Q, K, V);
 //   mha.apply_varlen(Q, K, V, cu_seqlens_q, cu_seqlens_k, O);   packed sequences
+//   mha.backward(Q, K, V, O, lse, dO, dQ, dK, dV);              dK, dV summed over each group
 //
 // What it computes, for query head h (columns [h d, (h + 1) d) of Q, [h dv, (h + 1) dv) of O),
 // reading KV head g = h / (Hq / Hkv) (columns [g d, (g + 1) d) of K, [g dv, (g + 1) dv) of V):
@@ -80,6 +81,7 @@
 #include <vector>
 
 #include "attention.hpp"
+#include "detail/mha_backward.hpp"
 #include "detail/mha_forward.hpp"
 
 namespace softmaxlab {
@@ -164,6 +166,62 @@ class MultiHeadAttention {
       forward(q.derived().middleRows(q0, nq), k.derived().middleRows(k0, nk),
               v.derived().middleRows(k0, nk), ob, no_lse);
     }
+  }
+
+  // Gradients of the forward pass (FlashAttention-2's recomputation from O and lse): dQ of Q's
+  // shape, dK of K's and dV of V's; dK and dV of a KV head summed over its group's query heads.
+  // O and lse as the forward wrote them (lse Lq x Hq), dO of O's shape. Any storage scalars; the
+  // pass runs in float (double when any operand is double). Allocates dK and dV accumulators of
+  // the compute type, Lk (d + dv) per KV group, and one tile workspace per group.
+  template <class XQ, class XK, class XV, class XO, class XL, class XdO, class OutQ, class OutK,
+            class OutV>
+  void backward(const Eigen::DenseBase<XQ>& q_in, const Eigen::DenseBase<XK>& k_in,
+                const Eigen::DenseBase<XV>& v_in, const Eigen::DenseBase<XO>& o_in,
+                const Eigen::DenseBase<XL>& lse_in, const Eigen::DenseBase<XdO>& dout_in,
+                OutQ&& dq_out, OutK&& dk_out, OutV&& dv_out) const {
+    const XQ& q = q_in.derived();
+    const XK& k = k_in.derived();
+    const XV& v = v_in.derived();
+    const XO& o = o_in.derived();
+    const XL& lse = lse_in.derived();
+    const XdO& dout = dout_in.derived();
+    auto& dq = detail::writable_output(std::forward<OutQ>(dq_out));
+    auto& dk = detail::writable_output(std::forward<OutK>(dk_out));
+    auto& dv = detail::writable_output(std::forward<OutV>(dv_out));
+    check_shapes(q, k, v, o);
+    const Index lq = q.rows(), lk = k.rows(), d = q.cols() / hq_, dvh = v.cols() / hkv_;
+    auto same_shape = [&](const char* what, Index r, Index c, Index rows, Index cols) {
+      if (r != rows || c != cols)
+        detail::fail(name, ": ", what, " must be ", rows, " x ", cols, ", but got ", r, " x ", c);
+    };
+    same_shape("lse", lse.rows(), lse.cols(), lq, hq_);
+    same_shape("dO", dout.rows(), dout.cols(), lq, hq_ * dvh);
+    same_shape("dQ", dq.rows(), dq.cols(), q.rows(), q.cols());
+    same_shape("dK", dk.rows(), dk.cols(), k.rows(), k.cols());
+    same_shape("dV", dv.rows(), dv.cols(), v.rows(), v.cols());
+    using C = std::conditional_t<
+        std::is_same_v<
+            Scalar<XQ>,
+            double> || std::is_same_v<Scalar<XK>, double> || std::is_same_v<Scalar<XV>, double> || std::is_same_v<Scalar<XO>, double> || std::is_same_v<Scalar<XdO>, double> || std::is_same_v<Scalar<XL>, double>,
+        double, float>;
+    const detail::MhaPlan<C> p = plan<C>(lq, lk, d, dvh);
+    using M = Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic>;
+    using DQ = std::remove_reference_t<decltype(dq)>;
+    using DK = std::remove_reference_t<decltype(dk)>;
+    using DV = std::remove_reference_t<decltype(dv)>;
+    // One task per KV group: it owns its columns of dK, dV and its heads' columns of dQ.
+    detail::for_each_slice<true>(hkv_, lq * lk * p.group * (d + dvh), [&](Index g) {
+      M gk = M::Zero(lk, d), gv = M::Zero(lk, dvh);
+      const Index group = p.group;
+      detail::mha_backward_group(
+          q, k, v, o, lse, dout, g, p, gk, gv, [&](Index i0, Index n, const auto& dqt) {
+            for (Index hh = 0; hh < group; ++hh)
+              dq.block(i0, (g * group + hh) * d, n, d) =
+                  dqt.middleRows(hh * n, n).template cast<typename DQ::Scalar>();
+          });
+      dk.block(0, g * d, lk, d) = gk.template cast<typename DK::Scalar>();
+      dv.block(0, g * dvh, lk, dvh) = gv.template cast<typename DV::Scalar>();
+    });
   }
 
  private:
