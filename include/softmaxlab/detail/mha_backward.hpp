@@ -60,8 +60,8 @@ void mha_backward_group(const XQ& q, const XK& k, const XV& v, const XO& o, cons
     for (Index j0 = first / kMhaBlockK * kMhaBlockK; j0 < last; j0 += kMhaBlockK) {
       const Index nk = std::min(kMhaBlockK, last - j0);
       Eigen::Map<RowMat> kb(kbuf, nk, d), vb(vbuf, nk, dv), p(pbuf, rows, nk), ds(dsbuf, rows, nk);
-      kb = k.block(j0, g * d, nk, d).template cast<C>();
-      vb = v.block(j0, g * dv, nk, dv).template cast<C>();
+      mha_load_block(k, j0, g * d, nk, d, kbuf);
+      mha_load_block(v, j0, g * dv, nk, dv, vbuf);
       p.noalias() = qt * kb.transpose();
       ds.noalias() = dot * vb.transpose();  // dP
       for (Index r = 0; r < rows; ++r) {

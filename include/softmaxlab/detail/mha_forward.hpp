@@ -21,6 +21,8 @@ namespace detail {
 // key block: the score buffer is kMhaTileRows x kMhaBlockK scalars, as in Attention.
 inline constexpr Index kMhaTileRows = 64;
 inline constexpr Index kMhaBlockK = 128;
+// Tiles of at most this many rows use matrix-vector products instead of GEMMs.
+inline constexpr Index kMhaGemvRows = 8;
 
 // The visible band of query i among Lq queries and Lk keys, bottom-right aligned
 // (FlashAttention-2): diagonal(i) = i + Lk - Lq; key j is visible iff diagonal - left <= j (left >=
@@ -110,6 +112,22 @@ class MhaWorkspaces {
   bool nested_ = false;
 };
 
+// out (nr x nc, row-major) = rows [r0, r0 + nr), columns [c0, c0 + nc) of x converted to C: row by
+// row with the vectorized conversion (F16C for half) when x is row-major storage, else through
+// Eigen's cast. This is how a 16-bit cache is read in place, one key block at a time.
+template <class C, class X>
+void mha_load_block(const X& x, Index r0, Index c0, Index nr, Index nc, C* out) {
+  if constexpr (has_direct_access_v<X> && bool(X::IsRowMajor)) {
+    if (x.innerStride() == 1) {
+      for (Index r = 0; r < nr; ++r)
+        convert_contiguous(x.data() + (r0 + r) * x.outerStride() + c0, out + r * nc, nc);
+      return;
+    }
+  }
+  using RowMat = Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  Eigen::Map<RowMat>(out, nr, nc) = x.block(r0, c0, nr, nc).template cast<C>();
+}
+
 // Attention of query rows [i0, i0 + bq) of every query head of KV group g over the visible keys of
 // [key_begin, key_end) (key_begin a multiple of kMhaBlockK, so that key blocks fall where
 // Attention's do): w.o gets the normalized partial output (row hh * bq + r: head g * group + hh,
@@ -125,7 +143,7 @@ void mha_tile(const XQ& q, const XK& k, const XV& v, Index g, Index i0, Index bq
   const MhaBand& band = plan.band;
   Eigen::Map<RowMat> qt(w.q, rows, d), ot(w.o, rows, dv);
   for (Index hh = 0; hh < group; ++hh)
-    qt.middleRows(hh * bq, bq) = q.block(i0, (g * group + hh) * d, bq, d).template cast<C>();
+    mha_load_block(q, i0, (g * group + hh) * d, bq, d, w.q + hh * bq * d);
   ot.setZero();
   for (Index r = 0; r < rows; ++r) {
     w.max[r] = -inf;
@@ -140,9 +158,16 @@ void mha_tile(const XQ& q, const XK& k, const XV& v, Index g, Index i0, Index bq
     const Index nk = std::min(kMhaBlockK, last - j0);
     Eigen::Map<RowMat> kb(w.k, nk, d), vb(w.v, nk, dv), s(w.s, rows, nk);
     // The group's K and V block, converted once for all its query heads.
-    kb = k.block(j0, g * d, nk, d).template cast<C>();
-    vb = v.block(j0, g * dv, nk, dv).template cast<C>();
-    s.noalias() = qt * kb.transpose();
+    mha_load_block(k, j0, g * d, nk, d, w.k);
+    mha_load_block(v, j0, g * dv, nk, dv, w.v);
+    // Few rows (decoding): matrix-vector products, which read the block once without packing it.
+    const bool few_rows = rows <= kMhaGemvRows;
+    if (few_rows) {
+      for (Index r = 0; r < rows; ++r)
+        s.row(r).transpose().noalias() = kb * qt.row(r).transpose();
+    } else {
+      s.noalias() = qt * kb.transpose();
+    }
     for (Index r = 0; r < rows; ++r) {
       const Index hh = r / bq, i = i0 + r % bq;
       C* row = w.s + r * nk;
@@ -193,7 +218,12 @@ void mha_tile(const XQ& q, const XK& k, const XV& v, Index g, Index i0, Index bq
       }
       w.max[r] = m_new;
     }
-    ot.noalias() += s * vb;
+    if (few_rows) {
+      for (Index r = 0; r < rows; ++r)
+        ot.row(r).noalias() += s.row(r) * vb;
+    } else {
+      ot.noalias() += s * vb;
+    }
   }
   for (Index r = 0; r < rows; ++r) {
     const C m = w.max[r];
