@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "common.hpp"
@@ -154,12 +155,9 @@ void mha_tile(const XQ& q, const XK& k, const XV& v, Index g, Index i0, Index bq
   const Index last = std::min(key_end, band.end(i0 + bq - 1));
   const Index start =
       first >= last ? last : key_begin + (first - key_begin) / kMhaBlockK * kMhaBlockK;
-  for (Index j0 = start; j0 < last; j0 += kMhaBlockK) {
-    const Index nk = std::min(kMhaBlockK, last - j0);
-    Eigen::Map<RowMat> kb(w.k, nk, d), vb(w.v, nk, dv), s(w.s, rows, nk);
-    // The group's K and V block, converted once for all its query heads.
-    mha_load_block(k, j0, g * d, nk, d, w.k);
-    mha_load_block(v, j0, g * dv, nk, dv, w.v);
+  // One key block [j0, j0 + nk) of the group, kb and vb its K and V rows in C.
+  const auto key_block = [&](Index j0, Index nk, const auto& kb, const auto& vb) {
+    Eigen::Map<RowMat> s(w.s, rows, nk);
     // Few rows (decoding): matrix-vector products, which read the block once without packing it.
     const bool few_rows = rows <= kMhaGemvRows;
     if (few_rows) {
@@ -223,6 +221,23 @@ void mha_tile(const XQ& q, const XK& k, const XV& v, Index g, Index i0, Index bq
         ot.row(r).noalias() += s.row(r) * vb;
     } else {
       ot.noalias() += s * vb;
+    }
+  };
+  for (Index j0 = start; j0 < last; j0 += kMhaBlockK) {
+    const Index nk = std::min(kMhaBlockK, last - j0);
+    if constexpr (
+        std::is_same_v<
+            typename XK::Scalar,
+            C> && std::is_same_v<typename XV::Scalar, C> && has_direct_access_v<XK> && has_direct_access_v<XV> && int(XK::InnerStrideAtCompileTime) == 1
+        && int(XV::InnerStrideAtCompileTime) == 1) {
+      // K and V already in C: the products read their blocks in place.
+      key_block(j0, nk, k.block(j0, g * d, nk, d), v.block(j0, g * dv, nk, dv));
+    } else {
+      // The group's K and V block, converted once for all its query heads.
+      mha_load_block(k, j0, g * d, nk, d, w.k);
+      mha_load_block(v, j0, g * dv, nk, dv, w.v);
+      key_block(j0, nk, Eigen::Map<const RowMat>(w.k, nk, d),
+                Eigen::Map<const RowMat>(w.v, nk, dv));
     }
   }
   for (Index r = 0; r < rows; ++r) {
