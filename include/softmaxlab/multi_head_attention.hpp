@@ -33,7 +33,8 @@
 // float (double when any operand is double). d = Q.cols() / Hq >= 1, dv = V.cols() / Hkv >= 1.
 //
 // How (FlashAttention-2's loop order, the online normalizer of Attention): a tile is a block of
-// Bq query rows of every query head of one KV group (Bq = max(1, 64 / group) rows per head),
+// Bq query rows of every query head of one KV group (Bq = max(1, min(64, 256 / group)) rows per
+// head),
 // stacked into one GEMM operand; for each key block of 128 rows that some row of the tile sees,
 // the group's K and V rows are converted once into small float buffers (16-bit caches are read in
 // place, never copied whole), S = Q_t K_b^T, the transform, running max and sum per row, O_t +=
@@ -43,7 +44,7 @@
 // each range's partial (O, lse) computed on its own (flash-decoding) and the partials merged in
 // order by merge_attention's exact rule; the sink joins the first partial only.
 // Workspace (allocated once per call): per thread R (d + dv + 131) + 128 (d + dv) scalars and R
-// long doubles, R = group Bq <= max(64, group); decoding adds the partials, Hq Lq (dv + 1) scalars
+// long doubles, R = group Bq <= max(256, group); decoding adds the partials, Hq Lq (dv + 1) scalars
 // per range (at most 16 ranges). Nothing proportional to Lq Lk or to the whole cache (test
 // "MultiHeadAttention: no allocation proportional to Lq, Lk or the cache").
 // Threads (OpenMP with SOFTMAXLAB_USE_OPENMP, opt-in as elsewhere): tiles (groups x query blocks,
@@ -64,9 +65,10 @@
 // double backward" (tested 64 eps (1 + max|dX|), measured 1.8).
 // Speed (bench/bench_multi_head_attention.cpp; docs/multi_head_attention.md has the table and
 // what is not done): a window of 1,024 over the last 1,024 of 8,192 keys 7.4x faster than full
-// causal; prefill 512, Hq 32, Hkv 8, d 128: 0.87x the per-head Attention loop, 1.5x the
-// materialized form; decoding from a half cache at 17% of the read bandwidth (tiles of <= 8 rows
-// use matrix-vector products on the converted block; no register-blocked kernel yet).
+// causal; prefill Hq 32, Hkv 8, d 128: 1.0-1.35x the per-head Attention loop at 512, 1.07x at
+// 2,048, 1.5x the materialized form at 512; decoding at 14-17% of the read bandwidth from a half
+// cache, 40% from a float one (tiles of <= 8 rows use matrix-vector products on the converted
+// block; no register-blocked kernel yet). A shared, loaded machine: rough figures.
 //
 // Special values: a query row with no visible key (Lk = 0, a window or causal band that misses
 // every key, Lq > Lk under causal) gives a zero row of O and lse = z with a sink, -inf without
@@ -312,7 +314,9 @@ class MultiHeadAttention {
     p.group = hq_ / hkv_;
     p.d = d;
     p.dv = dv;
-    p.rows_per_head = std::clamp<Index>(detail::kMhaTileRows / p.group, 1, std::max<Index>(lq, 1));
+    p.rows_per_head =
+        std::clamp<Index>(std::min(detail::kMhaRowsPerHead, detail::kMhaTileRows / p.group), 1,
+                          std::max<Index>(lq, 1));
     p.slopes = slopes_.empty() ? nullptr : slopes_.data();
     return p;
   }

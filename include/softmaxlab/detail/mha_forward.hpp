@@ -18,9 +18,11 @@
 namespace softmaxlab {
 namespace detail {
 
-// Rows of a tile (query rows times the heads of a group, at least one row per head) and keys of a
-// key block: the score buffer is kMhaTileRows x kMhaBlockK scalars, as in Attention.
-inline constexpr Index kMhaTileRows = 64;
+// A tile has up to kMhaRowsPerHead query rows of each head of a group and at most kMhaTileRows rows
+// in all (so the group's K block is packed once for up to 256 score rows); key blocks have
+// kMhaBlockK keys, as in Attention.
+inline constexpr Index kMhaRowsPerHead = 64;
+inline constexpr Index kMhaTileRows = 256;
 inline constexpr Index kMhaBlockK = 128;
 // Tiles of at most this many rows use matrix-vector products instead of GEMMs.
 inline constexpr Index kMhaGemvRows = 8;
