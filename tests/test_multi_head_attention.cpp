@@ -495,6 +495,11 @@ TEST_CASE("MultiHeadAttention: bad arguments throw naming the parameter",
   MatF wrong(3, 15), wrong_lse(3, 3);
   CHECK_THROWS_WITH(mha.apply(q, k, v, wrong), Catch::Contains("O must be Lq x Hq dv = 3 x 16"));
   CHECK_THROWS_WITH(mha.apply(q, k, v, out, wrong_lse), Catch::Contains("lse must be Lq x Hq"));
+  MatF dq(3, 32), dk(5, 16), dvm(5, 8), bad_dq(3, 31);
+  CHECK_THROWS_WITH(mha.backward(q, k, v, out, lse, out, bad_dq, dk, dvm),
+                    Catch::Contains("dQ must be 3 x 32"));
+  CHECK_THROWS_WITH(mha.backward(q, k, v, out, wrong_lse, out, dq, dk, dvm),
+                    Catch::Contains("lse must be 3 x 4"));
 }
 
 TEST_CASE("MultiHeadAttention: backward against central finite differences in double",

@@ -76,9 +76,9 @@
 // +inf scores share the mass; an empty Q gives an empty O.
 // Errors (std::invalid_argument naming the parameter and value): q_heads or kv_heads < 1,
 // q_heads % kv_heads != 0, Q's columns not a positive multiple of Hq, K's not Hkv d, V's not a
-// positive multiple of Hkv, K and V with different rows, O or lse of the wrong shape, O
-// overlapping an input, cu_seqlens of different sizes, not starting at 0, decreasing, or not
-// ending at Lq (Lk).
+// positive multiple of Hkv, K and V with different rows, O, lse, dO, dQ, dK or dV of the wrong
+// shape, O overlapping an input, cu_seqlens of different sizes, not starting at 0, decreasing, or
+// not ending at Lq (Lk).
 //
 // Sources: Dao, "FlashAttention-2", arXiv 2307.08691 (loop order, window_size, ALiBi from
 // positions, cu_seqlens); Press et al., "ALiBi", arXiv 2108.12409; ggml flash_attn_ext (K/V heads
