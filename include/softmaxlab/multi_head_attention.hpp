@@ -64,11 +64,11 @@
 // differences in double" (within 1e-6 relative) and "... backward of float inputs against the
 // double backward" (tested 64 eps (1 + max|dX|), measured 1.8).
 // Speed (bench/bench_multi_head_attention.cpp; docs/multi_head_attention.md has the table and
-// what is not done): a window of 1,024 over the last 1,024 of 8,192 keys 7.4x faster than full
-// causal; prefill Hq 32, Hkv 8, d 128: 1.0-1.35x the per-head Attention loop at 512, 1.07x at
-// 2,048, 1.5x the materialized form at 512; decoding at 14-17% of the read bandwidth from a half
-// cache, 40% from a float one (tiles of <= 8 rows use matrix-vector products on the converted
-// block; no register-blocked kernel yet). A shared, loaded machine: rough figures.
+// what is not done): a window of 1,024 at Lq = Lk = 8,192 4.1x faster than full causal, over the
+// last 1,024 queries 7.4x; prefill Hq 32, Hkv 8, d 128: 1.0-1.35x the per-head Attention loop at
+// 512, 1.07x at 2,048, 1.5x the materialized form at 512; decoding at 14-17% of the read bandwidth
+// from a half cache, 40-55% from a float one (tiles of <= 8 rows use matrix-vector products on the
+// converted block; no register-blocked kernel yet). A shared, loaded machine: rough figures.
 //
 // Special values: a query row with no visible key (Lk = 0, a window or causal band that misses
 // every key, Lq > Lk under causal) gives a zero row of O and lse = z with a sink, -inf without
