@@ -392,7 +392,7 @@ class LinearCrossEntropy {
                      Index nb) const {
     using Mat = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
     using MapM = Eigen::Map<Mat>;
-    using Col = Eigen::Array<Scalar, Eigen::Dynamic, 1>;
+    using MapC = Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
     using MapD = Eigen::Map<Eigen::ArrayXd>;
     constexpr bool has_grad = !std::is_same_v<PH, std::nullptr_t>;
     const Index d = h.cols(), vocab = w.rows();
@@ -409,14 +409,16 @@ class LinearCrossEntropy {
     // Workspace layout: [threads x nb x vb block buffers][groups x nb x d dH partials][nb x 2 m/S]
     std::vector<Scalar>& sbuf = ws.template scalars<Scalar>();
     const std::size_t zsize = static_cast<std::size_t>(nb * vb);
+    // [threads x (nb x vb block + nb block max)][groups x nb x d dH partials][3 x nb coefficients]
+    const std::size_t per_thread = zsize + static_cast<std::size_t>(nb);
     const std::size_t need =
-        zsize * threads + (has_grad ? static_cast<std::size_t>(groups * nb * d) : 0);
+        per_thread * threads + (has_grad ? static_cast<std::size_t>(groups * nb * d + 3 * nb) : 0);
     if (sbuf.size() < need)
       sbuf.resize(need);
     // Per token and group: max (double), exp-sum (long double), weighted logit sum; per token:
     // label logit, lse, m, 1/S, u, A; per token and vocab block: block max (filtering).
     const std::size_t nstats =
-        static_cast<std::size_t>(nb * (2 * groups + 6) + (filtering ? nb * blocks : 0));
+        static_cast<std::size_t>(nb * (2 * groups + 6 + threads) + (filtering ? nb * blocks : 0));
     if (ws.stats_.size() < nstats)
       ws.stats_.resize(nstats);
     if (ws.sums_.size() < static_cast<std::size_t>(nb * groups))
@@ -429,7 +431,8 @@ class LinearCrossEntropy {
     double* invs = mrow + nb;
     double* urow = invs + nb;
     double* arow = urow + nb;
-    double* bmax = arow + nb;
+    double* thread_sums = arow + nb;
+    double* bmax = thread_sums + nb * threads;
     long double* gsum = ws.sums_.data();
     const auto hb = h.middleRows(n0, nb);
     const auto label_of = [&](Index n) {
@@ -447,7 +450,9 @@ class LinearCrossEntropy {
 
     // Pass 1: per group, an online normalizer per token over the group's blocks, in block order.
     const auto pass1 = [&](Index g, int thread) {
-      MapM zfull(sbuf.data() + zsize * thread, nb, vb);
+      MapM zfull(sbuf.data() + per_thread * thread, nb, vb);
+      MapC bm(sbuf.data() + per_thread * thread + zsize, nb);  // block max per token
+      MapD sum(thread_sums + nb * thread, nb);
       double* m = gmax + g * nb;
       long double* s = gsum + g * nb;
       MapD zw(gzw + g * nb, nb);
@@ -462,10 +467,10 @@ class LinearCrossEntropy {
         auto z = zfull.leftCols(vlen);
         z.noalias() = hb * w.middleRows(v0, vlen).transpose();
         transform<Scalar>(z, b, v0);
-        Col bm = z.col(0).array();  // block max per token (a NaN is caught by the sum below)
+        bm = z.col(0).array();  // a NaN is caught by the sum below
         for (Index k = 1; k < vlen; ++k)
           bm = bm.max(z.col(k).array());
-        Eigen::ArrayXd sum = Eigen::ArrayXd::Zero(nb);
+        sum.setZero();
         for (Index k = 0; k < vlen; ++k)
           sum += (z.col(k).array() - bm).exp().template cast<double>();
         for (Index n = 0; n < nb; ++n) {
@@ -535,18 +540,20 @@ class LinearCrossEntropy {
       return total;
     } else {
       // Pass 2: recompute each block, turn it into dL/dr in place, accumulate dH and dW.
-      Scalar* dh_part = sbuf.data() + zsize * threads;
       const double inv_t = 1.0 / temperature_;
+      Scalar* dh_part = sbuf.data() + per_thread * threads;
+      // Per-token coefficients in the scalar type, shared by the groups.
+      MapC a(dh_part + groups * nb * d, nb), u(dh_part + groups * nb * d + nb, nb),
+          mr(dh_part + groups * nb * d + 2 * nb, nb);
+      for (Index n = 0; n < nb; ++n) {
+        a(n) = static_cast<Scalar>(urow[n] * arow[n] * invs[n] * inv_t);
+        u(n) = static_cast<Scalar>(urow[n] * st.uniform * inv_t);
+        mr(n) = static_cast<Scalar>(mrow[n]);
+      }
       const auto pass2 = [&](Index g, int thread) {
-        MapM zfull(sbuf.data() + zsize * thread, nb, vb);
+        MapM zfull(sbuf.data() + per_thread * thread, nb, vb);
         MapM dhg(dh_part + g * nb * d, nb, d);
         dhg.setZero();
-        Col a(nb), u(nb), mr(nb);  // per-token coefficients in the scalar type
-        for (Index n = 0; n < nb; ++n) {
-          a(n) = static_cast<Scalar>(urow[n] * arow[n] * invs[n] * inv_t);
-          u(n) = static_cast<Scalar>(urow[n] * st.uniform * inv_t);
-          mr(n) = static_cast<Scalar>(mrow[n]);
-        }
         const auto [first, last] = group_range(g);
         for (Index blk = first; blk < last; ++blk) {
           const Index v0 = blk * vb, vlen = std::min(vb, vocab - v0);
