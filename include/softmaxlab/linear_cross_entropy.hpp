@@ -53,7 +53,10 @@
 // Threads: with OpenMP opted in (SOFTMAXLAB_USE_OPENMP and -fopenmp, as the rest of the library),
 // the vocabulary blocks of each token block are split into kGroups (4) fixed contiguous groups
 // run on threads; each group's normalizer and dH partial are merged in group order and dW's rows
-// belong to one group, so results are bit-for-bit the same for any thread count.
+// belong to one group, so results are bit-for-bit the same for any thread count (tested in
+// tests/test_parallel.cpp). Caveat: built with -fopenmp, Eigen may split a GEMM over threads by
+// itself when it runs outside our parallel region (a single group: V <= vocab_block), which can
+// change last bits across thread counts; EIGEN_DONT_PARALLELIZE removes that.
 // Gradient filtering (Cut Cross-Entropy's, off by default): with_gradient_filter(tau) skips, in
 // pass 2, a vocabulary block whose probabilities p_nk are all below tau for every token of the
 // token block, unless it holds a counted label or label smoothing is on. The loss and lse are
@@ -391,7 +394,7 @@ class LinearCrossEntropy {
                      PB db, const TokenOutputs& out, const Setup& st, Workspace& ws, Index n0,
                      Index nb) const {
     using Mat = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
-    using MapM = Eigen::Map<Mat>;
+    using MapM = Eigen::Map<Mat, 0, Eigen::OuterStride<>>;
     using MapC = Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
     using MapD = Eigen::Map<Eigen::ArrayXd>;
     constexpr bool has_grad = !std::is_same_v<PH, std::nullptr_t>;
@@ -406,33 +409,38 @@ class LinearCrossEntropy {
 #endif
     threads = std::max(threads, 1);
     const bool filtering = has_grad && filter_ > 0 && st.eps == 0;
-    // Workspace layout: [threads x nb x vb block buffers][groups x nb x d dH partials][nb x 2 m/S]
+    // Every buffer starts on a 64-byte boundary and every column of a block on one too (leading
+    // dimension ld): Eigen peels unaligned heads with scalar code, whose exp differs from the
+    // vector exp, so the alignment must not depend on where the allocator put the workspace.
+    constexpr Index kAlign = 64 / static_cast<Index>(sizeof(Scalar));
+    const Index ld = (nb + kAlign - 1) / kAlign * kAlign, ldd = (nb + 7) / 8 * 8;
+    // Scalars: [threads x (ld x vb block, ld block max)][groups x ld x d dH partials][3 x ld]
     std::vector<Scalar>& sbuf = ws.template scalars<Scalar>();
-    const std::size_t zsize = static_cast<std::size_t>(nb * vb);
-    // [threads x (nb x vb block + nb block max)][groups x nb x d dH partials][3 x nb coefficients]
-    const std::size_t per_thread = zsize + static_cast<std::size_t>(nb);
-    const std::size_t need =
-        per_thread * threads + (has_grad ? static_cast<std::size_t>(groups * nb * d + 3 * nb) : 0);
+    const Index per_thread = ld * vb + ld;
+    const std::size_t need = static_cast<std::size_t>(
+        per_thread * threads + (has_grad ? groups * ld * d + 3 * ld : 0) + kAlign);
     if (sbuf.size() < need)
       sbuf.resize(need);
-    // Per token and group: max (double), exp-sum (long double), weighted logit sum; per token:
-    // label logit, lse, m, 1/S, u, A; per token and vocab block: block max (filtering).
-    const std::size_t nstats =
-        static_cast<std::size_t>(nb * (2 * groups + 6 + threads) + (filtering ? nb * blocks : 0));
+    Scalar* base = aligned(sbuf.data());
+    // Doubles: per group the weighted logit sums (ldd) and maxima, per thread the block's sums
+    // (ldd), per token the label logit, lse, m, 1/S, u, A, per token and vocabulary block the
+    // block max (filtering only).
+    const std::size_t nstats = static_cast<std::size_t>(ldd * (groups + threads) + nb * (groups + 6)
+                                                        + (filtering ? nb * blocks : 0) + 8);
     if (ws.stats_.size() < nstats)
       ws.stats_.resize(nstats);
     if (ws.sums_.size() < static_cast<std::size_t>(nb * groups))
       ws.sums_.resize(static_cast<std::size_t>(nb * groups));
-    double* gmax = ws.stats_.data();
-    double* gzw = gmax + nb * groups;
-    double* zc = gzw + nb * groups;
+    double* gzw = aligned(ws.stats_.data());
+    double* thread_sums = gzw + ldd * groups;
+    double* gmax = thread_sums + ldd * threads;
+    double* zc = gmax + nb * groups;
     double* lse = zc + nb;
     double* mrow = lse + nb;
     double* invs = mrow + nb;
     double* urow = invs + nb;
     double* arow = urow + nb;
-    double* thread_sums = arow + nb;
-    double* bmax = thread_sums + nb * threads;
+    double* bmax = arow + nb;
     long double* gsum = ws.sums_.data();
     const auto hb = h.middleRows(n0, nb);
     const auto label_of = [&](Index n) {
@@ -450,12 +458,12 @@ class LinearCrossEntropy {
 
     // Pass 1: per group, an online normalizer per token over the group's blocks, in block order.
     const auto pass1 = [&](Index g, int thread) {
-      MapM zfull(sbuf.data() + per_thread * thread, nb, vb);
-      MapC bm(sbuf.data() + per_thread * thread + zsize, nb);  // block max per token
-      MapD sum(thread_sums + nb * thread, nb);
+      MapM zfull(base + per_thread * thread, nb, vb, Eigen::OuterStride<>(ld));
+      MapC bm(base + per_thread * thread + ld * vb, nb);  // block max per token
+      MapD sum(thread_sums + ldd * thread, nb);
       double* m = gmax + g * nb;
       long double* s = gsum + g * nb;
-      MapD zw(gzw + g * nb, nb);
+      MapD zw(gzw + g * ldd, nb);
       zw.setZero();
       for (Index n = 0; n < nb; ++n) {
         m[n] = -inf;
@@ -502,7 +510,7 @@ class LinearCrossEntropy {
       long double s = 0;
       for (Index g = 0; g < groups; ++g) {
         detail::merge_normalizer_state<double>(m, s, gmax[g * nb + n], gsum[g * nb + n], 1.0L);
-        zw += gzw[g * nb + n];
+        zw += gzw[g * ldd + n];
       }
       const double log_s = static_cast<double>(std::log(s));
       const double l = m != m ? m : (m == -inf ? -inf : m + log_s);
@@ -541,18 +549,18 @@ class LinearCrossEntropy {
     } else {
       // Pass 2: recompute each block, turn it into dL/dr in place, accumulate dH and dW.
       const double inv_t = 1.0 / temperature_;
-      Scalar* dh_part = sbuf.data() + per_thread * threads;
+      Scalar* dh_part = base + per_thread * threads;
       // Per-token coefficients in the scalar type, shared by the groups.
-      MapC a(dh_part + groups * nb * d, nb), u(dh_part + groups * nb * d + nb, nb),
-          mr(dh_part + groups * nb * d + 2 * nb, nb);
+      MapC a(dh_part + groups * ld * d, nb), u(dh_part + groups * ld * d + ld, nb),
+          mr(dh_part + groups * ld * d + 2 * ld, nb);
       for (Index n = 0; n < nb; ++n) {
         a(n) = static_cast<Scalar>(urow[n] * arow[n] * invs[n] * inv_t);
         u(n) = static_cast<Scalar>(urow[n] * st.uniform * inv_t);
         mr(n) = static_cast<Scalar>(mrow[n]);
       }
       const auto pass2 = [&](Index g, int thread) {
-        MapM zfull(sbuf.data() + per_thread * thread, nb, vb);
-        MapM dhg(dh_part + g * nb * d, nb, d);
+        MapM zfull(base + per_thread * thread, nb, vb, Eigen::OuterStride<>(ld));
+        MapM dhg(dh_part + g * ld * d, nb, d, Eigen::OuterStride<>(ld));
         dhg.setZero();
         const auto [first, last] = group_range(g);
         for (Index blk = first; blk < last; ++blk) {
@@ -593,9 +601,16 @@ class LinearCrossEntropy {
       for_groups(groups, threads, pass2);
       auto dhb = dh->middleRows(n0, nb);
       for (Index g = 0; g < groups; ++g)
-        dhb += MapM(dh_part + g * nb * d, nb, d);
+        dhb += MapM(dh_part + g * ld * d, nb, d, Eigen::OuterStride<>(ld));
       return total;
     }
+  }
+
+  // The first 64-byte boundary at or after p (the buffers carry that much slack).
+  template <class T>
+  static T* aligned(T* p) {
+    const std::size_t a = reinterpret_cast<std::size_t>(p) % 64;
+    return a == 0 ? p : reinterpret_cast<T*>(reinterpret_cast<char*>(p) + (64 - a));
   }
 
   // Whether a vocabulary block's gradient may be dropped: every p_nk < threshold and no counted

@@ -16,6 +16,8 @@
 //   LogSumExp                    logsumexp.hpp    log sum exp, weighted/signed (SciPy b=), backward
 //   CrossEntropyLoss, L2SvmLoss, loss.hpp         training losses with their gradients
 //     NormalizedSoftmaxLoss, SparseCbmGumbelLoss
+//   LinearCrossEntropy,          linear_cross_entropy.hpp  the output layer's loss from H and W
+//     TokenOutputs                                without the N x V logits (Cut Cross-Entropy)
 //   HardFusion, SoftFusion       fusion.hpp       SurfaceFusion of two logit sources
 //   Sparsemax, Entmax15, Entmax, entmax.hpp       sparse distributions (sparsemax, 1.5- and
 //     SparsemaxLoss, EntmaxLoss                   alpha-entmax) and their Fenchel-Young losses
@@ -39,6 +41,7 @@
 #include "entmax.hpp"
 #include "fusion.hpp"
 #include "gumbel.hpp"
+#include "linear_cross_entropy.hpp"
 #include "logsumexp.hpp"
 #include "loss.hpp"
 #include "normalized.hpp"
