@@ -272,7 +272,9 @@ void check_against_reference(Index n, Index d, Index v, Index tb, Index vb, unsi
   const Vec b = random_normal(v, 1, seed + 2, 0.5).cast<Scalar>();
   const Eigen::VectorXd up = random_normal(n, 1, seed + 3, 1.0);
   const double eps = std::numeric_limits<Scalar>::epsilon();
-  for (const auto& [label, o] : configurations(v)) {
+  for (const auto& config : configurations(v)) {
+    const std::string& label = config.first;
+    const Options& o = config.second;
     const auto labels = random_labels(n, v, seed + 4, o.ignore, 4);
     const auto lce = o.make().with_block_sizes(tb, vb);
     for (int with_bias = 0; with_bias < 2; ++with_bias) {
@@ -337,7 +339,9 @@ TEST_CASE("LinearCrossEntropy gradients match finite differences",
   const Index n = 5, d = 4, v = 11;
   const Eigen::MatrixXd h0 = random_normal(n, d, 31, 1.0), w0 = random_normal(v, d, 32, 0.8);
   const Eigen::VectorXd b0 = random_normal(v, 1, 33, 0.5), up = random_normal(n, 1, 34, 1.0);
-  for (const auto& [label, o] : configurations(v)) {
+  for (const auto& config : configurations(v)) {
+    const std::string& label = config.first;
+    const Options& o = config.second;
     INFO(label);
     const auto labels = random_labels(n, v, 35, o.ignore, 3);
     const auto lce = o.make().with_block_sizes(2, 4);
