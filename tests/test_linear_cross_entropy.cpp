@@ -578,6 +578,9 @@ TEST_CASE("LinearCrossEntropy rejects bad input naming the parameter",
                                                        sml::TokenOutputs().with_upstream(up2));
       },
       "upstream");
+  Eigen::MatrixXf h2 = h, w2 = w;
+  throws_with([&] { (void)lce(h2, w, labels, h2, dw); }, "dH shares storage with H");
+  throws_with([&] { (void)lce(h, w2, labels, dh, w2); }, "dW shares storage with W");
   Eigen::VectorXd lse2(2);
   throws_with([&] { (void)lce(h, w, labels, sml::TokenOutputs().with_lse(lse2)); }, "lse");
 }

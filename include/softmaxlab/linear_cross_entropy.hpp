@@ -38,7 +38,8 @@
 // entries >= 0, z_loss finite >= 0); softcap: 0 (off) or finite > 0; temperature in [2^-100,
 // 2^100]; block sizes >= 1; gradient filter threshold in [0, 1). Also thrown: labels outside
 // [0, V) other than ignore_index, shapes that do not chain, upstream with a reduction other than
-// None or of the wrong length, per-token outputs of the wrong length.
+// None or of the wrong length, per-token outputs of the wrong length, a gradient sharing storage
+// with H, W or b.
 //
 // Algorithm. Tokens go in blocks of `token_block` rows (default 128) and the vocabulary in blocks
 // of `vocab_block` classes (default 2048): Z = H_blk W_blk^T is one GEMM into a block buffer.
@@ -355,6 +356,23 @@ class LinearCrossEntropy {
     st.u_default = mean && counted > 0 ? (weight_sum > 0 ? 1.0 / weight_sum : 0.0) : 1.0;
 
     if constexpr (has_grad) {
+      // The gradients are zeroed first and accumulated: they must not share storage with inputs.
+      const auto refuse_overlap = [&](const auto& out_grad, const char* grad_name) {
+        const auto check = [&](const auto& in, const char* in_name) {
+          if constexpr (detail::has_direct_access_v<std::decay_t<decltype(in)>>) {
+            if (detail::storage_overlaps(in, out_grad))
+              detail::fail(name, ": ", grad_name, " shares storage with ", in_name);
+          }
+        };
+        check(h, "H");
+        check(w, "W");
+        if constexpr (!std::is_same_v<XB, NoBias>)
+          check(*b, "b");
+      };
+      refuse_overlap(*dh, "dH");
+      refuse_overlap(*dw, "dW");
+      if constexpr (has_db)
+        refuse_overlap(*db, "db");
       dh->setZero();
       dw->setZero();
       if constexpr (has_db)
