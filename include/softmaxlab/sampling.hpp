@@ -560,7 +560,10 @@ inline constexpr Index kSelectBlock = 64;
 // The max of each block of kSelectBlock logits (the last block may be shorter) into `out`, and
 // the row's max (NaN when the row holds a NaN): one vectorized pass, the max pass of Softmax with
 // a stop every 64 logits, that lets the selection passes skip every block that cannot hold a
-// candidate.
+// candidate. Each block's packets are reduced by predux_max (a few shuffles), not lane by lane:
+// the lane loop cost as much as a whole Softmax pass. predux_max may drop a NaN, so the max of a
+// block holding a NaN is unspecified; the row's max, accumulated NaN-propagating, reports it, and
+// the callers read the block maxima only for rows without NaN.
 template <class Scalar>
 Scalar block_maxima(const Scalar* x, Index n, std::vector<Scalar>& out) {
   using namespace Eigen::internal;
@@ -569,7 +572,7 @@ Scalar block_maxima(const Scalar* x, Index n, std::vector<Scalar>& out) {
   static_assert(kSelectBlock % (2 * P) == 0, "a block must hold an even number of packets");
   const Index blocks = (n + kSelectBlock - 1) / kSelectBlock;
   out.resize(static_cast<std::size_t>(blocks));
-  Scalar m = -std::numeric_limits<Scalar>::infinity();
+  Packet row = pset1<Packet>(-std::numeric_limits<Scalar>::infinity());
   Index b = 0;
   for (; (b + 1) * kSelectBlock <= n; ++b) {
     const Scalar* xb = x + b * kSelectBlock;
@@ -578,20 +581,35 @@ Scalar block_maxima(const Scalar* x, Index n, std::vector<Scalar>& out) {
       p0 = pmax<Eigen::PropagateNaN>(p0, ploadu<Packet>(xb + j));
       p1 = pmax<Eigen::PropagateNaN>(p1, ploadu<Packet>(xb + j + P));
     }
-    alignas(64) Scalar lanes[P];
-    pstore(lanes, pmax<Eigen::PropagateNaN>(p0, p1));
-    Scalar bm = lanes[0];
-    for (int k = 1; k < P; ++k)
-      bm = (lanes[k] != lanes[k] || lanes[k] > bm) ? lanes[k] : bm;
-    out[static_cast<std::size_t>(b)] = bm;
-    m = (bm != bm || bm > m) ? bm : m;
+    const Packet pb = pmax<Eigen::PropagateNaN>(p0, p1);
+    row = pmax<Eigen::PropagateNaN>(row, pb);
+    out[static_cast<std::size_t>(b)] = predux_max(pb);
   }
+  alignas(64) Scalar lanes[P];
+  pstore(lanes, row);
+  Scalar m = lanes[0];
+  for (int k = 1; k < P; ++k)
+    m = (lanes[k] != lanes[k] || lanes[k] > m) ? lanes[k] : m;
   if (b < blocks) {
     const Scalar bm = max_propagate_nan(x + b * kSelectBlock, n - b * kSelectBlock);
     out[static_cast<std::size_t>(b)] = bm;
     m = (bm != bm || bm > m) ? bm : m;
   }
   return m;
+}
+
+// Offers v to the min-heap of the k largest values seen (heap.front() its smallest).
+template <class Scalar>
+void offer_to_heap(std::vector<Scalar>& heap, Index k, Scalar v) {
+  const auto greater = std::greater<Scalar>();
+  if (static_cast<Index>(heap.size()) < k) {
+    heap.push_back(v);
+    std::push_heap(heap.begin(), heap.end(), greater);
+  } else if (v > heap.front()) {
+    std::pop_heap(heap.begin(), heap.end(), greater);
+    heap.back() = v;
+    std::push_heap(heap.begin(), heap.end(), greater);
+  }
 }
 
 // The k-th largest finite value of x (k >= 1, no NaN), or the smallest finite value when fewer
@@ -604,7 +622,6 @@ Scalar kth_largest(const Scalar* x, Index n, Index k, const std::vector<Scalar>&
   heap.clear();
   if (heap.capacity() < static_cast<std::size_t>(k))
     heap.reserve(static_cast<std::size_t>(k));
-  const auto greater = std::greater<Scalar>();
   for (Index i = 0, b = 0; i < n; i += kSelectBlock, ++b) {
     const Index end = std::min(n, i + kSelectBlock);
     if (static_cast<Index>(heap.size()) == k
@@ -613,16 +630,8 @@ Scalar kth_largest(const Scalar* x, Index n, Index k, const std::vector<Scalar>&
     const Scalar* xb = src != nullptr ? src[b] : x + i;  // this block's logits
     for (Index j = i; j < end; ++j) {
       const Scalar v = xb[j - i];
-      if (v == -inf)
-        continue;
-      if (static_cast<Index>(heap.size()) < k) {
-        heap.push_back(v);
-        std::push_heap(heap.begin(), heap.end(), greater);
-      } else if (v > heap.front()) {
-        std::pop_heap(heap.begin(), heap.end(), greater);
-        heap.back() = v;
-        std::push_heap(heap.begin(), heap.end(), greater);
-      }
+      if (v != -inf)
+        offer_to_heap(heap, k, v);
     }
   }
   return heap.empty() ? -inf : heap.front();
@@ -652,6 +661,88 @@ void gather_at_least(const Scalar* x, Index n, Scalar threshold,
 template <class Scalar>
 bool by_decreasing_logit(const std::pair<Scalar, Index>& a, const std::pair<Scalar, Index>& b) {
   return a.first > b.first || (a.first == b.first && a.second < b.second);
+}
+
+// The candidates of top-k in `out`: (x_i, i) for every finite x_i >= the k-th largest finite
+// value (every finite x_i when fewer than k are finite), sorted by decreasing logit, then index;
+// ties at the k-th value are all kept. k >= 1, no NaN in x. Exact, with the block maxima as the
+// filter: the k largest block maxima are k entries at distinct positions, so the k-th largest
+// entry is >= tau, the k-th largest finite block max; an entry >= tau lies in a block whose max is
+// >= tau. Gathering the finite entries >= tau of those blocks (about k blocks of kSelectBlock when
+// the large logits are spread over the row) therefore yields every entry >= the k-th largest, and
+// the k-th of them in decreasing order is the k-th largest of the row. Cost: O(V / kSelectBlock)
+// for tau (a min-heap of k over the block maxima), O(k kSelectBlock) for the gather, then a sort of
+// the gathered entries (all of V only when most blocks share the same max, e.g. a constant row).
+// scratch: workspace for the heap; src (optional): where each block's logits are read.
+template <class Scalar>
+void top_k_candidates(Index n, Index k, const std::vector<Scalar>& block_max,
+                      std::vector<Scalar>& scratch, std::vector<std::pair<Scalar, Index>>& out,
+                      const Scalar* x, const Scalar* const* src = nullptr) {
+  const Scalar inf = std::numeric_limits<Scalar>::infinity();
+  scratch.clear();
+  if (scratch.capacity() < static_cast<std::size_t>(k))
+    scratch.reserve(static_cast<std::size_t>(k));
+  for (const Scalar bm : block_max) {
+    if (bm > -inf)
+      offer_to_heap(scratch, k, bm);
+  }
+  // Fewer than k finite blocks: every finite entry is a candidate.
+  const Scalar tau = static_cast<Index>(scratch.size()) == k ? scratch.front() : -inf;
+  out.clear();
+  for (Index i = 0, b = 0; i < n; i += kSelectBlock, ++b) {
+    const Scalar bm = block_max[static_cast<std::size_t>(b)];
+    if (bm < tau || bm == -inf)
+      continue;
+    const Index end = std::min(n, i + kSelectBlock);
+    const Scalar* xb = src != nullptr ? src[b] : x + i;
+    for (Index j = i; j < end; ++j) {
+      const Scalar v = xb[j - i];
+      if (v >= tau && v > -inf)
+        out.emplace_back(v, j);
+    }
+  }
+  std::sort(out.begin(), out.end(), by_decreasing_logit<Scalar>);
+  if (static_cast<Index>(out.size()) > k) {
+    const Scalar kth = out[static_cast<std::size_t>(k - 1)].first;
+    std::size_t c = static_cast<std::size_t>(k);
+    while (c < out.size() && out[c].first == kth)
+      ++c;
+    out.resize(c);
+  }
+}
+
+// verify's check of a draft row in one vectorized pass: returns whether every q_i is in [0, 1] (a
+// NaN fails) and sets `sum` to their sum (Kahan-compensated per lane: about one rounding of
+// Scalar, where the tolerance checked is 1e-3).
+template <class Scalar>
+bool probability_row_check(const Scalar* q, Index n, double& sum) {
+  using namespace Eigen::internal;
+  using Packet = PacketOf<Scalar>;
+  constexpr int P = kPacketSize<Scalar>;
+  Packet lo = pset1<Packet>(Scalar(0)), hi = lo;
+  CompensatedSum<Scalar> s0, s1;
+  Index i = 0;
+  for (; i + 2 * P <= n; i += 2 * P) {
+    const Packet a = ploadu<Packet>(q + i), c = ploadu<Packet>(q + i + P);
+    lo = pmin<Eigen::PropagateNaN>(lo, pmin<Eigen::PropagateNaN>(a, c));
+    hi = pmax<Eigen::PropagateNaN>(hi, pmax<Eigen::PropagateNaN>(a, c));
+    s0.add(a);
+    s1.add(c);
+  }
+  for (; i < n; i += P) {
+    const Packet a = load_partial<Packet>(q + i, std::min<Index>(P, n - i), Scalar(0));
+    lo = pmin<Eigen::PropagateNaN>(lo, a);
+    hi = pmax<Eigen::PropagateNaN>(hi, a);
+    s0.add(a);
+  }
+  alignas(64) Scalar l[P], h[P];
+  pstore(l, lo);
+  pstore(h, hi);
+  bool in_range = true;
+  for (int k = 0; k < P; ++k)
+    in_range = in_range && l[k] >= 0 && h[k] <= 1;
+  sum = static_cast<double>(total_wide(s0, s1));
+  return in_range;
 }
 
 // Number of leading candidates (sorted by decreasing logit, weights w) that the top-p rule keeps:
@@ -866,39 +957,34 @@ class Sampler {
     }
     std::vector<double>& inv_sum = ws.scores();
     inv_sum.resize(static_cast<std::size_t>(k));
+    // The draft rows' check reads float rows as they are and other types as double.
+    using QScalar = std::conditional_t<std::is_same_v<typename XprQ::Scalar, float>, float, double>;
+    std::vector<QScalar>& qbuf = ws.buffers<QScalar>().row;
     for (Index i = 0; i < k; ++i) {
       const auto t = static_cast<Index>(draft_tokens.derived().coeff(i));
       if (t < 0 || t >= n)
         detail::fail("Sampler::verify: draft_tokens(", i, ") must be in [0, ", n, "), but got ", t);
-      // Four double sums (independent chains: the pass runs near load speed); their error, V eps,
-      // is far below the 1e-3 tolerance. The range test (NaN fails it) is folded in without
-      // branches; a failure is located afterwards.
-      double sums[4] = {0, 0, 0, 0};
-      int in_range = 1;
       const auto q_at = [&](Index c) {
         return static_cast<double>(draft_probs.derived().coeff(i, c));
       };
-      Index j = 0;
-      for (; j + 4 <= n; j += 4) {
-        for (int l = 0; l < 4; ++l) {
-          const double q = q_at(j + l);
-          in_range &= static_cast<int>(q >= 0) & static_cast<int>(q <= 1);
-          sums[l] += q;
-        }
+      // One vectorized pass over the row (its range and sum); a failure is located afterwards.
+      double sum = 0;
+      const QScalar* qrow = nullptr;
+      if constexpr (std::is_same_v<QScalar, typename XprQ::Scalar>) {
+        qrow = detail::contiguous_row<QScalar>(draft_probs.derived().row(i), qbuf);
+      } else {  // long double probabilities: checked on their double values
+        qbuf.resize(static_cast<std::size_t>(n));
+        for (Index c = 0; c < n; ++c)
+          qbuf[static_cast<std::size_t>(c)] = static_cast<double>(q_at(c));
+        qrow = qbuf.data();
       }
-      for (; j < n; ++j) {
-        const double q = q_at(j);
-        in_range &= static_cast<int>(q >= 0) & static_cast<int>(q <= 1);
-        sums[0] += q;
-      }
-      if (!in_range) {
+      if (!detail::probability_row_check(qrow, n, sum)) {
         for (Index c = 0; c < n; ++c) {
           if (!(q_at(c) >= 0 && q_at(c) <= 1))
             detail::fail("Sampler::verify: draft_probs(", i, ", ", c,
                          ") must be in [0, 1], but got ", q_at(c));
         }
       }
-      const double sum = (sums[0] + sums[1]) + (sums[2] + sums[3]);
       if (!(std::fabs(sum - 1.0) <= 1e-3)) {
         detail::fail("Sampler::verify: draft_probs row ", i,
                      " must sum to 1 (within 1e-3), but sums to ", static_cast<double>(sum));
@@ -1121,7 +1207,7 @@ class Sampler {
     // The small path's block maxima come with the row max in the same pass.
     Scalar m = small ? detail::block_maxima(x, n, ws.buffers<Scalar>().block_max)
                      : detail::max_propagate_nan(x, n);
-    if (small && ws.buffers<Scalar>().overlay_on)
+    if (small && ws.buffers<Scalar>().overlay_on && m == m)  // a NaN stays (not overlaid)
       m = patch_blocks(x, n, ws);
     if (m != m) {
       plan.kind = Kind::NaN;
@@ -1183,14 +1269,13 @@ class Sampler {
     return m;
   }
 
-  // Top-k by the streaming heap, then only the candidates are weighted, sorted and cut.
+  // Top-k by the block maxima (detail::top_k_candidates), then only the candidates are weighted,
+  // cut and reweighted.
   template <class Scalar>
   Plan<Scalar> small_plan(const Scalar* x, Index n, Scalar m, SamplingWorkspace& ws) const {
     auto& b = ws.buffers<Scalar>();
     const Scalar* const* src = b.overlay_on ? b.block_src.data() : nullptr;
-    const Scalar kth = detail::kth_largest(x, n, k_, b.block_max, b.heap, src);
-    detail::gather_at_least(x, n, kth, b.block_max, b.cand, src);
-    std::sort(b.cand.begin(), b.cand.end(), detail::by_decreasing_logit<Scalar>);
+    detail::top_k_candidates(n, k_, b.block_max, b.heap, b.cand, x, src);
     const std::size_t count = b.cand.size();
     b.cand_weight.resize(count);
     // Temperature last (llama.cpp's order): top-p and min-p cut the T = 1 distribution, then the
