@@ -671,34 +671,48 @@ bool by_decreasing_logit(const std::pair<Scalar, Index>& a, const std::pair<Scal
 // >= tau. Gathering the finite entries >= tau of those blocks (about k blocks of kSelectBlock when
 // the large logits are spread over the row) therefore yields every entry >= the k-th largest, and
 // the k-th of them in decreasing order is the k-th largest of the row. Cost: O(V / kSelectBlock)
-// for tau (a min-heap of k over the block maxima), O(k kSelectBlock) for the gather, then a sort of
+// for tau (nth_element on the block maxima), O(k kSelectBlock) for the gather, then a sort of
 // the gathered entries (all of V only when most blocks share the same max, e.g. a constant row).
-// scratch: workspace for the heap; src (optional): where each block's logits are read.
+// scratch: workspace for the block maxima; src (optional): where each block's logits are read.
 template <class Scalar>
 void top_k_candidates(Index n, Index k, const std::vector<Scalar>& block_max,
                       std::vector<Scalar>& scratch, std::vector<std::pair<Scalar, Index>>& out,
                       const Scalar* x, const Scalar* const* src = nullptr) {
   const Scalar inf = std::numeric_limits<Scalar>::infinity();
   scratch.clear();
-  if (scratch.capacity() < static_cast<std::size_t>(k))
-    scratch.reserve(static_cast<std::size_t>(k));
   for (const Scalar bm : block_max) {
     if (bm > -inf)
-      offer_to_heap(scratch, k, bm);
+      scratch.push_back(bm);
   }
   // Fewer than k finite blocks: every finite entry is a candidate.
-  const Scalar tau = static_cast<Index>(scratch.size()) == k ? scratch.front() : -inf;
+  Scalar tau = -inf;
+  if (static_cast<Index>(scratch.size()) >= k) {
+    std::nth_element(scratch.begin(), scratch.begin() + (k - 1), scratch.end(),
+                     std::greater<Scalar>());
+    tau = scratch[static_cast<std::size_t>(k - 1)];
+  }
+  // The gather: a packet compare skips the packets of a block without an entry >= tau (a read
+  // block holds about one candidate).
+  using Packet = PacketOf<Scalar>;
+  constexpr int P = kPacketSize<Scalar>;
+  const Packet ptau = Eigen::internal::pset1<Packet>(tau);
   out.clear();
   for (Index i = 0, b = 0; i < n; i += kSelectBlock, ++b) {
     const Scalar bm = block_max[static_cast<std::size_t>(b)];
     if (bm < tau || bm == -inf)
       continue;
     const Index end = std::min(n, i + kSelectBlock);
-    const Scalar* xb = src != nullptr ? src[b] : x + i;
-    for (Index j = i; j < end; ++j) {
-      const Scalar v = xb[j - i];
-      if (v >= tau && v > -inf)
-        out.emplace_back(v, j);
+    const Scalar* xb = (src != nullptr ? src[b] : x + i) - i;  // xb[j]: entry j
+    for (Index j = i; j < end; j += P) {
+      const Index stop = std::min(end, j + P);
+      if (stop - j == P
+          && !Eigen::internal::predux_any(
+              Eigen::internal::pcmp_le(ptau, Eigen::internal::ploadu<Packet>(xb + j))))
+        continue;
+      for (Index l = j; l < stop; ++l) {
+        if (xb[l] >= tau && xb[l] > -inf)
+          out.emplace_back(xb[l], l);
+      }
     }
   }
   std::sort(out.begin(), out.end(), by_decreasing_logit<Scalar>);
@@ -1234,7 +1248,7 @@ class Sampler {
 
   // The overlay's blocks: each block holding a modified logit is copied into `patch` with the
   // overlay applied and its max recomputed; block_src points at every block's logits. Returns
-  // the row's max (NaN-propagating).
+  // the row's max (the row holds no NaN: make_plan checked).
   template <class Scalar>
   Scalar patch_blocks(const Scalar* x, Index n, SamplingWorkspace& ws) const {
     auto& b = ws.buffers<Scalar>();
@@ -1259,14 +1273,13 @@ class Sampler {
       std::copy(x + start, x + start + len, dst);
       for (; e < b.overlay.size() && b.overlay[e].first / detail::kSelectBlock == bl; ++e)
         dst[b.overlay[e].first - start] = b.overlay[e].second;
-      b.block_max[static_cast<std::size_t>(bl)] = detail::max_propagate_nan(dst, len);
+      // No NaN here (make_plan calls this only for a row without one): the fast max.
+      b.block_max[static_cast<std::size_t>(bl)] =
+          detail::packet_max<Eigen::PropagateFast>(dst, len);
       b.block_src[static_cast<std::size_t>(bl)] = dst;
       ++slot;
     }
-    Scalar m = -std::numeric_limits<Scalar>::infinity();
-    for (const Scalar bm : b.block_max)
-      m = (bm != bm || bm > m) ? bm : m;
-    return m;
+    return detail::packet_max<Eigen::PropagateFast>(b.block_max.data(), static_cast<Index>(blocks));
   }
 
   // Top-k by the block maxima (detail::top_k_candidates), then only the candidates are weighted,
