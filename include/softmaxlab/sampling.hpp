@@ -663,39 +663,98 @@ bool by_decreasing_logit(const std::pair<Scalar, Index>& a, const std::pair<Scal
   return a.first > b.first || (a.first == b.first && a.second < b.second);
 }
 
+// The number of entries of a >= t, on packets and without branches (the count per lane is exact
+// in Scalar below 2^24).
+template <class Scalar>
+Index count_at_least(const Scalar* a, Index n, Scalar t) {
+  using namespace Eigen::internal;
+  using Packet = PacketOf<Scalar>;
+  constexpr int P = kPacketSize<Scalar>;
+  const Packet pt = pset1<Packet>(t), one = pset1<Packet>(Scalar(1));
+  Packet acc = pset1<Packet>(Scalar(0));
+  Index i = 0;
+  for (; i + P <= n; i += P)
+    acc = padd(acc, pand(pcmp_le(pt, ploadu<Packet>(a + i)), one));
+  Index c = static_cast<Index>(predux(acc));
+  for (; i < n; ++i)
+    c += a[i] >= t ? 1 : 0;
+  return c;
+}
+
 // The candidates of top-k in `out`: (x_i, i) for every finite x_i >= the k-th largest finite
 // value (every finite x_i when fewer than k are finite), sorted by decreasing logit, then index;
-// ties at the k-th value are all kept. k >= 1, no NaN in x. Exact, with the block maxima as the
-// filter: the k largest block maxima are k entries at distinct positions, so the k-th largest
-// entry is >= tau, the k-th largest finite block max; an entry >= tau lies in a block whose max is
-// >= tau. Gathering the finite entries >= tau of those blocks (about k blocks of kSelectBlock when
-// the large logits are spread over the row) therefore yields every entry >= the k-th largest, and
-// the k-th of them in decreasing order is the k-th largest of the row. Cost: O(V / kSelectBlock)
-// for tau (nth_element on the block maxima), O(k kSelectBlock) for the gather, then a sort of
-// the gathered entries (all of V only when most blocks share the same max, e.g. a constant row).
-// scratch: workspace for the block maxima; src (optional): where each block's logits are read.
+// ties at the k-th value are all kept. k >= 1, no NaN and no +inf in x. Exact, with the block
+// maxima as the filter: when at least k block maxima are >= tau, they are k entries at distinct
+// positions, so the k-th largest entry is >= tau; and an entry >= tau lies in a block whose max is
+// >= tau. Gathering the finite entries >= tau of those blocks therefore yields every entry >= the
+// k-th largest, and the k-th of them in decreasing order is the k-th largest of the row. tau is
+// found by bisection on the block maxima's counts (branch-free passes over V / kSelectBlock
+// values: a selection by comparisons mispredicted a branch per block maximum and cost as much as
+// the pass over the row), until at most 2k blocks are >= tau; the gather then reads about k to 2k
+// blocks when the large logits are spread over the row, and all of V only when most blocks share
+// the same max (e.g. a constant row), followed by a sort of the gathered entries.
+// src (optional): where each block's logits are read.
 template <class Scalar>
 void top_k_candidates(Index n, Index k, const std::vector<Scalar>& block_max,
-                      std::vector<Scalar>& scratch, std::vector<std::pair<Scalar, Index>>& out,
-                      const Scalar* x, const Scalar* const* src = nullptr) {
+                      std::vector<std::pair<Scalar, Index>>& out, const Scalar* x,
+                      const Scalar* const* src = nullptr) {
   const Scalar inf = std::numeric_limits<Scalar>::infinity();
-  scratch.clear();
-  for (const Scalar bm : block_max) {
-    if (bm > -inf)
-      scratch.push_back(bm);
+  const Scalar* bmax = block_max.data();
+  const auto blocks = static_cast<Index>(block_max.size());
+  // lo, hi: the smallest finite and the largest block max (packets: -inf lanes read as +inf for
+  // the min).
+  using namespace Eigen::internal;
+  using Packet = PacketOf<Scalar>;
+  constexpr int P = kPacketSize<Scalar>;
+  const Packet ninf = pset1<Packet>(-inf), pinf = pset1<Packet>(inf);
+  Packet pmn = pinf, pmx = ninf;
+  Index i0 = 0;
+  for (; i0 + P <= blocks; i0 += P) {
+    const Packet p = ploadu<Packet>(bmax + i0);
+    pmx = pmax(pmx, p);
+    pmn = pmin(pmn, pselect(pcmp_eq(p, ninf), pinf, p));
   }
-  // Fewer than k finite blocks: every finite entry is a candidate.
+  Scalar lo = predux_min(pmn), hi = predux_max(pmx);
+  for (; i0 < blocks; ++i0) {
+    lo = bmax[i0] > -inf && bmax[i0] < lo ? bmax[i0] : lo;
+    hi = bmax[i0] > hi ? bmax[i0] : hi;
+  }
+  // Fewer than k finite blocks: every finite entry is a candidate. Else lo keeps count >= k, hi
+  // (while above lo) count < k.
   Scalar tau = -inf;
-  if (static_cast<Index>(scratch.size()) >= k) {
-    std::nth_element(scratch.begin(), scratch.begin() + (k - 1), scratch.end(),
-                     std::greater<Scalar>());
-    tau = scratch[static_cast<std::size_t>(k - 1)];
+  if (hi > -inf && count_at_least(bmax, blocks, lo) >= k) {
+    if (count_at_least(bmax, blocks, hi) >= k) {
+      lo = hi;
+    } else {
+      for (int step = 0; step < 64; ++step) {
+        const Scalar mid = lo / 2 + hi / 2;
+        if (!(mid > lo && mid < hi))
+          break;
+        const Index c = count_at_least(bmax, blocks, mid);
+        if (c >= k) {
+          lo = mid;
+          if (c <= 2 * k)
+            break;
+        } else {
+          hi = mid;
+        }
+      }
+    }
+    tau = lo;
   }
   // The gather: a packet compare skips the packets of a block without an entry >= tau (a read
   // block holds about one candidate).
-  using Packet = PacketOf<Scalar>;
-  constexpr int P = kPacketSize<Scalar>;
-  const Packet ptau = Eigen::internal::pset1<Packet>(tau);
+  const Packet ptau = pset1<Packet>(tau);
+  // The blocks to read are known before any is read: their cache lines are requested first, so
+  // that their latencies overlap (the row may have left the cache since block_maxima read it).
+  for (Index i = 0, b = 0; i < n; i += kSelectBlock, ++b) {
+    const Scalar bm = block_max[static_cast<std::size_t>(b)];
+    if (bm < tau || bm == -inf)
+      continue;
+    const Scalar* xb = src != nullptr ? src[b] : x + i;
+    for (std::uintptr_t off = 0; off < kSelectBlock * sizeof(Scalar); off += 64)
+      prefetch_read(xb, off);
+  }
   out.clear();
   for (Index i = 0, b = 0; i < n; i += kSelectBlock, ++b) {
     const Scalar bm = block_max[static_cast<std::size_t>(b)];
@@ -705,9 +764,7 @@ void top_k_candidates(Index n, Index k, const std::vector<Scalar>& block_max,
     const Scalar* xb = (src != nullptr ? src[b] : x + i) - i;  // xb[j]: entry j
     for (Index j = i; j < end; j += P) {
       const Index stop = std::min(end, j + P);
-      if (stop - j == P
-          && !Eigen::internal::predux_any(
-              Eigen::internal::pcmp_le(ptau, Eigen::internal::ploadu<Packet>(xb + j))))
+      if (stop - j == P && !predux_any(pcmp_le(ptau, ploadu<Packet>(xb + j))))
         continue;
       for (Index l = j; l < stop; ++l) {
         if (xb[l] >= tau && xb[l] > -inf)
@@ -1288,7 +1345,7 @@ class Sampler {
   Plan<Scalar> small_plan(const Scalar* x, Index n, Scalar m, SamplingWorkspace& ws) const {
     auto& b = ws.buffers<Scalar>();
     const Scalar* const* src = b.overlay_on ? b.block_src.data() : nullptr;
-    detail::top_k_candidates(n, k_, b.block_max, b.heap, b.cand, x, src);
+    detail::top_k_candidates(n, k_, b.block_max, b.cand, x, src);
     const std::size_t count = b.cand.size();
     b.cand_weight.resize(count);
     // Temperature last (llama.cpp's order): top-p and min-p cut the T = 1 distribution, then the
