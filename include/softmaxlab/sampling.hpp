@@ -77,13 +77,17 @@
 //
 // Algorithm (no sort of the vocabulary):
 //   - m = max x (NaN-propagating, as Softmax);
-//   - top-k with k <= 1024: one vectorized pass takes the row max and the max of every block of
-//     64 logits; a min-heap of the k largest values then reads only the blocks whose max beats
-//     its smallest value (expected k log(V/k) insertions on a random order), and one walk over the
-//     block maxima gathers every logit >= the k-th value. Only those tokens are exponentiated (in
-//     double), sorted and cut by top-p and min-p: the "softmax fused with top-k" of Milakov &
-//     Gimelshein (arXiv 1805.02867), where the whole row's normalizer is not needed because top-k
-//     renormalizes;
+//   - top-k with k <= 1024 (the "heap path", named after the streaming heap it used before; the
+//     only pass over V is the first): one vectorized pass takes the row max and the max of every
+//     block of 64 logits (the max pass of Softmax; no exp, no store of V values). A threshold tau
+//     with at least k block maxima >= tau, hence at most the k-th largest logit, is found by
+//     bisection on branch-free counts over the V/64 block maxima, and only the blocks whose max is
+//     >= tau (about k to 2k of them) are read to gather every logit >= tau, a superset of the
+//     top-k set (detail::top_k_candidates states why it is exact). Only those tokens are sorted,
+//     the k-th value read off, and exponentiated (in double) and cut by top-p and min-p: the
+//     "softmax fused with top-k" of Milakov & Gimelshein (arXiv 1805.02867), where the whole row's
+//     normalizer is not needed because top-k renormalizes. Sparse logit stages (bias, penalties,
+//     DRY) patch the few blocks they touch instead of copying the row;
 //   - otherwise (k = 0 or k > 1024, k-th value from std::nth_element): one pass stores
 //     w_i = exp((x_i - m) / T) with the Softmax kernel (detail/kernels.hpp), a histogram of the
 //     weights over 2048 buckets of width 1/64 in (m - x_i) / T finds the bucket in which the top-p
@@ -843,7 +847,8 @@ class Sampler {
   // Buckets of the large path's histogram: width 1/64 in (m - x) / T, the last one open-ended.
   static constexpr int kBuckets = 2048;
   static constexpr double kBucketsPerUnit = 64.0;
-  // Largest k handled by the streaming heap (beyond it std::nth_element and the large path).
+  // Largest k handled by the heap path (block maxima; beyond it std::nth_element and the large
+  // path).
   static constexpr Index kHeapMaxK = 1024;
 
   explicit Sampler(const SamplerOptions& options = SamplerOptions()) : o_(options) { configure(); }
@@ -995,8 +1000,10 @@ class Sampler {
   // probability (or one above 1), a row not summing to 1 within 1e-3, a draft token of draft
   // probability 0, or mirostat v2 on. Random words: two per draft examined, two more for the
   // residual or the bonus draw. Cost per position: the chain's plan of the row (no write of V
-  // probabilities), one pass over the draft row (its check), and at a rejection one pass over
-  // the residual's support (the kept set).
+  // probabilities; on the heap path one max pass over the row), one vectorized pass over the draft
+  // row (its range and sum: detail::probability_row_check), the accept test from p(t) and q(t)
+  // alone (O(kept)), and at a rejection (once per call) one pass over the residual's support
+  // (the kept set).
   template <class XprT, class XprQ, class XprD, class Gen>
   SpeculativeResult verify(const Eigen::DenseBase<XprT>& target_logits,
                            const Eigen::DenseBase<XprQ>& draft_probs,
