@@ -696,7 +696,8 @@ Index count_at_least(const Scalar* a, Index n, Scalar t) {
 // values: a selection by comparisons mispredicted a branch per block maximum and cost as much as
 // the pass over the row), until at most 2k blocks are >= tau; the gather then reads about k to 2k
 // blocks when the large logits are spread over the row, and all of V only when most blocks share
-// the same max (e.g. a constant row), followed by a sort of the gathered entries.
+// the same max (e.g. a constant row) or there are fewer than k blocks; then the kept entries
+// alone are sorted.
 // src (optional): where each block's logits are read.
 template <class Scalar>
 void top_k_candidates(Index n, Index k, const std::vector<Scalar>& block_max,
@@ -776,14 +777,18 @@ void top_k_candidates(Index n, Index k, const std::vector<Scalar>& block_max,
       }
     }
   }
-  std::sort(out.begin(), out.end(), by_decreasing_logit<Scalar>);
+  // The k-th in decreasing order by nth_element (O(gathered)); after it every entry past k - 1 is
+  // <= the k-th value, and those equal to it (ties) join the kept prefix, then only that is sorted
+  // (a gather of all V when fewer than k blocks exist, e.g. k = 1024 and V = 32,000).
   if (static_cast<Index>(out.size()) > k) {
-    const Scalar kth = out[static_cast<std::size_t>(k - 1)].first;
-    std::size_t c = static_cast<std::size_t>(k);
-    while (c < out.size() && out[c].first == kth)
-      ++c;
-    out.resize(c);
+    const auto kth_at = out.begin() + (k - 1);
+    std::nth_element(out.begin(), kth_at, out.end(), by_decreasing_logit<Scalar>);
+    const Scalar kth = kth_at->first;
+    out.erase(
+        std::partition(kth_at + 1, out.end(), [kth](const auto& e) { return e.first == kth; }),
+        out.end());
   }
+  std::sort(out.begin(), out.end(), by_decreasing_logit<Scalar>);
 }
 
 // verify's check of a draft row in one vectorized pass: returns whether every q_i is in [0, 1] (a
