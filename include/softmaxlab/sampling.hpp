@@ -144,7 +144,8 @@
 // (arXiv 2302.01318) for speculative sampling. Tests: tests/test_sampling.cpp (the original four
 // stages, temperature first), tests/test_sampler_chain.cpp (every stage and chains against a
 // sort-based long double reference, verify), tests/test_replayed_faults.cpp (zero-probability
-// tokens never drawn).
+// tokens never drawn), tests/test_sampler_topk_selection.cpp (the heap path's top-k selection at
+// its boundary cases, verify's draft-row check).
 #pragma once
 
 #include <algorithm>
