@@ -134,7 +134,9 @@ void check_top_k_boundaries() {
                                                   {65, 1},    {1000, 40},    {3001, 40},
                                                   {4096, 64}, {20011, 1024}, {128256, 40}};
   const std::vector<std::pair<Index, double>> bias = {{0, 2.5}, {3, -1.0}, {7, 8.0}};
-  for (const auto& [n, k] : shapes) {
+  for (const auto& shape : shapes) {
+    const std::size_t n = shape.first;  // not a structured binding: the lambdas below use it
+    const Index k = shape.second;
     for (const Row& row : boundary_rows(n, k, rng)) {
       const std::vector<Scalar> xs(row.x.begin(), row.x.end());
       const std::vector<double> x(xs.begin(), xs.end());  // the values the sampler sees
