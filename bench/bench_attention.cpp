@@ -87,38 +87,10 @@ class ThreadScope {
   int saved_ = 1;
 };
 
-// /proc/self/status field in bytes (VmRSS, VmHWM), -1 when unavailable.
-double status_bytes(const char* field) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  const std::string key = std::string(field) + ":";
-  while (std::getline(in, line)) {
-    if (line.rfind(key, 0) == 0)
-      return 1024.0 * std::strtod(line.c_str() + key.size(), nullptr);  // "  1234 kB"
-  }
-  return -1;
-}
-
-// Resets the peak resident set (VmHWM) to the current one; false when the kernel does not allow.
-bool reset_peak_rss() {
-  std::ofstream out("/proc/self/clear_refs");
-  out << "5";
-  out.flush();
-  return static_cast<bool>(out);
-}
-
-double process_cpu_seconds() {
-  timespec t{};
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
-}
-
-double load_average() {
-  std::ifstream in("/proc/loadavg");
-  double load = -1;
-  in >> load;
-  return load;
-}
+using softmaxlab_bench::load_average;
+using softmaxlab_bench::process_cpu_seconds;
+using softmaxlab_bench::reset_peak_rss;
+using softmaxlab_bench::status_bytes;
 
 enum class Impl { Flash, EigenMaterialized, SmlMaterialized, OneDnn };
 

@@ -43,6 +43,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <ctime>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <string>
@@ -191,6 +194,40 @@ struct Case {
   Cache cache;
   std::function<void(benchmark::State&)> run;
 };
+
+// Process measurements shared by the memory-reporting cases (attention, linear cross-entropy).
+// /proc/self/status field in bytes (VmRSS, VmHWM), -1 when unavailable.
+inline double status_bytes(const char* field) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  const std::string key = std::string(field) + ":";
+  while (std::getline(in, line)) {
+    if (line.rfind(key, 0) == 0)
+      return 1024.0 * std::strtod(line.c_str() + key.size(), nullptr);  // "  1234 kB"
+  }
+  return -1;
+}
+
+// Resets the peak resident set (VmHWM) to the current one; false when the kernel does not allow.
+inline bool reset_peak_rss() {
+  std::ofstream out("/proc/self/clear_refs");
+  out << "5";
+  out.flush();
+  return static_cast<bool>(out);
+}
+
+inline double process_cpu_seconds() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
+}
+
+inline double load_average() {
+  std::ifstream in("/proc/loadavg");
+  double load = -1;
+  in >> load;
+  return load;
+}
 
 inline std::vector<Case>& registry() {
   static std::vector<Case> cases;

@@ -27,14 +27,9 @@ bool same_bits(const M& a, const M& b) {
          && std::memcmp(a.data(), b.data(), sizeof(typename M::Scalar) * a.size()) == 0;
 }
 
-template <class F, class M>
-void check_batches(const F& f, const M& X) {
-  // one apply per row / per column: the sequential reference
-  M rows_ref(X.rows(), X.cols()), cols_ref(X.rows(), X.cols());
-  for (Index i = 0; i < X.rows(); ++i)
-    f.apply(X.row(i), rows_ref.row(i));
-  for (Index j = 0; j < X.cols(); ++j)
-    f.apply(X.col(j), cols_ref.col(j));
+// Runs fn once per thread count (1 to 4 with OpenMP, else 1), with OpenMP set to that count.
+template <class Fn>
+void for_thread_counts(const Fn& fn) {
   std::vector<int> thread_counts{1};
 #if defined(_OPENMP)
   thread_counts = {1, 2, 3, 4};
@@ -44,13 +39,26 @@ void check_batches(const F& f, const M& X) {
     omp_set_num_threads(threads);
 #endif
     INFO("threads " << threads);
+    fn();
+  }
+}
+
+template <class F, class M>
+void check_batches(const F& f, const M& X) {
+  // one apply per row / per column: the sequential reference
+  M rows_ref(X.rows(), X.cols()), cols_ref(X.rows(), X.cols());
+  for (Index i = 0; i < X.rows(); ++i)
+    f.apply(X.row(i), rows_ref.row(i));
+  for (Index j = 0; j < X.cols(); ++j)
+    f.apply(X.col(j), cols_ref.col(j));
+  for_thread_counts([&] {
     M y(X.rows(), X.cols());
     f.rowwise(X, y);
     CHECK(same_bits(y, rows_ref));
     f.colwise(X, y);
     CHECK(same_bits(y, cols_ref));
     CHECK(same_bits(M(f.rowwise(X * 2)), M(f.rowwise(M(X * 2)))));  // expression path
-  }
+  });
 }
 
 }  // namespace
@@ -86,15 +94,7 @@ TEST_CASE("Attention and AttentionSoftmax: bitwise the same for every thread cou
   attn.apply_masked(q, k, v, mask, o_ref, lse_ref);
   for (Index i = 0; i < 300; ++i)
     fs.apply_masked(s.row(i), mask.row(i), p_ref.row(i));
-  std::vector<int> thread_counts{1};
-#if defined(_OPENMP)
-  thread_counts = {1, 2, 3, 4};
-#endif
-  for (int threads : thread_counts) {
-#if defined(_OPENMP)
-    omp_set_num_threads(threads);
-#endif
-    INFO("threads " << threads);
+  for_thread_counts([&] {
     Eigen::MatrixXf o(300, 48), p(300, 500);
     Eigen::VectorXf lse(300);
     attn.apply_masked(q, k, v, mask, o, lse);
@@ -102,5 +102,41 @@ TEST_CASE("Attention and AttentionSoftmax: bitwise the same for every thread cou
     CHECK(same_bits(lse, lse_ref));
     fs.rowwise_masked(s, mask, p);
     CHECK(same_bits(p, p_ref));
-  }
+  });
+}
+
+TEST_CASE("LinearCrossEntropy gives the same bits for every thread count",
+          "[parallel][linear_cross_entropy]") {
+  // Vocabulary groups are fixed (LinearCrossEntropy::kGroups) and merged in order, and each dW row
+  // belongs to one group: loss, lse, dH, dW and db must not depend on the thread count.
+  const Eigen::MatrixXf h = Eigen::MatrixXf::Random(200, 32) * 2.0f;
+  const Eigen::MatrixXf w = Eigen::MatrixXf::Random(1000, 32);
+  const Eigen::VectorXf b = Eigen::VectorXf::Random(1000);
+  std::vector<int> labels(200);
+  for (Index i = 0; i < 200; ++i)
+    labels[i] = static_cast<int>((i * 37) % 1000);
+  labels[7] = -100;
+  const auto lce = sml::LinearCrossEntropy(sml::Reduction::Mean, 0.1)
+                       .with_z_loss(1e-3)
+                       .with_softcap(10)
+                       .with_block_sizes(64, 96);
+#if defined(_OPENMP)
+  omp_set_num_threads(1);
+#endif
+  Eigen::MatrixXf dh_ref(200, 32), dw_ref(1000, 32);
+  Eigen::VectorXf db_ref(1000);
+  Eigen::VectorXd lse_ref(200);
+  const double l_ref =
+      lce(h, w, b, labels, dh_ref, dw_ref, db_ref, sml::TokenOutputs().with_lse(lse_ref));
+  for_thread_counts([&] {
+    Eigen::MatrixXf dh(200, 32), dw(1000, 32);
+    Eigen::VectorXf db(1000);
+    Eigen::VectorXd lse(200);
+    const double l = lce(h, w, b, labels, dh, dw, db, sml::TokenOutputs().with_lse(lse));
+    CHECK(l == l_ref);
+    CHECK(same_bits(dh, dh_ref));
+    CHECK(same_bits(dw, dw_ref));
+    CHECK(same_bits(db, db_ref));
+    CHECK(same_bits(lse, lse_ref));
+  });
 }

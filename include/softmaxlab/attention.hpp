@@ -14,6 +14,8 @@
 //   (ggml's
 //                       ALiBi form: the mask holds the position bias, m the per-head slope, see
 //                       alibi_slope()).
+//   with_window(l, r), with_alibi(max_bias): MultiHeadAttention only (multi_head_attention.hpp;
+//                       Attention and AttentionSoftmax throw if they are set).
 //   with_sink(z)        in [-2^100, 2^100]: a logit that joins the max and the sum but has no
 //   output
 //                       (gpt-oss-style attention sinks).
@@ -226,6 +228,30 @@ class AttentionOptions {
     return o;
   }
 
+  // MultiHeadAttention only (multi_head_attention.hpp): key j is visible to query i iff
+  // i + Lk - Lq - left <= j <= i + Lk - Lq + right; -1 = unbounded on that side.
+  [[nodiscard]] AttentionOptions with_window(Index left, Index right) const {
+    if (left < -1)
+      detail::fail("AttentionOptions: window left must be >= -1 (-1 = unbounded), but got ", left);
+    if (right < -1)
+      detail::fail("AttentionOptions: window right must be >= -1 (-1 = unbounded), but got ",
+                   right);
+    AttentionOptions o = *this;
+    o.window_left_ = left;
+    o.window_right_ = right;
+    return o;
+  }
+  // MultiHeadAttention only: ALiBi from positions, slope of head h = alibi_slope(max_bias, h, Hq),
+  // bias -slope |j - (i + Lk - Lq)|. max_bias finite, >= 0; 0 = off.
+  [[nodiscard]] AttentionOptions with_alibi(double max_bias) const {
+    if (!(max_bias >= 0.0 && max_bias <= 0x1p100))
+      detail::fail("AttentionOptions: alibi max_bias must be in [0, 2^100] (0 = off), but got ",
+                   max_bias);
+    AttentionOptions o = *this;
+    o.alibi_max_bias_ = max_bias;
+    return o;
+  }
+
   bool has_scale() const { return scale_ > 0; }
   double scale_or(double fallback) const { return has_scale() ? scale_ : fallback; }
   bool causal() const { return causal_; }
@@ -233,6 +259,11 @@ class AttentionOptions {
   double mask_slope() const { return mask_slope_; }
   bool has_sink() const { return has_sink_; }
   double sink() const { return sink_; }
+  Index window_left() const { return window_left_; }
+  Index window_right() const { return window_right_; }
+  bool has_window() const { return window_left_ >= 0 || window_right_ >= 0; }
+  double alibi_max_bias() const { return alibi_max_bias_; }
+  bool has_alibi() const { return alibi_max_bias_ > 0; }
 
  private:
   double scale_ = 0;  // 0: not set (the default of each class applies)
@@ -241,6 +272,9 @@ class AttentionOptions {
   double mask_slope_ = 1;
   bool has_sink_ = false;
   double sink_ = 0;
+  Index window_left_ = -1;  // -1: unbounded
+  Index window_right_ = -1;
+  double alibi_max_bias_ = 0;  // 0: no ALiBi
 };
 
 // ggml's ALiBi slope of head `head` among `n_head` heads for max_bias (see the doc block).
@@ -471,16 +505,6 @@ void attention_irregular_row(const Span<const Scalar>& x, const Span<const Scala
     y[i] = static_cast<Scalar>(weight(score(i)) * inverse);
 }
 
-// p_i = exp(t_i - m) in place over contiguous t (m finite), returning sum_i p_i.
-template <class Scalar>
-long double exp_shift_store_sum(Scalar* t, Index n, Scalar m) {
-  CompensatedSum<Scalar> sum0, sum1;
-  scaled_exp_store_sum<false>(t, t, n, m, Scalar(1), sum0, sum1);
-  // The kernel keeps exp * 2^64 (always normal); scale back exactly but for subnormal results.
-  scale_in_place(t, n, Scalar(1) / kExpScale<Scalar>);
-  return std::ldexp(sum0.total() + sum1.total(), -kExpScaleLog2<Scalar>);
-}
-
 }  // namespace detail
 
 // The fused attention score softmax: see the header's doc block.
@@ -498,6 +522,12 @@ class AttentionSoftmax : public detail::DistributionFunctor<AttentionSoftmax>,
       detail::fail(name,
                    ": causal must be false (a row has no query position; use a mask), but "
                    "got true");
+    if (options.has_window() || options.has_alibi())
+      detail::fail(name,
+                   ": a window or ALiBi from positions needs MultiHeadAttention (a row "
+                   "has no query position), but got window (",
+                   options.window_left(), ", ", options.window_right(), ") and alibi max_bias ",
+                   options.alibi_max_bias());
   }
 
   const AttentionOptions& options() const { return options_; }
@@ -1195,6 +1225,12 @@ class Attention {
 
   explicit Attention(const AttentionOptions& options = {}, const Weight& weight = Weight())
       : options_(options), weight_(weight) {
+    if (options.has_window() || options.has_alibi())
+      detail::fail(name,
+                   ": a window or ALiBi from positions needs MultiHeadAttention, but got "
+                   "window (",
+                   options.window_left(), ", ", options.window_right(), ") and alibi max_bias ",
+                   options.alibi_max_bias());
     if constexpr (kSoftmax) {
       if (weight.temperature() != 1.0) {
         detail::fail(name,

@@ -77,13 +77,17 @@
 //
 // Algorithm (no sort of the vocabulary):
 //   - m = max x (NaN-propagating, as Softmax);
-//   - top-k with k <= 1024: one vectorized pass takes the row max and the max of every block of
-//     64 logits; a min-heap of the k largest values then reads only the blocks whose max beats
-//     its smallest value (expected k log(V/k) insertions on a random order), and one walk over the
-//     block maxima gathers every logit >= the k-th value. Only those tokens are exponentiated (in
-//     double), sorted and cut by top-p and min-p: the "softmax fused with top-k" of Milakov &
-//     Gimelshein (arXiv 1805.02867), where the whole row's normalizer is not needed because top-k
-//     renormalizes;
+//   - top-k with k <= 1024 (the "heap path", named after the streaming heap it used before; the
+//     only pass over V is the first): one vectorized pass takes the row max and the max of every
+//     block of 64 logits (the max pass of Softmax; no exp, no store of V values). A threshold tau
+//     with at least k block maxima >= tau, hence at most the k-th largest logit, is found by
+//     bisection on branch-free counts over the V/64 block maxima, and only the blocks whose max is
+//     >= tau (about k to 2k of them) are read to gather every logit >= tau, a superset of the
+//     top-k set (detail::top_k_candidates states why it is exact). Only those tokens are sorted,
+//     the k-th value read off, and exponentiated (in double) and cut by top-p and min-p: the
+//     "softmax fused with top-k" of Milakov & Gimelshein (arXiv 1805.02867), where the whole row's
+//     normalizer is not needed because top-k renormalizes. Sparse logit stages (bias, penalties,
+//     DRY) patch the few blocks they touch instead of copying the row;
 //   - otherwise (k = 0 or k > 1024, k-th value from std::nth_element): one pass stores
 //     w_i = exp((x_i - m) / T) with the Softmax kernel (detail/kernels.hpp), a histogram of the
 //     weights over 2048 buckets of width 1/64 in (m - x_i) / T finds the bucket in which the top-p
@@ -140,7 +144,8 @@
 // (arXiv 2302.01318) for speculative sampling. Tests: tests/test_sampling.cpp (the original four
 // stages, temperature first), tests/test_sampler_chain.cpp (every stage and chains against a
 // sort-based long double reference, verify), tests/test_replayed_faults.cpp (zero-probability
-// tokens never drawn).
+// tokens never drawn), tests/test_sampler_topk_selection.cpp (the heap path's top-k selection at
+// its boundary cases, verify's draft-row check).
 #pragma once
 
 #include <algorithm>
@@ -560,7 +565,10 @@ inline constexpr Index kSelectBlock = 64;
 // The max of each block of kSelectBlock logits (the last block may be shorter) into `out`, and
 // the row's max (NaN when the row holds a NaN): one vectorized pass, the max pass of Softmax with
 // a stop every 64 logits, that lets the selection passes skip every block that cannot hold a
-// candidate.
+// candidate. Each block's packets are reduced by predux_max (a few shuffles), not lane by lane:
+// the lane loop cost as much as a whole Softmax pass. predux_max may drop a NaN, so the max of a
+// block holding a NaN is unspecified; the row's max, accumulated NaN-propagating, reports it, and
+// the callers read the block maxima only for rows without NaN.
 template <class Scalar>
 Scalar block_maxima(const Scalar* x, Index n, std::vector<Scalar>& out) {
   using namespace Eigen::internal;
@@ -569,7 +577,7 @@ Scalar block_maxima(const Scalar* x, Index n, std::vector<Scalar>& out) {
   static_assert(kSelectBlock % (2 * P) == 0, "a block must hold an even number of packets");
   const Index blocks = (n + kSelectBlock - 1) / kSelectBlock;
   out.resize(static_cast<std::size_t>(blocks));
-  Scalar m = -std::numeric_limits<Scalar>::infinity();
+  Packet row = pset1<Packet>(-std::numeric_limits<Scalar>::infinity());
   Index b = 0;
   for (; (b + 1) * kSelectBlock <= n; ++b) {
     const Scalar* xb = x + b * kSelectBlock;
@@ -578,20 +586,35 @@ Scalar block_maxima(const Scalar* x, Index n, std::vector<Scalar>& out) {
       p0 = pmax<Eigen::PropagateNaN>(p0, ploadu<Packet>(xb + j));
       p1 = pmax<Eigen::PropagateNaN>(p1, ploadu<Packet>(xb + j + P));
     }
-    alignas(64) Scalar lanes[P];
-    pstore(lanes, pmax<Eigen::PropagateNaN>(p0, p1));
-    Scalar bm = lanes[0];
-    for (int k = 1; k < P; ++k)
-      bm = (lanes[k] != lanes[k] || lanes[k] > bm) ? lanes[k] : bm;
-    out[static_cast<std::size_t>(b)] = bm;
-    m = (bm != bm || bm > m) ? bm : m;
+    const Packet pb = pmax<Eigen::PropagateNaN>(p0, p1);
+    row = pmax<Eigen::PropagateNaN>(row, pb);
+    out[static_cast<std::size_t>(b)] = predux_max(pb);
   }
+  alignas(64) Scalar lanes[P];
+  pstore(lanes, row);
+  Scalar m = lanes[0];
+  for (int k = 1; k < P; ++k)
+    m = (lanes[k] != lanes[k] || lanes[k] > m) ? lanes[k] : m;
   if (b < blocks) {
     const Scalar bm = max_propagate_nan(x + b * kSelectBlock, n - b * kSelectBlock);
     out[static_cast<std::size_t>(b)] = bm;
     m = (bm != bm || bm > m) ? bm : m;
   }
   return m;
+}
+
+// Offers v to the min-heap of the k largest values seen (heap.front() its smallest).
+template <class Scalar>
+void offer_to_heap(std::vector<Scalar>& heap, Index k, Scalar v) {
+  const auto greater = std::greater<Scalar>();
+  if (static_cast<Index>(heap.size()) < k) {
+    heap.push_back(v);
+    std::push_heap(heap.begin(), heap.end(), greater);
+  } else if (v > heap.front()) {
+    std::pop_heap(heap.begin(), heap.end(), greater);
+    heap.back() = v;
+    std::push_heap(heap.begin(), heap.end(), greater);
+  }
 }
 
 // The k-th largest finite value of x (k >= 1, no NaN), or the smallest finite value when fewer
@@ -604,7 +627,6 @@ Scalar kth_largest(const Scalar* x, Index n, Index k, const std::vector<Scalar>&
   heap.clear();
   if (heap.capacity() < static_cast<std::size_t>(k))
     heap.reserve(static_cast<std::size_t>(k));
-  const auto greater = std::greater<Scalar>();
   for (Index i = 0, b = 0; i < n; i += kSelectBlock, ++b) {
     const Index end = std::min(n, i + kSelectBlock);
     if (static_cast<Index>(heap.size()) == k
@@ -613,16 +635,8 @@ Scalar kth_largest(const Scalar* x, Index n, Index k, const std::vector<Scalar>&
     const Scalar* xb = src != nullptr ? src[b] : x + i;  // this block's logits
     for (Index j = i; j < end; ++j) {
       const Scalar v = xb[j - i];
-      if (v == -inf)
-        continue;
-      if (static_cast<Index>(heap.size()) < k) {
-        heap.push_back(v);
-        std::push_heap(heap.begin(), heap.end(), greater);
-      } else if (v > heap.front()) {
-        std::pop_heap(heap.begin(), heap.end(), greater);
-        heap.back() = v;
-        std::push_heap(heap.begin(), heap.end(), greater);
-      }
+      if (v != -inf)
+        offer_to_heap(heap, k, v);
     }
   }
   return heap.empty() ? -inf : heap.front();
@@ -654,6 +668,164 @@ bool by_decreasing_logit(const std::pair<Scalar, Index>& a, const std::pair<Scal
   return a.first > b.first || (a.first == b.first && a.second < b.second);
 }
 
+// The number of entries of a >= t, on packets and without branches (the count per lane is exact
+// in Scalar below 2^24).
+template <class Scalar>
+Index count_at_least(const Scalar* a, Index n, Scalar t) {
+  using namespace Eigen::internal;
+  using Packet = PacketOf<Scalar>;
+  constexpr int P = kPacketSize<Scalar>;
+  const Packet pt = pset1<Packet>(t), one = pset1<Packet>(Scalar(1));
+  Packet acc = pset1<Packet>(Scalar(0));
+  Index i = 0;
+  for (; i + P <= n; i += P)
+    acc = padd(acc, pand(pcmp_le(pt, ploadu<Packet>(a + i)), one));
+  Index c = static_cast<Index>(predux(acc));
+  for (; i < n; ++i)
+    c += a[i] >= t ? 1 : 0;
+  return c;
+}
+
+// The candidates of top-k in `out`: (x_i, i) for every finite x_i >= the k-th largest finite
+// value (every finite x_i when fewer than k are finite), sorted by decreasing logit, then index;
+// ties at the k-th value are all kept. k >= 1, no NaN and no +inf in x. Exact, with the block
+// maxima as the filter: when at least k block maxima are >= tau, they are k entries at distinct
+// positions, so the k-th largest entry is >= tau; and an entry >= tau lies in a block whose max is
+// >= tau. Gathering the finite entries >= tau of those blocks therefore yields every entry >= the
+// k-th largest, and the k-th of them in decreasing order is the k-th largest of the row. tau is
+// found by bisection on the block maxima's counts (branch-free passes over V / kSelectBlock
+// values: a selection by comparisons mispredicted a branch per block maximum and cost as much as
+// the pass over the row), until at most 2k blocks are >= tau; the gather then reads about k to 2k
+// blocks when the large logits are spread over the row, and all of V only when most blocks share
+// the same max (e.g. a constant row) or there are fewer than k blocks; then the kept entries
+// alone are sorted.
+// src (optional): where each block's logits are read.
+template <class Scalar>
+void top_k_candidates(Index n, Index k, const std::vector<Scalar>& block_max,
+                      std::vector<std::pair<Scalar, Index>>& out, const Scalar* x,
+                      const Scalar* const* src = nullptr) {
+  const Scalar inf = std::numeric_limits<Scalar>::infinity();
+  const Scalar* bmax = block_max.data();
+  const auto blocks = static_cast<Index>(block_max.size());
+  // lo, hi: the smallest finite and the largest block max (packets: -inf lanes read as +inf for
+  // the min).
+  using namespace Eigen::internal;
+  using Packet = PacketOf<Scalar>;
+  constexpr int P = kPacketSize<Scalar>;
+  const Packet ninf = pset1<Packet>(-inf), pinf = pset1<Packet>(inf);
+  Packet pmn = pinf, pmx = ninf;
+  Index i0 = 0;
+  for (; i0 + P <= blocks; i0 += P) {
+    const Packet p = ploadu<Packet>(bmax + i0);
+    pmx = pmax(pmx, p);
+    pmn = pmin(pmn, pselect(pcmp_eq(p, ninf), pinf, p));
+  }
+  Scalar lo = predux_min(pmn), hi = predux_max(pmx);
+  for (; i0 < blocks; ++i0) {
+    lo = bmax[i0] > -inf && bmax[i0] < lo ? bmax[i0] : lo;
+    hi = bmax[i0] > hi ? bmax[i0] : hi;
+  }
+  // Fewer than k finite blocks: every finite entry is a candidate. Else lo keeps count >= k, hi
+  // (while above lo) count < k.
+  Scalar tau = -inf;
+  if (hi > -inf && count_at_least(bmax, blocks, lo) >= k) {
+    if (count_at_least(bmax, blocks, hi) >= k) {
+      lo = hi;
+    } else {
+      for (int step = 0; step < 64; ++step) {
+        const Scalar mid = lo / 2 + hi / 2;
+        if (!(mid > lo && mid < hi))
+          break;
+        const Index c = count_at_least(bmax, blocks, mid);
+        if (c >= k) {
+          lo = mid;
+          if (c <= 2 * k)
+            break;
+        } else {
+          hi = mid;
+        }
+      }
+    }
+    tau = lo;
+  }
+  // The gather: a packet compare skips the packets of a block without an entry >= tau (a read
+  // block holds about one candidate).
+  const Packet ptau = pset1<Packet>(tau);
+  // The blocks to read are known before any is read: their cache lines are requested first, so
+  // that their latencies overlap (the row may have left the cache since block_maxima read it).
+  for (Index i = 0, b = 0; i < n; i += kSelectBlock, ++b) {
+    const Scalar bm = block_max[static_cast<std::size_t>(b)];
+    if (bm < tau || bm == -inf)
+      continue;
+    const Scalar* xb = src != nullptr ? src[b] : x + i;
+    for (std::uintptr_t off = 0; off < kSelectBlock * sizeof(Scalar); off += 64)
+      prefetch_read(xb, off);
+  }
+  out.clear();
+  for (Index i = 0, b = 0; i < n; i += kSelectBlock, ++b) {
+    const Scalar bm = block_max[static_cast<std::size_t>(b)];
+    if (bm < tau || bm == -inf)
+      continue;
+    const Index end = std::min(n, i + kSelectBlock);
+    const Scalar* xb = (src != nullptr ? src[b] : x + i) - i;  // xb[j]: entry j
+    for (Index j = i; j < end; j += P) {
+      const Index stop = std::min(end, j + P);
+      if (stop - j == P && !predux_any(pcmp_le(ptau, ploadu<Packet>(xb + j))))
+        continue;
+      for (Index l = j; l < stop; ++l) {
+        if (xb[l] >= tau && xb[l] > -inf)
+          out.emplace_back(xb[l], l);
+      }
+    }
+  }
+  // The k-th in decreasing order by nth_element (O(gathered)); after it every entry past k - 1 is
+  // <= the k-th value, and those equal to it (ties) join the kept prefix, then only that is sorted
+  // (a gather of all V when fewer than k blocks exist, e.g. k = 1024 and V = 32,000).
+  if (static_cast<Index>(out.size()) > k) {
+    const auto kth_at = out.begin() + (k - 1);
+    std::nth_element(out.begin(), kth_at, out.end(), by_decreasing_logit<Scalar>);
+    const Scalar kth = kth_at->first;
+    out.erase(
+        std::partition(kth_at + 1, out.end(), [kth](const auto& e) { return e.first == kth; }),
+        out.end());
+  }
+  std::sort(out.begin(), out.end(), by_decreasing_logit<Scalar>);
+}
+
+// verify's check of a draft row in one vectorized pass: returns whether every q_i is in [0, 1] (a
+// NaN fails) and sets `sum` to their sum (Kahan-compensated per lane: about one rounding of
+// Scalar, where the tolerance checked is 1e-3).
+template <class Scalar>
+bool probability_row_check(const Scalar* q, Index n, double& sum) {
+  using namespace Eigen::internal;
+  using Packet = PacketOf<Scalar>;
+  constexpr int P = kPacketSize<Scalar>;
+  Packet lo = pset1<Packet>(Scalar(0)), hi = lo;
+  CompensatedSum<Scalar> s0, s1;
+  Index i = 0;
+  for (; i + 2 * P <= n; i += 2 * P) {
+    const Packet a = ploadu<Packet>(q + i), c = ploadu<Packet>(q + i + P);
+    lo = pmin<Eigen::PropagateNaN>(lo, pmin<Eigen::PropagateNaN>(a, c));
+    hi = pmax<Eigen::PropagateNaN>(hi, pmax<Eigen::PropagateNaN>(a, c));
+    s0.add(a);
+    s1.add(c);
+  }
+  for (; i < n; i += P) {
+    const Packet a = load_partial<Packet>(q + i, std::min<Index>(P, n - i), Scalar(0));
+    lo = pmin<Eigen::PropagateNaN>(lo, a);
+    hi = pmax<Eigen::PropagateNaN>(hi, a);
+    s0.add(a);
+  }
+  alignas(64) Scalar l[P], h[P];
+  pstore(l, lo);
+  pstore(h, hi);
+  bool in_range = true;
+  for (int k = 0; k < P; ++k)
+    in_range = in_range && l[k] >= 0 && h[k] <= 1;
+  sum = static_cast<double>(total_wide(s0, s1));
+  return in_range;
+}
+
 // Number of leading candidates (sorted by decreasing logit, weights w) that the top-p rule keeps:
 // the smallest prefix whose weight reaches p * total, extended over ties of its last logit.
 template <class Scalar>
@@ -681,7 +853,8 @@ class Sampler {
   // Buckets of the large path's histogram: width 1/64 in (m - x) / T, the last one open-ended.
   static constexpr int kBuckets = 2048;
   static constexpr double kBucketsPerUnit = 64.0;
-  // Largest k handled by the streaming heap (beyond it std::nth_element and the large path).
+  // Largest k handled by the heap path (block maxima; beyond it std::nth_element and the large
+  // path).
   static constexpr Index kHeapMaxK = 1024;
 
   explicit Sampler(const SamplerOptions& options = SamplerOptions()) : o_(options) { configure(); }
@@ -833,8 +1006,10 @@ class Sampler {
   // probability (or one above 1), a row not summing to 1 within 1e-3, a draft token of draft
   // probability 0, or mirostat v2 on. Random words: two per draft examined, two more for the
   // residual or the bonus draw. Cost per position: the chain's plan of the row (no write of V
-  // probabilities), one pass over the draft row (its check), and at a rejection one pass over
-  // the residual's support (the kept set).
+  // probabilities; on the heap path one max pass over the row), one vectorized pass over the draft
+  // row (its range and sum: detail::probability_row_check), the accept test from p(t) and q(t)
+  // alone (O(kept)), and at a rejection (once per call) one pass over the residual's support
+  // (the kept set).
   template <class XprT, class XprQ, class XprD, class Gen>
   SpeculativeResult verify(const Eigen::DenseBase<XprT>& target_logits,
                            const Eigen::DenseBase<XprQ>& draft_probs,
@@ -866,39 +1041,34 @@ class Sampler {
     }
     std::vector<double>& inv_sum = ws.scores();
     inv_sum.resize(static_cast<std::size_t>(k));
+    // The draft rows' check reads float rows as they are and other types as double.
+    using QScalar = std::conditional_t<std::is_same_v<typename XprQ::Scalar, float>, float, double>;
+    std::vector<QScalar>& qbuf = ws.buffers<QScalar>().row;
     for (Index i = 0; i < k; ++i) {
       const auto t = static_cast<Index>(draft_tokens.derived().coeff(i));
       if (t < 0 || t >= n)
         detail::fail("Sampler::verify: draft_tokens(", i, ") must be in [0, ", n, "), but got ", t);
-      // Four double sums (independent chains: the pass runs near load speed); their error, V eps,
-      // is far below the 1e-3 tolerance. The range test (NaN fails it) is folded in without
-      // branches; a failure is located afterwards.
-      double sums[4] = {0, 0, 0, 0};
-      int in_range = 1;
       const auto q_at = [&](Index c) {
         return static_cast<double>(draft_probs.derived().coeff(i, c));
       };
-      Index j = 0;
-      for (; j + 4 <= n; j += 4) {
-        for (int l = 0; l < 4; ++l) {
-          const double q = q_at(j + l);
-          in_range &= static_cast<int>(q >= 0) & static_cast<int>(q <= 1);
-          sums[l] += q;
-        }
+      // One vectorized pass over the row (its range and sum); a failure is located afterwards.
+      double sum = 0;
+      const QScalar* qrow = nullptr;
+      if constexpr (std::is_same_v<QScalar, typename XprQ::Scalar>) {
+        qrow = detail::contiguous_row<QScalar>(draft_probs.derived().row(i), qbuf);
+      } else {  // long double probabilities: checked on their double values
+        qbuf.resize(static_cast<std::size_t>(n));
+        for (Index c = 0; c < n; ++c)
+          qbuf[static_cast<std::size_t>(c)] = static_cast<double>(q_at(c));
+        qrow = qbuf.data();
       }
-      for (; j < n; ++j) {
-        const double q = q_at(j);
-        in_range &= static_cast<int>(q >= 0) & static_cast<int>(q <= 1);
-        sums[0] += q;
-      }
-      if (!in_range) {
+      if (!detail::probability_row_check(qrow, n, sum)) {
         for (Index c = 0; c < n; ++c) {
           if (!(q_at(c) >= 0 && q_at(c) <= 1))
             detail::fail("Sampler::verify: draft_probs(", i, ", ", c,
                          ") must be in [0, 1], but got ", q_at(c));
         }
       }
-      const double sum = (sums[0] + sums[1]) + (sums[2] + sums[3]);
       if (!(std::fabs(sum - 1.0) <= 1e-3)) {
         detail::fail("Sampler::verify: draft_probs row ", i,
                      " must sum to 1 (within 1e-3), but sums to ", static_cast<double>(sum));
@@ -1121,7 +1291,7 @@ class Sampler {
     // The small path's block maxima come with the row max in the same pass.
     Scalar m = small ? detail::block_maxima(x, n, ws.buffers<Scalar>().block_max)
                      : detail::max_propagate_nan(x, n);
-    if (small && ws.buffers<Scalar>().overlay_on)
+    if (small && ws.buffers<Scalar>().overlay_on && m == m)  // a NaN stays (not overlaid)
       m = patch_blocks(x, n, ws);
     if (m != m) {
       plan.kind = Kind::NaN;
@@ -1148,7 +1318,7 @@ class Sampler {
 
   // The overlay's blocks: each block holding a modified logit is copied into `patch` with the
   // overlay applied and its max recomputed; block_src points at every block's logits. Returns
-  // the row's max (NaN-propagating).
+  // the row's max (the row holds no NaN: make_plan checked).
   template <class Scalar>
   Scalar patch_blocks(const Scalar* x, Index n, SamplingWorkspace& ws) const {
     auto& b = ws.buffers<Scalar>();
@@ -1173,24 +1343,22 @@ class Sampler {
       std::copy(x + start, x + start + len, dst);
       for (; e < b.overlay.size() && b.overlay[e].first / detail::kSelectBlock == bl; ++e)
         dst[b.overlay[e].first - start] = b.overlay[e].second;
-      b.block_max[static_cast<std::size_t>(bl)] = detail::max_propagate_nan(dst, len);
+      // No NaN here (make_plan calls this only for a row without one): the fast max.
+      b.block_max[static_cast<std::size_t>(bl)] =
+          detail::packet_max<Eigen::PropagateFast>(dst, len);
       b.block_src[static_cast<std::size_t>(bl)] = dst;
       ++slot;
     }
-    Scalar m = -std::numeric_limits<Scalar>::infinity();
-    for (const Scalar bm : b.block_max)
-      m = (bm != bm || bm > m) ? bm : m;
-    return m;
+    return detail::packet_max<Eigen::PropagateFast>(b.block_max.data(), static_cast<Index>(blocks));
   }
 
-  // Top-k by the streaming heap, then only the candidates are weighted, sorted and cut.
+  // Top-k by the block maxima (detail::top_k_candidates), then only the candidates are weighted,
+  // cut and reweighted.
   template <class Scalar>
   Plan<Scalar> small_plan(const Scalar* x, Index n, Scalar m, SamplingWorkspace& ws) const {
     auto& b = ws.buffers<Scalar>();
     const Scalar* const* src = b.overlay_on ? b.block_src.data() : nullptr;
-    const Scalar kth = detail::kth_largest(x, n, k_, b.block_max, b.heap, src);
-    detail::gather_at_least(x, n, kth, b.block_max, b.cand, src);
-    std::sort(b.cand.begin(), b.cand.end(), detail::by_decreasing_logit<Scalar>);
+    detail::top_k_candidates(n, k_, b.block_max, b.cand, x, src);
     const std::size_t count = b.cand.size();
     b.cand_weight.resize(count);
     // Temperature last (llama.cpp's order): top-p and min-p cut the T = 1 distribution, then the

@@ -16,6 +16,8 @@
 //   LogSumExp                    logsumexp.hpp    log sum exp, weighted/signed (SciPy b=), backward
 //   CrossEntropyLoss, L2SvmLoss, loss.hpp         training losses with their gradients
 //     NormalizedSoftmaxLoss, SparseCbmGumbelLoss
+//   LinearCrossEntropy,          linear_cross_entropy.hpp  the output layer's loss from H and W
+//     TokenOutputs                                without the N x V logits (Cut Cross-Entropy)
 //   HardFusion, SoftFusion       fusion.hpp       SurfaceFusion of two logit sources
 //   Sparsemax, Entmax15, Entmax, entmax.hpp       sparse distributions (sparsemax, 1.5- and
 //     SparsemaxLoss, EntmaxLoss                   alpha-entmax) and their Fenchel-Young losses
@@ -24,6 +26,8 @@
 //                                                 link softmaxlab::mpi
 //   AttentionSoftmax, Attention, attention.hpp    fused score softmax (scale, softcap, mask x
 //     merge_attention                             ALiBi slope, sink); flash-style attention
+//   MultiHeadAttention           multi_head_attention.hpp  every head in one call: GQA/MQA,
+//                                                 windows and ALiBi from positions, 16-bit KV
 //   f(t, axis), along_axis,      tensor.hpp       every functor over any axis of an Eigen::Tensor;
 //     logsumexp_along_axis                        needs Eigen's Tensor module, so not included
 //                                                 here: include it where tensors are used
@@ -39,8 +43,10 @@
 #include "entmax.hpp"
 #include "fusion.hpp"
 #include "gumbel.hpp"
+#include "linear_cross_entropy.hpp"
 #include "logsumexp.hpp"
 #include "loss.hpp"
+#include "multi_head_attention.hpp"
 #include "normalized.hpp"
 #include "polynomial.hpp"
 #include "power.hpp"

@@ -626,6 +626,17 @@ void scale_in_place(Scalar* y, Index n, Scalar factor) {
   Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>>(y, n) *= factor;
 }
 
+// p_i = exp(t_i - m) in place over contiguous t (m finite), returning sum_i p_i (the flash
+// attention forms' weights).
+template <class Scalar>
+long double exp_shift_store_sum(Scalar* t, Index n, Scalar m) {
+  CompensatedSum<Scalar> sum0, sum1;
+  scaled_exp_store_sum<false>(t, t, n, m, Scalar(1), sum0, sum1);
+  // The kernel keeps exp * 2^64 (always normal); scale back exactly but for subnormal results.
+  scale_in_place(t, n, Scalar(1) / kExpScale<Scalar>);
+  return std::ldexp(sum0.total() + sum1.total(), -kExpScaleLog2<Scalar>);
+}
+
 // Runs fn(const Scalar* x, Scalar* y, Index count) over the row in contiguous pieces: the whole row
 // at once when x and y are contiguous, else chunks staged through stack buffers (read x, call,
 // write y). fn must be elementwise (chunk boundaries must not matter).

@@ -1,0 +1,214 @@
+// MultiHeadAttention (issue 23) against a loop of one-head Attention and the materialized form,
+// float, one thread (two with /t2 when the bench has OpenMP and SOFTMAXLAB_USE_OPENMP).
+//
+//   mha_prefill/<impl>/float/<L>x<L>/hq32_hkv8_d128[/t2]   causal, Q L x 32*128, K, V L x 8*128:
+//     mha           sml::MultiHeadAttention (group tiles, K/V blocks converted once per group)
+//     head_loop     32 calls of sml::Attention<> on head h's columns and its KV head's columns
+//     materialized  per head: S = Q_h K_g^T scale (Eigen GEMM), -inf above the diagonal,
+//                   sml::Softmax rowwise, O_h = S V_g (L x L floats of scores)
+//     L in {512, 2048, 8192} (the materialized form at 8192 needs 256 MiB and seconds per call).
+//   mha_window/<impl>/float/<Lq>x8192/hq32_hkv8_d128   causal, window (1024, 0) against full
+//     causal, all queries (Lq = 8192) and the last 1,024 (Lq = 1024).
+//   mha_decode/<kv>/float/1x<Lk>/hq32_hkv8_d128   one query token against a cache of Lk keys,
+//     K and V half or float; bytes_per_second counts the K and V bytes read, Lk 8 (128 + 128)
+//     sizeof(kv) per call. mha_decode/read_bandwidth/<bytes>: a plain sum over a buffer of the same
+//     size as the half cache, the read bandwidth of this machine in the same run.
+// Counters: flops (4 Lq Lk_visible d), workspace_bytes (the scores of the materialized form; the
+// tile workspace of the flash forms), load1.
+// Run only these: softmaxlab_bench --benchmark_filter='^mha_'
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <limits>
+#include <string>
+
+#include <Eigen/Core>
+
+#include <softmaxlab/multi_head_attention.hpp>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include "common.hpp"
+
+namespace {
+
+namespace sml = softmaxlab;
+using softmaxlab_bench::Index;
+using RowMajorF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using RowMajorH = Eigen::Matrix<Eigen::half, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+constexpr Index kHq = 32, kHkv = 8, kD = 128;
+
+void set_threads(int threads) {
+#if defined(_OPENMP)
+  omp_set_num_threads(threads);
+#else
+  EIGEN_UNUSED_VARIABLE(threads);
+#endif
+}
+
+double load1() {
+  double l[1] = {0};
+  return getloadavg(l, 1) == 1 ? l[0] : -1;
+}
+
+void add(const std::string& name, Index n, std::function<void(benchmark::State&)> run) {
+  softmaxlab_bench::Case c;
+  c.name = name;
+  c.type_rank = 0;
+  c.n = n;
+  c.cache = softmaxlab_bench::Cache::In;
+  c.run = std::move(run);
+  softmaxlab_bench::registry().push_back(std::move(c));
+}
+
+enum class Impl { Mha, HeadLoop, Materialized };
+
+// Causal (optionally windowed) attention of Lq queries over Lk keys, every head.
+void run_prefill(benchmark::State& state, Index lq, Index lk, Index left, Impl impl, int threads) {
+  set_threads(threads);
+  const RowMajorF q = RowMajorF::Random(lq, kHq * kD), k = RowMajorF::Random(lk, kHkv * kD);
+  const RowMajorF v = RowMajorF::Random(lk, kHkv * kD);
+  RowMajorF o(lq, kHq * kD);
+  const sml::AttentionOptions opt = sml::AttentionOptions().with_causal(true).with_window(left, 0);
+  const sml::MultiHeadAttention mha(opt, kHq, kHkv);
+  const sml::Attention<> one(sml::AttentionOptions().with_causal(true));
+  const sml::Softmax softmax;
+  const float scale = 1.0f / std::sqrt(float(kD));
+  RowMajorF s;
+  if (impl == Impl::Materialized)
+    s.resize(lq, lk);
+  const float ninf = -std::numeric_limits<float>::infinity();
+  auto once = [&] {
+    switch (impl) {
+      case Impl::Mha:
+        mha.apply(q, k, v, o);
+        break;
+      case Impl::HeadLoop:
+        for (Index h = 0; h < kHq; ++h) {
+          const Index g = h / (kHq / kHkv);
+          one.apply(q.middleCols(h * kD, kD), k.middleCols(g * kD, kD), v.middleCols(g * kD, kD),
+                    o.middleCols(h * kD, kD));
+        }
+        break;
+      case Impl::Materialized:
+        for (Index h = 0; h < kHq; ++h) {
+          const Index g = h / (kHq / kHkv);
+          s.noalias() = q.middleCols(h * kD, kD) * k.middleCols(g * kD, kD).transpose();
+          s *= scale;
+          for (Index i = 0; i < lq; ++i) {
+            const Index first_masked = std::max<Index>(0, std::min(lk, i + lk - lq + 1));
+            s.row(i).tail(lk - first_masked).setConstant(ninf);
+          }
+          softmax.rowwise(s, s);
+          o.middleCols(h * kD, kD).noalias() = s * v.middleCols(g * kD, kD);
+        }
+        break;
+    }
+  };
+  once();
+  for (auto _ : state) {
+    once();
+    benchmark::DoNotOptimize(o.data());
+    benchmark::ClobberMemory();
+  }
+  double visible = 0;  // keys seen by every query, summed
+  for (Index i = 0; i < lq; ++i) {
+    const Index diag = i + lk - lq;
+    visible += double(std::min(lk, diag + 1) - (left < 0 ? 0 : std::max<Index>(0, diag - left)));
+  }
+  state.counters["flops"] =
+      benchmark::Counter(4.0 * kHq * visible * kD, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["workspace_bytes"] =
+      impl == Impl::Materialized ? double(lq) * double(lk) * sizeof(float) : 0.0;
+  state.counters["threads"] = threads;
+  state.counters["load1"] = load1();
+  set_threads(1);
+}
+
+template <class KV>
+void run_decode(benchmark::State& state, Index lk, int threads) {
+  set_threads(threads);
+  using M = Eigen::Matrix<KV, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const RowMajorF q = RowMajorF::Random(1, kHq * kD);
+  const M k = RowMajorF::Random(lk, kHkv * kD).cast<KV>(),
+          v = RowMajorF::Random(lk, kHkv * kD).cast<KV>();
+  RowMajorF o(1, kHq * kD);
+  const sml::MultiHeadAttention mha(sml::AttentionOptions().with_causal(true), kHq, kHkv);
+  mha.apply(q, k, v, o);
+  for (auto _ : state) {
+    mha.apply(q, k, v, o);
+    benchmark::DoNotOptimize(o.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations()) * 2 * lk * kHkv * kD
+                          * static_cast<std::int64_t>(sizeof(KV)));
+  state.counters["threads"] = threads;
+  state.counters["load1"] = load1();
+  set_threads(1);
+}
+
+// The read bandwidth: a sum over `bytes` of floats (bytes_per_second = bytes read).
+void run_read(benchmark::State& state, Index bytes, int threads) {
+  set_threads(threads);
+  const Index n = bytes / Index(sizeof(float));
+  const Eigen::VectorXf x = Eigen::VectorXf::Random(n);
+  const Index parts = threads;
+  for (auto _ : state) {
+    float total = 0;
+#if defined(_OPENMP)
+#pragma omp parallel for reduction(+ : total) num_threads(threads)
+#endif
+    for (Index p = 0; p < parts; ++p)
+      total += x.segment(p * n / parts, (p + 1) * n / parts - p * n / parts).sum();
+    benchmark::DoNotOptimize(total);
+  }
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations()) * n
+                          * static_cast<std::int64_t>(sizeof(float)));
+  state.counters["threads"] = threads;
+  set_threads(1);
+}
+
+const char* impl_name(Impl impl) {
+  return impl == Impl::Mha ? "mha" : impl == Impl::HeadLoop ? "head_loop" : "materialized";
+}
+
+const bool registered = [] {
+  const std::string shape = "/hq32_hkv8_d128";
+#if defined(_OPENMP) && defined(SOFTMAXLAB_USE_OPENMP)
+  const std::vector<int> thread_counts = {1, 2};
+#else
+  const std::vector<int> thread_counts = {1};
+#endif
+  for (int t : thread_counts) {
+    const std::string suffix = t == 1 ? "" : "/t" + std::to_string(t);
+    for (Index l : {512, 2048, 8192}) {
+      for (Impl impl : {Impl::Mha, Impl::HeadLoop, Impl::Materialized}) {
+        add("mha_prefill/" + std::string(impl_name(impl)) + "/float/" + std::to_string(l) + "x"
+                + std::to_string(l) + shape + suffix,
+            l * l, [=](benchmark::State& s) { run_prefill(s, l, l, -1, impl, t); });
+      }
+    }
+    for (Index lq : {8192, 1024}) {
+      for (Index left : {Index(-1), Index(1024)}) {
+        add(std::string("mha_window/") + (left < 0 ? "causal" : "window1024") + "/float/"
+                + std::to_string(lq) + "x8192" + shape + suffix,
+            lq * 8192, [=](benchmark::State& s) { run_prefill(s, lq, 8192, left, Impl::Mha, t); });
+      }
+    }
+    for (Index lk : {4096, 32768, 131072}) {
+      add("mha_decode/half/float/1x" + std::to_string(lk) + shape + suffix, lk,
+          [=](benchmark::State& s) { run_decode<Eigen::half>(s, lk, t); });
+      add("mha_decode/float/float/1x" + std::to_string(lk) + shape + suffix, lk,
+          [=](benchmark::State& s) { run_decode<float>(s, lk, t); });
+      const Index bytes = 2 * lk * kHkv * kD * 2;  // the half cache's size
+      add("mha_decode/read_bandwidth/" + std::to_string(bytes) + suffix, lk,
+          [=](benchmark::State& s) { run_read(s, bytes, t); });
+    }
+  }
+  return true;
+}();
+
+}  // namespace

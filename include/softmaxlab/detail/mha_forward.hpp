@@ -1,0 +1,272 @@
+// softmaxlab internals: the forward tile of MultiHeadAttention (multi_head_attention.hpp has the
+// public doc block). A tile is a block of query rows of every query head of one KV group against a
+// range of keys: K and V of the group are converted once per key block into small buffers and
+// shared by the group's heads, whose query rows are stacked into one GEMM operand.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "common.hpp"
+#include "functor_base.hpp"
+#include "kernels.hpp"
+
+namespace softmaxlab {
+namespace detail {
+
+// A tile has up to kMhaRowsPerHead query rows of each head of a group and at most kMhaTileRows rows
+// in all (so the group's K block is packed once for up to 256 score rows); key blocks have
+// kMhaBlockK keys, as in Attention.
+inline constexpr Index kMhaRowsPerHead = 64;
+inline constexpr Index kMhaTileRows = 256;
+inline constexpr Index kMhaBlockK = 128;
+// Tiles of at most this many rows use matrix-vector products instead of GEMMs.
+inline constexpr Index kMhaGemvRows = 8;
+
+// The visible band of query i among Lq queries and Lk keys, bottom-right aligned
+// (FlashAttention-2): diagonal(i) = i + Lk - Lq; key j is visible iff diagonal - left <= j (left >=
+// 0), j <= diagonal + right (right >= 0) and j <= diagonal (causal). begin/end are nondecreasing in
+// i.
+struct MhaBand {
+  Index lq = 0, lk = 0, left = -1, right = -1;
+  bool causal = false;
+
+  Index diagonal(Index i) const { return i + lk - lq; }
+  Index begin(Index i) const { return left < 0 ? 0 : std::clamp<Index>(diagonal(i) - left, 0, lk); }
+  Index end(Index i) const {  // one past the last visible key (may be <= begin: none visible)
+    Index e = lk;
+    if (causal)
+      e = std::min(e, diagonal(i) + 1);
+    if (right >= 0)
+      e = std::min(e, diagonal(i) + right + 1);
+    return std::clamp<Index>(e, 0, lk);
+  }
+};
+
+// Everything a tile needs besides the matrices; C is the compute scalar (float or double).
+template <class C>
+struct MhaPlan {
+  C scale = 1;
+  C cap = 0;  // 0: no softcap
+  bool has_sink = false;
+  C sink = 0;
+  MhaBand band;
+  Index group = 1;  // query heads per KV head
+  Index d = 0, dv = 0;
+  Index rows_per_head = 1;         // query rows of a tile, per head
+  const double* slopes = nullptr;  // ALiBi slope of each query head, or null
+};
+
+// The buffers of one tile (one per thread): R = group * rows_per_head rows.
+template <class C>
+class MhaWorkspace {
+ public:
+  MhaWorkspace(Index rows, Index d, Index dv)
+      : data_(static_cast<std::size_t>(rows * (d + kMhaBlockK + dv + 3) + kMhaBlockK * (d + dv))),
+        sum_(static_cast<std::size_t>(rows)) {
+    q = data_.data();
+    s = q + rows * d;
+    o = s + rows * kMhaBlockK;
+    max = o + rows * dv;
+    nan = max + rows;
+    lse = nan + rows;
+    k = lse + rows;
+    v = k + kMhaBlockK * d;
+    sum = sum_.data();
+  }
+  C *q, *s, *o, *max, *nan, *lse, *k, *v;  // lse: the tile's, for the caller
+  long double* sum;
+
+ private:
+  std::vector<C> data_;
+  std::vector<long double> sum_;
+};
+
+// One workspace per thread that may run tiles (one when called inside a parallel region, where
+// for_each_slice runs in order), and the index of the calling thread's.
+template <class C>
+class MhaWorkspaces {
+ public:
+  MhaWorkspaces(Index rows, Index d, Index dv) {
+    Index n = 1;
+#if SOFTMAXLAB_PARALLEL_SLICES
+    nested_ = omp_in_parallel() != 0;
+    if (!nested_)
+      n = omp_get_max_threads();
+#endif
+    all_.reserve(static_cast<std::size_t>(n));
+    for (Index t = 0; t < n; ++t)
+      all_.emplace_back(rows, d, dv);
+  }
+  MhaWorkspace<C>& mine() {
+#if SOFTMAXLAB_PARALLEL_SLICES
+    if (!nested_)
+      return all_[static_cast<std::size_t>(omp_get_thread_num())];
+#endif
+    return all_[0];
+  }
+
+ private:
+  std::vector<MhaWorkspace<C>> all_;
+  bool nested_ = false;
+};
+
+// out (nr x nc, row-major) = rows [r0, r0 + nr), columns [c0, c0 + nc) of x converted to C: row by
+// row with the vectorized conversion (F16C for half) when x is row-major storage, else through
+// Eigen's cast. This is how a 16-bit cache is read in place, one key block at a time.
+template <class C, class X>
+void mha_load_block(const X& x, Index r0, Index c0, Index nr, Index nc, C* out) {
+  if constexpr (has_direct_access_v<X> && bool(X::IsRowMajor)) {
+    if (x.innerStride() == 1) {
+      for (Index r = 0; r < nr; ++r)
+        convert_contiguous(x.data() + (r0 + r) * x.outerStride() + c0, out + r * nc, nc);
+      return;
+    }
+  }
+  using RowMat = Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  Eigen::Map<RowMat>(out, nr, nc) = x.block(r0, c0, nr, nc).template cast<C>();
+}
+
+// Attention of query rows [i0, i0 + bq) of every query head of KV group g over the visible keys of
+// [key_begin, key_end) (key_begin a multiple of kMhaBlockK, so that key blocks fall where
+// Attention's do): w.o gets the normalized partial output (row hh * bq + r: head g * group + hh,
+// query i0 + r; row-major, R x dv) and lse[row] its log-sum-exp; the sink joins when with_sink.
+// Key blocks wholly outside the band of every row of the tile are never visited.
+template <class C, class XQ, class XK, class XV>
+void mha_tile(const XQ& q, const XK& k, const XV& v, Index g, Index i0, Index bq, Index key_begin,
+              Index key_end, bool with_sink, const MhaPlan<C>& plan, MhaWorkspace<C>& w, C* lse) {
+  using RowMat = Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using Arr = Eigen::Array<C, Eigen::Dynamic, 1>;
+  const C inf = std::numeric_limits<C>::infinity();
+  const Index group = plan.group, d = plan.d, dv = plan.dv, rows = group * bq;
+  const MhaBand& band = plan.band;
+  Eigen::Map<RowMat> qt(w.q, rows, d), ot(w.o, rows, dv);
+  for (Index hh = 0; hh < group; ++hh)
+    mha_load_block(q, i0, (g * group + hh) * d, bq, d, w.q + hh * bq * d);
+  ot.setZero();
+  for (Index r = 0; r < rows; ++r) {
+    w.max[r] = -inf;
+    w.nan[r] = 0;
+    w.sum[r] = 0;
+  }
+  const Index first = std::max(key_begin, band.begin(i0));
+  const Index last = std::min(key_end, band.end(i0 + bq - 1));
+  const Index start =
+      first >= last ? last : key_begin + (first - key_begin) / kMhaBlockK * kMhaBlockK;
+  // One key block [j0, j0 + nk) of the group, kb and vb its K and V rows in C.
+  const auto key_block = [&](Index j0, Index nk, const auto& kb, const auto& vb) {
+    Eigen::Map<RowMat> s(w.s, rows, nk);
+    // Few rows (decoding): matrix-vector products, which read the block once without packing it.
+    const bool few_rows = rows <= kMhaGemvRows;
+    if (few_rows) {
+      for (Index r = 0; r < rows; ++r)
+        s.row(r).transpose().noalias() = kb * qt.row(r).transpose();
+    } else {
+      s.noalias() = qt * kb.transpose();
+    }
+    for (Index r = 0; r < rows; ++r) {
+      const Index hh = r / bq, i = i0 + r % bq;
+      C* row = w.s + r * nk;
+      const Index a = std::clamp<Index>(band.begin(i) - j0, 0, nk);
+      const Index b = std::max(a, std::clamp<Index>(band.end(i) - j0, 0, nk));
+      std::fill(row, row + a, C(0));  // keys outside the band: weight 0
+      std::fill(row + b, row + nk, C(0));
+      if (w.nan[r] != 0 || a == b) {
+        std::fill(row + a, row + b, C(0));
+        continue;
+      }
+      Eigen::Map<Arr> t(row + a, b - a);
+      t *= plan.scale;
+      if (plan.cap != C(0))
+        t = plan.cap * (t / plan.cap).tanh();
+      if (plan.slopes != nullptr) {
+        // -slope |j - diagonal(i)|: the distances are integers, exact in C up to 2^24 (float).
+        const C slope = static_cast<C>(plan.slopes[g * group + hh]);
+        const C from = static_cast<C>(j0 + a - band.diagonal(i));
+        t -= slope * Arr::LinSpaced(b - a, from, from + static_cast<C>(b - a - 1)).abs();
+      }
+      if (t.hasNaN()) {
+        w.nan[r] = 1;
+        std::fill(row, row + nk, C(0));
+        continue;
+      }
+      const C m_old = w.max[r];
+      const C m_new = std::max(m_old, t.maxCoeff());
+      if (m_new == -inf) {
+        t.setZero();
+        continue;
+      }
+      if (m_new == inf) {  // only +inf scores carry mass, one each
+        if (m_old != inf) {
+          ot.row(r).setZero();
+          w.sum[r] = 0;
+        }
+        t = (t == inf).template cast<C>();
+        w.sum[r] += static_cast<long double>(t.sum());
+      } else {
+        if (m_new > m_old && m_old != -inf) {
+          // The max grew: rescale what was accumulated (the online normalizer's merge).
+          const C alpha = static_cast<C>(std::exp(static_cast<long double>(m_old) - m_new));
+          ot.row(r) *= alpha;
+          w.sum[r] *= alpha;
+        }
+        w.sum[r] += exp_shift_store_sum(t.data(), b - a, m_new);
+      }
+      w.max[r] = m_new;
+    }
+    if (few_rows) {
+      for (Index r = 0; r < rows; ++r)
+        ot.row(r).noalias() += s.row(r) * vb;
+    } else {
+      ot.noalias() += s * vb;
+    }
+  };
+  for (Index j0 = start; j0 < last; j0 += kMhaBlockK) {
+    const Index nk = std::min(kMhaBlockK, last - j0);
+    if constexpr (
+        std::is_same_v<
+            typename XK::Scalar,
+            C> && std::is_same_v<typename XV::Scalar, C> && has_direct_access_v<XK> && has_direct_access_v<XV> && int(XK::InnerStrideAtCompileTime) == 1
+        && int(XV::InnerStrideAtCompileTime) == 1) {
+      // K and V already in C: the products read their blocks in place.
+      key_block(j0, nk, k.block(j0, g * d, nk, d), v.block(j0, g * dv, nk, dv));
+    } else {
+      // The group's K and V block, converted once for all its query heads.
+      mha_load_block(k, j0, g * d, nk, d, w.k);
+      mha_load_block(v, j0, g * dv, nk, dv, w.v);
+      key_block(j0, nk, Eigen::Map<const RowMat>(w.k, nk, d),
+                Eigen::Map<const RowMat>(w.v, nk, dv));
+    }
+  }
+  for (Index r = 0; r < rows; ++r) {
+    const C m = w.max[r];
+    if (w.nan[r] != 0) {
+      ot.row(r).setConstant(std::numeric_limits<C>::quiet_NaN());
+      lse[r] = std::numeric_limits<C>::quiet_NaN();
+    } else if (m == -inf) {
+      // No visible key: a zero row, and lse the sink's own log-sum-exp (merge_attention keeps its
+      // mass), -inf without one.
+      ot.row(r).setZero();
+      lse[r] = with_sink && plan.has_sink ? plan.sink : -inf;
+    } else if (m == inf) {
+      ot.row(r) *= static_cast<C>(1.0L / w.sum[r]);
+      lse[r] = inf;
+    } else {
+      long double top = m, sum = w.sum[r], factor = 1;
+      if (with_sink && plan.has_sink) {
+        top = std::max<long double>(m, plan.sink);
+        factor = std::exp(static_cast<long double>(m) - top);
+        sum = sum * factor + std::exp(static_cast<long double>(plan.sink) - top);
+      }
+      ot.row(r) *= static_cast<C>(factor / sum);
+      lse[r] = static_cast<C>(top + std::log(sum));
+    }
+  }
+}
+
+}  // namespace detail
+}  // namespace softmaxlab

@@ -1,0 +1,428 @@
+// softmaxlab: MultiHeadAttention, every head of an attention layer in one call, as inference
+// engines run it (FlashAttention-2's flash_attn_func and its varlen form, PyTorch's
+// scaled_dot_product_attention(enable_gqa=True), ggml's flash_attn_ext).
+//
+// clang-format off
+//   sml::MultiHeadAttention mha(sml::AttentionOptions().with_causal(true)
+//                                   .with_window(left, right).with_alibi(max_bias),
+//                               /*q_heads=*/Hq, /*kv_heads=*/Hkv);
+//   mha.apply(Q, K, V, O);        Q Lq x (Hq d), K Lk x (Hkv d), V Lk x (Hkv dv), O Lq x (Hq dv)
+//   mha.apply(Q, K, V, O, lse);   lse Lq x Hq
+//   O = mha(Q, K, V);
+//   mha.apply_varlen(Q, K, V, cu_seqlens_q, cu_seqlens_k, O);   packed sequences
+//   mha.backward(Q, K, V, O, lse, dO, dQ, dK, dV);              dK, dV summed over each group
+//
+// What it computes, for query head h (columns [h d, (h + 1) d) of Q, [h dv, (h + 1) dv) of O),
+// reading KV head g = h / (Hq / Hkv) (columns [g d, (g + 1) d) of K, [g dv, (g + 1) dv) of V):
+//   t_ij = cap(scale q_i . k_j) - slope_h |j - (i + Lk - Lq)|        (ALiBi term only with_alibi)
+//   O_i  = sum_{j visible} exp(t_ij - lse_i) v_j,
+//   lse_i = log(sum_{j visible} exp(t_ij) + exp(z))                   (z: the sink, if set)
+//   visible: i + Lk - Lq - left <= j (left >= 0), j <= i + Lk - Lq + right (right >= 0),
+//            j <= i + Lk - Lq (causal)
+// clang-format on
+// (bottom-right aligned, FlashAttention-2's window_size and ALiBi; slope_h = alibi_slope(max_bias,
+// h, Hq), ggml's slopes; with max_bias = 0 there is no ALiBi term). Hq = Hkv: multi-head, Hkv = 1:
+// multi-query, otherwise grouped-query attention (Ainslie et al., arXiv 2305.13245).
+//
+// Parameters and valid ranges: q_heads >= 1, kv_heads >= 1, q_heads % kv_heads == 0; the options
+// as AttentionOptions documents them (scale default 1/sqrt(d); softcap; sink: one logit per query
+// row of every head; with_mask_slope is unused: there is no mask argument). Q, K, V: Eigen objects
+// of float, double, Eigen::half or Eigen::bfloat16 (each its own type), any storage order (Matrix,
+// Map, Ref, Block; an expression is evaluated into a temporary first); O and lse: writable storage
+// of any of the four (lse float beside a 16-bit O keeps the backward accurate). The pass runs in
+// float (double when any operand is double). d = Q.cols() / Hq >= 1, dv = V.cols() / Hkv >= 1.
+//
+// How (FlashAttention-2's loop order, the online normalizer of Attention): a tile is a block of
+// Bq query rows of every query head of one KV group (Bq = max(1, min(64, 256 / group)) rows per
+// head),
+// stacked into one GEMM operand; for each key block of 128 rows that some row of the tile sees,
+// the group's K and V rows are converted once into small float buffers (16-bit caches are read in
+// place, never copied whole), S = Q_t K_b^T, the transform, running max and sum per row, O_t +=
+// P V_b. Key blocks wholly outside every row's band are skipped: the work is proportional to the
+// visible keys (a window of 1,024 over 8,192 keys costs a window's work). Decoding (Lq <= 16 and
+// Lk > 2,048): the keys are split into ceil(Lk / 2,048) ranges (at most 16, multiples of 128),
+// each range's partial (O, lse) computed on its own (flash-decoding) and the partials merged in
+// order by merge_attention's exact rule; the sink joins the first partial only.
+// Workspace (allocated once per call): per thread R (d + dv + 131) + 128 (d + dv) scalars and R
+// long doubles, R = group Bq <= max(256, group); decoding adds the partials, Hq Lq (dv + 1) scalars
+// per range (at most 16 ranges). Nothing proportional to Lq Lk or to the whole cache (test
+// "MultiHeadAttention: no allocation proportional to Lq, Lk or the cache").
+// Threads (OpenMP with SOFTMAXLAB_USE_OPENMP, opt-in as elsewhere): tiles (groups x query blocks,
+// or groups x key ranges when decoding) run on the threads; each tile is computed by the same code
+// whatever thread runs it and the merge is sequential, so the result is bit-for-bit the same for
+// any thread count.
+//
+// Accuracy (tests/test_multi_head_attention.cpp, "MultiHeadAttention: every head against the
+// long-double reference", against a long-double materialized reference written in the test, per
+// head and per group): per entry, |O_ik - exact| <= Attention's one-head bound, tested as
+// 8 eps (1 + max|V|) + 2 ceil(Lk / 128) eps max|V| (eps of float), |lse - exact| <= 8 eps
+// (1 + |lse|). 16-bit K/V are
+// exact in float, so the reference is computed on the same 16-bit values; a 16-bit O adds 1/2 ulp
+// of its type. Measured worst (one run): 1.8 eps float (0.17 of the bound), 1.8 eps with half K/V,
+// 3.8 eps bfloat16, 1.6 eps decoding from Lk = 5,000 caches; half O 0.97 of its bound.
+// Backward (backward(...) below): "MultiHeadAttention: backward against central finite
+// differences in double" (within 1e-6 relative) and "... backward of float inputs against the
+// double backward" (tested 64 eps (1 + max|dX|), measured 1.8).
+// Speed (bench/bench_multi_head_attention.cpp; docs/multi_head_attention.md has the table and
+// what is not done): a window of 1,024 at Lq = Lk = 8,192 4.1x faster than full causal, over the
+// last 1,024 queries 7.4x; prefill Hq 32, Hkv 8, d 128: 1.0-1.35x the per-head Attention loop at
+// 512, 1.07x at 2,048, 1.5x the materialized form at 512; decoding at 14-17% of the read bandwidth
+// from a half cache, 40-55% from a float one (tiles of <= 8 rows use matrix-vector products on the
+// converted block; no register-blocked kernel yet). A shared, loaded machine: rough figures.
+//
+// Special values: a query row with no visible key (Lk = 0, a window or causal band that misses
+// every key, Lq > Lk under causal) gives a zero row of O and lse = z with a sink, -inf without
+// one (as Attention, so merge_attention keeps the sink's mass); a NaN score makes the row NaN;
+// +inf scores share the mass; an empty Q gives an empty O.
+// Errors (std::invalid_argument naming the parameter and value): q_heads or kv_heads < 1,
+// q_heads % kv_heads != 0, Q's columns not a positive multiple of Hq, K's not Hkv d, V's not a
+// positive multiple of Hkv, K and V with different rows, O, lse, dO, dQ, dK or dV of the wrong
+// shape, O overlapping an input, cu_seqlens of different sizes, not starting at 0, decreasing, or
+// not ending at Lq (Lk).
+//
+// Sources: Dao, "FlashAttention-2", arXiv 2307.08691 (loop order, window_size, ALiBi from
+// positions, cu_seqlens); Press et al., "ALiBi", arXiv 2108.12409; ggml flash_attn_ext (K/V heads
+// broadcast over query heads, f16 K/V read in place); Dao et al., "Flash-Decoding" (split keys).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "attention.hpp"
+#include "detail/mha_backward.hpp"
+#include "detail/mha_forward.hpp"
+
+namespace softmaxlab {
+
+// Attention for every head at once, with grouped-query KV sharing: see the header's doc block.
+class MultiHeadAttention {
+ public:
+  static constexpr const char* name = "MultiHeadAttention";
+
+  MultiHeadAttention(const AttentionOptions& options, Index q_heads, Index kv_heads)
+      : options_(options), hq_(q_heads), hkv_(kv_heads) {
+    if (q_heads < 1)
+      detail::fail(name, ": q_heads must be >= 1, but got ", q_heads);
+    if (kv_heads < 1)
+      detail::fail(name, ": kv_heads must be >= 1, but got ", kv_heads);
+    if (q_heads % kv_heads != 0)
+      detail::fail(name, ": q_heads must be a multiple of kv_heads, but got q_heads ", q_heads,
+                   " and kv_heads ", kv_heads);
+    if (options.has_alibi()) {
+      for (Index h = 0; h < q_heads; ++h)
+        slopes_.push_back(
+            alibi_slope(options.alibi_max_bias(), static_cast<int>(h), static_cast<int>(q_heads)));
+    }
+  }
+
+  const AttentionOptions& options() const { return options_; }
+  Index q_heads() const { return hq_; }
+  Index kv_heads() const { return hkv_; }
+  // The ALiBi slope of each query head (empty without ALiBi).
+  const std::vector<double>& alibi_slopes() const { return slopes_; }
+
+  // O = attention of every head, Lq x (Hq dv), of Q's scalar type.
+  template <class XQ, class XK, class XV>
+  Eigen::Matrix<typename XQ::Scalar, Eigen::Dynamic, Eigen::Dynamic> operator()(
+      const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
+      const Eigen::DenseBase<XV>& v) const {
+    const Index dv = v.cols() / hkv_;
+    Eigen::Matrix<typename XQ::Scalar, Eigen::Dynamic, Eigen::Dynamic> o(q.rows(), hq_ * dv);
+    apply(q, k, v, o);
+    return o;
+  }
+
+  template <class XQ, class XK, class XV, class OutO>
+  void apply(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
+             const Eigen::DenseBase<XV>& v, OutO&& o_out) const {
+    auto& o = detail::writable_output(std::forward<OutO>(o_out));
+    Eigen::Matrix<float, 0, 0>* no_lse = nullptr;
+    forward(q.derived(), k.derived(), v.derived(), o, no_lse);
+  }
+
+  template <class XQ, class XK, class XV, class OutO, class OutL>
+  void apply(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
+             const Eigen::DenseBase<XV>& v, OutO&& o_out, OutL&& lse_out) const {
+    auto& o = detail::writable_output(std::forward<OutO>(o_out));
+    auto& lse = detail::writable_output(std::forward<OutL>(lse_out));
+    forward(q.derived(), k.derived(), v.derived(), o, &lse);
+  }
+
+  // Packed sequences (FlashAttention's varlen form): sequence b is rows [cu_q[b], cu_q[b + 1]) of
+  // Q and O and rows [cu_k[b], cu_k[b + 1]) of K and V, and attends within itself (positions,
+  // causal and window relative to its own lengths). cu_q and cu_k: B + 1 nondecreasing offsets
+  // (std::vector or Eigen vector of an integer type), from 0 to Lq and to Lk.
+  template <class XQ, class XK, class XV, class CuQ, class CuK, class OutO>
+  void apply_varlen(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
+                    const Eigen::DenseBase<XV>& v, const CuQ& cu_seqlens_q, const CuK& cu_seqlens_k,
+                    OutO&& o_out) const {
+    auto& o = detail::writable_output(std::forward<OutO>(o_out));
+    check_offsets("cu_seqlens_q", cu_seqlens_q, q.rows());
+    check_offsets("cu_seqlens_k", cu_seqlens_k, k.rows());
+    const Index batch = static_cast<Index>(cu_seqlens_q.size()) - 1;
+    if (static_cast<Index>(cu_seqlens_k.size()) != batch + 1)
+      detail::fail(name, ": cu_seqlens_q and cu_seqlens_k must have the same size B + 1, but got ",
+                   cu_seqlens_q.size(), " and ", cu_seqlens_k.size());
+    check_shapes(q.derived(), k.derived(), v.derived(), o);
+    for (Index b = 0; b < batch; ++b) {
+      const Index q0 = static_cast<Index>(cu_seqlens_q[b]);
+      const Index nq = static_cast<Index>(cu_seqlens_q[b + 1]) - q0;
+      const Index k0 = static_cast<Index>(cu_seqlens_k[b]);
+      const Index nk = static_cast<Index>(cu_seqlens_k[b + 1]) - k0;
+      auto ob = o.middleRows(q0, nq);
+      Eigen::Matrix<float, 0, 0>* no_lse = nullptr;
+      forward(q.derived().middleRows(q0, nq), k.derived().middleRows(k0, nk),
+              v.derived().middleRows(k0, nk), ob, no_lse);
+    }
+  }
+
+  // Gradients of the forward pass (FlashAttention-2's recomputation from O and lse): dQ of Q's
+  // shape, dK of K's and dV of V's; dK and dV of a KV head summed over its group's query heads.
+  // O and lse as the forward wrote them (lse Lq x Hq), dO of O's shape. Any storage scalars; the
+  // pass runs in float (double when any operand is double). Allocates dK and dV accumulators of
+  // the compute type, Lk (d + dv) per KV group, and one tile workspace per group.
+  template <class XQ, class XK, class XV, class XO, class XL, class XdO, class OutQ, class OutK,
+            class OutV>
+  void backward(const Eigen::DenseBase<XQ>& q_in, const Eigen::DenseBase<XK>& k_in,
+                const Eigen::DenseBase<XV>& v_in, const Eigen::DenseBase<XO>& o_in,
+                const Eigen::DenseBase<XL>& lse_in, const Eigen::DenseBase<XdO>& dout_in,
+                OutQ&& dq_out, OutK&& dk_out, OutV&& dv_out) const {
+    const XQ& q = q_in.derived();
+    const XK& k = k_in.derived();
+    const XV& v = v_in.derived();
+    const XO& o = o_in.derived();
+    const XL& lse = lse_in.derived();
+    const XdO& dout = dout_in.derived();
+    auto& dq = detail::writable_output(std::forward<OutQ>(dq_out));
+    auto& dk = detail::writable_output(std::forward<OutK>(dk_out));
+    auto& dv = detail::writable_output(std::forward<OutV>(dv_out));
+    check_shapes(q, k, v, o);
+    const Index lq = q.rows(), lk = k.rows(), d = q.cols() / hq_, dvh = v.cols() / hkv_;
+    auto same_shape = [&](const char* what, Index r, Index c, Index rows, Index cols) {
+      if (r != rows || c != cols)
+        detail::fail(name, ": ", what, " must be ", rows, " x ", cols, ", but got ", r, " x ", c);
+    };
+    same_shape("lse", lse.rows(), lse.cols(), lq, hq_);
+    same_shape("dO", dout.rows(), dout.cols(), lq, hq_ * dvh);
+    same_shape("dQ", dq.rows(), dq.cols(), q.rows(), q.cols());
+    same_shape("dK", dk.rows(), dk.cols(), k.rows(), k.cols());
+    same_shape("dV", dv.rows(), dv.cols(), v.rows(), v.cols());
+    using C = std::conditional_t<
+        std::is_same_v<
+            Scalar<XQ>,
+            double> || std::is_same_v<Scalar<XK>, double> || std::is_same_v<Scalar<XV>, double> || std::is_same_v<Scalar<XO>, double> || std::is_same_v<Scalar<XdO>, double> || std::is_same_v<Scalar<XL>, double>,
+        double, float>;
+    const detail::MhaPlan<C> p = plan<C>(lq, lk, d, dvh);
+    using M = Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic>;
+    using DQ = std::remove_reference_t<decltype(dq)>;
+    using DK = std::remove_reference_t<decltype(dk)>;
+    using DV = std::remove_reference_t<decltype(dv)>;
+    // One task per KV group: it owns its columns of dK, dV and its heads' columns of dQ.
+    detail::for_each_slice<true>(hkv_, lq * lk * p.group * (d + dvh), [&](Index g) {
+      M gk = M::Zero(lk, d), gv = M::Zero(lk, dvh);
+      const Index group = p.group;
+      detail::mha_backward_group(
+          q, k, v, o, lse, dout, g, p, gk, gv, [&](Index i0, Index n, const auto& dqt) {
+            for (Index hh = 0; hh < group; ++hh)
+              dq.block(i0, (g * group + hh) * d, n, d) =
+                  dqt.middleRows(hh * n, n).template cast<typename DQ::Scalar>();
+          });
+      dk.block(0, g * d, lk, d) = gk.template cast<typename DK::Scalar>();
+      dv.block(0, g * dvh, lk, dvh) = gv.template cast<typename DV::Scalar>();
+    });
+  }
+
+ private:
+  template <class T>
+  using Scalar = typename T::Scalar;
+
+  template <class Offsets>
+  static void check_offsets(const char* what, const Offsets& cu, Index rows) {
+    const Index n = static_cast<Index>(cu.size());
+    if (n < 1)
+      detail::fail(name, ": ", what, " must have B + 1 >= 1 entries, but got none");
+    if (static_cast<Index>(cu[0]) != 0)
+      detail::fail(name, ": ", what, "[0] must be 0, but got ", static_cast<Index>(cu[0]));
+    for (Index b = 1; b < n; ++b) {
+      if (static_cast<Index>(cu[b]) < static_cast<Index>(cu[b - 1]))
+        detail::fail(name, ": ", what, " must be nondecreasing, but got ", what, "[", b,
+                     "] = ", static_cast<Index>(cu[b]), " after ", static_cast<Index>(cu[b - 1]));
+    }
+    if (static_cast<Index>(cu[n - 1]) != rows)
+      detail::fail(name, ": ", what, " must end at the number of rows ", rows, ", but got ",
+                   static_cast<Index>(cu[n - 1]));
+  }
+
+  // O must not share memory with an input (whatever their scalar types).
+  template <class XO, class X>
+  static void require_disjoint(const char* in, const XO& o, const X& x) {
+    if constexpr (detail::has_direct_access_v<XO> && detail::has_direct_access_v<X>) {
+      if (o.size() == 0 || x.size() == 0)
+        return;
+      const auto at = [](const void* p) {
+        return reinterpret_cast<std::uintptr_t>(p);
+      };
+      const std::uintptr_t o0 = at(o.data()), o1 = at(detail::last_coefficient(o) + 1);
+      const std::uintptr_t x0 = at(x.data()), x1 = at(detail::last_coefficient(x) + 1);
+      if (o0 < x1 && x0 < o1)
+        detail::fail(name, ": O must not overlap the input ", in);
+    }
+  }
+
+  template <class XQ, class XK, class XV, class XO>
+  void check_shapes(const XQ& q, const XK& k, const XV& v, const XO& o) const {
+    using namespace detail;
+    static_check_storage_scalars<Scalar<XQ>, Scalar<XQ>>();
+    static_check_storage_scalars<Scalar<XK>, Scalar<XV>>();
+    static_check_storage_scalars<Scalar<XO>, Scalar<XO>>();
+    if (q.cols() < hq_ || q.cols() % hq_ != 0)
+      fail(name, ": Q must have Hq d columns (Hq = ", hq_, ", d >= 1), but got ", q.cols());
+    const Index d = q.cols() / hq_;
+    if (k.cols() != hkv_ * d)
+      fail(name, ": K must have Hkv d = ", hkv_ * d, " columns (Hkv = ", hkv_, ", d = ", d,
+           "), but got ", k.cols());
+    if (v.cols() < hkv_ || v.cols() % hkv_ != 0)
+      fail(name, ": V must have Hkv dv columns (Hkv = ", hkv_, ", dv >= 1), but got ", v.cols());
+    if (k.rows() != v.rows())
+      fail(name, ": K and V must have the same number of rows Lk, but got ", k.rows(), " and ",
+           v.rows());
+    const Index dv = v.cols() / hkv_;
+    if (o.rows() != q.rows() || o.cols() != hq_ * dv)
+      fail(name, ": O must be Lq x Hq dv = ", q.rows(), " x ", hq_ * dv, ", but got ", o.rows(),
+           " x ", o.cols());
+    require_disjoint("Q", o, q);
+    require_disjoint("K", o, k);
+    require_disjoint("V", o, v);
+  }
+
+  template <class C>
+  detail::MhaPlan<C> plan(Index lq, Index lk, Index d, Index dv) const {
+    detail::MhaPlan<C> p;
+    p.scale = static_cast<C>(options_.scale_or(1.0 / std::sqrt(static_cast<double>(d))));
+    p.cap = static_cast<C>(options_.softcap());
+    p.has_sink = options_.has_sink();
+    p.sink = static_cast<C>(options_.sink());
+    p.band.lq = lq;
+    p.band.lk = lk;
+    p.band.left = options_.window_left();
+    p.band.right = options_.window_right();
+    p.band.causal = options_.causal();
+    p.group = hq_ / hkv_;
+    p.d = d;
+    p.dv = dv;
+    p.rows_per_head =
+        std::clamp<Index>(std::min(detail::kMhaRowsPerHead, detail::kMhaTileRows / p.group), 1,
+                          std::max<Index>(lq, 1));
+    p.slopes = slopes_.empty() ? nullptr : slopes_.data();
+    return p;
+  }
+
+  // The forward pass into O (and lse unless null); shapes are checked here.
+  template <class XQ, class XK, class XV, class XO, class XL>
+  void forward(const XQ& q, const XK& k, const XV& v, XO& o, XL* lse) const {
+    // An expression (no storage) is evaluated once, not once per block.
+    if constexpr (!detail::has_direct_access_v<XQ>) {
+      const Eigen::Matrix<Scalar<XQ>, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> qe = q;
+      forward(qe, k, v, o, lse);
+    } else if constexpr (!detail::has_direct_access_v<XK>) {
+      const Eigen::Matrix<Scalar<XK>, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> ke = k;
+      forward(q, ke, v, o, lse);
+    } else if constexpr (!detail::has_direct_access_v<XV>) {
+      const Eigen::Matrix<Scalar<XV>, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> ve = v;
+      forward(q, k, ve, o, lse);
+    } else {
+      forward_storage(q, k, v, o, lse);
+    }
+  }
+
+  template <class XQ, class XK, class XV, class XO, class XL>
+  void forward_storage(const XQ& q, const XK& k, const XV& v, XO& o, XL* lse) const {
+    check_shapes(q, k, v, o);
+    const Index lq = q.rows(), lk = k.rows(), d = q.cols() / hq_, dv = v.cols() / hkv_;
+    if constexpr (!std::is_same_v<XL, Eigen::Matrix<float, 0, 0>>) {
+      detail::static_check_storage_scalars<Scalar<XL>, Scalar<XL>>();
+      if (lse->rows() != lq || lse->cols() != hq_)
+        detail::fail(name, ": lse must be Lq x Hq = ", lq, " x ", hq_, ", but got ", lse->rows(),
+                     " x ", lse->cols());
+    }
+    using C = std::conditional_t<
+        std::is_same_v<
+            Scalar<XQ>,
+            double> || std::is_same_v<Scalar<XK>, double> || std::is_same_v<Scalar<XV>, double> || std::is_same_v<Scalar<XO>, double>,
+        double, float>;
+    if (lq == 0)
+      return;
+    const detail::MhaPlan<C> p = plan<C>(lq, lk, d, dv);
+    const Index group = p.group, bq = p.rows_per_head, rows = group * bq;
+    // Tile rows hh n + r (head g group + hh, query i0 + r) into O and lse.
+    auto write = [&](Index g, Index i0, Index n, const C* tile_o, const C* tile_lse) {
+      using RowMat = Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+      const Eigen::Map<const RowMat> ot(tile_o, group * n, dv);
+      for (Index hh = 0; hh < group; ++hh) {
+        const Index h = g * group + hh;
+        o.block(i0, h * dv, n, dv) = ot.middleRows(hh * n, n).template cast<Scalar<XO>>();
+        if constexpr (!std::is_same_v<XL, Eigen::Matrix<float, 0, 0>>) {
+          for (Index r = 0; r < n; ++r)
+            lse->coeffRef(i0 + r, h) = static_cast<Scalar<XL>>(tile_lse[hh * n + r]);
+        }
+      }
+    };
+    const Index qblocks = (lq + bq - 1) / bq;
+    const Index splits = lq <= kDecodeMaxQueries && lk > kDecodeSplitKeys ? std::min<Index>(
+                             kDecodeMaxSplits, (lk + kDecodeSplitKeys - 1) / kDecodeSplitKeys)
+                                                                          : 1;
+    detail::MhaWorkspaces<C> ws(rows, d, dv);
+    if (splits == 1) {
+      detail::for_each_slice<true>(hkv_ * qblocks, rows * lk * (d + dv), [&](Index t) {
+        const Index g = t / qblocks, i0 = (t % qblocks) * bq, n = std::min(bq, lq - i0);
+        detail::MhaWorkspace<C>& w = ws.mine();
+        detail::mha_tile(q, k, v, g, i0, n, 0, lk, true, p, w, w.lse);
+        write(g, i0, n, w.o, w.lse);
+      });
+      return;
+    }
+    // Decoding: key ranges of `span` keys (a multiple of the key block), each tile's partial
+    // (O, lse) kept, then merged in order by merge_attention's rule.
+    const Index blocks = (lk + detail::kMhaBlockK - 1) / detail::kMhaBlockK;
+    const Index span = (blocks + splits - 1) / splits * detail::kMhaBlockK;
+    const Index part = rows * (dv + 1);
+    std::vector<C> partials(static_cast<std::size_t>(hkv_ * qblocks * splits * part));
+    detail::for_each_slice<true>(hkv_ * qblocks * splits, rows * span * (d + dv), [&](Index t) {
+      const Index s = t % splits, gq = t / splits, g = gq / qblocks;
+      const Index i0 = (gq % qblocks) * bq, n = std::min(bq, lq - i0);
+      detail::MhaWorkspace<C>& w = ws.mine();
+      C* out = partials.data() + t * part;
+      detail::mha_tile(q, k, v, g, i0, n, s * span, std::min(lk, (s + 1) * span), s == 0, p, w,
+                       out + rows * dv);
+      std::copy(w.o, w.o + group * n * dv, out);
+    });
+    using RowMat = Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    using Vec = Eigen::Matrix<C, Eigen::Dynamic, 1>;
+    for (Index gq = 0; gq < hkv_ * qblocks; ++gq) {
+      const Index i0 = (gq % qblocks) * bq, n = std::min(bq, lq - i0), tile_rows = group * n;
+      C* first = partials.data() + gq * splits * part;
+      Eigen::Map<RowMat> o0(first, tile_rows, dv);
+      Eigen::Map<Vec> l0(first + rows * dv, tile_rows);
+      for (Index s = 1; s < splits; ++s) {
+        const C* other = first + s * part;
+        merge_attention(o0, l0, Eigen::Map<const RowMat>(other, tile_rows, dv),
+                        Eigen::Map<const Vec>(other + rows * dv, tile_rows), o0, l0);
+      }
+      write(gq / qblocks, i0, n, first, first + rows * dv);
+    }
+  }
+
+  static constexpr Index kDecodeMaxQueries = 16;
+  static constexpr Index kDecodeSplitKeys = 2048;
+  static constexpr Index kDecodeMaxSplits = 16;
+
+  AttentionOptions options_;
+  Index hq_, hkv_;
+  std::vector<double> slopes_;
+};
+
+}  // namespace softmaxlab
