@@ -260,7 +260,7 @@ void attention_accuracy(Worst& summary) {
                                + std::to_string(variant);
       check_attention<S>(o, lse, ref, v, what, summary);
       // Small blocks: many key blocks and ragged query blocks, the same bound.
-      attn.with_block_sizes(7, 5);
+      attn = attn.with_block_sizes(7, 5);
       if (use_mask) {
         attn.apply_masked(q, k, v, mask, o, lse);
       } else {
@@ -685,7 +685,7 @@ TEST_CASE("Attention: backward (dQ, dK, dV) against finite differences in double
     const bool use_mask = variant == 3;
     p.slope = 0.5;
     sml::Attention<> attn(p.options());
-    attn.with_block_sizes(2, 3);  // several blocks both ways
+    attn = attn.with_block_sizes(2, 3);  // several blocks both ways
     const Eigen::MatrixXd q = softmaxlab_test::random_normal(lq, d, 71 + variant, 1.0);
     const Eigen::MatrixXd k = softmaxlab_test::random_normal(lk, d, 81 + variant, 1.0);
     const Eigen::MatrixXd v = softmaxlab_test::random_normal(lk, dv, 91 + variant, 1.0);
@@ -782,7 +782,7 @@ void power_accuracy(Worst& summary) {
         sml::Attention<sml::PowerSoftmax> attn(p.options(), sml::PowerSoftmax(power));
         const LMat ref = power_reference<S>(q, k, v, use_mask ? &mask : nullptr, p, power);
         for (Index bk : {Index(128), Index(5)}) {
-          attn.with_block_sizes(64, bk);
+          attn = attn.with_block_sizes(64, bk);
           Mat<S> o(sh.lq, sh.dv);
           if (use_mask) {
             attn.apply_masked(q, k, v, mask, o);

@@ -833,7 +833,7 @@ void attention_16bit_within_bound(bool causal, bool masked, Eigen::Index bq, Eig
   }
   mask.row(5).setConstant(static_cast<In>(-std::numeric_limits<float>::infinity()));
   sml::Attention<> attn(sml::AttentionOptions().with_causal(causal));
-  attn.with_block_sizes(bq, bk);
+  attn = attn.with_block_sizes(bq, bk);
   Eigen::Matrix<Out, Eigen::Dynamic, Eigen::Dynamic> o(lq, dv);
   Eigen::Matrix<Out, Eigen::Dynamic, 1> lse(lq);
   if (masked)
@@ -920,7 +920,7 @@ TEST_CASE(
     CHECK(as_double(oh.data()[i]) == as_double(static_cast<H>(of.data()[i])));
   SECTION("causal with Lq > Lk (early queries see no key), small blocks, a mask, lse") {
     sml::Attention<> causal(sml::AttentionOptions().with_causal(true));
-    causal.with_block_sizes(4, 3);
+    causal = causal.with_block_sizes(4, 3);
     const MH k6 = k.topRows(6), v6 = v.topRows(6);  // Lq 9 > Lk 6: queries 0..2 see nothing
     MH mask = MH::Zero(9, 6);
     mask(7, 1) = H(-std::numeric_limits<float>::infinity());
@@ -1035,7 +1035,7 @@ void backward_16bit_is_float_rounded(const sml::AttentionOptions& options, bool 
       std::is_same_v<In, double> || std::is_same_v<Out, double> || std::is_same_v<G, double>,
       double, float>;
   sml::Attention<> attn(options);
-  attn.with_block_sizes(bq, bk);
+  attn = attn.with_block_sizes(bq, bk);
   const BackwardProblem p = backward_problem(lq, lk, 16, 16, seed);
   const BackwardRun<In, Out, G, L> r = run_backward<In, Out, G, L>(attn, p, masked);
   const Mat<C> q = r.q.template cast<C>(), k = r.k.template cast<C>(), v = r.v.template cast<C>();
@@ -1222,7 +1222,7 @@ void backward_16bit_within_bound(bool causal, bool masked, Eigen::Index bq, Eige
       double, float>;
   const Eigen::Index lq = 37, lk = 70, d = 16, dv = 16;
   sml::Attention<> attn(sml::AttentionOptions().with_causal(causal));
-  attn.with_block_sizes(bq, bk);
+  attn = attn.with_block_sizes(bq, bk);
   const BackwardProblem p = backward_problem(lq, lk, d, dv, seed);
   const BackwardRun<In, Out, G, L> r = run_backward<In, Out, G, L>(attn, p, masked);
   const BackwardExact exact =

@@ -32,8 +32,8 @@
 
 #include "detail/checks.hpp"
 #include "detail/entmax_threshold.hpp"
+#include "detail/loss_base.hpp"
 #include "entmax_maps.hpp"
-#include "loss.hpp"
 
 namespace softmaxlab {
 

@@ -99,6 +99,7 @@ class LinearCrossEntropy;
 // one shape allocation-free (it grows to the largest call seen and keeps its size).
 class LinearCrossEntropyWorkspace {
  public:
+  // The bytes this object was built with.
   std::size_t bytes() const {
     return sizeof(float) * fz_.capacity() + sizeof(double) * dz_.capacity()
            + sizeof(double) * stats_.capacity() + sizeof(long double) * sums_.capacity();
@@ -126,18 +127,24 @@ struct TokenOutputs {
   detail::Span<const double> upstream{nullptr, 0, 1};  // N doubles, Reduction::None only
   LinearCrossEntropyWorkspace* workspace = nullptr;    // reused scratch memory
 
+  // A copy with this option set (its valid range, and the std::invalid_argument a value outside it
+  // throws: the header's doc block).
   template <class Out>
   [[nodiscard]] TokenOutputs with_losses(Out&& v) const {
     TokenOutputs t = *this;
-    t.rows.with_losses(std::forward<Out>(v));
+    t.rows = t.rows.with_losses(std::forward<Out>(v));
     return t;
   }
+  // A copy with this option set (its valid range, and the std::invalid_argument a value outside it
+  // throws: the header's doc block).
   template <class Out>
   [[nodiscard]] TokenOutputs with_lse(Out&& v) const {
     TokenOutputs t = *this;
-    t.rows.with_lse(std::forward<Out>(v));
+    t.rows = t.rows.with_lse(std::forward<Out>(v));
     return t;
   }
+  // A copy with this option set (its valid range, and the std::invalid_argument a value outside it
+  // throws: the header's doc block).
   template <class Xpr>
   [[nodiscard]] TokenOutputs with_upstream(const Eigen::DenseBase<Xpr>& g) const {
     static_assert(std::is_same_v<typename Xpr::Scalar, double> && detail::has_direct_access_v<Xpr>,
@@ -147,6 +154,8 @@ struct TokenOutputs {
     t.upstream = detail::vector_span<const double>(g.derived());
     return t;
   }
+  // A copy with this option set (its valid range, and the std::invalid_argument a value outside it
+  // throws: the header's doc block).
   [[nodiscard]] TokenOutputs with_workspace(LinearCrossEntropyWorkspace& ws) const {
     TokenOutputs t = *this;
     t.workspace = &ws;
@@ -154,13 +163,17 @@ struct TokenOutputs {
   }
 };
 
+// The fused output-layer cross-entropy: see the header's doc block.
 class LinearCrossEntropy {
  public:
+  // The variant's name, as error messages give it.
   static constexpr const char* name = "LinearCrossEntropy";
   static constexpr Index kGroups = 4;  // fixed vocabulary groups: the unit of thread parallelism
 
+  // The scratch memory type (LinearCrossEntropyWorkspace), reusable across calls.
   using Workspace = LinearCrossEntropyWorkspace;
 
+  // The default ignore_index, PyTorch's -100.
   explicit LinearCrossEntropy(Reduction reduction = Reduction::Mean, double label_smoothing = 0.0,
                               long ignore_index = CrossEntropyLoss::default_ignore_index)
       : ce_(reduction, label_smoothing, ignore_index) {}
@@ -168,32 +181,53 @@ class LinearCrossEntropy {
   // z-loss), so the fused and the materialized paths are configured once.
   explicit LinearCrossEntropy(const CrossEntropyLoss& ce) : ce_(ce) {}
 
+  // The cross entropy this object was built with.
   const CrossEntropyLoss& cross_entropy() const { return ce_; }
+  // The reduction this object was built with.
   Reduction reduction() const { return ce_.reduction(); }
+  // The label smoothing this object was built with.
   double label_smoothing() const { return ce_.label_smoothing(); }
+  // The ignore index this object was built with.
   long ignore_index() const { return ce_.ignore_index(); }
+  // The weight this object was built with.
   const std::vector<double>& weight() const { return ce_.weight(); }
+  // The z loss this object was built with.
   double z_loss() const { return ce_.z_loss(); }
+  // The softcap this object was built with.
   double softcap() const { return softcap_; }
+  // The temperature this object was built with.
   double temperature() const { return temperature_; }
+  // The token block this object was built with.
   Index token_block() const { return token_block_; }
+  // The vocab block this object was built with.
   Index vocab_block() const { return vocab_block_; }
+  // The gradient filter this object was built with.
   double gradient_filter() const { return filter_; }
 
+  // A copy with this option set (its valid range, and the std::invalid_argument a value outside it
+  // throws: the header's doc block).
   [[nodiscard]] LinearCrossEntropy with_reduction(Reduction r) const {
     return with_ce(CrossEntropyLoss(r, label_smoothing(), ignore_index()));
   }
+  // A copy with this option set (its valid range, and the std::invalid_argument a value outside it
+  // throws: the header's doc block).
   [[nodiscard]] LinearCrossEntropy with_label_smoothing(double eps) const {
     return with_ce(CrossEntropyLoss(reduction(), eps, ignore_index()));
   }
+  // A copy with this option set (its valid range, and the std::invalid_argument a value outside it
+  // throws: the header's doc block).
   [[nodiscard]] LinearCrossEntropy with_ignore_index(long index) const {
     return with_ce(CrossEntropyLoss(reduction(), label_smoothing(), index));
   }
+  // A copy with this option set (its valid range, and the std::invalid_argument a value outside it
+  // throws: the header's doc block).
   [[nodiscard]] LinearCrossEntropy with_weight(std::vector<double> w) const {
     LinearCrossEntropy c = *this;
     c.ce_ = ce_.with_weight(std::move(w));
     return c;
   }
+  // A copy with this option set (its valid range, and the std::invalid_argument a value outside it
+  // throws: the header's doc block).
   [[nodiscard]] LinearCrossEntropy with_z_loss(double lambda) const {
     LinearCrossEntropy c = *this;
     c.ce_ = ce_.with_z_loss(lambda);
@@ -207,11 +241,15 @@ class LinearCrossEntropy {
     c.softcap_ = cap;
     return c;
   }
+  // A copy with this option set (its valid range, and the std::invalid_argument a value outside it
+  // throws: the header's doc block).
   [[nodiscard]] LinearCrossEntropy with_temperature(double t) const {
     LinearCrossEntropy c = *this;
     c.temperature_ = detail::check_temperature("LinearCrossEntropy: temperature", t);
     return c;
   }
+  // A copy with this option set (its valid range, and the std::invalid_argument a value outside it
+  // throws: the header's doc block).
   [[nodiscard]] LinearCrossEntropy with_block_sizes(Index tokens, Index vocab) const {
     if (tokens < 1)
       detail::fail(name, ": token_block must be >= 1, but got ", tokens);

@@ -101,8 +101,11 @@ namespace softmaxlab {
 // Attention for every head at once, with grouped-query KV sharing: see the header's doc block.
 class MultiHeadAttention {
  public:
+  // The variant's name, as error messages give it.
   static constexpr const char* name = "MultiHeadAttention";
 
+  // q_heads and kv_heads >= 1 with kv_heads dividing q_heads; throws std::invalid_argument naming
+  // the value otherwise.
   MultiHeadAttention(const AttentionOptions& options, Index q_heads, Index kv_heads)
       : options_(options), hq_(q_heads), hkv_(kv_heads) {
     if (q_heads < 1)
@@ -119,8 +122,11 @@ class MultiHeadAttention {
     }
   }
 
+  // The options this object was built with.
   const AttentionOptions& options() const { return options_; }
+  // The q heads this object was built with.
   Index q_heads() const { return hq_; }
+  // The kv heads this object was built with.
   Index kv_heads() const { return hkv_; }
   // The ALiBi slope of each query head (empty without ALiBi).
   const std::vector<double>& alibi_slopes() const { return slopes_; }
@@ -136,6 +142,7 @@ class MultiHeadAttention {
     return o;
   }
 
+  // O = attention of every head into O (Lq x Hq dv).
   template <class XQ, class XK, class XV, class OutO>
   void apply(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
              const Eigen::DenseBase<XV>& v, OutO&& o_out) const {
@@ -144,6 +151,7 @@ class MultiHeadAttention {
     forward(q.derived(), k.derived(), v.derived(), o, no_lse);
   }
 
+  // The same with the log-sum-exp of every head (Lq x Hq).
   template <class XQ, class XK, class XV, class OutO, class OutL>
   void apply(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
              const Eigen::DenseBase<XV>& v, OutO&& o_out, OutL&& lse_out) const {

@@ -11,21 +11,28 @@
 //   Sampler, SamplerOptions,     sampling.hpp     llama.cpp's sampler chain (penalties, DRY,
 //     top_k_log_softmax                           top-k, top-p, min-p, ...) without a sort; exact
 //                                                 speculative verify; top-k log-probabilities
+//                                                 (parts: sampler.hpp, sampler_options.hpp,
+//                                                 top_k_log_softmax.hpp)
 //   SinglePassSoftmax,           single_pass.hpp  one read for the normalizer, one to write;
 //     OnlineNormalizer<Scalar>                    mergeable [max, sum] state for chunked rows
 //   LogSumExp                    logsumexp.hpp    log sum exp, weighted/signed (SciPy b=), backward
-//   CrossEntropyLoss, L2SvmLoss, loss.hpp         training losses with their gradients
-//     NormalizedSoftmaxLoss, SparseCbmGumbelLoss
+//   CrossEntropyLoss, L2SvmLoss, loss.hpp         training losses with their gradients (parts:
+//     NormalizedSoftmaxLoss,                      cross_entropy.hpp, svm_loss.hpp,
+//     SparseCbmGumbelLoss                         normalized_loss.hpp, gumbel_loss.hpp)
 //   LinearCrossEntropy,          linear_cross_entropy.hpp  the output layer's loss from H and W
 //     TokenOutputs                                without the N x V logits (Cut Cross-Entropy)
 //   HardFusion, SoftFusion       fusion.hpp       SurfaceFusion of two logit sources
 //   Sparsemax, Entmax15, Entmax, entmax.hpp       sparse distributions (sparsemax, 1.5- and
 //     SparsemaxLoss, EntmaxLoss                   alpha-entmax) and their Fenchel-Young losses
+//                                                 (parts: entmax_maps.hpp, entmax_loss.hpp)
 //   mpi::VocabParallelSoftmax,   mpi.hpp          the vocabulary split across MPI ranks; needs
 //     ...CrossEntropy, sample                     MPI, so not included here: include it and
 //                                                 link softmaxlab::mpi
 //   AttentionSoftmax, Attention, attention.hpp    fused score softmax (scale, softcap, mask x
 //     merge_attention                             ALiBi slope, sink); flash-style attention
+//                                                 (parts: attention_options.hpp,
+//                                                 attention_softmax.hpp, flash_attention.hpp,
+//                                                 attention_weights.hpp)
 //   MultiHeadAttention           multi_head_attention.hpp  every head in one call: GQA/MQA,
 //                                                 windows and ALiBi from positions, 16-bit KV
 //   f(t, axis), along_axis,      tensor.hpp       every functor over any axis of an Eigen::Tensor;
