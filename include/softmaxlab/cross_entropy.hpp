@@ -58,8 +58,7 @@ class CrossEntropyLoss : public detail::LogitsLoss<CrossEntropyLoss> {
  public:
   // The variant's name, as error messages give it.
   static constexpr const char* name = "CrossEntropyLoss";
-  // The default ignore_index, PyTorch's -100.
-  static constexpr long default_ignore_index = -100;
+  using detail::LogitsLoss<CrossEntropyLoss>::default_ignore_index;  // PyTorch's -100
 
   // reduction Mean, Sum or None, label_smoothing in [0, 1); throws std::invalid_argument naming the
   // value otherwise.

@@ -43,8 +43,7 @@ class EntmaxLoss : public detail::LogitsLoss<EntmaxLoss> {
  public:
   // The variant's name, as error messages give it.
   static constexpr const char* name = "EntmaxLoss";
-  // The default ignore_index, PyTorch's -100.
-  static constexpr long default_ignore_index = -100;
+  using detail::LogitsLoss<EntmaxLoss>::default_ignore_index;  // PyTorch's -100
 
   // The default ignore_index, PyTorch's -100.
   explicit EntmaxLoss(double alpha = 1.5, Reduction reduction = Reduction::Mean,

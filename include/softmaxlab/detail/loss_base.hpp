@@ -135,6 +135,9 @@ inline void check_row_outputs(const char* function, const RowOutputs& out, Index
 template <class Derived>
 class LogitsLoss {
  public:
+  // The default ignore_index of every logits loss, PyTorch's -100.
+  static constexpr long default_ignore_index = -100;
+
   // The loss only (no allocation when the logits have storage), with the per-row outputs
   // requested in `out`. targets: labels (integer vector / std::vector) or an N x C distribution.
   template <class XprZ, class Targets>
