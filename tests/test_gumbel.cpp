@@ -466,8 +466,8 @@ TEMPLATE_TEST_CASE("the Gumbel log (detail/log.hpp) against long double", "[gumb
   alignas(64) TestType in[P], out[P];
   int lane = 0;
   auto flush = [&] {
-    Eigen::internal::pstore(out,
-                            sml::detail::plog_positive_normal_u20(Eigen::internal::pload<Packet>(in)));
+    Eigen::internal::pstore(
+        out, sml::detail::plog_positive_normal_u20(Eigen::internal::pload<Packet>(in)));
     for (int k = 0; k < lane; ++k) {
       const long double exact = std::log(static_cast<long double>(in[k]));
       // Error in ulps of the result (at least the smallest normal ulp, for log x near 0).

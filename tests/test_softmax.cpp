@@ -165,7 +165,8 @@ double exp_kernel_max_ulp(Scalar first, Index count, Next next, Scalar& worst_x)
   for (Index i = 0; i < count; i += P) {
     for (int k = 0; k < P; ++k, x = next(x))
       in[k] = x;
-    Eigen::internal::pstore(out, sml::detail::pexp_nonpositive_u11(Eigen::internal::pload<Packet>(in)));
+    Eigen::internal::pstore(out,
+                            sml::detail::pexp_nonpositive_u11(Eigen::internal::pload<Packet>(in)));
     for (int k = 0; k < P; ++k) {
       const long double exact = std::exp(static_cast<long double>(in[k]));
       const int digits = std::numeric_limits<Scalar>::digits;

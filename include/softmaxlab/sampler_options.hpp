@@ -396,13 +396,13 @@ class SamplingWorkspace {
   // Internal scratch of the sampler (grown on first use, then reused).
   std::vector<double>& histogram() { return histogram_; }
   // Internal scratch of the sampler (grown on first use, then reused).
-  std::vector<double>& chain() { return chain_; }     // the general path's logits
+  std::vector<double>& chain() { return chain_; }  // the general path's logits
   // Internal scratch of the sampler (grown on first use, then reused).
-  std::vector<Index>& tokens() { return tokens_; }    // penalty windows, kept ids
+  std::vector<Index>& tokens() { return tokens_; }  // penalty windows, kept ids
   // Internal scratch of the sampler (grown on first use, then reused).
   std::vector<Index>& history() { return history_; }  // verify's history with the drafts
   // Internal scratch of the sampler (grown on first use, then reused).
-  std::vector<double>& scores() { return scores_; }   // verify's row normalizers
+  std::vector<double>& scores() { return scores_; }  // verify's row normalizers
   // Internal scratch of the sampler (grown on first use, then reused).
   std::vector<std::pair<double, Index>>& keyed() { return keyed_; }  // the general path's set
   // Internal scratch of the sampler (grown on first use, then reused).
