@@ -107,7 +107,7 @@ class Softmax : public detail::DistributionFunctor<Softmax>,
 
   template <class C, class In, class Out>
   void compute_streamed(const detail::Span<const In>& x, const detail::Span<Out>& y) const {
-    if (x.size <= detail::kStageElements<C>) {
+    if (x.size <= detail::kFusedStageElements<C>) {
       detail::softmax_row_staged<C>(x, y, temperature_);
     } else {
       detail::softmax_row_streamed<false, C>(x, y, temperature_);
