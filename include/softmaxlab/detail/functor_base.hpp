@@ -228,6 +228,10 @@ struct VariantTraits {
   static constexpr bool streams_long_rows = false;
   // compute_streamed also takes the rows that fit the stage, converting inside its own passes.
   static constexpr bool fuses_conversions = false;
+  // Contiguous 16-bit (or mixed float and 16-bit) rows of at most short_rows_mixed entries go to
+  // the variant's compute_short_rows_mixed(x, ldx, y, ldy, count, size), which converts in
+  // registers (AVX-512 builds only); 0: none.
+  static constexpr Index short_rows_mixed = 0;
 };
 template <class V, class = void>
 struct traits_of {
@@ -487,7 +491,47 @@ class DistributionFunctor {
       constexpr bool kParallel = kParallelSlices && sizeof...(Extra) == 0;
       const auto& xd = x.derived();
       const Index count = along_rows ? x.rows() : x.cols();
-      for_each_slice<kParallel>(count, along_rows ? x.cols() : x.rows(), [&](Index i) {
+      const Index size = along_rows ? x.cols() : x.rows();
+      if constexpr (has_contiguous_rows_kernel_v<Derived> && sizeof...(Extra) == 0) {
+        // Short contiguous slices: a block of them converted into one stage, the float batch
+        // kernel over the block (several rows per iteration), one rounding back. The per-row
+        // path below would pay its dispatch on every short row.
+        if (size <= kRowsBlockElements && (along_rows ? xd.colStride() : xd.rowStride()) == 1
+            && (along_rows ? y.colStride() : y.rowStride()) == 1) {
+          using C = compute_scalar_t<In, Out>;
+          const Index ldx = along_rows ? xd.rowStride() : xd.colStride();
+          const Index ldy = along_rows ? y.rowStride() : y.colStride();
+          const Index per_block = kRowsBlockElements / size;
+          const Index blocks = (count + per_block - 1) / per_block;
+#if SOFTMAXLAB_AVX512_CONVERT
+          if constexpr (std::is_same_v<C, float> && traits_t<Derived>::short_rows_mixed > 0) {
+            if (size <= traits_t<Derived>::short_rows_mixed) {
+              for_each_slice<kParallel>(blocks, per_block * size, [&](Index b) {
+                const Index first = b * per_block;
+                self().compute_short_rows_mixed(xd.data() + first * ldx, ldx,
+                                                y.data() + first * ldy, ldy,
+                                                std::min(per_block, count - first), size);
+              });
+              return;
+            }
+          }
+#endif
+          for_each_slice<kParallel>(blocks, per_block * size, [&](Index b) {
+            alignas(64) C stage[kRowsBlockElements];
+            const Index first = b * per_block;
+            const Index rows = std::min(per_block, count - first);
+            for (Index r = 0; r < rows; ++r)
+              convert_contiguous(xd.data() + (first + r) * ldx, stage + r * size, size);
+            self().template compute_rows<C>(stage, size, stage, size, rows, size);
+            for (Index r = 0; r < rows; ++r) {
+              convert_contiguous(static_cast<const C*>(stage + r * size),
+                                 y.data() + (first + r) * ldy, size);
+            }
+          });
+          return;
+        }
+      }
+      for_each_slice<kParallel>(count, size, [&](Index i) {
         compute_mixed(slice_span<const In>(xd, i, along_rows), slice_span<Out>(y, i, along_rows),
                       extra...);
       });
@@ -498,7 +542,9 @@ class DistributionFunctor {
   }
 
  private:
-  const Derived& self() const { return static_cast<const Derived&>(*this); }
+  const Derived& self() const {
+    return static_cast<const Derived&>(*this);
+  }
 };
 
 }  // namespace detail

@@ -23,6 +23,14 @@
 #else
 #define SOFTMAXLAB_F16C 0
 #endif
+// The 16-lane conversions (masked tails need BW and VL for 16-bit lanes).
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) \
+    && !defined(EIGEN_DONT_VECTORIZE)
+#include <immintrin.h>
+#define SOFTMAXLAB_AVX512_CONVERT 1
+#else
+#define SOFTMAXLAB_AVX512_CONVERT 0
+#endif
 
 namespace softmaxlab {
 namespace detail {
@@ -63,6 +71,14 @@ inline constexpr Index kStageBytes = Index(64) << 10;
 template <class C>
 inline constexpr Index kStageElements = kStageBytes / Index(sizeof(C));
 
+// Softmax's fused 16-bit path stages a whole row of up to 128 KiB of the compute type (32768
+// floats, so a 32,000-entry vocabulary row has its exponentials computed once): Eigen's own limit
+// for stack temporaries (EIGEN_STACK_ALLOCATION_LIMIT). Longer rows are streamed and compute exp
+// twice.
+inline constexpr Index kFusedStageBytes = Index(128) << 10;
+template <class C>
+inline constexpr Index kFusedStageElements = kFusedStageBytes / Index(sizeof(C));
+
 // Elements per chunk of the streamed (long-row) passes: 8 KiB of float, an L1-resident block.
 inline constexpr Index kConvertChunk = 2048;
 
@@ -79,6 +95,54 @@ EIGEN_STRONG_INLINE To convert_scalar(const From& v) {
   }
 }
 
+#if SOFTMAXLAB_AVX512_CONVERT
+// The first `count` lanes of 16 (count in 1..16).
+inline __mmask16 lanes_below(Index count) {
+  return static_cast<__mmask16>((1u << count) - 1u);
+}
+
+// 16 half or bfloat16 values to float (exact). Half: the 512-bit vcvtph2ps; bfloat16: a shift.
+template <class From>
+EIGEN_STRONG_INLINE __m512 widen16(const From* from, __mmask16 m = 0xFFFF) {
+  const __m256i h = _mm256_maskz_loadu_epi16(m, from);
+  if constexpr (std::is_same_v<From, Eigen::half>) {
+    return _mm512_cvtph_ps(h);
+  } else {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+}
+
+// 16 floats rounded to half or bfloat16 and stored (lanes of m). Both round to nearest even, as
+// the scalar conversions do. Half: the 512-bit vcvtps2ph. bfloat16: rounding on the bits, a NaN to
+// the scalar conversion's quiet NaN 0x7FC0 with its sign. vcvtneps2bf16 (AVX512-BF16) treats a
+// subnormal input as zero and keeps a NaN's payload, which the scalar conversion does not: it runs
+// only on vectors with neither.
+template <class To>
+EIGEN_STRONG_INLINE void narrow16_store(To* to, __m512 v, __mmask16 m = 0xFFFF) {
+  __m256i h;
+  if constexpr (std::is_same_v<To, Eigen::half>) {
+    h = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#if defined(__AVX512BF16__) && defined(__AVX512DQ__)
+  } else if (_mm512_fpclass_ps_mask(v, 0xA1) == 0) {
+    // No NaN (classes 0x01, 0x80) and no subnormal (0x20) among the lanes: vcvtneps2bf16 rounds
+    // the rest to nearest even exactly as the bit rounding below, in one instruction.
+    h = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
+#endif
+  } else {
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i high = _mm512_srli_epi32(u, 16);
+    const __m512i odd = _mm512_and_si512(high, _mm512_set1_epi32(1));
+    const __m512i rounded = _mm512_srli_epi32(
+        _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
+    const __m512i quiet = _mm512_or_si512(_mm512_and_si512(high, _mm512_set1_epi32(0x8000)),
+                                          _mm512_set1_epi32(0x7FC0));
+    h = _mm512_cvtepi32_epi16(
+        _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), quiet));
+  }
+  _mm256_mask_storeu_epi16(to, m, h);
+}
+#endif
+
 // to[k] = from[k] for k < n, contiguous, one rounding per element (none when widening).
 template <class To, class From>
 void convert_contiguous(const From* from, To* to, Index n) {
@@ -88,6 +152,25 @@ void convert_contiguous(const From* from, To* to, Index n) {
     std::copy(from, from + n, to);
     return;
   }
+#if SOFTMAXLAB_AVX512_CONVERT
+  // 16 lanes, the tail through masked loads and stores (no staging copy).
+  if constexpr (std::is_same_v<To, float> && is_16bit_v<From>) {
+    for (; k + 16 <= n; k += 16)
+      _mm512_storeu_ps(to + k, widen16(from + k));
+    if (k < n)
+      _mm512_mask_storeu_ps(to + k, lanes_below(n - k), widen16(from + k, lanes_below(n - k)));
+    return;
+  }
+  if constexpr (std::is_same_v<From, float> && is_16bit_v<To>) {
+    for (; k + 16 <= n; k += 16)
+      narrow16_store(to + k, _mm512_loadu_ps(from + k));
+    if (k < n) {
+      const __mmask16 m = lanes_below(n - k);
+      narrow16_store(to + k, _mm512_maskz_loadu_ps(m, from + k), m);
+    }
+    return;
+  }
+#endif
 #if SOFTMAXLAB_F16C
   // F16C directly: Eigen 3.4 enables its own F16C path (EIGEN_HAS_FP16_C) only under clang, and
   // its fallback converts one element at a time with integer code. The tail goes through one
@@ -134,6 +217,28 @@ void convert_contiguous(const From* from, To* to, Index n) {
 #endif
   for (; k < n; ++k)
     to[k] = convert_scalar<To>(from[k]);
+}
+
+// to[k] = from[k] * factor rounded once to To, for k < n: the last pass of a staged 16-bit row,
+// the product and the narrowing fused. The same product as scale_in_place (one multiplication in
+// From), then the same rounding as convert_contiguous.
+template <class To, class From>
+void scale_convert_contiguous(const From* from, From factor, To* to, Index n) {
+  Index k = 0;
+#if SOFTMAXLAB_AVX512_CONVERT
+  if constexpr (std::is_same_v<From, float> && is_16bit_v<To>) {
+    const __m512 f = _mm512_set1_ps(factor);
+    for (; k + 16 <= n; k += 16)
+      narrow16_store(to + k, _mm512_mul_ps(_mm512_loadu_ps(from + k), f));
+    if (k < n) {
+      const __mmask16 m = lanes_below(n - k);
+      narrow16_store(to + k, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, from + k), f), m);
+    }
+    return;
+  }
+#endif
+  for (; k < n; ++k)
+    to[k] = convert_scalar<To>(static_cast<From>(from[k] * factor));
 }
 
 // Strided forms (stride in elements): the contiguous kernel when both strides are 1.

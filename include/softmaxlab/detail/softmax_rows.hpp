@@ -255,18 +255,18 @@ void softmax_row_streamed(const Span<const In>& x, const Span<Out>& y, double te
 // Rows with a NaN or an infinite max take softmax_row_streamed.
 template <class C, class In, class Out>
 void softmax_row_staged(const Span<const In>& x, const Span<Out>& y, double temperature) {
-  constexpr Index kCap = kStageElements<C>;
+  constexpr Index kCap = kFusedStageElements<C>;
   alignas(64) C stage[kCap];
   const Index n = x.size;
   C m = -std::numeric_limits<C>::infinity();
   for (Index start = 0; start < n; start += kConvertChunk) {
     const Index count = std::min(kConvertChunk, n - start);
     convert_strided(x.data + start * x.stride, x.stride, stage + start, Index(1), count);
-    const C chunk_max = max_propagate_nan(static_cast<const C*>(stage + start), count);
-    if (chunk_max != chunk_max || chunk_max > m)
-      m = chunk_max;
+    m = std::max(m, packet_max<Eigen::PropagateFast>(static_cast<const C*>(stage + start), count));
   }
-  if (classify(m) != RowKind::Regular)
+  // The fast max may miss a NaN: a NaN beside a finite max shows in the sum instead. Either way
+  // the row takes the exact special-value path (x has not been written yet).
+  if (!(m > -std::numeric_limits<C>::infinity() && m < std::numeric_limits<C>::infinity()))
     return softmax_row_streamed<false, C>(x, y, temperature);
   const C s = static_cast<C>(1.0 / temperature);
   CompensatedSum<C> sum0, sum1;
@@ -275,12 +275,20 @@ void softmax_row_staged(const Span<const In>& x, const Span<Out>& y, double temp
   } else {
     scaled_exp_store_sum<false>(stage, stage, n, m, s, sum0, sum1);
   }
-  const C inverse = reciprocal<C>(sum0.total() + sum1.total());
+  const long double total = sum0.total() + sum1.total();
+  if (total != total)
+    return softmax_row_streamed<false, C>(x, y, temperature);
+  const C inverse = reciprocal<C>(total);
   for (Index start = 0; start < n; start += kConvertChunk) {
     const Index count = std::min(kConvertChunk, n - start);
-    scale_in_place(stage + start, count, inverse);
-    convert_strided(static_cast<const C*>(stage + start), Index(1), y.data + start * y.stride,
-                    y.stride, count);
+    if (y.stride == 1) {
+      scale_convert_contiguous(static_cast<const C*>(stage + start), inverse, y.data + start,
+                               count);
+    } else {
+      scale_in_place(stage + start, count, inverse);
+      convert_strided(static_cast<const C*>(stage + start), Index(1), y.data + start * y.stride,
+                      y.stride, count);
+    }
   }
 }
 
