@@ -7,6 +7,7 @@
 #include <catch2/catch.hpp>
 
 #include <softmaxlab/attention.hpp>
+#include <softmaxlab/linear_cross_entropy.hpp>
 #include <softmaxlab/single_pass.hpp>
 #include <softmaxlab/softmax.hpp>
 
