@@ -60,6 +60,7 @@
 #include "detail/checks.hpp"
 #include "detail/functor_base.hpp"
 #include "detail/masked.hpp"
+#include "detail/row_batch.hpp"
 #include "detail/softmax_rows.hpp"
 
 namespace softmaxlab {

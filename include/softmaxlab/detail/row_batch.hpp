@@ -1,0 +1,257 @@
+// softmaxlab: Softmax's batch kernels for contiguous rows (rowwise and colwise when the slices are
+// contiguous): the software-pipelined kernel for rows of any length and the register kernel for
+// rows of at most four packets, which also reads and writes 16-bit rows (AVX-512) with the
+// conversions in registers. Results equal apply() on each row bit for bit (tests/test_short_rows.cpp)
+// and, for 16-bit rows, the float results rounded once (tests/test_half_conversions.cpp).
+#pragma once
+
+#include <limits>
+#include <type_traits>
+
+#include "common.hpp"
+#include "kernels.hpp"
+#include "scalar_types.hpp"
+
+namespace softmaxlab {
+namespace detail {
+
+// inverse_total(sum0, sum1) when sum0 received exactly the packet a and sum1 the packet b (kTwo)
+// or nothing: a compensated sum fed once has a zero carry, so its total is the sum of its lanes in
+// Wide, added in the same order as total_wide; the same bits without the compensation's
+// operations (on rows of 16 to 64 floats they are a fifth of the work).
+template <class Scalar, bool kTwo, class Packet>
+EIGEN_STRONG_INLINE Scalar single_add_inverse(const Packet& a, const Packet& b) {
+#if defined(EIGEN_VECTORIZE_AVX512)
+  if constexpr (std::is_same_v<Scalar, float>) {
+    const auto wide = [](const __m512& s) {
+      return _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(s)),
+                           _mm512_cvtps_pd(_mm256_castsi256_ps(
+                               _mm512_extracti64x4_epi64(_mm512_castps_si512(s), 1))));
+    };
+    const __m512d t = kTwo ? _mm512_add_pd(wide(a), wide(b)) : wide(a);
+    return static_cast<float>(1.0 / _mm512_reduce_add_pd(t));
+  }
+#endif
+  CompensatedSum<Scalar> sa, sb;
+  sa.add(a);
+  if constexpr (kTwo)
+    sb.add(b);
+  return inverse_total(sa, sb);
+}
+
+// Packets of the compute type Scalar loaded from, and stored to, a storage type: Scalar itself, or
+// on AVX-512 with float a 16-bit type converted in registers (scalar_types.hpp), so that short
+// 16-bit rows run the register kernel without a staging copy. The same values as converting first.
+template <class Packet, class In>
+EIGEN_STRONG_INLINE Packet load_packet_as(const In* x) {
+  if constexpr (std::is_same_v<In, typename Eigen::internal::unpacket_traits<Packet>::type>) {
+    return Eigen::internal::ploadu<Packet>(x);
+  } else {
+#if SOFTMAXLAB_AVX512_CONVERT
+    static_assert(sizeof(Packet) == 64 && is_16bit_v<In>);
+    return widen16(x);
+#else
+    static_assert(sizeof(In) == 0, "16-bit packets need the AVX-512 conversions");
+#endif
+  }
+}
+template <class Packet, class In, class Scalar>
+EIGEN_STRONG_INLINE Packet load_partial_as(const In* x, Index n, Scalar fill) {
+  if constexpr (std::is_same_v<In, Scalar>) {
+    return load_partial<Packet>(x, n, fill);
+  } else {
+#if SOFTMAXLAB_AVX512_CONVERT
+    const __mmask16 m = lanes_below(n);
+    return _mm512_mask_blend_ps(m, _mm512_set1_ps(fill), widen16(x, m));
+#else
+    static_assert(sizeof(In) == 0, "16-bit packets need the AVX-512 conversions");
+#endif
+  }
+}
+template <class Out, class Packet>
+EIGEN_STRONG_INLINE void store_packet_as(Out* y, const Packet& p) {
+  if constexpr (std::is_same_v<Out, typename Eigen::internal::unpacket_traits<Packet>::type>) {
+    Eigen::internal::pstoreu(y, p);
+  } else {
+#if SOFTMAXLAB_AVX512_CONVERT
+    narrow16_store(y, p);
+#else
+    static_assert(sizeof(Out) == 0, "16-bit packets need the AVX-512 conversions");
+#endif
+  }
+}
+template <class Out, class Packet>
+EIGEN_STRONG_INLINE void store_partial_as(Out* y, Index n, const Packet& p) {
+  if constexpr (std::is_same_v<Out, typename Eigen::internal::unpacket_traits<Packet>::type>) {
+    store_partial(y, n, p);
+  } else {
+#if SOFTMAXLAB_AVX512_CONVERT
+    narrow16_store(y, p, lanes_below(n));
+#else
+    static_assert(sizeof(Out) == 0, "16-bit packets need the AVX-512 conversions");
+#endif
+  }
+}
+
+// Softmax of `rows` contiguous rows of length n (row i at x + i ldx, y + i ldy; y may be x, rows
+// must not overlap otherwise), the batch kernel of Softmax for contiguous rows of any length:
+//   max (packets, one horizontal max), y = exp((x - m) s) kExpScale with the compensated sums
+//   (scaled_exp_store_sum), y *= 1 / sum (inverse_total, then scale_packets),
+// the same arithmetic per element as the strided path, so results do not depend on the path.
+// Short rows are latency bound (two horizontal reductions and a division per row), so the passes
+// are software-pipelined over rows: row i's last pass is issued after row i+1's exp pass, when
+// its sum is long ready. A NaN beside a finite max makes the sum, hence the factor, NaN: the row
+// comes out all NaN without a test. Rows whose max is NaN or +-inf go to special(i), the exact
+// path of the functor.
+//
+// Rows of at most four packets (n <= 64 floats with AVX-512, 32 with AVX2) take
+// softmax_short_rows: the row stays in registers from load to store.
+template <bool kScaled, class Scalar, class In, class Out, class Special>
+bool softmax_short_rows(const In* x, Index ldx, Out* y, Index ldy, Index rows, Index n, Scalar s,
+                        const Special& special);
+
+template <bool kScaled, class Scalar, class Special>
+void softmax_contiguous_rows(const Scalar* x, Index ldx, Scalar* y, Index ldy, Index rows, Index n,
+                             Scalar s, const Special& special) {
+  if (softmax_short_rows<kScaled>(x, ldx, y, ldy, rows, n, s, special))
+    return;
+  const Scalar inf = std::numeric_limits<Scalar>::infinity();
+  CompensatedSum<Scalar> sums[2][2];  // the current and the pending row's sums, by slot
+  Index pending = -1;                 // the row whose last pass is due, -1 if none
+  int slot = 0;                       // the current row's slot; the pending row has the other
+  for (Index i = 0; i < rows; ++i) {
+    const Scalar* xi = x + i * ldx;
+    const Scalar m = packet_max<Eigen::PropagateFast>(xi, n);
+    if (!(m > -inf && m < inf)) {
+      special(i);
+      continue;
+    }
+    CompensatedSum<Scalar>* sum = sums[slot];
+    sum[0] = CompensatedSum<Scalar>();
+    sum[1] = CompensatedSum<Scalar>();
+    scaled_exp_store_sum<kScaled>(xi, y + i * ldy, n, m, s, sum[0], sum[1]);
+    if (pending >= 0) {
+      const CompensatedSum<Scalar>* done = sums[1 - slot];
+      scale_packets(y + pending * ldy, n, inverse_total(done[0], done[1]));
+    }
+    pending = i;
+    slot = 1 - slot;
+  }
+  if (pending >= 0) {
+    const CompensatedSum<Scalar>* done = sums[1 - slot];
+    scale_packets(y + pending * ldy, n, inverse_total(done[0], done[1]));
+  }
+}
+
+// The same arithmetic as softmax_contiguous_rows for rows of n <= 4P entries (kFull full packets
+// and a partial one when kTail), bit for bit: the max, the exp of each packet (padding lanes -inf,
+// so exp 0), the compensated sums fed in the order the general path feeds them (the pairs of a
+// 4-packet iteration; otherwise the full packets one by one into the first sum and the tail into
+// the second), and y = e / sum by the same multiply. The row stays in registers from load to store:
+// no store and reload of y between the passes and no loop set-up, which on rows of 16 to 64 floats
+// cost more than the arithmetic. Rows are independent, so out-of-order execution overlaps one
+// row's division with the next row's exp.
+template <bool kScaled, int kFull, bool kTail, class Scalar, class In, class Out, class Special>
+void softmax_register_rows(const In* x, Index ldx, Out* y, Index ldy, Index rows, Index n, Scalar s,
+                           const Special& special) {
+  using namespace Eigen::internal;
+  using Packet = PacketOf<Scalar>;
+  constexpr int P = kPacketSize<Scalar>;
+  constexpr int kCount = kFull + (kTail ? 1 : 0);
+  static_assert(kCount >= 1 && kCount <= 4 && (kFull < 4 || !kTail));
+  const Scalar inf = std::numeric_limits<Scalar>::infinity();
+  const Index tail = n - kFull * P;
+  const Packet ps = pset1<Packet>(s);
+  for (Index i = 0; i < rows; ++i) {
+    const In* xi = x + i * ldx;
+    Packet v[kCount];
+    for (int k = 0; k < kFull; ++k)
+      v[k] = load_packet_as<Packet>(xi + k * P);
+    if constexpr (kTail)
+      v[kFull] = load_partial_as<Packet>(xi + kFull * P, tail, -inf);
+    Packet vmax = v[0];
+    for (int k = 1; k < kCount; ++k)
+      vmax = pmax<Eigen::PropagateFast>(vmax, v[k]);
+    const Scalar m = predux_max(vmax);
+    if (!(m > -inf && m < inf)) {
+      special(i);
+      continue;
+    }
+    const Packet pm = pset1<Packet>(m);
+    for (int k = 0; k < kCount; ++k)
+      v[k] = pexp_nonpositive_scaled(shifted<kScaled>(v[k], pm, ps));
+    // With kFull 0, 1 or 4, each of the two compensated sums of the general path receives one
+    // packet at most: single_add_inverse gives their inverse total bit for bit, without the
+    // compensation's operations.
+    Scalar inverse;
+    if constexpr (kFull == 4) {
+      inverse = single_add_inverse<Scalar, true>(padd(v[0], v[1]), padd(v[2], v[3]));
+    } else if constexpr (kFull == 1 && kTail) {
+      inverse = single_add_inverse<Scalar, true>(v[0], v[1]);
+    } else if constexpr (kFull <= 1) {
+      inverse = single_add_inverse<Scalar, false>(v[0], v[0]);
+    } else {
+      CompensatedSum<Scalar> sum0, sum1;
+      for (int k = 0; k < kFull; ++k)
+        sum0.add(v[k]);
+      if constexpr (kTail)
+        sum1.add(v[kFull]);
+      inverse = inverse_total(sum0, sum1);
+    }
+    const Packet factor = pset1<Packet>(inverse);
+    Out* yi = y + i * ldy;
+    for (int k = 0; k < kFull; ++k)
+      store_packet_as(yi + k * P, pmul(v[k], factor));
+    if constexpr (kTail)
+      store_partial_as(yi + kFull * P, tail, pmul(v[kFull], factor));
+  }
+}
+
+// Dispatches rows of n <= 4P entries to softmax_register_rows; returns false for longer rows.
+template <bool kScaled, class Scalar, class In, class Out, class Special>
+bool softmax_short_rows(const In* x, Index ldx, Out* y, Index ldy, Index rows, Index n, Scalar s,
+                        const Special& special) {
+  constexpr int P = kPacketSize<Scalar>;
+  if constexpr (P == 1) {
+    return false;  // no packets: the general path
+  } else {
+    if (n > 4 * P)
+      return false;
+    const auto run = [&](auto full, auto tail) {
+      softmax_register_rows<kScaled, decltype(full)::value, decltype(tail)::value>(
+          x, ldx, y, ldy, rows, n, s, special);
+    };
+    using F = std::false_type;
+    using T = std::true_type;
+    switch ((n / P) * 2 + (n % P != 0 ? 1 : 0)) {
+      case 1:
+        run(std::integral_constant<int, 0>(), T());
+        break;
+      case 2:
+        run(std::integral_constant<int, 1>(), F());
+        break;
+      case 3:
+        run(std::integral_constant<int, 1>(), T());
+        break;
+      case 4:
+        run(std::integral_constant<int, 2>(), F());
+        break;
+      case 5:
+        run(std::integral_constant<int, 2>(), T());
+        break;
+      case 6:
+        run(std::integral_constant<int, 3>(), F());
+        break;
+      case 7:
+        run(std::integral_constant<int, 3>(), T());
+        break;
+      default:
+        run(std::integral_constant<int, 4>(), F());
+        break;
+    }
+    return true;
+  }
+}
+
+}  // namespace detail
+}  // namespace softmaxlab
