@@ -57,7 +57,8 @@ struct LogConstants<double> {
 // division.
 template <class Packet>
 EIGEN_STRONG_INLINE Packet pdiv_log_range(const Packet& a, const Packet& b) {
-  using Traits = Eigen::internal::unpacket_traits<Packet>;
+  // The alias is used only where a vector path is compiled (unused otherwise, a warning).
+  [[maybe_unused]] typedef Eigen::internal::unpacket_traits<Packet> Traits;
 #if defined(EIGEN_VECTORIZE_AVX512)
   if constexpr (std::is_same_v<typename Traits::type, float> && Traits::size == 16) {
     const __m512 r = _mm512_rcp14_ps(b);
