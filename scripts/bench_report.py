@@ -6,7 +6,7 @@
 Reads the Google Benchmark JSON of bench/ (names softmax/<impl>/<float|double>/<cache>/<n>, see
 bench/common.hpp) and writes, in --out-dir:
   bench.md   throughput per case (G elements/s), ratios of every variant against every baseline
-             per length, and the speed targets (README, "Benchmarks") with PASS/MISS;
+             per length, and the speed targets (docs/benchmarks.md) with PASS/MISS;
   bench.png  throughput against row length, one line per variant and peer, one panel per
              (type, cache) case (needs matplotlib; without it only bench.md is written);
   bench_<family>.png  one chart per case family (incache: in-cache lengths, batch: short-row

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# How far results move between instruction sets (README, "Numerical guarantees", reproducibility):
+# How far results move between instruction sets (docs/numerical-policy.md, "Reproducibility"):
 # builds tests/portability/isa_dump.cpp for SSE2 (no FMA), AVX2 + FMA and EIGEN_DONT_VECTORIZE
 # (and aarch64 NEON under qemu when g++-aarch64-linux-gnu and qemu-user are installed), then
 # prints, per result, the share of bitwise-equal entries and the largest difference in units of

@@ -29,7 +29,8 @@
 // length up to 4096: error_bound() promises it a priori (5.5e-5 float, 3.3e-5 double), and the
 // tests measure it against the mpmath table (worst 9.0e-6 float, 9.1e-6 double).
 // Speed (bench/bench_power_polynomial.cpp, float rows of 4096 in cache, AVX2): about 1.2x the
-// tuned Softmax (1.6x the Softmax before its kernel tuning); below the 1.5x target, see README.
+// tuned Softmax (1.6x the Softmax before its kernel tuning); below the 1.5x target, see
+// docs/polynomial.md, "Performance".
 //
 // Accuracy (tests/test_polynomial.cpp, "every PolynomialSoftmax configuration stays within its
 // documented error bound"): error_bound<Scalar>(n) states an a-priori bound on

@@ -43,7 +43,7 @@
 //   f(x), f.apply(x, y), f.rowwise(X), f.rowwise(X, Y), f.colwise(X), f.colwise(X, Y).
 // and its gradient (vector-Jacobian product): f.backward(x, y, dy), f.backward(x, y, dy, dx),
 //   f.rowwise_backward(X, Y, dY[, dX]), f.colwise_backward(X, Y, dY[, dX]).
-// See README.md for the numerical policy and each header's doc block for its accuracy.
+// See docs/numerical-policy.md for the numerical policy and each header's doc block for its accuracy.
 #pragma once
 
 #include "attention.hpp"
