@@ -164,7 +164,7 @@ class Philox4x32 {
 #if defined(__AVX512F__)
     // AVX-512: sixteen counters per register, two groups at a time while no carry leaves word 0.
     for (; b + 32 <= blocks && counter[0] <= 0xFFFFFFFFu - 31; b += 32) {
-      blocks_avx512<2>(counter, key, out);
+      blocks_avx512_wide<4>(counter, key, out);
       out += 128;
       advance(counter, 32);
     }
@@ -290,30 +290,27 @@ class Philox4x32 {
 #endif
 
 #if defined(__AVX512F__)
-  // (hi, lo) of the 32 x 32-bit products a * m in the sixteen lanes, as mulhilo8.
-  static void mulhilo16(__m512i a, __m512i m, __m512i& hi, __m512i& lo) {
-    const __m512i even = _mm512_mul_epu32(a, m);
-    const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
-    lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
-    hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
-  }
-
-  // Blocks counter .. counter + 16G - 1 (no carry out of word 0 within them) into out[0..64G-1],
-  // G groups of sixteen lanes interleaved as in blocks_avx2.
+  // Blocks counter .. counter + 8G - 1 (no carry out of word 0 within them) into out[0..32G-1],
+  // one block per 64-bit lane: a word lives in the low half of its lane, so vpmuludq's 64-bit
+  // product already holds lo (low half) and hi (a shift away) of the next round, and the upper
+  // halves (garbage after the xor) are never read by vpmuludq. Six instructions per round per
+  // eight blocks, where a 32-bit-lane form needs sixteen per sixteen (the products' halves split
+  // and blended back).
   template <int G>
-  static void blocks_avx512(const Counter& counter, const Key& key, std::uint32_t* out) {
+  static void blocks_avx512_wide(const Counter& counter, const Key& key, std::uint32_t* out) {
     __m512i c0[G], c1[G], c2[G], c3[G];
-    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i lane = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
     for (int g = 0; g < G; ++g) {
-      c0[g] = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(counter[0] + 16u * g)), lane);
-      c1[g] = _mm512_set1_epi32(static_cast<int>(counter[1]));
-      c2[g] = _mm512_set1_epi32(static_cast<int>(counter[2]));
-      c3[g] = _mm512_set1_epi32(static_cast<int>(counter[3]));
+      c0[g] =
+          _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(counter[0] + 8u * g)), lane);
+      c1[g] = _mm512_set1_epi64(static_cast<long long>(counter[1]));
+      c2[g] = _mm512_set1_epi64(static_cast<long long>(counter[2]));
+      c3[g] = _mm512_set1_epi64(static_cast<long long>(counter[3]));
     }
     __m512i k0 = _mm512_set1_epi32(static_cast<int>(key[0]));
     __m512i k1 = _mm512_set1_epi32(static_cast<int>(key[1]));
-    const __m512i m0 = _mm512_set1_epi32(static_cast<int>(kM0));
-    const __m512i m1 = _mm512_set1_epi32(static_cast<int>(kM1));
+    const __m512i m0 = _mm512_set1_epi64(static_cast<long long>(kM0));
+    const __m512i m1 = _mm512_set1_epi64(static_cast<long long>(kM1));
     const __m512i w0 = _mm512_set1_epi32(static_cast<int>(kW0));
     const __m512i w1 = _mm512_set1_epi32(static_cast<int>(kW1));
     for (int r = 0; r < rounds; ++r) {
@@ -322,34 +319,26 @@ class Philox4x32 {
         k1 = _mm512_add_epi32(k1, w1);
       }
       for (int g = 0; g < G; ++g) {
-        __m512i hi0, lo0, hi1, lo1;
-        mulhilo16(c0[g], m0, hi0, lo0);
-        mulhilo16(c2[g], m1, hi1, lo1);
-        // vpternlogd 0x96: the three-way xor in one instruction.
-        c0[g] = _mm512_ternarylogic_epi32(hi1, c1[g], k0, 0x96);
-        c1[g] = lo1;
-        c2[g] = _mm512_ternarylogic_epi32(hi0, c3[g], k1, 0x96);
-        c3[g] = lo0;
+        const __m512i p0 = _mm512_mul_epu32(c0[g], m0);
+        const __m512i p1 = _mm512_mul_epu32(c2[g], m1);
+        c0[g] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p1, 32), c1[g], k0, 0x96);
+        c1[g] = p1;
+        c2[g] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p0, 32), c3[g], k1, 0x96);
+        c3[g] = p0;
       }
     }
-    // Transpose to block order, out[4 j + w] = word w of block j: within each 128-bit chunk k the
-    // unpacks give u_i = block 4k + i; two rounds of 128-bit shuffles put blocks 0..15 in order.
+    // Lane j of a = (word 0, word 1) of block j, of b = (word 2, word 3); the 64-bit unpacks give
+    // blocks 0, 2, 4, 6 (lo) and 1, 3, 5, 7 (hi) per 128-bit chunk, two chunk shuffles order them.
     for (int g = 0; g < G; ++g) {
-      const __m512i t0 = _mm512_unpacklo_epi32(c0[g], c1[g]);
-      const __m512i t1 = _mm512_unpackhi_epi32(c0[g], c1[g]);
-      const __m512i t2 = _mm512_unpacklo_epi32(c2[g], c3[g]);
-      const __m512i t3 = _mm512_unpackhi_epi32(c2[g], c3[g]);
-      const __m512i u0 = _mm512_unpacklo_epi64(t0, t2), u1 = _mm512_unpackhi_epi64(t0, t2);
-      const __m512i u2 = _mm512_unpacklo_epi64(t1, t3), u3 = _mm512_unpackhi_epi64(t1, t3);
-      const __m512i v0 = _mm512_shuffle_i32x4(u0, u1, 0x44);  // blocks 0, 4, 1, 5
-      const __m512i v1 = _mm512_shuffle_i32x4(u2, u3, 0x44);  // blocks 2, 6, 3, 7
-      const __m512i v2 = _mm512_shuffle_i32x4(u0, u1, 0xEE);  // blocks 8, 12, 9, 13
-      const __m512i v3 = _mm512_shuffle_i32x4(u2, u3, 0xEE);  // blocks 10, 14, 11, 15
-      std::uint32_t* o = out + 64 * g;
-      _mm512_storeu_si512(o, _mm512_shuffle_i32x4(v0, v1, 0x88));
-      _mm512_storeu_si512(o + 16, _mm512_shuffle_i32x4(v0, v1, 0xDD));
-      _mm512_storeu_si512(o + 32, _mm512_shuffle_i32x4(v2, v3, 0x88));
-      _mm512_storeu_si512(o + 48, _mm512_shuffle_i32x4(v2, v3, 0xDD));
+      const __m512i a = _mm512_mask_blend_epi32(0xAAAA, c0[g], _mm512_slli_epi64(c1[g], 32));
+      const __m512i b = _mm512_mask_blend_epi32(0xAAAA, c2[g], _mm512_slli_epi64(c3[g], 32));
+      const __m512i lo = _mm512_unpacklo_epi64(a, b);
+      const __m512i hi = _mm512_unpackhi_epi64(a, b);
+      const __m512i first = _mm512_shuffle_i32x4(lo, hi, 0x44);   // lo0 lo1 hi0 hi1
+      const __m512i second = _mm512_shuffle_i32x4(lo, hi, 0xEE);  // lo2 lo3 hi2 hi3
+      std::uint32_t* o = out + 32 * g;
+      _mm512_storeu_si512(o, _mm512_shuffle_i32x4(first, first, 0xD8));
+      _mm512_storeu_si512(o + 16, _mm512_shuffle_i32x4(second, second, 0xD8));
     }
   }
 #endif
