@@ -338,3 +338,67 @@ TEST_CASE("PowerSoftmax masked form: y = m x^p / sum m x^p, masked entries exact
   keep(3) = true;
   CHECK(f.masked(x, keep).array().isNaN().all());
 }
+
+// Rows beyond 32 KiB take the recompute path (powers summed, then recomputed with the factor).
+// Contiguous, strided and in-place rows must give the same bits, and the (2p + 4) eps bound must
+// hold against a long double recomputation.
+TEMPLATE_TEST_CASE("PowerSoftmax long rows: every layout gives the same bits, within the bound",
+                   "[power][long]", float, double) {
+  using Scalar = TestType;
+  std::mt19937 rng(17);
+  std::normal_distribution<double> normal(0.0, 3.0);
+  const double eps = std::numeric_limits<Scalar>::epsilon();
+  for (const Index n : {Index(20000), Index(100003)}) {
+    // min / 16: subnormal entries, whose power-of-two shift exceeds the exponent range and is
+    // applied in two steps (kTwo).
+    const double tiny = static_cast<double>(std::numeric_limits<Scalar>::min()) / 16;
+    for (const double scale : {1.0, tiny}) {
+      Vector<Scalar> x(n);
+      for (Index i = 0; i < n; ++i)
+        x(i) = static_cast<Scalar>(normal(rng) * scale);
+      // A strided copy of the row: column 1 of an n x 2 row-major matrix (stride 2).
+      Eigen::Matrix<Scalar, Eigen::Dynamic, 2, Eigen::RowMajor> strided(n, 2);
+      strided.col(0).setZero();
+      strided.col(1) = x;
+      for (int form = 0; form < 3; ++form) {
+        for (const int p : {2, 4, 6, 10}) {
+          const sml::PowerSoftmax f(p, kForms[form], 0.25);
+          Vector<Scalar> y(n);
+          f.apply(x, y);
+          Vector<Scalar> ys(n);
+          f.apply(strided.col(1), ys);
+          Vector<Scalar> inplace = x;
+          f.apply(inplace, inplace);
+          INFO("n = " << n << ", scale " << scale << ", " << kFormNames[form] << ", p = " << p);
+          CHECK((y.array() == ys.array()).all());
+          CHECK((y.array() == inplace.array()).all());
+          // Long double reference on the same power-of-two scaling (eps scaled as the header
+          // documents: eps' = eps 2^(p shift), times n for LengthAgnostic).
+          const long double c = x.cwiseAbs().maxCoeff();
+          int e = 0;
+          std::frexp(c, &e);
+          const int shift = 1 - e;
+          long double sum = 0;
+          for (Index i = 0; i < n; ++i)
+            sum += std::pow(std::ldexp(static_cast<long double>(x(i)), shift), p);
+          long double eps_scaled = 0;
+          if (form > 0)
+            eps_scaled = std::ldexp(0.25L, p * shift) * (form == 2 ? n : 1);
+          Worst worst;
+          for (Index i = 0; i < n; ++i) {
+            const long double exact =
+                std::pow(std::ldexp(static_cast<long double>(x(i)), shift), p) / (sum + eps_scaled);
+            const long double floor = std::numeric_limits<Scalar>::min();
+            const double err = static_cast<double>(std::fabs(y(i) - exact)
+                                                   / (std::max(std::fabs(exact), floor) * eps));
+            worst.update(err, 2.0 * p + 4.0, [&](std::ostream& s) {
+              s << "x[" << i << "] = " << x(i) << ", y = " << y(i) << ", exact = " << exact;
+            });
+          }
+          INFO(worst.report());
+          CHECK(worst.ratio <= 1.0);
+        }
+      }
+    }
+  }
+}

@@ -165,17 +165,24 @@ void scale_by(const Scalar* x, Scalar* y, Index n, Scalar f1, Scalar f2) {
 // rounding of y * r even when r is below the scalar's normal range: then r is applied as
 // (y * (r 2^64)) * 2^-64, so a subnormal factor never costs the significand of the product.
 template <class Scalar>
+struct ScaleFactors {
+  bool two;
+  Scalar f1, f2;
+  explicit ScaleFactors(long double r)
+      : two(r < static_cast<long double>(std::numeric_limits<Scalar>::min()) * 0x1p40L),
+        f1(static_cast<Scalar>(two ? r * 0x1p64L : r)),
+        f2(two ? Scalar(0x1p-64) : Scalar(1)) {}
+};
+
+template <class Scalar>
 void scale_row(const Span<Scalar>& y, long double r) {
-  const long double tiny = static_cast<long double>(std::numeric_limits<Scalar>::min()) * 0x1p40L;
-  const bool two = r < tiny;
-  const Scalar f1 = static_cast<Scalar>(two ? r * 0x1p64L : r);
-  const Scalar f2 = two ? Scalar(0x1p-64) : Scalar(1);
+  const ScaleFactors<Scalar> f(r);
   const Span<const Scalar> in{y.data, y.size, y.stride};
   for_chunks(in, y, [&](const Scalar* a, Scalar* b, Index n) {
-    if (two) {
-      scale_by<true>(a, b, n, f1, f2);
+    if (f.two) {
+      scale_by<true>(a, b, n, f.f1, f.f2);
     } else {
-      scale_by<false>(a, b, n, f1, f2);
+      scale_by<false>(a, b, n, f.f1, f.f2);
     }
   });
 }
