@@ -69,6 +69,15 @@ const Model& model() {
   return *m;
 }
 
+// Tokens per second and the loss counters of the header's comment; sum: the losses returned.
+void report(benchmark::State& state, double sum, const Model& m) {
+  const double mean = sum / static_cast<double>(state.iterations());
+  state.SetItemsProcessed(state.iterations() * kTokens);
+  state.counters["loss"] = mean;
+  state.counters["full_loss"] = m.full_loss;
+  state.counters["loss_bias"] = mean - m.full_loss;
+}
+
 void run_full(benchmark::State& state) {
   const Model& m = model();
   const sml::CrossEntropyLoss ce;
@@ -86,11 +95,7 @@ void run_full(benchmark::State& state) {
     benchmark::DoNotOptimize(db.data());
     benchmark::ClobberMemory();
   }
-  const double iters = static_cast<double>(state.iterations());
-  state.SetItemsProcessed(state.iterations() * kTokens);
-  state.counters["loss"] = sum / iters;
-  state.counters["full_loss"] = m.full_loss;
-  state.counters["loss_bias"] = sum / iters - m.full_loss;
+  report(state, sum, m);
 }
 
 template <class Loss>
@@ -106,11 +111,7 @@ void run_sampled(benchmark::State& state, Index num_sampled) {
     benchmark::DoNotOptimize(g.dW_rows.data());
     benchmark::ClobberMemory();
   }
-  const double iters = static_cast<double>(state.iterations());
-  state.SetItemsProcessed(state.iterations() * kTokens);
-  state.counters["loss"] = sum / iters;
-  state.counters["full_loss"] = m.full_loss;
-  state.counters["loss_bias"] = sum / iters - m.full_loss;
+  report(state, sum, m);
 }
 
 const bool registered = [] {

@@ -177,6 +177,15 @@ double sampled_loss(const char* fn, const SampledConfig& cfg, const XH& H, const
     fail(fn, ": sampled_expected_count must have one entry per candidate (", s, "), but got ",
          sampled_ec.size());
   check_row_outputs(fn, out, n);
+  if (n == 0) {  // no token: loss 0, no touched row (and no block of an empty matrix is formed)
+    if (grads != nullptr) {
+      grads->dH.resize(0, d);
+      grads->rows.clear();
+      grads->dW_rows.resize(0, d);
+      grads->db_rows.resize(0);
+    }
+    return 0.0;
+  }
 
   // Logits Z (N x (1 + S)): column 0 the true class, columns 1.. the candidates.
   RowMatrix ws(s, d);
