@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 
 BASELINES = ["scalar_exp", "eigen_expr", "eigen_rowwise", "onednn", "xnnpack", "aten", "stream"]
@@ -148,7 +149,8 @@ OUTPUT_SAMPLED_ROWS = [
 
 def output_sampled_markdown(path):
     """Per-token speed ratios and loss bias of the sampled losses; empty when not measured."""
-    rows = dict(median_entries(path)[1])
+    # The full case runs a fixed iteration count, which Google Benchmark appends to its name.
+    rows = {re.sub(r"/iterations:\d+$", "", n): b for n, b in median_entries(path)[1]}
     if not any(b in rows for _, _, b in OUTPUT_SAMPLED_ROWS):
         return ""
     out = ["## Sampled softmax and NCE vs the full softmax loss (issue 24; informational, no "

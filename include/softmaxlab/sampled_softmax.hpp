@@ -73,6 +73,9 @@
 // (NCE). N = 0 gives 0 and empty gradients.
 // Cost: one N x S x d GEMM forward, two more for the gradients, plus O(N d) for the true classes;
 // memory O(N S + S d) for the logits and the gathered candidate rows: no N x V array.
+// Measured (bench/bench_sampled_softmax.cpp, float, N = 256, d = 512, V = 128,256, with gradients):
+// per token 117x faster than the full softmax loss at S = 1,024, 12.7x at S = 8,192 (CPU time on a
+// shared machine; docs/sampled_softmax.md has the table and the loss's bias).
 #pragma once
 
 #include <type_traits>
