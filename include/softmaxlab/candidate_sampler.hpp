@@ -30,6 +30,10 @@
 // no avoid set): a sampled class equal to a true one is an "accidental hit" that the loss can
 // remove (sampled_softmax.hpp).
 //
+// Cost: a draw is O(1) (log-uniform, uniform) or O(log V) (unigram, binary search); unique sampling
+// needs about sum_{i<S} 1 / (1 - P(first i distinct)) draws, which grows quickly when S nears the
+// support of a skewed distribution (coupon collecting: about V log V draws for S = V, uniform).
+//
 // Randomness: counter-based, so runs reproduce. Each draw takes exactly two 32-bit words of the
 // given Philox4x32 (a generator with the same seed, stream and position gives the same classes on
 // every machine); nothing else is consumed. No std::random_device anywhere.
