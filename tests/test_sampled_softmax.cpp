@@ -430,6 +430,29 @@ TEST_CASE("sampled losses reproduce with the same seed", "[sampled]") {
   sml::Philox4x32 x(7), y(7);
   CHECK(ssl(m.H, m.W, m.labels, x) == ssl(m.H, m.W, m.labels, y));
   CHECK(nce(m.H, m.W, m.b, m.labels, x) == nce(m.H, m.W, m.b, m.labels, y));
+  // The drawing form is draw() followed by the given-candidates form.
+  sml::Philox4x32 p(9), q(9);
+  const double drawn = ssl(m.H, m.W, m.b, m.labels, p);
+  CHECK(drawn == ssl(m.H, m.W, m.b, m.labels, ssl.draw(m.labels, q)));
+}
+
+TEST_CASE("sampled losses: a NaN in a token gives that token a NaN loss", "[sampled]") {
+  const Index v = 9;
+  Model m = make_model(3, 4, v, 81);
+  const auto cs = chosen_candidates(m, v);
+  m.H(1, 2) = std::numeric_limits<double>::quiet_NaN();
+  for (auto r : {sml::Reduction::Mean, sml::Reduction::None}) {
+    Eigen::VectorXd per(3);
+    const auto out = sml::RowOutputs().with_losses(per);
+    CHECK(std::isnan(sml::SampledSoftmaxLoss(sml::CandidateSampler::uniform(v), 5)
+                         .with_reduction(r)(m.H, m.W, m.labels, cs, out)));
+    CHECK(std::isnan(per(1)));
+    CHECK(std::isfinite(per(0)));
+    CHECK(std::isnan(sml::NceLoss(sml::CandidateSampler::uniform(v), 5)
+                         .with_reduction(r)(m.H, m.W, m.labels, cs, out)));
+    CHECK(std::isnan(per(1)));
+    CHECK(std::isfinite(per(2)));
+  }
 }
 
 TEST_CASE("sampled losses reject bad inputs", "[sampled]") {
