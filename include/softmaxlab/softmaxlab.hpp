@@ -21,6 +21,10 @@
 //     SparseCbmGumbelLoss                         normalized_loss.hpp, gumbel_loss.hpp)
 //   LinearCrossEntropy,          linear_cross_entropy.hpp  the output layer's loss from H and W
 //     TokenOutputs                                without the N x V logits (Cut Cross-Entropy)
+//   SampledSoftmaxLoss, NceLoss, sampled_softmax.hpp  TensorFlow's sampled softmax and NCE with
+//     SampledGradients                            the log Q correction and accidental hits
+//   CandidateSampler,            candidate_sampler.hpp  log-uniform, uniform and unigram^0.75
+//     CandidateSample                             candidates, unique, expected counts (Philox)
 //   HardFusion, SoftFusion       fusion.hpp       SurfaceFusion of two logit sources
 //   Sparsemax, Entmax15, Entmax, entmax.hpp       sparse distributions (sparsemax, 1.5- and
 //     SparsemaxLoss, EntmaxLoss                   alpha-entmax) and their Fenchel-Young losses
@@ -47,6 +51,7 @@
 #pragma once
 
 #include "attention.hpp"
+#include "candidate_sampler.hpp"
 #include "entmax.hpp"
 #include "fusion.hpp"
 #include "gumbel.hpp"
@@ -58,6 +63,7 @@
 #include "polynomial.hpp"
 #include "power.hpp"
 #include "random.hpp"
+#include "sampled_softmax.hpp"
 #include "sampling.hpp"
 #include "single_pass.hpp"
 #include "softmax.hpp"
