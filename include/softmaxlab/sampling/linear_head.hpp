@@ -13,8 +13,8 @@
 //   head.sample(H, W, seed, tokens[, first_stream]);                 // N integer tokens
 //   head.sample(H, W, b, seed, tokens[, first_stream]);              // b: V (or empty = none)
 //   head.sample(H, W, b, seed, tokens, log_probs, ws[, first_stream]); // + log p(token), reuse ws
-//   head.probabilities(H, W, b, n, probs, first_stream?);            // row n's distribution (V)
-//   head.path();  LinearHeadSampler::workspace_bytes(N, V, d, ...); // path taken, memory
+//   head.probabilities(H, W, b, n, probs);                           // token n's distribution (V)
+//   head.path();  head.workspace_bytes(N, V[, scalar_bytes[, threads]]); // path taken, memory
 // clang-format on
 //
 // Paths (path() says which; each gives the distribution of Sampler::probabilities on the
@@ -66,12 +66,10 @@
 // the uniforms and the <= 1.9 ulp logs (gumbel.hpp); the scaling z/T rounds once in the logits'
 // type, so its probabilities() and log p are within 4 eps (1 + |z_i/T| + max |z/T|) (relative,
 // resp. absolute) of softmax(z/T) in exact arithmetic.
-// tests/test_linear_head_sampling.cpp checks: chi-square of the GumbelMax draws against
-// Sampler::probabilities, probabilities() and tokens of TopK and RowTiles equal to the Sampler's on
-// the materialized logits (exact data, bit for bit), block-size independence, bans, NaN, errors
-// and allocations.
+// tests/test_linear_head_sampling.cpp: chi-square of GumbelMax draws, TopK and RowTiles equal to
+// the Sampler's bit for bit on exact data, block-size independence, bans, NaN, errors, allocations.
 //
-// Workspace (Workspace::bytes(); workspace_bytes(N, V, d) predicts it): per thread a tile x B
+// Workspace (Workspace::bytes(); workspace_bytes(N, V) bounds it): per thread a tile x B
 // logit block and the noise scratch of B classes (GumbelMax), plus per token of the tile a
 // candidate buffer of at most max(2k, k + 1024) + B entries (TopK), or a tile x V row block
 // plus the Sampler's workspace of V (RowTiles). Nothing proportional to N x V. With a Workspace
@@ -79,10 +77,8 @@
 // (Eigen's GEMM packs its operands on the stack up to 128 KB, beyond on the heap).
 // Threads: with SOFTMAXLAB_USE_OPENMP and -fopenmp, token tiles run on OpenMP threads (the result
 // does not depend on the thread count: every token has its own Philox stream).
-//
-// Performance: one pass over W per token tile (B rows at a time), the same GEMM work as the
-// materialized path without writing and re-reading N x V logits; bench/bench_linear_head_sampling.cpp
-// (head_sampling/) compares both at N = 16, d = 1024, V = 128,256.
+// Performance: one pass over W per token tile, the materialized path's GEMM work without the N x V
+// logits' write and re-read; bench/bench_linear_head_sampling.cpp (head_sampling/), N = 16.
 //
 // References: the Gumbel-max trick (Gumbel 1954; Maddison, Tarlow and Minka 2014, "A* sampling");
 // fused top-k softmax (Milakov and Gimelshein 2018, arXiv 1805.02867); the logit softcap of
@@ -106,60 +102,9 @@
 #include "../random.hpp"
 #include "../sampler.hpp"
 #include "../sampler_options.hpp"
+#include "linear_head_workspace.hpp"
 
 namespace softmaxlab {
-
-// Scratch memory of LinearHeadSampler, reusable across calls (one slot per thread).
-class LinearHeadWorkspace {
- public:
-  // One thread's buffers for one scalar type.
-  template <class Scalar>
-  struct Slot {
-    Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> z;  // tile x B (or V)
-    std::vector<Scalar> noise, zeros;                                          // B each
-    std::vector<std::uint32_t> words;                                          // 2 B
-    std::vector<std::vector<std::pair<Scalar, Index>>> cand;                   // per token
-    std::vector<Scalar> row, probs;  // candidate logits; probabilities for log p
-    std::vector<Scalar> tau;         // per token: the running k-th largest candidate
-    std::vector<std::size_t> cap;    // per token: the candidate count that triggers compaction
-    SamplingWorkspace sampler;
-  };
-  // The slots of one scalar type, grown to `threads`.
-  template <class Scalar>
-  std::vector<Slot<Scalar>>& slots(std::size_t threads) {
-    auto& s = pick<Scalar>();
-    if (s.size() < threads)
-      s.resize(threads);
-    return s;
-  }
-  // Bytes held by the buffers (capacities), the sampler's workspaces excluded when empty.
-  std::size_t bytes() const { return bytes_of(f_) + bytes_of(d_); }
-
- private:
-  std::vector<Slot<float>> f_;
-  std::vector<Slot<double>> d_;
-  template <class Scalar>
-  std::vector<Slot<Scalar>>& pick() {
-    if constexpr (std::is_same_v<Scalar, float>) {
-      return f_;
-    } else {
-      return d_;
-    }
-  }
-  template <class Scalar>
-  static std::size_t bytes_of(const std::vector<Slot<Scalar>>& slots) {
-    std::size_t b = 0;
-    for (const auto& s : slots) {
-      b += sizeof(Scalar) * static_cast<std::size_t>(s.z.size());
-      b += sizeof(Scalar)
-           * (s.noise.capacity() + s.zeros.capacity() + s.row.capacity() + s.probs.capacity());
-      b += sizeof(std::uint32_t) * s.words.capacity();
-      for (const auto& c : s.cand)
-        b += sizeof(std::pair<Scalar, Index>) * c.capacity();
-    }
-    return b;
-  }
-};
 
 // Samples next tokens from softcap(H W^T + b) with the Sampler's options; see the doc block.
 class LinearHeadSampler {
@@ -255,19 +200,11 @@ class LinearHeadSampler {
   }
   // Classes per GEMM block (>= 1; default 2048): the workspace's size, not the result's.
   [[nodiscard]] LinearHeadSampler with_block_size(Index classes) const {
-    if (classes < 1)
-      detail::fail("LinearHeadSampler: block_size must be >= 1, but got ", classes);
-    LinearHeadSampler s = *this;
-    s.block_ = classes;
-    return s;
+    return with_count("block_size", &LinearHeadSampler::block_, classes);
   }
   // Tokens per GEMM tile (>= 1; default 16): each tile reads W once.
   [[nodiscard]] LinearHeadSampler with_token_tile(Index tokens) const {
-    if (tokens < 1)
-      detail::fail("LinearHeadSampler: token_tile must be >= 1, but got ", tokens);
-    LinearHeadSampler s = *this;
-    s.tile_ = tokens;
-    return s;
+    return with_count("token_tile", &LinearHeadSampler::tile_, tokens);
   }
 
   // tokens(n) drawn from row n's distribution (no bias).
@@ -368,8 +305,7 @@ class LinearHeadSampler {
   }
 
   // Bytes of the workspace for N tokens, V classes (d does not enter: H and W are read in place)
-  // on `threads` threads, for float (scalar_bytes 4) or double (8). Upper bound for TopK (the
-  // candidate buffers' growth), exact otherwise.
+  // on `threads` threads, for float (scalar_bytes 4) or double (8): an upper bound of bytes().
   std::size_t workspace_bytes(Index n, Index v, std::size_t scalar_bytes = sizeof(float),
                               Index threads = 1) const {
     const auto nt = static_cast<std::size_t>(std::min(tile_, std::max<Index>(n, 1)));
@@ -410,6 +346,16 @@ class LinearHeadSampler {
   double softcap_ = 0;
   Index block_ = kDefaultBlock;
   Index tile_ = kDefaultTile;
+
+  // A copy with the count `member` set to value (>= 1).
+  LinearHeadSampler with_count(const char* name, Index LinearHeadSampler::*member,
+                               Index value) const {
+    if (value < 1)
+      detail::fail("LinearHeadSampler: ", name, " must be >= 1, but got ", value);
+    LinearHeadSampler s = *this;
+    s.*member = value;
+    return s;
+  }
 
   template <class XH, class XW, class XB>
   static void check_shapes(const Eigen::MatrixBase<XH>& h, const Eigen::MatrixBase<XW>& w,
