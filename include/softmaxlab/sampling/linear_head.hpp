@@ -305,9 +305,17 @@ class LinearHeadSampler {
   }
 
   // Bytes of the workspace for N tokens, V classes (d does not enter: H and W are read in place)
-  // on `threads` threads, for float (scalar_bytes 4) or double (8): an upper bound of bytes().
+  // on `threads` threads (0: as many as sample() would use), for float (scalar_bytes 4) or double
+  // (8): an upper bound of bytes().
   std::size_t workspace_bytes(Index n, Index v, std::size_t scalar_bytes = sizeof(float),
-                              Index threads = 1) const {
+                              Index threads = 0) const {
+    if (threads <= 0) {
+      threads = 1;
+#if SOFTMAXLAB_PARALLEL_SLICES
+      if (n > tile_ && !omp_in_parallel())
+        threads = omp_get_max_threads();
+#endif
+    }
     const auto nt = static_cast<std::size_t>(std::min(tile_, std::max<Index>(n, 1)));
     const auto bl = static_cast<std::size_t>(std::min(block_, std::max<Index>(v, 1)));
     const auto uv = static_cast<std::size_t>(v);
@@ -322,7 +330,7 @@ class LinearHeadSampler {
     } else {
       per = scalar_bytes * (nt * uv + 3 * uv);  // rows, and the Sampler's weights and probs
     }
-    return per * static_cast<std::size_t>(std::max<Index>(threads, 1));
+    return per * static_cast<std::size_t>(threads);
   }
 
  private:
