@@ -172,6 +172,16 @@ def output_sampled_markdown(path):
     return "\n".join(out) + "\n"
 
 
+# Issue 24 (sampling from the fused head, bench/bench_linear_head_sampling.cpp): LinearHeadSampler
+# at least as fast as the GEMM into N x V logits plus Sampler::sample_rowwise_philox, tokens/s.
+_HEAD = "head_sampling/%s/%s/float/N16/d1024/V128256"
+HEAD_SAMPLING_TARGETS = [
+    ("Fused head sampling (%s) vs GEMM + Sampler, N = 16, d = 1,024, V = 128,256" % label,
+     _HEAD % ("fused", chain), _HEAD % ("materialized", chain), 1.0)
+    for chain, label in (("temperature", "Gumbel-max, temperature"),
+                         ("llama-default", "top-k 40, top-p, min-p"))
+]
+
 # Issue 13 (half precision): bench/bench_half.cpp's half/<impl>/<float|half|bf16>/<cache>/<n>;
 # element rates, 16-bit in and out against float in and out on the same lengths.
 HALF_TARGETS = [
@@ -603,6 +613,9 @@ def main():
     sampling += ("\n" + tensor_targets) if tensor_targets else ""
     output_sampled = output_sampled_markdown(args.json)
     sampling += ("\n" + output_sampled) if output_sampled else ""
+    head_targets = named_targets_markdown(named, HEAD_SAMPLING_TARGETS,
+                                          "Targets (issue 24: sampling from the fused head)")
+    sampling += ("\n" + head_targets) if head_targets else ""
     attention = attention_markdown(args.json)
     sampling += ("\n" + attention) if attention else ""
     kernels = kernels_markdown(args.json)

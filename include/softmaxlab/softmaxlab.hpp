@@ -13,6 +13,8 @@
 //                                                 speculative verify; top-k log-probabilities
 //                                                 (parts: sampler.hpp, sampler_options.hpp,
 //                                                 top_k_log_softmax.hpp)
+//   LinearHeadSampler            sampling/linear_head.hpp  next tokens from H and W with the
+//                                                 Sampler's options, no N x V logits
 //   SinglePassSoftmax,           single_pass.hpp  one read for the normalizer, one to write;
 //     OnlineNormalizer<Scalar>                    mergeable [max, sum] state for chunked rows
 //   LogSumExp                    logsumexp.hpp    log sum exp, weighted/signed (SciPy b=), backward
