@@ -21,6 +21,10 @@
 //     SparseCbmGumbelLoss                         normalized_loss.hpp, gumbel_loss.hpp)
 //   LinearCrossEntropy,          linear_cross_entropy.hpp  the output layer's loss from H and W
 //     TokenOutputs                                without the N x V logits (Cut Cross-Entropy)
+//   AdaptiveLogSoftmax           adaptive_softmax.hpp  PyTorch's AdaptiveLogSoftmaxWithLoss
+//                                                 (Grave et al. 2017): head + tail clusters
+//   HierarchicalSoftmax          hierarchical_softmax.hpp  fastText's Huffman-tree softmax:
+//                                                 path loss, exact top-k tree search
 //   HardFusion, SoftFusion       fusion.hpp       SurfaceFusion of two logit sources
 //   Sparsemax, Entmax15, Entmax, entmax.hpp       sparse distributions (sparsemax, 1.5- and
 //     SparsemaxLoss, EntmaxLoss                   alpha-entmax) and their Fenchel-Young losses
@@ -46,10 +50,12 @@
 // See README.md for the numerical policy and each header's doc block for its accuracy.
 #pragma once
 
+#include "adaptive_softmax.hpp"
 #include "attention.hpp"
 #include "entmax.hpp"
 #include "fusion.hpp"
 #include "gumbel.hpp"
+#include "hierarchical_softmax.hpp"
 #include "linear_cross_entropy.hpp"
 #include "logsumexp.hpp"
 #include "loss.hpp"
