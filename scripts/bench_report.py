@@ -133,6 +133,16 @@ TENSOR_TARGETS = [
      _TENSOR % ("eigen_expr", k), 3.0) for k in (0, 1, 2)
 ]
 
+# Issue 24: the adaptive and hierarchical softmaxes against the full softmax loss (GEMM +
+# CrossEntropyLoss; train: with the backward GEMMs) per token, bench/bench_output_layer_approx.cpp.
+_APPROX = "output_approx/%s/%s/float/N256/d512/V128256"
+OUTPUT_APPROX_TARGETS = [
+    ("%s %s >= 5x faster per token than the full softmax, V = 128,256" % (name, what),
+     _APPROX % (impl, what), _APPROX % ("full", what), 5.0)
+    for impl, name in (("adaptive", "AdaptiveLogSoftmax"), ("hierarchical", "HierarchicalSoftmax"))
+    for what in ("loss", "train")
+]
+
 # Issue 13 (half precision): bench/bench_half.cpp's half/<impl>/<float|half|bf16>/<cache>/<n>;
 # element rates, 16-bit in and out against float in and out on the same lengths.
 HALF_TARGETS = [
@@ -562,6 +572,9 @@ def main():
     tensor_targets = named_targets_markdown(named, TENSOR_TARGETS,
                                             "Targets (softmax over an axis of an Eigen::Tensor)")
     sampling += ("\n" + tensor_targets) if tensor_targets else ""
+    approx_targets = named_targets_markdown(
+        named, OUTPUT_APPROX_TARGETS, "Targets (issue 24: adaptive and hierarchical softmax)")
+    sampling += ("\n" + approx_targets) if approx_targets else ""
     attention = attention_markdown(args.json)
     sampling += ("\n" + attention) if attention else ""
     kernels = kernels_markdown(args.json)
