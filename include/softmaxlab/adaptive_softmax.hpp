@@ -222,7 +222,7 @@ class AdaptiveLogSoftmax {
     const typename Parameters<Scalar>::Matrix head = head_logits(p, h);
     std::vector<Index> rest;
     for (Index r = 0; r < n; ++r) {
-      const Index j = detail::first_argmax(head, r);
+      const Index j = detail::first_argmax(head.transpose(), r);
       if (j < shortlist_size())
         out[r] = static_cast<Value>(j);
       else
@@ -317,13 +317,15 @@ class AdaptiveLogSoftmax {
                    h.cols());
   }
 
+  // The head's logits with a column per token, (c_0 + K) x N: every log-softmax below then runs
+  // over contiguous memory (a column of a column-major matrix).
   template <class Scalar>
   typename Parameters<Scalar>::Matrix head_logits(const Parameters<Scalar>& p,
                                                   const ConstMatrixRef<Scalar>& h) const {
-    typename Parameters<Scalar>::Matrix z(h.rows(), head_size());
-    z.noalias() = h * p.head.transpose();
+    typename Parameters<Scalar>::Matrix z(head_size(), h.rows());
+    z.noalias() = p.head * h.transpose();
     if (head_bias_)
-      z.rowwise() += p.head_bias.transpose();
+      z.colwise() += p.head_bias;
     return z;
   }
 
@@ -333,21 +335,21 @@ class AdaptiveLogSoftmax {
                      MatrixRef<Scalar> out) const {
     const LogSoftmax lsm;
     typename Parameters<Scalar>::Matrix head = head_logits(p, h);
-    lsm.rowwise(head, head);
-    out.leftCols(shortlist_size()) = head.leftCols(shortlist_size());
-    typename Parameters<Scalar>::Matrix hidden;
+    lsm.colwise(head, head);
+    out.leftCols(shortlist_size()) = head.topRows(shortlist_size()).transpose();
+    typename Parameters<Scalar>::Matrix hidden, z;
     for (Index i = 0; i < n_clusters(); ++i) {
       const auto k = static_cast<std::size_t>(i);
-      hidden.noalias() = h * p.tail_projection[k].transpose();
-      auto block = out.middleCols(cluster_begin(i), cluster_size(i));
-      block.noalias() = hidden * p.tail_output[k].transpose();
-      lsm.rowwise(block, block);
-      block.colwise() += head.col(shortlist_size() + i);
+      hidden.noalias() = p.tail_projection[k] * h.transpose();
+      z.noalias() = p.tail_output[k] * hidden;
+      lsm.colwise(z, z);
+      z.rowwise() += head.row(shortlist_size() + i);
+      out.middleCols(cluster_begin(i), cluster_size(i)) = z.transpose();
     }
   }
 
   // The loss (and, when grads is given, every gradient): the head for all tokens, each cluster
-  // for its labelled tokens only.
+  // for its labelled tokens only. Matrices hold a column per token (see head_logits).
   template <class Scalar, class Labels>
   double run(const Parameters<Scalar>& p, const ConstMatrixRef<Scalar>& h, const Labels& labels,
              Eigen::Ref<Eigen::Matrix<Scalar, Eigen::Dynamic, 1>>* output,
@@ -380,8 +382,9 @@ class AdaptiveLogSoftmax {
     };
     const LogSoftmax lsm;
     Matrix head = head_logits(p, h);
-    lsm.rowwise(head, head);
+    lsm.colwise(head, head);
     std::vector<double> log_p(static_cast<std::size_t>(n));
+    std::vector<Index> head_target(static_cast<std::size_t>(n));
     std::vector<std::vector<Index>> members(static_cast<std::size_t>(n_clusters()));
     for (Index r = 0; r < n; ++r) {
       const Index c = y[static_cast<std::size_t>(r)];
@@ -391,51 +394,50 @@ class AdaptiveLogSoftmax {
         members[static_cast<std::size_t>(i)].push_back(r);
         target = shortlist_size() + i;
       }
-      log_p[static_cast<std::size_t>(r)] = static_cast<double>(head(r, target));
+      head_target[static_cast<std::size_t>(r)] = target;
+      log_p[static_cast<std::size_t>(r)] = static_cast<double>(head(target, r));
     }
     if (grads) {
       // d(-log p)/d z = softmax(z) - onehot(target), per token times its weight.
-      Matrix g = head.array().exp().matrix();
+      head = head.array().exp().matrix();
       for (Index r = 0; r < n; ++r) {
-        const Index c = y[static_cast<std::size_t>(r)];
-        g(r, c < shortlist_size() ? c : shortlist_size() + cluster_of(c)) -= Scalar(1);
-        g.row(r) *= static_cast<Scalar>(weight(r));
+        head(head_target[static_cast<std::size_t>(r)], r) -= Scalar(1);
+        head.col(r) *= static_cast<Scalar>(weight(r));
       }
-      grads->head.noalias() = g.transpose() * h;
+      grads->head.noalias() = head * h;
       if (head_bias_)
-        grads->head_bias = g.colwise().sum().transpose();
-      dh->noalias() = g * p.head;
+        grads->head_bias = head.rowwise().sum();
+      dh->noalias() = head.transpose() * p.head;
     }
-    Matrix hc, hidden, z, dhidden;
+    Matrix hc, hidden, z, dhidden, dhc;
     for (Index i = 0; i < n_clusters(); ++i) {
       const auto k = static_cast<std::size_t>(i);
       const std::vector<Index>& rows = members[k];
       if (rows.empty())
         continue;
       const Index m = static_cast<Index>(rows.size());
-      hc = h(rows, Eigen::all);
-      hidden.noalias() = hc * p.tail_projection[k].transpose();
-      z.noalias() = hidden * p.tail_output[k].transpose();
-      lsm.rowwise(z, z);
+      hc = h(rows, Eigen::all);  // m x d, the cluster's tokens
+      hidden.noalias() = p.tail_projection[k] * hc.transpose();
+      z.noalias() = p.tail_output[k] * hidden;
+      lsm.colwise(z, z);
       for (Index r = 0; r < m; ++r) {
-        const Index t = y[static_cast<std::size_t>(rows[static_cast<std::size_t>(r)])];
-        log_p[static_cast<std::size_t>(rows[static_cast<std::size_t>(r)])] +=
-            static_cast<double>(z(r, t - cluster_begin(i)));
+        const auto token = static_cast<std::size_t>(rows[static_cast<std::size_t>(r)]);
+        log_p[token] += static_cast<double>(z(y[token] - cluster_begin(i), r));
       }
       if (!grads)
         continue;
       z = z.array().exp().matrix();
       for (Index r = 0; r < m; ++r) {
         const Index token = rows[static_cast<std::size_t>(r)];
-        z(r, y[static_cast<std::size_t>(token)] - cluster_begin(i)) -= Scalar(1);
-        z.row(r) *= static_cast<Scalar>(weight(token));
+        z(y[static_cast<std::size_t>(token)] - cluster_begin(i), r) -= Scalar(1);
+        z.col(r) *= static_cast<Scalar>(weight(token));
       }
-      grads->tail_output[k].noalias() = z.transpose() * hidden;
-      dhidden.noalias() = z * p.tail_output[k];
-      grads->tail_projection[k].noalias() = dhidden.transpose() * hc;
-      hc.noalias() = dhidden * p.tail_projection[k];
+      grads->tail_output[k].noalias() = z * hidden.transpose();
+      dhidden.noalias() = p.tail_output[k].transpose() * z;
+      grads->tail_projection[k].noalias() = dhidden * hc;
+      dhc.noalias() = dhidden.transpose() * p.tail_projection[k];
       for (Index r = 0; r < m; ++r)
-        dh->row(rows[static_cast<std::size_t>(r)]) += hc.row(r);
+        dh->row(rows[static_cast<std::size_t>(r)]) += dhc.row(r);
     }
     double sum = 0;
     for (Index r = 0; r < n; ++r) {
