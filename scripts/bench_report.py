@@ -182,6 +182,16 @@ HEAD_SAMPLING_TARGETS = [
                          ("llama-default", "top-k 40, top-p, min-p"))
 ]
 
+# Issue 24: the adaptive and hierarchical softmaxes against the full softmax loss (GEMM +
+# CrossEntropyLoss; train: with the backward GEMMs) per token, bench/bench_output_layer_approx.cpp.
+_APPROX = "output_approx/%s/%s/float/N%d/d512/V128256"
+OUTPUT_APPROX_TARGETS = [
+    ("%s %s >= 5x faster per token than the full softmax, V = 128,256" % (name, what),
+     _APPROX % (impl, what, n), _APPROX % ("full", what, n), 5.0)
+    for impl, name in (("adaptive", "AdaptiveLogSoftmax"), ("hierarchical", "HierarchicalSoftmax"))
+    for what, n in (("loss", 256), ("train", 64))
+]
+
 # Issue 13 (half precision): bench/bench_half.cpp's half/<impl>/<float|half|bf16>/<cache>/<n>;
 # element rates, 16-bit in and out against float in and out on the same lengths.
 HALF_TARGETS = [
@@ -616,6 +626,9 @@ def main():
     head_targets = named_targets_markdown(named, HEAD_SAMPLING_TARGETS,
                                           "Targets (issue 24: sampling from the fused head)")
     sampling += ("\n" + head_targets) if head_targets else ""
+    approx_targets = named_targets_markdown(
+        named, OUTPUT_APPROX_TARGETS, "Targets (issue 24: adaptive and hierarchical softmax)")
+    sampling += ("\n" + approx_targets) if approx_targets else ""
     attention = attention_markdown(args.json)
     sampling += ("\n" + attention) if attention else ""
     kernels = kernels_markdown(args.json)

@@ -27,6 +27,10 @@
 //     SampledGradients                            the log Q correction and accidental hits
 //   CandidateSampler,            candidate_sampler.hpp  log-uniform, uniform and unigram^0.75
 //     CandidateSample                             candidates, unique, expected counts (Philox)
+//   AdaptiveLogSoftmax           adaptive_softmax.hpp  PyTorch's AdaptiveLogSoftmaxWithLoss
+//                                                 (Grave et al. 2017): head + tail clusters
+//   HierarchicalSoftmax          hierarchical_softmax.hpp  fastText's Huffman-tree softmax:
+//                                                 path loss, exact top-k tree search
 //   HardFusion, SoftFusion       fusion.hpp       SurfaceFusion of two logit sources
 //   Sparsemax, Entmax15, Entmax, entmax.hpp       sparse distributions (sparsemax, 1.5- and
 //     SparsemaxLoss, EntmaxLoss                   alpha-entmax) and their Fenchel-Young losses
@@ -52,11 +56,13 @@
 // See docs/numerical-policy.md for the numerical policy and each header's doc block for its accuracy.
 #pragma once
 
+#include "adaptive_softmax.hpp"
 #include "attention.hpp"
 #include "candidate_sampler.hpp"
 #include "entmax.hpp"
 #include "fusion.hpp"
 #include "gumbel.hpp"
+#include "hierarchical_softmax.hpp"
 #include "linear_cross_entropy.hpp"
 #include "logsumexp.hpp"
 #include "loss.hpp"
