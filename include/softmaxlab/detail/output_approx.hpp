@@ -1,6 +1,6 @@
 // softmaxlab: internals shared by the approximate output layers (adaptive_softmax.hpp and
 // hierarchical_softmax.hpp): a non-deduced parameter alias, label reading and validation, the
-// first-index argmax and the stable log-sigmoid.
+// first-index argmax (the stable log-sigmoid is in sigmoid.hpp).
 #pragma once
 
 #include <cmath>
@@ -9,6 +9,7 @@
 
 #include "checks.hpp"
 #include "loss_base.hpp"
+#include "sigmoid.hpp"
 
 namespace softmaxlab {
 namespace detail {
@@ -50,21 +51,6 @@ Index first_argmax(const Xpr& x, Index r) {
       best = j;
   }
   return best;
-}
-
-// log sigmoid(z) = -log(1 + exp(-z)) in the form that neither overflows nor cancels:
-// min(z, 0) - log1p(exp(-|z|)). Relative error a few eps for every z; -inf gives -inf, +inf 0,
-// NaN NaN.
-inline double log_sigmoid(double z) {
-  return std::fmin(z, 0.0) - std::log1p(std::exp(-std::fabs(z)));
-}
-
-// sigmoid(z) without overflow for either sign.
-inline double sigmoid(double z) {
-  if (z >= 0)
-    return 1.0 / (1.0 + std::exp(-z));
-  const double e = std::exp(z);
-  return e / (1.0 + e);
 }
 
 }  // namespace detail

@@ -16,6 +16,7 @@
 #include "checks.hpp"
 #include "functor_base.hpp"
 #include "loss_base.hpp"
+#include "sigmoid.hpp"
 
 namespace softmaxlab {
 
@@ -67,19 +68,6 @@ namespace detail {
 // gradient are exactly 0, in float and in double.
 inline constexpr double kAccidentalHitLogit =
     -static_cast<double>(std::numeric_limits<float>::max());
-
-// log(1 + exp(x)) without overflow or cancellation: max(x, 0) + log1p(exp(-|x|)); -softplus(-x)
-// is the stable log-sigmoid. NaN gives NaN.
-inline double softplus(double x) {
-  return std::max(x, 0.0) + std::log1p(std::exp(-std::abs(x)));
-}
-// 1 / (1 + exp(-x)) with no overflowing exp.
-inline double sigmoid(double x) {
-  if (x >= 0)
-    return 1.0 / (1.0 + std::exp(-x));
-  const double e = std::exp(x);
-  return e / (1.0 + e);
-}
 
 // The options of one sampled-loss call.
 struct SampledConfig {
