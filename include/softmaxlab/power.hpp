@@ -138,22 +138,39 @@ EIGEN_STRONG_INLINE Packet even_power(const Packet& z, int p) {
   }
 }
 
-// y_i = (x_i s)^p for contiguous x, y (y may be x), added to `sum`; kStore false: only the sum
-// (y unused), for rows whose powers are recomputed by power_scale rather than stored and re-read.
-template <int kP, bool kTwo, class Scalar, bool kStore = true>
-void power_store_sum(const Scalar* x, Scalar* y, Index n, Scalar s1, Scalar s2, int p,
-                     PairedSum<Scalar>& sum) {
+// The row passes over the powers z_i^p, z_i = x_i s (s1 s2 when kTwo), of contiguous x:
+//   StoreSum:   y_i = z_i^p, added to *sum (rows up to 32 KiB);
+//   Sum:        only added to *sum (longer rows, whose powers are recomputed rather than
+//               stored and re-read: in L2 the stored powers were a third of the traffic);
+//   ScaleStore: y_i = z_i^p f1 (f2 when kTwoF), the final pass of the longer rows.
+// y may be x.
+enum class PowerPass { StoreSum, Sum, ScaleStore };
+
+template <int kP, bool kTwo, PowerPass kPass, bool kTwoF = false, class Scalar>
+void power_pass(const Scalar* x, Scalar* y, Index n, Scalar s1, Scalar s2, int p,
+                PairedSum<Scalar>* sum, Scalar f1 = Scalar(1), Scalar f2 = Scalar(1)) {
   using namespace Eigen::internal;
   using Packet = PacketOf<Scalar>;
   constexpr int P = kPacketSize<Scalar>;
+  constexpr bool kStore = kPass != PowerPass::Sum;
+  constexpr bool kAdd = kPass != PowerPass::ScaleStore;
   const Packet ps1 = pset1<Packet>(s1), ps2 = pset1<Packet>(s2);
+  const Packet pf1 = pset1<Packet>(f1), pf2 = pset1<Packet>(f2);
   const auto term = [&](const Packet& v) {
     Packet z = pmul(v, ps1);
     if constexpr (kTwo)
       z = pmul(z, ps2);
-    return even_power<kP>(z, p);
+    Packet e = even_power<kP>(z, p);
+    if constexpr (kPass == PowerPass::ScaleStore) {
+      e = pmul(e, pf1);
+      if constexpr (kTwoF)
+        e = pmul(e, pf2);
+    }
+    return e;
   };
-  PairedSum<Scalar> acc = sum;  // in registers for the loop
+  PairedSum<Scalar> acc;  // in registers for the loop
+  if constexpr (kAdd)
+    acc = *sum;
   Index i = 0;
   for (; i + 4 * P <= n; i += 4 * P) {
     const Packet e0 = term(ploadu<Packet>(x + i));
@@ -166,60 +183,25 @@ void power_store_sum(const Scalar* x, Scalar* y, Index n, Scalar s1, Scalar s2, 
       pstoreu(y + i + 2 * P, e2);
       pstoreu(y + i + 3 * P, e3);
     }
-    acc.add4(e0, e1, e2, e3);
+    if constexpr (kAdd)
+      acc.add4(e0, e1, e2, e3);
   }
   for (; i + P <= n; i += P) {
     const Packet e = term(ploadu<Packet>(x + i));
     if constexpr (kStore)
       pstoreu(y + i, e);
-    acc.add1(e);
+    if constexpr (kAdd)
+      acc.add1(e);
   }
   if (i < n) {
     const Packet e = term(load_partial<Packet>(x + i, n - i, Scalar(0)));  // 0^p = 0
     if constexpr (kStore)
       store_partial(y + i, n - i, e);
-    acc.add1(e);
+    if constexpr (kAdd)
+      acc.add1(e);
   }
-  sum = acc;
-}
-
-// y_i = (x_i s)^p f1 (f2 when kTwoF) for contiguous x, y (y may be x): the powers of
-// power_store_sum, recomputed and scaled instead of stored and re-read (on rows in L2 the stored
-// powers were a third of the traffic).
-template <int kP, bool kTwo, bool kTwoF, class Scalar>
-void power_scale(const Scalar* x, Scalar* y, Index n, Scalar s1, Scalar s2, int p, Scalar f1,
-                 Scalar f2) {
-  using namespace Eigen::internal;
-  using Packet = PacketOf<Scalar>;
-  constexpr int P = kPacketSize<Scalar>;
-  const Packet ps1 = pset1<Packet>(s1), ps2 = pset1<Packet>(s2);
-  const Packet pf1 = pset1<Packet>(f1), pf2 = pset1<Packet>(f2);
-  const auto term = [&](const Packet& v) {
-    Packet z = pmul(v, ps1);
-    if constexpr (kTwo)
-      z = pmul(z, ps2);
-    const Packet e = pmul(even_power<kP>(z, p), pf1);
-    if constexpr (kTwoF) {
-      return pmul(e, pf2);
-    } else {
-      return e;
-    }
-  };
-  Index i = 0;
-  for (; i + 4 * P <= n; i += 4 * P) {
-    const Packet e0 = term(ploadu<Packet>(x + i));
-    const Packet e1 = term(ploadu<Packet>(x + i + P));
-    const Packet e2 = term(ploadu<Packet>(x + i + 2 * P));
-    const Packet e3 = term(ploadu<Packet>(x + i + 3 * P));
-    pstoreu(y + i, e0);
-    pstoreu(y + i + P, e1);
-    pstoreu(y + i + 2 * P, e2);
-    pstoreu(y + i + 3 * P, e3);
-  }
-  for (; i + P <= n; i += P)
-    pstoreu(y + i, term(ploadu<Packet>(x + i)));
-  if (i < n)
-    store_partial(y + i, n - i, term(load_partial<Packet>(x + i, n - i, Scalar(0))));
+  if constexpr (kAdd)
+    *sum = acc;
 }
 
 }  // namespace detail
@@ -398,15 +380,15 @@ class PowerSoftmax : public detail::DistributionFunctor<PowerSoftmax>,
     if (recompute) {
       detail::for_chunks(x, [&](const Scalar* in, Index count) {
         with_power(two, [&](auto kp, auto ktwo) {
-          detail::power_store_sum<decltype(kp)::value, decltype(ktwo)::value, Scalar, false>(
-              in, nullptr, count, s1, s2, p_, sum);
+          detail::power_pass<decltype(kp)::value, decltype(ktwo)::value, detail::PowerPass::Sum>(
+              in, static_cast<Scalar*>(nullptr), count, s1, s2, p_, &sum);
         });
       });
     } else {
       detail::for_chunks(x, y, [&](const Scalar* in, Scalar* out, Index count) {
         with_power(two, [&](auto kp, auto ktwo) {
-          detail::power_store_sum<decltype(kp)::value, decltype(ktwo)::value>(in, out, count, s1,
-                                                                              s2, p_, sum);
+          detail::power_pass<decltype(kp)::value, decltype(ktwo)::value,
+                             detail::PowerPass::StoreSum>(in, out, count, s1, s2, p_, &sum);
         });
       });
     }
@@ -452,11 +434,15 @@ class PowerSoftmax : public detail::DistributionFunctor<PowerSoftmax>,
     detail::for_chunks(x, y, [&](const Scalar* in, Scalar* out, Index count) {
       with_power(two, [&](auto kp, auto ktwo) {
         if (f.two)
-          detail::power_scale<decltype(kp)::value, decltype(ktwo)::value, true>(in, out, count, s1,
-                                                                                s2, p_, f.f1, f.f2);
+          detail::power_pass<decltype(kp)::value, decltype(ktwo)::value,
+                             detail::PowerPass::ScaleStore, true>(
+              in, out, count, s1, s2, p_, static_cast<detail::PairedSum<Scalar>*>(nullptr), f.f1,
+              f.f2);
         else
-          detail::power_scale<decltype(kp)::value, decltype(ktwo)::value, false>(
-              in, out, count, s1, s2, p_, f.f1, f.f2);
+          detail::power_pass<decltype(kp)::value, decltype(ktwo)::value,
+                             detail::PowerPass::ScaleStore, false>(
+              in, out, count, s1, s2, p_, static_cast<detail::PairedSum<Scalar>*>(nullptr), f.f1,
+              f.f2);
       });
     });
   }
