@@ -55,6 +55,7 @@ struct Config {
   bool has_sink = false;
   double sink = 0;
   double cap = 0;
+  std::vector<double> sinks;  // one per query head (with_sinks), replacing `sink` when not empty
   std::string label() const {
     std::string s = causal ? "causal" : "full";
     s += " window(" + std::to_string(left) + ", " + std::to_string(right) + ")";
@@ -64,6 +65,8 @@ struct Config {
       s += " sink " + std::to_string(sink);
     if (cap > 0)
       s += " softcap " + std::to_string(cap);
+    if (!sinks.empty())
+      s += " per-head sinks";
     return s;
   }
   sml::AttentionOptions options() const {
@@ -72,6 +75,20 @@ struct Config {
     if (has_sink)
       o = o.with_sink(sink);
     return o;
+  }
+  // The layer for these options, with the per-head sinks when set.
+  sml::MultiHeadAttention layer(Index hq, Index hkv) const {
+    const sml::MultiHeadAttention m(options(), hq, hkv);
+    if (sinks.empty())
+      return m;
+    return m.with_sinks(Eigen::Map<const Eigen::VectorXd>(sinks.data(), Index(sinks.size())));
+  }
+  // The sink of head h as the code rounds it (a float parameter in the float pass), or none.
+  bool head_has_sink() const { return has_sink || !sinks.empty(); }
+  long double head_sink(Index h, bool in_double) const {
+    const double z = sinks.empty() ? sink : sinks[static_cast<std::size_t>(h)];
+    return in_double ? static_cast<long double>(z)
+                     : static_cast<long double>(static_cast<float>(z));
   }
 };
 
@@ -95,7 +112,7 @@ struct Reference {
 // The materialized attention of every head in long double, from the definitions: head h reads KV
 // head h / (Hq / Hkv); key j visible to query i iff inside the band around i + Lk - Lq.
 Reference reference(const LMat& q, const LMat& k, const LMat& v, Index hq, Index hkv,
-                    const Config& c) {
+                    const Config& c, bool in_double = false) {
   const Index lq = q.rows(), lk = k.rows(), d = q.cols() / hq, dv = v.cols() / hkv;
   // The scale and slope as the code rounds them (float parameters, not the algorithm's error).
   const long double scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
@@ -107,7 +124,9 @@ Reference reference(const LMat& q, const LMat& k, const LMat& v, Index hq, Index
     for (Index i = 0; i < lq; ++i) {
       const Index diag = i + lk - lq;
       std::vector<long double> t(static_cast<std::size_t>(lk), -kInfL);
-      long double top = c.has_sink ? static_cast<long double>(static_cast<float>(c.sink)) : -kInfL;
+      const bool has_sink = c.head_has_sink();
+      const long double z = has_sink ? c.head_sink(h, in_double) : -kInfL;
+      long double top = z;
       bool any = false;
       for (Index j = 0; j < lk; ++j) {
         if ((c.causal && j > diag) || (c.left >= 0 && j < diag - c.left)
@@ -125,10 +144,10 @@ Reference reference(const LMat& q, const LMat& k, const LMat& v, Index hq, Index
         any = true;
       }
       if (!any) {
-        r.lse(i, h) = c.has_sink ? static_cast<long double>(static_cast<float>(c.sink)) : -kInfL;
+        r.lse(i, h) = z;
         continue;
       }
-      long double sum = c.has_sink ? std::exp(static_cast<float>(c.sink) - top) : 0.0L;
+      long double sum = has_sink ? std::exp(z - top) : 0.0L;
       for (Index j = 0; j < lk; ++j) {
         if (t[j] == -kInfL)
           continue;
@@ -222,6 +241,11 @@ std::vector<Config> configs() {
   c.has_sink = true;
   c.sink = -1.5;
   cs.push_back(c);
+  c = Config();
+  c.causal = true;
+  c.left = 24;
+  c.sinks = {2.5, -1.0, 0.0, 4.0, -3.25, 1.5, 0.75, -0.5};  // per head, cycled to Hq below
+  cs.push_back(c);
   return cs;
 }
 
@@ -237,8 +261,15 @@ void accuracy(Index hq, Index hkv, const std::vector<Shape>& shapes, Worst& summ
     const LMat kl = k.template cast<float>().template cast<long double>();
     const LMat vl = v.template cast<float>().template cast<long double>();
     const double vmax = v.size() ? double(vl.cwiseAbs().maxCoeff()) : 0.0;
-    for (const Config& c : configs()) {
-      const sml::MultiHeadAttention mha(c.options(), hq, hkv);
+    for (Config c : configs()) {
+      if (!c.sinks.empty()) {
+        std::vector<double> per_head(static_cast<std::size_t>(hq));
+        for (Index h = 0; h < hq; ++h)
+          per_head[static_cast<std::size_t>(h)] =
+              c.sinks[static_cast<std::size_t>(h) % c.sinks.size()];
+        c.sinks = per_head;
+      }
+      const sml::MultiHeadAttention mha = c.layer(hq, hkv);
       Mat<SO> o(sh.lq, hq * sh.dv);
       MatF lse(sh.lq, hq);
       mha.apply(q, k, v, o, lse);
@@ -485,6 +516,12 @@ TEST_CASE("MultiHeadAttention: bad arguments throw naming the parameter",
   CHECK_THROWS_WITH(o.with_alibi(NAN), Catch::Contains("alibi max_bias"));
   CHECK_THROWS_WITH(sml::Attention<>(o.with_window(4, 0)), Catch::Contains("MultiHeadAttention"));
   const sml::MultiHeadAttention mha(o, 4, 2);
+  CHECK_THROWS_WITH(mha.with_sinks(Eigen::VectorXf::Zero(3)),
+                    Catch::Contains("sinks must be a vector of Hq = 4 entries, but got 3 x 1"));
+  CHECK_THROWS_WITH(mha.with_sinks(Eigen::Vector4d(0, 1, INFINITY, 2)),
+                    Catch::Contains("sinks(2) must be in [-2^100, 2^100]"));
+  CHECK_THROWS_WITH(mha.with_sinks(Eigen::Vector4d(0, NAN, 1, 2)),
+                    Catch::Contains("sinks(1) must be in"));
   const MatF q(3, 4 * 8), k(5, 2 * 8), v(5, 2 * 4);
   MatF out(3, 4 * 4), lse(3, 4);
   CHECK_THROWS_WITH(mha.apply(MatF(3, 30), k, v, out), Catch::Contains("Q must have Hq d columns"));
@@ -500,6 +537,12 @@ TEST_CASE("MultiHeadAttention: bad arguments throw naming the parameter",
                     Catch::Contains("dQ must be 3 x 32"));
   CHECK_THROWS_WITH(mha.backward(q, k, v, out, wrong_lse, out, dq, dk, dvm),
                     Catch::Contains("lse must be 3 x 4"));
+  Eigen::VectorXf dz(4), bad_dz(3);
+  CHECK_THROWS_WITH(mha.backward(q, k, v, out, lse, out, dq, dk, dvm, dz),
+                    Catch::Contains("dsinks needs a sink"));
+  CHECK_THROWS_WITH(
+      mha.with_sinks(Eigen::Vector4f::Zero()).backward(q, k, v, out, lse, out, dq, dk, dvm, bad_dz),
+      Catch::Contains("dsinks must be a vector of Hq = 4 entries"));
 }
 
 TEST_CASE("MultiHeadAttention: backward against central finite differences in double",
@@ -518,10 +561,13 @@ TEST_CASE("MultiHeadAttention: backward against central finite differences in do
   cs[0].sink = 0.3;
   cs[1].cap = 3;
   cs[1].right = 2;
+  cs[2].causal = true;
+  cs[2].max_bias = 2;
+  cs[2].sinks = {0.5, -1.0, 2.0, 0.25};  // per query head
   for (Index hkv : {2, 1}) {
     const Index hq = 4;
     for (const Config& c : cs) {
-      const sml::MultiHeadAttention mha(c.options(), hq, hkv);
+      const sml::MultiHeadAttention mha = c.layer(hq, hkv);
       MatD q = normal<double>(lq, hq * d, 61, 1.0), k = normal<double>(lk, hkv * d, 62, 1.0);
       MatD v = normal<double>(lk, hkv * dv, 63, 1.0);
       const MatD w = normal<double>(lq, hq * dv, 64, 1.0);
@@ -550,6 +596,29 @@ TEST_CASE("MultiHeadAttention: backward against central finite differences in do
       probe(q, dq);
       probe(k, dk);
       probe(v, dvm);
+      if (c.head_has_sink()) {
+        // The sinks' gradient: per head with with_sinks, their sum for the options' one sink.
+        Eigen::VectorXd dz(hq);
+        mha.backward(q, k, v, o, lse, w, dq, dk, dvm, dz);
+        auto loss_at = [&](const Config& cc) {
+          return cc.layer(hq, hkv)(q, k, v).cwiseProduct(w).sum();
+        };
+        const double h = 1e-6;
+        for (Index head = 0; head < (c.sinks.empty() ? 1 : hq); ++head) {
+          Config up = c, down = c;
+          if (c.sinks.empty()) {
+            up.sink += h;
+            down.sink -= h;
+          } else {
+            up.sinks[static_cast<std::size_t>(head)] += h;
+            down.sinks[static_cast<std::size_t>(head)] -= h;
+          }
+          const double fd = (loss_at(up) - loss_at(down)) / (2 * h);
+          const double grad = c.sinks.empty() ? dz.sum() : dz(head);
+          worst = std::max(worst, std::fabs(grad - fd) / (1 + std::fabs(fd)));
+        }
+        CHECK(dz.norm() > 0);
+      }
       INFO("Hkv " << hkv << " " << c.label() << ": worst relative difference " << worst);
       CHECK(worst <= 1e-6);
       CHECK(dk.norm() > 0);

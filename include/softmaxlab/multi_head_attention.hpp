@@ -130,6 +130,30 @@ class MultiHeadAttention {
   Index kv_heads() const { return hkv_; }
   // The ALiBi slope of each query head (empty without ALiBi).
   const std::vector<double>& alibi_slopes() const { return slopes_; }
+  // The sink of each query head set by with_sinks (empty otherwise: the options' one sink, if any,
+  // joins every head).
+  const std::vector<double>& sinks() const { return sinks_; }
+
+  // A copy with one sink per query head (gpt-oss's and ONNX Runtime GroupQueryAttention's `sinks`):
+  // head h's rows get the extra logit per_head(h), which joins the max and the sum of that head's
+  // softmax but contributes no value. per_head: a vector (any Eigen vector of float, double,
+  // Eigen::half or Eigen::bfloat16) of Hq entries, each in [-2^100, 2^100]; it replaces the
+  // options' single sink (with_sink). Throws std::invalid_argument naming the size or the entry.
+  template <class Vec>
+  [[nodiscard]] MultiHeadAttention with_sinks(const Eigen::DenseBase<Vec>& per_head) const {
+    if (!(per_head.rows() == 1 || per_head.cols() == 1) || per_head.size() != hq_)
+      detail::fail(name, ": sinks must be a vector of Hq = ", hq_, " entries, but got ",
+                   per_head.rows(), " x ", per_head.cols());
+    MultiHeadAttention m = *this;
+    m.sinks_.assign(static_cast<std::size_t>(hq_), 0.0);
+    for (Index h = 0; h < hq_; ++h) {
+      const double z = static_cast<double>(per_head.derived().coeff(h));
+      if (!(z >= -0x1p100 && z <= 0x1p100))
+        detail::fail(name, ": sinks(", h, ") must be in [-2^100, 2^100] (finite), but got ", z);
+      m.sinks_[static_cast<std::size_t>(h)] = z;
+    }
+    return m;
+  }
 
   // O = attention of every head, Lq x (Hq dv), of Q's scalar type.
   template <class XQ, class XK, class XV>
@@ -244,6 +268,43 @@ class MultiHeadAttention {
     });
   }
 
+  // The same, and the gradient of each query head's sink into dsinks (a vector of Hq entries, any
+  // storage scalar): dz_h = -sum_i exp(z_h - lse_ih) <dO_ih, O_ih> (O_ih = sum_j P_ij v_j with P's
+  // normalizer holding exp(z_h), so dO_ih/dz_h = -exp(z_h - lse_ih) O_ih), summed in long double.
+  // Needs a sink (with_sink or with_sinks); throws std::invalid_argument otherwise, or when dsinks
+  // has the wrong size.
+  template <class XQ, class XK, class XV, class XO, class XL, class XdO, class OutQ, class OutK,
+            class OutV, class OutS>
+  void backward(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
+                const Eigen::DenseBase<XV>& v, const Eigen::DenseBase<XO>& o,
+                const Eigen::DenseBase<XL>& lse, const Eigen::DenseBase<XdO>& dout, OutQ&& dq,
+                OutK&& dk, OutV&& dv, OutS&& dsinks_out) const {
+    auto& dsinks = detail::writable_output(std::forward<OutS>(dsinks_out));
+    if (!options_.has_sink() && sinks_.empty())
+      detail::fail(name, ": dsinks needs a sink (with_sink or with_sinks), but none is set");
+    if (!(dsinks.rows() == 1 || dsinks.cols() == 1) || dsinks.size() != hq_)
+      detail::fail(name, ": dsinks must be a vector of Hq = ", hq_, " entries, but got ",
+                   dsinks.rows(), " x ", dsinks.cols());
+    backward(q, k, v, o, lse, dout, std::forward<OutQ>(dq), std::forward<OutK>(dk),
+             std::forward<OutV>(dv));
+    const Index dvh = v.cols() / hkv_;
+    for (Index h = 0; h < hq_; ++h) {
+      const long double z = sinks_.empty() ? options_.sink() : sinks_[static_cast<std::size_t>(h)];
+      long double sum = 0;
+      for (Index i = 0; i < q.rows(); ++i) {
+        long double delta = 0;
+        for (Index c = 0; c < dvh; ++c)
+          delta +=
+              static_cast<long double>(static_cast<double>(dout.derived().coeff(i, h * dvh + c)))
+              * static_cast<double>(o.derived().coeff(i, h * dvh + c));
+        const long double l = static_cast<double>(lse.derived().coeff(i, h));
+        sum += std::exp(z - l) * delta;  // lse >= z with a sink: a weight in [0, 1]
+      }
+      using S = typename std::remove_reference_t<decltype(dsinks)>::Scalar;
+      dsinks.coeffRef(h) = detail::convert_scalar<S>(static_cast<double>(-sum));
+    }
+  }
+
  private:
   template <class T>
   using Scalar = typename T::Scalar;
@@ -312,8 +373,9 @@ class MultiHeadAttention {
     detail::MhaPlan<C> p;
     p.scale = static_cast<C>(options_.scale_or(1.0 / std::sqrt(static_cast<double>(d))));
     p.cap = static_cast<C>(options_.softcap());
-    p.has_sink = options_.has_sink();
+    p.has_sink = options_.has_sink() || !sinks_.empty();
     p.sink = static_cast<C>(options_.sink());
+    p.sinks = sinks_.empty() ? nullptr : sinks_.data();
     p.band.lq = lq;
     p.band.lk = lk;
     p.band.left = options_.window_left();
@@ -431,6 +493,7 @@ class MultiHeadAttention {
   AttentionOptions options_;
   Index hq_, hkv_;
   std::vector<double> slopes_;
+  std::vector<double> sinks_;  // per query head (with_sinks), or empty
 };
 
 }  // namespace softmaxlab

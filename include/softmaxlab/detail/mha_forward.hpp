@@ -59,6 +59,10 @@ struct MhaPlan {
   Index d = 0, dv = 0;
   Index rows_per_head = 1;         // query rows of a tile, per head
   const double* slopes = nullptr;  // ALiBi slope of each query head, or null
+  const double* sinks = nullptr;   // the sink of each query head (has_sink), or null: sink for all
+
+  // The sink of query head h (when has_sink).
+  C sink_of(Index h) const { return sinks != nullptr ? static_cast<C>(sinks[h]) : sink; }
 };
 
 // The buffers of one tile (one per thread): R = group * rows_per_head rows.
@@ -134,7 +138,8 @@ void mha_load_block(const X& x, Index r0, Index c0, Index nr, Index nc, C* out) 
 // Attention of query rows [i0, i0 + bq) of every query head of KV group g over the visible keys of
 // [key_begin, key_end) (key_begin a multiple of kMhaBlockK, so that key blocks fall where
 // Attention's do): w.o gets the normalized partial output (row hh * bq + r: head g * group + hh,
-// query i0 + r; row-major, R x dv) and lse[row] its log-sum-exp; the sink joins when with_sink.
+// query i0 + r; row-major, R x dv) and lse[row] its log-sum-exp; the sink (plan.sink_of(head))
+// joins when with_sink.
 // Key blocks wholly outside the band of every row of the tile are never visited.
 template <class C, class XQ, class XK, class XV>
 void mha_tile(const XQ& q, const XK& k, const XV& v, Index g, Index i0, Index bq, Index key_begin,
@@ -244,6 +249,7 @@ void mha_tile(const XQ& q, const XK& k, const XV& v, Index g, Index i0, Index bq
   }
   for (Index r = 0; r < rows; ++r) {
     const C m = w.max[r];
+    const C z = plan.sink_of(g * group + r / bq);
     if (w.nan[r] != 0) {
       ot.row(r).setConstant(std::numeric_limits<C>::quiet_NaN());
       lse[r] = std::numeric_limits<C>::quiet_NaN();
@@ -251,16 +257,16 @@ void mha_tile(const XQ& q, const XK& k, const XV& v, Index g, Index i0, Index bq
       // No visible key: a zero row, and lse the sink's own log-sum-exp (merge_attention keeps its
       // mass), -inf without one.
       ot.row(r).setZero();
-      lse[r] = with_sink && plan.has_sink ? plan.sink : -inf;
+      lse[r] = with_sink && plan.has_sink ? z : -inf;
     } else if (m == inf) {
       ot.row(r) *= static_cast<C>(1.0L / w.sum[r]);
       lse[r] = inf;
     } else {
       long double top = m, sum = w.sum[r], factor = 1;
       if (with_sink && plan.has_sink) {
-        top = std::max<long double>(m, plan.sink);
+        top = std::max<long double>(m, z);
         factor = std::exp(static_cast<long double>(m) - top);
-        sum = sum * factor + std::exp(static_cast<long double>(plan.sink) - top);
+        sum = sum * factor + std::exp(static_cast<long double>(z) - top);
       }
       ot.row(r) *= static_cast<C>(factor / sum);
       lse[r] = static_cast<C>(top + std::log(sum));
