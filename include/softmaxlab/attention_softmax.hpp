@@ -83,7 +83,8 @@ class AttentionSoftmax : public detail::DistributionFunctor<AttentionSoftmax>,
       detail::fail(name, ": mask must have the input's length ", x.size(), ", but got ",
                    mask.rows(), " x ", mask.cols());
     }
-    detail::Span<const Scalar> ms = detail::vector_span<const Scalar>(mask.derived());
+    using MaskScalar = typename XprM::Scalar;
+    detail::Span<const MaskScalar> ms = detail::vector_span<const MaskScalar>(mask.derived());
     using C = detail::compute_scalar_t<Scalar, typename XprY::Scalar>;
     if constexpr (detail::is_mixed_v<Scalar, typename XprY::Scalar> && !std::is_same_v<Scalar, C>) {
       // 16-bit or mixed scores: the mask is converted to the compute type with the row (a stack
@@ -144,6 +145,7 @@ class AttentionSoftmax : public detail::DistributionFunctor<AttentionSoftmax>,
   void rowwise_masked_same(const Eigen::DenseBase<XprS>& s, const Eigen::DenseBase<XprM>& mask,
                            const Eigen::DenseBase<XprP>& p_const) const {
     using Scalar = typename XprS::Scalar;
+    using MaskScalar = typename XprM::Scalar;
     check_mask_type<XprS, XprM>();
     static_check_io<XprS, XprP>();
     auto& p = const_cast<Eigen::DenseBase<XprP>&>(p_const).derived();
@@ -158,7 +160,7 @@ class AttentionSoftmax : public detail::DistributionFunctor<AttentionSoftmax>,
       return;
     const auto& md = mask.derived();
     auto mask_row = [&](Index i) {
-      return detail::slice_span<const Scalar>(md, broadcast ? 0 : i, true);
+      return detail::slice_span<const MaskScalar>(md, broadcast ? 0 : i, true);
     };
     if constexpr (detail::has_direct_access_v<XprS>) {
       const auto& sd = s.derived();
@@ -200,8 +202,9 @@ class AttentionSoftmax : public detail::DistributionFunctor<AttentionSoftmax>,
 
   template <class XprX, class XprM>
   static void check_mask_type() {
-    static_assert(std::is_same_v<typename XprX::Scalar, typename XprM::Scalar>,
-                  "softmaxlab: the mask must have the input's scalar type");
+    static_assert(detail::mask_scalar_ok_v<typename XprX::Scalar, typename XprM::Scalar>,
+                  "softmaxlab: the mask must have the input's scalar type, or Eigen::half or "
+                  "Eigen::bfloat16 beside float scores, or float beside double scores");
     static_assert(detail::has_direct_access_v<XprM>,
                   "softmaxlab: the mask must be storage (Matrix, Array, Map, Ref or a Block of "
                   "one); evaluate an expression first");
@@ -221,9 +224,9 @@ class AttentionSoftmax : public detail::DistributionFunctor<AttentionSoftmax>,
     compute<Scalar>(x, y, detail::Span<const Scalar>{nullptr, 0, 1});
   }
 
-  template <class Scalar>
+  template <class Scalar, class MaskScalar>
   void compute(const detail::Span<const Scalar>& x, const detail::Span<Scalar>& y,
-               const detail::Span<const Scalar>& mask) const {
+               const detail::Span<const MaskScalar>& mask) const {
     const detail::ScoreTransform<Scalar> f = transform<Scalar>();
     const Scalar z = static_cast<Scalar>(options_.sink());
     // Pass 1: the transformed scores into y, and their max. In place, only the max: an irregular

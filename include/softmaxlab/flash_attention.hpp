@@ -313,8 +313,9 @@ class Attention {
     using M = Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic>;
     using V = Eigen::Matrix<C, Eigen::Dynamic, 1>;
     detail::static_check_storage_scalars<In, Out>();
-    static_assert(std::is_same_v<In, typename XM::Scalar>,
-                  "softmaxlab: the mask must have Q's scalar type");
+    static_assert(detail::mask_scalar_ok_v<In, typename XM::Scalar>,
+                  "softmaxlab: the mask must have Q's scalar type, or Eigen::half or "
+                  "Eigen::bfloat16 beside float Q, or float beside double Q");
     static_assert(detail::lse_scalar_ok_v<Out, typename XL::Scalar>,
                   "softmaxlab: lse must have O's scalar type, or float when O is Eigen::half or "
                   "Eigen::bfloat16");
@@ -376,11 +377,11 @@ class Attention {
                     const Eigen::DenseBase<XO>& o_in, const XL* lse_in) const {
     using Scalar = typename XQ::Scalar;
     static_assert(
-        std::is_same_v<
-            Scalar,
-            typename XO::
-                Scalar> && std::is_same_v<Scalar, typename XM::Scalar> && std::is_same_v<Scalar, typename XL::Scalar>,
-        "softmaxlab: O, lse and the mask must have Q's scalar type");
+        std::is_same_v<Scalar, typename XO::Scalar> && std::is_same_v<Scalar, typename XL::Scalar>,
+        "softmaxlab: O and lse must have Q's scalar type");
+    static_assert(detail::mask_scalar_ok_v<Scalar, typename XM::Scalar>,
+                  "softmaxlab: the mask must have Q's scalar type, or Eigen::half or "
+                  "Eigen::bfloat16 beside float Q, or float beside double Q");
     auto& o = const_cast<Eigen::DenseBase<XO>&>(o_in).derived();
     if (!check_forward(q_in, k_in, v_in, mask, o, lse_in))
       return;
@@ -435,11 +436,11 @@ class Attention {
                   "softmaxlab: Attention::backward takes Eigen::half, Eigen::bfloat16, float or "
                   "double (Q, K, V, mask; O, lse, dO; dQ, dK, dV)");
     static_assert(
-        std::is_same_v<
-            In,
-            typename XK::
-                Scalar> && std::is_same_v<In, typename XV::Scalar> && std::is_same_v<In, typename XM::Scalar>,
-        "softmaxlab: K, V and the mask of Attention::backward must have Q's scalar type");
+        std::is_same_v<In, typename XK::Scalar> && std::is_same_v<In, typename XV::Scalar>,
+        "softmaxlab: K and V of Attention::backward must have Q's scalar type");
+    static_assert(detail::mask_scalar_ok_v<In, typename XM::Scalar>,
+                  "softmaxlab: the mask of Attention::backward must have Q's scalar type, or "
+                  "Eigen::half or Eigen::bfloat16 beside float Q, or float beside double Q");
     static_assert(std::is_same_v<Out, typename XdO::Scalar>,
                   "softmaxlab: dO of Attention::backward must have O's scalar type");
     static_assert(detail::lse_scalar_ok_v<Out, typename XL::Scalar>,
