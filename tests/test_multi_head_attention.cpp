@@ -480,6 +480,31 @@ TEST_CASE("MultiHeadAttention: no allocation proportional to Lq, Lk or the cache
   CHECK(decode_large <= 2 + 2 * threads);
 }
 
+TEST_CASE("MultiHeadAttention: the backward allocates nothing proportional to Lq or Lk",
+          "[multi_head_attention]") {
+  // Float gradients are accumulated in dK and dV themselves: the count of allocations (one tile
+  // workspace per KV group) is the same for a short and a long problem, and Eigen's allocator is
+  // never reached (the guard makes it throw).
+  const Index hq = 8, hkv = 2, d = 32, dv = 32;
+  auto count = [&](Index lq, Index lk) {
+    const MatF q = normal<float>(lq, hq * d, 24, 1.0);
+    const Mat<Eigen::half> k = normal<Eigen::half>(lk, hkv * d, 25, 1.0);
+    const Mat<Eigen::half> v = normal<Eigen::half>(lk, hkv * dv, 26, 1.0);
+    const MatF dout = normal<float>(lq, hq * dv, 27, 1.0);
+    const sml::MultiHeadAttention mha(
+        sml::AttentionOptions().with_causal(true).with_window(200, -1), hq, hkv);
+    MatF o(lq, hq * dv), lse(lq, hq), dq(lq, hq * d), dk(lk, hkv * d), dvm(lk, hkv * dv);
+    mha.apply(q, k, v, o, lse);
+    AllocationGuard guard;
+    mha.backward(q, k, v, o, lse, dout, dq, dk, dvm);
+    return guard.allocations();
+  };
+  const std::size_t small = count(64, 64), large = count(600, 3000);
+  INFO("backward " << small << " / " << large);
+  CHECK(small == large);
+  CHECK(large <= std::size_t(hkv));
+}
+
 TEST_CASE("MultiHeadAttention: packed sequences (varlen)", "[multi_head_attention]") {
   const Index hq = 4, hkv = 2, d = 8, dv = 8;
   const std::vector<int> cu_q = {0, 5, 5, 17, 20}, cu_k = {0, 7, 10, 22, 22};
@@ -537,6 +562,9 @@ TEST_CASE("MultiHeadAttention: bad arguments throw naming the parameter",
                     Catch::Contains("dQ must be 3 x 32"));
   CHECK_THROWS_WITH(mha.backward(q, k, v, out, wrong_lse, out, dq, dk, dvm),
                     Catch::Contains("lse must be 3 x 4"));
+  MatF kk = k;
+  CHECK_THROWS_WITH(mha.backward(q, kk, v, out, lse, out, dq, kk, dvm),
+                    Catch::Contains("dK must not overlap the input K"));
   Eigen::VectorXf dz(4), bad_dz(3);
   CHECK_THROWS_WITH(mha.backward(q, k, v, out, lse, out, dq, dk, dvm, dz),
                     Catch::Contains("dsinks needs a sink"));

@@ -215,8 +215,11 @@ class MultiHeadAttention {
   // Gradients of the forward pass (FlashAttention-2's recomputation from O and lse): dQ of Q's
   // shape, dK of K's and dV of V's; dK and dV of a KV head summed over its group's query heads.
   // O and lse as the forward wrote them (lse Lq x Hq), dO of O's shape. Any storage scalars; the
-  // pass runs in float (double when any operand is double). Allocates dK and dV accumulators of
-  // the compute type, Lk (d + dv) per KV group, and one tile workspace per group.
+  // pass runs in float (double when any operand is double). dK and dV of the compute type are
+  // accumulated in place; of another type (16-bit, or float beside a double pass) through
+  // accumulators of the compute type, Lk (d + dv) per KV group being computed. Otherwise one tile
+  // workspace per group, nothing proportional to Lq or Lk ("MultiHeadAttention: no allocation
+  // proportional to Lq, Lk or the cache"). dQ, dK, dV must not overlap each other or an input.
   template <class XQ, class XK, class XV, class XO, class XL, class XdO, class OutQ, class OutK,
             class OutV>
   void backward(const Eigen::DenseBase<XQ>& q_in, const Eigen::DenseBase<XK>& k_in,
@@ -253,18 +256,47 @@ class MultiHeadAttention {
     using DQ = std::remove_reference_t<decltype(dq)>;
     using DK = std::remove_reference_t<decltype(dk)>;
     using DV = std::remove_reference_t<decltype(dv)>;
+    // The gradients are accumulated in their own storage, so it must not share an input's.
+    auto disjoint = [&](const char* out, const auto& x) {
+      require_disjoint(out, "the input Q", x, q);
+      require_disjoint(out, "the input K", x, k);
+      require_disjoint(out, "the input V", x, v);
+      require_disjoint(out, "the input O", x, o);
+      require_disjoint(out, "the input dO", x, dout);
+      require_disjoint(out, "the input lse", x, lse);
+    };
+    disjoint("dQ", dq);
+    disjoint("dK", dk);
+    disjoint("dV", dv);
+    require_disjoint("dK", "dQ", dk, dq);
+    require_disjoint("dV", "dQ", dv, dq);
+    require_disjoint("dV", "dK", dv, dk);
+    // dK and dV of the compute type are accumulated in place (no allocation proportional to Lk);
+    // other types through an accumulator of the group's columns, Lk (d + dv) scalars of C.
+    constexpr bool kInPlace =
+        std::is_same_v<
+            typename DK::Scalar,
+            C> && std::is_same_v<typename DV::Scalar, C> && detail::has_direct_access_v<DK> && detail::has_direct_access_v<DV>;
     // One task per KV group: it owns its columns of dK, dV and its heads' columns of dQ.
     detail::for_each_slice<true>(hkv_, lq * lk * p.group * (d + dvh), [&](Index g) {
-      M gk = M::Zero(lk, d), gv = M::Zero(lk, dvh);
       const Index group = p.group;
-      detail::mha_backward_group(
-          q, k, v, o, lse, dout, g, p, gk, gv, [&](Index i0, Index n, const auto& dqt) {
-            for (Index hh = 0; hh < group; ++hh)
-              dq.block(i0, (g * group + hh) * d, n, d) =
-                  dqt.middleRows(hh * n, n).template cast<typename DQ::Scalar>();
-          });
-      dk.block(0, g * d, lk, d) = gk.template cast<typename DK::Scalar>();
-      dv.block(0, g * dvh, lk, dvh) = gv.template cast<typename DV::Scalar>();
+      auto write_dq = [&](Index i0, Index n, const auto& dqt) {
+        for (Index hh = 0; hh < group; ++hh)
+          dq.block(i0, (g * group + hh) * d, n, d) =
+              dqt.middleRows(hh * n, n).template cast<typename DQ::Scalar>();
+      };
+      if constexpr (kInPlace) {
+        auto gk = dk.block(0, g * d, lk, d);
+        auto gv = dv.block(0, g * dvh, lk, dvh);
+        gk.setZero();
+        gv.setZero();
+        detail::mha_backward_group(q, k, v, o, lse, dout, g, p, gk, gv, write_dq);
+      } else {
+        M gk = M::Zero(lk, d), gv = M::Zero(lk, dvh);
+        detail::mha_backward_group(q, k, v, o, lse, dout, g, p, gk, gv, write_dq);
+        dk.block(0, g * d, lk, d) = gk.template cast<typename DK::Scalar>();
+        dv.block(0, g * dvh, lk, dvh) = gv.template cast<typename DV::Scalar>();
+      }
     });
   }
 
@@ -326,9 +358,9 @@ class MultiHeadAttention {
                    static_cast<Index>(cu[n - 1]));
   }
 
-  // O must not share memory with an input (whatever their scalar types).
+  // An output must not share memory with an input (whatever their scalar types).
   template <class XO, class X>
-  static void require_disjoint(const char* in, const XO& o, const X& x) {
+  static void require_disjoint(const char* out, const char* in, const XO& o, const X& x) {
     if constexpr (detail::has_direct_access_v<XO> && detail::has_direct_access_v<X>) {
       if (o.size() == 0 || x.size() == 0)
         return;
@@ -338,7 +370,7 @@ class MultiHeadAttention {
       const std::uintptr_t o0 = at(o.data()), o1 = at(detail::last_coefficient(o) + 1);
       const std::uintptr_t x0 = at(x.data()), x1 = at(detail::last_coefficient(x) + 1);
       if (o0 < x1 && x0 < o1)
-        detail::fail(name, ": O must not overlap the input ", in);
+        detail::fail(name, ": ", out, " must not overlap ", in);
     }
   }
 
@@ -363,9 +395,9 @@ class MultiHeadAttention {
     if (o.rows() != q.rows() || o.cols() != hq_ * dv)
       fail(name, ": O must be Lq x Hq dv = ", q.rows(), " x ", hq_ * dv, ", but got ", o.rows(),
            " x ", o.cols());
-    require_disjoint("Q", o, q);
-    require_disjoint("K", o, k);
-    require_disjoint("V", o, v);
+    require_disjoint("O", "the input Q", o, q);
+    require_disjoint("O", "the input K", o, k);
+    require_disjoint("O", "the input V", o, v);
   }
 
   template <class C>

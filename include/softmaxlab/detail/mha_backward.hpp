@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "common.hpp"
@@ -14,17 +15,19 @@
 namespace softmaxlab {
 namespace detail {
 
-// dK and dV of KV group g (gk: Lk x d, gv: Lk x dv, column-major, zeroed by the caller) and dQ of
+// dK and dV of KV group g (gk: Lk x d, gv: Lk x dv of C, zeroed by the caller: the caller's dK
+// and dV columns when they have the compute type, else accumulators) and dQ of
 // its query heads (written into dq through write_dq(h, i0, n, rows of the tile)) from every query
 // block in order, so that the sums over the group's heads and the query blocks are deterministic.
 // P_ij = exp(t_ij - lse_i) is rebuilt from the lse given; D_i = <dO_i, O_i>; dS = P (dP - D) times
 // the cap's derivative and the scale (the ALiBi term is a constant of the positions).
-template <class C, class XQ, class XK, class XV, class XO, class XL, class XdO, class WriteDq>
+template <class C, class XQ, class XK, class XV, class XO, class XL, class XdO, class GK, class GV,
+          class WriteDq>
 void mha_backward_group(const XQ& q, const XK& k, const XV& v, const XO& o, const XL& lse,
-                        const XdO& dout, Index g, const MhaPlan<C>& plan,
-                        Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic>& gk,
-                        Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic>& gv,
+                        const XdO& dout, Index g, const MhaPlan<C>& plan, GK& gk, GV& gv,
                         const WriteDq& write_dq) {
+  static_assert(std::is_same_v<typename GK::Scalar, C> && std::is_same_v<typename GV::Scalar, C>,
+                "softmaxlab: the dK and dV accumulators must have the compute type");
   using RowMat = Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   const C inf = std::numeric_limits<C>::infinity();
   const Index group = plan.group, d = plan.d, dv = plan.dv, bq = plan.rows_per_head;
