@@ -11,6 +11,7 @@
 #include <unordered_map>
 
 #include <Eigen/Core>
+
 #include <oneapi/dnnl/dnnl.hpp>
 
 namespace softmaxlab_bench {
@@ -26,8 +27,7 @@ struct OneDnnAttention {
   std::string impl_info;
 
   // One head on whole row-major matrices: Q Lq x d, K Lk x d, V Lk x dv, S Lq x Lk, O Lq x dv.
-  OneDnnAttention(RowMajorF& q, RowMajorF& k, RowMajorF& v, RowMajorF& s, RowMajorF& o,
-                  float scale)
+  OneDnnAttention(RowMajorF& q, RowMajorF& k, RowMajorF& v, RowMajorF& s, RowMajorF& o, float scale)
       : OneDnnAttention(q.data(), q.rows(), q.cols(), q.outerStride(), k.data(), k.rows(),
                         k.outerStride(), v.data(), v.cols(), v.outerStride(), s.data(), o.data(),
                         o.outerStride(), scale, nullptr) {}
@@ -67,8 +67,8 @@ struct OneDnnAttention {
         vm(v_md, engine, v), om(o_md, engine, o);
     qk_args = {{DNNL_ARG_SRC, qm}, {DNNL_ARG_WEIGHTS, km}, {DNNL_ARG_DST, sm}};
     if (mask != nullptr)
-      qk_args.insert({DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1,
-                      dnnl::memory(s_md, engine, mask)});
+      qk_args.insert(
+          {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, dnnl::memory(s_md, engine, mask)});
     softmax_args = {{DNNL_ARG_SRC, sm}, {DNNL_ARG_DST, sm}};
     pv_args = {{DNNL_ARG_SRC, sm}, {DNNL_ARG_WEIGHTS, vm}, {DNNL_ARG_DST, om}};
   }

@@ -5,7 +5,11 @@
 //   y_i = exp(t_i - M) / (sum_j exp(t_j - M) + exp(z - M)),   M = max(max_j t_j, z).
 // Forms: f(x), f.apply(x, y), f.rowwise(X[, Y]), f.colwise(X[, Y]) (DistributionFunctor, no
 // mask), f.apply_masked(x, mask, y), f.rowwise_masked(S, M, P) (M: S's shape, or one row
-// broadcast over every row; mask storage of x's scalar). Three passes over the row, as Softmax:
+// broadcast over every row). The mask is storage of x's scalar, or of Eigen::half or
+// Eigen::bfloat16 beside float x, or of float beside double x (detail::mask_scalar_ok_v; ggml's f16
+// masks): converted exactly per stack chunk of the row, so the result is bit for bit the call on
+// the converted mask (tests/test_attention_mask_types.cpp, "AttentionSoftmax: a half, bfloat16 or
+// float mask gives the bits of the converted mask"). Three passes over the row, as Softmax:
 // (1) t_i written into y while the max is taken (the pre-operations are fused into the max pass,
 // never an extra sweep); (2) exp(t_i - M) in place, summed with Softmax's compensated sums;
 // (3) y *= 1 / (sum + exp(z - M)). Backward: f.backward(x, y, dy[, dx]) and the row/column forms,
@@ -70,7 +74,8 @@ class AttentionSoftmax : public detail::DistributionFunctor<AttentionSoftmax>,
   const AttentionOptions& options() const { return options_; }
 
   // y = softmax(cap(scale x) + m mask) with the sink: x, mask 1-D of one length (either
-  // orientation), mask storage of x's scalar; y as for apply(); y may be x, not the mask.
+  // orientation), mask storage of x's scalar (or half/bfloat16 beside float x, float beside double
+  // x); y as for apply(); y may be x, not the mask.
   template <class XprX, class XprM, class Out>
   void apply_masked(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprM>& mask,
                     Out&& y_out) const {

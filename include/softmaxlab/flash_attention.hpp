@@ -26,6 +26,12 @@
 // not allocate (tested at d = dv = 64; Eigen's GEMM packs its blocks on the stack while they stay
 // under EIGEN_STACK_ALLOCATION_LIMIT, 128 KiB, i.e. for moderate d and dv). with_block_sizes(bq,
 // bk) sets smaller blocks (1..64, 1..128), which changes only the rounding.
+// The additive mask (apply_masked, backward_masked): storage of Q's scalar, or Eigen::half or
+// Eigen::bfloat16 beside float Q, or float beside double Q (ggml keeps f16 masks beside f32
+// scores), converted exactly one key block of one query row at a time (Bk entries on the stack,
+// never a whole copy), so the result is bit for bit the call on the converted mask; -inf masks, a
+// NaN makes the row NaN (tests/test_attention_mask_types.cpp, "Attention: a half, bfloat16 or
+// float mask gives the bits of the converted mask").
 // Half precision: Q, K, V and the mask may also be Eigen::half or Eigen::bfloat16 (one type In for
 // the four), O any of {half, bfloat16, float, double} (type Out; f(Q, K, V) returns In), lse of
 // type Out or, beside a 16-bit Out, float (FlashAttention's convention: the backward rebuilds its
@@ -190,7 +196,8 @@ class Attention {
                   "softmaxlab: the log-sum-exp output needs the Softmax weight");
     forward(q, k, v, static_cast<const NoMask<XQ>*>(nullptr), o, &lse.derived());
   }
-  // mask: Lq x Lk additive (times the mask slope), storage of Q's scalar.
+  // mask: Lq x Lk additive (times the mask slope), storage of Q's scalar, or half/bfloat16 beside
+  // float Q, float beside double Q.
   template <class XQ, class XK, class XV, class XM, class OutO>
   void apply_masked(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
                     const Eigen::DenseBase<XV>& v, const Eigen::DenseBase<XM>& mask,

@@ -10,13 +10,15 @@
 //   mha.apply(Q, K, V, O, lse);   lse Lq x Hq
 //   O = mha(Q, K, V);
 //   mha.apply_varlen(Q, K, V, cu_seqlens_q, cu_seqlens_k, O);   packed sequences
+//   mha = mha.with_sinks(z);      one sink per query head (z: Hq entries, gpt-oss sinks)
+//   mha.backward(Q, K, V, O, lse, dO, dQ, dK, dV, dz);          and the sinks' gradient (Hq)
 //   mha.backward(Q, K, V, O, lse, dO, dQ, dK, dV);              dK, dV summed over each group
 //
 // What it computes, for query head h (columns [h d, (h + 1) d) of Q, [h dv, (h + 1) dv) of O),
 // reading KV head g = h / (Hq / Hkv) (columns [g d, (g + 1) d) of K, [g dv, (g + 1) dv) of V):
 //   t_ij = cap(scale q_i . k_j) - slope_h |j - (i + Lk - Lq)|        (ALiBi term only with_alibi)
 //   O_i  = sum_{j visible} exp(t_ij - lse_i) v_j,
-//   lse_i = log(sum_{j visible} exp(t_ij) + exp(z))                   (z: the sink, if set)
+//   lse_i = log(sum_{j visible} exp(t_ij) + exp(z_h))                 (z_h: head h's sink, if set)
 //   visible: i + Lk - Lq - left <= j (left >= 0), j <= i + Lk - Lq + right (right >= 0),
 //            j <= i + Lk - Lq (causal)
 // clang-format on
@@ -26,7 +28,9 @@
 //
 // Parameters and valid ranges: q_heads >= 1, kv_heads >= 1, q_heads % kv_heads == 0; the options
 // as AttentionOptions documents them (scale default 1/sqrt(d); softcap; sink: one logit per query
-// row of every head; with_mask_slope is unused: there is no mask argument). Q, K, V: Eigen objects
+// row of every head; with_mask_slope is unused: there is no mask argument); with_sinks(z): one
+// sink per query head instead (gpt-oss's and ONNX Runtime GroupQueryAttention's sinks), z a vector
+// of Hq entries in [-2^100, 2^100]. Q, K, V: Eigen objects
 // of float, double, Eigen::half or Eigen::bfloat16 (each its own type), any storage order (Matrix,
 // Map, Ref, Block; an expression is evaluated into a temporary first); O and lse: writable storage
 // of any of the four (lse float beside a 16-bit O keeps the backward accurate). The pass runs in
@@ -46,7 +50,10 @@
 // Workspace (allocated once per call): per thread R (d + dv + 131) + 128 (d + dv) scalars and R
 // long doubles, R = group Bq <= max(256, group); decoding adds the partials, Hq Lq (dv + 1) scalars
 // per range (at most 16 ranges). Nothing proportional to Lq Lk or to the whole cache (test
-// "MultiHeadAttention: no allocation proportional to Lq, Lk or the cache").
+// "MultiHeadAttention: no allocation proportional to Lq, Lk or the cache"). The backward: one tile
+// workspace per KV group, dK and dV of the compute type accumulated in place (test "Multi-
+// HeadAttention: the backward allocates nothing proportional to Lq or Lk"); 16-bit dK or dV (or
+// float ones in a double pass) add an accumulator of the group's columns, Lk (d + dv) scalars.
 // Threads (OpenMP with SOFTMAXLAB_USE_OPENMP, opt-in as elsewhere): tiles (groups x query blocks,
 // or groups x key ranges when decoding) run on the threads; each tile is computed by the same code
 // whatever thread runs it and the merge is sequential, so the result is bit-for-bit the same for
@@ -60,9 +67,11 @@
 // exact in float, so the reference is computed on the same 16-bit values; a 16-bit O adds 1/2 ulp
 // of its type. Measured worst (one run): 1.8 eps float (0.17 of the bound), 1.8 eps with half K/V,
 // 3.8 eps bfloat16, 1.6 eps decoding from Lk = 5,000 caches; half O 0.97 of its bound.
+// Per-head sinks are in the reference test's configurations (causal, window, one sink per head).
 // Backward (backward(...) below): "MultiHeadAttention: backward against central finite
-// differences in double" (within 1e-6 relative) and "... backward of float inputs against the
-// double backward" (tested 64 eps (1 + max|dX|), measured 1.8).
+// differences in double" (within 1e-6 relative, dQ, dK, dV and the sinks' gradient, one sink or
+// one per head) and "... backward of float inputs against the double backward" (tested 64 eps
+// (1 + max|dX|), measured 2.3).
 // Speed (bench/bench_multi_head_attention.cpp; docs/multi_head_attention.md has the table and
 // what is not done): a window of 1,024 at Lq = Lk = 8,192 4.1x faster than full causal, over the
 // last 1,024 queries 7.4x; prefill Hq 32, Hkv 8, d 128: 1.0-1.35x the per-head Attention loop at
@@ -71,14 +80,15 @@
 // converted block; no register-blocked kernel yet). A shared, loaded machine: rough figures.
 //
 // Special values: a query row with no visible key (Lk = 0, a window or causal band that misses
-// every key, Lq > Lk under causal) gives a zero row of O and lse = z with a sink, -inf without
+// every key, Lq > Lk under causal) gives a zero row of O and lse = z_h with a sink, -inf without
 // one (as Attention, so merge_attention keeps the sink's mass); a NaN score makes the row NaN;
 // +inf scores share the mass; an empty Q gives an empty O.
 // Errors (std::invalid_argument naming the parameter and value): q_heads or kv_heads < 1,
 // q_heads % kv_heads != 0, Q's columns not a positive multiple of Hq, K's not Hkv d, V's not a
 // positive multiple of Hkv, K and V with different rows, O, lse, dO, dQ, dK or dV of the wrong
-// shape, O overlapping an input, cu_seqlens of different sizes, not starting at 0, decreasing, or
-// not ending at Lq (Lk).
+// shape, O (or dQ, dK, dV) overlapping an input or each other, cu_seqlens of different sizes, not
+// starting at 0, decreasing, or not ending at Lq (Lk); sinks not Hq entries or an entry outside
+// [-2^100, 2^100]; dsinks not Hq entries, or asked for without a sink.
 //
 // Sources: Dao, "FlashAttention-2", arXiv 2307.08691 (loop order, window_size, ALiBi from
 // positions, cu_seqlens); Press et al., "ALiBi", arXiv 2108.12409; ggml flash_attn_ext (K/V heads
