@@ -112,7 +112,8 @@ struct Reference {
 // The materialized attention of every head in long double, from the definitions: head h reads KV
 // head h / (Hq / Hkv); key j visible to query i iff inside the band around i + Lk - Lq.
 Reference reference(const LMat& q, const LMat& k, const LMat& v, Index hq, Index hkv,
-                    const Config& c, bool in_double = false) {
+                    const Config& c, bool in_double = false, const LMat* mask = nullptr,
+                    long double mask_slope = 1) {
   const Index lq = q.rows(), lk = k.rows(), d = q.cols() / hq, dv = v.cols() / hkv;
   // The scale and slope as the code rounds them (float parameters, not the algorithm's error).
   const long double scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
@@ -139,6 +140,11 @@ Reference reference(const LMat& q, const LMat& k, const LMat& v, Index hq, Index
         if (c.cap > 0)
           s = c.cap * std::tanh(s / c.cap);
         s -= slope * std::fabs(static_cast<long double>(j - diag));
+        if (mask != nullptr) {
+          if ((*mask)(i, j) == -kInfL)
+            continue;  // hidden
+          s += mask_slope * (*mask)(i, j);
+        }
         t[j] = s;
         top = std::max(top, s);
         any = true;
@@ -307,6 +313,80 @@ TEST_CASE("MultiHeadAttention: every head against the long-double reference",
     accuracy<Eigen::half, Eigen::half, Eigen::half>(4, 2, {{9, 30, 8, 8}}, h, 500);
     std::cout << "MultiHeadAttention half O: " << h.report() << "\n";
   }
+}
+
+TEST_CASE("MultiHeadAttention: a mask shared by the heads, in float, half or bfloat16",
+          "[multi_head_attention]") {
+  // apply_masked against the long-double reference (the mask added after ALiBi, -inf hiding the
+  // key), prefill and decoding (split keys); a half or bfloat16 mask gives the bits of the same
+  // values in float; a NaN entry makes its row NaN in every head.
+  Worst w;
+  const Index hq = 8, hkv = 2, d = 16, dv = 8;
+  unsigned seed = 1200;
+  for (const Shape& sh : std::vector<Shape>{{33, 200, d, dv}, {4, 5000, d, dv}}) {
+    const MatF q = normal<float>(sh.lq, hq * d, seed++, 1.0);
+    const MatF k = normal<float>(sh.lk, hkv * d, seed++, 1.0);
+    const MatF v = normal<float>(sh.lk, hkv * dv, seed++, 2.0);
+    // N(0, 2^2) entries rounded to half, 15% -inf; row 1 fully hidden.
+    Mat<Eigen::half> mh = normal<float>(sh.lq, sh.lk, seed++, 2.0).cast<Eigen::half>();
+    std::mt19937_64 gen(seed++);
+    std::uniform_real_distribution<double> u(0, 1);
+    for (Index i = 0; i < sh.lq; ++i)
+      for (Index j = 0; j < sh.lk; ++j)
+        if (u(gen) < 0.15 || i == 1)
+          mh(i, j) = Eigen::half(-INFINITY);
+    const MatF mf = mh.cast<float>();
+    const Mat<Eigen::bfloat16> mb =
+        normal<float>(sh.lq, sh.lk, seed++, 2.0).cast<Eigen::bfloat16>();
+    std::vector<Config> cs(3);
+    cs[0].causal = true;
+    cs[1].causal = true;
+    cs[1].left = 150;
+    cs[1].max_bias = 4;
+    cs[1].has_sink = true;
+    cs[1].sink = 0.5;
+    cs[2].cap = 4;
+    for (const Config& c : cs) {
+      for (double mask_slope : {1.0, 0.375}) {
+        const sml::AttentionOptions opt = c.options().with_mask_slope(mask_slope);
+        const sml::MultiHeadAttention mha(opt, hq, hkv);
+        MatF o(sh.lq, hq * dv), lse(sh.lq, hq), o2(sh.lq, hq * dv), lse2(sh.lq, hq);
+        mha.apply_masked(q, k, v, mf, o, lse);
+        const LMat ml = mf.cast<long double>();
+        check(
+            o, lse,
+            reference(q.cast<long double>(), k.cast<long double>(), v.cast<long double>(), hq, hkv,
+                      c, false, &ml, static_cast<long double>(static_cast<float>(mask_slope))),
+            double(v.cwiseAbs().maxCoeff()), sh.lk,
+            "mask, Lq " + std::to_string(sh.lq) + " slope " + std::to_string(mask_slope) + " "
+                + c.label(),
+            w);
+        mha.apply_masked(q, k, v, mh, o2, lse2);  // the half mask itself
+        CHECK(same(o, o2));
+        CHECK(same(lse, lse2));
+        const MatF mbf = mb.cast<float>();
+        mha.apply_masked(q, k, v, mbf, o, lse);
+        mha.apply_masked(q, k, v, mb, o2, lse2);
+        CHECK(same(o, o2));
+        CHECK(same(lse, lse2));
+      }
+    }
+    MatF mnan = mf;
+    mnan(2, 0) = NAN;
+    const MatF o = [&] {
+      MatF out(sh.lq, hq * dv);
+      sml::MultiHeadAttention(sml::AttentionOptions(), hq, hkv).apply_masked(q, k, v, mnan, out);
+      return out;
+    }();
+    CHECK(o.row(2).array().isNaN().all());
+    CHECK(!o.row(0).array().isNaN().any());
+  }
+  std::cout << "MultiHeadAttention masked: " << w.report() << "\n";
+  const sml::MultiHeadAttention mha(sml::AttentionOptions(), hq, hkv);
+  MatF o(3, hq * dv);
+  CHECK_THROWS_WITH(
+      mha.apply_masked(MatF(3, hq * d), MatF(5, hkv * d), MatF(5, hkv * dv), MatF(3, 4), o),
+      Catch::Contains("mask must be Lq x Lk = 3 x 5, but got 3 x 4"));
 }
 
 TEST_CASE("MultiHeadAttention: decoding from a long cache with split keys",
@@ -646,6 +726,36 @@ TEST_CASE("MultiHeadAttention: backward against central finite differences in do
           worst = std::max(worst, std::fabs(grad - fd) / (1 + std::fabs(fd)));
         }
         CHECK(dz.norm() > 0);
+      }
+      {
+        // The masked backward (a double mask with -inf entries) against its own loss.
+        MatD mask = normal<double>(lq, lk, 65, 1.0);
+        mask(1, 2) = mask(3, 0) = -INFINITY;
+        MatD om(lq, hq * dv), lm(lq, hq);
+        mha.apply_masked(q, k, v, mask, om, lm);
+        mha.backward_masked(q, k, v, mask, om, lm, w, dq, dk, dvm);
+        auto masked_loss = [&]() {
+          MatD out(lq, hq * dv);
+          mha.apply_masked(q, k, v, mask, out);
+          return out.cwiseProduct(w).sum();
+        };
+        auto probe_masked = [&](MatD& x, const MatD& grad) {
+          for (Index i = 0; i < x.rows(); ++i) {
+            for (Index j = 0; j < x.cols(); ++j) {
+              const double keep = x(i, j), h = 1e-6;
+              x(i, j) = keep + h;
+              const double up = masked_loss();
+              x(i, j) = keep - h;
+              const double down = masked_loss();
+              x(i, j) = keep;
+              const double fd = (up - down) / (2 * h);
+              worst = std::max(worst, std::fabs(grad(i, j) - fd) / (1 + std::fabs(fd)));
+            }
+          }
+        };
+        probe_masked(q, dq);
+        probe_masked(k, dk);
+        probe_masked(v, dvm);
       }
       INFO("Hkv " << hkv << " " << c.label() << ": worst relative difference " << worst);
       CHECK(worst <= 1e-6);

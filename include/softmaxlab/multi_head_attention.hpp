@@ -10,13 +10,16 @@
 //   mha.apply(Q, K, V, O, lse);   lse Lq x Hq
 //   O = mha(Q, K, V);
 //   mha.apply_varlen(Q, K, V, cu_seqlens_q, cu_seqlens_k, O);   packed sequences
+//   mha.apply_masked(Q, K, V, mask, O[, lse]);   an additive Lq x Lk mask shared by the heads
+//   mha.backward_masked(Q, K, V, mask, O, lse, dO, dQ, dK, dV);
 //   mha = mha.with_sinks(z);      one sink per query head (z: Hq entries, gpt-oss sinks)
 //   mha.backward(Q, K, V, O, lse, dO, dQ, dK, dV, dz);          and the sinks' gradient (Hq)
 //   mha.backward(Q, K, V, O, lse, dO, dQ, dK, dV);              dK, dV summed over each group
 //
 // What it computes, for query head h (columns [h d, (h + 1) d) of Q, [h dv, (h + 1) dv) of O),
 // reading KV head g = h / (Hq / Hkv) (columns [g d, (g + 1) d) of K, [g dv, (g + 1) dv) of V):
-//   t_ij = cap(scale q_i . k_j) - slope_h |j - (i + Lk - Lq)|        (ALiBi term only with_alibi)
+//   t_ij = cap(scale q_i . k_j) - slope_h |j - (i + Lk - Lq)| + m mask_ij   (ALiBi: with_alibi;
+//          mask: apply_masked, m = with_mask_slope; mask_ij = -inf hides key j from query i)
 //   O_i  = sum_{j visible} exp(t_ij - lse_i) v_j,
 //   lse_i = log(sum_{j visible} exp(t_ij) + exp(z_h))                 (z_h: head h's sink, if set)
 //   visible: i + Lk - Lq - left <= j (left >= 0), j <= i + Lk - Lq + right (right >= 0),
@@ -28,7 +31,7 @@
 //
 // Parameters and valid ranges: q_heads >= 1, kv_heads >= 1, q_heads % kv_heads == 0; the options
 // as AttentionOptions documents them (scale default 1/sqrt(d); softcap; sink: one logit per query
-// row of every head; with_mask_slope is unused: there is no mask argument); with_sinks(z): one
+// row of every head; with_mask_slope: the mask's factor in apply_masked); with_sinks(z): one
 // sink per query head instead (gpt-oss's and ONNX Runtime GroupQueryAttention's sinks), z a vector
 // of Hq entries in [-2^100, 2^100]. Q, K, V: Eigen objects
 // of float, double, Eigen::half or Eigen::bfloat16 (each its own type), any storage order (Matrix,
@@ -68,6 +71,12 @@
 // of its type. Measured worst (one run): 1.8 eps float (0.17 of the bound), 1.8 eps with half K/V,
 // 3.8 eps bfloat16, 1.6 eps decoding from Lk = 5,000 caches; half O 0.97 of its bound.
 // Per-head sinks are in the reference test's configurations (causal, window, one sink per head).
+// The mask (float, Eigen::half or Eigen::bfloat16 beside a float pass, float or double beside a
+// double pass, converted exactly 128 entries of one row at a time, never copied whole): "Multi-
+// HeadAttention: a mask shared by the heads, in float, half or bfloat16" (the reference with the
+// mask, prefill and split-key decoding, mask slopes 1 and 0.375: measured 13.9 eps, 0.13 of the
+// bound; a half or bfloat16 mask gives the bits of the same values in float; a NaN entry makes
+// its row NaN), and the masked backward in the finite-difference test.
 // Backward (backward(...) below): "MultiHeadAttention: backward against central finite
 // differences in double" (within 1e-6 relative, dQ, dK, dV and the sinks' gradient, one sink or
 // one per head) and "... backward of float inputs against the double backward" (tested 64 eps
@@ -194,6 +203,28 @@ class MultiHeadAttention {
     forward(q.derived(), k.derived(), v.derived(), o, &lse);
   }
 
+  // With an additive mask shared by the heads: t_ij += m mask_ij (m: with_mask_slope), after the
+  // ALiBi term; a -inf entry hides key j from query i in every head, a NaN makes row i NaN. mask:
+  // Lq x Lk storage (Matrix, Map, Ref, Block) of float, Eigen::half or Eigen::bfloat16 beside a
+  // float pass, float or double beside a double pass (converted exactly, kMhaMaskChunk entries of
+  // one row at a time: never a whole copy).
+  template <class XQ, class XK, class XV, class XM, class OutO>
+  void apply_masked(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
+                    const Eigen::DenseBase<XV>& v, const Eigen::DenseBase<XM>& mask,
+                    OutO&& o_out) const {
+    auto& o = detail::writable_output(std::forward<OutO>(o_out));
+    Eigen::Matrix<float, 0, 0>* no_lse = nullptr;
+    forward(q.derived(), k.derived(), v.derived(), o, no_lse, &mask.derived());
+  }
+  template <class XQ, class XK, class XV, class XM, class OutO, class OutL>
+  void apply_masked(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
+                    const Eigen::DenseBase<XV>& v, const Eigen::DenseBase<XM>& mask, OutO&& o_out,
+                    OutL&& lse_out) const {
+    auto& o = detail::writable_output(std::forward<OutO>(o_out));
+    auto& lse = detail::writable_output(std::forward<OutL>(lse_out));
+    forward(q.derived(), k.derived(), v.derived(), o, &lse, &mask.derived());
+  }
+
   // Packed sequences (FlashAttention's varlen form): sequence b is rows [cu_q[b], cu_q[b + 1]) of
   // Q and O and rows [cu_k[b], cu_k[b + 1]) of K and V, and attends within itself (positions,
   // causal and window relative to its own lengths). cu_q and cu_k: B + 1 nondecreasing offsets
@@ -236,6 +267,30 @@ class MultiHeadAttention {
                 const Eigen::DenseBase<XV>& v_in, const Eigen::DenseBase<XO>& o_in,
                 const Eigen::DenseBase<XL>& lse_in, const Eigen::DenseBase<XdO>& dout_in,
                 OutQ&& dq_out, OutK&& dk_out, OutV&& dv_out) const {
+    backward_impl(q_in, k_in, v_in, o_in, lse_in, dout_in, std::forward<OutQ>(dq_out),
+                  std::forward<OutK>(dk_out), std::forward<OutV>(dv_out),
+                  static_cast<const NoMask*>(nullptr));
+  }
+
+  // The backward of apply_masked: the mask (the forward's, a constant) rebuilds the same weights.
+  template <class XQ, class XK, class XV, class XM, class XO, class XL, class XdO, class OutQ,
+            class OutK, class OutV>
+  void backward_masked(const Eigen::DenseBase<XQ>& q_in, const Eigen::DenseBase<XK>& k_in,
+                       const Eigen::DenseBase<XV>& v_in, const Eigen::DenseBase<XM>& mask,
+                       const Eigen::DenseBase<XO>& o_in, const Eigen::DenseBase<XL>& lse_in,
+                       const Eigen::DenseBase<XdO>& dout_in, OutQ&& dq_out, OutK&& dk_out,
+                       OutV&& dv_out) const {
+    backward_impl(q_in, k_in, v_in, o_in, lse_in, dout_in, std::forward<OutQ>(dq_out),
+                  std::forward<OutK>(dk_out), std::forward<OutV>(dv_out), &mask.derived());
+  }
+
+ private:
+  template <class XQ, class XK, class XV, class XO, class XL, class XdO, class OutQ, class OutK,
+            class OutV, class XM>
+  void backward_impl(const Eigen::DenseBase<XQ>& q_in, const Eigen::DenseBase<XK>& k_in,
+                     const Eigen::DenseBase<XV>& v_in, const Eigen::DenseBase<XO>& o_in,
+                     const Eigen::DenseBase<XL>& lse_in, const Eigen::DenseBase<XdO>& dout_in,
+                     OutQ&& dq_out, OutK&& dk_out, OutV&& dv_out, const XM* mask) const {
     const XQ& q = q_in.derived();
     const XK& k = k_in.derived();
     const XV& v = v_in.derived();
@@ -261,7 +316,7 @@ class MultiHeadAttention {
             Scalar<XQ>,
             double> || std::is_same_v<Scalar<XK>, double> || std::is_same_v<Scalar<XV>, double> || std::is_same_v<Scalar<XO>, double> || std::is_same_v<Scalar<XdO>, double> || std::is_same_v<Scalar<XL>, double>,
         double, float>;
-    const detail::MhaPlan<C> p = plan<C>(lq, lk, d, dvh);
+    const detail::MhaPlan<C> p = plan<C>(lq, lk, d, dvh, mask);
     using M = Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic>;
     using DQ = std::remove_reference_t<decltype(dq)>;
     using DK = std::remove_reference_t<decltype(dk)>;
@@ -310,6 +365,7 @@ class MultiHeadAttention {
     });
   }
 
+ public:
   // The same, and the gradient of each query head's sink into dsinks (a vector of Hq entries, any
   // storage scalar): dz_h = -sum_i exp(z_h - lse_ih) <dO_ih, O_ih> (O_ih = sum_j P_ij v_j with P's
   // normalizer holding exp(z_h), so dO_ih/dz_h = -exp(z_h - lse_ih) O_ih), summed in long double.
@@ -410,9 +466,30 @@ class MultiHeadAttention {
     require_disjoint("O", "the input V", o, v);
   }
 
-  template <class C>
-  detail::MhaPlan<C> plan(Index lq, Index lk, Index d, Index dv) const {
+  using NoMask = Eigen::Matrix<float, 0, 0>;
+
+  // Row i's mask entries [j, j + n) converted to C (MhaPlan::mask_row).
+  template <class C, class XM>
+  static void mask_row_of(const void* mask, Index i, Index j, Index n, C* out) {
+    detail::mha_load_block(*static_cast<const XM*>(mask), i, j, 1, n, out);
+  }
+
+  template <class C, class XM = NoMask>
+  detail::MhaPlan<C> plan(Index lq, Index lk, Index d, Index dv, const XM* mask = nullptr) const {
     detail::MhaPlan<C> p;
+    if constexpr (!std::is_same_v<XM, NoMask>) {
+      static_assert(detail::mask_scalar_ok_v<C, Scalar<XM>>,
+                    "softmaxlab: the mask must be float, Eigen::half or Eigen::bfloat16 beside a "
+                    "float pass, float or double beside a double pass");
+      static_assert(detail::has_direct_access_v<XM>,
+                    "softmaxlab: the mask must be storage; evaluate an expression first");
+      if (mask->rows() != lq || mask->cols() != lk)
+        detail::fail(name, ": mask must be Lq x Lk = ", lq, " x ", lk, ", but got ", mask->rows(),
+                     " x ", mask->cols());
+      p.mask = mask;
+      p.mask_row = &mask_row_of<C, XM>;
+      p.mask_slope = static_cast<C>(options_.mask_slope());
+    }
     p.scale = static_cast<C>(options_.scale_or(1.0 / std::sqrt(static_cast<double>(d))));
     p.cap = static_cast<C>(options_.softcap());
     p.has_sink = options_.has_sink() || !sinks_.empty();
@@ -434,25 +511,27 @@ class MultiHeadAttention {
   }
 
   // The forward pass into O (and lse unless null); shapes are checked here.
-  template <class XQ, class XK, class XV, class XO, class XL>
-  void forward(const XQ& q, const XK& k, const XV& v, XO& o, XL* lse) const {
+  template <class XQ, class XK, class XV, class XO, class XL, class XM = NoMask>
+  void forward(const XQ& q, const XK& k, const XV& v, XO& o, XL* lse,
+               const XM* mask = nullptr) const {
     // An expression (no storage) is evaluated once, not once per block.
     if constexpr (!detail::has_direct_access_v<XQ>) {
       const Eigen::Matrix<Scalar<XQ>, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> qe = q;
-      forward(qe, k, v, o, lse);
+      forward(qe, k, v, o, lse, mask);
     } else if constexpr (!detail::has_direct_access_v<XK>) {
       const Eigen::Matrix<Scalar<XK>, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> ke = k;
-      forward(q, ke, v, o, lse);
+      forward(q, ke, v, o, lse, mask);
     } else if constexpr (!detail::has_direct_access_v<XV>) {
       const Eigen::Matrix<Scalar<XV>, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> ve = v;
-      forward(q, k, ve, o, lse);
+      forward(q, k, ve, o, lse, mask);
     } else {
-      forward_storage(q, k, v, o, lse);
+      forward_storage(q, k, v, o, lse, mask);
     }
   }
 
-  template <class XQ, class XK, class XV, class XO, class XL>
-  void forward_storage(const XQ& q, const XK& k, const XV& v, XO& o, XL* lse) const {
+  template <class XQ, class XK, class XV, class XO, class XL, class XM>
+  void forward_storage(const XQ& q, const XK& k, const XV& v, XO& o, XL* lse,
+                       const XM* mask) const {
     check_shapes(q, k, v, o);
     const Index lq = q.rows(), lk = k.rows(), d = q.cols() / hq_, dv = v.cols() / hkv_;
     if constexpr (!std::is_same_v<XL, Eigen::Matrix<float, 0, 0>>) {
@@ -466,9 +545,9 @@ class MultiHeadAttention {
             Scalar<XQ>,
             double> || std::is_same_v<Scalar<XK>, double> || std::is_same_v<Scalar<XV>, double> || std::is_same_v<Scalar<XO>, double>,
         double, float>;
+    const detail::MhaPlan<C> p = plan<C>(lq, lk, d, dv, mask);
     if (lq == 0)
       return;
-    const detail::MhaPlan<C> p = plan<C>(lq, lk, d, dv);
     const Index group = p.group, bq = p.rows_per_head, rows = group * bq;
     // Tile rows hh n + r (head g group + hh, query i0 + r) into O and lse.
     auto write = [&](Index g, Index i0, Index n, const C* tile_o, const C* tile_lse) {

@@ -73,6 +73,9 @@ void mha_backward_group(const XQ& q, const XK& k, const XV& v, const XO& o, cons
         const Index b = std::max(a, std::clamp<Index>(band.end(i) - j0, 0, nk));
         const C l = row_lse[r];
         const C slope = plan.slopes != nullptr ? static_cast<C>(plan.slopes[g * group + hh]) : 0;
+        C mask_row[kMhaBlockK];  // the mask's added term for keys [j0 + a, j0 + b), or 0
+        std::fill(mask_row, mask_row + (b - a), C(0));
+        plan.add_mask(i, j0 + a, b - a, mask_row);
         for (Index j = 0; j < nk; ++j) {
           C weight = 0, cap_slope = 1;
           if (j >= a && j < b) {
@@ -84,6 +87,10 @@ void mha_backward_group(const XQ& q, const XK& k, const XV& v, const XO& o, cons
             }
             if (plan.slopes != nullptr)
               t -= slope * static_cast<C>(std::abs(j0 + j - band.diagonal(i)));
+            if (plan.mask != nullptr) {
+              const C added = mask_row[j - a];  // slope m, or -inf where masked
+              t = added == -inf ? added : t + added;
+            }
             if (l != l || t != t)
               weight = std::numeric_limits<C>::quiet_NaN();
             else if (l != -inf && l != inf && t != -inf)

@@ -26,6 +26,8 @@ inline constexpr Index kMhaTileRows = 256;
 inline constexpr Index kMhaBlockK = 128;
 // Tiles of at most this many rows use matrix-vector products instead of GEMMs.
 inline constexpr Index kMhaGemvRows = 8;
+// Mask entries converted at a time (on the stack).
+inline constexpr Index kMhaMaskChunk = 128;
 
 // The visible band of query i among Lq queries and Lk keys, bottom-right aligned
 // (FlashAttention-2): diagonal(i) = i + Lk - Lq; key j is visible iff diagonal - left <= j (left >=
@@ -61,8 +63,29 @@ struct MhaPlan {
   const double* slopes = nullptr;  // ALiBi slope of each query head, or null
   const double* sinks = nullptr;   // the sink of each query head (has_sink), or null: sink for all
 
+  // The additive Lq x Lk mask shared by the heads (apply_masked), or null: mask_row(mask, i, j, n,
+  // out) writes row i's entries [j, j + n) converted exactly to C (n <= kMhaBlockK).
+  const void* mask = nullptr;
+  void (*mask_row)(const void* mask, Index i, Index j, Index n, C* out) = nullptr;
+  C mask_slope = 1;
+
   // The sink of query head h (when has_sink).
   C sink_of(Index h) const { return sinks != nullptr ? static_cast<C>(sinks[h]) : sink; }
+
+  // t[k] += mask_slope mask(i, j + k) for k < n, a -inf mask entry giving -inf (masked, whatever
+  // the score); a NaN entry makes t NaN. No-op without a mask.
+  void add_mask(Index i, Index j, Index n, C* t) const {
+    if (mask == nullptr || n == 0)
+      return;
+    C m[kMhaMaskChunk];
+    for (Index k0 = 0; k0 < n; k0 += kMhaMaskChunk) {
+      const Index c = std::min(kMhaMaskChunk, n - k0);
+      mask_row(mask, i, j + k0, c, m);
+      for (Index k = 0; k < c; ++k)
+        t[k0 + k] =
+            m[k] == -std::numeric_limits<C>::infinity() ? m[k] : t[k0 + k] + mask_slope * m[k];
+    }
+  }
 };
 
 // The buffers of one tile (one per thread): R = group * rows_per_head rows.
@@ -194,6 +217,7 @@ void mha_tile(const XQ& q, const XK& k, const XV& v, Index g, Index i0, Index bq
         const C from = static_cast<C>(j0 + a - band.diagonal(i));
         t -= slope * Arr::LinSpaced(b - a, from, from + static_cast<C>(b - a - 1)).abs();
       }
+      plan.add_mask(i, j0 + a, b - a, t.data());
       if (t.hasNaN()) {
         w.nan[r] = 1;
         std::fill(row, row + nk, C(0));
