@@ -81,12 +81,14 @@
 // differences in double" (within 1e-6 relative, dQ, dK, dV and the sinks' gradient, one sink or
 // one per head) and "... backward of float inputs against the double backward" (tested 64 eps
 // (1 + max|dX|), measured 2.3).
-// Speed (bench/bench_multi_head_attention.cpp; docs/multi_head_attention.md has the table and
-// what is not done): a window of 1,024 at Lq = Lk = 8,192 4.1x faster than full causal, over the
-// last 1,024 queries 7.4x; prefill Hq 32, Hkv 8, d 128: 1.0-1.35x the per-head Attention loop at
-// 512, 1.07x at 2,048, 1.5x the materialized form at 512; decoding at 14-17% of the read bandwidth
-// from a half cache, 40-55% from a float one (tiles of <= 8 rows use matrix-vector products on the
-// converted block; no register-blocked kernel yet). A shared, loaded machine: rough figures.
+// Speed (bench/bench_multi_head_attention.cpp; docs/multi_head_attention.md has the tables and
+// what is not done; one thread, CPU time, a shared machine at load 6-8 on 2 cores: rough): a
+// window of 1,024 at Lq = Lk = 8,192 3.9x faster than full causal, over the last 1,024 queries
+// 6.9x; prefill Hq 32, Hkv 8, d 128: 1.01x / 1.11x / 1.03x the per-head Attention loop at 512 /
+// 2,048 / 8,192, 1.7x / 2.2x / 2.3x the materialized form, 1.2x / 1.6x / 1.9x oneDNN per head;
+// decoding at 19-22% of the read bandwidth from a half cache (4k to 128k keys), 32-47% from a
+// float one (tiles of <= 8 rows use matrix-vector products on the converted block; no
+// register-blocked kernel yet).
 //
 // Special values: a query row with no visible key (Lk = 0, a window or causal band that misses
 // every key, Lq > Lk under causal) gives a zero row of O and lse = z_h with a sink, -inf without
