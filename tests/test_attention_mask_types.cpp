@@ -27,13 +27,7 @@ using RowMat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>
 
 template <class S>
 Mat<S> normal(Index rows, Index cols, unsigned seed, double sigma) {
-  std::mt19937_64 gen(seed);
-  std::normal_distribution<double> dist(0.0, sigma);
-  Mat<double> m(rows, cols);
-  for (Index j = 0; j < cols; ++j)
-    for (Index i = 0; i < rows; ++i)
-      m(i, j) = dist(gen);
-  return m.cast<S>();
+  return softmaxlab_test::random_normal(rows, cols, seed, sigma).cast<S>();
 }
 
 // A mask of type M with about 10% -inf entries, one fully masked row (row 1), a +inf entry and a

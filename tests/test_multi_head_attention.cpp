@@ -687,23 +687,24 @@ TEST_CASE("MultiHeadAttention: backward against central finite differences in do
         return mha(q, k, v).cwiseProduct(w).sum();
       };
       double worst = 0;
-      auto probe = [&](MatD& x, const MatD& grad) {
+      // Each entry of x against central differences of f.
+      auto probe_with = [&](MatD& x, const MatD& grad, const auto& f) {
         for (Index i = 0; i < x.rows(); ++i) {
           for (Index j = 0; j < x.cols(); ++j) {
             const double keep = x(i, j), h = 1e-6;
             x(i, j) = keep + h;
-            const double up = loss();
+            const double up = f();
             x(i, j) = keep - h;
-            const double down = loss();
+            const double down = f();
             x(i, j) = keep;
             const double fd = (up - down) / (2 * h);
             worst = std::max(worst, std::fabs(grad(i, j) - fd) / (1 + std::fabs(fd)));
           }
         }
       };
-      probe(q, dq);
-      probe(k, dk);
-      probe(v, dvm);
+      probe_with(q, dq, loss);
+      probe_with(k, dk, loss);
+      probe_with(v, dvm, loss);
       if (c.head_has_sink()) {
         // The sinks' gradient: per head with with_sinks, their sum for the options' one sink.
         Eigen::VectorXd dz(hq);
@@ -739,23 +740,9 @@ TEST_CASE("MultiHeadAttention: backward against central finite differences in do
           mha.apply_masked(q, k, v, mask, out);
           return out.cwiseProduct(w).sum();
         };
-        auto probe_masked = [&](MatD& x, const MatD& grad) {
-          for (Index i = 0; i < x.rows(); ++i) {
-            for (Index j = 0; j < x.cols(); ++j) {
-              const double keep = x(i, j), h = 1e-6;
-              x(i, j) = keep + h;
-              const double up = masked_loss();
-              x(i, j) = keep - h;
-              const double down = masked_loss();
-              x(i, j) = keep;
-              const double fd = (up - down) / (2 * h);
-              worst = std::max(worst, std::fabs(grad(i, j) - fd) / (1 + std::fabs(fd)));
-            }
-          }
-        };
-        probe_masked(q, dq);
-        probe_masked(k, dk);
-        probe_masked(v, dvm);
+        probe_with(q, dq, masked_loss);
+        probe_with(k, dk, masked_loss);
+        probe_with(v, dvm, masked_loss);
       }
       INFO("Hkv " << hkv << " " << c.label() << ": worst relative difference " << worst);
       CHECK(worst <= 1e-6);
