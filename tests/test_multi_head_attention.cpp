@@ -533,56 +533,43 @@ TEST_CASE("MultiHeadAttention: no allocation proportional to Lq, Lk or the cache
           "[multi_head_attention]") {
   // The workspace is allocated once per call, its size independent of Lq and Lk: the count of
   // allocations is the same for a short and a long problem, and Eigen's allocator is never
-  // reached (the guard makes it throw).
+  // reached (the guard makes it throw). The backward likewise: float dK and dV are accumulated
+  // in place, one tile workspace per KV group.
   const Index hq = 8, hkv = 2, d = 32, dv = 32;
-  auto count = [&](Index lq, Index lk) {
+  auto count = [&](Index lq, Index lk, bool backward) {
     const MatF q = normal<float>(lq, hq * d, 21, 1.0);
     const Mat<Eigen::half> k = normal<Eigen::half>(lk, hkv * d, 22, 1.0);
     const Mat<Eigen::half> v = normal<Eigen::half>(lk, hkv * dv, 23, 1.0);
-    const sml::MultiHeadAttention mha(sml::AttentionOptions().with_causal(true), hq, hkv);
-    MatF o(lq, hq * dv), lse(lq, hq);
+    const MatF dout = normal<float>(lq, hq * dv, 24, 1.0);
+    const sml::MultiHeadAttention mha(
+        sml::AttentionOptions().with_causal(true).with_window(backward ? 200 : -1, -1), hq, hkv);
+    MatF o(lq, hq * dv), lse(lq, hq), dq(lq, hq * d), dk(lk, hkv * d), dvm(lk, hkv * dv);
+    if (backward)
+      mha.apply(q, k, v, o, lse);
     AllocationGuard guard;
-    mha.apply(q, k, v, o, lse);
+    if (backward)
+      mha.backward(q, k, v, o, lse, dout, dq, dk, dvm);
+    else
+      mha.apply(q, k, v, o, lse);
     return guard.allocations();
   };
-  const std::size_t prefill_small = count(64, 64), prefill_large = count(600, 3000);
-  const std::size_t decode_small = count(1, 3000), decode_large = count(1, 40000);
+  const std::size_t prefill_small = count(64, 64, false), prefill_large = count(600, 3000, false);
+  const std::size_t decode_small = count(1, 3000, false), decode_large = count(1, 40000, false);
+  const std::size_t backward_small = count(64, 64, true), backward_large = count(600, 3000, true);
   INFO("prefill " << prefill_small << " / " << prefill_large << ", decode " << decode_small << " / "
-                  << decode_large);
+                  << decode_large << ", backward " << backward_small << " / " << backward_large);
   CHECK(prefill_small == prefill_large);
   CHECK(decode_small == decode_large);
-  // One list of per-thread workspaces, two buffers in each; decoding adds its partials.
+  CHECK(backward_small == backward_large);
+  // One list of per-thread workspaces, two buffers in each; decoding adds its partials; the
+  // backward one buffer per KV group.
   std::size_t threads = 1;
 #if defined(_OPENMP) && defined(SOFTMAXLAB_USE_OPENMP)
   threads = static_cast<std::size_t>(omp_get_max_threads());
 #endif
   CHECK(prefill_large <= 1 + 2 * threads);
   CHECK(decode_large <= 2 + 2 * threads);
-}
-
-TEST_CASE("MultiHeadAttention: the backward allocates nothing proportional to Lq or Lk",
-          "[multi_head_attention]") {
-  // Float gradients are accumulated in dK and dV themselves: the count of allocations (one tile
-  // workspace per KV group) is the same for a short and a long problem, and Eigen's allocator is
-  // never reached (the guard makes it throw).
-  const Index hq = 8, hkv = 2, d = 32, dv = 32;
-  auto count = [&](Index lq, Index lk) {
-    const MatF q = normal<float>(lq, hq * d, 24, 1.0);
-    const Mat<Eigen::half> k = normal<Eigen::half>(lk, hkv * d, 25, 1.0);
-    const Mat<Eigen::half> v = normal<Eigen::half>(lk, hkv * dv, 26, 1.0);
-    const MatF dout = normal<float>(lq, hq * dv, 27, 1.0);
-    const sml::MultiHeadAttention mha(
-        sml::AttentionOptions().with_causal(true).with_window(200, -1), hq, hkv);
-    MatF o(lq, hq * dv), lse(lq, hq), dq(lq, hq * d), dk(lk, hkv * d), dvm(lk, hkv * dv);
-    mha.apply(q, k, v, o, lse);
-    AllocationGuard guard;
-    mha.backward(q, k, v, o, lse, dout, dq, dk, dvm);
-    return guard.allocations();
-  };
-  const std::size_t small = count(64, 64), large = count(600, 3000);
-  INFO("backward " << small << " / " << large);
-  CHECK(small == large);
-  CHECK(large <= std::size_t(hkv));
+  CHECK(backward_large <= std::size_t(hkv));
 }
 
 TEST_CASE("MultiHeadAttention: packed sequences (varlen)", "[multi_head_attention]") {

@@ -54,9 +54,9 @@
 // long doubles, R = group Bq <= max(256, group); decoding adds the partials, Hq Lq (dv + 1) scalars
 // per range (at most 16 ranges). Nothing proportional to Lq Lk or to the whole cache (test
 // "MultiHeadAttention: no allocation proportional to Lq, Lk or the cache"). The backward: one tile
-// workspace per KV group, dK and dV of the compute type accumulated in place (test "Multi-
-// HeadAttention: the backward allocates nothing proportional to Lq or Lk"); 16-bit dK or dV (or
-// float ones in a double pass) add an accumulator of the group's columns, Lk (d + dv) scalars.
+// workspace per KV group, dK and dV of the compute type accumulated in place (the same test);
+// 16-bit dK or dV (or float ones in a double pass) add an accumulator of the group's columns,
+// Lk (d + dv) scalars.
 // Threads (OpenMP with SOFTMAXLAB_USE_OPENMP, opt-in as elsewhere): tiles (groups x query blocks,
 // or groups x key ranges when decoding) run on the threads; each tile is computed by the same code
 // whatever thread runs it and the merge is sequential, so the result is bit-for-bit the same for
