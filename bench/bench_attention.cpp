@@ -41,14 +41,12 @@
 
 #include <softmaxlab/attention.hpp>
 
-#if SOFTMAXLAB_BENCH_ONEDNN
-#include <oneapi/dnnl/dnnl.hpp>
-#endif
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
 
 #include "common.hpp"
+#include "onednn_attention.hpp"
 
 namespace {
 
@@ -95,52 +93,7 @@ using softmaxlab_bench::status_bytes;
 enum class Impl { Flash, EigenMaterialized, SmlMaterialized, OneDnn };
 
 #if SOFTMAXLAB_BENCH_ONEDNN
-// matmul (Q K^T, scaled) -> softmax_v2 in place -> matmul (S V) on the workload's buffers.
-struct OneDnnAttention {
-  dnnl::engine engine{dnnl::engine::kind::cpu, 0};
-  dnnl::stream stream{engine};
-  dnnl::matmul qk, pv;
-  dnnl::softmax_v2_forward softmax;
-  std::unordered_map<int, dnnl::memory> qk_args, softmax_args, pv_args;
-  double scratchpad_bytes = 0;
-  std::string impl_info;
-
-  OneDnnAttention(RowMajorF& q, RowMajorF& k, RowMajorF& v, RowMajorF& s, RowMajorF& o,
-                  float scale) {
-    using tag = dnnl::memory::format_tag;
-    const auto f32 = dnnl::memory::data_type::f32;
-    const Index lq = q.rows(), lk = k.rows(), d = q.cols(), dv = v.cols();
-    const dnnl::memory::desc q_md({lq, d}, f32, tag::ab), kt_md({d, lk}, f32, tag::ba),
-        s_md({lq, lk}, f32, tag::ab), v_md({lk, dv}, f32, tag::ab), o_md({lq, dv}, f32, tag::ab);
-    dnnl::primitive_attr scaled;
-    scaled.set_output_scales(0, {scale});
-    const dnnl::matmul::primitive_desc qk_pd(dnnl::matmul::desc(q_md, kt_md, s_md), scaled, engine);
-    const dnnl::softmax_v2_forward::primitive_desc sm_pd(
-        dnnl::softmax_v2_forward::desc(dnnl::prop_kind::forward_inference,
-                                       dnnl::algorithm::softmax_accurate, s_md, s_md, 1),
-        engine);
-    const dnnl::matmul::primitive_desc pv_pd(dnnl::matmul::desc(s_md, v_md, o_md), engine);
-    qk = dnnl::matmul(qk_pd);
-    softmax = dnnl::softmax_v2_forward(sm_pd);
-    pv = dnnl::matmul(pv_pd);
-    scratchpad_bytes = double(qk_pd.scratchpad_desc().get_size())
-                       + double(sm_pd.scratchpad_desc().get_size())
-                       + double(pv_pd.scratchpad_desc().get_size());
-    impl_info = std::string(qk_pd.impl_info_str()) + " / " + sm_pd.impl_info_str() + " / "
-                + pv_pd.impl_info_str();
-    const dnnl::memory qm(q_md, engine, q.data()), km(kt_md, engine, k.data()),
-        sm(s_md, engine, s.data()), vm(v_md, engine, v.data()), om(o_md, engine, o.data());
-    qk_args = {{DNNL_ARG_SRC, qm}, {DNNL_ARG_WEIGHTS, km}, {DNNL_ARG_DST, sm}};
-    softmax_args = {{DNNL_ARG_SRC, sm}, {DNNL_ARG_DST, sm}};
-    pv_args = {{DNNL_ARG_SRC, sm}, {DNNL_ARG_WEIGHTS, vm}, {DNNL_ARG_DST, om}};
-  }
-  void operator()() {
-    qk.execute(stream, qk_args);
-    softmax.execute(stream, softmax_args);
-    pv.execute(stream, pv_args);
-    stream.wait();
-  }
-};
+using softmaxlab_bench::OneDnnAttention;
 #endif
 
 void run_attention(benchmark::State& state, Index lq, Index lk, Index d, Impl impl, int threads) {

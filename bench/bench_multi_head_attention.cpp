@@ -6,7 +6,14 @@
 //     head_loop     32 calls of sml::Attention<> on head h's columns and its KV head's columns
 //     materialized  per head: S = Q_h K_g^T scale (Eigen GEMM), -inf above the diagonal,
 //                   sml::Softmax rowwise, O_h = S V_g (L x L floats of scores)
-//     L in {512, 2048, 8192} (the materialized form at 8192 needs 256 MiB and seconds per call).
+//     onednn        per head: oneDNN's matmul (scale as output scale, the causal mask as a
+//                   binary-add post-op), softmax_v2, matmul on head h's column blocks
+//                   (bench/onednn_attention.hpp, as bench_attention.cpp; SOFTMAXLAB_BENCH_ONEDNN)
+//     L in {512, 2048, 8192}; the 8,192 rows (seconds per call, 256 MiB of scores in the
+//     materialized forms) run one iteration: filter them out with --benchmark_filter='^mha_(?!
+//     prefill/.*8192)' or run them alone.
+//   /t2: two threads (OpenMP with SOFTMAXLAB_USE_OPENMP; wall time): MHA's tiles, the loop's and
+//   the materialized form's Eigen GEMMs, oneDNN's primitives.
 //   mha_window/<impl>/float/<Lq>x8192/hq32_hkv8_d128   causal, window (1024, 0) against full
 //     causal, all queries (Lq = 8192) and the last 1,024 (Lq = 1024).
 //   mha_decode/<kv>/float/1x<Lk>/hq32_hkv8_d128   one query token against a cache of Lk keys,
@@ -20,7 +27,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include <Eigen/Core>
 
@@ -31,6 +40,7 @@
 #endif
 
 #include "common.hpp"
+#include "onednn_attention.hpp"
 
 namespace {
 
@@ -54,17 +64,20 @@ double load1() {
   return getloadavg(l, 1) == 1 ? l[0] : -1;
 }
 
-void add(const std::string& name, Index n, std::function<void(benchmark::State&)> run) {
+// threads > 1: wall time (Cache::Threads); iterations > 0: that fixed count (heavy cases).
+void add(const std::string& name, Index n, int threads, int iterations,
+         std::function<void(benchmark::State&)> run) {
   softmaxlab_bench::Case c;
   c.name = name;
   c.type_rank = 0;
   c.n = n;
-  c.cache = softmaxlab_bench::Cache::In;
+  c.cache = threads > 1 ? softmaxlab_bench::Cache::Threads : softmaxlab_bench::Cache::In;
+  c.iterations = iterations;
   c.run = std::move(run);
   softmaxlab_bench::registry().push_back(std::move(c));
 }
 
-enum class Impl { Mha, HeadLoop, Materialized };
+enum class Impl { Mha, HeadLoop, Materialized, OneDnn };
 
 // Causal (optionally windowed) attention of Lq queries over Lk keys, every head.
 void run_prefill(benchmark::State& state, Index lq, Index lk, Index left, Impl impl, int threads) {
@@ -78,9 +91,32 @@ void run_prefill(benchmark::State& state, Index lq, Index lk, Index left, Impl i
   const sml::Softmax softmax;
   const float scale = 1.0f / std::sqrt(float(kD));
   RowMajorF s;
-  if (impl == Impl::Materialized)
+  if (impl == Impl::Materialized || impl == Impl::OneDnn)
     s.resize(lq, lk);
   const float ninf = -std::numeric_limits<float>::infinity();
+#if SOFTMAXLAB_BENCH_ONEDNN
+  // One set of primitives per head on its column blocks, one score matrix and one causal mask
+  // (0 or -inf, bottom-right aligned) shared by the heads, which run in turn.
+  RowMajorF mask;
+  std::vector<std::unique_ptr<softmaxlab_bench::OneDnnAttention>> heads;
+  if (impl == Impl::OneDnn) {
+    mask = RowMajorF::Zero(lq, lk);
+    for (Index i = 0; i < lq; ++i) {
+      const Index first_masked = std::max<Index>(0, std::min(lk, i + lk - lq + 1));
+      mask.row(i).tail(lk - first_masked).setConstant(ninf);
+    }
+    auto* qp = const_cast<float*>(q.data());
+    auto* kp = const_cast<float*>(k.data());
+    auto* vp = const_cast<float*>(v.data());
+    for (Index h = 0; h < kHq; ++h) {
+      const Index g = h / (kHq / kHkv);
+      heads.push_back(std::make_unique<softmaxlab_bench::OneDnnAttention>(
+          qp + h * kD, lq, kD, kHq * kD, kp + g * kD, lk, kHkv * kD, vp + g * kD, kD, kHkv * kD,
+          s.data(), o.data() + h * kD, kHq * kD, scale, mask.data()));
+    }
+    state.SetLabel(heads[0]->impl_info);
+  }
+#endif
   auto once = [&] {
     switch (impl) {
       case Impl::Mha:
@@ -106,9 +142,16 @@ void run_prefill(benchmark::State& state, Index lq, Index lk, Index left, Impl i
           o.middleCols(h * kD, kD).noalias() = s * v.middleCols(g * kD, kD);
         }
         break;
+      case Impl::OneDnn:
+#if SOFTMAXLAB_BENCH_ONEDNN
+        for (auto& head : heads)
+          (*head)();
+#endif
+        break;
     }
   };
-  once();
+  if (state.max_iterations > 1)
+    once();  // warm-up (skipped by the one-iteration cases, seconds per call)
   for (auto _ : state) {
     once();
     benchmark::DoNotOptimize(o.data());
@@ -121,8 +164,9 @@ void run_prefill(benchmark::State& state, Index lq, Index lk, Index left, Impl i
   }
   state.counters["flops"] =
       benchmark::Counter(4.0 * kHq * visible * kD, benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["workspace_bytes"] =
-      impl == Impl::Materialized ? double(lq) * double(lk) * sizeof(float) : 0.0;
+  state.counters["workspace_bytes"] = impl == Impl::Materialized || impl == Impl::OneDnn
+                                          ? double(lq) * double(lk) * sizeof(float)
+                                          : 0.0;
   state.counters["threads"] = threads;
   state.counters["load1"] = load1();
   set_threads(1);
@@ -172,7 +216,16 @@ void run_read(benchmark::State& state, Index bytes, int threads) {
 }
 
 const char* impl_name(Impl impl) {
-  return impl == Impl::Mha ? "mha" : impl == Impl::HeadLoop ? "head_loop" : "materialized";
+  switch (impl) {
+    case Impl::Mha:
+      return "mha";
+    case Impl::HeadLoop:
+      return "head_loop";
+    case Impl::Materialized:
+      return "materialized";
+    default:
+      return "onednn";
+  }
 }
 
 const bool registered = [] {
@@ -185,26 +238,35 @@ const bool registered = [] {
   for (int t : thread_counts) {
     const std::string suffix = t == 1 ? "" : "/t" + std::to_string(t);
     for (Index l : {512, 2048, 8192}) {
-      for (Impl impl : {Impl::Mha, Impl::HeadLoop, Impl::Materialized}) {
+      for (Impl impl : {Impl::Mha, Impl::HeadLoop, Impl::Materialized, Impl::OneDnn}) {
+#if !SOFTMAXLAB_BENCH_ONEDNN
+        if (impl == Impl::OneDnn)
+          continue;
+#endif
         add("mha_prefill/" + std::string(impl_name(impl)) + "/float/" + std::to_string(l) + "x"
                 + std::to_string(l) + shape + suffix,
-            l * l, [=](benchmark::State& s) { run_prefill(s, l, l, -1, impl, t); });
+            l * l, t, l >= 8192 ? 1 : 0,
+            [=](benchmark::State& s) { run_prefill(s, l, l, -1, impl, t); });
       }
     }
     for (Index lq : {8192, 1024}) {
       for (Index left : {Index(-1), Index(1024)}) {
+        // Full causal attention over 8,192 keys takes seconds: one iteration.
         add(std::string("mha_window/") + (left < 0 ? "causal" : "window1024") + "/float/"
                 + std::to_string(lq) + "x8192" + shape + suffix,
-            lq * 8192, [=](benchmark::State& s) { run_prefill(s, lq, 8192, left, Impl::Mha, t); });
+            lq * 8192, t, left < 0 || lq == 8192 ? 1 : 0,
+            [=](benchmark::State& s) { run_prefill(s, lq, 8192, left, Impl::Mha, t); });
       }
     }
     for (Index lk : {4096, 32768, 131072}) {
-      add("mha_decode/half/float/1x" + std::to_string(lk) + shape + suffix, lk,
+      // 128k keys: 512 MiB of half cache (1 GiB float) read per call, a few iterations.
+      const int iterations = lk >= 131072 ? 3 : 0;
+      add("mha_decode/half/float/1x" + std::to_string(lk) + shape + suffix, lk, t, iterations,
           [=](benchmark::State& s) { run_decode<Eigen::half>(s, lk, t); });
-      add("mha_decode/float/float/1x" + std::to_string(lk) + shape + suffix, lk,
+      add("mha_decode/float/float/1x" + std::to_string(lk) + shape + suffix, lk, t, iterations,
           [=](benchmark::State& s) { run_decode<float>(s, lk, t); });
       const Index bytes = 2 * lk * kHkv * kD * 2;  // the half cache's size
-      add("mha_decode/read_bandwidth/" + std::to_string(bytes) + suffix, lk,
+      add("mha_decode/read_bandwidth/" + std::to_string(bytes) + suffix, lk, t, iterations,
           [=](benchmark::State& s) { run_read(s, bytes, t); });
     }
   }

@@ -193,6 +193,7 @@ struct Case {
   Index n;
   Cache cache;
   std::function<void(benchmark::State&)> run;
+  int iterations = 0;  // > 0: a fixed iteration count (heavy cases, seconds per call)
 };
 
 // Process measurements shared by the memory-reporting cases (attention, linear cross-entropy).

@@ -65,6 +65,8 @@ int main(int argc, char** argv) {
                                                       : benchmark::kMicrosecond);
     if (c.cache == softmaxlab_bench::Cache::Threads)
       b->UseRealTime();  // several threads: wall time, not the main thread's CPU time
+    if (c.iterations > 0)
+      b->Iterations(c.iterations);
   }
   benchmark::AddCustomContext("cpu_model", cpu_model());
   benchmark::AddCustomContext("simd", simd());

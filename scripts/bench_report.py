@@ -210,6 +210,56 @@ HALF_TARGETS = [
 ]
 
 
+# MultiHeadAttention (issue 23, bench/bench_multi_head_attention.cpp): Hq 32, Hkv 8, d 128, float.
+# The ratio is the variant's speed over the baseline's (load_speeds): time ratios for the prefill
+# and window rows, bytes-per-second ratios for decoding against the read bandwidth measured in the
+# same run over a buffer the size of the half cache.
+_MHA = "/hq32_hkv8_d128"
+MHA_TARGETS = [
+    ("Prefill GQA %s, %d thread%s, vs a loop of per-head Attention"
+     % ("{:,}".format(n), t, "s" if t > 1 else ""),
+     "mha_prefill/mha/float/%dx%d%s%s" % (n, n, _MHA, sfx),
+     "mha_prefill/head_loop/float/%dx%d%s%s" % (n, n, _MHA, sfx), 1.2)
+    for t, sfx in ((1, ""), (2, "/t2")) for n in (512, 2048, 8192)
+] + [
+    ("Prefill GQA 8,192, %d thread%s, vs the materialized form (Eigen GEMMs, our Softmax)"
+     % (t, "s" if t > 1 else ""),
+     "mha_prefill/mha/float/8192x8192%s%s" % (_MHA, sfx),
+     "mha_prefill/materialized/float/8192x8192%s%s" % (_MHA, sfx), 2.0)
+    for t, sfx in ((1, ""), (2, "/t2"))
+] + [
+    ("Window 1,024 vs full causal, %s queries of 8,192 keys (%.2fx the visible keys)"
+     % ("all 8,192" if lq == 8192 else "the last 1,024", keys),
+     "mha_window/window1024/float/%dx8192%s" % (lq, _MHA),
+     "mha_window/causal/float/%dx8192%s" % (lq, _MHA), need)
+    for lq, keys, need in ((8192, 4.26, 3.4), (1024, 7.5, 6.0))
+] + [
+    ("Decoding from a half cache, Lk = %s, %d thread%s: K and V bytes/s vs the read bandwidth"
+     % ("{:,}".format(lk), t, "s" if t > 1 else ""),
+     "mha_decode/half/float/1x%d%s%s" % (lk, _MHA, sfx),
+     "mha_decode/read_bandwidth/%d%s" % (2 * lk * 8 * 128 * 2, sfx), 0.7)
+    for t, sfx in ((1, ""), (2, "/t2")) for lk in (4096, 32768, 131072)
+]
+
+
+def load_speeds(path):
+    """{benchmark name: speed}: bytes_per_second when the case counts bytes, else 1 / time
+    (real time for the cases that run on several threads, which use it; CPU time otherwise)."""
+    speeds = {}
+    for name, b in median_entries(path)[1]:
+        parts = name.split("/")
+        real = "real_time" in parts
+        # Google Benchmark appends /iterations:N (fixed counts) and /real_time to the name.
+        name = "/".join(p for p in parts if p != "real_time" and not p.startswith("iterations:"))
+        if "bytes_per_second" in b:
+            speeds[name] = float(b["bytes_per_second"])
+            continue
+        t = float(b.get("real_time" if real else "cpu_time", 0))
+        if t > 0:
+            speeds[name] = 1.0 / t
+    return speeds
+
+
 def named_targets_markdown(named, targets=None, title="Targets (issue 14: sampling)"):
     """A table of named-benchmark targets with PASS/MISS; empty when none was measured."""
     targets = NAMED_TARGETS if targets is None else targets
@@ -629,6 +679,9 @@ def main():
     approx_targets = named_targets_markdown(
         named, OUTPUT_APPROX_TARGETS, "Targets (issue 24: adaptive and hierarchical softmax)")
     sampling += ("\n" + approx_targets) if approx_targets else ""
+    mha_targets = named_targets_markdown(load_speeds(args.json), MHA_TARGETS,
+                                         "Targets (issue 23: multi-head attention)")
+    sampling += ("\n" + mha_targets) if mha_targets else ""
     attention = attention_markdown(args.json)
     sampling += ("\n" + attention) if attention else ""
     kernels = kernels_markdown(args.json)

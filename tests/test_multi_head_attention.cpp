@@ -55,6 +55,7 @@ struct Config {
   bool has_sink = false;
   double sink = 0;
   double cap = 0;
+  std::vector<double> sinks;  // one per query head (with_sinks), replacing `sink` when not empty
   std::string label() const {
     std::string s = causal ? "causal" : "full";
     s += " window(" + std::to_string(left) + ", " + std::to_string(right) + ")";
@@ -64,6 +65,8 @@ struct Config {
       s += " sink " + std::to_string(sink);
     if (cap > 0)
       s += " softcap " + std::to_string(cap);
+    if (!sinks.empty())
+      s += " per-head sinks";
     return s;
   }
   sml::AttentionOptions options() const {
@@ -72,6 +75,20 @@ struct Config {
     if (has_sink)
       o = o.with_sink(sink);
     return o;
+  }
+  // The layer for these options, with the per-head sinks when set.
+  sml::MultiHeadAttention layer(Index hq, Index hkv) const {
+    const sml::MultiHeadAttention m(options(), hq, hkv);
+    if (sinks.empty())
+      return m;
+    return m.with_sinks(Eigen::Map<const Eigen::VectorXd>(sinks.data(), Index(sinks.size())));
+  }
+  // The sink of head h as the code rounds it (a float parameter in the float pass), or none.
+  bool head_has_sink() const { return has_sink || !sinks.empty(); }
+  long double head_sink(Index h, bool in_double) const {
+    const double z = sinks.empty() ? sink : sinks[static_cast<std::size_t>(h)];
+    return in_double ? static_cast<long double>(z)
+                     : static_cast<long double>(static_cast<float>(z));
   }
 };
 
@@ -95,7 +112,8 @@ struct Reference {
 // The materialized attention of every head in long double, from the definitions: head h reads KV
 // head h / (Hq / Hkv); key j visible to query i iff inside the band around i + Lk - Lq.
 Reference reference(const LMat& q, const LMat& k, const LMat& v, Index hq, Index hkv,
-                    const Config& c) {
+                    const Config& c, bool in_double = false, const LMat* mask = nullptr,
+                    long double mask_slope = 1) {
   const Index lq = q.rows(), lk = k.rows(), d = q.cols() / hq, dv = v.cols() / hkv;
   // The scale and slope as the code rounds them (float parameters, not the algorithm's error).
   const long double scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
@@ -107,7 +125,9 @@ Reference reference(const LMat& q, const LMat& k, const LMat& v, Index hq, Index
     for (Index i = 0; i < lq; ++i) {
       const Index diag = i + lk - lq;
       std::vector<long double> t(static_cast<std::size_t>(lk), -kInfL);
-      long double top = c.has_sink ? static_cast<long double>(static_cast<float>(c.sink)) : -kInfL;
+      const bool has_sink = c.head_has_sink();
+      const long double z = has_sink ? c.head_sink(h, in_double) : -kInfL;
+      long double top = z;
       bool any = false;
       for (Index j = 0; j < lk; ++j) {
         if ((c.causal && j > diag) || (c.left >= 0 && j < diag - c.left)
@@ -120,15 +140,20 @@ Reference reference(const LMat& q, const LMat& k, const LMat& v, Index hq, Index
         if (c.cap > 0)
           s = c.cap * std::tanh(s / c.cap);
         s -= slope * std::fabs(static_cast<long double>(j - diag));
+        if (mask != nullptr) {
+          if ((*mask)(i, j) == -kInfL)
+            continue;  // hidden
+          s += mask_slope * (*mask)(i, j);
+        }
         t[j] = s;
         top = std::max(top, s);
         any = true;
       }
       if (!any) {
-        r.lse(i, h) = c.has_sink ? static_cast<long double>(static_cast<float>(c.sink)) : -kInfL;
+        r.lse(i, h) = z;
         continue;
       }
-      long double sum = c.has_sink ? std::exp(static_cast<float>(c.sink) - top) : 0.0L;
+      long double sum = has_sink ? std::exp(z - top) : 0.0L;
       for (Index j = 0; j < lk; ++j) {
         if (t[j] == -kInfL)
           continue;
@@ -222,6 +247,11 @@ std::vector<Config> configs() {
   c.has_sink = true;
   c.sink = -1.5;
   cs.push_back(c);
+  c = Config();
+  c.causal = true;
+  c.left = 24;
+  c.sinks = {2.5, -1.0, 0.0, 4.0, -3.25, 1.5, 0.75, -0.5};  // per head, cycled to Hq below
+  cs.push_back(c);
   return cs;
 }
 
@@ -237,8 +267,15 @@ void accuracy(Index hq, Index hkv, const std::vector<Shape>& shapes, Worst& summ
     const LMat kl = k.template cast<float>().template cast<long double>();
     const LMat vl = v.template cast<float>().template cast<long double>();
     const double vmax = v.size() ? double(vl.cwiseAbs().maxCoeff()) : 0.0;
-    for (const Config& c : configs()) {
-      const sml::MultiHeadAttention mha(c.options(), hq, hkv);
+    for (Config c : configs()) {
+      if (!c.sinks.empty()) {
+        std::vector<double> per_head(static_cast<std::size_t>(hq));
+        for (Index h = 0; h < hq; ++h)
+          per_head[static_cast<std::size_t>(h)] =
+              c.sinks[static_cast<std::size_t>(h) % c.sinks.size()];
+        c.sinks = per_head;
+      }
+      const sml::MultiHeadAttention mha = c.layer(hq, hkv);
       Mat<SO> o(sh.lq, hq * sh.dv);
       MatF lse(sh.lq, hq);
       mha.apply(q, k, v, o, lse);
@@ -276,6 +313,80 @@ TEST_CASE("MultiHeadAttention: every head against the long-double reference",
     accuracy<Eigen::half, Eigen::half, Eigen::half>(4, 2, {{9, 30, 8, 8}}, h, 500);
     std::cout << "MultiHeadAttention half O: " << h.report() << "\n";
   }
+}
+
+TEST_CASE("MultiHeadAttention: a mask shared by the heads, in float, half or bfloat16",
+          "[multi_head_attention]") {
+  // apply_masked against the long-double reference (the mask added after ALiBi, -inf hiding the
+  // key), prefill and decoding (split keys); a half or bfloat16 mask gives the bits of the same
+  // values in float; a NaN entry makes its row NaN in every head.
+  Worst w;
+  const Index hq = 8, hkv = 2, d = 16, dv = 8;
+  unsigned seed = 1200;
+  for (const Shape& sh : std::vector<Shape>{{33, 200, d, dv}, {4, 5000, d, dv}}) {
+    const MatF q = normal<float>(sh.lq, hq * d, seed++, 1.0);
+    const MatF k = normal<float>(sh.lk, hkv * d, seed++, 1.0);
+    const MatF v = normal<float>(sh.lk, hkv * dv, seed++, 2.0);
+    // N(0, 2^2) entries rounded to half, 15% -inf; row 1 fully hidden.
+    Mat<Eigen::half> mh = normal<float>(sh.lq, sh.lk, seed++, 2.0).cast<Eigen::half>();
+    std::mt19937_64 gen(seed++);
+    std::uniform_real_distribution<double> u(0, 1);
+    for (Index i = 0; i < sh.lq; ++i)
+      for (Index j = 0; j < sh.lk; ++j)
+        if (u(gen) < 0.15 || i == 1)
+          mh(i, j) = Eigen::half(-INFINITY);
+    const MatF mf = mh.cast<float>();
+    const Mat<Eigen::bfloat16> mb =
+        normal<float>(sh.lq, sh.lk, seed++, 2.0).cast<Eigen::bfloat16>();
+    std::vector<Config> cs(3);
+    cs[0].causal = true;
+    cs[1].causal = true;
+    cs[1].left = 150;
+    cs[1].max_bias = 4;
+    cs[1].has_sink = true;
+    cs[1].sink = 0.5;
+    cs[2].cap = 4;
+    for (const Config& c : cs) {
+      for (double mask_slope : {1.0, 0.375}) {
+        const sml::AttentionOptions opt = c.options().with_mask_slope(mask_slope);
+        const sml::MultiHeadAttention mha(opt, hq, hkv);
+        MatF o(sh.lq, hq * dv), lse(sh.lq, hq), o2(sh.lq, hq * dv), lse2(sh.lq, hq);
+        mha.apply_masked(q, k, v, mf, o, lse);
+        const LMat ml = mf.cast<long double>();
+        check(
+            o, lse,
+            reference(q.cast<long double>(), k.cast<long double>(), v.cast<long double>(), hq, hkv,
+                      c, false, &ml, static_cast<long double>(static_cast<float>(mask_slope))),
+            double(v.cwiseAbs().maxCoeff()), sh.lk,
+            "mask, Lq " + std::to_string(sh.lq) + " slope " + std::to_string(mask_slope) + " "
+                + c.label(),
+            w);
+        mha.apply_masked(q, k, v, mh, o2, lse2);  // the half mask itself
+        CHECK(same(o, o2));
+        CHECK(same(lse, lse2));
+        const MatF mbf = mb.cast<float>();
+        mha.apply_masked(q, k, v, mbf, o, lse);
+        mha.apply_masked(q, k, v, mb, o2, lse2);
+        CHECK(same(o, o2));
+        CHECK(same(lse, lse2));
+      }
+    }
+    MatF mnan = mf;
+    mnan(2, 0) = NAN;
+    const MatF o = [&] {
+      MatF out(sh.lq, hq * dv);
+      sml::MultiHeadAttention(sml::AttentionOptions(), hq, hkv).apply_masked(q, k, v, mnan, out);
+      return out;
+    }();
+    CHECK(o.row(2).array().isNaN().all());
+    CHECK(!o.row(0).array().isNaN().any());
+  }
+  std::cout << "MultiHeadAttention masked: " << w.report() << "\n";
+  const sml::MultiHeadAttention mha(sml::AttentionOptions(), hq, hkv);
+  MatF o(3, hq * dv);
+  CHECK_THROWS_WITH(
+      mha.apply_masked(MatF(3, hq * d), MatF(5, hkv * d), MatF(5, hkv * dv), MatF(3, 4), o),
+      Catch::Contains("mask must be Lq x Lk = 3 x 5, but got 3 x 4"));
 }
 
 TEST_CASE("MultiHeadAttention: decoding from a long cache with split keys",
@@ -422,31 +533,43 @@ TEST_CASE("MultiHeadAttention: no allocation proportional to Lq, Lk or the cache
           "[multi_head_attention]") {
   // The workspace is allocated once per call, its size independent of Lq and Lk: the count of
   // allocations is the same for a short and a long problem, and Eigen's allocator is never
-  // reached (the guard makes it throw).
+  // reached (the guard makes it throw). The backward likewise: float dK and dV are accumulated
+  // in place, one tile workspace per KV group.
   const Index hq = 8, hkv = 2, d = 32, dv = 32;
-  auto count = [&](Index lq, Index lk) {
+  auto count = [&](Index lq, Index lk, bool backward) {
     const MatF q = normal<float>(lq, hq * d, 21, 1.0);
     const Mat<Eigen::half> k = normal<Eigen::half>(lk, hkv * d, 22, 1.0);
     const Mat<Eigen::half> v = normal<Eigen::half>(lk, hkv * dv, 23, 1.0);
-    const sml::MultiHeadAttention mha(sml::AttentionOptions().with_causal(true), hq, hkv);
-    MatF o(lq, hq * dv), lse(lq, hq);
+    const MatF dout = normal<float>(lq, hq * dv, 24, 1.0);
+    const sml::MultiHeadAttention mha(
+        sml::AttentionOptions().with_causal(true).with_window(backward ? 200 : -1, -1), hq, hkv);
+    MatF o(lq, hq * dv), lse(lq, hq), dq(lq, hq * d), dk(lk, hkv * d), dvm(lk, hkv * dv);
+    if (backward)
+      mha.apply(q, k, v, o, lse);
     AllocationGuard guard;
-    mha.apply(q, k, v, o, lse);
+    if (backward)
+      mha.backward(q, k, v, o, lse, dout, dq, dk, dvm);
+    else
+      mha.apply(q, k, v, o, lse);
     return guard.allocations();
   };
-  const std::size_t prefill_small = count(64, 64), prefill_large = count(600, 3000);
-  const std::size_t decode_small = count(1, 3000), decode_large = count(1, 40000);
+  const std::size_t prefill_small = count(64, 64, false), prefill_large = count(600, 3000, false);
+  const std::size_t decode_small = count(1, 3000, false), decode_large = count(1, 40000, false);
+  const std::size_t backward_small = count(64, 64, true), backward_large = count(600, 3000, true);
   INFO("prefill " << prefill_small << " / " << prefill_large << ", decode " << decode_small << " / "
-                  << decode_large);
+                  << decode_large << ", backward " << backward_small << " / " << backward_large);
   CHECK(prefill_small == prefill_large);
   CHECK(decode_small == decode_large);
-  // One list of per-thread workspaces, two buffers in each; decoding adds its partials.
+  CHECK(backward_small == backward_large);
+  // One list of per-thread workspaces, two buffers in each; decoding adds its partials; the
+  // backward one buffer per KV group.
   std::size_t threads = 1;
 #if defined(_OPENMP) && defined(SOFTMAXLAB_USE_OPENMP)
   threads = static_cast<std::size_t>(omp_get_max_threads());
 #endif
   CHECK(prefill_large <= 1 + 2 * threads);
   CHECK(decode_large <= 2 + 2 * threads);
+  CHECK(backward_large <= std::size_t(hkv));
 }
 
 TEST_CASE("MultiHeadAttention: packed sequences (varlen)", "[multi_head_attention]") {
@@ -485,6 +608,12 @@ TEST_CASE("MultiHeadAttention: bad arguments throw naming the parameter",
   CHECK_THROWS_WITH(o.with_alibi(NAN), Catch::Contains("alibi max_bias"));
   CHECK_THROWS_WITH(sml::Attention<>(o.with_window(4, 0)), Catch::Contains("MultiHeadAttention"));
   const sml::MultiHeadAttention mha(o, 4, 2);
+  CHECK_THROWS_WITH(mha.with_sinks(Eigen::VectorXf::Zero(3)),
+                    Catch::Contains("sinks must be a vector of Hq = 4 entries, but got 3 x 1"));
+  CHECK_THROWS_WITH(mha.with_sinks(Eigen::Vector4d(0, 1, INFINITY, 2)),
+                    Catch::Contains("sinks(2) must be in [-2^100, 2^100]"));
+  CHECK_THROWS_WITH(mha.with_sinks(Eigen::Vector4d(0, NAN, 1, 2)),
+                    Catch::Contains("sinks(1) must be in"));
   const MatF q(3, 4 * 8), k(5, 2 * 8), v(5, 2 * 4);
   MatF out(3, 4 * 4), lse(3, 4);
   CHECK_THROWS_WITH(mha.apply(MatF(3, 30), k, v, out), Catch::Contains("Q must have Hq d columns"));
@@ -500,6 +629,15 @@ TEST_CASE("MultiHeadAttention: bad arguments throw naming the parameter",
                     Catch::Contains("dQ must be 3 x 32"));
   CHECK_THROWS_WITH(mha.backward(q, k, v, out, wrong_lse, out, dq, dk, dvm),
                     Catch::Contains("lse must be 3 x 4"));
+  MatF kk = k;
+  CHECK_THROWS_WITH(mha.backward(q, kk, v, out, lse, out, dq, kk, dvm),
+                    Catch::Contains("dK must not overlap the input K"));
+  Eigen::VectorXf dz(4), bad_dz(3);
+  CHECK_THROWS_WITH(mha.backward(q, k, v, out, lse, out, dq, dk, dvm, dz),
+                    Catch::Contains("dsinks needs a sink"));
+  CHECK_THROWS_WITH(
+      mha.with_sinks(Eigen::Vector4f::Zero()).backward(q, k, v, out, lse, out, dq, dk, dvm, bad_dz),
+      Catch::Contains("dsinks must be a vector of Hq = 4 entries"));
 }
 
 TEST_CASE("MultiHeadAttention: backward against central finite differences in double",
@@ -518,10 +656,13 @@ TEST_CASE("MultiHeadAttention: backward against central finite differences in do
   cs[0].sink = 0.3;
   cs[1].cap = 3;
   cs[1].right = 2;
+  cs[2].causal = true;
+  cs[2].max_bias = 2;
+  cs[2].sinks = {0.5, -1.0, 2.0, 0.25};  // per query head
   for (Index hkv : {2, 1}) {
     const Index hq = 4;
     for (const Config& c : cs) {
-      const sml::MultiHeadAttention mha(c.options(), hq, hkv);
+      const sml::MultiHeadAttention mha = c.layer(hq, hkv);
       MatD q = normal<double>(lq, hq * d, 61, 1.0), k = normal<double>(lk, hkv * d, 62, 1.0);
       MatD v = normal<double>(lk, hkv * dv, 63, 1.0);
       const MatD w = normal<double>(lq, hq * dv, 64, 1.0);
@@ -533,23 +674,63 @@ TEST_CASE("MultiHeadAttention: backward against central finite differences in do
         return mha(q, k, v).cwiseProduct(w).sum();
       };
       double worst = 0;
-      auto probe = [&](MatD& x, const MatD& grad) {
+      // Each entry of x against central differences of f.
+      auto probe_with = [&](MatD& x, const MatD& grad, const auto& f) {
         for (Index i = 0; i < x.rows(); ++i) {
           for (Index j = 0; j < x.cols(); ++j) {
             const double keep = x(i, j), h = 1e-6;
             x(i, j) = keep + h;
-            const double up = loss();
+            const double up = f();
             x(i, j) = keep - h;
-            const double down = loss();
+            const double down = f();
             x(i, j) = keep;
             const double fd = (up - down) / (2 * h);
             worst = std::max(worst, std::fabs(grad(i, j) - fd) / (1 + std::fabs(fd)));
           }
         }
       };
-      probe(q, dq);
-      probe(k, dk);
-      probe(v, dvm);
+      probe_with(q, dq, loss);
+      probe_with(k, dk, loss);
+      probe_with(v, dvm, loss);
+      if (c.head_has_sink()) {
+        // The sinks' gradient: per head with with_sinks, their sum for the options' one sink.
+        Eigen::VectorXd dz(hq);
+        mha.backward(q, k, v, o, lse, w, dq, dk, dvm, dz);
+        auto loss_at = [&](const Config& cc) {
+          return cc.layer(hq, hkv)(q, k, v).cwiseProduct(w).sum();
+        };
+        const double h = 1e-6;
+        for (Index head = 0; head < (c.sinks.empty() ? 1 : hq); ++head) {
+          Config up = c, down = c;
+          if (c.sinks.empty()) {
+            up.sink += h;
+            down.sink -= h;
+          } else {
+            up.sinks[static_cast<std::size_t>(head)] += h;
+            down.sinks[static_cast<std::size_t>(head)] -= h;
+          }
+          const double fd = (loss_at(up) - loss_at(down)) / (2 * h);
+          const double grad = c.sinks.empty() ? dz.sum() : dz(head);
+          worst = std::max(worst, std::fabs(grad - fd) / (1 + std::fabs(fd)));
+        }
+        CHECK(dz.norm() > 0);
+      }
+      {
+        // The masked backward (a double mask with -inf entries) against its own loss.
+        MatD mask = normal<double>(lq, lk, 65, 1.0);
+        mask(1, 2) = mask(3, 0) = -INFINITY;
+        MatD om(lq, hq * dv), lm(lq, hq);
+        mha.apply_masked(q, k, v, mask, om, lm);
+        mha.backward_masked(q, k, v, mask, om, lm, w, dq, dk, dvm);
+        auto masked_loss = [&]() {
+          MatD out(lq, hq * dv);
+          mha.apply_masked(q, k, v, mask, out);
+          return out.cwiseProduct(w).sum();
+        };
+        probe_with(q, dq, masked_loss);
+        probe_with(k, dk, masked_loss);
+        probe_with(v, dvm, masked_loss);
+      }
       INFO("Hkv " << hkv << " " << c.label() << ": worst relative difference " << worst);
       CHECK(worst <= 1e-6);
       CHECK(dk.norm() > 0);

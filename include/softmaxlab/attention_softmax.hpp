@@ -5,7 +5,11 @@
 //   y_i = exp(t_i - M) / (sum_j exp(t_j - M) + exp(z - M)),   M = max(max_j t_j, z).
 // Forms: f(x), f.apply(x, y), f.rowwise(X[, Y]), f.colwise(X[, Y]) (DistributionFunctor, no
 // mask), f.apply_masked(x, mask, y), f.rowwise_masked(S, M, P) (M: S's shape, or one row
-// broadcast over every row; mask storage of x's scalar). Three passes over the row, as Softmax:
+// broadcast over every row). The mask is storage of x's scalar, or of Eigen::half or
+// Eigen::bfloat16 beside float x, or of float beside double x (detail::mask_scalar_ok_v; ggml's f16
+// masks): converted exactly per stack chunk of the row, so the result is bit for bit the call on
+// the converted mask (tests/test_attention_mask_types.cpp, "AttentionSoftmax: a half, bfloat16 or
+// float mask gives the bits of the converted mask"). Three passes over the row, as Softmax:
 // (1) t_i written into y while the max is taken (the pre-operations are fused into the max pass,
 // never an extra sweep); (2) exp(t_i - M) in place, summed with Softmax's compensated sums;
 // (3) y *= 1 / (sum + exp(z - M)). Backward: f.backward(x, y, dy[, dx]) and the row/column forms,
@@ -70,7 +74,8 @@ class AttentionSoftmax : public detail::DistributionFunctor<AttentionSoftmax>,
   const AttentionOptions& options() const { return options_; }
 
   // y = softmax(cap(scale x) + m mask) with the sink: x, mask 1-D of one length (either
-  // orientation), mask storage of x's scalar; y as for apply(); y may be x, not the mask.
+  // orientation), mask storage of x's scalar (or half/bfloat16 beside float x, float beside double
+  // x); y as for apply(); y may be x, not the mask.
   template <class XprX, class XprM, class Out>
   void apply_masked(const Eigen::DenseBase<XprX>& x, const Eigen::DenseBase<XprM>& mask,
                     Out&& y_out) const {
@@ -83,7 +88,8 @@ class AttentionSoftmax : public detail::DistributionFunctor<AttentionSoftmax>,
       detail::fail(name, ": mask must have the input's length ", x.size(), ", but got ",
                    mask.rows(), " x ", mask.cols());
     }
-    detail::Span<const Scalar> ms = detail::vector_span<const Scalar>(mask.derived());
+    using MaskScalar = typename XprM::Scalar;
+    detail::Span<const MaskScalar> ms = detail::vector_span<const MaskScalar>(mask.derived());
     using C = detail::compute_scalar_t<Scalar, typename XprY::Scalar>;
     if constexpr (detail::is_mixed_v<Scalar, typename XprY::Scalar> && !std::is_same_v<Scalar, C>) {
       // 16-bit or mixed scores: the mask is converted to the compute type with the row (a stack
@@ -144,6 +150,7 @@ class AttentionSoftmax : public detail::DistributionFunctor<AttentionSoftmax>,
   void rowwise_masked_same(const Eigen::DenseBase<XprS>& s, const Eigen::DenseBase<XprM>& mask,
                            const Eigen::DenseBase<XprP>& p_const) const {
     using Scalar = typename XprS::Scalar;
+    using MaskScalar = typename XprM::Scalar;
     check_mask_type<XprS, XprM>();
     static_check_io<XprS, XprP>();
     auto& p = const_cast<Eigen::DenseBase<XprP>&>(p_const).derived();
@@ -158,7 +165,7 @@ class AttentionSoftmax : public detail::DistributionFunctor<AttentionSoftmax>,
       return;
     const auto& md = mask.derived();
     auto mask_row = [&](Index i) {
-      return detail::slice_span<const Scalar>(md, broadcast ? 0 : i, true);
+      return detail::slice_span<const MaskScalar>(md, broadcast ? 0 : i, true);
     };
     if constexpr (detail::has_direct_access_v<XprS>) {
       const auto& sd = s.derived();
@@ -200,8 +207,9 @@ class AttentionSoftmax : public detail::DistributionFunctor<AttentionSoftmax>,
 
   template <class XprX, class XprM>
   static void check_mask_type() {
-    static_assert(std::is_same_v<typename XprX::Scalar, typename XprM::Scalar>,
-                  "softmaxlab: the mask must have the input's scalar type");
+    static_assert(detail::mask_scalar_ok_v<typename XprX::Scalar, typename XprM::Scalar>,
+                  "softmaxlab: the mask must have the input's scalar type, or Eigen::half or "
+                  "Eigen::bfloat16 beside float scores, or float beside double scores");
     static_assert(detail::has_direct_access_v<XprM>,
                   "softmaxlab: the mask must be storage (Matrix, Array, Map, Ref or a Block of "
                   "one); evaluate an expression first");
@@ -221,9 +229,9 @@ class AttentionSoftmax : public detail::DistributionFunctor<AttentionSoftmax>,
     compute<Scalar>(x, y, detail::Span<const Scalar>{nullptr, 0, 1});
   }
 
-  template <class Scalar>
+  template <class Scalar, class MaskScalar>
   void compute(const detail::Span<const Scalar>& x, const detail::Span<Scalar>& y,
-               const detail::Span<const Scalar>& mask) const {
+               const detail::Span<const MaskScalar>& mask) const {
     const detail::ScoreTransform<Scalar> f = transform<Scalar>();
     const Scalar z = static_cast<Scalar>(options_.sink());
     // Pass 1: the transformed scores into y, and their max. In place, only the max: an irregular

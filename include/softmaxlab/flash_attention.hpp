@@ -26,6 +26,12 @@
 // not allocate (tested at d = dv = 64; Eigen's GEMM packs its blocks on the stack while they stay
 // under EIGEN_STACK_ALLOCATION_LIMIT, 128 KiB, i.e. for moderate d and dv). with_block_sizes(bq,
 // bk) sets smaller blocks (1..64, 1..128), which changes only the rounding.
+// The additive mask (apply_masked, backward_masked): storage of Q's scalar, or Eigen::half or
+// Eigen::bfloat16 beside float Q, or float beside double Q (ggml keeps f16 masks beside f32
+// scores), converted exactly one key block of one query row at a time (Bk entries on the stack,
+// never a whole copy), so the result is bit for bit the call on the converted mask; -inf masks, a
+// NaN makes the row NaN (tests/test_attention_mask_types.cpp, "Attention: a half, bfloat16 or
+// float mask gives the bits of the converted mask").
 // Half precision: Q, K, V and the mask may also be Eigen::half or Eigen::bfloat16 (one type In for
 // the four), O any of {half, bfloat16, float, double} (type Out; f(Q, K, V) returns In), lse of
 // type Out or, beside a 16-bit Out, float (FlashAttention's convention: the backward rebuilds its
@@ -190,7 +196,8 @@ class Attention {
                   "softmaxlab: the log-sum-exp output needs the Softmax weight");
     forward(q, k, v, static_cast<const NoMask<XQ>*>(nullptr), o, &lse.derived());
   }
-  // mask: Lq x Lk additive (times the mask slope), storage of Q's scalar.
+  // mask: Lq x Lk additive (times the mask slope), storage of Q's scalar, or half/bfloat16 beside
+  // float Q, float beside double Q.
   template <class XQ, class XK, class XV, class XM, class OutO>
   void apply_masked(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
                     const Eigen::DenseBase<XV>& v, const Eigen::DenseBase<XM>& mask,
@@ -313,8 +320,9 @@ class Attention {
     using M = Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic>;
     using V = Eigen::Matrix<C, Eigen::Dynamic, 1>;
     detail::static_check_storage_scalars<In, Out>();
-    static_assert(std::is_same_v<In, typename XM::Scalar>,
-                  "softmaxlab: the mask must have Q's scalar type");
+    static_assert(detail::mask_scalar_ok_v<In, typename XM::Scalar>,
+                  "softmaxlab: the mask must have Q's scalar type, or Eigen::half or "
+                  "Eigen::bfloat16 beside float Q, or float beside double Q");
     static_assert(detail::lse_scalar_ok_v<Out, typename XL::Scalar>,
                   "softmaxlab: lse must have O's scalar type, or float when O is Eigen::half or "
                   "Eigen::bfloat16");
@@ -376,11 +384,11 @@ class Attention {
                     const Eigen::DenseBase<XO>& o_in, const XL* lse_in) const {
     using Scalar = typename XQ::Scalar;
     static_assert(
-        std::is_same_v<
-            Scalar,
-            typename XO::
-                Scalar> && std::is_same_v<Scalar, typename XM::Scalar> && std::is_same_v<Scalar, typename XL::Scalar>,
-        "softmaxlab: O, lse and the mask must have Q's scalar type");
+        std::is_same_v<Scalar, typename XO::Scalar> && std::is_same_v<Scalar, typename XL::Scalar>,
+        "softmaxlab: O and lse must have Q's scalar type");
+    static_assert(detail::mask_scalar_ok_v<Scalar, typename XM::Scalar>,
+                  "softmaxlab: the mask must have Q's scalar type, or Eigen::half or "
+                  "Eigen::bfloat16 beside float Q, or float beside double Q");
     auto& o = const_cast<Eigen::DenseBase<XO>&>(o_in).derived();
     if (!check_forward(q_in, k_in, v_in, mask, o, lse_in))
       return;
@@ -435,11 +443,11 @@ class Attention {
                   "softmaxlab: Attention::backward takes Eigen::half, Eigen::bfloat16, float or "
                   "double (Q, K, V, mask; O, lse, dO; dQ, dK, dV)");
     static_assert(
-        std::is_same_v<
-            In,
-            typename XK::
-                Scalar> && std::is_same_v<In, typename XV::Scalar> && std::is_same_v<In, typename XM::Scalar>,
-        "softmaxlab: K, V and the mask of Attention::backward must have Q's scalar type");
+        std::is_same_v<In, typename XK::Scalar> && std::is_same_v<In, typename XV::Scalar>,
+        "softmaxlab: K and V of Attention::backward must have Q's scalar type");
+    static_assert(detail::mask_scalar_ok_v<In, typename XM::Scalar>,
+                  "softmaxlab: the mask of Attention::backward must have Q's scalar type, or "
+                  "Eigen::half or Eigen::bfloat16 beside float Q, or float beside double Q");
     static_assert(std::is_same_v<Out, typename XdO::Scalar>,
                   "softmaxlab: dO of Attention::backward must have O's scalar type");
     static_assert(detail::lse_scalar_ok_v<Out, typename XL::Scalar>,

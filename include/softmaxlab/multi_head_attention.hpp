@@ -10,13 +10,18 @@
 //   mha.apply(Q, K, V, O, lse);   lse Lq x Hq
 //   O = mha(Q, K, V);
 //   mha.apply_varlen(Q, K, V, cu_seqlens_q, cu_seqlens_k, O);   packed sequences
+//   mha.apply_masked(Q, K, V, mask, O[, lse]);   an additive Lq x Lk mask shared by the heads
+//   mha.backward_masked(Q, K, V, mask, O, lse, dO, dQ, dK, dV);
+//   mha = mha.with_sinks(z);      one sink per query head (z: Hq entries, gpt-oss sinks)
+//   mha.backward(Q, K, V, O, lse, dO, dQ, dK, dV, dz);          and the sinks' gradient (Hq)
 //   mha.backward(Q, K, V, O, lse, dO, dQ, dK, dV);              dK, dV summed over each group
 //
 // What it computes, for query head h (columns [h d, (h + 1) d) of Q, [h dv, (h + 1) dv) of O),
 // reading KV head g = h / (Hq / Hkv) (columns [g d, (g + 1) d) of K, [g dv, (g + 1) dv) of V):
-//   t_ij = cap(scale q_i . k_j) - slope_h |j - (i + Lk - Lq)|        (ALiBi term only with_alibi)
+//   t_ij = cap(scale q_i . k_j) - slope_h |j - (i + Lk - Lq)| + m mask_ij   (ALiBi: with_alibi;
+//          mask: apply_masked, m = with_mask_slope; mask_ij = -inf hides key j from query i)
 //   O_i  = sum_{j visible} exp(t_ij - lse_i) v_j,
-//   lse_i = log(sum_{j visible} exp(t_ij) + exp(z))                   (z: the sink, if set)
+//   lse_i = log(sum_{j visible} exp(t_ij) + exp(z_h))                 (z_h: head h's sink, if set)
 //   visible: i + Lk - Lq - left <= j (left >= 0), j <= i + Lk - Lq + right (right >= 0),
 //            j <= i + Lk - Lq (causal)
 // clang-format on
@@ -26,7 +31,9 @@
 //
 // Parameters and valid ranges: q_heads >= 1, kv_heads >= 1, q_heads % kv_heads == 0; the options
 // as AttentionOptions documents them (scale default 1/sqrt(d); softcap; sink: one logit per query
-// row of every head; with_mask_slope is unused: there is no mask argument). Q, K, V: Eigen objects
+// row of every head; with_mask_slope: the mask's factor in apply_masked); with_sinks(z): one
+// sink per query head instead (gpt-oss's and ONNX Runtime GroupQueryAttention's sinks), z a vector
+// of Hq entries in [-2^100, 2^100]. Q, K, V: Eigen objects
 // of float, double, Eigen::half or Eigen::bfloat16 (each its own type), any storage order (Matrix,
 // Map, Ref, Block; an expression is evaluated into a temporary first); O and lse: writable storage
 // of any of the four (lse float beside a 16-bit O keeps the backward accurate). The pass runs in
@@ -46,7 +53,10 @@
 // Workspace (allocated once per call): per thread R (d + dv + 131) + 128 (d + dv) scalars and R
 // long doubles, R = group Bq <= max(256, group); decoding adds the partials, Hq Lq (dv + 1) scalars
 // per range (at most 16 ranges). Nothing proportional to Lq Lk or to the whole cache (test
-// "MultiHeadAttention: no allocation proportional to Lq, Lk or the cache").
+// "MultiHeadAttention: no allocation proportional to Lq, Lk or the cache"). The backward: one tile
+// workspace per KV group, dK and dV of the compute type accumulated in place (the same test);
+// 16-bit dK or dV (or float ones in a double pass) add an accumulator of the group's columns,
+// Lk (d + dv) scalars.
 // Threads (OpenMP with SOFTMAXLAB_USE_OPENMP, opt-in as elsewhere): tiles (groups x query blocks,
 // or groups x key ranges when decoding) run on the threads; each tile is computed by the same code
 // whatever thread runs it and the merge is sequential, so the result is bit-for-bit the same for
@@ -60,25 +70,36 @@
 // exact in float, so the reference is computed on the same 16-bit values; a 16-bit O adds 1/2 ulp
 // of its type. Measured worst (one run): 1.8 eps float (0.17 of the bound), 1.8 eps with half K/V,
 // 3.8 eps bfloat16, 1.6 eps decoding from Lk = 5,000 caches; half O 0.97 of its bound.
+// Per-head sinks are in the reference test's configurations (causal, window, one sink per head).
+// The mask (float, Eigen::half or Eigen::bfloat16 beside a float pass, float or double beside a
+// double pass, converted exactly 128 entries of one row at a time, never copied whole): "Multi-
+// HeadAttention: a mask shared by the heads, in float, half or bfloat16" (the reference with the
+// mask, prefill and split-key decoding, mask slopes 1 and 0.375: measured 13.9 eps, 0.13 of the
+// bound; a half or bfloat16 mask gives the bits of the same values in float; a NaN entry makes
+// its row NaN), and the masked backward in the finite-difference test.
 // Backward (backward(...) below): "MultiHeadAttention: backward against central finite
-// differences in double" (within 1e-6 relative) and "... backward of float inputs against the
-// double backward" (tested 64 eps (1 + max|dX|), measured 1.8).
-// Speed (bench/bench_multi_head_attention.cpp; docs/multi_head_attention.md has the table and
-// what is not done): a window of 1,024 at Lq = Lk = 8,192 4.1x faster than full causal, over the
-// last 1,024 queries 7.4x; prefill Hq 32, Hkv 8, d 128: 1.0-1.35x the per-head Attention loop at
-// 512, 1.07x at 2,048, 1.5x the materialized form at 512; decoding at 14-17% of the read bandwidth
-// from a half cache, 40-55% from a float one (tiles of <= 8 rows use matrix-vector products on the
-// converted block; no register-blocked kernel yet). A shared, loaded machine: rough figures.
+// differences in double" (within 1e-6 relative, dQ, dK, dV and the sinks' gradient, one sink or
+// one per head) and "... backward of float inputs against the double backward" (tested 64 eps
+// (1 + max|dX|), measured 2.3).
+// Speed (bench/bench_multi_head_attention.cpp; docs/multi_head_attention.md has the tables and
+// what is not done; one thread, CPU time, a shared machine at load 6-8 on 2 cores: rough): a
+// window of 1,024 at Lq = Lk = 8,192 3.9x faster than full causal, over the last 1,024 queries
+// 6.9x; prefill Hq 32, Hkv 8, d 128: 1.01x / 1.11x / 1.03x the per-head Attention loop at 512 /
+// 2,048 / 8,192, 1.7x / 2.2x / 2.3x the materialized form, 1.2x / 1.6x / 1.9x oneDNN per head;
+// decoding at 19-22% of the read bandwidth from a half cache (4k to 128k keys), 32-47% from a
+// float one (tiles of <= 8 rows use matrix-vector products on the converted block; no
+// register-blocked kernel yet).
 //
 // Special values: a query row with no visible key (Lk = 0, a window or causal band that misses
-// every key, Lq > Lk under causal) gives a zero row of O and lse = z with a sink, -inf without
+// every key, Lq > Lk under causal) gives a zero row of O and lse = z_h with a sink, -inf without
 // one (as Attention, so merge_attention keeps the sink's mass); a NaN score makes the row NaN;
 // +inf scores share the mass; an empty Q gives an empty O.
 // Errors (std::invalid_argument naming the parameter and value): q_heads or kv_heads < 1,
 // q_heads % kv_heads != 0, Q's columns not a positive multiple of Hq, K's not Hkv d, V's not a
 // positive multiple of Hkv, K and V with different rows, O, lse, dO, dQ, dK or dV of the wrong
-// shape, O overlapping an input, cu_seqlens of different sizes, not starting at 0, decreasing, or
-// not ending at Lq (Lk).
+// shape, O (or dQ, dK, dV) overlapping an input or each other, cu_seqlens of different sizes, not
+// starting at 0, decreasing, or not ending at Lq (Lk); sinks not Hq entries or an entry outside
+// [-2^100, 2^100]; dsinks not Hq entries, or asked for without a sink.
 //
 // Sources: Dao, "FlashAttention-2", arXiv 2307.08691 (loop order, window_size, ALiBi from
 // positions, cu_seqlens); Press et al., "ALiBi", arXiv 2108.12409; ggml flash_attn_ext (K/V heads
@@ -130,6 +151,30 @@ class MultiHeadAttention {
   Index kv_heads() const { return hkv_; }
   // The ALiBi slope of each query head (empty without ALiBi).
   const std::vector<double>& alibi_slopes() const { return slopes_; }
+  // The sink of each query head set by with_sinks (empty otherwise: the options' one sink, if any,
+  // joins every head).
+  const std::vector<double>& sinks() const { return sinks_; }
+
+  // A copy with one sink per query head (gpt-oss's and ONNX Runtime GroupQueryAttention's `sinks`):
+  // head h's rows get the extra logit per_head(h), which joins the max and the sum of that head's
+  // softmax but contributes no value. per_head: a vector (any Eigen vector of float, double,
+  // Eigen::half or Eigen::bfloat16) of Hq entries, each in [-2^100, 2^100]; it replaces the
+  // options' single sink (with_sink). Throws std::invalid_argument naming the size or the entry.
+  template <class Vec>
+  [[nodiscard]] MultiHeadAttention with_sinks(const Eigen::DenseBase<Vec>& per_head) const {
+    if (!(per_head.rows() == 1 || per_head.cols() == 1) || per_head.size() != hq_)
+      detail::fail(name, ": sinks must be a vector of Hq = ", hq_, " entries, but got ",
+                   per_head.rows(), " x ", per_head.cols());
+    MultiHeadAttention m = *this;
+    m.sinks_.assign(static_cast<std::size_t>(hq_), 0.0);
+    for (Index h = 0; h < hq_; ++h) {
+      const double z = static_cast<double>(per_head.derived().coeff(h));
+      if (!(z >= -0x1p100 && z <= 0x1p100))
+        detail::fail(name, ": sinks(", h, ") must be in [-2^100, 2^100] (finite), but got ", z);
+      m.sinks_[static_cast<std::size_t>(h)] = z;
+    }
+    return m;
+  }
 
   // O = attention of every head, Lq x (Hq dv), of Q's scalar type.
   template <class XQ, class XK, class XV>
@@ -158,6 +203,28 @@ class MultiHeadAttention {
     auto& o = detail::writable_output(std::forward<OutO>(o_out));
     auto& lse = detail::writable_output(std::forward<OutL>(lse_out));
     forward(q.derived(), k.derived(), v.derived(), o, &lse);
+  }
+
+  // With an additive mask shared by the heads: t_ij += m mask_ij (m: with_mask_slope), after the
+  // ALiBi term; a -inf entry hides key j from query i in every head, a NaN makes row i NaN. mask:
+  // Lq x Lk storage (Matrix, Map, Ref, Block) of float, Eigen::half or Eigen::bfloat16 beside a
+  // float pass, float or double beside a double pass (converted exactly, kMhaMaskChunk entries of
+  // one row at a time: never a whole copy).
+  template <class XQ, class XK, class XV, class XM, class OutO>
+  void apply_masked(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
+                    const Eigen::DenseBase<XV>& v, const Eigen::DenseBase<XM>& mask,
+                    OutO&& o_out) const {
+    auto& o = detail::writable_output(std::forward<OutO>(o_out));
+    Eigen::Matrix<float, 0, 0>* no_lse = nullptr;
+    forward(q.derived(), k.derived(), v.derived(), o, no_lse, &mask.derived());
+  }
+  template <class XQ, class XK, class XV, class XM, class OutO, class OutL>
+  void apply_masked(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
+                    const Eigen::DenseBase<XV>& v, const Eigen::DenseBase<XM>& mask, OutO&& o_out,
+                    OutL&& lse_out) const {
+    auto& o = detail::writable_output(std::forward<OutO>(o_out));
+    auto& lse = detail::writable_output(std::forward<OutL>(lse_out));
+    forward(q.derived(), k.derived(), v.derived(), o, &lse, &mask.derived());
   }
 
   // Packed sequences (FlashAttention's varlen form): sequence b is rows [cu_q[b], cu_q[b + 1]) of
@@ -191,14 +258,41 @@ class MultiHeadAttention {
   // Gradients of the forward pass (FlashAttention-2's recomputation from O and lse): dQ of Q's
   // shape, dK of K's and dV of V's; dK and dV of a KV head summed over its group's query heads.
   // O and lse as the forward wrote them (lse Lq x Hq), dO of O's shape. Any storage scalars; the
-  // pass runs in float (double when any operand is double). Allocates dK and dV accumulators of
-  // the compute type, Lk (d + dv) per KV group, and one tile workspace per group.
+  // pass runs in float (double when any operand is double). dK and dV of the compute type are
+  // accumulated in place; of another type (16-bit, or float beside a double pass) through
+  // accumulators of the compute type, Lk (d + dv) per KV group being computed. Otherwise one tile
+  // workspace per group, nothing proportional to Lq or Lk ("MultiHeadAttention: no allocation
+  // proportional to Lq, Lk or the cache"). dQ, dK, dV must not overlap each other or an input.
   template <class XQ, class XK, class XV, class XO, class XL, class XdO, class OutQ, class OutK,
             class OutV>
   void backward(const Eigen::DenseBase<XQ>& q_in, const Eigen::DenseBase<XK>& k_in,
                 const Eigen::DenseBase<XV>& v_in, const Eigen::DenseBase<XO>& o_in,
                 const Eigen::DenseBase<XL>& lse_in, const Eigen::DenseBase<XdO>& dout_in,
                 OutQ&& dq_out, OutK&& dk_out, OutV&& dv_out) const {
+    backward_impl(q_in, k_in, v_in, o_in, lse_in, dout_in, std::forward<OutQ>(dq_out),
+                  std::forward<OutK>(dk_out), std::forward<OutV>(dv_out),
+                  static_cast<const NoMask*>(nullptr));
+  }
+
+  // The backward of apply_masked: the mask (the forward's, a constant) rebuilds the same weights.
+  template <class XQ, class XK, class XV, class XM, class XO, class XL, class XdO, class OutQ,
+            class OutK, class OutV>
+  void backward_masked(const Eigen::DenseBase<XQ>& q_in, const Eigen::DenseBase<XK>& k_in,
+                       const Eigen::DenseBase<XV>& v_in, const Eigen::DenseBase<XM>& mask,
+                       const Eigen::DenseBase<XO>& o_in, const Eigen::DenseBase<XL>& lse_in,
+                       const Eigen::DenseBase<XdO>& dout_in, OutQ&& dq_out, OutK&& dk_out,
+                       OutV&& dv_out) const {
+    backward_impl(q_in, k_in, v_in, o_in, lse_in, dout_in, std::forward<OutQ>(dq_out),
+                  std::forward<OutK>(dk_out), std::forward<OutV>(dv_out), &mask.derived());
+  }
+
+ private:
+  template <class XQ, class XK, class XV, class XO, class XL, class XdO, class OutQ, class OutK,
+            class OutV, class XM>
+  void backward_impl(const Eigen::DenseBase<XQ>& q_in, const Eigen::DenseBase<XK>& k_in,
+                     const Eigen::DenseBase<XV>& v_in, const Eigen::DenseBase<XO>& o_in,
+                     const Eigen::DenseBase<XL>& lse_in, const Eigen::DenseBase<XdO>& dout_in,
+                     OutQ&& dq_out, OutK&& dk_out, OutV&& dv_out, const XM* mask) const {
     const XQ& q = q_in.derived();
     const XK& k = k_in.derived();
     const XV& v = v_in.derived();
@@ -224,24 +318,91 @@ class MultiHeadAttention {
             Scalar<XQ>,
             double> || std::is_same_v<Scalar<XK>, double> || std::is_same_v<Scalar<XV>, double> || std::is_same_v<Scalar<XO>, double> || std::is_same_v<Scalar<XdO>, double> || std::is_same_v<Scalar<XL>, double>,
         double, float>;
-    const detail::MhaPlan<C> p = plan<C>(lq, lk, d, dvh);
+    const detail::MhaPlan<C> p = plan<C>(lq, lk, d, dvh, mask);
     using M = Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic>;
     using DQ = std::remove_reference_t<decltype(dq)>;
     using DK = std::remove_reference_t<decltype(dk)>;
     using DV = std::remove_reference_t<decltype(dv)>;
+    // The gradients are accumulated in their own storage, so it must not share an input's.
+    auto disjoint = [&](const char* out, const auto& x) {
+      require_disjoint(out, "the input Q", x, q);
+      require_disjoint(out, "the input K", x, k);
+      require_disjoint(out, "the input V", x, v);
+      require_disjoint(out, "the input O", x, o);
+      require_disjoint(out, "the input dO", x, dout);
+      require_disjoint(out, "the input lse", x, lse);
+    };
+    disjoint("dQ", dq);
+    disjoint("dK", dk);
+    disjoint("dV", dv);
+    require_disjoint("dK", "dQ", dk, dq);
+    require_disjoint("dV", "dQ", dv, dq);
+    require_disjoint("dV", "dK", dv, dk);
+    // dK and dV of the compute type are accumulated in place (no allocation proportional to Lk);
+    // other types through an accumulator of the group's columns, Lk (d + dv) scalars of C.
+    constexpr bool kInPlace =
+        std::is_same_v<
+            typename DK::Scalar,
+            C> && std::is_same_v<typename DV::Scalar, C> && detail::has_direct_access_v<DK> && detail::has_direct_access_v<DV>;
     // One task per KV group: it owns its columns of dK, dV and its heads' columns of dQ.
     detail::for_each_slice<true>(hkv_, lq * lk * p.group * (d + dvh), [&](Index g) {
-      M gk = M::Zero(lk, d), gv = M::Zero(lk, dvh);
       const Index group = p.group;
-      detail::mha_backward_group(
-          q, k, v, o, lse, dout, g, p, gk, gv, [&](Index i0, Index n, const auto& dqt) {
-            for (Index hh = 0; hh < group; ++hh)
-              dq.block(i0, (g * group + hh) * d, n, d) =
-                  dqt.middleRows(hh * n, n).template cast<typename DQ::Scalar>();
-          });
-      dk.block(0, g * d, lk, d) = gk.template cast<typename DK::Scalar>();
-      dv.block(0, g * dvh, lk, dvh) = gv.template cast<typename DV::Scalar>();
+      auto write_dq = [&](Index i0, Index n, const auto& dqt) {
+        for (Index hh = 0; hh < group; ++hh)
+          dq.block(i0, (g * group + hh) * d, n, d) =
+              dqt.middleRows(hh * n, n).template cast<typename DQ::Scalar>();
+      };
+      if constexpr (kInPlace) {
+        auto gk = dk.block(0, g * d, lk, d);
+        auto gv = dv.block(0, g * dvh, lk, dvh);
+        gk.setZero();
+        gv.setZero();
+        detail::mha_backward_group(q, k, v, o, lse, dout, g, p, gk, gv, write_dq);
+      } else {
+        M gk = M::Zero(lk, d), gv = M::Zero(lk, dvh);
+        detail::mha_backward_group(q, k, v, o, lse, dout, g, p, gk, gv, write_dq);
+        dk.block(0, g * d, lk, d) = gk.template cast<typename DK::Scalar>();
+        dv.block(0, g * dvh, lk, dvh) = gv.template cast<typename DV::Scalar>();
+      }
     });
+  }
+
+ public:
+  // The same, and the gradient of each query head's sink into dsinks (a vector of Hq entries, any
+  // storage scalar): dz_h = -sum_i exp(z_h - lse_ih) <dO_ih, O_ih> (O_ih = sum_j P_ij v_j with P's
+  // normalizer holding exp(z_h), so dO_ih/dz_h = -exp(z_h - lse_ih) O_ih), summed in long double.
+  // Needs a sink (with_sink or with_sinks); throws std::invalid_argument otherwise, or when dsinks
+  // has the wrong size.
+  template <class XQ, class XK, class XV, class XO, class XL, class XdO, class OutQ, class OutK,
+            class OutV, class OutS>
+  void backward(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
+                const Eigen::DenseBase<XV>& v, const Eigen::DenseBase<XO>& o,
+                const Eigen::DenseBase<XL>& lse, const Eigen::DenseBase<XdO>& dout, OutQ&& dq,
+                OutK&& dk, OutV&& dv, OutS&& dsinks_out) const {
+    auto& dsinks = detail::writable_output(std::forward<OutS>(dsinks_out));
+    if (!options_.has_sink() && sinks_.empty())
+      detail::fail(name, ": dsinks needs a sink (with_sink or with_sinks), but none is set");
+    if (!(dsinks.rows() == 1 || dsinks.cols() == 1) || dsinks.size() != hq_)
+      detail::fail(name, ": dsinks must be a vector of Hq = ", hq_, " entries, but got ",
+                   dsinks.rows(), " x ", dsinks.cols());
+    backward(q, k, v, o, lse, dout, std::forward<OutQ>(dq), std::forward<OutK>(dk),
+             std::forward<OutV>(dv));
+    const Index dvh = v.cols() / hkv_;
+    for (Index h = 0; h < hq_; ++h) {
+      const long double z = sinks_.empty() ? options_.sink() : sinks_[static_cast<std::size_t>(h)];
+      long double sum = 0;
+      for (Index i = 0; i < q.rows(); ++i) {
+        long double delta = 0;
+        for (Index c = 0; c < dvh; ++c)
+          delta +=
+              static_cast<long double>(static_cast<double>(dout.derived().coeff(i, h * dvh + c)))
+              * static_cast<double>(o.derived().coeff(i, h * dvh + c));
+        const long double l = static_cast<double>(lse.derived().coeff(i, h));
+        sum += std::exp(z - l) * delta;  // lse >= z with a sink: a weight in [0, 1]
+      }
+      using S = typename std::remove_reference_t<decltype(dsinks)>::Scalar;
+      dsinks.coeffRef(h) = detail::convert_scalar<S>(static_cast<double>(-sum));
+    }
   }
 
  private:
@@ -265,9 +426,9 @@ class MultiHeadAttention {
                    static_cast<Index>(cu[n - 1]));
   }
 
-  // O must not share memory with an input (whatever their scalar types).
+  // An output must not share memory with an input (whatever their scalar types).
   template <class XO, class X>
-  static void require_disjoint(const char* in, const XO& o, const X& x) {
+  static void require_disjoint(const char* out, const char* in, const XO& o, const X& x) {
     if constexpr (detail::has_direct_access_v<XO> && detail::has_direct_access_v<X>) {
       if (o.size() == 0 || x.size() == 0)
         return;
@@ -277,7 +438,7 @@ class MultiHeadAttention {
       const std::uintptr_t o0 = at(o.data()), o1 = at(detail::last_coefficient(o) + 1);
       const std::uintptr_t x0 = at(x.data()), x1 = at(detail::last_coefficient(x) + 1);
       if (o0 < x1 && x0 < o1)
-        detail::fail(name, ": O must not overlap the input ", in);
+        detail::fail(name, ": ", out, " must not overlap ", in);
     }
   }
 
@@ -302,18 +463,40 @@ class MultiHeadAttention {
     if (o.rows() != q.rows() || o.cols() != hq_ * dv)
       fail(name, ": O must be Lq x Hq dv = ", q.rows(), " x ", hq_ * dv, ", but got ", o.rows(),
            " x ", o.cols());
-    require_disjoint("Q", o, q);
-    require_disjoint("K", o, k);
-    require_disjoint("V", o, v);
+    require_disjoint("O", "the input Q", o, q);
+    require_disjoint("O", "the input K", o, k);
+    require_disjoint("O", "the input V", o, v);
   }
 
-  template <class C>
-  detail::MhaPlan<C> plan(Index lq, Index lk, Index d, Index dv) const {
+  using NoMask = Eigen::Matrix<float, 0, 0>;
+
+  // Row i's mask entries [j, j + n) converted to C (MhaPlan::mask_row).
+  template <class C, class XM>
+  static void mask_row_of(const void* mask, Index i, Index j, Index n, C* out) {
+    detail::mha_load_block(*static_cast<const XM*>(mask), i, j, 1, n, out);
+  }
+
+  template <class C, class XM = NoMask>
+  detail::MhaPlan<C> plan(Index lq, Index lk, Index d, Index dv, const XM* mask = nullptr) const {
     detail::MhaPlan<C> p;
+    if constexpr (!std::is_same_v<XM, NoMask>) {
+      static_assert(detail::mask_scalar_ok_v<C, Scalar<XM>>,
+                    "softmaxlab: the mask must be float, Eigen::half or Eigen::bfloat16 beside a "
+                    "float pass, float or double beside a double pass");
+      static_assert(detail::has_direct_access_v<XM>,
+                    "softmaxlab: the mask must be storage; evaluate an expression first");
+      if (mask->rows() != lq || mask->cols() != lk)
+        detail::fail(name, ": mask must be Lq x Lk = ", lq, " x ", lk, ", but got ", mask->rows(),
+                     " x ", mask->cols());
+      p.mask = mask;
+      p.mask_row = &mask_row_of<C, XM>;
+      p.mask_slope = static_cast<C>(options_.mask_slope());
+    }
     p.scale = static_cast<C>(options_.scale_or(1.0 / std::sqrt(static_cast<double>(d))));
     p.cap = static_cast<C>(options_.softcap());
-    p.has_sink = options_.has_sink();
+    p.has_sink = options_.has_sink() || !sinks_.empty();
     p.sink = static_cast<C>(options_.sink());
+    p.sinks = sinks_.empty() ? nullptr : sinks_.data();
     p.band.lq = lq;
     p.band.lk = lk;
     p.band.left = options_.window_left();
@@ -330,25 +513,27 @@ class MultiHeadAttention {
   }
 
   // The forward pass into O (and lse unless null); shapes are checked here.
-  template <class XQ, class XK, class XV, class XO, class XL>
-  void forward(const XQ& q, const XK& k, const XV& v, XO& o, XL* lse) const {
+  template <class XQ, class XK, class XV, class XO, class XL, class XM = NoMask>
+  void forward(const XQ& q, const XK& k, const XV& v, XO& o, XL* lse,
+               const XM* mask = nullptr) const {
     // An expression (no storage) is evaluated once, not once per block.
     if constexpr (!detail::has_direct_access_v<XQ>) {
       const Eigen::Matrix<Scalar<XQ>, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> qe = q;
-      forward(qe, k, v, o, lse);
+      forward(qe, k, v, o, lse, mask);
     } else if constexpr (!detail::has_direct_access_v<XK>) {
       const Eigen::Matrix<Scalar<XK>, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> ke = k;
-      forward(q, ke, v, o, lse);
+      forward(q, ke, v, o, lse, mask);
     } else if constexpr (!detail::has_direct_access_v<XV>) {
       const Eigen::Matrix<Scalar<XV>, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> ve = v;
-      forward(q, k, ve, o, lse);
+      forward(q, k, ve, o, lse, mask);
     } else {
-      forward_storage(q, k, v, o, lse);
+      forward_storage(q, k, v, o, lse, mask);
     }
   }
 
-  template <class XQ, class XK, class XV, class XO, class XL>
-  void forward_storage(const XQ& q, const XK& k, const XV& v, XO& o, XL* lse) const {
+  template <class XQ, class XK, class XV, class XO, class XL, class XM>
+  void forward_storage(const XQ& q, const XK& k, const XV& v, XO& o, XL* lse,
+                       const XM* mask) const {
     check_shapes(q, k, v, o);
     const Index lq = q.rows(), lk = k.rows(), d = q.cols() / hq_, dv = v.cols() / hkv_;
     if constexpr (!std::is_same_v<XL, Eigen::Matrix<float, 0, 0>>) {
@@ -362,9 +547,9 @@ class MultiHeadAttention {
             Scalar<XQ>,
             double> || std::is_same_v<Scalar<XK>, double> || std::is_same_v<Scalar<XV>, double> || std::is_same_v<Scalar<XO>, double>,
         double, float>;
+    const detail::MhaPlan<C> p = plan<C>(lq, lk, d, dv, mask);
     if (lq == 0)
       return;
-    const detail::MhaPlan<C> p = plan<C>(lq, lk, d, dv);
     const Index group = p.group, bq = p.rows_per_head, rows = group * bq;
     // Tile rows hh n + r (head g group + hh, query i0 + r) into O and lse.
     auto write = [&](Index g, Index i0, Index n, const C* tile_o, const C* tile_lse) {
@@ -431,6 +616,7 @@ class MultiHeadAttention {
   AttentionOptions options_;
   Index hq_, hkv_;
   std::vector<double> slopes_;
+  std::vector<double> sinks_;  // per query head (with_sinks), or empty
 };
 
 }  // namespace softmaxlab

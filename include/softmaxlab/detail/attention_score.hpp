@@ -22,6 +22,15 @@
 namespace softmaxlab {
 namespace detail {
 
+// The additive mask's scalar types beside scores of type S (issue 23; ggml keeps f16 masks beside
+// f32 scores): S itself, Eigen::half or Eigen::bfloat16 beside float, float beside double. Each
+// converts exactly to S, so a call with such a mask gives the bits of the same call on the mask
+// converted to S; the conversion happens per row or per key block, never as a whole copy.
+template <class S, class M>
+inline constexpr bool mask_scalar_ok_v =
+    std::is_same_v<S, M> || (std::is_same_v<S, float> && is_16bit_v<M>)
+    || (std::is_same_v<S, double> && std::is_same_v<M, float>);
+
 // The score transform t = cap(scale s) + slope mask in the scalar type, and the row state it
 // reports: the max of t and whether the row (scores or mask) held a NaN.
 template <class Scalar>
@@ -136,11 +145,13 @@ ScoreMax<Scalar> transform_scores_contiguous(const Scalar* x, const Scalar* mask
 }
 
 // The transform on spans: x, y (same length, y may be x; kStore false: y is not written) and mask
-// (size 0: no mask), strided or not (strided ones are staged through stack chunks, as for_chunks
-// does).
-template <bool kStore, class Scalar>
-ScoreMax<Scalar> transform_scores(const Span<const Scalar>& x, const Span<const Scalar>& mask,
+// (size 0: no mask; of Scalar or a type mask_scalar_ok_v accepts), strided or not (strided ones,
+// and a mask of another type, are staged through stack chunks, as for_chunks does; the mask is
+// converted exactly there).
+template <bool kStore, class Scalar, class MaskScalar>
+ScoreMax<Scalar> transform_scores(const Span<const Scalar>& x, const Span<const MaskScalar>& mask,
                                   const Span<Scalar>& y, const ScoreTransform<Scalar>& f) {
+  static_assert(mask_scalar_ok_v<Scalar, MaskScalar>, "softmaxlab: unsupported mask scalar");
   const bool has_mask = mask.size != 0;
   auto run = [&](const Scalar* in, const Scalar* m, Scalar* out, Index n) {
     if (has_mask) {
@@ -150,8 +161,10 @@ ScoreMax<Scalar> transform_scores(const Span<const Scalar>& x, const Span<const 
     return f.has_cap() ? transform_scores_contiguous<kStore, false, true>(in, m, out, n, f)
                        : transform_scores_contiguous<kStore, false, false>(in, m, out, n, f);
   };
-  if (x.contiguous() && y.contiguous() && (!has_mask || mask.contiguous()))
-    return run(x.data, mask.data, y.data, x.size);
+  if constexpr (std::is_same_v<MaskScalar, Scalar>) {
+    if (x.contiguous() && y.contiguous() && (!has_mask || mask.contiguous()))
+      return run(x.data, mask.data, y.data, x.size);
+  }
   ScoreMax<Scalar> r;
   alignas(64) Scalar in[kChunk];
   alignas(64) Scalar m[kChunk];
@@ -160,10 +173,8 @@ ScoreMax<Scalar> transform_scores(const Span<const Scalar>& x, const Span<const 
     const Index count = std::min(kChunk, x.size - start);
     for (Index k = 0; k < count; ++k)
       in[k] = x[start + k];
-    if (has_mask) {
-      for (Index k = 0; k < count; ++k)
-        m[k] = mask[start + k];
-    }
+    if (has_mask)
+      convert_strided(mask.data + start * mask.stride, mask.stride, m, Index(1), count);
     r.add(run(in, m, out, count));
     if constexpr (kStore) {
       for (Index k = 0; k < count; ++k)
@@ -183,8 +194,8 @@ ScoreMax<Scalar> transform_scores(const Span<const Scalar>& x, const Span<const 
 // or the mask) -> zeros, even with a sink; otherwise finite scores, however large, get their exact
 // weights: a finite x_i whose scale x_i overflowed the scalar is not +inf. Reads x and the mask
 // three times and writes y only in the last (y may be x). Rare rows, scalar code.
-template <class Scalar>
-void attention_irregular_row(const Span<const Scalar>& x, const Span<const Scalar>& mask,
+template <class Scalar, class MaskScalar>
+void attention_irregular_row(const Span<const Scalar>& x, const Span<const MaskScalar>& mask,
                              const Span<Scalar>& y, const ScoreTransform<Scalar>& f, bool has_sink,
                              Scalar sink) {
   constexpr int k = std::is_same_v<Scalar, double> ? 102 : 0;
@@ -196,7 +207,7 @@ void attention_irregular_row(const Span<const Scalar>& x, const Span<const Scala
   // u_i, or -inf for a masked entry (NaNs were ruled out first).
   auto score = [&](Index i) {
     const double xi = static_cast<double>(x[i]);
-    const double mi = has_mask ? static_cast<double>(mask[i]) : 0.0;
+    const double mi = has_mask ? convert_scalar<double>(mask[i]) : 0.0;
     if (xi == -inf || mi == -inf)
       return -inf;
     const double s = f.has_cap() ? scaled_cap * std::tanh(scale * xi / cap) : scaled_scale * xi;
@@ -205,7 +216,7 @@ void attention_irregular_row(const Span<const Scalar>& x, const Span<const Scala
   double top = -inf;
   Index infinite = 0;
   for (Index i = 0; i < x.size; ++i) {
-    if (std::isnan(x[i]) || (has_mask && std::isnan(mask[i])))
+    if (std::isnan(x[i]) || (has_mask && std::isnan(convert_scalar<double>(mask[i]))))
       return fill(y, std::numeric_limits<Scalar>::quiet_NaN());
     const double u = score(i);
     infinite += u == inf;

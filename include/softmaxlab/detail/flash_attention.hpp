@@ -63,13 +63,24 @@ inline Index attention_visible(Index i, Index j0, Index nk, Index lq, Index lk, 
   return std::clamp<Index>(i + lk - lq - j0 + 1, 0, nk);
 }
 
-// The mask entries of query row i for keys [j0, j0 + n) (size 0 when there is no mask).
+// The mask entries of query row i for keys [j0, j0 + n) as Scalar (size 0 when there is no mask):
+// the mask's own storage when it has Scalar's type, else (a half or bfloat16 mask beside float, a
+// float one beside double: mask_scalar_ok_v) converted exactly into staging, n <= kAttention-
+// MaxBlockK entries of the caller's stack: one key block of one row, never the whole mask.
 template <class Scalar, class MaskM>
-Span<const Scalar> attention_mask_span(const MaskM* mask, Index i, Index j0, Index n) {
+Span<const Scalar> attention_mask_span(const MaskM* mask, Index i, Index j0, Index n,
+                                       Scalar* staging) {
+  using MaskScalar = typename MaskM::Scalar;
+  static_assert(mask_scalar_ok_v<Scalar, MaskScalar>, "softmaxlab: unsupported mask scalar");
   if (mask == nullptr || n == 0)
     return {nullptr, 0, 1};
-  Span<const Scalar> m = slice_span<const Scalar>(*mask, i, true);
-  return {m.data + j0 * m.stride, n, m.stride};
+  const Span<const MaskScalar> m = slice_span<const MaskScalar>(*mask, i, true);
+  if constexpr (std::is_same_v<MaskScalar, Scalar>) {
+    return {m.data + j0 * m.stride, n, m.stride};
+  } else {
+    convert_strided(m.data + j0 * m.stride, m.stride, staging, Index(1), n);
+    return {staging, n, 1};
+  }
 }
 
 // The key/value block loop of query rows [i0, i0 + bq), shared by the forward passes and the
@@ -97,6 +108,7 @@ void attention_forward_block(const QM& q, const KM& k, const VM& v, const MaskM*
   const Scalar inf = std::numeric_limits<Scalar>::infinity();
   const Index lq = q.rows(), lk = k.rows();
   alignas(64) Scalar buffer[kAttentionMaxBlockQ * kAttentionMaxBlockK];
+  alignas(64) Scalar mask_stage[kAttentionMaxBlockK];  // a converted mask row (other types)
   Scalar running_max[kAttentionMaxBlockQ];
   long double running_sum[kAttentionMaxBlockQ];
   bool nan_row[kAttentionMaxBlockQ];
@@ -114,9 +126,10 @@ void attention_forward_block(const QM& q, const KM& k, const VM& v, const MaskM*
       std::fill(row + visible, row + nk, Scalar(0));  // keys this query does not see: weight 0
       ScoreMax<Scalar> sm;
       if (visible > 0) {
-        sm = transform_scores<true>(Span<const Scalar>{row, visible, 1},
-                                    attention_mask_span<Scalar>(mask, i0 + r, j0, visible),
-                                    Span<Scalar>{row, visible, 1}, plan.transform);
+        sm = transform_scores<true>(
+            Span<const Scalar>{row, visible, 1},
+            attention_mask_span<Scalar>(mask, i0 + r, j0, visible, mask_stage),
+            Span<Scalar>{row, visible, 1}, plan.transform);
       }
       nan_row[r] = nan_row[r] || sm.nan;
       const Scalar m_old = running_max[r];
@@ -208,6 +221,7 @@ void attention_forward_block_power(const QM& q, const KM& k, const VM& v, const 
   const Index lq = q.rows(), lk = k.rows();
   const ScoreTransform<Scalar>& f = plan.transform;
   alignas(64) Scalar buffer[kAttentionMaxBlockQ * kAttentionMaxBlockK];
+  alignas(64) Scalar mask_stage[kAttentionMaxBlockK];  // a converted mask row (other types)
   int mode[kAttentionMaxBlockQ], exponent[kAttentionMaxBlockQ];
   long double running_sum[kAttentionMaxBlockQ];
   bool nan_row[kAttentionMaxBlockQ];
@@ -223,7 +237,8 @@ void attention_forward_block_power(const QM& q, const KM& k, const VM& v, const 
     for (Index r = 0; r < bq; ++r) {
       Scalar* row = buffer + r * nk;
       const Index visible = attention_visible(i0 + r, j0, nk, lq, lk, plan.causal);
-      const Span<const Scalar> ms = attention_mask_span<Scalar>(mask, i0 + r, j0, visible);
+      const Span<const Scalar> ms =
+          attention_mask_span<Scalar>(mask, i0 + r, j0, visible, mask_stage);
       std::fill(row + visible, row + nk, Scalar(0));
       // The transformed scores; masked keys become NaN here (NaN inputs were flagged first).
       Scalar top = 0;
@@ -317,6 +332,7 @@ void attention_forward_block_polynomial(const QM& q, const KM& k, const VM& v, c
   const Scalar bound = static_cast<Scalar>(weight.options().bound);
   const auto& e = weight.exp_approx();
   alignas(64) Scalar buffer[kAttentionMaxBlockQ * kAttentionMaxBlockK];
+  alignas(64) Scalar mask_stage[kAttentionMaxBlockK];  // a converted mask row (other types)
   long double running_sum[kAttentionMaxBlockQ];
   Index kept[kAttentionMaxBlockQ];
   bool nan_row[kAttentionMaxBlockQ];
@@ -331,7 +347,8 @@ void attention_forward_block_polynomial(const QM& q, const KM& k, const VM& v, c
     for (Index r = 0; r < bq; ++r) {
       Scalar* row = buffer + r * nk;
       const Index visible = attention_visible(i0 + r, j0, nk, lq, lk, plan.causal);
-      const Span<const Scalar> ms = attention_mask_span<Scalar>(mask, i0 + r, j0, visible);
+      const Span<const Scalar> ms =
+          attention_mask_span<Scalar>(mask, i0 + r, j0, visible, mask_stage);
       std::fill(row + visible, row + nk, Scalar(0));
       long double sum = 0;
       for (Index j = 0; j < visible; ++j) {
@@ -381,6 +398,7 @@ void attention_backward_block(const QM& q, const KM& k, const VM& v, const MaskM
   const Index lq = q.rows(), lk = k.rows();
   alignas(64) Scalar p_buffer[kAttentionMaxBlockQ * kAttentionMaxBlockK];
   alignas(64) Scalar ds_buffer[kAttentionMaxBlockQ * kAttentionMaxBlockK];
+  alignas(64) Scalar mask_stage[kAttentionMaxBlockK];  // a converted mask row (other types)
   Scalar delta[kAttentionMaxBlockQ];
   const ScoreTransform<Scalar>& f = plan.transform;
   for (Index r = 0; r < bq; ++r)
@@ -392,7 +410,8 @@ void attention_backward_block(const QM& q, const KM& k, const VM& v, const MaskM
     ds.noalias() = dob * v.middleRows(j0, nk).transpose();  // dP
     for (Index r = 0; r < bq; ++r) {
       const Index visible = attention_visible(i0 + r, j0, nk, lq, lk, plan.causal);
-      const Span<const Scalar> ms = attention_mask_span<Scalar>(mask, i0 + r, j0, visible);
+      const Span<const Scalar> ms =
+          attention_mask_span<Scalar>(mask, i0 + r, j0, visible, mask_stage);
       const Scalar row_lse = lse[i0 + r];
       for (Index j = 0; j < nk; ++j) {
         Scalar weight = 0, slope_of_cap = 1;

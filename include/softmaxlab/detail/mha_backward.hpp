@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "common.hpp"
@@ -14,17 +15,19 @@
 namespace softmaxlab {
 namespace detail {
 
-// dK and dV of KV group g (gk: Lk x d, gv: Lk x dv, column-major, zeroed by the caller) and dQ of
+// dK and dV of KV group g (gk: Lk x d, gv: Lk x dv of C, zeroed by the caller: the caller's dK
+// and dV columns when they have the compute type, else accumulators) and dQ of
 // its query heads (written into dq through write_dq(h, i0, n, rows of the tile)) from every query
 // block in order, so that the sums over the group's heads and the query blocks are deterministic.
 // P_ij = exp(t_ij - lse_i) is rebuilt from the lse given; D_i = <dO_i, O_i>; dS = P (dP - D) times
 // the cap's derivative and the scale (the ALiBi term is a constant of the positions).
-template <class C, class XQ, class XK, class XV, class XO, class XL, class XdO, class WriteDq>
+template <class C, class XQ, class XK, class XV, class XO, class XL, class XdO, class GK, class GV,
+          class WriteDq>
 void mha_backward_group(const XQ& q, const XK& k, const XV& v, const XO& o, const XL& lse,
-                        const XdO& dout, Index g, const MhaPlan<C>& plan,
-                        Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic>& gk,
-                        Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic>& gv,
+                        const XdO& dout, Index g, const MhaPlan<C>& plan, GK& gk, GV& gv,
                         const WriteDq& write_dq) {
+  static_assert(std::is_same_v<typename GK::Scalar, C> && std::is_same_v<typename GV::Scalar, C>,
+                "softmaxlab: the dK and dV accumulators must have the compute type");
   using RowMat = Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   const C inf = std::numeric_limits<C>::infinity();
   const Index group = plan.group, d = plan.d, dv = plan.dv, bq = plan.rows_per_head;
@@ -70,6 +73,9 @@ void mha_backward_group(const XQ& q, const XK& k, const XV& v, const XO& o, cons
         const Index b = std::max(a, std::clamp<Index>(band.end(i) - j0, 0, nk));
         const C l = row_lse[r];
         const C slope = plan.slopes != nullptr ? static_cast<C>(plan.slopes[g * group + hh]) : 0;
+        C mask_row[kMhaBlockK];  // the mask's added term for keys [j0 + a, j0 + b), or 0
+        std::fill(mask_row, mask_row + (b - a), C(0));
+        plan.add_mask(i, j0 + a, b - a, mask_row);
         for (Index j = 0; j < nk; ++j) {
           C weight = 0, cap_slope = 1;
           if (j >= a && j < b) {
@@ -81,6 +87,10 @@ void mha_backward_group(const XQ& q, const XK& k, const XV& v, const XO& o, cons
             }
             if (plan.slopes != nullptr)
               t -= slope * static_cast<C>(std::abs(j0 + j - band.diagonal(i)));
+            if (plan.mask != nullptr) {
+              const C added = mask_row[j - a];  // slope m, or -inf where masked
+              t = added == -inf ? added : t + added;
+            }
             if (l != l || t != t)
               weight = std::numeric_limits<C>::quiet_NaN();
             else if (l != -inf && l != inf && t != -inf)

@@ -26,6 +26,8 @@ inline constexpr Index kMhaTileRows = 256;
 inline constexpr Index kMhaBlockK = 128;
 // Tiles of at most this many rows use matrix-vector products instead of GEMMs.
 inline constexpr Index kMhaGemvRows = 8;
+// Mask entries converted at a time (on the stack).
+inline constexpr Index kMhaMaskChunk = 128;
 
 // The visible band of query i among Lq queries and Lk keys, bottom-right aligned
 // (FlashAttention-2): diagonal(i) = i + Lk - Lq; key j is visible iff diagonal - left <= j (left >=
@@ -59,6 +61,31 @@ struct MhaPlan {
   Index d = 0, dv = 0;
   Index rows_per_head = 1;         // query rows of a tile, per head
   const double* slopes = nullptr;  // ALiBi slope of each query head, or null
+  const double* sinks = nullptr;   // the sink of each query head (has_sink), or null: sink for all
+
+  // The additive Lq x Lk mask shared by the heads (apply_masked), or null: mask_row(mask, i, j, n,
+  // out) writes row i's entries [j, j + n) converted exactly to C (n <= kMhaBlockK).
+  const void* mask = nullptr;
+  void (*mask_row)(const void* mask, Index i, Index j, Index n, C* out) = nullptr;
+  C mask_slope = 1;
+
+  // The sink of query head h (when has_sink).
+  C sink_of(Index h) const { return sinks != nullptr ? static_cast<C>(sinks[h]) : sink; }
+
+  // t[k] += mask_slope mask(i, j + k) for k < n, a -inf mask entry giving -inf (masked, whatever
+  // the score); a NaN entry makes t NaN. No-op without a mask.
+  void add_mask(Index i, Index j, Index n, C* t) const {
+    if (mask == nullptr || n == 0)
+      return;
+    C m[kMhaMaskChunk];
+    for (Index k0 = 0; k0 < n; k0 += kMhaMaskChunk) {
+      const Index c = std::min(kMhaMaskChunk, n - k0);
+      mask_row(mask, i, j + k0, c, m);
+      for (Index k = 0; k < c; ++k)
+        t[k0 + k] =
+            m[k] == -std::numeric_limits<C>::infinity() ? m[k] : t[k0 + k] + mask_slope * m[k];
+    }
+  }
 };
 
 // The buffers of one tile (one per thread): R = group * rows_per_head rows.
@@ -134,7 +161,8 @@ void mha_load_block(const X& x, Index r0, Index c0, Index nr, Index nc, C* out) 
 // Attention of query rows [i0, i0 + bq) of every query head of KV group g over the visible keys of
 // [key_begin, key_end) (key_begin a multiple of kMhaBlockK, so that key blocks fall where
 // Attention's do): w.o gets the normalized partial output (row hh * bq + r: head g * group + hh,
-// query i0 + r; row-major, R x dv) and lse[row] its log-sum-exp; the sink joins when with_sink.
+// query i0 + r; row-major, R x dv) and lse[row] its log-sum-exp; the sink (plan.sink_of(head))
+// joins when with_sink.
 // Key blocks wholly outside the band of every row of the tile are never visited.
 template <class C, class XQ, class XK, class XV>
 void mha_tile(const XQ& q, const XK& k, const XV& v, Index g, Index i0, Index bq, Index key_begin,
@@ -189,6 +217,7 @@ void mha_tile(const XQ& q, const XK& k, const XV& v, Index g, Index i0, Index bq
         const C from = static_cast<C>(j0 + a - band.diagonal(i));
         t -= slope * Arr::LinSpaced(b - a, from, from + static_cast<C>(b - a - 1)).abs();
       }
+      plan.add_mask(i, j0 + a, b - a, t.data());
       if (t.hasNaN()) {
         w.nan[r] = 1;
         std::fill(row, row + nk, C(0));
@@ -244,6 +273,7 @@ void mha_tile(const XQ& q, const XK& k, const XV& v, Index g, Index i0, Index bq
   }
   for (Index r = 0; r < rows; ++r) {
     const C m = w.max[r];
+    const C z = plan.sink_of(g * group + r / bq);
     if (w.nan[r] != 0) {
       ot.row(r).setConstant(std::numeric_limits<C>::quiet_NaN());
       lse[r] = std::numeric_limits<C>::quiet_NaN();
@@ -251,16 +281,16 @@ void mha_tile(const XQ& q, const XK& k, const XV& v, Index g, Index i0, Index bq
       // No visible key: a zero row, and lse the sink's own log-sum-exp (merge_attention keeps its
       // mass), -inf without one.
       ot.row(r).setZero();
-      lse[r] = with_sink && plan.has_sink ? plan.sink : -inf;
+      lse[r] = with_sink && plan.has_sink ? z : -inf;
     } else if (m == inf) {
       ot.row(r) *= static_cast<C>(1.0L / w.sum[r]);
       lse[r] = inf;
     } else {
       long double top = m, sum = w.sum[r], factor = 1;
       if (with_sink && plan.has_sink) {
-        top = std::max<long double>(m, plan.sink);
+        top = std::max<long double>(m, z);
         factor = std::exp(static_cast<long double>(m) - top);
-        sum = sum * factor + std::exp(static_cast<long double>(plan.sink) - top);
+        sum = sum * factor + std::exp(static_cast<long double>(z) - top);
       }
       ot.row(r) *= static_cast<C>(factor / sum);
       lse[r] = static_cast<C>(top + std::log(sum));
