@@ -218,6 +218,7 @@ class MultiHeadAttention {
     Eigen::Matrix<float, 0, 0>* no_lse = nullptr;
     forward(q.derived(), k.derived(), v.derived(), o, no_lse, &mask.derived());
   }
+  // The masked form with the log-sum-exp of every head (Lq x Hq).
   template <class XQ, class XK, class XV, class XM, class OutO, class OutL>
   void apply_masked(const Eigen::DenseBase<XQ>& q, const Eigen::DenseBase<XK>& k,
                     const Eigen::DenseBase<XV>& v, const Eigen::DenseBase<XM>& mask, OutO&& o_out,
