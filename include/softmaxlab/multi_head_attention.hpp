@@ -98,6 +98,21 @@
 
 namespace softmaxlab {
 
+// A paged KV cache (vLLM's and FlashInfer's layout), for MultiHeadAttention::apply_paged:
+// clang-format off
+//   sml::PagedKV<Eigen::half> k(pool, num_pages, page_size, cols, block_table, table_size, Lk);
+// clang-format on
+// pool: num_pages pages back to back, each page_size rows of `cols` contiguous values (cols =
+// Hkv d for K, Hkv dv for V; the pages of one sequence need not be contiguous nor in order); key j
+// is row j % page_size of page block_table[j / page_size]; the last page may be partly used. The
+// object holds pointers only (the pool and table must outlive it). T: float, double, Eigen::half
+// or Eigen::bfloat16. Throws std::invalid_argument naming the value for num_pages < 0,
+// page_size < 1, cols < 1, length < 0, a null pool or table that is needed, a table of fewer than
+// ceil(Lk / page_size) entries, or a used entry outside [0, num_pages) (test "MultiHeadAttention:
+// a paged cache gives the contiguous cache's bits").
+template <class T>
+using PagedKV = detail::PagedKV<T>;
+
 // Attention for every head at once, with grouped-query KV sharing: see the header's doc block.
 class MultiHeadAttention {
  public:
@@ -158,6 +173,30 @@ class MultiHeadAttention {
     auto& o = detail::writable_output(std::forward<OutO>(o_out));
     auto& lse = detail::writable_output(std::forward<OutL>(lse_out));
     forward(q.derived(), k.derived(), v.derived(), o, &lse);
+  }
+
+  // Decoding (or any Lq) from a paged cache: K and V as PagedKV (rows Lk, cols Hkv d and Hkv dv),
+  // otherwise as apply. The keys are read in the same order and blocks as from a contiguous cache,
+  // so the result is bit-for-bit apply's on the same values (same thread count).
+  template <class XQ, class TK, class TV, class OutO>
+  void apply_paged(const Eigen::DenseBase<XQ>& q, const PagedKV<TK>& k, const PagedKV<TV>& v,
+                   OutO&& o_out) const {
+    auto& o = detail::writable_output(std::forward<OutO>(o_out));
+    require_disjoint_pool("K", o, k);
+    require_disjoint_pool("V", o, v);
+    Eigen::Matrix<float, 0, 0>* no_lse = nullptr;
+    forward(q.derived(), k, v, o, no_lse);
+  }
+
+  // The same with the log-sum-exp of every head (Lq x Hq).
+  template <class XQ, class TK, class TV, class OutO, class OutL>
+  void apply_paged(const Eigen::DenseBase<XQ>& q, const PagedKV<TK>& k, const PagedKV<TV>& v,
+                   OutO&& o_out, OutL&& lse_out) const {
+    auto& o = detail::writable_output(std::forward<OutO>(o_out));
+    auto& lse = detail::writable_output(std::forward<OutL>(lse_out));
+    require_disjoint_pool("K", o, k);
+    require_disjoint_pool("V", o, v);
+    forward(q.derived(), k, v, o, &lse);
   }
 
   // Packed sequences (FlashAttention's varlen form): sequence b is rows [cu_q[b], cu_q[b + 1]) of
@@ -281,6 +320,23 @@ class MultiHeadAttention {
     }
   }
 
+  // O must not share memory with a page pool.
+  template <class XO, class T>
+  static void require_disjoint_pool(const char* in, const XO& o, const PagedKV<T>& x) {
+    if constexpr (detail::has_direct_access_v<XO>) {
+      if (o.size() == 0 || x.num_pages() == 0)
+        return;
+      const auto at = [](const void* p) {
+        return reinterpret_cast<std::uintptr_t>(p);
+      };
+      const std::uintptr_t o0 = at(o.data()), o1 = at(detail::last_coefficient(o) + 1);
+      const std::uintptr_t x0 = at(x.pool()),
+                           x1 = at(x.pool() + x.num_pages() * x.page_size() * x.cols());
+      if (o0 < x1 && x0 < o1)
+        detail::fail(name, ": O must not overlap the page pool of ", in);
+    }
+  }
+
   template <class XQ, class XK, class XV, class XO>
   void check_shapes(const XQ& q, const XK& k, const XV& v, const XO& o) const {
     using namespace detail;
@@ -336,10 +392,10 @@ class MultiHeadAttention {
     if constexpr (!detail::has_direct_access_v<XQ>) {
       const Eigen::Matrix<Scalar<XQ>, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> qe = q;
       forward(qe, k, v, o, lse);
-    } else if constexpr (!detail::has_direct_access_v<XK>) {
+    } else if constexpr (!detail::has_direct_access_v<XK> && !detail::is_paged_kv_v<XK>) {
       const Eigen::Matrix<Scalar<XK>, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> ke = k;
       forward(q, ke, v, o, lse);
-    } else if constexpr (!detail::has_direct_access_v<XV>) {
+    } else if constexpr (!detail::has_direct_access_v<XV> && !detail::is_paged_kv_v<XV>) {
       const Eigen::Matrix<Scalar<XV>, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> ve = v;
       forward(q, k, ve, o, lse);
     } else {
