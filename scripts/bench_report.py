@@ -133,6 +133,26 @@ TENSOR_TARGETS = [
      _TENSOR % ("eigen_expr", k), 3.0) for k in (0, 1, 2)
 ]
 
+# Issue 23 (MultiHeadAttention, bench/bench_multi_head_attention.cpp): decoding from a half
+# cache at >= 70% of the read bandwidth measured in the same run (items_per_second = bytes/s for
+# both), 1 and 2 threads; prefill with GQA >= 1.2x the per-head Attention loop and >= 2x the
+# materialized form (items_per_second = calls/s).
+_MHA = "/hq32_hkv8_d128"
+MHA_TARGETS = [
+    ("Decoding, half cache, Lk = %s%s: fraction of the read bandwidth" % ("{:,}".format(lk), tn),
+     "mha_decode/half/float/1x%d%s%s" % (lk, _MHA, ts),
+     "mha_decode/read_bandwidth/%d%s" % (2 * lk * 8 * 128 * 2, ts), 0.7)
+    for lk in (4096, 32768, 131072) for ts, tn in (("", ""), ("/t2", ", 2 threads"))
+] + [
+    ("Prefill GQA %dx%d causal vs the per-head Attention loop" % (l, l),
+     "mha_prefill/mha/float/%dx%d%s" % (l, l, _MHA),
+     "mha_prefill/head_loop/float/%dx%d%s" % (l, l, _MHA), 1.2) for l in (512, 2048, 8192)
+] + [
+    ("Prefill GQA 8192x8192 causal vs the materialized form",
+     "mha_prefill/mha/float/8192x8192" + _MHA, "mha_prefill/materialized/float/8192x8192" + _MHA,
+     2.0),
+]
+
 # Issue 13 (half precision): bench/bench_half.cpp's half/<impl>/<float|half|bf16>/<cache>/<n>;
 # element rates, 16-bit in and out against float in and out on the same lengths.
 HALF_TARGETS = [
@@ -562,6 +582,9 @@ def main():
     tensor_targets = named_targets_markdown(named, TENSOR_TARGETS,
                                             "Targets (softmax over an axis of an Eigen::Tensor)")
     sampling += ("\n" + tensor_targets) if tensor_targets else ""
+    mha_targets = named_targets_markdown(named, MHA_TARGETS,
+                                         "Targets (issue 23: MultiHeadAttention)")
+    sampling += ("\n" + mha_targets) if mha_targets else ""
     attention = attention_markdown(args.json)
     sampling += ("\n" + attention) if attention else ""
     kernels = kernels_markdown(args.json)

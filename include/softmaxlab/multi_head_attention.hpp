@@ -10,6 +10,7 @@
 //   mha.apply(Q, K, V, O, lse);   lse Lq x Hq
 //   O = mha(Q, K, V);
 //   mha.apply_varlen(Q, K, V, cu_seqlens_q, cu_seqlens_k, O);   packed sequences
+//   mha.apply_paged(Q, PagedKV<T>(k_pool, ...), PagedKV<T>(v_pool, ...), O[, lse]);   paged cache
 //   mha.backward(Q, K, V, O, lse, dO, dQ, dK, dV);              dK, dV summed over each group
 //
 // What it computes, for query head h (columns [h d, (h + 1) d) of Q, [h dv, (h + 1) dv) of O),
@@ -39,7 +40,11 @@
 // the group's K and V rows are converted once into small float buffers (16-bit caches are read in
 // place, never copied whole), S = Q_t K_b^T, the transform, running max and sum per row, O_t +=
 // P V_b. Key blocks wholly outside every row's band are skipped: the work is proportional to the
-// visible keys (a window of 1,024 over 8,192 keys costs a window's work). Decoding (Lq <= 16 and
+// visible keys (a window of 1,024 over 8,192 keys costs a window's work). Tiles of at most 16
+// rows (decoding: Lq x group) on AVX-512 with float compute and row-major or paged K/V skip the
+// float buffers: register kernels (detail/mha_decode.hpp) read each K and V row once in place,
+// widen it in registers and use it for every row of the tile (scores four keys at a time, O's
+// columns held in registers over the block), prefetching the next block. Decoding (Lq <= 16 and
 // Lk > 2,048): the keys are split into ceil(Lk / 2,048) ranges (at most 16, multiples of 128),
 // each range's partial (O, lse) computed on its own (flash-decoding) and the partials merged in
 // order by merge_attention's exact rule; the sink joins the first partial only.
