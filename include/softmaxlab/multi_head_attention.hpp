@@ -64,16 +64,20 @@
 // (1 + |lse|). 16-bit K/V are
 // exact in float, so the reference is computed on the same 16-bit values; a 16-bit O adds 1/2 ulp
 // of its type. Measured worst (one run): 1.8 eps float (0.17 of the bound), 1.8 eps with half K/V,
-// 3.8 eps bfloat16, 1.6 eps decoding from Lk = 5,000 caches; half O 0.97 of its bound.
+// 3.8 eps bfloat16, 1.6 eps decoding from Lk = 5,000 caches; half O 0.97 of its bound. The
+// register kernels of small tiles (row-major or paged K/V): tests/test_mha_decode.cpp,
+// "MultiHeadAttention: decoding kernels on row-major caches against the long-double reference"
+// (same bound; measured worst 1.9 eps, 0.17 of it).
 // Backward (backward(...) below): "MultiHeadAttention: backward against central finite
 // differences in double" (within 1e-6 relative) and "... backward of float inputs against the
 // double backward" (tested 64 eps (1 + max|dX|), measured 1.8).
 // Speed (bench/bench_multi_head_attention.cpp; docs/multi_head_attention.md has the table and
 // what is not done): a window of 1,024 at Lq = Lk = 8,192 4.1x faster than full causal, over the
 // last 1,024 queries 7.4x; prefill Hq 32, Hkv 8, d 128: 1.0-1.35x the per-head Attention loop at
-// 512, 1.07x at 2,048, 1.5x the materialized form at 512; decoding at 14-17% of the read bandwidth
-// from a half cache, 40-55% from a float one (tiles of <= 8 rows use matrix-vector products on the
-// converted block; no register-blocked kernel yet). A shared, loaded machine: rough figures.
+// 512, 1.07x at 2,048, 1.5x the materialized form at 512; decoding with the register kernels
+// 2.1x faster from a half cache at Lk = 4,096 (34% of the read bandwidth measured in the same run,
+// 17% before), 26% at 32,768, 43-55% from a float one; a paged cache within 5% of the contiguous
+// one. A shared, loaded machine (FMA rate about 15% of peak): rough figures.
 //
 // Special values: a query row with no visible key (Lk = 0, a window or causal band that misses
 // every key, Lq > Lk under causal) gives a zero row of O and lse = z with a sink, -inf without
