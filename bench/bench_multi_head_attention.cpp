@@ -20,6 +20,11 @@
 //     K and V half or float; bytes_per_second counts the K and V bytes read, Lk 8 (128 + 128)
 //     sizeof(kv) per call. mha_decode/read_bandwidth/<bytes>: a plain sum over a buffer of the same
 //     size as the half cache, the read bandwidth of this machine in the same run.
+//   mha_decode/half_paged16/float/1x<Lk>/hq32_hkv8_d128   the half cache as pages of 16 rows in a
+//     shuffled order (MultiHeadAttention::apply_paged, PagedKV).
+// items_per_second: calls per second for prefill and window cases, bytes per second (as
+// bytes_per_second) for decode and read cases, so scripts/bench_report.py's MHA_TARGETS ratios
+// are speed-ups and fractions of the read bandwidth.
 // Counters: flops (4 Lq Lk_visible d), workspace_bytes (the scores of the materialized form; the
 // tile workspace of the flash forms), load1.
 // Run only these: softmaxlab_bench --benchmark_filter='^mha_'
@@ -28,6 +33,8 @@
 #include <cstdlib>
 #include <limits>
 #include <memory>
+#include <numeric>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -157,6 +164,7 @@ void run_prefill(benchmark::State& state, Index lq, Index lk, Index left, Impl i
     benchmark::DoNotOptimize(o.data());
     benchmark::ClobberMemory();
   }
+  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations()));
   double visible = 0;  // keys seen by every query, summed
   for (Index i = 0; i < lq; ++i) {
     const Index diag = i + lk - lq;
@@ -172,8 +180,9 @@ void run_prefill(benchmark::State& state, Index lq, Index lk, Index left, Impl i
   set_threads(1);
 }
 
+// page_size > 0: K and V as pages of page_size rows in a shuffled order (apply_paged).
 template <class KV>
-void run_decode(benchmark::State& state, Index lk, int threads) {
+void run_decode(benchmark::State& state, Index lk, int threads, Index page_size = 0) {
   set_threads(threads);
   using M = Eigen::Matrix<KV, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   const RowMajorF q = RowMajorF::Random(1, kHq * kD);
@@ -181,14 +190,36 @@ void run_decode(benchmark::State& state, Index lk, int threads) {
           v = RowMajorF::Random(lk, kHkv * kD).cast<KV>();
   RowMajorF o(1, kHq * kD);
   const sml::MultiHeadAttention mha(sml::AttentionOptions().with_causal(true), kHq, kHkv);
-  mha.apply(q, k, v, o);
+  const Index pages = page_size > 0 ? (lk + page_size - 1) / page_size : 0;
+  std::vector<std::int32_t> table(static_cast<std::size_t>(pages));
+  std::iota(table.begin(), table.end(), 0);
+  std::shuffle(table.begin(), table.end(), std::mt19937(7));
+  M kp(pages * page_size, kHkv * kD), vp(pages * page_size, kHkv * kD);
+  for (Index j = 0; j < lk && page_size > 0; ++j) {
+    const Index row = table[static_cast<std::size_t>(j / page_size)] * page_size + j % page_size;
+    kp.row(row) = k.row(j);
+    vp.row(row) = v.row(j);
+  }
+  const sml::PagedKV<KV> pk(kp.data(), pages, std::max<Index>(page_size, 1), kHkv * kD,
+                            table.data(), pages, page_size > 0 ? lk : 0),
+      pv(vp.data(), pages, std::max<Index>(page_size, 1), kHkv * kD, table.data(), pages,
+         page_size > 0 ? lk : 0);
+  auto once = [&] {
+    if (page_size > 0)
+      mha.apply_paged(q, pk, pv, o);
+    else
+      mha.apply(q, k, v, o);
+  };
+  once();
   for (auto _ : state) {
-    mha.apply(q, k, v, o);
+    once();
     benchmark::DoNotOptimize(o.data());
     benchmark::ClobberMemory();
   }
-  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations()) * 2 * lk * kHkv * kD
-                          * static_cast<std::int64_t>(sizeof(KV)));
+  const std::int64_t bytes = static_cast<std::int64_t>(state.iterations()) * 2 * lk * kHkv * kD
+                             * static_cast<std::int64_t>(sizeof(KV));
+  state.SetBytesProcessed(bytes);
+  state.SetItemsProcessed(bytes);
   state.counters["threads"] = threads;
   state.counters["load1"] = load1();
   set_threads(1);
@@ -210,6 +241,8 @@ void run_read(benchmark::State& state, Index bytes, int threads) {
     benchmark::DoNotOptimize(total);
   }
   state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations()) * n
+                          * static_cast<std::int64_t>(sizeof(float)));
+  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations()) * n
                           * static_cast<std::int64_t>(sizeof(float)));
   state.counters["threads"] = threads;
   set_threads(1);
@@ -265,6 +298,8 @@ const bool registered = [] {
           [=](benchmark::State& s) { run_decode<Eigen::half>(s, lk, t); });
       add("mha_decode/float/float/1x" + std::to_string(lk) + shape + suffix, lk, t, iterations,
           [=](benchmark::State& s) { run_decode<float>(s, lk, t); });
+      add("mha_decode/half_paged16/float/1x" + std::to_string(lk) + shape + suffix, lk, t,
+          iterations, [=](benchmark::State& s) { run_decode<Eigen::half>(s, lk, t, 16); });
       const Index bytes = 2 * lk * kHkv * kD * 2;  // the half cache's size
       add("mha_decode/read_bandwidth/" + std::to_string(bytes) + suffix, lk, t, iterations,
           [=](benchmark::State& s) { run_read(s, bytes, t); });

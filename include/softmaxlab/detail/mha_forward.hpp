@@ -14,6 +14,8 @@
 #include "common.hpp"
 #include "functor_base.hpp"
 #include "kernels.hpp"
+#include "mha_decode.hpp"
+#include "paged_kv.hpp"
 
 namespace softmaxlab {
 namespace detail {
@@ -147,15 +149,25 @@ class MhaWorkspaces {
 // Eigen's cast. This is how a 16-bit cache is read in place, one key block at a time.
 template <class C, class X>
 void mha_load_block(const X& x, Index r0, Index c0, Index nr, Index nc, C* out) {
-  if constexpr (has_direct_access_v<X> && bool(X::IsRowMajor)) {
-    if (x.innerStride() == 1) {
-      for (Index r = 0; r < nr; ++r)
-        convert_contiguous(x.data() + (r0 + r) * x.outerStride() + c0, out + r * nc, nc);
-      return;
+  if constexpr (is_paged_kv_v<X>) {
+    const typename X::Scalar* row[kMhaBlockK];
+    for (Index r = 0; r < nr; r += kMhaBlockK) {
+      const Index n = std::min(kMhaBlockK, nr - r);
+      x.row_pointers(r0 + r, n, c0, row);
+      for (Index i = 0; i < n; ++i)
+        convert_contiguous(row[i], out + (r + i) * nc, nc);
     }
+  } else {
+    if constexpr (has_direct_access_v<X> && bool(X::IsRowMajor)) {
+      if (x.innerStride() == 1) {
+        for (Index r = 0; r < nr; ++r)
+          convert_contiguous(x.data() + (r0 + r) * x.outerStride() + c0, out + r * nc, nc);
+        return;
+      }
+    }
+    using RowMat = Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    Eigen::Map<RowMat>(out, nr, nc) = x.block(r0, c0, nr, nc).template cast<C>();
   }
-  using RowMat = Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  Eigen::Map<RowMat>(out, nr, nc) = x.block(r0, c0, nr, nc).template cast<C>();
 }
 
 // Attention of query rows [i0, i0 + bq) of every query head of KV group g over the visible keys of
@@ -185,17 +197,10 @@ void mha_tile(const XQ& q, const XK& k, const XV& v, Index g, Index i0, Index bq
   const Index last = std::min(key_end, band.end(i0 + bq - 1));
   const Index start =
       first >= last ? last : key_begin + (first - key_begin) / kMhaBlockK * kMhaBlockK;
-  // One key block [j0, j0 + nk) of the group, kb and vb its K and V rows in C.
-  const auto key_block = [&](Index j0, Index nk, const auto& kb, const auto& vb) {
-    Eigen::Map<RowMat> s(w.s, rows, nk);
-    // Few rows (decoding): matrix-vector products, which read the block once without packing it.
-    const bool few_rows = rows <= kMhaGemvRows;
-    if (few_rows) {
-      for (Index r = 0; r < rows; ++r)
-        s.row(r).transpose().noalias() = kb * qt.row(r).transpose();
-    } else {
-      s.noalias() = qt * kb.transpose();
-    }
+  // One key block [j0, j0 + nk) of the group: scores() writes S = Q_t K_b^T into w.s (rows x nk,
+  // row-major), values() adds P V_b to w.o.
+  const auto key_block = [&](Index j0, Index nk, const auto& scores, const auto& values) {
+    scores();
     for (Index r = 0; r < rows; ++r) {
       const Index hh = r / bq, i = i0 + r % bq;
       C* row = w.s + r * nk;
@@ -247,14 +252,68 @@ void mha_tile(const XQ& q, const XK& k, const XV& v, Index g, Index i0, Index bq
       }
       w.max[r] = m_new;
     }
-    if (few_rows) {
-      for (Index r = 0; r < rows; ++r)
-        ot.row(r).noalias() += s.row(r) * vb;
-    } else {
-      ot.noalias() += s * vb;
-    }
+    values();
   };
-  for (Index j0 = start; j0 < last; j0 += kMhaBlockK) {
+  // Eigen products on K and V blocks kb, vb in C. Few rows: matrix-vector products, which read the
+  // block once without packing it.
+  const auto eigen_block = [&](Index j0, Index nk, const auto& kb, const auto& vb) {
+    Eigen::Map<RowMat> s(w.s, rows, nk);
+    const bool few_rows = rows <= kMhaGemvRows;
+    key_block(
+        j0, nk,
+        [&] {
+          if (few_rows) {
+            for (Index r = 0; r < rows; ++r)
+              s.row(r).transpose().noalias() = kb * qt.row(r).transpose();
+          } else {
+            s.noalias() = qt * kb.transpose();
+          }
+        },
+        [&] {
+          if (few_rows) {
+            for (Index r = 0; r < rows; ++r)
+              ot.row(r).noalias() += s.row(r) * vb;
+          } else {
+            ot.noalias() += s * vb;
+          }
+        });
+  };
+  bool done = false;
+#if SOFTMAXLAB_AVX512_CONVERT
+  if constexpr (std::is_same_v<C, float> && kv_rows_v<XK> && kv_rows_v<XV>) {
+    if (rows <= kMhaRegisterRows && kv_rows_contiguous(k) && kv_rows_contiguous(v)) {
+      // Small tiles (decoding): the register kernels read each K and V row once, in place.
+      using KT = typename XK::Scalar;
+      using VT = typename XV::Scalar;
+      // Row pointers of this block and the next (prefetched while this one is computed).
+      const KT* krow[2][kMhaBlockK];
+      const VT* vrow[2][kMhaBlockK];
+      if (start < last) {
+        kv_row_pointers(k, start, std::min(kMhaBlockK, last - start), g * d, krow[0]);
+        kv_row_pointers(v, start, std::min(kMhaBlockK, last - start), g * dv, vrow[0]);
+      }
+      int cur = 0;
+      for (Index j0 = start; j0 < last; j0 += kMhaBlockK, cur ^= 1) {
+        const Index nk = std::min(kMhaBlockK, last - j0);
+        MhaPrefetch<KT, VT> next;
+        if (j0 + nk < last) {
+          next.n = std::min(kMhaBlockK, last - j0 - nk);
+          kv_row_pointers(k, j0 + nk, next.n, g * d, krow[cur ^ 1]);
+          kv_row_pointers(v, j0 + nk, next.n, g * dv, vrow[cur ^ 1]);
+          next.k = krow[cur ^ 1];
+          next.v = vrow[cur ^ 1];
+          next.k_bytes = d * Index(sizeof(KT));
+          next.v_bytes = dv * Index(sizeof(VT));
+        }
+        key_block(
+            j0, nk, [&] { mha_block_scores(w.q, rows, d, krow[cur], nk, w.s, next); },
+            [&] { mha_block_values(w.s, rows, nk, vrow[cur], dv, w.o); });
+      }
+      done = true;
+    }
+  }
+#endif
+  for (Index j0 = start; j0 < last && !done; j0 += kMhaBlockK) {
     const Index nk = std::min(kMhaBlockK, last - j0);
     if constexpr (
         std::is_same_v<
@@ -262,13 +321,13 @@ void mha_tile(const XQ& q, const XK& k, const XV& v, Index g, Index i0, Index bq
             C> && std::is_same_v<typename XV::Scalar, C> && has_direct_access_v<XK> && has_direct_access_v<XV> && int(XK::InnerStrideAtCompileTime) == 1
         && int(XV::InnerStrideAtCompileTime) == 1) {
       // K and V already in C: the products read their blocks in place.
-      key_block(j0, nk, k.block(j0, g * d, nk, d), v.block(j0, g * dv, nk, dv));
+      eigen_block(j0, nk, k.block(j0, g * d, nk, d), v.block(j0, g * dv, nk, dv));
     } else {
       // The group's K and V block, converted once for all its query heads.
       mha_load_block(k, j0, g * d, nk, d, w.k);
       mha_load_block(v, j0, g * dv, nk, dv, w.v);
-      key_block(j0, nk, Eigen::Map<const RowMat>(w.k, nk, d),
-                Eigen::Map<const RowMat>(w.v, nk, dv));
+      eigen_block(j0, nk, Eigen::Map<const RowMat>(w.k, nk, d),
+                  Eigen::Map<const RowMat>(w.v, nk, dv));
     }
   }
   for (Index r = 0; r < rows; ++r) {
