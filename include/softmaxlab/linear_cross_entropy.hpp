@@ -80,6 +80,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <functional>
 #include <limits>
 #include <type_traits>
 #include <utility>
@@ -348,10 +349,24 @@ class LinearCrossEntropy {
 
     if constexpr (has_grad) {
       // The gradients are zeroed first and accumulated: they must not share storage with inputs.
+      // Byte ranges, as the gradients may be float for 16-bit inputs.
+      const auto overlaps = [](const auto& x, const auto& y) {
+        if (x.size() == 0 || y.size() == 0)
+          return false;
+        const auto bytes = [](const auto& m) {
+          const char* first = reinterpret_cast<const char*>(m.data());
+          const char* last = reinterpret_cast<const char*>(detail::last_coefficient(m));
+          return std::make_pair(first, last + sizeof(*m.data()));
+        };
+        const auto [x0, x1] = bytes(x);
+        const auto [y0, y1] = bytes(y);
+        return std::less<const char*>()(x0, y1) && std::less<const char*>()(y0, x1);
+      };
       const auto refuse_overlap = [&](const auto& out_grad, const char* grad_name) {
         const auto check = [&](const auto& in, const char* in_name) {
-          if constexpr (detail::has_direct_access_v<std::decay_t<decltype(in)>>) {
-            if (detail::storage_overlaps(in, out_grad))
+          using In = std::decay_t<decltype(in)>;
+          if constexpr (detail::has_direct_access_v<In>) {
+            if (overlaps(in, out_grad))
               detail::fail(fn, ": ", grad_name, " shares storage with ", in_name);
           }
         };
