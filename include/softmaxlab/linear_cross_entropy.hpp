@@ -28,10 +28,17 @@
 //              .with_upstream(g)                              // g: N doubles, Reduction::None only
 //              .with_workspace(ws);                           // LinearCrossEntropy::Workspace
 // clang-format on
-// H, W (and b, dH, dW, db) share one scalar type, float or double (the GEMMs run in it; the
-// normalizer and the loss accumulate in double / long double). Any storage order; dH, dW, db must
-// be writable storage of H's, W's and b's shapes. labels: an Eigen integer vector with storage
-// or a std::vector of integers. Half and bfloat16 inputs are not supported yet (compile error).
+// H and W share one scalar type: float, double, Eigen::half or Eigen::bfloat16. The compute type C
+// is double for double and float otherwise: the GEMMs run in C, the normalizer and the loss
+// accumulate in double / long double. dH, dW and db are C (float for 16-bit inputs: float
+// accumulation, and dW accumulates over the token blocks, which 16-bit storage could not do
+// without rounding at every step); b has H's scalar type or C. 16-bit inputs are widened inside
+// the kernel: each token block of H once (token_block x d floats), W in chunks of at most 512 KB
+// of float per thread (F16C / AVX-512 conversions of detail/scalar_types.hpp); no copy of W or H
+// is made. Any storage order; dH, dW, db must be writable storage of H's, W's and b's shapes.
+// labels: an Eigen integer vector with storage or a std::vector of integers. The
+// vocabulary-parallel form over MPI (W sharded by rows) is mpi::VocabParallelLinearCrossEntropy
+// (mpi_linear_cross_entropy.hpp), on this kernel (detail/lce_kernels.hpp).
 //
 // Parameters and ranges (std::invalid_argument naming the parameter and value otherwise):
 // CrossEntropyLoss's (reduction, label_smoothing in [0, 1), any ignore_index, weight: V finite
@@ -50,7 +57,8 @@
 // Workspace (the only memory besides the outputs; Workspace::bytes() reports it): per thread one
 // token_block x vocab_block buffer, per vocabulary group a token_block x d partial of dH, and
 // O(token_block x (groups + V / vocab_block)) scalars of per-token state. At the defaults, d =
-// 1024, float: 3.2 MB on one thread, 4.2 MB on two (measured), whatever N and V.
+// 1024, float: 3.2 MB on one thread, 4.2 MB on two (measured), whatever N and V. 16-bit inputs
+// add the widened H block and a W chunk per thread (0.5 MB each at the defaults, d = 1024).
 // Threads: with OpenMP opted in (SOFTMAXLAB_USE_OPENMP and -fopenmp, as the rest of the library),
 // the vocabulary blocks of each token block are split into kGroups (4) fixed contiguous groups
 // run on threads; each group's normalizer and dH partial are merged in group order and dW's rows
@@ -71,6 +79,10 @@
 // a long double materialized reference with every option (tests/test_linear_cross_entropy.cpp,
 // "LinearCrossEntropy matches a long double reference"), against finite differences in double
 // ("... gradients match finite differences"), and against GEMM + CrossEntropyLoss + backward GEMMs.
+// Half and bfloat16: widening is exact, so the bound is the float bound on the rounded inputs;
+// tests/test_linear_cross_entropy_16bit.cpp ("LinearCrossEntropy on half and bfloat16 equals
+// float on the rounded values") checks loss, lse, per-token losses, dH, dW and db against the
+// float call on the same values within twice that bound (measured worst ratio 3e-6).
 // Special values: a -inf logit (e.g. from a -inf bias entry that masks a class) has probability 0;
 // a NaN or +inf logit makes that token's loss, lse and gradient contributions NaN (a NaN input
 // never yields a plausible number; unlike CrossEntropyLoss, +inf logits are not given the limit).
