@@ -21,8 +21,8 @@
 //   /t2 rows (OpenMP builds with SOFTMAXLAB_USE_OPENMP): two threads, compare by real time.
 #include <cstdint>
 #include <cstdlib>
-#include <type_traits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <Eigen/Core>

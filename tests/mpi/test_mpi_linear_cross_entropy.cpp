@@ -26,28 +26,14 @@
 
 #include <softmaxlab/mpi_linear_cross_entropy.hpp>
 
+#include "harness.hpp"
+
 namespace {
 
 namespace sml = softmaxlab;
-using Index = Eigen::Index;
-template <class S>
-using Matrix = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>;
-template <class S>
-using Vector = Eigen::Matrix<S, Eigen::Dynamic, 1>;
+using namespace softmaxlab_mpi_test;
 
-int rank_ = 0, ranks_ = 1;
-long passed_ = 0, failed_ = 0;
 double worst_ = 0;  // the largest error / bound seen in the current case
-
-void expect(bool ok, const std::string& what) {
-  if (ok) {
-    ++passed_;
-    return;
-  }
-  ++failed_;
-  if (failed_ <= 20)
-    std::fprintf(stderr, "[rank %d] FAILED: %s\n", rank_, what.c_str());
-}
 
 // max |a - b| / (bound_eps eps max |b|) <= 1, recorded in worst_.
 template <class A, class B>
@@ -237,13 +223,9 @@ void run(const char* name, const std::function<void(MPI_Comm, int, int)>& test) 
       MPI_Comm_free(&sub);
     }
   }
-  long counts[2] = {passed_ - passed, failed_ - failed};
-  MPI_Allreduce(MPI_IN_PLACE, counts, 2, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
   double worst = worst_;
   MPI_Allreduce(MPI_IN_PLACE, &worst, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-  if (rank_ == 0)
-    std::printf("%s: %ld passed, %ld failed (worst error / bound %.3g)\n", name, counts[0],
-                counts[1], worst);
+  report(name, passed, failed, " (worst error / bound " + std::to_string(worst) + ")");
 }
 
 }  // namespace
@@ -263,10 +245,7 @@ int main(int argc, char** argv) {
   run("mpi.lce_bfloat16_matches_one_process",
       [](MPI_Comm c, int p, int r) { all_cases<Eigen::bfloat16>(c, p, r, 64 * (12 + 4)); });
   run("mpi.lce_special", special_cases);
-  long counts[2] = {passed_, failed_};
-  MPI_Allreduce(MPI_IN_PLACE, counts, 2, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
-  if (rank_ == 0)
-    std::printf("total: %ld passed, %ld failed (%d ranks)\n", counts[0], counts[1], ranks_);
+  const int code = finish();
   MPI_Finalize();
-  return counts[1] == 0 ? 0 : 1;
+  return code;
 }
