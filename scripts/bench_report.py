@@ -188,9 +188,13 @@ def lce_memory_markdown(path, limit=0.01):
             rows.append("| %s | not measured | %.2f%% | <= %.0f%% | |"
                         % (name, 100 * ws / logits, 100 * limit))
             continue
-        rows.append("| %s | %.1f MB (%.2f%%) | %.2f%% | <= %.0f%% | %s |"
-                    % (name, rss / 1e6, 100 * rss / logits, 100 * ws / logits, 100 * limit,
-                       "PASS" if rss <= limit * logits else "MISS"))
+        # A rise below the workspace the call allocates means the peak was not reset (the
+        # previous case's peak was higher): judged by the workspace then.
+        note = " (below the workspace: peak not reset)" if rss < ws else ""
+        used = max(rss, ws)
+        rows.append("| %s | %.1f MB (%.2f%%)%s | %.2f%% | <= %.0f%% | %s |"
+                    % (name, rss / 1e6, 100 * rss / logits, note, 100 * ws / logits, 100 * limit,
+                       "PASS" if used <= limit * logits else "MISS"))
     if not rows:
         return ""
     return "\n".join(["## Targets (issue 24: fused linear cross-entropy, extra memory)", "",
