@@ -31,6 +31,15 @@ inline void expect(bool ok, const std::string& what) {
     std::fprintf(stderr, "[rank %d] FAILED: %s\n", rank_, what.c_str());
 }
 
+// MPI_Init, this rank and the number of ranks, and the title line on rank 0.
+inline void start(int* argc, char*** argv, const char* title) {
+  MPI_Init(argc, argv);
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
+  MPI_Comm_size(MPI_COMM_WORLD, &ranks_);
+  if (rank_ == 0)
+    std::printf("%s on %d rank(s)\n", title, ranks_);
+}
+
 // Prints "<name>: N passed, N failed<suffix>" on rank 0: the checks since the counts were
 // `passed` and `failed`, summed over the ranks.
 inline void report(const char* name, long passed, long failed, const std::string& suffix = "") {

@@ -421,11 +421,7 @@ void run(const char* name, const std::function<void()>& test) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
-  MPI_Comm_size(MPI_COMM_WORLD, &ranks_);
-  if (rank_ == 0)
-    std::printf("softmaxlab MPI tests on %d rank(s)\n", ranks_);
+  start(&argc, &argv, "softmaxlab MPI tests");
   run("mpi.allreduce_matches_one_process", [] {
     allreduce_case<float>(1.0);
     allreduce_case<double>(1.0);

@@ -231,11 +231,7 @@ void run(const char* name, const std::function<void(MPI_Comm, int, int)>& test) 
 }  // namespace
 
 int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
-  MPI_Comm_size(MPI_COMM_WORLD, &ranks_);
-  if (rank_ == 0)
-    std::printf("softmaxlab MPI LinearCrossEntropy tests on %d rank(s)\n", ranks_);
+  start(&argc, &argv, "softmaxlab MPI LinearCrossEntropy tests");
   run("mpi.lce_double_matches_one_process",
       [](MPI_Comm c, int p, int r) { all_cases<double>(c, p, r, 64); });
   run("mpi.lce_float_matches_one_process",
