@@ -1,11 +1,14 @@
 // LinearCrossEntropy (the fused output-layer loss) against the materialized path, float, loss and
 // all gradients in one call:
 //
-//   lce/<impl>/float/N<N>/d<d>/V<V>[/t2]
+//   lce/<impl>/<type>/N<N>/d<d>/V<V>[/t2]
 //     fused         sml::LinearCrossEntropy: lce(H, W, labels, dH, dW) (token x vocabulary blocks,
 //                   default 128 x 2048; the N x V logits are never formed)
 //     materialized  Z = H W^T (Eigen GEMM, N x V floats), CrossEntropyLoss(Z, labels, Z) (the
 //                   gradient written in place), dH = Z W, dW = Z^T H (Eigen GEMMs)
+//     fused/half, fused/bf16  the same with Eigen::half / Eigen::bfloat16 H and W (widened to
+//                   float per block in the kernel; float gradients): V = 32000 only, short cases
+//                   to compare with the float rows of the same shape
 //   Shapes: N = 4096, d = 1024, V in {32000, 128256} (issue 24). The V = 128256 materialized case
 //   holds 2.1 GB of logits and both take tens of seconds per call: run one size with a short
 //   minimum time, e.g.
@@ -13,10 +16,13 @@
 //   Counters: peak_rss_bytes (the rise of the peak resident set over the first call, as in
 //   bench_attention.cpp: the logits for the materialized path, the workspace for the fused one),
 //   workspace_bytes (fused: LinearCrossEntropy::Workspace::bytes(); materialized: N V floats),
-//   logits_bytes (N V floats, for the 1% target), process_cpu_s, threads, load1 (shared machine).
+//   logits_bytes (N V floats, for the 1% target), process_cpu_s, threads, load1 (shared machine);
+//   items: logits per second (N V per call), so the report's ratios are inverse time ratios.
 //   /t2 rows (OpenMP builds with SOFTMAXLAB_USE_OPENMP): two threads, compare by real time.
+#include <cstdint>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <Eigen/Core>
@@ -34,7 +40,9 @@ namespace {
 namespace sml = softmaxlab;
 using softmaxlab_bench::Index;
 
+template <class In>
 void run_lce(benchmark::State& state, Index n, Index d, Index v, bool fused, int threads) {
+  using MatIn = Eigen::Matrix<In, Eigen::Dynamic, Eigen::Dynamic>;
 #if defined(_OPENMP)
   const int saved_threads = omp_get_max_threads();
   omp_set_num_threads(threads);
@@ -42,8 +50,8 @@ void run_lce(benchmark::State& state, Index n, Index d, Index v, bool fused, int
   // Hidden states and classifier of a trained-looking head: logits of a few units. The same
   // inputs for every case (Eigen's Random draws from std::rand).
   std::srand(24);
-  const Eigen::MatrixXf h = Eigen::MatrixXf::Random(n, d);
-  const Eigen::MatrixXf w = Eigen::MatrixXf::Random(v, d) * (4.0f / static_cast<float>(d));
+  const MatIn h = Eigen::MatrixXf::Random(n, d).cast<In>();
+  const MatIn w = (Eigen::MatrixXf::Random(v, d) * (4.0f / static_cast<float>(d))).cast<In>();
   std::vector<int> labels(static_cast<std::size_t>(n));
   for (Index i = 0; i < n; ++i)
     labels[static_cast<std::size_t>(i)] = static_cast<int>((i * 7919) % v);
@@ -58,7 +66,9 @@ void run_lce(benchmark::State& state, Index n, Index d, Index v, bool fused, int
   Eigen::MatrixXf z;
   double loss = 0;
   auto once = [&] {
-    if (fused) {
+    if constexpr (!std::is_same_v<In, float>) {
+      loss = lce(h, w, labels, dh, dw, sml::TokenOutputs().with_workspace(ws));
+    } else if (fused) {
       loss = lce(h, w, labels, dh, dw, sml::TokenOutputs().with_workspace(ws));
     } else {
       z.resize(n, v);
@@ -78,6 +88,7 @@ void run_lce(benchmark::State& state, Index n, Index d, Index v, bool fused, int
     benchmark::DoNotOptimize(dw.data());
     benchmark::ClobberMemory();
   }
+  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations()) * n * v);
   state.counters["process_cpu_s"] = benchmark::Counter(
       softmaxlab_bench::process_cpu_seconds() - cpu_start, benchmark::Counter::kAvgIterations);
   state.counters["workspace_bytes"] =
@@ -108,11 +119,29 @@ const bool registered = [] {
         c.n = n * v;
         c.cache = threads == 1 ? softmaxlab_bench::Cache::Out : softmaxlab_bench::Cache::Threads;
         c.run = [=](benchmark::State& state) {
-          run_lce(state, n, d, v, fused, threads);
+          run_lce<float>(state, n, d, v, fused, threads);
         };
         softmaxlab_bench::registry().push_back(std::move(c));
       }
     }
+  }
+  // 16-bit H and W, fused only, V = 32000.
+  const auto add16 = [&](const char* type, auto tag, int threads) {
+    using In = decltype(tag);
+    softmaxlab_bench::Case c;
+    c.name = std::string("lce/fused/") + type + "/N" + std::to_string(n) + "/d" + std::to_string(d)
+             + "/V32000" + (threads == 1 ? "" : "/t" + std::to_string(threads));
+    c.type_rank = 0;
+    c.n = n * 32000;
+    c.cache = threads == 1 ? softmaxlab_bench::Cache::Out : softmaxlab_bench::Cache::Threads;
+    c.run = [=](benchmark::State& state) {
+      run_lce<In>(state, n, d, 32000, true, threads);
+    };
+    softmaxlab_bench::registry().push_back(std::move(c));
+  };
+  for (int threads : thread_counts) {
+    add16("half", Eigen::half(), threads);
+    add16("bf16", Eigen::bfloat16(), threads);
   }
   return true;
 }();

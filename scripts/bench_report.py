@@ -209,6 +209,59 @@ HALF_TARGETS = [
                                            ("single_pass", "SinglePassSoftmax"))
 ]
 
+# Issue 24, the fused output-layer loss (bench/bench_linear_cross_entropy.cpp): forward + backward
+# (loss, dH, dW) against the materialized path (GEMM, CrossEntropyLoss, backward GEMMs), N = 4096,
+# d = 1024; items are logits per second, so a ratio is the inverse time ratio. 16-bit H and W
+# (fused, float accumulation) against the float materialized path at V = 32,000. Two-thread cases
+# are timed in wall time (Google Benchmark appends /real_time to their names).
+_LCE = "lce/%s/%s/N4096/d1024/V%d%s"
+LCE_TARGETS = [
+    ("LinearCrossEntropy fused vs materialized, float, V = %s, %d thread%s"
+     % ("{:,}".format(v), t, "" if t == 1 else "s"),
+     _LCE % ("fused", "float", v, "" if t == 1 else "/t%d/real_time" % t),
+     _LCE % ("materialized", "float", v, "" if t == 1 else "/t%d/real_time" % t), 1.0)
+    for v in (32000, 128256) for t in (1, 2)
+] + [
+    ("LinearCrossEntropy fused, %s H and W, vs materialized float, V = 32,000, %d thread%s"
+     % (name, t, "" if t == 1 else "s"),
+     _LCE % ("fused", ty, 32000, "" if t == 1 else "/t%d/real_time" % t),
+     _LCE % ("materialized", "float", 32000, "" if t == 1 else "/t%d/real_time" % t), 1.0)
+    for ty, name in (("half", "half"), ("bf16", "bfloat16")) for t in (1, 2)
+]
+
+
+def lce_memory_markdown(path, limit=0.01):
+    """Issue 24's memory target: each fused LinearCrossEntropy case's peak resident-set rise (and
+    its workspace) against the N x V float logits, PASS when the rise is <= 1% of them; empty when
+    not measured."""
+    rows = []
+    for name, b in median_entries(path)[1]:
+        if not name.startswith("lce/fused/") or "logits_bytes" not in b:
+            continue
+        logits = float(b["logits_bytes"])
+        rss = float(b.get("peak_rss_bytes", -1))
+        ws = float(b.get("workspace_bytes", 0))
+        if logits <= 0:
+            continue
+        if rss < 0:
+            rows.append("| %s | not measured | %.2f%% | <= %.0f%% | |"
+                        % (name, 100 * ws / logits, 100 * limit))
+            continue
+        # A rise below the workspace the call allocates means the peak was not reset (the
+        # previous case's peak was higher): judged by the workspace then.
+        note = " (below the workspace: peak not reset)" if rss < ws else ""
+        used = max(rss, ws)
+        rows.append("| %s | %.1f MB (%.2f%%)%s | %.2f%% | <= %.0f%% | %s |"
+                    % (name, rss / 1e6, 100 * rss / logits, note, 100 * ws / logits, 100 * limit,
+                       "PASS" if used <= limit * logits else "MISS"))
+    if not rows:
+        return ""
+    return "\n".join(["## Targets (issue 24: fused linear cross-entropy, extra memory)", "",
+                      "Peak resident-set rise over the first call (workspace and Eigen's GEMM "
+                      "packing) against the N x V float logits.", "",
+                      "| case | peak RSS rise | workspace | required | |",
+                      "|---|---|---|---|---|"] + rows) + "\n"
+
 
 # MultiHeadAttention (issue 23, bench/bench_multi_head_attention.cpp): Hq 32, Hkv 8, d 128, float.
 # The ratio is the variant's speed over the baseline's (load_speeds): time ratios for the prefill
@@ -682,6 +735,11 @@ def main():
     mha_targets = named_targets_markdown(load_speeds(args.json), MHA_TARGETS,
                                          "Targets (issue 23: multi-head attention)")
     sampling += ("\n" + mha_targets) if mha_targets else ""
+    lce_targets = named_targets_markdown(named, LCE_TARGETS,
+                                         "Targets (issue 24: fused linear cross-entropy, time)")
+    sampling += ("\n" + lce_targets) if lce_targets else ""
+    lce_memory = lce_memory_markdown(args.json)
+    sampling += ("\n" + lce_memory) if lce_memory else ""
     attention = attention_markdown(args.json)
     sampling += ("\n" + attention) if attention else ""
     kernels = kernels_markdown(args.json)

@@ -472,17 +472,21 @@ TEST_CASE("LinearCrossEntropy gradient filtering keeps the loss and stays within
   CHECK((dwf - dw).cwiseAbs().maxCoeff() > 0);  // something was filtered
 }
 
-TEST_CASE("LinearCrossEntropy allocates nothing with a workspace and never N x V",
-          "[loss][linear_cross_entropy][allocation]") {
-  const Index d = 8;
+namespace {
+
+// No allocation with a workspace; its size depends on the block sizes and d only, never on N or V
+// (for 16-bit inputs: no copy of W or H either).
+template <class T>
+void allocation_case(Index d, std::size_t limit) {
+  using M = Eigen::Matrix<T, -1, -1>;
   sml::LinearCrossEntropy::Workspace ws;
   const auto lce = sml::LinearCrossEntropy().with_block_sizes(16, 32);
   std::size_t bytes_small = 0;
   for (Index n : {40, 400}) {
     for (Index v : {100, 1000}) {
-      INFO("N " << n << ", V " << v);
-      const Eigen::MatrixXf h = random_normal(n, d, 71, 1.0).cast<float>();
-      const Eigen::MatrixXf w = random_normal(v, d, 72, 1.0).cast<float>();
+      INFO("N " << n << ", V " << v << ", d " << d);
+      const M h = random_normal(n, d, 71, 1.0).cast<float>().cast<T>();
+      const M w = random_normal(v, d, 72, 1.0).cast<float>().cast<T>();
       const auto labels = random_labels(n, v, 73, -100, 0);
       Eigen::MatrixXf dh(n, d), dw(v, d);
       const auto out = sml::TokenOutputs().with_workspace(ws);
@@ -496,12 +500,22 @@ TEST_CASE("LinearCrossEntropy allocates nothing with a workspace and never N x V
         CHECK(guard.allocations() == 0);
       }
       CHECK(l1 == l0);
-      // The workspace depends on the block sizes only: 4 groups of 16 x 32 buffers at most.
       CHECK(ws.bytes() == bytes_small);
-      CHECK(ws.bytes() < sizeof(float) * static_cast<std::size_t>(n * v) / 2 + 40000);
+      CHECK(ws.bytes() < sizeof(float) * static_cast<std::size_t>(n * v) / 2 + limit);
     }
   }
-  CHECK(bytes_small < 40000);
+  CHECK(bytes_small < limit);
+}
+
+}  // namespace
+
+TEST_CASE("LinearCrossEntropy allocates nothing with a workspace and never N x V",
+          "[loss][linear_cross_entropy][allocation]") {
+  // Float: 4 groups of 16 x 32 buffers at most. Half and bfloat16 (d = 40): also the widened
+  // 16 x 40 H block and 32 x 40 W chunks.
+  allocation_case<float>(8, 40000);
+  allocation_case<Eigen::half>(40, 60000);
+  allocation_case<Eigen::bfloat16>(40, 60000);
 }
 
 TEST_CASE("LinearCrossEntropy special values and edge shapes",

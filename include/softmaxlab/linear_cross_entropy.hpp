@@ -28,10 +28,17 @@
 //              .with_upstream(g)                              // g: N doubles, Reduction::None only
 //              .with_workspace(ws);                           // LinearCrossEntropy::Workspace
 // clang-format on
-// H, W (and b, dH, dW, db) share one scalar type, float or double (the GEMMs run in it; the
-// normalizer and the loss accumulate in double / long double). Any storage order; dH, dW, db must
-// be writable storage of H's, W's and b's shapes. labels: an Eigen integer vector with storage
-// or a std::vector of integers. Half and bfloat16 inputs are not supported yet (compile error).
+// H and W share one scalar type: float, double, Eigen::half or Eigen::bfloat16. The compute type C
+// is double for double and float otherwise: the GEMMs run in C, the normalizer and the loss
+// accumulate in double / long double. dH, dW and db are C (float for 16-bit inputs: float
+// accumulation, and dW accumulates over the token blocks, which 16-bit storage could not do
+// without rounding at every step); b has H's scalar type or C. 16-bit inputs are widened inside
+// the kernel: each token block of H once (token_block x d floats), W in chunks of at most 512 KB
+// of float per thread (F16C / AVX-512 conversions of detail/scalar_types.hpp); no copy of W or H
+// is made. Any storage order; dH, dW, db must be writable storage of H's, W's and b's shapes.
+// labels: an Eigen integer vector with storage or a std::vector of integers. The
+// vocabulary-parallel form over MPI (W sharded by rows) is mpi::VocabParallelLinearCrossEntropy
+// (mpi_linear_cross_entropy.hpp), on this kernel (detail/lce_kernels.hpp).
 //
 // Parameters and ranges (std::invalid_argument naming the parameter and value otherwise):
 // CrossEntropyLoss's (reduction, label_smoothing in [0, 1), any ignore_index, weight: V finite
@@ -50,7 +57,8 @@
 // Workspace (the only memory besides the outputs; Workspace::bytes() reports it): per thread one
 // token_block x vocab_block buffer, per vocabulary group a token_block x d partial of dH, and
 // O(token_block x (groups + V / vocab_block)) scalars of per-token state. At the defaults, d =
-// 1024, float: 3.2 MB on one thread, 4.2 MB on two (measured), whatever N and V.
+// 1024, float: 3.2 MB on one thread, 4.2 MB on two (measured), whatever N and V. 16-bit inputs
+// add the widened H block and a W chunk per thread (0.5 MB each at the defaults, d = 1024).
 // Threads: with OpenMP opted in (SOFTMAXLAB_USE_OPENMP and -fopenmp, as the rest of the library),
 // the vocabulary blocks of each token block are split into kGroups (4) fixed contiguous groups
 // run on threads; each group's normalizer and dH partial are merged in group order and dW's rows
@@ -71,6 +79,10 @@
 // a long double materialized reference with every option (tests/test_linear_cross_entropy.cpp,
 // "LinearCrossEntropy matches a long double reference"), against finite differences in double
 // ("... gradients match finite differences"), and against GEMM + CrossEntropyLoss + backward GEMMs.
+// Half and bfloat16: widening is exact, so the bound is the float bound on the rounded inputs;
+// tests/test_linear_cross_entropy_16bit.cpp ("LinearCrossEntropy on half and bfloat16 equals
+// float on the rounded values") checks loss, lse, per-token losses, dH, dW and db against the
+// float call on the same values within twice that bound (measured worst ratio 3e-6).
 // Special values: a -inf logit (e.g. from a -inf bias entry that masks a class) has probability 0;
 // a NaN or +inf logit makes that token's loss, lse and gradient contributions NaN (a NaN input
 // never yields a plausible number; unlike CrossEntropyLoss, +inf logits are not given the limit).
@@ -80,6 +92,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <functional>
 #include <limits>
 #include <type_traits>
 #include <utility>
@@ -88,18 +101,24 @@
 #include "detail/backward_base.hpp"
 #include "detail/checks.hpp"
 #include "detail/functor_base.hpp"
+#include "detail/lce_kernels.hpp"
+#include "detail/scalar_types.hpp"
 #include "linear_cross_entropy_outputs.hpp"
 #include "loss.hpp"
 #include "single_pass.hpp"
 
 namespace softmaxlab {
 
+namespace mpi {
+class VocabParallelLinearCrossEntropy;  // mpi_linear_cross_entropy.hpp
+}  // namespace mpi
+
 // The fused output-layer cross-entropy: see the header's doc block.
 class LinearCrossEntropy {
  public:
   // The variant's name, as error messages give it.
   static constexpr const char* name = "LinearCrossEntropy";
-  static constexpr Index kGroups = 4;  // fixed vocabulary groups: the unit of thread parallelism
+  static constexpr Index kGroups = detail::kLceGroups;  // fixed vocabulary groups (threads)
 
   // The scratch memory type (LinearCrossEntropyWorkspace), reusable across calls.
   using Workspace = LinearCrossEntropyWorkspace;
@@ -235,7 +254,8 @@ class LinearCrossEntropy {
   }
 
  private:
-  struct NoBias {};  // the bias type of the forms without a bias
+  friend class mpi::VocabParallelLinearCrossEntropy;  // calls run() on its shard
+  using NoBias = detail::LceNoBias;                   // the bias type of the forms without one
   static const NoBias* no_bias() { return nullptr; }
 
   LinearCrossEntropy with_ce(const CrossEntropyLoss& ce) const {
@@ -244,75 +264,79 @@ class LinearCrossEntropy {
     return c;
   }
 
-  // Per-call constants of the loss.
-  struct Setup {
-    double eps, uniform, weight_total, u_default;
-    long ignore;
-    bool none;
-  };
-
+  // The one-process form: W holds the whole vocabulary.
   template <class XH, class XW, class XB, class Labels, class PH, class PW, class PB>
-  double run(const XH& h, const XW& w, const XB* b, const Labels& labels_in, PH dh, PW dw, PB db,
+  double run(const XH& h, const XW& w, const XB* b, const Labels& labels, PH dh, PW dw, PB db,
              const TokenOutputs& out) const {
+    return run_shard(name, h, w, b, labels, dh, dw, db, out, 0, w.rows(), detail::LceOneShard());
+  }
+
+  // The kernel of both forms: W (and b, dW, db) hold the classes [begin, begin + W.rows()) of a
+  // vocabulary of `vocab` classes; labels and class weights are global; combine merges the
+  // shards' normalizers and dH (detail/lce_kernels.hpp). fn names the caller in errors.
+  template <class XH, class XW, class XB, class Labels, class PH, class PW, class PB, class Combine>
+  double run_shard(const char* fn, const XH& h, const XW& w, const XB* b, const Labels& labels_in,
+                   PH dh, PW dw, PB db, const TokenOutputs& out, Index begin, Index vocab,
+                   const Combine& combine) const {
     using Scalar = typename XH::Scalar;
-    detail::static_check_scalar<Scalar>();
+    detail::static_check_storage_scalars<Scalar, Scalar>();
+    using C = detail::compute_scalar_t<Scalar>;  // float for half and bfloat16
     static_assert(std::is_same_v<Scalar, typename XW::Scalar>,
                   "softmaxlab: H and W must have the same scalar type");
     constexpr bool has_grad = !std::is_same_v<PH, std::nullptr_t>;
     constexpr bool has_db = !std::is_same_v<PB, std::nullptr_t>;
-    const Index n_tok = h.rows(), d = h.cols(), vocab = w.rows();
+    const Index n_tok = h.rows(), d = h.cols(), local = w.rows();
     if (w.cols() != d)
-      detail::fail(name, ": H (", n_tok, " x ", d, ") and W (", vocab, " x ", w.cols(),
+      detail::fail(fn, ": H (", n_tok, " x ", d, ") and W (", local, " x ", w.cols(),
                    ") do not chain: W must have d = ", d, " columns (a row per class)");
     if constexpr (!std::is_same_v<XB, NoBias>) {
-      static_assert(std::is_same_v<Scalar, typename XB::Scalar>,
-                    "softmaxlab: the bias must have H's scalar type");
+      static_assert(
+          std::is_same_v<Scalar, typename XB::Scalar> || std::is_same_v<C, typename XB::Scalar>,
+          "softmaxlab: the bias must have H's scalar type or float (double for double)");
       detail::require_vector("LinearCrossEntropy: b", b->rows(), b->cols());
-      if (b->size() != vocab)
-        detail::fail(name, ": b must have one entry per class (", vocab, "), but got ", b->size());
+      if (b->size() != local)
+        detail::fail(fn, ": b must have one entry per class (", local, "), but got ", b->size());
     }
     if constexpr (has_grad) {
       using DH = std::remove_pointer_t<PH>;
       using DW = std::remove_pointer_t<PW>;
       static_assert(
-          std::is_same_v<Scalar,
-                         typename DH::Scalar> && std::is_same_v<Scalar, typename DW::Scalar>,
-          "softmaxlab: dH and dW must have H's scalar type");
+          std::is_same_v<C, typename DH::Scalar> && std::is_same_v<C, typename DW::Scalar>,
+          "softmaxlab: dH and dW must be float for float, half and bfloat16 inputs, "
+          "double for double");
       static_assert(detail::is_writable_storage_v<DH> && detail::is_writable_storage_v<DW>,
                     "softmaxlab: dH and dW must be writable storage, not expressions");
-      detail::require_same_shape(name, detail::SliceMode::Rows, "dH", dh->rows(), dh->cols(), n_tok,
+      detail::require_same_shape(fn, detail::SliceMode::Rows, "dH", dh->rows(), dh->cols(), n_tok,
                                  d);
-      detail::require_same_shape(name, detail::SliceMode::Rows, "dW", dw->rows(), dw->cols(), vocab,
+      detail::require_same_shape(fn, detail::SliceMode::Rows, "dW", dw->rows(), dw->cols(), local,
                                  d);
       if constexpr (has_db) {
         using DB = std::remove_pointer_t<PB>;
-        static_assert(
-            std::is_same_v<Scalar, typename DB::Scalar> && detail::is_writable_storage_v<DB>,
-            "softmaxlab: db must be writable storage of H's scalar type");
+        static_assert(std::is_same_v<C, typename DB::Scalar> && detail::is_writable_storage_v<DB>,
+                      "softmaxlab: db must be writable storage of dW's scalar type");
         detail::require_vector("LinearCrossEntropy: db", db->rows(), db->cols());
-        if (db->size() != vocab)
-          detail::fail(name, ": db must have one entry per class (", vocab, "), but got ",
+        if (db->size() != local)
+          detail::fail(fn, ": db must have one entry per class (", local, "), but got ",
                        db->size());
       }
     }
-    detail::check_row_outputs(name, out.rows, n_tok);
+    detail::check_row_outputs(fn, out.rows, n_tok);
     const bool none = reduction() == Reduction::None;
     if (out.upstream.data != nullptr) {
       if (!none)
-        detail::fail(name, ": upstream is for Reduction::None only, but the reduction is ",
+        detail::fail(fn, ": upstream is for Reduction::None only, but the reduction is ",
                      static_cast<int>(reduction()));
       if (out.upstream.size != n_tok)
-        detail::fail(name, ": upstream must have one entry per token (", n_tok, "), but got ",
+        detail::fail(fn, ": upstream must have one entry per token (", n_tok, "), but got ",
                      out.upstream.size);
     }
     const auto& wt = weight();
     if (!wt.empty() && static_cast<Index>(wt.size()) != vocab)
-      detail::fail(name, ": weight must have one entry per class (", vocab, "), but got ",
-                   wt.size());
-    const auto labels = detail::label_span(name, labels_in);
+      detail::fail(fn, ": weight must have one entry per class (", vocab, "), but got ", wt.size());
+    const auto labels = detail::label_span(fn, labels_in);
     const auto [counted, weight_sum] =
-        detail::count_labels(name, labels, n_tok, vocab, ignore_index(), wt);
-    Setup st;
+        detail::count_labels(fn, labels, n_tok, vocab, ignore_index(), wt);
+    detail::LceSetup st;
     st.eps = label_smoothing();
     st.uniform = vocab > 0 ? st.eps / static_cast<double>(vocab) : 0.0;
     st.weight_total = 0;
@@ -323,14 +347,39 @@ class LinearCrossEntropy {
     // CrossEntropyLoss's Mean: divide by the counted class weights; 0 counted gives 0.
     const bool mean = reduction() == Reduction::Mean;
     st.u_default = mean && counted > 0 ? (weight_sum > 0 ? 1.0 / weight_sum : 0.0) : 1.0;
+    st.z_loss = z_loss();
+    st.softcap = softcap_;
+    st.temperature = temperature_;
+    st.filter = filter_;
+    st.weight = &wt;
+    st.token_block = token_block_;
+    st.vocab_block = vocab_block_;
+    st.class_begin = begin;
+    st.lse = out.rows.lse;
+    st.losses = out.rows.losses;
+    st.upstream = out.upstream;
 
     if constexpr (has_grad) {
       // The gradients are zeroed first and accumulated: they must not share storage with inputs.
+      // Byte ranges, as the gradients may be float for 16-bit inputs.
+      const auto overlaps = [](const auto& x, const auto& y) {
+        if (x.size() == 0 || y.size() == 0)
+          return false;
+        const auto bytes = [](const auto& m) {
+          const char* first = reinterpret_cast<const char*>(m.data());
+          const char* last = reinterpret_cast<const char*>(detail::last_coefficient(m));
+          return std::make_pair(first, last + sizeof(*m.data()));
+        };
+        const auto [x0, x1] = bytes(x);
+        const auto [y0, y1] = bytes(y);
+        return std::less<const char*>()(x0, y1) && std::less<const char*>()(y0, x1);
+      };
       const auto refuse_overlap = [&](const auto& out_grad, const char* grad_name) {
         const auto check = [&](const auto& in, const char* in_name) {
-          if constexpr (detail::has_direct_access_v<std::decay_t<decltype(in)>>) {
-            if (detail::storage_overlaps(in, out_grad))
-              detail::fail(name, ": ", grad_name, " shares storage with ", in_name);
+          using In = std::decay_t<decltype(in)>;
+          if constexpr (detail::has_direct_access_v<In>) {
+            if (overlaps(in, out_grad))
+              detail::fail(fn, ": ", grad_name, " shares storage with ", in_name);
           }
         };
         check(h, "H");
@@ -347,292 +396,15 @@ class LinearCrossEntropy {
       if constexpr (has_db)
         db->setZero();
     }
-    Workspace local;
-    Workspace& ws = out.workspace != nullptr ? *out.workspace : local;
+    Workspace local_ws;
+    Workspace& ws = out.workspace != nullptr ? *out.workspace : local_ws;
     double total = 0;
     for (Index n0 = 0; n0 < n_tok; n0 += token_block_) {
       const Index nb = std::min(token_block_, n_tok - n0);
-      total += token_block<Scalar>(h, w, b, labels, dh, dw, db, out, st, ws, n0, nb);
+      total +=
+          detail::lce_token_block<C>(h, w, b, labels, dh, dw, db, st, ws.buffers_, combine, n0, nb);
     }
     return none ? total : total * st.u_default;
-  }
-
-  // Applies bias, softcap and temperature to a block of raw logits (columns v0.. of the
-  // vocabulary).
-  template <class Scalar, class Z, class XB>
-  void transform(Z& z, const XB* b, Index v0) const {
-    if constexpr (!std::is_same_v<XB, NoBias>) {
-      for (Index k = 0; k < z.cols(); ++k)
-        z.col(k).array() += b->coeff(v0 + k);
-    } else {
-      (void)b;
-      (void)v0;
-    }
-    if (softcap_ != 0) {
-      const Scalar cap = static_cast<Scalar>(softcap_), inv = static_cast<Scalar>(1.0 / softcap_);
-      z.array() = cap * (z.array() * inv).tanh();
-    }
-    if (temperature_ != 1.0)
-      z.array() *= static_cast<Scalar>(1.0 / temperature_);
-  }
-
-  // One block of tokens: both passes. Returns the sum of its counted tokens' losses.
-  template <class Scalar, class XH, class XW, class XB, class Labels, class PH, class PW, class PB>
-  double token_block(const XH& h, const XW& w, const XB* b, const Labels& labels, PH dh, PW dw,
-                     PB db, const TokenOutputs& out, const Setup& st, Workspace& ws, Index n0,
-                     Index nb) const {
-    using Mat = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
-    using MapM = Eigen::Map<Mat, 0, Eigen::OuterStride<>>;
-    using MapC = Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
-    using MapD = Eigen::Map<Eigen::ArrayXd>;
-    constexpr bool has_grad = !std::is_same_v<PH, std::nullptr_t>;
-    const Index d = h.cols(), vocab = w.rows();
-    const Index vb = std::max<Index>(1, std::min(vocab_block_, vocab));
-    const Index blocks = vocab > 0 ? (vocab + vb - 1) / vb : 0;
-    const Index groups = std::min(kGroups, blocks);
-    int threads = 1;
-#if SOFTMAXLAB_PARALLEL_SLICES
-    if (!omp_in_parallel())
-      threads = static_cast<int>(std::min<Index>(omp_get_max_threads(), groups));
-#endif
-    threads = std::max(threads, 1);
-    const bool filtering = has_grad && filter_ > 0 && st.eps == 0;
-    // Every buffer starts on a 64-byte boundary and every column of a block on one too (leading
-    // dimension ld): Eigen peels unaligned heads with scalar code, whose exp differs from the
-    // vector exp, so the alignment must not depend on where the allocator put the workspace.
-    constexpr Index kAlign = 64 / static_cast<Index>(sizeof(Scalar));
-    const Index ld = (nb + kAlign - 1) / kAlign * kAlign, ldd = (nb + 7) / 8 * 8;
-    // Scalars: [threads x (ld x vb block, ld block max)][groups x ld x d dH partials][3 x ld]
-    std::vector<Scalar>& sbuf = ws.template scalars<Scalar>();
-    const Index per_thread = ld * vb + ld;
-    const std::size_t need = static_cast<std::size_t>(
-        per_thread * threads + (has_grad ? groups * ld * d + 3 * ld : 0) + kAlign);
-    if (sbuf.size() < need)
-      sbuf.resize(need);
-    Scalar* base = aligned(sbuf.data());
-    // Doubles: per group the weighted logit sums (ldd) and maxima, per thread the block's sums
-    // (ldd), per token the label logit, lse, m, 1/S, u, A, per token and vocabulary block the
-    // block max (filtering only).
-    const std::size_t nstats = static_cast<std::size_t>(ldd * (groups + threads) + nb * (groups + 6)
-                                                        + (filtering ? nb * blocks : 0) + 8);
-    if (ws.stats_.size() < nstats)
-      ws.stats_.resize(nstats);
-    if (ws.sums_.size() < static_cast<std::size_t>(nb * groups))
-      ws.sums_.resize(static_cast<std::size_t>(nb * groups));
-    double* gzw = aligned(ws.stats_.data());
-    double* thread_sums = gzw + ldd * groups;
-    double* gmax = thread_sums + ldd * threads;
-    double* zc = gmax + nb * groups;
-    double* lse = zc + nb;
-    double* mrow = lse + nb;
-    double* invs = mrow + nb;
-    double* urow = invs + nb;
-    double* arow = urow + nb;
-    double* bmax = arow + nb;
-    long double* gsum = ws.sums_.data();
-    const auto hb = h.middleRows(n0, nb);
-    const auto label_of = [&](Index n) {
-      return static_cast<long>(labels[n0 + n]);
-    };
-    const auto class_weight = [&](Index k) {
-      return weight().empty() ? 1.0 : weight()[static_cast<std::size_t>(k)];
-    };
-    const auto group_range = [&](Index g) {
-      return std::make_pair(g * blocks / groups, (g + 1) * blocks / groups);
-    };
-    const double inf = std::numeric_limits<double>::infinity();
-    for (Index n = 0; n < nb; ++n)
-      zc[n] = std::numeric_limits<double>::quiet_NaN();
-
-    // Pass 1: per group, an online normalizer per token over the group's blocks, in block order.
-    const auto pass1 = [&](Index g, int thread) {
-      MapM zfull(base + per_thread * thread, nb, vb, Eigen::OuterStride<>(ld));
-      MapC bm(base + per_thread * thread + ld * vb, nb);  // block max per token
-      MapD sum(thread_sums + ldd * thread, nb);
-      double* m = gmax + g * nb;
-      long double* s = gsum + g * nb;
-      MapD zw(gzw + g * ldd, nb);
-      zw.setZero();
-      for (Index n = 0; n < nb; ++n) {
-        m[n] = -inf;
-        s[n] = 0;
-      }
-      const auto [first, last] = group_range(g);
-      for (Index blk = first; blk < last; ++blk) {
-        const Index v0 = blk * vb, vlen = std::min(vb, vocab - v0);
-        auto z = zfull.leftCols(vlen);
-        z.noalias() = hb * w.middleRows(v0, vlen).transpose();
-        transform<Scalar>(z, b, v0);
-        bm = z.col(0).array();  // a NaN is caught by the sum below
-        for (Index k = 1; k < vlen; ++k)
-          bm = bm.max(z.col(k).array());
-        sum.setZero();
-        for (Index k = 0; k < vlen; ++k)
-          sum += (z.col(k).array() - bm).exp().template cast<double>();
-        for (Index n = 0; n < nb; ++n) {
-          double bmn = static_cast<double>(bm(n));
-          long double sn = sum(n);
-          if (bmn == -inf)
-            sn = 0;  // every logit of the block is -inf: no mass
-          else if (sn != sn || bmn == inf)
-            bmn = std::numeric_limits<double>::quiet_NaN();
-          if (filtering)
-            bmax[n * blocks + blk] = bmn;
-          detail::merge_normalizer_state<double>(m[n], s[n], bmn, sn, 1.0L);
-          const long c = label_of(n);
-          if (c >= v0 && c < v0 + vlen)
-            zc[n] = static_cast<double>(z(n, c - v0));
-        }
-        if (st.eps > 0) {
-          for (Index k = 0; k < vlen; ++k)
-            zw += class_weight(v0 + k) * z.col(k).array().template cast<double>();
-        }
-      }
-    };
-    for_groups(groups, threads, pass1);
-
-    // Merge the groups in order, then each token's loss, lse and gradient coefficients.
-    double total = 0;
-    for (Index n = 0; n < nb; ++n) {
-      double m = -inf, zw = 0;
-      long double s = 0;
-      for (Index g = 0; g < groups; ++g) {
-        detail::merge_normalizer_state<double>(m, s, gmax[g * nb + n], gsum[g * nb + n], 1.0L);
-        zw += gzw[g * ldd + n];
-      }
-      const double log_s = static_cast<double>(std::log(s));
-      const double l = m != m ? m : (m == -inf ? -inf : m + log_s);
-      lse[n] = l;
-      mrow[n] = m;
-      invs[n] = static_cast<double>(1.0L / s);
-      const long c = label_of(n);
-      const Index gi = n0 + n;
-      if (out.rows.lse.data != nullptr)
-        out.rows.lse[gi] = l;
-      if (c == st.ignore) {
-        urow[n] = arow[n] = 0;
-        if (out.rows.losses.data != nullptr)
-          out.rows.losses[gi] = 0;
-        continue;
-      }
-      const double wc = class_weight(static_cast<Index>(c));
-      const double sum_q = wc * (1.0 - st.eps) + st.uniform * st.weight_total;
-      // loss = sum_q log S + w_c (1 - eps)(m - z_c) + eps/V (W_total m - sum_k w_k z_k)
-      double loss = sum_q * log_s + wc * (1.0 - st.eps) * (m - zc[n]);
-      if (st.eps > 0)
-        loss += st.uniform * (st.weight_total * m - zw);
-      if (m == -inf)
-        loss = inf;  // every class masked
-      if (m != m)
-        loss = m;
-      loss += z_loss() * l * l;
-      if (out.rows.losses.data != nullptr)
-        out.rows.losses[gi] = loss;
-      total += loss;
-      urow[n] = st.none ? (out.upstream.data != nullptr ? out.upstream[gi] : 1.0) : st.u_default;
-      arow[n] = sum_q + 2.0 * z_loss() * l;
-    }
-    if constexpr (!has_grad) {
-      return total;
-    } else {
-      // Pass 2: recompute each block, turn it into dL/dr in place, accumulate dH and dW.
-      const double inv_t = 1.0 / temperature_;
-      Scalar* dh_part = base + per_thread * threads;
-      // Per-token coefficients in the scalar type, shared by the groups.
-      MapC a(dh_part + groups * ld * d, nb), u(dh_part + groups * ld * d + ld, nb),
-          mr(dh_part + groups * ld * d + 2 * ld, nb);
-      for (Index n = 0; n < nb; ++n) {
-        a(n) = static_cast<Scalar>(urow[n] * arow[n] * invs[n] * inv_t);
-        u(n) = static_cast<Scalar>(urow[n] * st.uniform * inv_t);
-        mr(n) = static_cast<Scalar>(mrow[n]);
-      }
-      const auto pass2 = [&](Index g, int thread) {
-        MapM zfull(base + per_thread * thread, nb, vb, Eigen::OuterStride<>(ld));
-        MapM dhg(dh_part + g * ld * d, nb, d, Eigen::OuterStride<>(ld));
-        dhg.setZero();
-        const auto [first, last] = group_range(g);
-        for (Index blk = first; blk < last; ++blk) {
-          const Index v0 = blk * vb, vlen = std::min(vb, vocab - v0);
-          if (filtering && skip_block(bmax, blocks, blk, nb, lse, urow, labels, n0, v0, vlen))
-            continue;
-          auto z = zfull.leftCols(vlen);
-          z.noalias() = hb * w.middleRows(v0, vlen).transpose();
-          transform<Scalar>(z, b, v0);
-          const Scalar cap_t = static_cast<Scalar>(temperature_ / (softcap_ != 0 ? softcap_ : 1));
-          for (Index k = 0; k < vlen; ++k) {
-            auto zk = z.col(k).array();
-            const Scalar sk = static_cast<Scalar>(class_weight(v0 + k));
-            if (softcap_ != 0)
-              zk = ((zk - mr).exp() * a - u * sk) * (Scalar(1) - (zk * cap_t).square());
-            else
-              zk = (zk - mr).exp() * a - u * sk;
-          }
-          for (Index n = 0; n < nb; ++n) {
-            const long c = label_of(n);
-            if (c == st.ignore) {
-              z.row(n).setZero();
-            } else if (c >= v0 && c < v0 + vlen) {
-              const double sc =
-                  softcap_ != 0 ? 1.0 - std::pow(zc[n] * temperature_ / softcap_, 2) : 1.0;
-              z(n, c - v0) -=
-                  static_cast<Scalar>(urow[n] * class_weight(c) * (1.0 - st.eps) * sc * inv_t);
-            }
-          }
-          dhg.noalias() += z * w.middleRows(v0, vlen);
-          dw->middleRows(v0, vlen).noalias() += z.transpose() * hb;
-          if constexpr (!std::is_same_v<PB, std::nullptr_t>) {
-            for (Index k = 0; k < vlen; ++k)
-              db->coeffRef(v0 + k) += z.col(k).sum();
-          }
-        }
-      };
-      for_groups(groups, threads, pass2);
-      auto dhb = dh->middleRows(n0, nb);
-      for (Index g = 0; g < groups; ++g)
-        dhb += MapM(dh_part + g * ld * d, nb, d, Eigen::OuterStride<>(ld));
-      return total;
-    }
-  }
-
-  // The first 64-byte boundary at or after p (the buffers carry that much slack).
-  template <class T>
-  static T* aligned(T* p) {
-    const std::size_t a = reinterpret_cast<std::size_t>(p) % 64;
-    return a == 0 ? p : reinterpret_cast<T*>(reinterpret_cast<char*>(p) + (64 - a));
-  }
-
-  // Whether a vocabulary block's gradient may be dropped: every p_nk < threshold and no counted
-  // label in it.
-  template <class Labels>
-  bool skip_block(const double* bmax, Index blocks, Index blk, Index nb, const double* lse,
-                  const double* urow, const Labels& labels, Index n0, Index v0, Index vlen) const {
-    for (Index n = 0; n < nb; ++n) {
-      if (urow[n] == 0)
-        continue;
-      const long c = static_cast<long>(labels[n0 + n]);
-      if (c >= v0 && c < v0 + vlen)
-        return false;
-      if (!(std::exp(bmax[n * blocks + blk] - lse[n]) < filter_))
-        return false;
-    }
-    return true;
-  }
-
-  // Runs fn(group, thread) for every group: on OpenMP threads when opted in. Each group's work is
-  // the same whatever thread runs it.
-  template <class Fn>
-  static void for_groups(Index groups, int threads, const Fn& fn) {
-#if SOFTMAXLAB_PARALLEL_SLICES
-    if (threads > 1) {
-#pragma omp parallel for schedule(static) num_threads(threads)
-      for (Index g = 0; g < groups; ++g)
-        fn(g, omp_get_thread_num());
-      return;
-    }
-#endif
-    (void)threads;
-    for (Index g = 0; g < groups; ++g)
-      fn(g, 0);
   }
 
   CrossEntropyLoss ce_;

@@ -14,6 +14,7 @@
 
 #include "detail/checks.hpp"
 #include "detail/functor_base.hpp"
+#include "detail/lce_kernels.hpp"
 #include "detail/loss_base.hpp"
 #include "single_pass.hpp"
 
@@ -25,26 +26,12 @@ class LinearCrossEntropy;
 // one shape allocation-free (it grows to the largest call seen and keeps its size).
 class LinearCrossEntropyWorkspace {
  public:
-  // The bytes this object was built with.
-  std::size_t bytes() const {
-    return sizeof(float) * fz_.capacity() + sizeof(double) * dz_.capacity()
-           + sizeof(double) * stats_.capacity() + sizeof(long double) * sums_.capacity();
-  }
+  // The bytes this object holds (its buffers' capacity).
+  std::size_t bytes() const { return buffers_.bytes(); }
 
  private:
   friend class LinearCrossEntropy;
-  template <class Scalar>
-  std::vector<Scalar>& scalars() {
-    if constexpr (std::is_same_v<Scalar, float>) {
-      return fz_;
-    } else {
-      return dz_;
-    }
-  }
-  std::vector<float> fz_;
-  std::vector<double> dz_;
-  std::vector<double> stats_;
-  std::vector<long double> sums_;
+  detail::LceBuffers buffers_;
 };
 
 // Optional per-token outputs and inputs of a LinearCrossEntropy call: see the header's doc block.

@@ -38,6 +38,9 @@
 //   mpi::VocabParallelSoftmax,   mpi.hpp          the vocabulary split across MPI ranks; needs
 //     ...CrossEntropy, sample                     MPI, so not included here: include it and
 //                                                 link softmaxlab::mpi
+//   mpi::VocabParallel-          mpi_linear_cross_entropy.hpp  LinearCrossEntropy with W
+//     LinearCrossEntropy                          sharded by rows over MPI ranks; needs MPI, so
+//                                                 not included here (as mpi.hpp)
 //   AttentionSoftmax, Attention, attention.hpp    fused score softmax (scale, softcap, mask x
 //     merge_attention                             ALiBi slope, sink); flash-style attention
 //                                                 (parts: attention_options.hpp,

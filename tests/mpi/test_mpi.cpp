@@ -22,27 +22,12 @@
 
 #include <softmaxlab/mpi.hpp>
 
+#include "harness.hpp"
+
 namespace {
 
 namespace sml = softmaxlab;
-using Index = Eigen::Index;
-template <class S>
-using Matrix = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>;
-template <class S>
-using Vector = Eigen::Matrix<S, Eigen::Dynamic, 1>;
-
-int rank_ = 0, ranks_ = 1;
-long passed_ = 0, failed_ = 0;
-
-void expect(bool ok, const std::string& what) {
-  if (ok) {
-    ++passed_;
-    return;
-  }
-  ++failed_;
-  if (failed_ <= 20)
-    std::fprintf(stderr, "[rank %d] FAILED: %s\n", rank_, what.c_str());
-}
+using namespace softmaxlab_mpi_test;
 
 // The rank's columns of a width-V row.
 Index shard_begin(Index v, int r) {
@@ -430,20 +415,13 @@ void run(const char* name, const std::function<void()>& test) {
   } catch (const std::exception& e) {
     expect(false, std::string(name) + " threw: " + e.what());
   }
-  long counts[2] = {passed_ - passed, failed_ - failed};
-  MPI_Allreduce(MPI_IN_PLACE, counts, 2, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
-  if (rank_ == 0)
-    std::printf("%s: %ld passed, %ld failed\n", name, counts[0], counts[1]);
+  report(name, passed, failed);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
-  MPI_Comm_size(MPI_COMM_WORLD, &ranks_);
-  if (rank_ == 0)
-    std::printf("softmaxlab MPI tests on %d rank(s)\n", ranks_);
+  start(&argc, &argv, "softmaxlab MPI tests");
   run("mpi.allreduce_matches_one_process", [] {
     allreduce_case<float>(1.0);
     allreduce_case<double>(1.0);
@@ -470,12 +448,7 @@ int main(int argc, char** argv) {
     sample_case<double>();
   });
   run("mpi.empty_shards", empty_shard_case);
-  long failed = failed_;
-  MPI_Allreduce(MPI_IN_PLACE, &failed, 1, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
-  long passed = passed_;
-  MPI_Allreduce(MPI_IN_PLACE, &passed, 1, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
-  if (rank_ == 0)
-    std::printf("total: %ld passed, %ld failed (%d ranks)\n", passed, failed, ranks_);
+  const int code = finish();
   MPI_Finalize();
-  return failed == 0 ? 0 : 1;
+  return code;
 }
