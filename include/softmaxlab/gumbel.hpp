@@ -147,9 +147,10 @@ EIGEN_STRONG_INLINE Packet exponential_from_one_two(const Packet& v, const Packe
 
 // out_i = x_i + g_i for contiguous x, out (out may be x), drawing n uniforms from gen; returns
 // max_i out_i, NaN if any out_i is NaN. `words` and `ones` are scratch of kWordsPerUniform * n
-// words and n rounded up to a packet scalars. g = -log(E), E = -log u, in two passes over the
-// chunk: fused, each packet's two logs form one long dependency chain and the loop ran at about
-// half the instruction throughput; split, every packet of a pass is independent.
+// words and n scalars, any alignment (`ones` may be `out`: every pass is elementwise).
+// g = -log(E), E = -log u, in two passes over the chunk: fused, each packet's two logs form one
+// long dependency chain and the loop ran at about half the instruction throughput; split, every
+// packet of a pass is independent.
 template <class Scalar, class Gen>
 Scalar add_gumbel_noise(const Scalar* x, Scalar* out, Index n, Gen& gen, std::uint32_t* words,
                         Scalar* ones) {
@@ -159,31 +160,35 @@ Scalar add_gumbel_noise(const Scalar* x, Scalar* out, Index n, Gen& gen, std::ui
   const Scalar lowest = -std::numeric_limits<Scalar>::infinity();
   draw_words(gen, words, kWordsPerUniform<Scalar> * n);
   words_to_one_two(words, ones, n);
-  const Index padded = (n + P - 1) / P * P;
-  for (Index i = n; i < padded; ++i)
-    ones[i] = Scalar(1.5);  // a valid argument for the discarded tail lanes
   const Packet offset = pset1<Packet>(kOneMinusHalfUlp<Scalar>);
-  for (Index i = 0; i < padded; i += P)
-    pstore(ones + i, exponential_from_one_two(pload<Packet>(ones + i), offset));
+  Index j = 0;
+  for (; j + P <= n; j += P)
+    pstoreu(ones + j, exponential_from_one_two(ploadu<Packet>(ones + j), offset));
+  if (j < n)  // padding 1.5: a valid argument for the discarded lanes
+    store_partial(
+        ones + j, n - j,
+        exponential_from_one_two(load_partial<Packet>(ones + j, n - j, Scalar(1.5)), offset));
   Packet m0 = pset1<Packet>(lowest), m1 = m0;
   Index i = 0;
   for (; i + 2 * P <= n; i += 2 * P) {
     const Packet y0 =
-        psub(ploadu<Packet>(x + i), plog_positive_normal_u20(pload<Packet>(ones + i)));
+        psub(ploadu<Packet>(x + i), plog_positive_normal_u20(ploadu<Packet>(ones + i)));
     const Packet y1 =
-        psub(ploadu<Packet>(x + i + P), plog_positive_normal_u20(pload<Packet>(ones + i + P)));
+        psub(ploadu<Packet>(x + i + P), plog_positive_normal_u20(ploadu<Packet>(ones + i + P)));
     pstoreu(out + i, y0);
     pstoreu(out + i + P, y1);
     m0 = pmax<Eigen::PropagateNaN>(m0, y0);
     m1 = pmax<Eigen::PropagateNaN>(m1, y1);
   }
   for (; i + P <= n; i += P) {
-    const Packet y = psub(ploadu<Packet>(x + i), plog_positive_normal_u20(pload<Packet>(ones + i)));
+    const Packet y =
+        psub(ploadu<Packet>(x + i), plog_positive_normal_u20(ploadu<Packet>(ones + i)));
     pstoreu(out + i, y);
     m0 = pmax<Eigen::PropagateNaN>(m0, y);
   }
   if (i < n) {
-    const Packet g = pnegate(plog_positive_normal_u20(pload<Packet>(ones + i)));
+    const Packet g =
+        pnegate(plog_positive_normal_u20(load_partial<Packet>(ones + i, n - i, Scalar(1))));
     const Packet y = padd(load_partial<Packet>(x + i, n - i, lowest), g);  // padding: -inf
     store_partial(out + i, n - i, y);
     m1 = pmax<Eigen::PropagateNaN>(m1, y);
