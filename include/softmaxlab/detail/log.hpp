@@ -109,7 +109,7 @@ EIGEN_STRONG_INLINE Packet set1_from_bits(Bits bits) {
 #if defined(EIGEN_VECTORIZE_AVX512)
 // AVX-512 float: a 32-entry table instead of the division. x = 2^k z with z in [0.734375,
 // 1.46875) cut into 32 intervals by the top 5 bits of z's bits minus 0.734375's; invc ~ 1 / (the
-// interval's centre) as a float and logc = -log(invc) (mpmath, rounded to float), so
+// interval's centre) as a float and logc = -log(invc) (scripts/gen_log_table.py, mpmath), so
 // log x = k ln2 + logc + log1p(z invc - 1) with |r| = |z invc - 1| <= 2^-6 (one FMA, exact up to
 // its rounding). The two intervals that touch 1 use invc = 1, logc = 0: r = z - 1 exactly
 // (Sterbenz) and log x near 1 carries no cancellation. log1p(r) = r + r^2 (-1/2 + r/3 - r^2/4 +
