@@ -714,36 +714,29 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     context, results = load(args.json)
     named = load_named(args.json)
-    sampling = named_targets_markdown(named)
-    half = named_targets_markdown(named, HALF_TARGETS,
-                                  "Targets (issue 13: half precision, element rates)")
-    sampling += ("\n" + half) if half else ""
-    chain_targets = named_targets_markdown(named, CHAIN_TARGETS,
-                                           "Targets (the sampler chain and speculative decoding)")
-    sampling += ("\n" + chain_targets) if chain_targets else ""
-    tensor_targets = named_targets_markdown(named, TENSOR_TARGETS,
-                                            "Targets (softmax over an axis of an Eigen::Tensor)")
-    sampling += ("\n" + tensor_targets) if tensor_targets else ""
-    output_sampled = output_sampled_markdown(args.json)
-    sampling += ("\n" + output_sampled) if output_sampled else ""
-    head_targets = named_targets_markdown(named, HEAD_SAMPLING_TARGETS,
-                                          "Targets (issue 24: sampling from the fused head)")
-    sampling += ("\n" + head_targets) if head_targets else ""
-    approx_targets = named_targets_markdown(
-        named, OUTPUT_APPROX_TARGETS, "Targets (issue 24: adaptive and hierarchical softmax)")
-    sampling += ("\n" + approx_targets) if approx_targets else ""
-    mha_targets = named_targets_markdown(load_speeds(args.json), MHA_TARGETS,
-                                         "Targets (issue 23: multi-head attention)")
-    sampling += ("\n" + mha_targets) if mha_targets else ""
-    lce_targets = named_targets_markdown(named, LCE_TARGETS,
-                                         "Targets (issue 24: fused linear cross-entropy, time)")
-    sampling += ("\n" + lce_targets) if lce_targets else ""
-    lce_memory = lce_memory_markdown(args.json)
-    sampling += ("\n" + lce_memory) if lce_memory else ""
-    attention = attention_markdown(args.json)
-    sampling += ("\n" + attention) if attention else ""
-    kernels = kernels_markdown(args.json)
-    sampling += ("\n" + kernels) if kernels else ""
+    speeds = load_speeds(args.json)
+    # The target and family sections after the main tables, in report order; empty when unmeasured.
+    sections = [
+        named_targets_markdown(named),
+        named_targets_markdown(named, HALF_TARGETS,
+                               "Targets (issue 13: half precision, element rates)"),
+        named_targets_markdown(named, CHAIN_TARGETS,
+                               "Targets (the sampler chain and speculative decoding)"),
+        named_targets_markdown(named, TENSOR_TARGETS,
+                               "Targets (softmax over an axis of an Eigen::Tensor)"),
+        output_sampled_markdown(args.json),
+        named_targets_markdown(named, HEAD_SAMPLING_TARGETS,
+                               "Targets (issue 24: sampling from the fused head)"),
+        named_targets_markdown(named, OUTPUT_APPROX_TARGETS,
+                               "Targets (issue 24: adaptive and hierarchical softmax)"),
+        named_targets_markdown(speeds, MHA_TARGETS, "Targets (issue 23: multi-head attention)"),
+        named_targets_markdown(named, LCE_TARGETS,
+                               "Targets (issue 24: fused linear cross-entropy, time)"),
+        lce_memory_markdown(args.json),
+        attention_markdown(args.json),
+        kernels_markdown(args.json),
+    ]
+    sampling = sections[0] + "".join("\n" + sec for sec in sections[1:] if sec)
     if not results and not sampling:
         sys.exit("bench_report: no softmax/<impl>/<type>/<cache>/<n> benchmarks in " + args.json)
     md = markdown(context, results, args.note) if results else "# softmaxlab benchmark report\n\n"
