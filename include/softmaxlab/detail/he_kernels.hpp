@@ -161,9 +161,9 @@ void scale_by(const Scalar* x, Scalar* y, Index n, Scalar f1, Scalar f2) {
     store_partial(y + i, n - i, op(load_partial<Packet>(x + i, n - i, Scalar(0))));
 }
 
-// Multiplies y (in place) by the positive factor r given in long double, exactly as if by one
-// rounding of y * r even when r is below the scalar's normal range: then r is applied as
-// (y * (r 2^64)) * 2^-64, so a subnormal factor never costs the significand of the product.
+// The positive factor r (long double) as the scalar factors scale_by applies: f1 = r, or, when r
+// is below the scalar's normal range, f1 = r 2^64 and f2 = 2^-64 (two = true), so a subnormal
+// factor never costs the significand of the product.
 template <class Scalar>
 struct ScaleFactors {
   bool two;
@@ -174,6 +174,7 @@ struct ScaleFactors {
         f2(two ? Scalar(0x1p-64) : Scalar(1)) {}
 };
 
+// Multiplies y (in place) by r, exactly as if by one rounding of y * r (see ScaleFactors).
 template <class Scalar>
 void scale_row(const Span<Scalar>& y, long double r) {
   const ScaleFactors<Scalar> f(r);
