@@ -40,6 +40,9 @@ struct ExpConstants<float> {
   static constexpr float kLn2Hi = 0x1.62e4p-1f;  // 16 significant bits: n * kLn2Hi is exact
   static constexpr float kLn2Lo = 0x1.7f7d1cp-20f;
   static constexpr float kLowest = -104.0f;  // exp(-104) < smallest subnormal / 2
+  // x * log2e rounds to -191 = -(127 + 64): the magic-number path's 2^(n + 64) has a zero
+  // exponent field there, i.e. is +0.0 (exp_times_2p64).
+  static constexpr float kZeroClamp = -132.375f;
   // q(r) = (exp(r) - 1 - r) / r^2, lowest degree first
   static constexpr float kQ[] = {0x1p-1f, 0x1.5554d4p-3f, 0x1.555514p-5f, 0x1.121582p-7f,
                                  0x1.6d1b1cp-10f};
@@ -51,6 +54,7 @@ struct ExpConstants<double> {
   static constexpr double kLn2Hi = 0x1.62e42feep-1;  // 32 significant bits
   static constexpr double kLn2Lo = 0x1.a39ef35793c76p-33;
   static constexpr double kLowest = -746.0;
+  static constexpr double kZeroClamp = -753.5;  // x * log2e rounds to -1087 = -(1023 + 64)
   static constexpr double kQ[] = {
       0x1.0000000000001p-1,  0x1.5555555555556p-3,  0x1.555555555394cp-5,  0x1.1111111110871p-7,
       0x1.6c16c17a1c437p-10, 0x1.a01a01a8ba744p-13, 0x1.a019b31890abfp-16, 0x1.71de0a0471800p-19,
@@ -152,38 +156,50 @@ inline constexpr bool kMagicExp =
     && (std::is_same_v<typename Eigen::internal::unpacket_traits<Packet>::type,
                        float> || kF64ShiftLanes<Eigen::internal::unpacket_traits<Packet>::size>);
 
-// exp(x) * 2^64 for x <= 0 on the magic-number path: always a normal number (x >= kLowest gives
-// n + 64 >= -86 for float, >= -1012 for double), with p and 2^(n + 64) multiplied exactly.
+// exp(x) * 2^64 for x <= 0 on the magic-number path, with p and 2^(n + 64) multiplied exactly:
+// a normal number for x >= kLowest (n + 64 >= -86 for float, >= -1012 for double), and exactly 0
+// where exp(x) < 2^-150 (2^-1075) would round every softmax result to 0 anyway: x < kLowest on
+// AVX-512, x <= kZeroClamp elsewhere (between the two, a tiny value the final scaling rounds to 0).
+// An exact 0 matters for speed: a tiny stored value makes the final scaling underflow, which
+// costs a microcode assist per element on x86 cores (a row masked with -inf ran 6x slower).
 template <class Packet>
 EIGEN_STRONG_INLINE Packet exp_times_2p64(const Packet& x_in) {
   using namespace Eigen::internal;
   using Scalar = typename unpacket_traits<Packet>::type;
   using C = ExpConstants<Scalar>;
   constexpr bool kFloat = std::is_same_v<Scalar, float>;
-  // Eigen's pmax(a, b) returns a when a is NaN, so NaN survives the clamp.
-  const Packet x = pmax(x_in, pset1<Packet>(C::kLowest));
   // Adding 1.5 * 2^23 (2^52) rounds x/ln2 to an integer in the low mantissa bits; the extra
   // 191 = 127 + 64 (1087 = 1023 + 64) makes those bits the biased exponent of 2^(n + 64).
   const Packet magic = pset1<Packet>(kFloat ? Scalar(0x1.8p23 + 191.0) : Scalar(0x1.8p52 + 1087.0));
-  const Packet t = pmadd(x, pset1<Packet>(C::kLog2e), magic);
-  const Packet n = psub(t, magic);
-  Packet r = pmadd(n, pset1<Packet>(-C::kLn2Hi), x);
-  r = pmadd(n, pset1<Packet>(-C::kLn2Lo), r);
 #if defined(EIGEN_VECTORIZE_AVX512)
   if constexpr (sizeof(Packet) == 64) {
     // AVX-512: vscalefps/pd multiplies by 2^n from n as a float, without the shift into the
     // exponent field; 2^64 moves into the polynomial's last step, fma(v, 2^64, 2^64) =
-    // 2^64 (v + 1) with the same single rounding as v + 1. Bit for bit the result below, one
-    // instruction fewer.
+    // 2^64 (v + 1) with the same single rounding as v + 1. The clamp becomes a mask (one compare,
+    // as the max was): lanes below kLowest are zeroed by the scalef itself; the unordered
+    // compare keeps NaN lanes, whose NaN the arithmetic carries through.
+    const Packet x = x_in;
+    const Packet t = pmadd(x, pset1<Packet>(C::kLog2e), magic);
+    const Packet n = psub(t, magic);
+    Packet r = pmadd(n, pset1<Packet>(-C::kLn2Hi), x);
+    r = pmadd(n, pset1<Packet>(-C::kLn2Lo), r);
     const Packet v = exp_reduced_poly_minus_one<Packet, Scalar>(r);
     const Packet two64 = pset1<Packet>(Scalar(0x1p64));
     if constexpr (kFloat) {
-      return _mm512_scalef_ps(pmadd(v, two64, two64), n);
+      const __mmask16 keep = _mm512_cmp_ps_mask(x, pset1<Packet>(C::kLowest), _CMP_NLT_UQ);
+      return _mm512_maskz_scalef_ps(keep, pmadd(v, two64, two64), n);
     } else {
-      return _mm512_scalef_pd(pmadd(v, two64, two64), n);
+      const __mmask8 keep = _mm512_cmp_pd_mask(x, pset1<Packet>(C::kLowest), _CMP_NLT_UQ);
+      return _mm512_maskz_scalef_pd(keep, pmadd(v, two64, two64), n);
     }
   }
 #endif
+  // Eigen's pmax(a, b) returns a when a is NaN, so NaN survives the clamp.
+  const Packet x = pmax(x_in, pset1<Packet>(C::kZeroClamp));
+  const Packet t = pmadd(x, pset1<Packet>(C::kLog2e), magic);
+  const Packet n = psub(t, magic);
+  Packet r = pmadd(n, pset1<Packet>(-C::kLn2Hi), x);
+  r = pmadd(n, pset1<Packet>(-C::kLn2Lo), r);
   const Packet p = exp_reduced_poly<Packet, Scalar>(r);
   if constexpr (kFloat) {
     return pmul(p, exponent_from_magic_f32(t));
