@@ -633,8 +633,8 @@ class MultiHeadAttention {
     const Index splits = lq <= kDecodeMaxQueries && lk > kDecodeSplitKeys ? std::min<Index>(
                              kDecodeMaxSplits, (lk + kDecodeSplitKeys - 1) / kDecodeSplitKeys)
                                                                           : 1;
-    detail::MhaWorkspaces<C> ws(rows, d, dv);
     if (splits == 1) {
+      detail::MhaWorkspaces<C> ws(rows, d, dv);
       detail::for_each_slice<true>(hkv_ * qblocks, rows * lk * (d + dv), [&](Index t) {
         const Index g = t / qblocks, i0 = (t % qblocks) * bq, n = std::min(bq, lq - i0);
         detail::MhaWorkspace<C>& w = ws.mine();
@@ -649,15 +649,47 @@ class MultiHeadAttention {
     const Index span = (blocks + splits - 1) / splits * detail::kMhaBlockK;
     const Index part = rows * (dv + 1);
     std::vector<C> partials(static_cast<std::size_t>(hkv_ * qblocks * splits * part));
-    detail::for_each_slice<true>(hkv_ * qblocks * splits, rows * span * (d + dv), [&](Index t) {
-      const Index s = t % splits, gq = t / splits, g = gq / qblocks;
-      const Index i0 = (gq % qblocks) * bq, n = std::min(bq, lq - i0);
-      detail::MhaWorkspace<C>& w = ws.mine();
-      C* out = partials.data() + t * part;
-      detail::mha_tile(q, k, v, g, i0, n, s * span, std::min(lk, (s + 1) * span), s == 0, p, w,
-                       out + rows * dv);
-      std::copy(w.o, w.o + group * n * dv, out);
-    });
+    // Partial of group g, query block qb, key range s.
+    const auto partial = [&](Index g, Index qb, Index s) {
+      return partials.data() + ((g * qblocks + qb) * splits + s) * part;
+    };
+    if (rows <= detail::kMhaRegisterRows) {
+      // Small tiles (decoding): a task is one key range of one query block for every KV group,
+      // the groups taking each key block in turn, so the cache is read as whole rows (Hkv d
+      // contiguous values) in one pass instead of Hkv strided passes of d values each. Each
+      // group's tile sees the same blocks in the same order as alone: the same bits.
+      detail::MhaWorkspaces<C> gws(rows, d, dv, hkv_);
+      detail::for_each_slice<true>(qblocks * splits, rows * span * (d + dv) * hkv_, [&](Index t) {
+        const Index s = t % splits, qb = t / splits;
+        const Index i0 = qb * bq, n = std::min(bq, lq - i0);
+        const auto [start, last] =
+            detail::mha_tile_keys(p.band, i0, n, s * span, std::min(lk, (s + 1) * span));
+        for (Index g = 0; g < hkv_; ++g)
+          detail::mha_tile_begin(q, g, i0, n, p, gws.mine(g));
+        for (Index j0 = start; j0 < last; j0 += detail::kMhaBlockK) {
+          const Index j1 = std::min(last, j0 + detail::kMhaBlockK);
+          for (Index g = 0; g < hkv_; ++g)
+            detail::mha_tile_blocks(k, v, g, i0, n, j0, j1, last, p, gws.mine(g));
+        }
+        for (Index g = 0; g < hkv_; ++g) {
+          detail::MhaWorkspace<C>& w = gws.mine(g);
+          C* out = partial(g, qb, s);
+          detail::mha_tile_end(g, n, s == 0, p, w, out + rows * dv);
+          std::copy(w.o, w.o + group * n * dv, out);
+        }
+      });
+    } else {
+      detail::MhaWorkspaces<C> ws(rows, d, dv);
+      detail::for_each_slice<true>(hkv_ * qblocks * splits, rows * span * (d + dv), [&](Index t) {
+        const Index s = t % splits, gq = t / splits, g = gq / qblocks;
+        const Index i0 = (gq % qblocks) * bq, n = std::min(bq, lq - i0);
+        detail::MhaWorkspace<C>& w = ws.mine();
+        C* out = partial(g, gq % qblocks, s);
+        detail::mha_tile(q, k, v, g, i0, n, s * span, std::min(lk, (s + 1) * span), s == 0, p, w,
+                         out + rows * dv);
+        std::copy(w.o, w.o + group * n * dv, out);
+      });
+    }
     using RowMat = Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
     using Vec = Eigen::Matrix<C, Eigen::Dynamic, 1>;
     for (Index gq = 0; gq < hkv_ * qblocks; ++gq) {
