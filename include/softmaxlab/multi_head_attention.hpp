@@ -669,7 +669,7 @@ class MultiHeadAttention {
         for (Index j0 = start; j0 < last; j0 += detail::kMhaBlockK) {
           const Index j1 = std::min(last, j0 + detail::kMhaBlockK);
           for (Index g = 0; g < hkv_; ++g)
-            detail::mha_tile_blocks(k, v, g, i0, n, j0, j1, last, p, gws.mine(g));
+            detail::mha_tile_blocks(k, v, g, i0, n, j0, j1, last, g, p, gws.mine(g));
         }
         for (Index g = 0; g < hkv_; ++g) {
           detail::MhaWorkspace<C>& w = gws.mine(g);

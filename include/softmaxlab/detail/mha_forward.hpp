@@ -212,10 +212,11 @@ inline std::pair<Index, Index> mha_tile_keys(const MhaBand& band, Index i0, Inde
 
 // Adds the key blocks [start, last) (start from mha_tile_keys, or a later block boundary) to the
 // tile of group g, query rows [i0, i0 + bq). The register kernels prefetch the block after each
-// one while it is below prefetch_end.
+// one while it is below prefetch_end: this group's columns of it, or with share >= 0 (a pass over
+// every KV group, each taking the block in turn) share `share` of Hkv of its whole rows.
 template <class C, class XK, class XV>
 void mha_tile_blocks(const XK& k, const XV& v, Index g, Index i0, Index bq, Index start, Index last,
-                     Index prefetch_end, const MhaPlan<C>& plan, MhaWorkspace<C>& w) {
+                     Index prefetch_end, Index share, const MhaPlan<C>& plan, MhaWorkspace<C>& w) {
   using RowMat = Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using Arr = Eigen::Array<C, Eigen::Dynamic, 1>;
   const C inf = std::numeric_limits<C>::infinity();
@@ -310,29 +311,42 @@ void mha_tile_blocks(const XK& k, const XV& v, Index g, Index i0, Index bq, Inde
       // Small tiles (decoding): the register kernels read each K and V row once, in place.
       using KT = typename XK::Scalar;
       using VT = typename XV::Scalar;
-      // Row pointers of this block and the next (prefetched while this one is computed).
-      const KT* krow[2][kMhaBlockK];
-      const VT* vrow[2][kMhaBlockK];
-      if (start < last) {
-        kv_row_pointers(k, start, std::min(kMhaBlockK, last - start), g * d, krow[0]);
-        kv_row_pointers(v, start, std::min(kMhaBlockK, last - start), g * dv, vrow[0]);
-      }
-      int cur = 0;
-      for (Index j0 = start; j0 < last; j0 += kMhaBlockK, cur ^= 1) {
+      // Row pointers of this block, and of the rows prefetched while it is computed: alone, this
+      // group's columns of the next block; in a pass over every group (share >= 0), share
+      // `share` of Hkv of the next block's whole rows, so that the groups together prefetch the
+      // next block as contiguous memory.
+      const KT* krow[kMhaBlockK];
+      const VT* vrow[kMhaBlockK];
+      const KT* kpre[kMhaBlockK];
+      const VT* vpre[kMhaBlockK];
+      const Index hkv = k.cols() / d;
+      for (Index j0 = start; j0 < last; j0 += kMhaBlockK) {
         const Index nk = std::min(kMhaBlockK, last - j0);
+        kv_row_pointers(k, j0, nk, g * d, krow);
+        kv_row_pointers(v, j0, nk, g * dv, vrow);
         MhaPrefetch<KT, VT> next;
         if (j0 + nk < prefetch_end) {
-          next.n = std::min(kMhaBlockK, prefetch_end - j0 - nk);
-          kv_row_pointers(k, j0 + nk, next.n, g * d, krow[cur ^ 1]);
-          kv_row_pointers(v, j0 + nk, next.n, g * dv, vrow[cur ^ 1]);
-          next.k = krow[cur ^ 1];
-          next.v = vrow[cur ^ 1];
-          next.k_bytes = d * Index(sizeof(KT));
-          next.v_bytes = dv * Index(sizeof(VT));
+          Index from = j0 + nk, n = std::min(kMhaBlockK, prefetch_end - from);
+          Index kc = g * d, vc = g * dv, kw = d, vw = dv;
+          if (share >= 0) {
+            from += share * n / hkv;
+            n = (share + 1) * n / hkv - share * n / hkv;
+            kc = vc = 0;
+            kw = k.cols();
+            vw = v.cols();
+          }
+          next.n = n;
+          next.spread = nk;
+          kv_row_pointers(k, from, n, kc, kpre);
+          kv_row_pointers(v, from, n, vc, vpre);
+          next.k = kpre;
+          next.v = vpre;
+          next.k_bytes = kw * Index(sizeof(KT));
+          next.v_bytes = vw * Index(sizeof(VT));
         }
         key_block(
-            j0, nk, [&] { mha_block_scores(w.q, rows, d, krow[cur], nk, w.s, next); },
-            [&] { mha_block_values(w.s, rows, nk, vrow[cur], dv, w.o); });
+            j0, nk, [&] { mha_block_scores(w.q, rows, d, krow, nk, w.s, next); },
+            [&] { mha_block_values(w.s, rows, nk, vrow, dv, w.o); });
       }
       done = true;
     }
@@ -401,7 +415,7 @@ void mha_tile(const XQ& q, const XK& k, const XV& v, Index g, Index i0, Index bq
               Index key_end, bool with_sink, const MhaPlan<C>& plan, MhaWorkspace<C>& w, C* lse) {
   mha_tile_begin(q, g, i0, bq, plan, w);
   const auto [start, last] = mha_tile_keys(plan.band, i0, bq, key_begin, key_end);
-  mha_tile_blocks(k, v, g, i0, bq, start, last, last, plan, w);
+  mha_tile_blocks(k, v, g, i0, bq, start, last, last, Index(-1), plan, w);
   mha_tile_end(g, bq, with_sink, plan, w, lse);
 }
 
