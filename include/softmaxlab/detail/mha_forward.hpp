@@ -305,6 +305,8 @@ void mha_tile_blocks(const XK& k, const XV& v, Index g, Index i0, Index bq, Inde
         });
   };
   bool done = false;
+  EIGEN_UNUSED_VARIABLE(prefetch_end);  // the register kernels' (AVX-512) only
+  EIGEN_UNUSED_VARIABLE(share);
 #if SOFTMAXLAB_AVX512_CONVERT
   if constexpr (std::is_same_v<C, float> && kv_rows_v<XK> && kv_rows_v<XV>) {
     if (rows <= kMhaRegisterRows && kv_rows_contiguous(k) && kv_rows_contiguous(v)) {
