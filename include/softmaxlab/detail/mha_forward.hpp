@@ -421,5 +421,30 @@ void mha_tile(const XQ& q, const XK& k, const XV& v, Index g, Index i0, Index bq
   mha_tile_end(g, bq, with_sink, plan, w, lse);
 }
 
+// Query rows [i0, i0 + bq) of every KV group over [key_begin, key_end) (decoding's small tiles):
+// the groups take each key block in turn, so the cache is read as whole rows (Hkv d contiguous
+// values) in one pass instead of Hkv strided passes of d values each; each group's tile sees the
+// same blocks in the same order as alone (the same bits). out(g) receives group g's normalized
+// partial output (R x dv, R = rows) followed by its R log-sum-exps.
+template <class C, class XQ, class XK, class XV, class Out>
+void mha_tile_all_groups(const XQ& q, const XK& k, const XV& v, Index hkv, Index i0, Index bq,
+                         Index key_begin, Index key_end, bool with_sink, const MhaPlan<C>& plan,
+                         MhaWorkspaces<C>& ws, Index rows, const Out& out) {
+  const auto [start, last] = mha_tile_keys(plan.band, i0, bq, key_begin, key_end);
+  for (Index g = 0; g < hkv; ++g)
+    mha_tile_begin(q, g, i0, bq, plan, ws.mine(g));
+  for (Index j0 = start; j0 < last; j0 += kMhaBlockK) {
+    const Index j1 = std::min(last, j0 + kMhaBlockK);
+    for (Index g = 0; g < hkv; ++g)
+      mha_tile_blocks(k, v, g, i0, bq, j0, j1, last, g, plan, ws.mine(g));
+  }
+  for (Index g = 0; g < hkv; ++g) {
+    MhaWorkspace<C>& w = ws.mine(g);
+    C* o = out(g);
+    mha_tile_end(g, bq, with_sink, plan, w, o + rows * plan.dv);
+    std::copy(w.o, w.o + plan.group * bq * plan.dv, o);
+  }
+}
+
 }  // namespace detail
 }  // namespace softmaxlab
