@@ -22,6 +22,9 @@
 //     size as the half cache, the read bandwidth of this machine in the same run.
 //   mha_decode/half_paged16/float/1x<Lk>/hq32_hkv8_d128   the half cache as pages of 16 rows in a
 //     shuffled order (MultiHeadAttention::apply_paged, PagedKV).
+//   mha_decode/fma_rate/zmm   (AVX-512 builds) 512-bit FMAs per second on one thread, in the same
+//     run: the decoding kernels issue 64 FMAs per key row per KV group here, so their FMA-bound
+//     rate is 8 cache bytes per FMA (half) or 16 (float).
 // items_per_second: calls per second for prefill and window cases, bytes per second (as
 // bytes_per_second) for decode and read cases, so scripts/bench_report.py's MHA_TARGETS ratios
 // are speed-ups and fractions of the read bandwidth.
@@ -44,6 +47,9 @@
 
 #if defined(_OPENMP)
 #include <omp.h>
+#endif
+#if defined(__AVX512F__)
+#include <immintrin.h>
 #endif
 
 #include "common.hpp"
@@ -248,6 +254,31 @@ void run_read(benchmark::State& state, Index bytes, int threads) {
   set_threads(1);
 }
 
+#if defined(__AVX512F__)
+// The 512-bit FMA rate of this machine in the same run (one thread): 24 independent chains, so
+// both FMA pipes stay busy (latency 4, two per cycle). items_per_second = zmm FMAs per second; the
+// decoding kernels' FMA-bound bytes per second are this rate times the cache bytes per FMA
+// (docs/multi_head_attention.md: 8 for a half cache, 16 for float, Hq / Hkv = 4, d = dv = 128).
+void run_fma_rate(benchmark::State& state) {
+  constexpr int kChains = 24;
+  constexpr std::int64_t kSteps = 1 << 16;
+  const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
+  for (auto _ : state) {
+    __m512 acc[kChains];
+    for (int c = 0; c < kChains; ++c)
+      acc[c] = _mm512_set1_ps(float(c));
+    for (std::int64_t i = 0; i < kSteps; ++i)
+      for (int c = 0; c < kChains; ++c)
+        acc[c] = _mm512_fmadd_ps(acc[c], a, b);
+    for (int c = 1; c < kChains; ++c)
+      acc[0] = _mm512_add_ps(acc[0], acc[c]);
+    benchmark::DoNotOptimize(acc[0]);
+  }
+  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations()) * kSteps * kChains);
+  state.counters["load1"] = load1();
+}
+#endif
+
 const char* impl_name(Impl impl) {
   switch (impl) {
     case Impl::Mha:
@@ -291,6 +322,10 @@ const bool registered = [] {
             [=](benchmark::State& s) { run_prefill(s, lq, 8192, left, Impl::Mha, t); });
       }
     }
+#if defined(__AVX512F__)
+    if (t == 1)
+      add("mha_decode/fma_rate/zmm", 1, 1, 0, run_fma_rate);
+#endif
     for (Index lk : {4096, 32768, 131072}) {
       // 128k keys: 512 MiB of half cache (1 GiB float) read per call, a few iterations.
       const int iterations = lk >= 131072 ? 3 : 0;

@@ -10,6 +10,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -301,3 +302,102 @@ TEST_CASE("PagedKV: bad tables and shapes throw naming the value",
   Eigen::Map<RowF> inside(pool.data() + 30, 1, 12);
   CHECK_THROWS_WITH(mha.apply_paged(q, k, v, inside), Catch::Contains("page pool"));
 }
+
+namespace {
+
+// Decoding (Lk > 2,048 keys split into ranges) with Hkv = 4 groups against one call per group on
+// that group's columns: the pass over every group of a key block must give each group's own bits.
+template <class KV>
+void groups_in_one_pass(Index lq, Index lk, const Case& c, unsigned seed) {
+  const Index hq = 8, hkv = 4, group = hq / hkv, d = 40, dv = 24;
+  const RowF q = normal<float>(lq, hq * d, seed, 1.0);
+  const Row<KV> k = normal<KV>(lk, hkv * d, seed + 1, 1.0);
+  const Row<KV> v = normal<KV>(lk, hkv * dv, seed + 2, 2.0);
+  const sml::MultiHeadAttention all(c.options(), hq, hkv), one(c.options(), group, 1);
+  RowF o(lq, hq * dv), lse(lq, hq), og(lq, group * dv), lg(lq, group);
+  all.apply(q, k, v, o, lse);
+  for (Index g = 0; g < hkv; ++g) {
+    INFO(sizeof(KV) << "-byte KV, Lq " << lq << " Lk " << lk << " group " << g);
+    one.apply(q.middleCols(g * group * d, group * d), k.middleCols(g * d, d),
+              v.middleCols(g * dv, dv), og, lg);
+    CHECK(same(RowF(o.middleCols(g * group * dv, group * dv)), og));
+    CHECK(same(RowF(lse.middleCols(g * group, group)), lg));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("MultiHeadAttention: decoding every KV group in one pass gives each group's bits",
+          "[multi_head_attention][decode]") {
+  // Lq x group <= 16 rows: the groups take each key block in turn; odd tails (4,099 keys: a last
+  // block of 3), a window with a sink (the sink joins the first key range only).
+  std::vector<Case> cases(2);
+  cases[1].left = 3000;
+  cases[1].has_sink = true;
+  cases[1].sink = 0.75f;
+  unsigned seed = 500;
+  for (const Case& c : cases) {
+    for (Index lq : {1, 3, 8}) {
+      for (Index lk : {2049, 4099, 9001}) {
+        groups_in_one_pass<float>(lq, lk, c, seed += 3);
+        groups_in_one_pass<Eigen::half>(lq, lk, c, seed += 3);
+        groups_in_one_pass<Eigen::bfloat16>(lq, lk, c, seed += 3);
+      }
+    }
+  }
+  // And the multi-group pass against the long-double reference (the header's bound).
+  Worst worst;
+  for (Index lk : {2049, 4099}) {
+    accuracy<float>(16, 4, 1, lk, 128, 128, cases[1], seed += 3, worst);
+    accuracy<Eigen::half>(16, 4, 2, lk, 64, 32, Case(), seed += 3, worst);
+    accuracy<Eigen::bfloat16>(8, 4, 3, lk, 33, 17, cases[1], seed += 3, worst);
+  }
+  std::cout << "MultiHeadAttention decoding, every group in one pass: " << worst.report() << "\n";
+}
+
+#if defined(_OPENMP) && defined(SOFTMAXLAB_USE_OPENMP)
+TEST_CASE("MultiHeadAttention: decoding gives the same bits on 1 and 2 threads",
+          "[multi_head_attention][decode]") {
+  // Key ranges (up to 16) run on the threads; each range's tiles do not depend on the thread and
+  // the partials are merged in order. Float, half, bfloat16 and paged half caches.
+  const Index hq = 16, hkv = 4, d = 32, dv = 32;
+  const sml::MultiHeadAttention mha(sml::AttentionOptions().with_causal(true).with_sink(0.5), hq,
+                                    hkv);
+  const auto run = [&](const auto& k, const auto& v, const RowF& q) {
+    const Index lq = q.rows();
+    RowF o1(lq, hq * dv), l1(lq, hq), o2(lq, hq * dv), l2(lq, hq);
+    const int saved = omp_get_max_threads();
+    for (int threads : {1, 2}) {
+      omp_set_num_threads(threads);
+      RowF& o = threads == 1 ? o1 : o2;
+      RowF& l = threads == 1 ? l1 : l2;
+      if constexpr (std::is_same_v<std::decay_t<decltype(k)>, sml::PagedKV<Eigen::half>>)
+        mha.apply_paged(q, k, v, o, l);
+      else
+        mha.apply(q, k, v, o, l);
+    }
+    omp_set_num_threads(saved);
+    CHECK(same(o1, o2));
+    CHECK(same(l1, l2));
+  };
+  for (Index lq : {1, 4}) {
+    for (Index lk : {2100, 9001, 40000}) {
+      INFO("Lq " << lq << " Lk " << lk);
+      const RowF q = normal<float>(lq, hq * d, 91, 1.0);
+      const RowF kf = normal<float>(lk, hkv * d, 92, 1.0),
+                 vf = normal<float>(lk, hkv * dv, 93, 1.0);
+      run(kf, vf, q);
+      const Row<Eigen::half> kh = kf.cast<Eigen::half>(), vh = vf.cast<Eigen::half>();
+      run(kh, vh, q);
+      run(Row<Eigen::bfloat16>(kf.cast<Eigen::bfloat16>()),
+          Row<Eigen::bfloat16>(vf.cast<Eigen::bfloat16>()), q);
+      const Paged<Eigen::half> pk(kh, 16, 94), pv(vh, 16, 95);
+      run(sml::PagedKV<Eigen::half>(pk.pool.data(), pk.pages, 16, hkv * d, pk.table.data(),
+                                    Index(pk.table.size()), lk),
+          sml::PagedKV<Eigen::half>(pv.pool.data(), pv.pages, 16, hkv * dv, pv.table.data(),
+                                    Index(pv.table.size()), lk),
+          q);
+    }
+  }
+}
+#endif

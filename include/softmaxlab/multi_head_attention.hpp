@@ -54,18 +54,26 @@
 // columns held in registers over the block), prefetching the next block. Decoding (Lq <= 16 and
 // Lk > 2,048): the keys are split into ceil(Lk / 2,048) ranges (at most 16, multiples of 128),
 // each range's partial (O, lse) computed on its own (flash-decoding) and the partials merged in
-// order by merge_attention's exact rule; the sink joins the first partial only.
+// order by merge_attention's exact rule; the sink joins the first partial only. Decoding tiles of
+// at most 16 rows take every KV group of a key block in turn (a task is a key range of a query
+// block, all groups): the cache is read as whole rows of Hkv d values in one pass instead of Hkv
+// strided passes, the groups prefetching the next block's rows between them; each group's tile
+// sees the same blocks in the same order as alone, so the bits are a per-group call's (test
+// "MultiHeadAttention: decoding every KV group in one pass gives each group's bits").
 // Workspace (allocated once per call): per thread R (d + dv + 131) + 128 (d + dv) scalars and R
-// long doubles, R = group Bq <= max(256, group); decoding adds the partials, Hq Lq (dv + 1) scalars
-// per range (at most 16 ranges). Nothing proportional to Lq Lk or to the whole cache (test
+// long doubles, R = group Bq <= max(256, group) (decoding's small tiles: Hkv such workspaces per
+// thread, sharing one 128 (d + dv) block buffer); decoding adds the partials, Hq Lq (dv + 1)
+// scalars per range (at most 16 ranges). Nothing proportional to Lq Lk or to the whole cache (test
 // "MultiHeadAttention: no allocation proportional to Lq, Lk or the cache"). The backward: one tile
 // workspace per KV group, dK and dV of the compute type accumulated in place (the same test);
 // 16-bit dK or dV (or float ones in a double pass) add an accumulator of the group's columns,
 // Lk (d + dv) scalars.
 // Threads (OpenMP with SOFTMAXLAB_USE_OPENMP, opt-in as elsewhere): tiles (groups x query blocks,
-// or groups x key ranges when decoding) run on the threads; each tile is computed by the same code
+// or key ranges x query blocks, every group in each, when decoding) run on the threads; each tile is computed by the same code
 // whatever thread runs it and the merge is sequential, so the result is bit-for-bit the same for
-// any thread count.
+// any thread count (tests "MultiHeadAttention: the same bits on 1 and 2 threads", and for float,
+// half, bfloat16 and paged caches "MultiHeadAttention: decoding gives the same bits on 1 and 2
+// threads").
 //
 // Accuracy (tests/test_multi_head_attention.cpp, "MultiHeadAttention: every head against the
 // long-double reference", against a long-double materialized reference written in the test, per
@@ -92,8 +100,11 @@
 // 6.9x; prefill Hq 32, Hkv 8, d 128: 1.01x / 1.11x / 1.03x the per-head Attention loop at 512 /
 // 2,048 / 8,192, 1.7x / 2.2x / 2.3x the materialized form, 1.2x / 1.6x / 1.9x oneDNN per head;
 // decoding with the AVX-512 register kernels of small tiles 2.1x faster from a half cache at
-// Lk = 4,096 (34% of the read bandwidth measured in the same run, 17% before), 26% at 32,768,
-// 43-55% from a float one; a paged cache within 5% of the contiguous one. The register kernels
+// Lk = 4,096 (34% of the read bandwidth measured in the same run, 17% before); with every KV
+// group of a key block in one pass 1.1-1.4x faster again: 33-37% / 30% / 29-31% of the read
+// bandwidth from a half cache at Lk = 4,096 / 32,768 / 131,072, 47-52% from a float one
+// (docs/multi_head_attention.md, with the instruction count and the FMA bound); a paged cache
+// within the noise of the contiguous one. The register kernels
 // of small tiles (row-major or paged K/V): tests/test_mha_decode.cpp, "MultiHeadAttention:
 // decoding kernels on row-major caches against the long-double reference" (same bound; measured
 // worst 1.9 eps, 0.17 of it).
@@ -633,8 +644,8 @@ class MultiHeadAttention {
     const Index splits = lq <= kDecodeMaxQueries && lk > kDecodeSplitKeys ? std::min<Index>(
                              kDecodeMaxSplits, (lk + kDecodeSplitKeys - 1) / kDecodeSplitKeys)
                                                                           : 1;
-    detail::MhaWorkspaces<C> ws(rows, d, dv);
     if (splits == 1) {
+      detail::MhaWorkspaces<C> ws(rows, d, dv);
       detail::for_each_slice<true>(hkv_ * qblocks, rows * lk * (d + dv), [&](Index t) {
         const Index g = t / qblocks, i0 = (t % qblocks) * bq, n = std::min(bq, lq - i0);
         detail::MhaWorkspace<C>& w = ws.mine();
@@ -649,15 +660,31 @@ class MultiHeadAttention {
     const Index span = (blocks + splits - 1) / splits * detail::kMhaBlockK;
     const Index part = rows * (dv + 1);
     std::vector<C> partials(static_cast<std::size_t>(hkv_ * qblocks * splits * part));
-    detail::for_each_slice<true>(hkv_ * qblocks * splits, rows * span * (d + dv), [&](Index t) {
-      const Index s = t % splits, gq = t / splits, g = gq / qblocks;
-      const Index i0 = (gq % qblocks) * bq, n = std::min(bq, lq - i0);
-      detail::MhaWorkspace<C>& w = ws.mine();
-      C* out = partials.data() + t * part;
-      detail::mha_tile(q, k, v, g, i0, n, s * span, std::min(lk, (s + 1) * span), s == 0, p, w,
-                       out + rows * dv);
-      std::copy(w.o, w.o + group * n * dv, out);
-    });
+    // Partial of group g, query block qb, key range s.
+    const auto partial = [&](Index g, Index qb, Index s) {
+      return partials.data() + ((g * qblocks + qb) * splits + s) * part;
+    };
+    if (rows <= detail::kMhaRegisterRows) {
+      // Small tiles (decoding): a task is a key range of a query block for every KV group.
+      detail::MhaWorkspaces<C> gws(rows, d, dv, hkv_);
+      detail::for_each_slice<true>(qblocks * splits, rows * span * (d + dv) * hkv_, [&](Index t) {
+        const Index s = t % splits, qb = t / splits, i0 = qb * bq;
+        detail::mha_tile_all_groups(q, k, v, hkv_, i0, std::min(bq, lq - i0), s * span,
+                                    std::min(lk, (s + 1) * span), s == 0, p, gws, rows,
+                                    [&](Index g) { return partial(g, qb, s); });
+      });
+    } else {
+      detail::MhaWorkspaces<C> ws(rows, d, dv);
+      detail::for_each_slice<true>(hkv_ * qblocks * splits, rows * span * (d + dv), [&](Index t) {
+        const Index s = t % splits, gq = t / splits, g = gq / qblocks;
+        const Index i0 = (gq % qblocks) * bq, n = std::min(bq, lq - i0);
+        detail::MhaWorkspace<C>& w = ws.mine();
+        C* out = partial(g, gq % qblocks, s);
+        detail::mha_tile(q, k, v, g, i0, n, s * span, std::min(lk, (s + 1) * span), s == 0, p, w,
+                         out + rows * dv);
+        std::copy(w.o, w.o + group * n * dv, out);
+      });
+    }
     using RowMat = Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
     using Vec = Eigen::Matrix<C, Eigen::Dynamic, 1>;
     for (Index gq = 0; gq < hkv_ * qblocks; ++gq) {

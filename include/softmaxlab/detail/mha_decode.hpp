@@ -57,9 +57,12 @@ struct MhaPrefetch {
   const VT* const* v = nullptr;
   Index n = 0;
   Index k_bytes = 0, v_bytes = 0;
+  Index spread = 0;  // keys of the block being computed: rows(j, c) prefetches c n / spread rows
 
   void rows(Index j, Index count) const {
-    for (Index t = j; t < std::min(n, j + count); ++t) {
+    if (n == 0)
+      return;
+    for (Index t = j * n / spread; t < std::min(n, (j + count) * n / spread); ++t) {
       for (Index b = 0; b < k_bytes; b += 64)
         _mm_prefetch(reinterpret_cast<const char*>(k[t]) + b, _MM_HINT_T1);
       for (Index b = 0; b < v_bytes; b += 64)

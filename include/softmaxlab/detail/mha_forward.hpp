@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common.hpp"
@@ -90,12 +91,15 @@ struct MhaPlan {
   }
 };
 
-// The buffers of one tile (one per thread): R = group * rows_per_head rows.
+// The buffers of one tile (one per thread): R = group * rows_per_head rows. A tile given `share`
+// uses that tile's K and V block buffers instead of its own (the tiles of one thread that take
+// key blocks in turn: decoding's pass over every KV group).
 template <class C>
 class MhaWorkspace {
  public:
-  MhaWorkspace(Index rows, Index d, Index dv)
-      : data_(static_cast<std::size_t>(rows * (d + kMhaBlockK + dv + 3) + kMhaBlockK * (d + dv))),
+  MhaWorkspace(Index rows, Index d, Index dv, const MhaWorkspace* share = nullptr)
+      : data_(static_cast<std::size_t>(rows * (d + kMhaBlockK + dv + 3)
+                                       + (share != nullptr ? 0 : kMhaBlockK * (d + dv)))),
         sum_(static_cast<std::size_t>(rows)) {
     q = data_.data();
     s = q + rows * d;
@@ -103,8 +107,8 @@ class MhaWorkspace {
     max = o + rows * dv;
     nan = max + rows;
     lse = nan + rows;
-    k = lse + rows;
-    v = k + kMhaBlockK * d;
+    k = share != nullptr ? share->k : lse + rows;
+    v = share != nullptr ? share->v : k + kMhaBlockK * d;
     sum = sum_.data();
   }
   C *q, *s, *o, *max, *nan, *lse, *k, *v;  // lse: the tile's, for the caller
@@ -115,32 +119,38 @@ class MhaWorkspace {
   std::vector<long double> sum_;
 };
 
-// One workspace per thread that may run tiles (one when called inside a parallel region, where
-// for_each_slice runs in order), and the index of the calling thread's.
+// `per_thread` workspaces for each thread that may run tiles (one thread's set when called inside
+// a parallel region, where for_each_slice runs in order), and the calling thread's i-th; a
+// thread's workspaces share the first one's K and V block buffers.
 template <class C>
 class MhaWorkspaces {
  public:
-  MhaWorkspaces(Index rows, Index d, Index dv) {
+  MhaWorkspaces(Index rows, Index d, Index dv, Index per_thread = 1) : per_thread_(per_thread) {
     Index n = 1;
 #if SOFTMAXLAB_PARALLEL_SLICES
     nested_ = omp_in_parallel() != 0;
     if (!nested_)
       n = omp_get_max_threads();
 #endif
-    all_.reserve(static_cast<std::size_t>(n));
-    for (Index t = 0; t < n; ++t)
-      all_.emplace_back(rows, d, dv);
+    all_.reserve(static_cast<std::size_t>(n * per_thread));
+    for (Index t = 0; t < n; ++t) {
+      const std::size_t first = all_.size();
+      for (Index i = 0; i < per_thread; ++i)
+        all_.emplace_back(rows, d, dv, i == 0 ? nullptr : &all_[first]);
+    }
   }
-  MhaWorkspace<C>& mine() {
+  MhaWorkspace<C>& mine(Index i = 0) {
+    Index t = 0;
 #if SOFTMAXLAB_PARALLEL_SLICES
     if (!nested_)
-      return all_[static_cast<std::size_t>(omp_get_thread_num())];
+      t = omp_get_thread_num();
 #endif
-    return all_[0];
+    return all_[static_cast<std::size_t>(t * per_thread_ + i)];
   }
 
  private:
   std::vector<MhaWorkspace<C>> all_;
+  Index per_thread_ = 1;
   bool nested_ = false;
 };
 
@@ -170,33 +180,49 @@ void mha_load_block(const X& x, Index r0, Index c0, Index nr, Index nc, C* out) 
   }
 }
 
-// Attention of query rows [i0, i0 + bq) of every query head of KV group g over the visible keys of
-// [key_begin, key_end) (key_begin a multiple of kMhaBlockK, so that key blocks fall where
-// Attention's do): w.o gets the normalized partial output (row hh * bq + r: head g * group + hh,
-// query i0 + r; row-major, R x dv) and lse[row] its log-sum-exp; the sink (plan.sink_of(head))
-// joins when with_sink.
-// Key blocks wholly outside the band of every row of the tile are never visited.
-template <class C, class XQ, class XK, class XV>
-void mha_tile(const XQ& q, const XK& k, const XV& v, Index g, Index i0, Index bq, Index key_begin,
-              Index key_end, bool with_sink, const MhaPlan<C>& plan, MhaWorkspace<C>& w, C* lse) {
+// A tile is query rows [i0, i0 + bq) of every query head of KV group g: w.o gets its partial
+// output (row hh * bq + r: head g * group + hh, query i0 + r; row-major, R x dv). mha_tile_begin
+// loads its queries and clears its running max and sums, mha_tile_blocks adds key blocks,
+// mha_tile_end normalizes.
+template <class C, class XQ>
+void mha_tile_begin(const XQ& q, Index g, Index i0, Index bq, const MhaPlan<C>& plan,
+                    MhaWorkspace<C>& w) {
+  const Index group = plan.group, d = plan.d, rows = group * bq;
+  for (Index hh = 0; hh < group; ++hh)
+    mha_load_block(q, i0, (g * group + hh) * d, bq, d, w.q + hh * bq * d);
+  std::fill(w.o, w.o + rows * plan.dv, C(0));
+  for (Index r = 0; r < rows; ++r) {
+    w.max[r] = -std::numeric_limits<C>::infinity();
+    w.nan[r] = 0;
+    w.sum[r] = 0;
+  }
+}
+
+// The key blocks a tile of query rows [i0, i0 + bq) visits in [key_begin, key_end) (key_begin a
+// multiple of kMhaBlockK, so that key blocks fall where Attention's do): [start, last), start on
+// a block boundary. Key blocks wholly outside the band of every row are never visited.
+inline std::pair<Index, Index> mha_tile_keys(const MhaBand& band, Index i0, Index bq,
+                                             Index key_begin, Index key_end) {
+  const Index first = std::max(key_begin, band.begin(i0));
+  const Index last = std::min(key_end, band.end(i0 + bq - 1));
+  const Index start =
+      first >= last ? last : key_begin + (first - key_begin) / kMhaBlockK * kMhaBlockK;
+  return {start, last};
+}
+
+// Adds the key blocks [start, last) (start from mha_tile_keys, or a later block boundary) to the
+// tile of group g, query rows [i0, i0 + bq). The register kernels prefetch the block after each
+// one while it is below prefetch_end: this group's columns of it, or with share >= 0 (a pass over
+// every KV group, each taking the block in turn) share `share` of Hkv of its whole rows.
+template <class C, class XK, class XV>
+void mha_tile_blocks(const XK& k, const XV& v, Index g, Index i0, Index bq, Index start, Index last,
+                     Index prefetch_end, Index share, const MhaPlan<C>& plan, MhaWorkspace<C>& w) {
   using RowMat = Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using Arr = Eigen::Array<C, Eigen::Dynamic, 1>;
   const C inf = std::numeric_limits<C>::infinity();
   const Index group = plan.group, d = plan.d, dv = plan.dv, rows = group * bq;
   const MhaBand& band = plan.band;
   Eigen::Map<RowMat> qt(w.q, rows, d), ot(w.o, rows, dv);
-  for (Index hh = 0; hh < group; ++hh)
-    mha_load_block(q, i0, (g * group + hh) * d, bq, d, w.q + hh * bq * d);
-  ot.setZero();
-  for (Index r = 0; r < rows; ++r) {
-    w.max[r] = -inf;
-    w.nan[r] = 0;
-    w.sum[r] = 0;
-  }
-  const Index first = std::max(key_begin, band.begin(i0));
-  const Index last = std::min(key_end, band.end(i0 + bq - 1));
-  const Index start =
-      first >= last ? last : key_begin + (first - key_begin) / kMhaBlockK * kMhaBlockK;
   // One key block [j0, j0 + nk) of the group: scores() writes S = Q_t K_b^T into w.s (rows x nk,
   // row-major), values() adds P V_b to w.o.
   const auto key_block = [&](Index j0, Index nk, const auto& scores, const auto& values) {
@@ -279,35 +305,50 @@ void mha_tile(const XQ& q, const XK& k, const XV& v, Index g, Index i0, Index bq
         });
   };
   bool done = false;
+  EIGEN_UNUSED_VARIABLE(prefetch_end);  // the register kernels' (AVX-512) only
+  EIGEN_UNUSED_VARIABLE(share);
 #if SOFTMAXLAB_AVX512_CONVERT
   if constexpr (std::is_same_v<C, float> && kv_rows_v<XK> && kv_rows_v<XV>) {
     if (rows <= kMhaRegisterRows && kv_rows_contiguous(k) && kv_rows_contiguous(v)) {
       // Small tiles (decoding): the register kernels read each K and V row once, in place.
       using KT = typename XK::Scalar;
       using VT = typename XV::Scalar;
-      // Row pointers of this block and the next (prefetched while this one is computed).
-      const KT* krow[2][kMhaBlockK];
-      const VT* vrow[2][kMhaBlockK];
-      if (start < last) {
-        kv_row_pointers(k, start, std::min(kMhaBlockK, last - start), g * d, krow[0]);
-        kv_row_pointers(v, start, std::min(kMhaBlockK, last - start), g * dv, vrow[0]);
-      }
-      int cur = 0;
-      for (Index j0 = start; j0 < last; j0 += kMhaBlockK, cur ^= 1) {
+      // Row pointers of this block, and of the rows prefetched while it is computed: alone, this
+      // group's columns of the next block; in a pass over every group (share >= 0), share
+      // `share` of Hkv of the next block's whole rows, so that the groups together prefetch the
+      // next block as contiguous memory.
+      const KT* krow[kMhaBlockK];
+      const VT* vrow[kMhaBlockK];
+      const KT* kpre[kMhaBlockK];
+      const VT* vpre[kMhaBlockK];
+      const Index hkv = k.cols() / d;
+      for (Index j0 = start; j0 < last; j0 += kMhaBlockK) {
         const Index nk = std::min(kMhaBlockK, last - j0);
+        kv_row_pointers(k, j0, nk, g * d, krow);
+        kv_row_pointers(v, j0, nk, g * dv, vrow);
         MhaPrefetch<KT, VT> next;
-        if (j0 + nk < last) {
-          next.n = std::min(kMhaBlockK, last - j0 - nk);
-          kv_row_pointers(k, j0 + nk, next.n, g * d, krow[cur ^ 1]);
-          kv_row_pointers(v, j0 + nk, next.n, g * dv, vrow[cur ^ 1]);
-          next.k = krow[cur ^ 1];
-          next.v = vrow[cur ^ 1];
-          next.k_bytes = d * Index(sizeof(KT));
-          next.v_bytes = dv * Index(sizeof(VT));
+        if (j0 + nk < prefetch_end) {
+          Index from = j0 + nk, n = std::min(kMhaBlockK, prefetch_end - from);
+          Index kc = g * d, vc = g * dv, kw = d, vw = dv;
+          if (share >= 0) {
+            from += share * n / hkv;
+            n = (share + 1) * n / hkv - share * n / hkv;
+            kc = vc = 0;
+            kw = k.cols();
+            vw = v.cols();
+          }
+          next.n = n;
+          next.spread = nk;
+          kv_row_pointers(k, from, n, kc, kpre);
+          kv_row_pointers(v, from, n, vc, vpre);
+          next.k = kpre;
+          next.v = vpre;
+          next.k_bytes = kw * Index(sizeof(KT));
+          next.v_bytes = vw * Index(sizeof(VT));
         }
         key_block(
-            j0, nk, [&] { mha_block_scores(w.q, rows, d, krow[cur], nk, w.s, next); },
-            [&] { mha_block_values(w.s, rows, nk, vrow[cur], dv, w.o); });
+            j0, nk, [&] { mha_block_scores(w.q, rows, d, krow, nk, w.s, next); },
+            [&] { mha_block_values(w.s, rows, nk, vrow, dv, w.o); });
       }
       done = true;
     }
@@ -330,6 +371,17 @@ void mha_tile(const XQ& q, const XK& k, const XV& v, Index g, Index i0, Index bq
                   Eigen::Map<const RowMat>(w.v, nk, dv));
     }
   }
+}
+
+// Normalizes the tile of group g with bq query rows per head: w.o the normalized partial output,
+// lse[row] its log-sum-exp; the sink (plan.sink_of(head)) joins when with_sink.
+template <class C>
+void mha_tile_end(Index g, Index bq, bool with_sink, const MhaPlan<C>& plan, MhaWorkspace<C>& w,
+                  C* lse) {
+  using RowMat = Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const C inf = std::numeric_limits<C>::infinity();
+  const Index group = plan.group, rows = group * bq;
+  Eigen::Map<RowMat> ot(w.o, rows, plan.dv);
   for (Index r = 0; r < rows; ++r) {
     const C m = w.max[r];
     const C z = plan.sink_of(g * group + r / bq);
@@ -354,6 +406,43 @@ void mha_tile(const XQ& q, const XK& k, const XV& v, Index g, Index i0, Index bq
       ot.row(r) *= static_cast<C>(factor / sum);
       lse[r] = static_cast<C>(top + std::log(sum));
     }
+  }
+}
+
+// Attention of query rows [i0, i0 + bq) of every query head of KV group g over the visible keys of
+// [key_begin, key_end) (key_begin a multiple of kMhaBlockK): w.o gets the normalized partial
+// output and lse[row] its log-sum-exp; the sink joins when with_sink.
+template <class C, class XQ, class XK, class XV>
+void mha_tile(const XQ& q, const XK& k, const XV& v, Index g, Index i0, Index bq, Index key_begin,
+              Index key_end, bool with_sink, const MhaPlan<C>& plan, MhaWorkspace<C>& w, C* lse) {
+  mha_tile_begin(q, g, i0, bq, plan, w);
+  const auto [start, last] = mha_tile_keys(plan.band, i0, bq, key_begin, key_end);
+  mha_tile_blocks(k, v, g, i0, bq, start, last, last, Index(-1), plan, w);
+  mha_tile_end(g, bq, with_sink, plan, w, lse);
+}
+
+// Query rows [i0, i0 + bq) of every KV group over [key_begin, key_end) (decoding's small tiles):
+// the groups take each key block in turn, so the cache is read as whole rows (Hkv d contiguous
+// values) in one pass instead of Hkv strided passes of d values each; each group's tile sees the
+// same blocks in the same order as alone (the same bits). out(g) receives group g's normalized
+// partial output (R x dv, R = rows) followed by its R log-sum-exps.
+template <class C, class XQ, class XK, class XV, class Out>
+void mha_tile_all_groups(const XQ& q, const XK& k, const XV& v, Index hkv, Index i0, Index bq,
+                         Index key_begin, Index key_end, bool with_sink, const MhaPlan<C>& plan,
+                         MhaWorkspaces<C>& ws, Index rows, const Out& out) {
+  const auto [start, last] = mha_tile_keys(plan.band, i0, bq, key_begin, key_end);
+  for (Index g = 0; g < hkv; ++g)
+    mha_tile_begin(q, g, i0, bq, plan, ws.mine(g));
+  for (Index j0 = start; j0 < last; j0 += kMhaBlockK) {
+    const Index j1 = std::min(last, j0 + kMhaBlockK);
+    for (Index g = 0; g < hkv; ++g)
+      mha_tile_blocks(k, v, g, i0, bq, j0, j1, last, g, plan, ws.mine(g));
+  }
+  for (Index g = 0; g < hkv; ++g) {
+    MhaWorkspace<C>& w = ws.mine(g);
+    C* o = out(g);
+    mha_tile_end(g, bq, with_sink, plan, w, o + rows * plan.dv);
+    std::copy(w.o, w.o + plan.group * bq * plan.dv, o);
   }
 }
 
