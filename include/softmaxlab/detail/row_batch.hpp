@@ -39,60 +39,6 @@ EIGEN_STRONG_INLINE Scalar single_add_inverse(const Packet& a, const Packet& b) 
   return inverse_total(sa, sb);
 }
 
-// Packets of the compute type Scalar loaded from, and stored to, a storage type: Scalar itself, or
-// on AVX-512 with float a 16-bit type converted in registers (scalar_types.hpp), so that short
-// 16-bit rows run the register kernel without a staging copy. The same values as converting first.
-template <class Packet, class In>
-EIGEN_STRONG_INLINE Packet load_packet_as(const In* x) {
-  if constexpr (std::is_same_v<In, typename Eigen::internal::unpacket_traits<Packet>::type>) {
-    return Eigen::internal::ploadu<Packet>(x);
-  } else {
-#if SOFTMAXLAB_AVX512_CONVERT
-    static_assert(sizeof(Packet) == 64 && is_16bit_v<In>);
-    return widen16(x);
-#else
-    static_assert(sizeof(In) == 0, "16-bit packets need the AVX-512 conversions");
-#endif
-  }
-}
-template <class Packet, class In, class Scalar>
-EIGEN_STRONG_INLINE Packet load_partial_as(const In* x, Index n, Scalar fill) {
-  if constexpr (std::is_same_v<In, Scalar>) {
-    return load_partial<Packet>(x, n, fill);
-  } else {
-#if SOFTMAXLAB_AVX512_CONVERT
-    const __mmask16 m = lanes_below(n);
-    return _mm512_mask_blend_ps(m, _mm512_set1_ps(fill), widen16(x, m));
-#else
-    static_assert(sizeof(In) == 0, "16-bit packets need the AVX-512 conversions");
-#endif
-  }
-}
-template <class Out, class Packet>
-EIGEN_STRONG_INLINE void store_packet_as(Out* y, const Packet& p) {
-  if constexpr (std::is_same_v<Out, typename Eigen::internal::unpacket_traits<Packet>::type>) {
-    Eigen::internal::pstoreu(y, p);
-  } else {
-#if SOFTMAXLAB_AVX512_CONVERT
-    narrow16_store(y, p);
-#else
-    static_assert(sizeof(Out) == 0, "16-bit packets need the AVX-512 conversions");
-#endif
-  }
-}
-template <class Out, class Packet>
-EIGEN_STRONG_INLINE void store_partial_as(Out* y, Index n, const Packet& p) {
-  if constexpr (std::is_same_v<Out, typename Eigen::internal::unpacket_traits<Packet>::type>) {
-    store_partial(y, n, p);
-  } else {
-#if SOFTMAXLAB_AVX512_CONVERT
-    narrow16_store(y, p, lanes_below(n));
-#else
-    static_assert(sizeof(Out) == 0, "16-bit packets need the AVX-512 conversions");
-#endif
-  }
-}
-
 // Softmax of `rows` contiguous rows of length n (row i at x + i ldx, y + i ldy; y may be x, rows
 // must not overlap otherwise), the batch kernel of Softmax for contiguous rows of any length:
 //   max (packets, one horizontal max), y = exp((x - m) s) kExpScale with the compensated sums
@@ -106,22 +52,47 @@ EIGEN_STRONG_INLINE void store_partial_as(Out* y, Index n, const Packet& p) {
 //
 // Rows of at most four packets (n <= 64 floats with AVX-512, 32 with AVX2) take
 // softmax_short_rows: the row stays in registers from load to store.
+//
+// 16-bit (or mixed float and 16-bit) rows, In or Out not Scalar (AVX-512 builds, Scalar float):
+// the max and exp passes widen x in registers, the exponentials go to `stage` (2 n Scalars: the
+// current and the pending row), and the last pass multiplies and rounds once to Out
+// (scale_convert_contiguous). The same values as converting the rows to float, running the float
+// kernel and rounding back, without the two conversion passes and their stores.
 template <bool kScaled, class Scalar, class In, class Out, class Special>
 bool softmax_short_rows(const In* x, Index ldx, Out* y, Index ldy, Index rows, Index n, Scalar s,
                         const Special& special);
 
-template <bool kScaled, class Scalar, class Special>
-void softmax_contiguous_rows(const Scalar* x, Index ldx, Scalar* y, Index ldy, Index rows, Index n,
-                             Scalar s, const Special& special) {
+template <bool kScaled, class Scalar, class In, class Out, class Special>
+void softmax_contiguous_rows(const In* x, Index ldx, Out* y, Index ldy, Index rows, Index n,
+                             Scalar s, const Special& special, Scalar* stage = nullptr) {
+  constexpr bool kSame = std::is_same_v<In, Scalar> && std::is_same_v<Out, Scalar>;
   if (softmax_short_rows<kScaled>(x, ldx, y, ldy, rows, n, s, special))
     return;
+  eigen_assert((kSame || stage != nullptr) && "softmax_contiguous_rows: 16-bit rows need a stage");
   const Scalar inf = std::numeric_limits<Scalar>::infinity();
+  // Where row i's exponentials are kept until its last pass: y itself, or the stage slot.
+  const auto exps = [&](Index i, int slot) -> Scalar* {
+    if constexpr (kSame) {
+      EIGEN_UNUSED_VARIABLE(slot);
+      return y + i * ldy;
+    } else {
+      EIGEN_UNUSED_VARIABLE(i);
+      return stage + slot * n;
+    }
+  };
+  const auto last_pass = [&](Index i, int slot, Scalar inverse) {
+    if constexpr (kSame) {
+      scale_packets(exps(i, slot), n, inverse);
+    } else {
+      scale_convert_contiguous(static_cast<const Scalar*>(exps(i, slot)), inverse, y + i * ldy, n);
+    }
+  };
   CompensatedSum<Scalar> sums[2][2];  // the current and the pending row's sums, by slot
   Index pending = -1;                 // the row whose last pass is due, -1 if none
   int slot = 0;                       // the current row's slot; the pending row has the other
   for (Index i = 0; i < rows; ++i) {
-    const Scalar* xi = x + i * ldx;
-    const Scalar m = packet_max<Eigen::PropagateFast>(xi, n);
+    const In* xi = x + i * ldx;
+    const Scalar m = packet_max<Eigen::PropagateFast, In, Scalar>(xi, n);
     if (!(m > -inf && m < inf)) {
       special(i);
       continue;
@@ -129,17 +100,17 @@ void softmax_contiguous_rows(const Scalar* x, Index ldx, Scalar* y, Index ldy, I
     CompensatedSum<Scalar>* sum = sums[slot];
     sum[0] = CompensatedSum<Scalar>();
     sum[1] = CompensatedSum<Scalar>();
-    scaled_exp_store_sum<kScaled>(xi, y + i * ldy, n, m, s, sum[0], sum[1]);
+    scaled_exp_store_sum<kScaled>(xi, exps(i, slot), n, m, s, sum[0], sum[1]);
     if (pending >= 0) {
       const CompensatedSum<Scalar>* done = sums[1 - slot];
-      scale_packets(y + pending * ldy, n, inverse_total(done[0], done[1]));
+      last_pass(pending, 1 - slot, inverse_total(done[0], done[1]));
     }
     pending = i;
     slot = 1 - slot;
   }
   if (pending >= 0) {
     const CompensatedSum<Scalar>* done = sums[1 - slot];
-    scale_packets(y + pending * ldy, n, inverse_total(done[0], done[1]));
+    last_pass(pending, 1 - slot, inverse_total(done[0], done[1]));
   }
 }
 
