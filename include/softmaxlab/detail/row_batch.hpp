@@ -116,10 +116,10 @@ void softmax_contiguous_rows(const In* x, Index ldx, Out* y, Index ldy, Index ro
 }
 
 // The same arithmetic as softmax_contiguous_rows for rows of n <= 4P entries (kFull full packets
-// and a partial one when kTail) or of exactly 8P (kFull = 8), bit for bit: the max, the exp of each packet (padding lanes -inf,
-// so exp 0), the compensated sums fed in the order the general path feeds them (the pairs of a
-// 4-packet iteration; otherwise the full packets one by one into the first sum and the tail into
-// the second), and y = e / sum by the same multiply. The row stays in registers from load to store:
+// and a partial one when kTail) or of exactly 8P (kFull = 8), bit for bit: the max, the exp of
+// each packet (padding lanes -inf, so exp 0), the compensated sums fed in the order the general
+// path feeds them (the pairs of each 4-packet iteration; otherwise the full packets one by one
+// into the first sum and the tail into the second), and y = e / sum by the same multiply. The row stays in registers from load to store:
 // no store and reload of y between the passes and no loop set-up, which on rows of 16 to 64 floats
 // cost more than the arithmetic. Rows are independent, so out-of-order execution overlaps one
 // row's division with the next row's exp.
