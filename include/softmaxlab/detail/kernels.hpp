@@ -123,6 +123,22 @@ EIGEN_STRONG_INLINE void store_partial_as(Out* y, Index n, const Packet& p) {
   }
 }
 
+// Two packets stored to y and y + P: as store_packet_as twice, the same bits (bfloat16 with
+// AVX512-BF16: one conversion for both, narrow32_store).
+template <class Out, class Packet>
+EIGEN_STRONG_INLINE void store_two_packets_as(Out* y, const Packet& lo, const Packet& hi) {
+  if constexpr (std::is_same_v<Out, typename Eigen::internal::unpacket_traits<Packet>::type>) {
+    Eigen::internal::pstoreu(y, lo);
+    Eigen::internal::pstoreu(y + Eigen::internal::unpacket_traits<Packet>::size, hi);
+  } else {
+#if SOFTMAXLAB_AVX512_CONVERT
+    narrow32_store(y, lo, hi);
+#else
+    static_assert(sizeof(Out) == 0, "16-bit packets need the AVX-512 conversions");
+#endif
+  }
+}
+
 // Max of a contiguous row on four packet accumulators. kNaN = Eigen::PropagateNaN: a NaN anywhere
 // gives NaN. kNaN = Eigen::PropagateFast: NaN ignored or not as the packet max happens to treat
 // it (the fast path of softmax_contiguous_rows, which sends rows whose max is not finite to the

@@ -180,7 +180,10 @@ void softmax_register_rows(const In* x, Index ldx, Out* y, Index ldy, Index rows
     }
     const Packet factor = pset1<Packet>(inverse);
     Out* yi = y + i * ldy;
-    for (int k = 0; k < kFull; ++k)
+    int k = 0;
+    for (; k + 2 <= kFull; k += 2)
+      store_two_packets_as(yi + k * P, pmul(v[k], factor), pmul(v[k + 1], factor));
+    if constexpr (kFull % 2 != 0)
       store_packet_as(yi + k * P, pmul(v[k], factor));
     if constexpr (kTail)
       store_partial_as(yi + kFull * P, tail, pmul(v[kFull], factor));
