@@ -4,6 +4,11 @@
 //
 //   kernels/<pass>/float/l1/2048      one 8 KiB row (and its 8 KiB output) kept in L1
 //   kernels/<pass>/float/memory/2^24  one 64 MiB row, streamed from memory
+//   kernels/<pass>/float/l2/32000     one row of 32,000 (125 KiB, in L2; PowerSoftmax's recompute
+//                                     form)
+// and, in L1 only, the 16-bit passes (<pass>_half, <pass>_bf16: Eigen::half / bfloat16 read or
+// written, converted in registers) and PowerSoftmax(4)'s passes (max_abs, power4_store_sum,
+// power4_sum, power4_scale_store) and whole apply (power4), for the bounds of docs/benchmarks.md.
 //
 // Counters: cpe = cycles per element at the core clock measured in the same process in CPU time
 // (`ghz`: a chain of dependent integer additions retires one per cycle; this machine has no
@@ -180,6 +185,7 @@ void single_pass_apply(benchmark::State& state, double bytes) {
   });
 }
 
+#if SOFTMAXLAB_AVX512_CONVERT  // the 16-bit passes convert in 512-bit registers only
 // The 16-bit storage passes (issue 22's half and bfloat16 rows): the same passes reading or
 // writing Eigen::half / Eigen::bfloat16, converted in registers (scalar_types.hpp: vcvtph2ps and
 // vcvtps2ph for half; a zero-extend and shift in, vcvtneps2bf16 behind a vfpclassps check out for
@@ -230,6 +236,8 @@ void softmax16_apply(benchmark::State& state, double bytes) {
   });
 }
 
+#endif
+
 // PowerSoftmax(4)'s three passes (power.hpp, he_kernels.hpp): max |x|, z^4 stored and summed
 // (PairedSum), y *= 1 / S; and the whole functor's apply.
 void max_abs_pass(benchmark::State& state, double bytes) {
@@ -242,6 +250,24 @@ void power4_store_sum_pass(benchmark::State& state, double bytes) {
     sd::PairedSum<float> sum;
     sd::power_pass<4, false, sd::PowerPass::StoreSum>(x, y, n, 0x1p-5f, 1.0f, 4, &sum);
     benchmark::DoNotOptimize(sum.total_wide());
+  });
+}
+
+// The passes of rows over 32 KiB, which recompute the powers instead of storing them: the sum,
+// then y = z^4 f.
+void power4_sum_pass(benchmark::State& state, double bytes) {
+  run_pass(state, bytes, [](const float* x, float*, Index n, float) {
+    sd::PairedSum<float> sum;
+    sd::power_pass<4, false, sd::PowerPass::Sum>(x, static_cast<float*>(nullptr), n, 0x1p-5f, 1.0f,
+                                                 4, &sum);
+    benchmark::DoNotOptimize(sum.total_wide());
+  });
+}
+
+void power4_scale_store_pass(benchmark::State& state, double bytes) {
+  run_pass(state, bytes, [](const float* x, float* y, Index n, float) {
+    sd::power_pass<4, false, sd::PowerPass::ScaleStore>(
+        x, y, n, 0x1p-5f, 1.0f, 4, static_cast<sd::PairedSum<float>*>(nullptr), 0.25f, 1.0f);
   });
 }
 
@@ -303,21 +329,40 @@ bool registered = [] {
                          {"single_pass", single_pass_apply, 12}};
   // In L1 only (2,048 entries): the 16-bit and PowerSoftmax passes, for the bounds of
   // docs/benchmarks.md.
-  const Pass l1_passes[] = {{"max_half", max16_pass<Eigen::half>, 0},
-                            {"max_bf16", max16_pass<Eigen::bfloat16>, 0},
-                            {"exp_store_sum_half", exp_store_sum16_pass<Eigen::half>, 0},
-                            {"exp_store_sum_bf16", exp_store_sum16_pass<Eigen::bfloat16>, 0},
-                            {"scale_convert_half", scale_convert16_pass<Eigen::half>, 0},
-                            {"scale_convert_bf16", scale_convert16_pass<Eigen::bfloat16>, 0},
-                            {"softmax_half", softmax16_apply<Eigen::half>, 0},
-                            {"softmax_bf16", softmax16_apply<Eigen::bfloat16>, 0},
-                            {"max_abs", max_abs_pass, 0},
-                            {"power4_store_sum", power4_store_sum_pass, 0},
-                            {"power4", power4_apply, 0}};
+  const Pass l1_passes[] = {
+#if SOFTMAXLAB_AVX512_CONVERT
+      {"max_half", max16_pass<Eigen::half>, 0},
+      {"max_bf16", max16_pass<Eigen::bfloat16>, 0},
+      {"exp_store_sum_half", exp_store_sum16_pass<Eigen::half>, 0},
+      {"exp_store_sum_bf16", exp_store_sum16_pass<Eigen::bfloat16>, 0},
+      {"scale_convert_half", scale_convert16_pass<Eigen::half>, 0},
+      {"scale_convert_bf16", scale_convert16_pass<Eigen::bfloat16>, 0},
+      {"softmax_half", softmax16_apply<Eigen::half>, 0},
+      {"softmax_bf16", softmax16_apply<Eigen::bfloat16>, 0},
+#endif
+      {"max_abs", max_abs_pass, 0},
+      {"power4_store_sum", power4_store_sum_pass, 0},
+      {"power4_sum", power4_sum_pass, 0},
+      {"power4_scale_store", power4_scale_store_pass, 0},
+      {"power4", power4_apply, 0}};
   for (const Pass& p : l1_passes) {
     benchmark::RegisterBenchmark((std::string("kernels/") + p.name + "/float/l1").c_str(), p.fn,
                                  0.0)
         ->Arg(kL1);
+  }
+  // One row of 32,000 (125 KiB in, as much out: in L2), where PowerSoftmax recomputes its powers.
+  const Pass l2_passes[] = {{"max", max_pass, 0},
+                            {"exp_store_sum", exp_store_sum_pass, 0},
+                            {"scale", scale_pass, 0},
+                            {"softmax", softmax_apply, 0},
+                            {"max_abs", max_abs_pass, 0},
+                            {"power4_sum", power4_sum_pass, 0},
+                            {"power4_scale_store", power4_scale_store_pass, 0},
+                            {"power4", power4_apply, 0}};
+  for (const Pass& p : l2_passes) {
+    benchmark::RegisterBenchmark((std::string("kernels/") + p.name + "/float/l2").c_str(), p.fn,
+                                 0.0)
+        ->Arg(32000);
   }
   benchmark::RegisterBenchmark("kernels/fma_peak/float/l1", fma_peak, 0.0)->Arg(kL1);
   for (const Pass& p : passes) {
