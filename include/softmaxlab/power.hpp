@@ -53,8 +53,9 @@
 // an output that partially overlaps the input (exact in-place is allowed).
 //
 // Speed (docs/power.md, "Performance"; AVX-512, float, in cache): PowerSoftmax(4) with exact
-// division 1.5x / 2.0x / 1.9x Softmax at n = 1,000 / 4,096 / 32,000. Rows over 32 KiB recompute
-// the powers in the last pass instead of storing them.
+// division 1.75x / 2.0x / 1.87x Softmax at n = 1,000 / 4,096 / 32,000 (rowwise batches pipeline
+// the rows; the bound at 1,000 and 32,000 is the passes' memory traffic, docs/benchmarks.md).
+// Rows over 32 KiB recompute the powers in the last pass instead of storing them.
 //
 // Masking: f.apply_masked(x, mask, y) and f.masked(x, mask) use the paper's multiplicative 0/1
 // mask: y_j = m_j x_j^p / sum_i m_i x_i^p, m_j = (mask_j != 0). A masked entry gets exactly 0 and
