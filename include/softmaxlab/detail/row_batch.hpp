@@ -134,6 +134,21 @@ void softmax_register_rows(const In* x, Index ldx, Out* y, Index ldy, Index rows
   const Scalar inf = std::numeric_limits<Scalar>::infinity();
   const Index tail = n - kFull * P;
   const Packet ps = pset1<Packet>(s);
+  // y = e / sum of a row, issued one row late (after the next row's exp), so that the row's
+  // chain of reductions and division overlaps the next row's work in program order too.
+  const auto store_row = [&](Out* yi, const Packet(&v)[kCount], Scalar inverse) {
+    const Packet factor = pset1<Packet>(inverse);
+    int k = 0;
+    for (; k + 2 <= kFull; k += 2)
+      store_two_packets_as(yi + k * P, pmul(v[k], factor), pmul(v[k + 1], factor));
+    if constexpr (kFull % 2 != 0)
+      store_packet_as(yi + k * P, pmul(v[k], factor));
+    if constexpr (kTail)
+      store_partial_as(yi + kFull * P, tail, pmul(v[kFull], factor));
+  };
+  Packet pending[kCount];
+  Scalar pending_inverse = 0;
+  Out* pending_y = nullptr;
   for (Index i = 0; i < rows; ++i) {
     const In* xi = x + i * ldx;
     Packet v[kCount];
@@ -178,16 +193,15 @@ void softmax_register_rows(const In* x, Index ldx, Out* y, Index ldy, Index rows
         sum1.add(v[kFull]);
       inverse = inverse_total(sum0, sum1);
     }
-    const Packet factor = pset1<Packet>(inverse);
-    Out* yi = y + i * ldy;
-    int k = 0;
-    for (; k + 2 <= kFull; k += 2)
-      store_two_packets_as(yi + k * P, pmul(v[k], factor), pmul(v[k + 1], factor));
-    if constexpr (kFull % 2 != 0)
-      store_packet_as(yi + k * P, pmul(v[k], factor));
-    if constexpr (kTail)
-      store_partial_as(yi + kFull * P, tail, pmul(v[kFull], factor));
+    if (pending_y != nullptr)
+      store_row(pending_y, pending, pending_inverse);
+    for (int k = 0; k < kCount; ++k)
+      pending[k] = v[k];
+    pending_inverse = inverse;
+    pending_y = y + i * ldy;
   }
+  if (pending_y != nullptr)
+    store_row(pending_y, pending, pending_inverse);
 }
 
 // Dispatches rows of n <= 4P entries (and n = 8P with 512-bit packets) to softmax_register_rows;
