@@ -121,8 +121,9 @@ void softmax_contiguous_rows(const In* x, Index ldx, Out* y, Index ldy, Index ro
 // path feeds them (the pairs of each 4-packet iteration; otherwise the full packets one by one
 // into the first sum and the tail into the second), and y = e / sum by the same multiply. The row stays in registers from load to store:
 // no store and reload of y between the passes and no loop set-up, which on rows of 16 to 64 floats
-// cost more than the arithmetic. Rows are independent, so out-of-order execution overlaps one
-// row's division with the next row's exp.
+// cost more than the arithmetic. Each row's last multiply and store are issued one row late, after
+// the next row's exp, so the row's chain of reductions and division overlaps the next row's work
+// (out-of-order execution alone overlapped it only partly: a batch of 512 x 128 ran 8% faster).
 template <bool kScaled, int kFull, bool kTail, class Scalar, class In, class Out, class Special>
 void softmax_register_rows(const In* x, Index ldx, Out* y, Index ldy, Index rows, Index n, Scalar s,
                            const Special& special) {
@@ -147,6 +148,8 @@ void softmax_register_rows(const In* x, Index ldx, Out* y, Index ldy, Index rows
       store_partial_as(yi + kFull * P, tail, pmul(v[kFull], factor));
   };
   Packet pending[kCount];
+  for (Packet& p : pending)
+    p = pset1<Packet>(Scalar(0));  // read only once written; set for GCC's may-be-uninitialized
   Scalar pending_inverse = 0;
   Out* pending_y = nullptr;
   for (Index i = 0; i < rows; ++i) {
