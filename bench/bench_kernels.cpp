@@ -4,6 +4,11 @@
 //
 //   kernels/<pass>/float/l1/2048      one 8 KiB row (and its 8 KiB output) kept in L1
 //   kernels/<pass>/float/memory/2^24  one 64 MiB row, streamed from memory
+//   kernels/<pass>/float/l2/32000     one row of 32,000 (125 KiB, in L2; PowerSoftmax's recompute
+//                                     form)
+// and, in L1 only, the 16-bit passes (<pass>_half, <pass>_bf16: Eigen::half / bfloat16 read or
+// written, converted in registers) and PowerSoftmax(4)'s passes (max_abs, power4_store_sum,
+// power4_sum, power4_scale_store) and whole apply (power4), for the bounds of docs/benchmarks.md.
 //
 // Counters: cpe = cycles per element at the core clock measured in the same process in CPU time
 // (`ghz`: a chain of dependent integer additions retires one per cycle; this machine has no
@@ -180,6 +185,99 @@ void single_pass_apply(benchmark::State& state, double bytes) {
   });
 }
 
+#if SOFTMAXLAB_AVX512_CONVERT  // the 16-bit passes convert in 512-bit registers only
+// The 16-bit storage passes (issue 22's half and bfloat16 rows): the same passes reading or
+// writing Eigen::half / Eigen::bfloat16, converted in registers (scalar_types.hpp: vcvtph2ps and
+// vcvtps2ph for half; a zero-extend and shift in, vcvtneps2bf16 behind a vfpclassps check out for
+// bfloat16).
+// The 16-bit copy of the logits (and the 16-bit output) are made once per length.
+template <class T>
+T* buffer16(const float* x, Index n, int which) {
+  static std::vector<T> in, out;
+  std::vector<T>& v = which == 0 ? in : out;
+  if (static_cast<Index>(v.size()) != n) {
+    v.resize(static_cast<std::size_t>(n));
+    for (Index i = 0; i < n; ++i)
+      v[static_cast<std::size_t>(i)] = static_cast<T>(x[i]);
+  }
+  return v.data();
+}
+
+template <class T>
+void max16_pass(benchmark::State& state, double bytes) {
+  run_pass(state, bytes, [](const float* x, float* y, Index n, float) {
+    y[0] = sd::packet_max<Eigen::PropagateFast>(static_cast<const T*>(buffer16<T>(x, n, 0)), n);
+  });
+}
+
+template <class T>
+void exp_store_sum16_pass(benchmark::State& state, double bytes) {
+  run_pass(state, bytes, [](const float* x, float* y, Index n, float m) {
+    sd::CompensatedSum<float> a, b;
+    sd::scaled_exp_store_sum<false>(static_cast<const T*>(buffer16<T>(x, n, 0)), y, n, m, 1.0f, a,
+                                    b);
+    benchmark::DoNotOptimize(sd::total_wide(a, b));
+  });
+}
+
+template <class T>
+void scale_convert16_pass(benchmark::State& state, double bytes) {
+  run_pass(state, bytes, [](const float* x, float*, Index n, float) {
+    sd::scale_convert_contiguous(x, 0.5f, buffer16<T>(x, n, 1), n);
+  });
+}
+
+template <class T>
+void softmax16_apply(benchmark::State& state, double bytes) {
+  run_pass(state, bytes, [](const float* x, float*, Index n, float) {
+    using V = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+    sml::Softmax().apply(Eigen::Map<const V>(buffer16<T>(x, n, 0), n),
+                         Eigen::Map<V>(buffer16<T>(x, n, 1), n));
+  });
+}
+
+#endif
+
+// PowerSoftmax(4)'s three passes (power.hpp, he_kernels.hpp): max |x|, z^4 stored and summed
+// (PairedSum), y *= 1 / S; and the whole functor's apply.
+void max_abs_pass(benchmark::State& state, double bytes) {
+  run_pass(state, bytes,
+           [](const float* x, float* y, Index n, float) { y[0] = sd::max_abs(x, n); });
+}
+
+void power4_store_sum_pass(benchmark::State& state, double bytes) {
+  run_pass(state, bytes, [](const float* x, float* y, Index n, float) {
+    sd::PairedSum<float> sum;
+    sd::power_pass<4, false, sd::PowerPass::StoreSum>(x, y, n, 0x1p-5f, 1.0f, 4, &sum);
+    benchmark::DoNotOptimize(sum.total_wide());
+  });
+}
+
+// The passes of rows over 32 KiB, which recompute the powers instead of storing them: the sum,
+// then y = z^4 f.
+void power4_sum_pass(benchmark::State& state, double bytes) {
+  run_pass(state, bytes, [](const float* x, float*, Index n, float) {
+    sd::PairedSum<float> sum;
+    sd::power_pass<4, false, sd::PowerPass::Sum>(x, static_cast<float*>(nullptr), n, 0x1p-5f, 1.0f,
+                                                 4, &sum);
+    benchmark::DoNotOptimize(sum.total_wide());
+  });
+}
+
+void power4_scale_store_pass(benchmark::State& state, double bytes) {
+  run_pass(state, bytes, [](const float* x, float* y, Index n, float) {
+    sd::power_pass<4, false, sd::PowerPass::ScaleStore>(
+        x, y, n, 0x1p-5f, 1.0f, 4, static_cast<sd::PairedSum<float>*>(nullptr), 0.25f, 1.0f);
+  });
+}
+
+void power4_apply(benchmark::State& state, double bytes) {
+  run_pass(state, bytes, [](const float* x, float* y, Index n, float) {
+    sml::PowerSoftmax(4).apply(Eigen::Map<const Eigen::VectorXf>(x, n),
+                               Eigen::Map<Eigen::VectorXf>(y, n));
+  });
+}
+
 // The vector pipes' peak: 16 independent chains of packet FMAs (more than latency x pipes on any
 // current core), so the loop runs at the FMA throughput. Counters: fma_per_cycle (packet FMAs
 // retired per cycle: 2 on a core with two 512-bit or two 256-bit FMA pipes), lanes (floats per
@@ -229,6 +327,43 @@ bool registered = [] {
                          {"update", update_pass, 4},
                          {"softmax", softmax_apply, 24},
                          {"single_pass", single_pass_apply, 12}};
+  // In L1 only (2,048 entries): the 16-bit and PowerSoftmax passes, for the bounds of
+  // docs/benchmarks.md.
+  const Pass l1_passes[] = {
+#if SOFTMAXLAB_AVX512_CONVERT
+      {"max_half", max16_pass<Eigen::half>, 0},
+      {"max_bf16", max16_pass<Eigen::bfloat16>, 0},
+      {"exp_store_sum_half", exp_store_sum16_pass<Eigen::half>, 0},
+      {"exp_store_sum_bf16", exp_store_sum16_pass<Eigen::bfloat16>, 0},
+      {"scale_convert_half", scale_convert16_pass<Eigen::half>, 0},
+      {"scale_convert_bf16", scale_convert16_pass<Eigen::bfloat16>, 0},
+      {"softmax_half", softmax16_apply<Eigen::half>, 0},
+      {"softmax_bf16", softmax16_apply<Eigen::bfloat16>, 0},
+#endif
+      {"max_abs", max_abs_pass, 0},
+      {"power4_store_sum", power4_store_sum_pass, 0},
+      {"power4_sum", power4_sum_pass, 0},
+      {"power4_scale_store", power4_scale_store_pass, 0},
+      {"power4", power4_apply, 0}};
+  // kernels/<pass>/float/<where>/<n>, with no memory traffic counted (the rows stay in cache).
+  const auto register_in_cache = [](const auto& list, const char* where, Index n) {
+    for (const Pass& p : list) {
+      benchmark::RegisterBenchmark((std::string("kernels/") + p.name + "/float/" + where).c_str(),
+                                   p.fn, 0.0)
+          ->Arg(n);
+    }
+  };
+  register_in_cache(l1_passes, "l1", kL1);
+  // One row of 32,000 (125 KiB in, as much out: in L2), where PowerSoftmax recomputes its powers.
+  const Pass l2_passes[] = {{"max", max_pass, 0},
+                            {"exp_store_sum", exp_store_sum_pass, 0},
+                            {"scale", scale_pass, 0},
+                            {"softmax", softmax_apply, 0},
+                            {"max_abs", max_abs_pass, 0},
+                            {"power4_sum", power4_sum_pass, 0},
+                            {"power4_scale_store", power4_scale_store_pass, 0},
+                            {"power4", power4_apply, 0}};
+  register_in_cache(l2_passes, "l2", 32000);
   benchmark::RegisterBenchmark("kernels/fma_peak/float/l1", fma_peak, 0.0)->Arg(kL1);
   for (const Pass& p : passes) {
     benchmark::RegisterBenchmark((std::string("kernels/") + p.name + "/float/l1").c_str(), p.fn,

@@ -53,8 +53,9 @@
 // an output that partially overlaps the input (exact in-place is allowed).
 //
 // Speed (docs/power.md, "Performance"; AVX-512, float, in cache): PowerSoftmax(4) with exact
-// division 1.5x / 2.0x / 1.9x Softmax at n = 1,000 / 4,096 / 32,000. Rows over 32 KiB recompute
-// the powers in the last pass instead of storing them.
+// division 1.75x / 2.0x / 1.87x Softmax at n = 1,000 / 4,096 / 32,000 (rowwise batches pipeline
+// the rows; the bound at 1,000 and 32,000 is the passes' memory traffic, docs/benchmarks.md).
+// Rows over 32 KiB recompute the powers in the last pass instead of storing them.
 //
 // Masking: f.apply_masked(x, mask, y) and f.masked(x, mask) use the paper's multiplicative 0/1
 // mask: y_j = m_j x_j^p / sum_i m_i x_i^p, m_j = (mask_j != 0). A masked entry gets exactly 0 and
@@ -212,6 +213,10 @@ class PowerSoftmax : public detail::DistributionFunctor<PowerSoftmax>,
  public:
   // The variant's name, as error messages give it.
   static constexpr const char* name = "PowerSoftmax";
+  /// The variant's flags (detail::VariantTraits gives their meaning and defaults).
+  struct Traits : detail::VariantTraits {
+    static constexpr bool contiguous_rows_kernel = true;  // rowwise/colwise: compute_rows
+  };
   // The default eps of the Lipschitz and LengthAgnostic forms.
   static constexpr double kDefaultEps = 1e-6;
 
@@ -358,16 +363,89 @@ class PowerSoftmax : public detail::DistributionFunctor<PowerSoftmax>,
     regular_row(xm, y, c, kept);
   }
 
+  // The exact power-of-two scaling z = x s1 (s2 when two) of a row whose max |x_i| is c (finite,
+  // positive): 2^(e-1) <= c < 2^e, s1 s2 = 2^(1-e), in two factors when 2^(1-e) overflows.
+  template <class Scalar>
+  struct Scaling {
+    int shift;
+    bool two;
+    Scalar s1, s2;
+    explicit Scaling(Scalar c) {
+      int e = 0;
+      std::frexp(c, &e);
+      shift = 1 - e;
+      two = shift > std::numeric_limits<Scalar>::max_exponent - 1;
+      s1 = two ? std::ldexp(Scalar(1), 64) : std::ldexp(Scalar(1), shift);
+      s2 = two ? std::ldexp(Scalar(1), shift - 64) : Scalar(1);
+    }
+  };
+
+  // Whether a row of n entries stores its powers while summing them (rows up to 32 KiB; see
+  // regular_row).
+  template <class Scalar>
+  static bool stores_powers(Index n) {
+    return n * static_cast<Index>(sizeof(Scalar)) <= 32 * 1024;
+  }
+
+  // `count` contiguous rows of length n (row i at x + i ldx, y + i ldy; y may be x), from
+  // rowwise/colwise. In the default form (Stable, exact division) rows that store their powers
+  // are software-pipelined: row i's last pass (y *= 1 / S) is issued after row i+1's power pass,
+  // when its sum is long ready, so the reductions and the division of one row overlap the next
+  // row's passes (at n = 1,000 they were a third of the row's time). Every other row takes
+  // compute(). The same arithmetic as compute(), row by row, bit for bit.
+  template <class Scalar>
+  void compute_rows(const Scalar* x, Index ldx, Scalar* y, Index ldy, Index count, Index n) const {
+    using Wide = typename detail::CompensatedSum<Scalar>::Wide;
+    const auto row = [&](Index i) {
+      compute<Scalar>(detail::Span<const Scalar>{x + i * ldx, n, 1},
+                      detail::Span<Scalar>{y + i * ldy, n, 1});
+    };
+    if (options_.form != PowerForm::Stable || options_.reciprocal != ReciprocalMethod::Exact
+        || !stores_powers<Scalar>(n)) {
+      for (Index i = 0; i < count; ++i)
+        row(i);
+      return;
+    }
+    Index pending = -1;  // the row whose last pass is due, -1 if none
+    Wide pending_r = 0;
+    const auto finish_pending = [&] {
+      if (pending >= 0)
+        detail::scale_row(detail::Span<Scalar>{y + pending * ldy, n, 1}, pending_r);
+      pending = -1;
+    };
+    for (Index i = 0; i < count; ++i) {
+      const Scalar* xi = x + i * ldx;
+      Scalar* yi = y + i * ldy;
+      const Scalar c = detail::max_abs(xi, n);
+      if (!(c > Scalar(0) && c < std::numeric_limits<Scalar>::infinity())) {
+        row(i);
+        continue;
+      }
+      const Scaling<Scalar> z(c);
+      detail::PairedSum<Scalar> sum;
+      with_power(z.two, [&](auto kp, auto ktwo) {
+        detail::power_pass<decltype(kp)::value, decltype(ktwo)::value, detail::PowerPass::StoreSum>(
+            xi, yi, n, z.s1, z.s2, p_, &sum);
+      });
+      const Wide total = sum.total_wide();
+      finish_pending();
+      if (total != total) {
+        detail::fill(detail::Span<Scalar>{yi, n, 1}, std::numeric_limits<Scalar>::quiet_NaN());
+        continue;
+      }
+      pending = i;
+      pending_r = Wide(1) / total;
+    }
+    finish_pending();
+  }
+
   template <class Scalar>
   void regular_row(const detail::Span<const Scalar>& x, const detail::Span<Scalar>& y, Scalar c,
                    Index n) const {
-    int e = 0;
-    std::frexp(c, &e);  // 2^(e-1) <= c < 2^e
-    const int shift = 1 - e;
-    constexpr int max_exp = std::numeric_limits<Scalar>::max_exponent - 1;
-    const bool two = shift > max_exp;
-    const Scalar s1 = two ? std::ldexp(Scalar(1), 64) : std::ldexp(Scalar(1), shift);
-    const Scalar s2 = two ? std::ldexp(Scalar(1), shift - 64) : Scalar(1);
+    const Scaling<Scalar> z(c);
+    const int shift = z.shift;
+    const bool two = z.two;
+    const Scalar s1 = z.s1, s2 = z.s2;
 
     // Rows beyond L1 (more than 32 KiB): the powers are summed, then recomputed with the factor
     // (three reads, one write; at 32,000 floats 1.27x faster). Shorter rows store them while
@@ -375,7 +453,7 @@ class PowerSoftmax : public detail::DistributionFunctor<PowerSoftmax>,
     // the length only, so a row gives the same bits in every layout (strided rows are staged
     // through for_chunks by both forms; the compiler may contract the sum's products
     // differently in the two kernels, so they need not agree with each other).
-    const bool recompute = x.size * static_cast<Index>(sizeof(Scalar)) > 32 * 1024;
+    const bool recompute = !stores_powers<Scalar>(x.size);
     detail::PairedSum<Scalar> sum;
     if (recompute) {
       detail::for_chunks(x, [&](const Scalar* in, Index count) {
@@ -391,6 +469,19 @@ class PowerSoftmax : public detail::DistributionFunctor<PowerSoftmax>,
                              detail::PowerPass::StoreSum>(in, out, count, s1, s2, p_, &sum);
         });
       });
+    }
+    // The default form (Stable, exact reciprocal) stays in the sum's Wide type, double for float
+    // rows: s = sum z^p lies in [2^-p, n] (the largest |z| is in [1/2, 1)), so 1 / s needs
+    // neither long double's range nor its precision, and its x87 round trip was a fifth of a
+    // row of 1,000 floats. The other forms need long double's range for eps' below.
+    using Wide = typename detail::CompensatedSum<Scalar>::Wide;
+    if (options_.form == PowerForm::Stable && options_.reciprocal == ReciprocalMethod::Exact) {
+      const Wide total = sum.total_wide();
+      if (total != total) {
+        detail::fill(y, std::numeric_limits<Scalar>::quiet_NaN());
+        return;
+      }
+      return scale_powers(x, y, recompute, two, s1, s2, Wide(1) / total);
     }
     const long double s = sum.total();
     if (s != s) {
@@ -426,6 +517,14 @@ class PowerSoftmax : public detail::DistributionFunctor<PowerSoftmax>,
       const Scalar inv = approx::goldschmidt_reciprocal(a, static_cast<Scalar>(range.z0), k);
       r = static_cast<long double>(inv) / hi;
     }
+    scale_powers(x, y, recompute, two, s1, s2, r);
+  }
+
+  // y = z^p r: y holds the powers (scaled in place), or, for the rows that recompute them, the
+  // powers of x are computed again with the factor.
+  template <class Scalar, class Wide>
+  void scale_powers(const detail::Span<const Scalar>& x, const detail::Span<Scalar>& y,
+                    bool recompute, bool two, Scalar s1, Scalar s2, Wide r) const {
     if (!recompute) {
       detail::scale_row(y, r);
       return;

@@ -78,7 +78,7 @@ class Softmax : public detail::DistributionFunctor<Softmax>,
     static constexpr bool contiguous_rows_kernel = true;  // rowwise/colwise: compute_rows
     static constexpr bool streams_long_rows = true;  // long 16-bit/mixed rows: compute_streamed
     static constexpr bool fuses_conversions = true;  // and every length, in its own passes
-    static constexpr Index short_rows_mixed = 64;    // compute_short_rows_mixed
+    static constexpr Index rows_mixed = detail::kRowsBlockElements;  // compute_rows_mixed
   };
 
   // Throws std::invalid_argument naming the value when temperature is outside [2^-100, 2^100] (NaN
@@ -142,24 +142,26 @@ class Softmax : public detail::DistributionFunctor<Softmax>,
     }
   }
 
-  // The same for contiguous 16-bit (or mixed float and 16-bit) rows of n <= 64 entries (four
-  // packets), computed in float with the conversions in registers (AVX-512 builds; see
+  // The same for contiguous 16-bit (or mixed float and 16-bit) rows of n <= kRowsBlockElements
+  // entries, computed in float with the conversions in registers (AVX-512 builds; see
   // DistributionFunctor::slices_mixed): the float results rounded once, as the staged path gives.
   // Rows of special values take compute_mixed, the exact path of the 16-bit types.
   template <class In, class Out>
-  void compute_short_rows_mixed(const In* x, Index ldx, Out* y, Index ldy, Index count,
-                                Index n) const {
+  void compute_rows_mixed(const In* x, Index ldx, Out* y, Index ldy, Index count, Index n) const {
     const auto special = [&](Index i) {
       this->compute_mixed(detail::Span<const In>{x + i * ldx, n, 1},
                           detail::Span<Out>{y + i * ldy, n, 1});
     };
     const auto s = static_cast<float>(1.0 / temperature_);
-    const bool handled =
-        temperature_ != 1.0
-            ? detail::softmax_short_rows<true>(x, ldx, y, ldy, count, n, s, special)
-            : detail::softmax_short_rows<false>(x, ldx, y, ldy, count, n, s, special);
-    EIGEN_UNUSED_VARIABLE(handled);
-    eigen_assert(handled && "compute_short_rows_mixed: rows longer than four packets");
+    // The exponentials of the current and the pending row (the rows of at most four packets stay
+    // in registers and do not touch it).
+    alignas(64) float stage[2 * detail::kRowsBlockElements];
+    eigen_assert(n <= detail::kRowsBlockElements);
+    if (temperature_ != 1.0) {
+      detail::softmax_contiguous_rows<true>(x, ldx, y, ldy, count, n, s, special, stage);
+    } else {
+      detail::softmax_contiguous_rows<false>(x, ldx, y, ldy, count, n, s, special, stage);
+    }
   }
 
   template <class Scalar>

@@ -228,10 +228,10 @@ struct VariantTraits {
   static constexpr bool streams_long_rows = false;
   // compute_streamed also takes the rows that fit the stage, converting inside its own passes.
   static constexpr bool fuses_conversions = false;
-  // Contiguous 16-bit (or mixed float and 16-bit) rows of at most short_rows_mixed entries go to
-  // the variant's compute_short_rows_mixed(x, ldx, y, ldy, count, size), which converts in
-  // registers (AVX-512 builds only); 0: none.
-  static constexpr Index short_rows_mixed = 0;
+  // Contiguous 16-bit (or mixed float and 16-bit) rows of at most rows_mixed entries (at most
+  // kRowsBlockElements) go to the variant's compute_rows_mixed(x, ldx, y, ldy, count, size), which
+  // converts in registers (AVX-512 builds only); 0: none.
+  static constexpr Index rows_mixed = 0;
 };
 template <class V, class = void>
 struct traits_of {
@@ -504,13 +504,12 @@ class DistributionFunctor {
           const Index per_block = kRowsBlockElements / size;
           const Index blocks = (count + per_block - 1) / per_block;
 #if SOFTMAXLAB_AVX512_CONVERT
-          if constexpr (std::is_same_v<C, float> && traits_t<Derived>::short_rows_mixed > 0) {
-            if (size <= traits_t<Derived>::short_rows_mixed) {
+          if constexpr (std::is_same_v<C, float> && traits_t<Derived>::rows_mixed > 0) {
+            if (size <= traits_t<Derived>::rows_mixed) {
               for_each_slice<kParallel>(blocks, per_block * size, [&](Index b) {
                 const Index first = b * per_block;
-                self().compute_short_rows_mixed(xd.data() + first * ldx, ldx,
-                                                y.data() + first * ldy, ldy,
-                                                std::min(per_block, count - first), size);
+                self().compute_rows_mixed(xd.data() + first * ldx, ldx, y.data() + first * ldy, ldy,
+                                          std::min(per_block, count - first), size);
               });
               return;
             }

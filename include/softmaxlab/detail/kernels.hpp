@@ -13,6 +13,7 @@
 
 #include "common.hpp"
 #include "exp.hpp"
+#include "scalar_types.hpp"
 
 namespace softmaxlab {
 namespace detail {
@@ -68,12 +69,84 @@ EIGEN_STRONG_INLINE void store_partial(Scalar* y, Index n, const Packet& p) {
     y[k] = buf[k];
 }
 
+// Packets of the compute type Scalar loaded from, and stored to, a storage type: Scalar itself, or
+// on AVX-512 with float a 16-bit type converted in registers (scalar_types.hpp), so that short
+// 16-bit rows run the register kernel without a staging copy. The same values as converting first.
+template <class Packet, class In>
+EIGEN_STRONG_INLINE Packet load_packet_as(const In* x) {
+  if constexpr (std::is_same_v<In, typename Eigen::internal::unpacket_traits<Packet>::type>) {
+    return Eigen::internal::ploadu<Packet>(x);
+  } else {
+#if SOFTMAXLAB_AVX512_CONVERT
+    static_assert(sizeof(Packet) == 64 && is_16bit_v<In>);
+    return widen16(x);
+#else
+    static_assert(sizeof(In) == 0, "16-bit packets need the AVX-512 conversions");
+#endif
+  }
+}
+template <class Packet, class In, class Scalar>
+EIGEN_STRONG_INLINE Packet load_partial_as(const In* x, Index n, Scalar fill) {
+  if constexpr (std::is_same_v<In, Scalar>) {
+    return load_partial<Packet>(x, n, fill);
+  } else {
+#if SOFTMAXLAB_AVX512_CONVERT
+    const __mmask16 m = lanes_below(n);
+    return _mm512_mask_blend_ps(m, _mm512_set1_ps(fill), widen16(x, m));
+#else
+    static_assert(sizeof(In) == 0, "16-bit packets need the AVX-512 conversions");
+#endif
+  }
+}
+template <class Out, class Packet>
+EIGEN_STRONG_INLINE void store_packet_as(Out* y, const Packet& p) {
+  if constexpr (std::is_same_v<Out, typename Eigen::internal::unpacket_traits<Packet>::type>) {
+    Eigen::internal::pstoreu(y, p);
+  } else {
+#if SOFTMAXLAB_AVX512_CONVERT
+    narrow16_store(y, p);
+#else
+    static_assert(sizeof(Out) == 0, "16-bit packets need the AVX-512 conversions");
+#endif
+  }
+}
+template <class Out, class Packet>
+EIGEN_STRONG_INLINE void store_partial_as(Out* y, Index n, const Packet& p) {
+  if constexpr (std::is_same_v<Out, typename Eigen::internal::unpacket_traits<Packet>::type>) {
+    store_partial(y, n, p);
+  } else {
+#if SOFTMAXLAB_AVX512_CONVERT
+    narrow16_store(y, p, lanes_below(n));
+#else
+    static_assert(sizeof(Out) == 0, "16-bit packets need the AVX-512 conversions");
+#endif
+  }
+}
+
+// Two packets stored to y and y + P: as store_packet_as twice, the same bits (bfloat16 with
+// AVX512-BF16: one conversion for both, narrow32_store).
+template <class Out, class Packet>
+EIGEN_STRONG_INLINE void store_two_packets_as(Out* y, const Packet& lo, const Packet& hi) {
+  if constexpr (std::is_same_v<Out, typename Eigen::internal::unpacket_traits<Packet>::type>) {
+    Eigen::internal::pstoreu(y, lo);
+    Eigen::internal::pstoreu(y + Eigen::internal::unpacket_traits<Packet>::size, hi);
+  } else {
+#if SOFTMAXLAB_AVX512_CONVERT
+    narrow32_store(y, lo, hi);
+#else
+    static_assert(sizeof(Out) == 0, "16-bit packets need the AVX-512 conversions");
+#endif
+  }
+}
+
 // Max of a contiguous row on four packet accumulators. kNaN = Eigen::PropagateNaN: a NaN anywhere
 // gives NaN. kNaN = Eigen::PropagateFast: NaN ignored or not as the packet max happens to treat
 // it (the fast path of softmax_contiguous_rows, which sends rows whose max is not finite to the
-// exact special-value path and detects a NaN beside a finite max by its NaN sum).
-template <int kNaN, class Scalar>
-EIGEN_STRONG_INLINE Scalar packet_max(const Scalar* x, Index n) {
+// exact special-value path and detects a NaN beside a finite max by its NaN sum). x may be of a
+// 16-bit storage type In (AVX-512 builds, float packets; see load_packet_as): the max of the
+// widened values, read without a staging copy.
+template <int kNaN, class In, class Scalar = compute_scalar_t<In>>
+EIGEN_STRONG_INLINE Scalar packet_max(const In* x, Index n) {
   using namespace Eigen::internal;
   using Packet = PacketOf<Scalar>;
   constexpr int P = kPacketSize<Scalar>;
@@ -81,15 +154,15 @@ EIGEN_STRONG_INLINE Scalar packet_max(const Scalar* x, Index n) {
   Packet m0 = pset1<Packet>(lowest), m1 = m0, m2 = m0, m3 = m0;
   Index i = 0;
   for (; i + 4 * P <= n; i += 4 * P) {
-    m0 = pmax<kNaN>(m0, ploadu<Packet>(x + i));
-    m1 = pmax<kNaN>(m1, ploadu<Packet>(x + i + P));
-    m2 = pmax<kNaN>(m2, ploadu<Packet>(x + i + 2 * P));
-    m3 = pmax<kNaN>(m3, ploadu<Packet>(x + i + 3 * P));
+    m0 = pmax<kNaN>(m0, load_packet_as<Packet>(x + i));
+    m1 = pmax<kNaN>(m1, load_packet_as<Packet>(x + i + P));
+    m2 = pmax<kNaN>(m2, load_packet_as<Packet>(x + i + 2 * P));
+    m3 = pmax<kNaN>(m3, load_packet_as<Packet>(x + i + 3 * P));
   }
   for (; i + P <= n; i += P)
-    m0 = pmax<kNaN>(m0, ploadu<Packet>(x + i));
+    m0 = pmax<kNaN>(m0, load_packet_as<Packet>(x + i));
   if (i < n)
-    m1 = pmax<kNaN>(m1, load_partial<Packet>(x + i, n - i, lowest));
+    m1 = pmax<kNaN>(m1, load_partial_as<Packet>(x + i, n - i, lowest));
   m0 = pmax<kNaN>(pmax<kNaN>(m0, m1), pmax<kNaN>(m2, m3));
   if constexpr (kNaN == Eigen::PropagateFast) {
     return predux_max(m0);
@@ -227,8 +300,10 @@ EIGEN_STRONG_INLINE Packet shifted(const Packet& x, const Packet& m, const Packe
 // to y (a Scalar*) may alias them, and GCC then kept them in memory (a load and a store of each
 // sum per iteration). With 4 packets per iteration that was not on the loop's bottleneck: the
 // time in L1 did not change measurably (0.96-1.04 cycles per element before and after).
-template <bool kScaled, class Scalar>
-void scaled_exp_store_sum(const Scalar* x, Scalar* y, Index n, Scalar m, Scalar s,
+// x may be of a 16-bit storage type In (AVX-512 builds, float packets): each packet is widened in
+// registers as it is loaded, the same values as a converted copy without its store and reload.
+template <bool kScaled, class Scalar, class In>
+void scaled_exp_store_sum(const In* x, Scalar* y, Index n, Scalar m, Scalar s,
                           CompensatedSum<Scalar>& sum0_out, CompensatedSum<Scalar>& sum1_out) {
   using namespace Eigen::internal;
   using Packet = PacketOf<Scalar>;
@@ -237,12 +312,14 @@ void scaled_exp_store_sum(const Scalar* x, Scalar* y, Index n, Scalar m, Scalar 
   CompensatedSum<Scalar> sum0 = sum0_out, sum1 = sum1_out;
   Index i = 0;
   for (; i + 4 * P <= n; i += 4 * P) {
-    const Packet e0 = pexp_nonpositive_scaled(shifted<kScaled>(ploadu<Packet>(x + i), pm, ps));
-    const Packet e1 = pexp_nonpositive_scaled(shifted<kScaled>(ploadu<Packet>(x + i + P), pm, ps));
+    const Packet e0 =
+        pexp_nonpositive_scaled(shifted<kScaled>(load_packet_as<Packet>(x + i), pm, ps));
+    const Packet e1 =
+        pexp_nonpositive_scaled(shifted<kScaled>(load_packet_as<Packet>(x + i + P), pm, ps));
     const Packet e2 =
-        pexp_nonpositive_scaled(shifted<kScaled>(ploadu<Packet>(x + i + 2 * P), pm, ps));
+        pexp_nonpositive_scaled(shifted<kScaled>(load_packet_as<Packet>(x + i + 2 * P), pm, ps));
     const Packet e3 =
-        pexp_nonpositive_scaled(shifted<kScaled>(ploadu<Packet>(x + i + 3 * P), pm, ps));
+        pexp_nonpositive_scaled(shifted<kScaled>(load_packet_as<Packet>(x + i + 3 * P), pm, ps));
     pstoreu(y + i, e0);
     pstoreu(y + i + P, e1);
     pstoreu(y + i + 2 * P, e2);
@@ -251,14 +328,15 @@ void scaled_exp_store_sum(const Scalar* x, Scalar* y, Index n, Scalar m, Scalar 
     sum1.add(padd(e2, e3));
   }
   for (; i + P <= n; i += P) {
-    const Packet e = pexp_nonpositive_scaled(shifted<kScaled>(ploadu<Packet>(x + i), pm, ps));
+    const Packet e =
+        pexp_nonpositive_scaled(shifted<kScaled>(load_packet_as<Packet>(x + i), pm, ps));
     pstoreu(y + i, e);
     sum0.add(e);
   }
   if (i < n) {
     const Scalar masked = -std::numeric_limits<Scalar>::infinity();  // padding lanes give exp = 0
     const Packet e = pexp_nonpositive_scaled(
-        shifted<kScaled>(load_partial<Packet>(x + i, n - i, masked), pm, ps));
+        shifted<kScaled>(load_partial_as<Packet>(x + i, n - i, masked), pm, ps));
     store_partial(y + i, n - i, e);
     sum1.add(e);
   }

@@ -143,6 +143,26 @@ EIGEN_STRONG_INLINE void narrow16_store(To* to, __m512 v, __mmask16 m = 0xFFFF) 
 }
 #endif
 
+#if SOFTMAXLAB_AVX512_CONVERT
+// 32 floats, lo then hi, rounded to half or bfloat16 and stored: as narrow16_store twice, the same
+// bits. bfloat16 with AVX512-BF16: one vcvtne2ps2bf16 for both packets when neither holds a NaN or
+// a subnormal (narrow16_store's check); one packet at a time with its check cost 3.3 cycles per
+// packet in L1, 1.7x vcvtps2ph's half, and the pair 2.7.
+template <class To>
+EIGEN_STRONG_INLINE void narrow32_store(To* to, __m512 lo, __m512 hi) {
+#if defined(__AVX512BF16__) && defined(__AVX512DQ__)
+  if constexpr (std::is_same_v<To, Eigen::bfloat16>) {
+    if ((_mm512_fpclass_ps_mask(lo, 0xA1) | _mm512_fpclass_ps_mask(hi, 0xA1)) == 0) {
+      _mm512_storeu_si512(to, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
+      return;
+    }
+  }
+#endif
+  narrow16_store(to, lo);
+  narrow16_store(to + 16, hi);
+}
+#endif
+
 // to[k] = from[k] for k < n, contiguous, one rounding per element (none when widening).
 template <class To, class From>
 void convert_contiguous(const From* from, To* to, Index n) {
@@ -228,6 +248,14 @@ void scale_convert_contiguous(const From* from, From factor, To* to, Index n) {
 #if SOFTMAXLAB_AVX512_CONVERT
   if constexpr (std::is_same_v<From, float> && is_16bit_v<To>) {
     const __m512 f = _mm512_set1_ps(factor);
+    if constexpr (std::is_same_v<To, Eigen::bfloat16>) {
+      // Pairs: one conversion for two packets (narrow32_store). Not for half, which it gains
+      // nothing and whose n = 1,000 rows ran 7% slower with the 32-lane loop.
+      for (; k + 32 <= n; k += 32) {
+        narrow32_store(to + k, _mm512_mul_ps(_mm512_loadu_ps(from + k), f),
+                       _mm512_mul_ps(_mm512_loadu_ps(from + k + 16), f));
+      }
+    }
     for (; k + 16 <= n; k += 16)
       narrow16_store(to + k, _mm512_mul_ps(_mm512_loadu_ps(from + k), f));
     if (k < n) {
