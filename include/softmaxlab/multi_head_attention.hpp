@@ -54,8 +54,12 @@
 // columns held in registers over the block), prefetching the next block. Decoding (Lq <= 16 and
 // Lk > 2,048): the keys are split into ceil(Lk / 2,048) ranges (at most 16, multiples of 128),
 // each range's partial (O, lse) computed on its own (flash-decoding) and the partials merged in
-// order by merge_attention's exact rule; the sink joins the first partial only.
-// Workspace (allocated once per call): per thread R (d + dv + 131) + 128 (d + dv) scalars and R
+// order by merge_attention's exact rule; the sink joins the first partial only. Prefill tiles of
+// 9 to 256 rows on AVX-512 with float compute use register kernels instead of Eigen's GEMM
+// (detail/mha_prefill.hpp): the group's K block is transposed once (d x 128) and its V block
+// copied contiguous once, both shared by the group's heads; S and O += P V accumulate in 8 x 32
+// register tiles, and an 8-row block skips the keys none of its rows sees (the causal diagonal).
+// Workspace (allocated once per call): per thread R (d + dv + 131) + 128 (2 d + dv) scalars and R
 // long doubles, R = group Bq <= max(256, group); decoding adds the partials, Hq Lq (dv + 1) scalars
 // per range (at most 16 ranges). Nothing proportional to Lq Lk or to the whole cache (test
 // "MultiHeadAttention: no allocation proportional to Lq, Lk or the cache"). The backward: one tile

@@ -1,7 +1,8 @@
 // softmaxlab internals: the forward tile of MultiHeadAttention (multi_head_attention.hpp has the
 // public doc block). A tile is a block of query rows of every query head of one KV group against a
 // range of keys: K and V of the group are converted once per key block into small buffers and
-// shared by the group's heads, whose query rows are stacked into one GEMM operand.
+// shared by the group's heads, whose query rows are stacked into one operand (Eigen's GEMM, or on
+// AVX-512 the register kernels of mha_decode.hpp for decoding and mha_prefill.hpp for prefill).
 #pragma once
 
 #include <algorithm>
