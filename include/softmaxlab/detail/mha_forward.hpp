@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <limits>
 #include <type_traits>
@@ -92,23 +93,28 @@ struct MhaPlan {
   }
 };
 
-// The buffers of one tile (one per thread): R = group * rows_per_head rows.
+// The buffers of one tile (one per thread): R = group * rows_per_head rows. Each buffer starts
+// on a 64-byte line: the register kernels' 16-lane loads and stores of K^T, S, V and O then never
+// straddle two lines (with the allocator's 16-byte alignment they did, and the two products ran
+// 15-25% slower, depending on what was allocated before).
 template <class C>
 class MhaWorkspace {
  public:
   MhaWorkspace(Index rows, Index d, Index dv)
-      : data_(
-          static_cast<std::size_t>(rows * (d + kMhaBlockK + dv + 3) + kMhaBlockK * (2 * d + dv))),
+      : data_(static_cast<std::size_t>(
+          padded(rows * d) + padded(rows * kMhaBlockK) + padded(rows * dv) + 3 * padded(rows)
+          + padded(kMhaBlockK * d) + padded(kMhaBlockK * dv) + padded(kMhaBlockK * d) + kLine)),
         sum_(static_cast<std::size_t>(rows)) {
-    q = data_.data();
-    s = q + rows * d;
-    o = s + rows * kMhaBlockK;
-    max = o + rows * dv;
-    nan = max + rows;
-    lse = nan + rows;
-    k = lse + rows;
-    v = k + kMhaBlockK * d;
-    kt = v + kMhaBlockK * dv;
+    const std::size_t misalign = reinterpret_cast<std::uintptr_t>(data_.data()) % 64;
+    q = data_.data() + (misalign == 0 ? 0 : (64 - misalign) / sizeof(C));
+    s = q + padded(rows * d);
+    o = s + padded(rows * kMhaBlockK);
+    max = o + padded(rows * dv);
+    nan = max + padded(rows);
+    lse = nan + padded(rows);
+    k = lse + padded(rows);
+    v = k + padded(kMhaBlockK * d);
+    kt = v + padded(kMhaBlockK * dv);
     sum = sum_.data();
   }
   // lse: the tile's, for the caller; kt: the K block transposed (d x kMhaBlockK, prefill kernels)
@@ -116,6 +122,8 @@ class MhaWorkspace {
   long double* sum;
 
  private:
+  static constexpr Index kLine = Index(64 / sizeof(C));  // scalars per 64-byte line
+  static Index padded(Index n) { return (n + kLine - 1) / kLine * kLine; }
   std::vector<C> data_;
   std::vector<long double> sum_;
 };
