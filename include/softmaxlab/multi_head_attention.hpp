@@ -59,7 +59,8 @@
 // (detail/mha_prefill.hpp): the group's K block is transposed once (d x 128) and its V block
 // copied contiguous once, both shared by the group's heads; S and O += P V accumulate in 8 x 32
 // register tiles, and an 8-row block skips the keys none of its rows sees (the causal diagonal).
-// Workspace (allocated once per call): per thread R (d + dv + 131) + 128 (2 d + dv) scalars and R
+// Workspace (allocated once per call): per thread R (d + dv + 131) + 128 (2 d + dv) scalars (each
+// buffer rounded up to a 64-byte line) and R
 // long doubles, R = group Bq <= max(256, group); decoding adds the partials, Hq Lq (dv + 1) scalars
 // per range (at most 16 ranges). Nothing proportional to Lq Lk or to the whole cache (test
 // "MultiHeadAttention: no allocation proportional to Lq, Lk or the cache"). The backward: one tile
