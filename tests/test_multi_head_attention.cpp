@@ -300,6 +300,10 @@ TEST_CASE("MultiHeadAttention: every head against the long-double reference",
     accuracy<float, float, float>(4, 4, shapes, f32, 1);
     accuracy<float, float, float>(8, 2, shapes, f32, 100);
     accuracy<float, float, float>(4, 1, shapes, f32, 200);
+    // The AVX-512 prefill kernels' edges: d = 40 (a transposed block of 8 after two of 16),
+    // dv = 72 (a last 32-column panel with 8 columns), 45 rows per head (8-row blocks across two
+    // heads), Lk = 170 (a last key block of 42).
+    accuracy<float, float, float>(8, 2, {{45, 170, 40, 72}}, f32, 250);
     std::cout << "MultiHeadAttention float: " << f32.report() << "\n";
   }
   SECTION("half K/V beside float Q, and bfloat16 Q/K/V with a float O") {

@@ -59,11 +59,16 @@
 // block, all groups): the cache is read as whole rows of Hkv d values in one pass instead of Hkv
 // strided passes, the groups prefetching the next block's rows between them; each group's tile
 // sees the same blocks in the same order as alone, so the bits are a per-group call's (test
-// "MultiHeadAttention: decoding every KV group in one pass gives each group's bits").
-// Workspace (allocated once per call): per thread R (d + dv + 131) + 128 (d + dv) scalars and R
-// long doubles, R = group Bq <= max(256, group) (decoding's small tiles: Hkv such workspaces per
-// thread, sharing one 128 (d + dv) block buffer); decoding adds the partials, Hq Lq (dv + 1)
-// scalars per range (at most 16 ranges). Nothing proportional to Lq Lk or to the whole cache (test
+// "MultiHeadAttention: decoding every KV group in one pass gives each group's bits"). Prefill
+// tiles of 9 to 256 rows on AVX-512 with float compute use register kernels instead of Eigen's
+// GEMM (detail/mha_prefill.hpp): the group's K block is transposed once (d x 128) and its V block
+// copied contiguous once, both shared by the group's heads; S and O += P V accumulate in 8 x 32
+// register tiles, and an 8-row block skips the keys none of its rows sees (the causal diagonal).
+// Workspace (allocated once per call): per thread R (d + dv + 131) + 128 (2 d + dv) scalars (each
+// buffer rounded up to a 64-byte line) and R long doubles, R = group Bq <= max(256, group)
+// (decoding's small tiles: Hkv such workspaces per thread, sharing one 128 (2 d + dv) block
+// buffer); decoding adds the partials, Hq Lq (dv + 1) scalars per range (at most 16 ranges).
+// Nothing proportional to Lq Lk or to the whole cache (test
 // "MultiHeadAttention: no allocation proportional to Lq, Lk or the cache"). The backward: one tile
 // workspace per KV group, dK and dV of the compute type accumulated in place (the same test);
 // 16-bit dK or dV (or float ones in a double pass) add an accumulator of the group's columns,
@@ -81,13 +86,13 @@
 // 8 eps (1 + max|V|) + 2 ceil(Lk / 128) eps max|V| (eps of float), |lse - exact| <= 8 eps
 // (1 + |lse|). 16-bit K/V are
 // exact in float, so the reference is computed on the same 16-bit values; a 16-bit O adds 1/2 ulp
-// of its type. Measured worst (one run): 1.8 eps float (0.17 of the bound), 1.8 eps with half K/V,
-// 3.8 eps bfloat16, 1.6 eps decoding from Lk = 5,000 caches; half O 0.97 of its bound.
+// of its type. Measured worst (one run, AVX-512): 4.0 eps float (0.21 of the bound), 1.8 eps with
+// half K/V, 7.7 eps bfloat16, 2.1 eps decoding from Lk = 5,000 caches; half O 0.97 of its bound.
 // Per-head sinks are in the reference test's configurations (causal, window, one sink per head).
 // The mask (float, Eigen::half or Eigen::bfloat16 beside a float pass, float or double beside a
 // double pass, converted exactly 128 entries of one row at a time, never copied whole): "Multi-
 // HeadAttention: a mask shared by the heads, in float, half or bfloat16" (the reference with the
-// mask, prefill and split-key decoding, mask slopes 1 and 0.375: measured 13.9 eps, 0.13 of the
+// mask, prefill and split-key decoding, mask slopes 1 and 0.375: measured 33.9 eps, 0.33 of the
 // bound; a half or bfloat16 mask gives the bits of the same values in float; a NaN entry makes
 // its row NaN), and the masked backward in the finite-difference test.
 // Backward (backward(...) below): "MultiHeadAttention: backward against central finite

@@ -1,11 +1,13 @@
 // softmaxlab internals: the forward tile of MultiHeadAttention (multi_head_attention.hpp has the
 // public doc block). A tile is a block of query rows of every query head of one KV group against a
 // range of keys: K and V of the group are converted once per key block into small buffers and
-// shared by the group's heads, whose query rows are stacked into one GEMM operand.
+// shared by the group's heads, whose query rows are stacked into one operand (Eigen's GEMM, or on
+// AVX-512 the register kernels of mha_decode.hpp for decoding and mha_prefill.hpp for prefill).
 #pragma once
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <limits>
 #include <type_traits>
@@ -16,6 +18,7 @@
 #include "functor_base.hpp"
 #include "kernels.hpp"
 #include "mha_decode.hpp"
+#include "mha_prefill.hpp"
 #include "paged_kv.hpp"
 
 namespace softmaxlab {
@@ -92,29 +95,47 @@ struct MhaPlan {
 };
 
 // The buffers of one tile (one per thread): R = group * rows_per_head rows. A tile given `share`
-// uses that tile's K and V block buffers instead of its own (the tiles of one thread that take
-// key blocks in turn: decoding's pass over every KV group).
+// uses that tile's K, V and K^T block buffers instead of its own (the tiles of one thread that take
+// key blocks in turn: decoding's pass over every KV group). Each buffer starts on a 64-byte line:
+// the register kernels' 16-lane loads and stores of K^T, S, V and O then never straddle two lines
+// (with the allocator's 16-byte alignment they did, and the two products ran 15-25% slower,
+// depending on what was allocated before).
 template <class C>
 class MhaWorkspace {
  public:
   MhaWorkspace(Index rows, Index d, Index dv, const MhaWorkspace* share = nullptr)
-      : data_(static_cast<std::size_t>(rows * (d + kMhaBlockK + dv + 3)
-                                       + (share != nullptr ? 0 : kMhaBlockK * (d + dv)))),
+      : data_(static_cast<std::size_t>(
+          padded(rows * d) + padded(rows * kMhaBlockK) + padded(rows * dv) + 3 * padded(rows)
+          + (share != nullptr
+                 ? 0
+                 : padded(kMhaBlockK * d) + padded(kMhaBlockK * dv) + padded(kMhaBlockK * d))
+          + kLine)),
         sum_(static_cast<std::size_t>(rows)) {
-    q = data_.data();
-    s = q + rows * d;
-    o = s + rows * kMhaBlockK;
-    max = o + rows * dv;
-    nan = max + rows;
-    lse = nan + rows;
-    k = share != nullptr ? share->k : lse + rows;
-    v = share != nullptr ? share->v : k + kMhaBlockK * d;
+    const std::size_t misalign = reinterpret_cast<std::uintptr_t>(data_.data()) % 64;
+    q = data_.data() + (misalign == 0 ? 0 : (64 - misalign) / sizeof(C));
+    s = q + padded(rows * d);
+    o = s + padded(rows * kMhaBlockK);
+    max = o + padded(rows * dv);
+    nan = max + padded(rows);
+    lse = nan + padded(rows);
+    if (share != nullptr) {
+      k = share->k;
+      v = share->v;
+      kt = share->kt;
+    } else {
+      k = lse + padded(rows);
+      v = k + padded(kMhaBlockK * d);
+      kt = v + padded(kMhaBlockK * dv);
+    }
     sum = sum_.data();
   }
-  C *q, *s, *o, *max, *nan, *lse, *k, *v;  // lse: the tile's, for the caller
+  // lse: the tile's, for the caller; kt: the K block transposed (d x kMhaBlockK, prefill kernels)
+  C *q, *s, *o, *max, *nan, *lse, *k, *v, *kt;
   long double* sum;
 
  private:
+  static constexpr Index kLine = Index(64 / sizeof(C));  // scalars per 64-byte line
+  static Index padded(Index n) { return (n + kLine - 1) / kLine * kLine; }
   std::vector<C> data_;
   std::vector<long double> sum_;
 };
@@ -249,13 +270,14 @@ void mha_tile_blocks(const XK& k, const XV& v, Index g, Index i0, Index bq, Inde
         t -= slope * Arr::LinSpaced(b - a, from, from + static_cast<C>(b - a - 1)).abs();
       }
       plan.add_mask(i, j0 + a, b - a, t.data());
-      if (t.hasNaN()) {
+      const C block_max = max_propagate_nan(t.data(), b - a);  // NaN when any entry is
+      if (block_max != block_max) {
         w.nan[r] = 1;
         std::fill(row, row + nk, C(0));
         continue;
       }
       const C m_old = w.max[r];
-      const C m_new = std::max(m_old, t.maxCoeff());
+      const C m_new = std::max(m_old, block_max);
       if (m_new == -inf) {
         t.setZero();
         continue;
@@ -349,6 +371,53 @@ void mha_tile_blocks(const XK& k, const XV& v, Index g, Index i0, Index bq, Inde
         key_block(
             j0, nk, [&] { mha_block_scores(w.q, rows, d, krow, nk, w.s, next); },
             [&] { mha_block_values(w.s, rows, nk, vrow, dv, w.o); });
+      }
+      done = true;
+    }
+  }
+  if constexpr (std::is_same_v<C, float>) {
+    if (!done && rows > kMhaGemvRows && rows <= kMhaTileRows) {
+      // Prefill tiles: register kernels on the group's K block, transposed once (from its rows in
+      // place when they are contiguous floats, else converted first), and its V block copied
+      // contiguous (any storage order and scalar give the same floats, so the same bits).
+      using KT = typename XK::Scalar;
+      const float* krow[kMhaBlockK];
+      Index lo[kMhaTileRows / kMhaKernelRows], hi[kMhaTileRows / kMhaKernelRows];
+      for (Index j0 = start; j0 < last; j0 += kMhaBlockK) {
+        const Index nk = std::min(kMhaBlockK, last - j0);
+        bool in_place = false;
+        if constexpr (std::is_same_v<KT, float> && kv_rows_v<XK>)
+          in_place = kv_rows_contiguous(k);
+        if (in_place) {
+          if constexpr (std::is_same_v<KT, float> && kv_rows_v<XK>)
+            kv_row_pointers(k, j0, nk, g * d, krow);
+        } else {
+          mha_load_block(k, j0, g * d, nk, d, w.k);
+          for (Index j = 0; j < nk; ++j)
+            krow[j] = w.k + j * d;
+        }
+        // V's block copied even when it is float rows: they lie Hkv dv apart in the fused layout
+        // (4 KiB at 8 x 128), in the same L1 sets, and were evicted between row blocks.
+        mha_load_block(v, j0, g * dv, nk, dv, w.v);
+        mha_transpose_block(krow, nk, d, w.kt, kMhaBlockK);
+        // The keys [lo, hi) of this block that some row of each 8-row block sees.
+        for (Index b = 0; b * kMhaKernelRows < rows; ++b) {
+          lo[b] = nk;
+          hi[b] = 0;
+          for (Index r = b * kMhaKernelRows; r < std::min(rows, (b + 1) * kMhaKernelRows); ++r) {
+            const Index i = i0 + r % bq;
+            const Index a = std::clamp<Index>(band.begin(i) - j0, 0, nk);
+            const Index e = std::clamp<Index>(band.end(i) - j0, 0, nk);
+            if (a < e) {
+              lo[b] = std::min(lo[b], a);
+              hi[b] = std::max(hi[b], e);
+            }
+          }
+          lo[b] = std::min(lo[b], hi[b]);
+        }
+        key_block(
+            j0, nk, [&] { mha_tile_scores(w.q, rows, d, w.kt, kMhaBlockK, nk, w.s, lo, hi); },
+            [&] { mha_tile_values(w.s, rows, nk, w.v, dv, w.o, lo, hi); });
       }
       done = true;
     }
