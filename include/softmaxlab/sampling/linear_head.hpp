@@ -96,8 +96,10 @@
 #include "../detail/checks.hpp"
 #include "../detail/common.hpp"
 #include "../detail/functor_base.hpp"
+#include "../detail/head_candidates.hpp"
 #include "../detail/kernels.hpp"
 #include "../detail/log_normalizer.hpp"
+#include "../detail/scalar_types.hpp"
 #include "../gumbel.hpp"
 #include "../random.hpp"
 #include "../sampler.hpp"
@@ -110,7 +112,7 @@ namespace softmaxlab {
 class LinearHeadSampler {
  public:
   // Which algorithm the options select (see the doc block).
-  enum class Path { GumbelMax, TopK, RowTiles };
+  enum class Path { GumbelMax, TopK, TopPMinP, RowTiles };
   // Default vocabulary block (classes per GEMM block).
   static constexpr Index kDefaultBlock = 2048;
   // Default token tile (tokens per GEMM block; the tile's rows share each pass over W).
@@ -163,18 +165,27 @@ class LinearHeadSampler {
           return false;
       }
     };
-    bool any_cut = false, cut_before_k = false, seen_k = false;
+    bool any_cut = false, cut_before_k = false, seen_k = false, whole_row = false;
+    chain_.temperature = t;
+    chain_.top_p = o.top_p();
+    chain_.min_p = o.min_p();
     for (const SamplerStage st : o.order()) {
       seen_k = seen_k || (st == SamplerStage::TopK && k_ > 0);
       if (cut_on(st)) {
         any_cut = true;
         cut_before_k = cut_before_k || !seen_k;
+        whole_row = whole_row || (st != SamplerStage::TopP && st != SamplerStage::MinP);
+        chain_.add(st == SamplerStage::TopP ? detail::HeadCut::TopP : detail::HeadCut::MinP);
+      } else if (st == SamplerStage::Temperature && t != 1.0) {
+        chain_.add(detail::HeadCut::Temperature);
       }
     }
     if (greedy_ || (k_ == 0 && !any_cut))
       path_ = Path::GumbelMax;
     else if (k_ > 0 && !cut_before_k)
       path_ = Path::TopK;
+    else if (k_ == 0 && !whole_row)
+      path_ = Path::TopPMinP;
     else
       path_ = Path::RowTiles;
   }
@@ -241,7 +252,7 @@ class LinearHeadSampler {
   template <class XH, class XW, class XB, class Out>
   void probabilities(const Eigen::MatrixBase<XH>& h, const Eigen::MatrixBase<XW>& w,
                      const Eigen::MatrixBase<XB>& b, Index n, Out&& probs_out) const {
-    using Scalar = typename XH::Scalar;
+    using Scalar = detail::compute_scalar_t<typename XH::Scalar>;
     auto& probs = detail::writable_output(std::forward<Out>(probs_out));
     const Index v = w.rows();
     check_shapes(h, w, b);
@@ -254,8 +265,88 @@ class LinearHeadSampler {
                    " entries, but got ", probs.size());
     Workspace ws;
     auto& slot = ws.slots<Scalar>(1)[0];
-    const auto hr = h.derived().middleRows(n, 1);
     probs.setZero();
+    with_rows(h, n, 1, slot, [&](const auto& hr) { probabilities_row(hr, w, b, probs, slot); });
+  }
+
+  // Bytes of the workspace for N tokens, V classes (d does not enter: H and W are read in place)
+  // on `threads` threads (0: as many as sample() would use), for float (scalar_bytes 4) or double
+  // (8): an upper bound of bytes().
+  std::size_t workspace_bytes(Index n, Index v, std::size_t scalar_bytes = sizeof(float),
+                              Index threads = 0, Index d = 0) const {
+    if (threads <= 0) {
+      threads = 1;
+#if SOFTMAXLAB_PARALLEL_SLICES
+      if (n > tile_ && !omp_in_parallel())
+        threads = omp_get_max_threads();
+#endif
+    }
+    const auto nt = static_cast<std::size_t>(std::min(tile_, std::max<Index>(n, 1)));
+    const auto bl = static_cast<std::size_t>(std::min(block_, std::max<Index>(v, 1)));
+    const auto uv = static_cast<std::size_t>(v);
+    std::size_t per = 0;
+    if (scalar_bytes == 2) {  // half, bfloat16: float compute, the widened H tile and W chunk
+      scalar_bytes = sizeof(float);
+      per = scalar_bytes * (nt * static_cast<std::size_t>(std::max<Index>(d, 0)) + (1u << 17));
+    }
+    if (path_ == Path::GumbelMax) {
+      per += scalar_bytes * (nt * bl + 2 * bl) + 4 * 2 * bl;
+    } else if (path_ == Path::TopK) {
+      const auto k = static_cast<std::size_t>(k_);
+      const std::size_t cap = std::max(2 * k, k + 1024) + bl;
+      per += scalar_bytes * nt * bl + nt * cap * (scalar_bytes + sizeof(Index)) * 2
+             + 2 * scalar_bytes * cap;
+    } else if (path_ == Path::TopPMinP) {
+      // Per token a candidate buffer (capacity < 2 (2 cap + B)) and its state; the chain's
+      // scratch on <= cap candidates; a fallback row of V logits, the Sampler's scratch of V.
+      const std::size_t cap = candidate_cap(v), pair = sizeof(std::pair<double, Index>);
+      per += scalar_bytes * (std::max(nt * bl, uv) + 3 * uv)
+             + nt * (2 * (2 * cap + bl) * pair + sizeof(detail::HeadCutState))
+             + 2 * cap * (2 * sizeof(double) + sizeof(std::pair<double, std::size_t>));
+    } else {
+      per += scalar_bytes * (nt * uv + 3 * uv);  // rows, and the Sampler's weights and probs
+    }
+    return per * static_cast<std::size_t>(threads);
+  }
+
+ private:
+  // One token's running state on the GumbelMax path.
+  template <class Scalar>
+  struct State {
+    Index index = -1;
+    Scalar best = -std::numeric_limits<Scalar>::infinity();  // best perturbed score
+    Scalar best_z = 0;                                       // its z / T
+    bool nan = false, inf_mode = false;
+    Index inf_count = 0;
+    Scalar lse_m = -std::numeric_limits<Scalar>::infinity();  // online lse of z / T
+    long double lse_s = 0;
+  };
+
+  Sampler sampler_;
+  Path path_ = Path::GumbelMax;
+  bool greedy_ = false;
+  double inv_t_ = 1.0;
+  Index k_ = 0;
+  detail::HeadCutChain chain_;  // the TopPMinP path's chain
+  double softcap_ = 0;
+  Index block_ = kDefaultBlock;
+  Index tile_ = kDefaultTile;
+
+  // A copy with the count `member` set to value (>= 1).
+  LinearHeadSampler with_count(const char* name, Index LinearHeadSampler::*member,
+                               Index value) const {
+    if (value < 1)
+      detail::fail("LinearHeadSampler: ", name, " must be >= 1, but got ", value);
+    LinearHeadSampler s = *this;
+    s.*member = value;
+    return s;
+  }
+
+  // probabilities() of the single row hr (in the compute type).
+  template <class XH, class XW, class XB, class P, class Scalar>
+  void probabilities_row(const XH& hr, const Eigen::MatrixBase<XW>& w,
+                         const Eigen::MatrixBase<XB>& b, P& probs,
+                         LinearHeadWorkspace::Slot<Scalar>& slot) const {
     if (path_ == Path::GumbelMax) {
       State<Scalar> st;
       gumbel_tile(hr, w, b, 0, nullptr, slot, &st, true, false);
@@ -283,6 +374,23 @@ class LinearHeadSampler {
       });
       return;
     }
+    if (path_ == Path::TopPMinP) {
+      slot.cand.resize(1);
+      slot.cut.resize(1);
+      cut_tile(hr, w, b, slot);
+      const detail::HeadCutState& st = slot.cut[0];
+      if (st.nan) {
+        probs.setConstant(std::numeric_limits<Scalar>::quiet_NaN());
+        return;
+      }
+      if (!st.overflow) {
+        auto& c = slot.cand[0];
+        const long double total = chain_weights(c, st, slot);
+        for (std::size_t j = 0; j < c.size(); ++j)
+          probs.coeffRef(c[j].second) = static_cast<Scalar>(slot.weight[j] / total);
+        return;
+      }
+    }
     if (path_ == Path::TopK) {
       auto& cand = slot.cand;
       cand.resize(1);
@@ -300,80 +408,23 @@ class LinearHeadSampler {
         probs.coeffRef(cand[0][static_cast<std::size_t>(j)].second) = p(j);
       return;
     }
-    materialize(hr, w, b, slot);
-    sampler_.probabilities(slot.z.row(0).transpose(), probs, slot.sampler);
-  }
-
-  // Bytes of the workspace for N tokens, V classes (d does not enter: H and W are read in place)
-  // on `threads` threads (0: as many as sample() would use), for float (scalar_bytes 4) or double
-  // (8): an upper bound of bytes().
-  std::size_t workspace_bytes(Index n, Index v, std::size_t scalar_bytes = sizeof(float),
-                              Index threads = 0) const {
-    if (threads <= 0) {
-      threads = 1;
-#if SOFTMAXLAB_PARALLEL_SLICES
-      if (n > tile_ && !omp_in_parallel())
-        threads = omp_get_max_threads();
-#endif
-    }
-    const auto nt = static_cast<std::size_t>(std::min(tile_, std::max<Index>(n, 1)));
-    const auto bl = static_cast<std::size_t>(std::min(block_, std::max<Index>(v, 1)));
-    const auto uv = static_cast<std::size_t>(v);
-    std::size_t per = 0;
-    if (path_ == Path::GumbelMax) {
-      per = scalar_bytes * (nt * bl + 2 * bl) + 4 * 2 * bl;
-    } else if (path_ == Path::TopK) {
-      const auto k = static_cast<std::size_t>(k_);
-      const std::size_t cap = std::max(2 * k, k + 1024) + bl;
-      per = scalar_bytes * nt * bl + nt * cap * (scalar_bytes + sizeof(Index)) * 2
-            + 2 * scalar_bytes * cap;
-    } else {
-      per = scalar_bytes * (nt * uv + 3 * uv);  // rows, and the Sampler's weights and probs
-    }
-    return per * static_cast<std::size_t>(threads);
-  }
-
- private:
-  // One token's running state on the GumbelMax path.
-  template <class Scalar>
-  struct State {
-    Index index = -1;
-    Scalar best = -std::numeric_limits<Scalar>::infinity();  // best perturbed score
-    Scalar best_z = 0;                                       // its z / T
-    bool nan = false, inf_mode = false;
-    Index inf_count = 0;
-    Scalar lse_m = -std::numeric_limits<Scalar>::infinity();  // online lse of z / T
-    long double lse_s = 0;
-  };
-
-  Sampler sampler_;
-  Path path_ = Path::GumbelMax;
-  bool greedy_ = false;
-  double inv_t_ = 1.0;
-  Index k_ = 0;
-  double softcap_ = 0;
-  Index block_ = kDefaultBlock;
-  Index tile_ = kDefaultTile;
-
-  // A copy with the count `member` set to value (>= 1).
-  LinearHeadSampler with_count(const char* name, Index LinearHeadSampler::*member,
-                               Index value) const {
-    if (value < 1)
-      detail::fail("LinearHeadSampler: ", name, " must be >= 1, but got ", value);
-    LinearHeadSampler s = *this;
-    s.*member = value;
-    return s;
+    const auto z = materialize(hr, w, b, slot);
+    sampler_.probabilities(z.row(0).transpose(), probs, slot.sampler);
   }
 
   template <class XH, class XW, class XB>
   static void check_shapes(const Eigen::MatrixBase<XH>& h, const Eigen::MatrixBase<XW>& w,
                            const Eigen::MatrixBase<XB>& b) {
     using Scalar = typename XH::Scalar;
-    static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
-                  "softmaxlab: LinearHeadSampler takes float or double H");
+    using C = detail::compute_scalar_t<Scalar>;
+    static_assert(detail::is_storage_scalar_v<Scalar>,
+                  "softmaxlab: LinearHeadSampler takes float, double, Eigen::half or "
+                  "Eigen::bfloat16 H");
+    static_assert(std::is_same_v<Scalar, typename XW::Scalar>,
+                  "softmaxlab: H and W must have the same scalar type");
     static_assert(
-        std::is_same_v<Scalar, typename XW::Scalar> && std::is_same_v<Scalar, typename XB::Scalar>,
-        "softmaxlab: H, W and b must have the same scalar type");
+        std::is_same_v<Scalar, typename XB::Scalar> || std::is_same_v<C, typename XB::Scalar>,
+        "softmaxlab: b must have H's scalar type or the compute type (float for 16-bit H)");
     if (h.cols() != w.cols())
       detail::fail("LinearHeadSampler: H (", h.rows(), " x ", h.cols(), ") and W (", w.rows(),
                    " x ", w.cols(), ") must have the same d");
@@ -385,25 +436,45 @@ class LinearHeadSampler {
     }
   }
 
-  // slot.z's first rows = the logits of the rows of hr for classes [c0, c0 + len), row-major with
-  // a row stride of z.cols(): bias, then softcap.
+  // The logits of the rows of hr (compute type) for classes [c0, c0 + len), in slot.z's storage
+  // as a row-major nt x len matrix: the GEMM (W widened by chunks for 16-bit), bias, softcap.
   template <class XH, class XW, class XB, class Scalar>
-  void logits_block(const XH& hr, const Eigen::MatrixBase<XW>& w, const Eigen::MatrixBase<XB>& b,
-                    Index c0, Index len, LinearHeadWorkspace::Slot<Scalar>& slot) const {
+  Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> logits_block(
+      const XH& hr, const Eigen::MatrixBase<XW>& w, const Eigen::MatrixBase<XB>& b, Index c0,
+      Index len, LinearHeadWorkspace::Slot<Scalar>& slot) const {
     const Index nt = hr.rows();
-    if (slot.z.rows() < nt || slot.z.cols() < len)
-      slot.z.resize(std::max(slot.z.rows(), nt), std::max(slot.z.cols(), len));
-    Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0,
-               Eigen::OuterStride<>>
-        z(slot.z.data(), nt, len, Eigen::OuterStride<>(len));
-    z.noalias() = hr * w.derived().middleRows(c0, len).transpose();
+    if (slot.z.size() < nt * len)
+      slot.z.resize(nt, len);
+    Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> z(
+        slot.z.data(), nt, len);
+    detail::head_gemm(hr, w.derived(), c0, len, z, slot.wide);
     if (b.size() != 0) {
       for (Index j = 0; j < len; ++j)
-        z.col(j).array() += b.coeff(c0 + j);
+        z.col(j).array() += static_cast<Scalar>(b.coeff(c0 + j));
     }
     if (softcap_ != 0) {
       const Scalar cap = static_cast<Scalar>(softcap_), inv = static_cast<Scalar>(1.0 / softcap_);
       z.array() = cap * (z.array() * inv).tanh();
+    }
+    return z;
+  }
+
+  // fn(hr) with the rows [n0, n0 + nt) of h in the compute type: the rows themselves, or (half,
+  // bfloat16) their copy widened once into slot.hwide.
+  template <class XH, class Scalar, class Fn>
+  static void with_rows(const Eigen::MatrixBase<XH>& h, Index n0, Index nt,
+                        LinearHeadWorkspace::Slot<Scalar>& slot, const Fn& fn) {
+    if constexpr (std::is_same_v<typename XH::Scalar, Scalar>) {
+      fn(h.derived().middleRows(n0, nt));
+    } else {
+      const Index d = h.cols();
+      if (slot.hwide.size() < static_cast<std::size_t>(nt * d))
+        slot.hwide.resize(static_cast<std::size_t>(nt * d));
+      constexpr int order = XH::IsRowMajor ? Eigen::RowMajor : Eigen::ColMajor;
+      Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, order>> hw(slot.hwide.data(),
+                                                                                  nt, d);
+      detail::lce_widen<Scalar>(h.derived().middleRows(n0, nt), hw);
+      fn(hw);
     }
   }
 
@@ -577,22 +648,11 @@ class LinearHeadSampler {
     return Eigen::Map<const Eigen::Matrix<Scalar, Eigen::Dynamic, 1>>(slot.row.data(), c);
   }
 
-  // slot.z = the full logit rows of hr (rows x V).
+  // The full logit rows of hr (rows x V, in slot.z's storage).
   template <class XH, class XW, class XB, class Scalar>
-  void materialize(const XH& hr, const Eigen::MatrixBase<XW>& w, const Eigen::MatrixBase<XB>& b,
+  auto materialize(const XH& hr, const Eigen::MatrixBase<XW>& w, const Eigen::MatrixBase<XB>& b,
                    LinearHeadWorkspace::Slot<Scalar>& slot) const {
-    const Index v = w.rows();
-    if (slot.z.rows() != hr.rows() || slot.z.cols() != v)
-      slot.z.resize(hr.rows(), v);
-    slot.z.noalias() = hr * w.transpose();
-    if (b.size() != 0) {
-      for (Index j = 0; j < v; ++j)
-        slot.z.col(j).array() += b.coeff(j);
-    }
-    if (softcap_ != 0) {
-      const Scalar cap = static_cast<Scalar>(softcap_), inv = static_cast<Scalar>(1.0 / softcap_);
-      slot.z.array() = cap * (slot.z.array() * inv).tanh();
-    }
+    return logits_block(hr, w, b, 0, w.rows(), slot);
   }
 
   // One tile of tokens [n0, n0 + nt).
@@ -600,8 +660,18 @@ class LinearHeadSampler {
   void tile(const Eigen::MatrixBase<XH>& h, const Eigen::MatrixBase<XW>& w,
             const Eigen::MatrixBase<XB>& b, std::uint64_t seed, T& tokens, L* lp, Index n0,
             Index nt, std::uint64_t first_stream, LinearHeadWorkspace::Slot<Scalar>& slot) const {
+    with_rows(h, n0, nt, slot, [&](const auto& hr) {
+      tile_rows(hr, w, b, seed, tokens, lp, n0, first_stream, slot);
+    });
+  }
+
+  // tile() on the tile's rows hr in the compute type.
+  template <class XH, class XW, class XB, class T, class L, class Scalar>
+  void tile_rows(const XH& hr, const Eigen::MatrixBase<XW>& w, const Eigen::MatrixBase<XB>& b,
+                 std::uint64_t seed, T& tokens, L* lp, Index n0, std::uint64_t first_stream,
+                 LinearHeadWorkspace::Slot<Scalar>& slot) const {
     using TS = typename T::Scalar;
-    const auto hr = h.derived().middleRows(n0, nt);
+    const Index nt = hr.rows();
     const std::uint64_t stream0 = first_stream + static_cast<std::uint64_t>(n0);
     const double nan = std::numeric_limits<double>::quiet_NaN();
     if (path_ == Path::GumbelMax) {
@@ -670,9 +740,42 @@ class LinearHeadSampler {
       }
       return;
     }
-    materialize(hr, w, b, slot);
+    if (path_ == Path::TopPMinP) {
+      slot.cand.resize(static_cast<std::size_t>(nt));
+      slot.cut.resize(static_cast<std::size_t>(nt));
+      cut_tile(hr, w, b, slot);
+      for (Index r = 0; r < nt; ++r) {
+        const detail::HeadCutState& st = slot.cut[static_cast<std::size_t>(r)];
+        Index token = -1;
+        double v = nan;
+        if (st.overflow) {  // too many candidates: this row's logits, as RowTiles
+          const auto z = materialize(hr.middleRows(r, 1), w, b, slot);
+          const auto row = z.row(0).transpose();
+          token = draw_row(r, row);
+          if (lp != nullptr)
+            v = log_p(token, row);
+        } else if (!st.nan) {
+          auto& c = slot.cand[static_cast<std::size_t>(r)];
+          const long double total = chain_weights(c, st, slot);
+          Philox4x32 gen(seed, stream0 + static_cast<std::uint64_t>(r));
+          const bool by_class =
+              sampler_.fast_path() || st.m == std::numeric_limits<double>::infinity();
+          const std::ptrdiff_t j =
+              detail::head_chain_draw<Scalar>(slot.weight, total, by_class, gen, slot.order);
+          if (j >= 0) {
+            token = c[static_cast<std::size_t>(j)].second;
+            v = std::log(static_cast<double>(slot.weight[static_cast<std::size_t>(j)] / total));
+          }
+        }
+        tokens.coeffRef(n0 + r) = static_cast<TS>(token);
+        if (lp != nullptr)
+          lp->coeffRef(n0 + r) = v;
+      }
+      return;
+    }
+    const auto z = materialize(hr, w, b, slot);
     for (Index r = 0; r < nt; ++r) {
-      const auto row = slot.z.row(r).transpose();
+      const auto row = z.row(r).transpose();
       const Index t = draw_row(r, row);
       tokens.coeffRef(n0 + r) = static_cast<TS>(t);
       if (lp != nullptr)
@@ -680,11 +783,98 @@ class LinearHeadSampler {
     }
   }
 
+  // The TopPMinP path's candidates of the rows of hr into slot.cand[r] (sorted by class), the
+  // per-row state into slot.cut[r] (see detail/head_candidates.hpp for the drop rule).
+  template <class XH, class XW, class XB, class Scalar>
+  void cut_tile(const XH& hr, const Eigen::MatrixBase<XW>& w, const Eigen::MatrixBase<XB>& b,
+                LinearHeadWorkspace::Slot<Scalar>& slot) const {
+    const Scalar inf = std::numeric_limits<Scalar>::infinity();
+    const Index v = w.rows();
+    const std::size_t cap = candidate_cap(v);
+    const bool need_lse = chain_.top_p < 1.0 && chain_.top_p_first;
+    const auto s = static_cast<Scalar>(1.0 / chain_.t_top_p);
+    for (Index r = 0; r < hr.rows(); ++r) {
+      slot.cut[static_cast<std::size_t>(r)] = detail::HeadCutState();
+      slot.cut[static_cast<std::size_t>(r)].trigger = std::min<std::size_t>(2048, cap);
+      slot.cand[static_cast<std::size_t>(r)].clear();
+    }
+    const auto prune = [&](std::vector<std::pair<Scalar, Index>>& c, detail::HeadCutState& st) {
+      c.erase(std::remove_if(c.begin(), c.end(),
+                             [&](const auto& e) { return double(e.first) < st.threshold; }),
+              c.end());
+      st.overflow = c.size() > cap;
+    };
+    for_each_block(hr, w, b, slot, [&](Index c0, Index len) {
+      for (Index r = 0; r < hr.rows(); ++r) {
+        detail::HeadCutState& st = slot.cut[static_cast<std::size_t>(r)];
+        if (st.nan || st.overflow)
+          continue;
+        const Scalar* z = slot.z.data() + r * len;
+        Scalar bm;
+        if (need_lse) {
+          const auto part =
+              detail::LogNormalizer<Scalar>::of(detail::Span<const Scalar>{z, len, 1}, s);
+          bm = part.m;
+          if (part.kind == detail::RowKind::Regular) {  // the exact merge of two [max, sum]
+            const double pm = double(part.m) * double(s), mm = std::max(st.lse_m, pm);
+            st.lse_s = st.lse_s * std::exp(static_cast<long double>(st.lse_m) - mm)
+                       + part.sum * std::exp(static_cast<long double>(pm) - mm);
+            st.lse_m = mm;
+          }
+        } else {
+          bm = detail::max_propagate_nan(z, len);
+        }
+        if (bm != bm) {
+          st.nan = true;
+          continue;
+        }
+        if (bm == -inf)
+          continue;
+        auto& c = slot.cand[static_cast<std::size_t>(r)];
+        if (double(bm) > st.m) {
+          if (bm == inf)
+            c.clear();  // +inf logits take all the mass
+          st.m = double(bm);
+        }
+        st.threshold = chain_.threshold(st.m, st.lse(), v);
+        if (double(bm) < st.threshold)
+          continue;
+        for (Index j = 0; j < len; ++j) {
+          if (double(z[j]) >= st.threshold && z[j] > -inf)
+            c.emplace_back(z[j], c0 + j);
+        }
+        if (c.size() > st.trigger) {
+          prune(c, st);
+          st.trigger = std::max(st.trigger, 2 * c.size());
+        }
+      }
+    });
+    for (Index r = 0; r < hr.rows(); ++r) {
+      detail::HeadCutState& st = slot.cut[static_cast<std::size_t>(r)];
+      if (!st.nan && !st.overflow)
+        prune(slot.cand[static_cast<std::size_t>(r)], st);
+    }
+  }
+
+  // The chain's weights on the candidates c of a row of state st (slot.weight); their sum.
+  template <class Scalar>
+  long double chain_weights(const std::vector<std::pair<Scalar, Index>>& c,
+                            const detail::HeadCutState& st,
+                            LinearHeadWorkspace::Slot<Scalar>& slot) const {
+    return detail::head_chain_weights(chain_, c, st.lse(), slot.y, slot.weight, slot.order);
+  }
+
+  // The TopPMinP path's cap on a row's candidates (after a compaction) for V classes: beyond it
+  // the row falls back to RowTiles.
+  static std::size_t candidate_cap(Index v) {
+    return std::max<std::size_t>(4096, static_cast<std::size_t>(v) / 16);
+  }
+
   template <class XH, class XW, class XB, class Out, class L>
   void run(const Eigen::MatrixBase<XH>& h, const Eigen::MatrixBase<XW>& w,
            const Eigen::MatrixBase<XB>& b, std::uint64_t seed, Out&& tokens_out, L* lp,
            Workspace& ws, std::uint64_t first_stream) const {
-    using Scalar = typename XH::Scalar;
+    using Scalar = detail::compute_scalar_t<typename XH::Scalar>;
     auto& tokens = detail::writable_output(std::forward<Out>(tokens_out));
     check_shapes(h, w, b);
     detail::require_vector("LinearHeadSampler: tokens", tokens.rows(), tokens.cols());
