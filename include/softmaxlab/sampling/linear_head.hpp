@@ -14,7 +14,7 @@
 //   head.sample(H, W, b, seed, tokens[, first_stream]);              // b: V (or empty = none)
 //   head.sample(H, W, b, seed, tokens, log_probs, ws[, first_stream]); // + log p(token), reuse ws
 //   head.probabilities(H, W, b, n, probs);                           // token n's distribution (V)
-//   head.path();  head.workspace_bytes(N, V[, scalar_bytes[, threads]]); // path taken, memory
+//   head.path();  head.workspace_bytes(N, V[, scalar_bytes[, threads[, d]]]); // path, memory
 // clang-format on
 //
 // Paths (path() says which; each gives the distribution of Sampler::probabilities on the
@@ -38,13 +38,43 @@
 //     only the kept set, so the result is the full row's). For k <= 1024 the distribution and
 //     even the token equal Sampler::sample_rowwise_philox(z, seed, tokens, first_stream)
 //     bit for bit when the logits are bit-identical; beyond, within the Sampler's stated 4 eps.
-//   - RowTiles: any other chain (top-p, min-p, typical-p, top-n-sigma or XTC without a top-k
-//     before them): exact needs the whole sorted row, so a tile of up to `token_tile` rows
-//     (default 16) of z is materialized (tile x V, not N x V) and Sampler::sample draws each row
-//     with Philox4x32(seed, first_stream + n): the tokens equal sample_rowwise_philox's.
+//   - TopPMinP: top-p and/or min-p without top-k (temperature anywhere in the order: first, last
+//     or between them). One pass over W with a running candidate set per token: class i can be
+//     kept only if
+// clang-format off
+//       top-p (cutting the whole row, at temperature t):  z_i > t (log Z_seen + log((1 - p) / V))
+//       min-p (or top-p after min-p):                      z_i >= m_seen + t log(min_p)
+//                                                          (z_i >= m_seen + t log((1 - p) / V))
+// clang-format on
+//     (a kept class has q_i > (1 - p) / V: the classes ranked at or after it hold > 1 - p; and
+//     q_i <= exp(z_i / t) / Z_seen; detail/head_candidates.hpp), less a margin of 1e-4 t +
+//     1e-6 |bound| in z and (1 - p) taken as 0.999 (1 - p) - 1e-6, so rounding never drops a
+//     class the Sampler keeps. The bounds only rise, so dropped classes never return; the buffer
+//     is compacted when it passes max(2048, 2 x its last size). The whole row's log-sum-exp of
+//     z / t (LogNormalizer per block, merged exactly, as GumbelMax) gives top-p its normalizer:
+//     the chain then runs on the candidates (in double, the Sampler's rules: sort by decreasing
+//     z, smallest prefix of mass >= p Z_full, ties kept; min-p on exp(z - max)), and one 53-bit
+//     uniform from Philox4x32(seed, first_stream + n) walks the kept weights in the Sampler's
+//     order (by class on its fast path, else by decreasing weight), so the token equals
+//     sample_rowwise_philox's on bit-identical logits except when u lands within the two
+//     computations' rounding of the weights (a few ulps of the logits' type) of a cumulative
+//     boundary (the tests find them equal on every draw).
+//     Cap: a row whose candidates still exceed max(4096, V / 16) after a compaction stops
+//     collecting and falls back to RowTiles for that row alone (one more GEMV over W); so does
+//     top-p with 1 - p <= 1e-6 (the bound is then void). Flat rows (logits within a few units)
+//     fall back: their nucleus really is a large part of V.
+//   - RowTiles: any other chain (typical-p, top-n-sigma or XTC without a top-k before them: they
+//     need whole-row statistics, the entropy, the standard deviation or the sorted row, which no
+//     bound on single logits captures; top-k after top-p or min-p): a tile of up to `token_tile`
+//     rows (default 16) of z is materialized (tile x V, not N x V) and Sampler::sample draws each
+//     row with Philox4x32(seed, first_stream + n): the tokens equal sample_rowwise_philox's.
 //
-// Parameters and ranges: H (N x d) and W (V x d) of one scalar type, float or double (same as b);
-// any Eigen expression (read by blocks of rows). b: V entries, or 0 entries for no bias; an entry
+// Parameters and ranges: H (N x d) and W (V x d) of one scalar type, float, double, Eigen::half
+// or Eigen::bfloat16; b of that type or the compute type (double for double, float otherwise);
+// any Eigen expression (read by blocks of rows). Half and bfloat16: float accumulation, as
+// LinearCrossEntropy: the tile's rows of H are widened once per tile and W's rows in chunks of
+// at most 512 KB of float inside each block (detail::lce_widen), so W is never copied; the
+// result is the float path's on the widened values (widening is exact). b: V entries, or 0 entries for no bias; an entry
 // -inf bans its class (it is never drawn; a +inf logit plus a -inf bias gives NaN, the row's
 // rule then applies). softcap: 0 (off) or finite > 0. block size >= 1, token tile >= 1. tokens:
 // an integer vector of N entries; log_probs: a floating vector of N entries (double).
@@ -61,20 +91,28 @@
 // the token is -1.
 //
 // Accuracy: the logits carry the GEMM's rounding (d eps sum_k |h_k w_k| at worst). Given the
-// logits, TopK and RowTiles are the Sampler's (exact rules, 4 eps (1 + |z_i - max z|) relative
+// logits, TopPMinP's probabilities are within 4 eps (1 + |z_i - max z| / T) relative of the exact
+// chain, the Sampler's bound (double arithmetic, long double sums; the same kept set except
+// within rounding of a boundary, as the Sampler; tested against Sampler::probabilities at twice
+// the bound, the sum of both errors); TopK and RowTiles are the Sampler's (exact rules, 4 eps (1 + |z_i - max z|) relative
 // for the probabilities); GumbelMax draws exactly from softmax(z/T) up to the 23 (52) bits of
 // the uniforms and the <= 1.9 ulp logs (gumbel.hpp); the scaling z/T rounds once in the logits'
 // type, so its probabilities() and log p are within 4 eps (1 + |z_i/T| + max |z/T|) (relative,
 // resp. absolute) of softmax(z/T) in exact arithmetic.
 // tests/test_linear_head_sampling.cpp: chi-square of GumbelMax draws, TopK and RowTiles equal to
 // the Sampler's bit for bit on exact data, block-size independence, bans, NaN, errors, allocations.
+// tests/test_linear_head_top_p.cpp: TopPMinP's tokens equal sample_rowwise_philox's and its
+// probabilities within the bound above of Sampler::probabilities (eight chains, two data sets),
+// chi-square of its draws, the cap's fallback, allocations; half and bfloat16 against float.
 //
 // Workspace (Workspace::bytes(); workspace_bytes(N, V) bounds it): per thread a tile x B
 // logit block and the noise scratch of B classes (GumbelMax), plus per token of the tile a
-// candidate buffer of at most max(2k, k + 1024) + B entries (TopK), or a tile x V row block
-// plus the Sampler's workspace of V (RowTiles). Nothing proportional to N x V. With a Workspace
-// passed in, later calls of the same shapes allocate nothing on the GumbelMax and TopK paths
-// (Eigen's GEMM packs its operands on the stack up to 128 KB, beyond on the heap).
+// candidate buffer of at most max(2k, k + 1024) + B entries (TopK) or 2 cap + B entries
+// (TopPMinP, cap = max(4096, V / 16); 16 bytes each, plus a fallback row of V logits), or a
+// tile x V row block plus the Sampler's workspace of V (RowTiles); half and bfloat16 add the
+// widened tile of H (tile x d floats) and one W chunk (<= 512 KB). Nothing proportional to N x V. With a Workspace
+// passed in, later calls of the same shapes allocate nothing on the GumbelMax, TopK and TopPMinP
+// paths (Eigen's GEMM packs its operands on the stack up to 128 KB, beyond on the heap).
 // Threads: with SOFTMAXLAB_USE_OPENMP and -fopenmp, token tiles run on OpenMP threads (the result
 // does not depend on the thread count: every token has its own Philox stream).
 // Performance: one pass over W per token tile, the materialized path's GEMM work without the N x V
@@ -99,6 +137,7 @@
 #include "../detail/head_candidates.hpp"
 #include "../detail/kernels.hpp"
 #include "../detail/log_normalizer.hpp"
+#include "../detail/normalizer_merge.hpp"
 #include "../detail/scalar_types.hpp"
 #include "../gumbel.hpp"
 #include "../random.hpp"
@@ -270,8 +309,9 @@ class LinearHeadSampler {
   }
 
   // Bytes of the workspace for N tokens, V classes (d does not enter: H and W are read in place)
-  // on `threads` threads (0: as many as sample() would use), for float (scalar_bytes 4) or double
-  // (8): an upper bound of bytes().
+  // on `threads` threads (0: as many as sample() would use), for float (scalar_bytes 4), double
+  // (8), or half and bfloat16 (2: then d, the hidden size, sizes the widened tile of H): an upper
+  // bound of bytes().
   std::size_t workspace_bytes(Index n, Index v, std::size_t scalar_bytes = sizeof(float),
                               Index threads = 0, Index d = 0) const {
     if (threads <= 0) {
@@ -297,11 +337,11 @@ class LinearHeadSampler {
       per += scalar_bytes * nt * bl + nt * cap * (scalar_bytes + sizeof(Index)) * 2
              + 2 * scalar_bytes * cap;
     } else if (path_ == Path::TopPMinP) {
-      // Per token a candidate buffer (capacity < 2 (2 cap + B)) and its state; the chain's
+      // Per token a candidate buffer (capacity <= 2 cap + B) and its state; the chain's
       // scratch on <= cap candidates; a fallback row of V logits, the Sampler's scratch of V.
       const std::size_t cap = candidate_cap(v), pair = sizeof(std::pair<double, Index>);
       per += scalar_bytes * (std::max(nt * bl, uv) + 3 * uv)
-             + nt * (2 * (2 * cap + bl) * pair + sizeof(detail::HeadCutState))
+             + nt * ((2 * cap + bl) * pair + sizeof(detail::HeadCutState))
              + 2 * cap * (2 * sizeof(double) + sizeof(std::pair<double, std::size_t>));
     } else {
       per += scalar_bytes * (nt * uv + 3 * uv);  // rows, and the Sampler's weights and probs
@@ -346,71 +386,7 @@ class LinearHeadSampler {
   template <class XH, class XW, class XB, class P, class Scalar>
   void probabilities_row(const XH& hr, const Eigen::MatrixBase<XW>& w,
                          const Eigen::MatrixBase<XB>& b, P& probs,
-                         LinearHeadWorkspace::Slot<Scalar>& slot) const {
-    if (path_ == Path::GumbelMax) {
-      State<Scalar> st;
-      gumbel_tile(hr, w, b, 0, nullptr, slot, &st, true, false);
-      if (st.nan) {
-        probs.setConstant(std::numeric_limits<Scalar>::quiet_NaN());
-        return;
-      }
-      if (greedy_ ? st.index < 0
-                  : !st.inf_mode && st.lse_m == -std::numeric_limits<Scalar>::infinity())
-        return;  // only -inf: probabilities 0
-      const Scalar inf = std::numeric_limits<Scalar>::infinity();
-      for_each_block(hr, w, b, slot, [&](Index c0, Index len) {
-        const Scalar* z = slot.z.data();
-        for (Index j = 0; j < len; ++j) {
-          double p;
-          if (greedy_)
-            p = c0 + j == st.index ? 1.0 : 0.0;
-          else if (st.inf_mode)
-            p = z[j] == inf ? 1.0 / double(st.inf_count) : 0.0;
-          else
-            p = std::exp(static_cast<double>(static_cast<long double>(z[j] * Scalar(inv_t_))
-                                             - st.lse_m - std::log(st.lse_s)));
-          probs.coeffRef(c0 + j) = static_cast<Scalar>(p);
-        }
-      });
-      return;
-    }
-    if (path_ == Path::TopPMinP) {
-      slot.cand.resize(1);
-      slot.cut.resize(1);
-      cut_tile(hr, w, b, slot);
-      const detail::HeadCutState& st = slot.cut[0];
-      if (st.nan) {
-        probs.setConstant(std::numeric_limits<Scalar>::quiet_NaN());
-        return;
-      }
-      if (!st.overflow) {
-        auto& c = slot.cand[0];
-        const long double total = chain_weights(c, st, slot);
-        for (std::size_t j = 0; j < c.size(); ++j)
-          probs.coeffRef(c[j].second) = static_cast<Scalar>(slot.weight[j] / total);
-        return;
-      }
-    }
-    if (path_ == Path::TopK) {
-      auto& cand = slot.cand;
-      cand.resize(1);
-      bool nan = false;
-      topk_tile(hr, w, b, slot, &nan);
-      if (nan) {
-        probs.setConstant(std::numeric_limits<Scalar>::quiet_NaN());
-        return;
-      }
-      const Index c = candidate_row(cand[0], slot);
-      slot.probs.resize(static_cast<std::size_t>(c));
-      Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, 1>> p(slot.probs.data(), c);
-      sampler_.probabilities(row_map(slot, c), p, slot.sampler);
-      for (Index j = 0; j < c; ++j)
-        probs.coeffRef(cand[0][static_cast<std::size_t>(j)].second) = p(j);
-      return;
-    }
-    const auto z = materialize(hr, w, b, slot);
-    sampler_.probabilities(z.row(0).transpose(), probs, slot.sampler);
-  }
+                         LinearHeadWorkspace::Slot<Scalar>& slot) const;
 
   template <class XH, class XW, class XB>
   static void check_shapes(const Eigen::MatrixBase<XH>& h, const Eigen::MatrixBase<XW>& w,
@@ -497,126 +473,12 @@ class LinearHeadSampler {
   void gumbel_tile(const XH& hr, const Eigen::MatrixBase<XW>& w, const Eigen::MatrixBase<XB>& b,
                    std::uint64_t stream0, const std::uint64_t* seed,
                    LinearHeadWorkspace::Slot<Scalar>& slot, State<Scalar>* st, bool lse,
-                   bool draw) const {
-    const Scalar inf = std::numeric_limits<Scalar>::infinity();
-    constexpr int kWords = detail::kWordsPerUniform<Scalar>;
-    const auto bl = static_cast<std::size_t>(std::min(block_, std::max<Index>(w.rows(), 1)));
-    if (draw && slot.noise.size() < bl) {
-      slot.noise.resize(bl);
-      slot.zeros.assign(bl, Scalar(0));
-      slot.words.resize(kWords * bl);
-    }
-    const Scalar s = static_cast<Scalar>(inv_t_);
-    for_each_block(hr, w, b, slot, [&](Index c0, Index len) {
-      for (Index r = 0; r < hr.rows(); ++r) {
-        State<Scalar>& t = st[r];
-        Scalar* z = slot.z.data() + r * len;
-        if (t.nan)
-          continue;
-        const Scalar m = detail::max_propagate_nan(z, len);
-        if (m != m) {
-          t.nan = true;
-          continue;
-        }
-        if (greedy_) {
-          if (m > t.best) {
-            t.best = m;
-            t.index = c0 + static_cast<Index>(std::find(z, z + len, m) - z);
-          }
-          continue;
-        }
-        if (m == -inf || (t.inf_mode && m != inf))
-          continue;  // nothing here can win (or enter the +inf mass)
-        Philox4x32 gen(draw ? *seed : 0, stream0 + static_cast<std::uint64_t>(r));
-        if (m == inf) {
-          if (!t.inf_mode) {  // the +inf entries take all the mass: restart among them
-            t = State<Scalar>();
-            t.inf_mode = true;
-          }
-          Scalar* g = slot.noise.data();
-          if (draw) {
-            gen.discard(static_cast<unsigned long long>(kWords) * c0);
-            // x = 0: the noise itself (the [1, 2) scratch may be the output: same index).
-            detail::add_gumbel_noise(slot.zeros.data(), g, len, gen, slot.words.data(), g);
-          }
-          for (Index j = 0; j < len; ++j) {
-            if (z[j] != inf)
-              continue;
-            ++t.inf_count;
-            if (draw && (t.index < 0 || g[j] > t.best)) {
-              t.best = g[j];
-              t.index = c0 + j;
-            }
-          }
-          continue;
-        }
-        if (s != Scalar(1)) {
-          for (Index j = 0; j < len; ++j)
-            z[j] *= s;
-        }
-        if (lse) {
-          const auto part =
-              detail::LogNormalizer<Scalar>::of(detail::Span<const Scalar>{z, len, 1}, Scalar(1));
-          const Scalar mm = std::max(t.lse_m, part.m);
-          t.lse_s = t.lse_s * std::exp(static_cast<long double>(t.lse_m) - mm)
-                    + part.sum * std::exp(static_cast<long double>(part.m) - mm);
-          t.lse_m = mm;
-        }
-        if (!draw)
-          continue;
-        gen.discard(static_cast<unsigned long long>(kWords) * c0);
-        Scalar* y = slot.noise.data();
-        const Scalar ymax = detail::add_gumbel_noise(z, y, len, gen, slot.words.data(), y);
-        if (ymax > t.best) {
-          const Index j = static_cast<Index>(std::find(y, y + len, ymax) - y);
-          t.best = ymax;
-          t.best_z = z[j];
-          t.index = c0 + j;
-        }
-      }
-    });
-  }
+                   bool draw) const;
 
   // The TopK path's candidates of the rows of hr into slot.cand[r]; nan[r] for a NaN row.
   template <class XH, class XW, class XB, class Scalar>
   void topk_tile(const XH& hr, const Eigen::MatrixBase<XW>& w, const Eigen::MatrixBase<XB>& b,
-                 LinearHeadWorkspace::Slot<Scalar>& slot, bool* nan) const {
-    const Scalar inf = std::numeric_limits<Scalar>::infinity();
-    const auto k = static_cast<std::size_t>(k_);
-    const std::size_t cap0 = std::max(2 * k, k + 1024);
-    auto& tau = slot.tau;
-    auto& cap = slot.cap;
-    tau.assign(static_cast<std::size_t>(hr.rows()), -inf);
-    cap.assign(static_cast<std::size_t>(hr.rows()), cap0);
-    for (Index r = 0; r < hr.rows(); ++r)
-      slot.cand[static_cast<std::size_t>(r)].clear();
-    for_each_block(hr, w, b, slot, [&](Index c0, Index len) {
-      for (Index r = 0; r < hr.rows(); ++r) {
-        const auto ur = static_cast<std::size_t>(r);
-        if (nan[r])
-          continue;
-        const Scalar* z = slot.z.data() + r * len;
-        const Scalar m = detail::max_propagate_nan(z, len);
-        if (m != m) {
-          nan[r] = true;
-          continue;
-        }
-        if (m < tau[ur] || m == -inf)
-          continue;
-        auto& c = slot.cand[ur];
-        for (Index j = 0; j < len; ++j) {
-          if (z[j] >= tau[ur] && z[j] > -inf)
-            c.emplace_back(z[j], c0 + j);
-        }
-        if (c.size() > cap[ur]) {
-          tau[ur] = compact(c, k);
-          cap[ur] = std::max(cap[ur], 2 * c.size());  // many ties at the k-th value
-        }
-      }
-    });
-    for (Index r = 0; r < hr.rows(); ++r)
-      compact(slot.cand[static_cast<std::size_t>(r)], k);
-  }
+                 LinearHeadWorkspace::Slot<Scalar>& slot, bool* nan) const;
 
   // Keeps the entries >= the k-th largest value (ties kept); returns that value (-inf when
   // there are k or fewer).
@@ -669,192 +531,13 @@ class LinearHeadSampler {
   template <class XH, class XW, class XB, class T, class L, class Scalar>
   void tile_rows(const XH& hr, const Eigen::MatrixBase<XW>& w, const Eigen::MatrixBase<XB>& b,
                  std::uint64_t seed, T& tokens, L* lp, Index n0, std::uint64_t first_stream,
-                 LinearHeadWorkspace::Slot<Scalar>& slot) const {
-    using TS = typename T::Scalar;
-    const Index nt = hr.rows();
-    const std::uint64_t stream0 = first_stream + static_cast<std::uint64_t>(n0);
-    const double nan = std::numeric_limits<double>::quiet_NaN();
-    if (path_ == Path::GumbelMax) {
-      State<Scalar> st[64];
-      for (Index r0 = 0; r0 < nt; r0 += 64) {  // a tile larger than 64: sub-tiles
-        const Index rows = std::min<Index>(64, nt - r0);
-        for (Index r = 0; r < rows; ++r)
-          st[r] = State<Scalar>();
-        gumbel_tile(hr.middleRows(r0, rows), w, b, stream0 + static_cast<std::uint64_t>(r0), &seed,
-                    slot, st, lp != nullptr, true);
-        for (Index r = 0; r < rows; ++r) {
-          const State<Scalar>& t = st[r];
-          const Index token = t.nan ? -1 : t.index;
-          tokens.coeffRef(n0 + r0 + r) = static_cast<TS>(token);
-          if (lp != nullptr) {
-            double v = nan;
-            if (token >= 0)
-              v = greedy_      ? 0.0
-                  : t.inf_mode ? -std::log(double(t.inf_count))
-                               : static_cast<double>(static_cast<long double>(t.best_z) - t.lse_m
-                                                     - std::log(t.lse_s));
-            lp->coeffRef(n0 + r0 + r) = v;
-          }
-        }
-      }
-      return;
-    }
-    const auto draw_row = [&](Index r, const auto& row) {
-      Philox4x32 gen(seed, stream0 + static_cast<std::uint64_t>(r));
-      const Index t = sampler_.sample(row, gen, slot.sampler);
-      return t;
-    };
-    const auto log_p = [&](Index t, const auto& row) {
-      if (t < 0)
-        return nan;
-      slot.probs.resize(static_cast<std::size_t>(row.size()));
-      Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, 1>> p(slot.probs.data(), row.size());
-      sampler_.probabilities(row, p, slot.sampler);
-      return std::log(static_cast<double>(p(t)));
-    };
-    if (path_ == Path::TopK) {
-      slot.cand.resize(static_cast<std::size_t>(std::max<Index>(nt, 1)));
-      bool nan_rows[64];
-      for (Index r0 = 0; r0 < nt; r0 += 64) {
-        const Index rows = std::min<Index>(64, nt - r0);
-        std::fill(nan_rows, nan_rows + rows, false);
-        topk_tile(hr.middleRows(r0, rows), w, b, slot, nan_rows);
-        for (Index r = 0; r < rows; ++r) {
-          Index token = -1;
-          double v = nan;
-          if (!nan_rows[r]) {
-            auto& c = slot.cand[static_cast<std::size_t>(r)];
-            const Index count = candidate_row(c, slot);
-            const auto row = row_map(slot, count);
-            const Index j = draw_row(r0 + r, row);
-            if (j >= 0) {
-              token = c[static_cast<std::size_t>(j)].second;
-              if (lp != nullptr)
-                v = log_p(j, row);
-            }
-          }
-          tokens.coeffRef(n0 + r0 + r) = static_cast<TS>(token);
-          if (lp != nullptr)
-            lp->coeffRef(n0 + r0 + r) = v;
-        }
-      }
-      return;
-    }
-    if (path_ == Path::TopPMinP) {
-      slot.cand.resize(static_cast<std::size_t>(nt));
-      slot.cut.resize(static_cast<std::size_t>(nt));
-      cut_tile(hr, w, b, slot);
-      for (Index r = 0; r < nt; ++r) {
-        const detail::HeadCutState& st = slot.cut[static_cast<std::size_t>(r)];
-        Index token = -1;
-        double v = nan;
-        if (st.overflow) {  // too many candidates: this row's logits, as RowTiles
-          const auto z = materialize(hr.middleRows(r, 1), w, b, slot);
-          const auto row = z.row(0).transpose();
-          token = draw_row(r, row);
-          if (lp != nullptr)
-            v = log_p(token, row);
-        } else if (!st.nan) {
-          auto& c = slot.cand[static_cast<std::size_t>(r)];
-          const long double total = chain_weights(c, st, slot);
-          Philox4x32 gen(seed, stream0 + static_cast<std::uint64_t>(r));
-          const bool by_class =
-              sampler_.fast_path() || st.m == std::numeric_limits<double>::infinity();
-          const std::ptrdiff_t j =
-              detail::head_chain_draw<Scalar>(slot.weight, total, by_class, gen, slot.order);
-          if (j >= 0) {
-            token = c[static_cast<std::size_t>(j)].second;
-            v = std::log(static_cast<double>(slot.weight[static_cast<std::size_t>(j)] / total));
-          }
-        }
-        tokens.coeffRef(n0 + r) = static_cast<TS>(token);
-        if (lp != nullptr)
-          lp->coeffRef(n0 + r) = v;
-      }
-      return;
-    }
-    const auto z = materialize(hr, w, b, slot);
-    for (Index r = 0; r < nt; ++r) {
-      const auto row = z.row(r).transpose();
-      const Index t = draw_row(r, row);
-      tokens.coeffRef(n0 + r) = static_cast<TS>(t);
-      if (lp != nullptr)
-        lp->coeffRef(n0 + r) = log_p(t, row);
-    }
-  }
+                 LinearHeadWorkspace::Slot<Scalar>& slot) const;
 
   // The TopPMinP path's candidates of the rows of hr into slot.cand[r] (sorted by class), the
   // per-row state into slot.cut[r] (see detail/head_candidates.hpp for the drop rule).
   template <class XH, class XW, class XB, class Scalar>
   void cut_tile(const XH& hr, const Eigen::MatrixBase<XW>& w, const Eigen::MatrixBase<XB>& b,
-                LinearHeadWorkspace::Slot<Scalar>& slot) const {
-    const Scalar inf = std::numeric_limits<Scalar>::infinity();
-    const Index v = w.rows();
-    const std::size_t cap = candidate_cap(v);
-    const bool need_lse = chain_.top_p < 1.0 && chain_.top_p_first;
-    const auto s = static_cast<Scalar>(1.0 / chain_.t_top_p);
-    for (Index r = 0; r < hr.rows(); ++r) {
-      slot.cut[static_cast<std::size_t>(r)] = detail::HeadCutState();
-      slot.cut[static_cast<std::size_t>(r)].trigger = std::min<std::size_t>(2048, cap);
-      slot.cand[static_cast<std::size_t>(r)].clear();
-    }
-    const auto prune = [&](std::vector<std::pair<Scalar, Index>>& c, detail::HeadCutState& st) {
-      c.erase(std::remove_if(c.begin(), c.end(),
-                             [&](const auto& e) { return double(e.first) < st.threshold; }),
-              c.end());
-      st.overflow = c.size() > cap;
-    };
-    for_each_block(hr, w, b, slot, [&](Index c0, Index len) {
-      for (Index r = 0; r < hr.rows(); ++r) {
-        detail::HeadCutState& st = slot.cut[static_cast<std::size_t>(r)];
-        if (st.nan || st.overflow)
-          continue;
-        const Scalar* z = slot.z.data() + r * len;
-        Scalar bm;
-        if (need_lse) {
-          const auto part =
-              detail::LogNormalizer<Scalar>::of(detail::Span<const Scalar>{z, len, 1}, s);
-          bm = part.m;
-          if (part.kind == detail::RowKind::Regular) {  // the exact merge of two [max, sum]
-            const double pm = double(part.m) * double(s), mm = std::max(st.lse_m, pm);
-            st.lse_s = st.lse_s * std::exp(static_cast<long double>(st.lse_m) - mm)
-                       + part.sum * std::exp(static_cast<long double>(pm) - mm);
-            st.lse_m = mm;
-          }
-        } else {
-          bm = detail::max_propagate_nan(z, len);
-        }
-        if (bm != bm) {
-          st.nan = true;
-          continue;
-        }
-        if (bm == -inf)
-          continue;
-        auto& c = slot.cand[static_cast<std::size_t>(r)];
-        if (double(bm) > st.m) {
-          if (bm == inf)
-            c.clear();  // +inf logits take all the mass
-          st.m = double(bm);
-        }
-        st.threshold = chain_.threshold(st.m, st.lse(), v);
-        if (double(bm) < st.threshold)
-          continue;
-        for (Index j = 0; j < len; ++j) {
-          if (double(z[j]) >= st.threshold && z[j] > -inf)
-            c.emplace_back(z[j], c0 + j);
-        }
-        if (c.size() > st.trigger) {
-          prune(c, st);
-          st.trigger = std::max(st.trigger, 2 * c.size());
-        }
-      }
-    });
-    for (Index r = 0; r < hr.rows(); ++r) {
-      detail::HeadCutState& st = slot.cut[static_cast<std::size_t>(r)];
-      if (!st.nan && !st.overflow)
-        prune(slot.cand[static_cast<std::size_t>(r)], st);
-    }
-  }
+                LinearHeadWorkspace::Slot<Scalar>& slot) const;
 
   // The chain's weights on the candidates c of a row of state st (slot.weight); their sum.
   template <class Scalar>
@@ -912,3 +595,5 @@ class LinearHeadSampler {
 };
 
 }  // namespace softmaxlab
+
+#include "linear_head_paths.hpp"
