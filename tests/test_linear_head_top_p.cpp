@@ -77,6 +77,10 @@ std::vector<sml::SamplerOptions> top_p_chains() {
           .with_min_p(0.2)
           .with_temperature(2.0),
       base.with_top_p(0.999),
+      base.with_order({Stage::MinP, Stage::Temperature})  // a top-p left out of the order
+          .with_top_p(0.01)
+          .with_min_p(1e-6)
+          .with_temperature(1.2),
   };
 }
 

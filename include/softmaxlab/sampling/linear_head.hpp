@@ -102,7 +102,7 @@
 // tests/test_linear_head_sampling.cpp: chi-square of GumbelMax draws, TopK and RowTiles equal to
 // the Sampler's bit for bit on exact data, block-size independence, bans, NaN, errors, allocations.
 // tests/test_linear_head_top_p.cpp: TopPMinP's tokens equal sample_rowwise_philox's and its
-// probabilities within the bound above of Sampler::probabilities (eight chains, two data sets),
+// probabilities within the bound above of Sampler::probabilities (nine chains, two data sets),
 // chi-square of its draws, the cap's fallback, allocations; half and bfloat16 against float.
 //
 // Workspace (Workspace::bytes(); workspace_bytes(N, V) bounds it): per thread a tile x B
@@ -205,15 +205,17 @@ class LinearHeadSampler {
       }
     };
     bool any_cut = false, cut_before_k = false, seen_k = false, whole_row = false;
-    chain_.temperature = t;
-    chain_.top_p = o.top_p();
-    chain_.min_p = o.min_p();
+    chain_.temperature = t;  // top-p and min-p: only when their stage is in the order
     for (const SamplerStage st : o.order()) {
       seen_k = seen_k || (st == SamplerStage::TopK && k_ > 0);
       if (cut_on(st)) {
         any_cut = true;
         cut_before_k = cut_before_k || !seen_k;
         whole_row = whole_row || (st != SamplerStage::TopP && st != SamplerStage::MinP);
+        if (st == SamplerStage::TopP)
+          chain_.top_p = o.top_p();
+        if (st == SamplerStage::MinP)
+          chain_.min_p = o.min_p();
         chain_.add(st == SamplerStage::TopP ? detail::HeadCut::TopP : detail::HeadCut::MinP);
       } else if (st == SamplerStage::Temperature && t != 1.0) {
         chain_.add(detail::HeadCut::Temperature);
