@@ -415,7 +415,9 @@ TEST_CASE("LinearHeadSampler allocates nothing with a workspace and never N x V"
   const Eigen::MatrixXf w = softmaxlab_test::random_normal(v, d, 81, 1.0).cast<float>();
   const Eigen::VectorXf b = softmaxlab_test::random_normal(v, 1, 82, 1.0).cast<float>();
   for (const auto& o : {sml::SamplerOptions().with_temperature(0.9),
-                        sml::SamplerOptions().with_top_k(40).with_top_p(0.9)}) {
+                        sml::SamplerOptions().with_top_k(40).with_top_p(0.9),
+                        sml::SamplerOptions().with_top_p(0.9).with_temperature(0.8),  // TopPMinP
+                        sml::SamplerOptions().with_min_p(0.05)}) {
     const auto head = sml::LinearHeadSampler(o).with_block_size(32).with_token_tile(4);
     sml::LinearHeadSampler::Workspace ws;
     std::size_t bytes_small = 0;

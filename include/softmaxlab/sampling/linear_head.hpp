@@ -103,7 +103,8 @@
 // the Sampler's bit for bit on exact data, block-size independence, bans, NaN, errors, allocations.
 // tests/test_linear_head_top_p.cpp: TopPMinP's tokens equal sample_rowwise_philox's and its
 // probabilities within the bound above of Sampler::probabilities (nine chains, two data sets),
-// chi-square of its draws, the cap's fallback, allocations; half and bfloat16 against float.
+// chi-square of its draws, the cap's fallback; half and bfloat16 against float (the allocation
+// test of test_linear_head_sampling.cpp covers TopPMinP).
 //
 // Workspace (Workspace::bytes(); workspace_bytes(N, V) bounds it): per thread a tile x B
 // logit block and the noise scratch of B classes (GumbelMax), plus per token of the tile a
@@ -344,7 +345,7 @@ class LinearHeadSampler {
       const std::size_t cap = candidate_cap(v), pair = sizeof(std::pair<double, Index>);
       per += scalar_bytes * (std::max(nt * bl, uv) + 3 * uv)
              + nt * ((2 * cap + bl) * pair + sizeof(detail::HeadCutState))
-             + 2 * cap * (2 * sizeof(double) + sizeof(std::pair<double, std::size_t>));
+             + (2 * cap + bl) * (2 * sizeof(double) + sizeof(std::pair<double, std::size_t>));
     } else {
       per += scalar_bytes * (nt * uv + 3 * uv);  // rows, and the Sampler's weights and probs
     }
@@ -546,6 +547,11 @@ class LinearHeadSampler {
   long double chain_weights(const std::vector<std::pair<Scalar, Index>>& c,
                             const detail::HeadCutState& st,
                             LinearHeadWorkspace::Slot<Scalar>& slot) const {
+    // Scratch sized by the buffer's capacity, not the row's count: bytes() then does not depend
+    // on the data.
+    slot.y.reserve(c.capacity());
+    slot.weight.reserve(c.capacity());
+    slot.order.reserve(c.capacity());
     return detail::head_chain_weights(chain_, c, st.lse(), slot.y, slot.weight, slot.order);
   }
 
