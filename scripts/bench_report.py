@@ -174,12 +174,17 @@ def output_sampled_markdown(path):
 
 # Issue 24 (sampling from the fused head, bench/bench_linear_head_sampling.cpp): LinearHeadSampler
 # at least as fast as the GEMM into N x V logits plus Sampler::sample_rowwise_philox, tokens/s.
-_HEAD = "head_sampling/%s/%s/float/N16/d1024/V128256"
+# The 16-bit rows (H and W in half or bfloat16) against the float materialized row of their chain.
+_HEAD = "head_sampling/%s/%s/%s/N16/d1024/V128256"
 HEAD_SAMPLING_TARGETS = [
-    ("Fused head sampling (%s) vs GEMM + Sampler, N = 16, d = 1,024, V = 128,256" % label,
-     _HEAD % ("fused", chain), _HEAD % ("materialized", chain), 1.0)
-    for chain, label in (("temperature", "Gumbel-max, temperature"),
-                         ("llama-default", "top-k 40, top-p, min-p"))
+    ("Fused head sampling (%s%s) vs GEMM + Sampler%s, N = 16, d = 1,024, V = 128,256"
+     % (label, "" if kind == "float" else ", %s H and W" % kind,
+        "" if kind == "float" else " on float"),
+     _HEAD % ("fused", chain, kind), _HEAD % ("materialized", chain, "float"), 1.0)
+    for chain, label, kinds in (("temperature", "Gumbel-max, temperature", ("float", "half", "bf16")),
+                                ("llama-default", "top-k 40, top-p, min-p", ("float",)),
+                                ("top-p", "top-p 0.95 without top-k", ("float", "half", "bf16")))
+    for kind in kinds
 ]
 
 # Issue 24: the adaptive and hierarchical softmaxes against the full softmax loss (GEMM +

@@ -4,7 +4,8 @@
 //     block size that does not divide V); its probabilities() and log p within float rounding;
 //   - TopK and RowTiles on exact data (entries k/16, so every logit is exact whatever the GEMM's
 //     order): tokens equal Sampler::sample_rowwise_philox's and probabilities() equal
-//     Sampler::probabilities bit for bit, for top-k, top-p, min-p, typical-p and chains;
+//     Sampler::probabilities bit for bit, for top-k, top-p, min-p, typical-p, XTC and chains
+//     (the TopPMinP path and 16-bit inputs: tests/test_linear_head_top_p.cpp);
 //   - the same seed gives the same tokens for every block size and token tile;
 //   - -inf bias entries are never drawn; NaN rows give -1, +inf logits share the mass, greedy is
 //     the first argmax; bad options and shapes throw;
@@ -147,8 +148,8 @@ TEST_CASE("LinearHeadSampler TopK and RowTiles equal the Sampler bit for bit on 
        P::TopK},
       {base.with_top_k(2000), P::TopK},  // k > V: everything kept
       {base.with_top_k(20).with_typical_p(0.8), P::TopK},
-      {base.with_top_p(0.8), P::RowTiles},
-      {base.with_min_p(0.1).with_temperature(0.5), P::RowTiles},
+      {base.with_top_p(0.8).with_typical_p(0.95), P::RowTiles},  // (top-p alone: TopPMinP)
+      {base.with_min_p(0.1).with_temperature(0.5).with_xtc(0.5, 0.1), P::RowTiles},
       {base.with_top_n_sigma(1.0).with_top_k(10), P::RowTiles},  // top-n-sigma precedes top-k
       {base.with_typical_p(0.9), P::RowTiles},
   };
@@ -414,7 +415,9 @@ TEST_CASE("LinearHeadSampler allocates nothing with a workspace and never N x V"
   const Eigen::MatrixXf w = softmaxlab_test::random_normal(v, d, 81, 1.0).cast<float>();
   const Eigen::VectorXf b = softmaxlab_test::random_normal(v, 1, 82, 1.0).cast<float>();
   for (const auto& o : {sml::SamplerOptions().with_temperature(0.9),
-                        sml::SamplerOptions().with_top_k(40).with_top_p(0.9)}) {
+                        sml::SamplerOptions().with_top_k(40).with_top_p(0.9),
+                        sml::SamplerOptions().with_top_p(0.9).with_temperature(0.8),  // TopPMinP
+                        sml::SamplerOptions().with_min_p(0.05)}) {
     const auto head = sml::LinearHeadSampler(o).with_block_size(32).with_token_tile(4);
     sml::LinearHeadSampler::Workspace ws;
     std::size_t bytes_small = 0;

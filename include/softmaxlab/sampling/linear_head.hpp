@@ -14,7 +14,7 @@
 //   head.sample(H, W, b, seed, tokens[, first_stream]);              // b: V (or empty = none)
 //   head.sample(H, W, b, seed, tokens, log_probs, ws[, first_stream]); // + log p(token), reuse ws
 //   head.probabilities(H, W, b, n, probs);                           // token n's distribution (V)
-//   head.path();  head.workspace_bytes(N, V[, scalar_bytes[, threads]]); // path taken, memory
+//   head.path();  head.workspace_bytes(N, V[, scalar_bytes[, threads[, d]]]); // path, memory
 // clang-format on
 //
 // Paths (path() says which; each gives the distribution of Sampler::probabilities on the
@@ -38,13 +38,43 @@
 //     only the kept set, so the result is the full row's). For k <= 1024 the distribution and
 //     even the token equal Sampler::sample_rowwise_philox(z, seed, tokens, first_stream)
 //     bit for bit when the logits are bit-identical; beyond, within the Sampler's stated 4 eps.
-//   - RowTiles: any other chain (top-p, min-p, typical-p, top-n-sigma or XTC without a top-k
-//     before them): exact needs the whole sorted row, so a tile of up to `token_tile` rows
-//     (default 16) of z is materialized (tile x V, not N x V) and Sampler::sample draws each row
-//     with Philox4x32(seed, first_stream + n): the tokens equal sample_rowwise_philox's.
+//   - TopPMinP: top-p and/or min-p without top-k (temperature anywhere in the order: first, last
+//     or between them). One pass over W with a running candidate set per token: class i can be
+//     kept only if
+// clang-format off
+//       top-p (cutting the whole row, at temperature t):  z_i > t (log Z_seen + log((1 - p) / V))
+//       min-p (or top-p after min-p):                      z_i >= m_seen + t log(min_p)
+//                                                          (z_i >= m_seen + t log((1 - p) / V))
+// clang-format on
+//     (a kept class has q_i > (1 - p) / V: the classes ranked at or after it hold > 1 - p; and
+//     q_i <= exp(z_i / t) / Z_seen; detail/head_candidates.hpp), less a margin of 1e-4 t +
+//     1e-6 |bound| in z and (1 - p) taken as 0.999 (1 - p) - 1e-6, so rounding never drops a
+//     class the Sampler keeps. The bounds only rise, so dropped classes never return; the buffer
+//     is compacted when it passes max(2048, 2 x its last size). The whole row's log-sum-exp of
+//     z / t (LogNormalizer per block, merged exactly, as GumbelMax) gives top-p its normalizer:
+//     the chain then runs on the candidates (in double, the Sampler's rules: sort by decreasing
+//     z, smallest prefix of mass >= p Z_full, ties kept; min-p on exp(z - max)), and one 53-bit
+//     uniform from Philox4x32(seed, first_stream + n) walks the kept weights in the Sampler's
+//     order (by class on its fast path, else by decreasing weight), so the token equals
+//     sample_rowwise_philox's on bit-identical logits except when u lands within the two
+//     computations' rounding of the weights (a few ulps of the logits' type) of a cumulative
+//     boundary (the tests find them equal on every draw).
+//     Cap: a row whose candidates still exceed max(4096, V / 16) after a compaction stops
+//     collecting and falls back to RowTiles for that row alone (one more GEMV over W); so does
+//     top-p with 1 - p <= 1e-6 (the bound is then void). Flat rows (logits within a few units)
+//     fall back: their nucleus really is a large part of V.
+//   - RowTiles: any other chain (typical-p, top-n-sigma or XTC without a top-k before them: they
+//     need whole-row statistics, the entropy, the standard deviation or the sorted row, which no
+//     bound on single logits captures; top-k after top-p or min-p): a tile of up to `token_tile`
+//     rows (default 16) of z is materialized (tile x V, not N x V) and Sampler::sample draws each
+//     row with Philox4x32(seed, first_stream + n): the tokens equal sample_rowwise_philox's.
 //
-// Parameters and ranges: H (N x d) and W (V x d) of one scalar type, float or double (same as b);
-// any Eigen expression (read by blocks of rows). b: V entries, or 0 entries for no bias; an entry
+// Parameters and ranges: H (N x d) and W (V x d) of one scalar type, float, double, Eigen::half
+// or Eigen::bfloat16; b of that type or the compute type (double for double, float otherwise);
+// any Eigen expression (read by blocks of rows). Half and bfloat16: float accumulation, as
+// LinearCrossEntropy: the tile's rows of H are widened once per tile and W's rows in chunks of
+// at most 512 KB of float inside each block (detail::lce_widen), so W is never copied; the
+// result is the float path's on the widened values (widening is exact). b: V entries, or 0 entries for no bias; an entry
 // -inf bans its class (it is never drawn; a +inf logit plus a -inf bias gives NaN, the row's
 // rule then applies). softcap: 0 (off) or finite > 0. block size >= 1, token tile >= 1. tokens:
 // an integer vector of N entries; log_probs: a floating vector of N entries (double).
@@ -61,20 +91,29 @@
 // the token is -1.
 //
 // Accuracy: the logits carry the GEMM's rounding (d eps sum_k |h_k w_k| at worst). Given the
-// logits, TopK and RowTiles are the Sampler's (exact rules, 4 eps (1 + |z_i - max z|) relative
+// logits, TopPMinP's probabilities are within 4 eps (1 + |z_i - max z| / T) relative of the exact
+// chain, the Sampler's bound (double arithmetic, long double sums; the same kept set except
+// within rounding of a boundary, as the Sampler; tested against Sampler::probabilities at twice
+// the bound, the sum of both errors); TopK and RowTiles are the Sampler's (exact rules, 4 eps (1 + |z_i - max z|) relative
 // for the probabilities); GumbelMax draws exactly from softmax(z/T) up to the 23 (52) bits of
 // the uniforms and the <= 1.9 ulp logs (gumbel.hpp); the scaling z/T rounds once in the logits'
 // type, so its probabilities() and log p are within 4 eps (1 + |z_i/T| + max |z/T|) (relative,
 // resp. absolute) of softmax(z/T) in exact arithmetic.
 // tests/test_linear_head_sampling.cpp: chi-square of GumbelMax draws, TopK and RowTiles equal to
 // the Sampler's bit for bit on exact data, block-size independence, bans, NaN, errors, allocations.
+// tests/test_linear_head_top_p.cpp: TopPMinP's tokens equal sample_rowwise_philox's and its
+// probabilities within the bound above of Sampler::probabilities (nine chains, two data sets),
+// chi-square of its draws, the cap's fallback; half and bfloat16 against float (the allocation
+// test of test_linear_head_sampling.cpp covers TopPMinP).
 //
 // Workspace (Workspace::bytes(); workspace_bytes(N, V) bounds it): per thread a tile x B
 // logit block and the noise scratch of B classes (GumbelMax), plus per token of the tile a
-// candidate buffer of at most max(2k, k + 1024) + B entries (TopK), or a tile x V row block
-// plus the Sampler's workspace of V (RowTiles). Nothing proportional to N x V. With a Workspace
-// passed in, later calls of the same shapes allocate nothing on the GumbelMax and TopK paths
-// (Eigen's GEMM packs its operands on the stack up to 128 KB, beyond on the heap).
+// candidate buffer of at most max(2k, k + 1024) + B entries (TopK) or 2 cap + B entries
+// (TopPMinP, cap = max(4096, V / 16); 16 bytes each, plus a fallback row of V logits), or a
+// tile x V row block plus the Sampler's workspace of V (RowTiles); half and bfloat16 add the
+// widened tile of H (tile x d floats) and one W chunk (<= 512 KB). Nothing proportional to N x V. With a Workspace
+// passed in, later calls of the same shapes allocate nothing on the GumbelMax, TopK and TopPMinP
+// paths (Eigen's GEMM packs its operands on the stack up to 128 KB, beyond on the heap).
 // Threads: with SOFTMAXLAB_USE_OPENMP and -fopenmp, token tiles run on OpenMP threads (the result
 // does not depend on the thread count: every token has its own Philox stream).
 // Performance: one pass over W per token tile, the materialized path's GEMM work without the N x V
@@ -96,8 +135,11 @@
 #include "../detail/checks.hpp"
 #include "../detail/common.hpp"
 #include "../detail/functor_base.hpp"
+#include "../detail/head_candidates.hpp"
 #include "../detail/kernels.hpp"
 #include "../detail/log_normalizer.hpp"
+#include "../detail/normalizer_merge.hpp"
+#include "../detail/scalar_types.hpp"
 #include "../gumbel.hpp"
 #include "../random.hpp"
 #include "../sampler.hpp"
@@ -110,7 +152,7 @@ namespace softmaxlab {
 class LinearHeadSampler {
  public:
   // Which algorithm the options select (see the doc block).
-  enum class Path { GumbelMax, TopK, RowTiles };
+  enum class Path { GumbelMax, TopK, TopPMinP, RowTiles };
   // Default vocabulary block (classes per GEMM block).
   static constexpr Index kDefaultBlock = 2048;
   // Default token tile (tokens per GEMM block; the tile's rows share each pass over W).
@@ -163,18 +205,29 @@ class LinearHeadSampler {
           return false;
       }
     };
-    bool any_cut = false, cut_before_k = false, seen_k = false;
+    bool any_cut = false, cut_before_k = false, seen_k = false, whole_row = false;
+    chain_.temperature = t;  // top-p and min-p: only when their stage is in the order
     for (const SamplerStage st : o.order()) {
       seen_k = seen_k || (st == SamplerStage::TopK && k_ > 0);
       if (cut_on(st)) {
         any_cut = true;
         cut_before_k = cut_before_k || !seen_k;
+        whole_row = whole_row || (st != SamplerStage::TopP && st != SamplerStage::MinP);
+        if (st == SamplerStage::TopP)
+          chain_.top_p = o.top_p();
+        if (st == SamplerStage::MinP)
+          chain_.min_p = o.min_p();
+        chain_.add(st == SamplerStage::TopP ? detail::HeadCut::TopP : detail::HeadCut::MinP);
+      } else if (st == SamplerStage::Temperature && t != 1.0) {
+        chain_.add(detail::HeadCut::Temperature);
       }
     }
     if (greedy_ || (k_ == 0 && !any_cut))
       path_ = Path::GumbelMax;
     else if (k_ > 0 && !cut_before_k)
       path_ = Path::TopK;
+    else if (k_ == 0 && !whole_row)
+      path_ = Path::TopPMinP;
     else
       path_ = Path::RowTiles;
   }
@@ -241,7 +294,7 @@ class LinearHeadSampler {
   template <class XH, class XW, class XB, class Out>
   void probabilities(const Eigen::MatrixBase<XH>& h, const Eigen::MatrixBase<XW>& w,
                      const Eigen::MatrixBase<XB>& b, Index n, Out&& probs_out) const {
-    using Scalar = typename XH::Scalar;
+    using Scalar = detail::compute_scalar_t<typename XH::Scalar>;
     auto& probs = detail::writable_output(std::forward<Out>(probs_out));
     const Index v = w.rows();
     check_shapes(h, w, b);
@@ -254,61 +307,16 @@ class LinearHeadSampler {
                    " entries, but got ", probs.size());
     Workspace ws;
     auto& slot = ws.slots<Scalar>(1)[0];
-    const auto hr = h.derived().middleRows(n, 1);
     probs.setZero();
-    if (path_ == Path::GumbelMax) {
-      State<Scalar> st;
-      gumbel_tile(hr, w, b, 0, nullptr, slot, &st, true, false);
-      if (st.nan) {
-        probs.setConstant(std::numeric_limits<Scalar>::quiet_NaN());
-        return;
-      }
-      if (greedy_ ? st.index < 0
-                  : !st.inf_mode && st.lse_m == -std::numeric_limits<Scalar>::infinity())
-        return;  // only -inf: probabilities 0
-      const Scalar inf = std::numeric_limits<Scalar>::infinity();
-      for_each_block(hr, w, b, slot, [&](Index c0, Index len) {
-        const Scalar* z = slot.z.data();
-        for (Index j = 0; j < len; ++j) {
-          double p;
-          if (greedy_)
-            p = c0 + j == st.index ? 1.0 : 0.0;
-          else if (st.inf_mode)
-            p = z[j] == inf ? 1.0 / double(st.inf_count) : 0.0;
-          else
-            p = std::exp(static_cast<double>(static_cast<long double>(z[j] * Scalar(inv_t_))
-                                             - st.lse_m - std::log(st.lse_s)));
-          probs.coeffRef(c0 + j) = static_cast<Scalar>(p);
-        }
-      });
-      return;
-    }
-    if (path_ == Path::TopK) {
-      auto& cand = slot.cand;
-      cand.resize(1);
-      bool nan = false;
-      topk_tile(hr, w, b, slot, &nan);
-      if (nan) {
-        probs.setConstant(std::numeric_limits<Scalar>::quiet_NaN());
-        return;
-      }
-      const Index c = candidate_row(cand[0], slot);
-      slot.probs.resize(static_cast<std::size_t>(c));
-      Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, 1>> p(slot.probs.data(), c);
-      sampler_.probabilities(row_map(slot, c), p, slot.sampler);
-      for (Index j = 0; j < c; ++j)
-        probs.coeffRef(cand[0][static_cast<std::size_t>(j)].second) = p(j);
-      return;
-    }
-    materialize(hr, w, b, slot);
-    sampler_.probabilities(slot.z.row(0).transpose(), probs, slot.sampler);
+    with_rows(h, n, 1, slot, [&](const auto& hr) { probabilities_row(hr, w, b, probs, slot); });
   }
 
   // Bytes of the workspace for N tokens, V classes (d does not enter: H and W are read in place)
-  // on `threads` threads (0: as many as sample() would use), for float (scalar_bytes 4) or double
-  // (8): an upper bound of bytes().
+  // on `threads` threads (0: as many as sample() would use), for float (scalar_bytes 4), double
+  // (8), or half and bfloat16 (2: then d, the hidden size, sizes the widened tile of H): an upper
+  // bound of bytes().
   std::size_t workspace_bytes(Index n, Index v, std::size_t scalar_bytes = sizeof(float),
-                              Index threads = 0) const {
+                              Index threads = 0, Index d = 0) const {
     if (threads <= 0) {
       threads = 1;
 #if SOFTMAXLAB_PARALLEL_SLICES
@@ -320,15 +328,26 @@ class LinearHeadSampler {
     const auto bl = static_cast<std::size_t>(std::min(block_, std::max<Index>(v, 1)));
     const auto uv = static_cast<std::size_t>(v);
     std::size_t per = 0;
+    if (scalar_bytes == 2) {  // half, bfloat16: float compute, the widened H tile and W chunk
+      scalar_bytes = sizeof(float);
+      per = scalar_bytes * (nt * static_cast<std::size_t>(std::max<Index>(d, 0)) + (1u << 17));
+    }
     if (path_ == Path::GumbelMax) {
-      per = scalar_bytes * (nt * bl + 2 * bl) + 4 * 2 * bl;
+      per += scalar_bytes * (nt * bl + 2 * bl) + 4 * 2 * bl;
     } else if (path_ == Path::TopK) {
       const auto k = static_cast<std::size_t>(k_);
       const std::size_t cap = std::max(2 * k, k + 1024) + bl;
-      per = scalar_bytes * nt * bl + nt * cap * (scalar_bytes + sizeof(Index)) * 2
-            + 2 * scalar_bytes * cap;
+      per += scalar_bytes * nt * bl + nt * cap * (scalar_bytes + sizeof(Index)) * 2
+             + 2 * scalar_bytes * cap;
+    } else if (path_ == Path::TopPMinP) {
+      // Per token a candidate buffer (capacity <= 2 cap + B) and its state; the chain's
+      // scratch on <= cap candidates; a fallback row of V logits, the Sampler's scratch of V.
+      const std::size_t cap = candidate_cap(v), pair = sizeof(std::pair<double, Index>);
+      per += scalar_bytes * (std::max(nt * bl, uv) + 3 * uv)
+             + nt * ((2 * cap + bl) * pair + sizeof(detail::HeadCutState))
+             + (2 * cap + bl) * (2 * sizeof(double) + sizeof(std::pair<double, std::size_t>));
     } else {
-      per = scalar_bytes * (nt * uv + 3 * uv);  // rows, and the Sampler's weights and probs
+      per += scalar_bytes * (nt * uv + 3 * uv);  // rows, and the Sampler's weights and probs
     }
     return per * static_cast<std::size_t>(threads);
   }
@@ -351,6 +370,7 @@ class LinearHeadSampler {
   bool greedy_ = false;
   double inv_t_ = 1.0;
   Index k_ = 0;
+  detail::HeadCutChain chain_;  // the TopPMinP path's chain
   double softcap_ = 0;
   Index block_ = kDefaultBlock;
   Index tile_ = kDefaultTile;
@@ -365,15 +385,25 @@ class LinearHeadSampler {
     return s;
   }
 
+  // probabilities() of the single row hr (in the compute type).
+  template <class XH, class XW, class XB, class P, class Scalar>
+  void probabilities_row(const XH& hr, const Eigen::MatrixBase<XW>& w,
+                         const Eigen::MatrixBase<XB>& b, P& probs,
+                         LinearHeadWorkspace::Slot<Scalar>& slot) const;
+
   template <class XH, class XW, class XB>
   static void check_shapes(const Eigen::MatrixBase<XH>& h, const Eigen::MatrixBase<XW>& w,
                            const Eigen::MatrixBase<XB>& b) {
     using Scalar = typename XH::Scalar;
-    static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
-                  "softmaxlab: LinearHeadSampler takes float or double H");
+    using C = detail::compute_scalar_t<Scalar>;
+    static_assert(detail::is_storage_scalar_v<Scalar>,
+                  "softmaxlab: LinearHeadSampler takes float, double, Eigen::half or "
+                  "Eigen::bfloat16 H");
+    static_assert(std::is_same_v<Scalar, typename XW::Scalar>,
+                  "softmaxlab: H and W must have the same scalar type");
     static_assert(
-        std::is_same_v<Scalar, typename XW::Scalar> && std::is_same_v<Scalar, typename XB::Scalar>,
-        "softmaxlab: H, W and b must have the same scalar type");
+        std::is_same_v<Scalar, typename XB::Scalar> || std::is_same_v<C, typename XB::Scalar>,
+        "softmaxlab: b must have H's scalar type or the compute type (float for 16-bit H)");
     if (h.cols() != w.cols())
       detail::fail("LinearHeadSampler: H (", h.rows(), " x ", h.cols(), ") and W (", w.rows(),
                    " x ", w.cols(), ") must have the same d");
@@ -385,25 +415,45 @@ class LinearHeadSampler {
     }
   }
 
-  // slot.z's first rows = the logits of the rows of hr for classes [c0, c0 + len), row-major with
-  // a row stride of z.cols(): bias, then softcap.
+  // The logits of the rows of hr (compute type) for classes [c0, c0 + len), in slot.z's storage
+  // as a row-major nt x len matrix: the GEMM (W widened by chunks for 16-bit), bias, softcap.
   template <class XH, class XW, class XB, class Scalar>
-  void logits_block(const XH& hr, const Eigen::MatrixBase<XW>& w, const Eigen::MatrixBase<XB>& b,
-                    Index c0, Index len, LinearHeadWorkspace::Slot<Scalar>& slot) const {
+  Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> logits_block(
+      const XH& hr, const Eigen::MatrixBase<XW>& w, const Eigen::MatrixBase<XB>& b, Index c0,
+      Index len, LinearHeadWorkspace::Slot<Scalar>& slot) const {
     const Index nt = hr.rows();
-    if (slot.z.rows() < nt || slot.z.cols() < len)
-      slot.z.resize(std::max(slot.z.rows(), nt), std::max(slot.z.cols(), len));
-    Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0,
-               Eigen::OuterStride<>>
-        z(slot.z.data(), nt, len, Eigen::OuterStride<>(len));
-    z.noalias() = hr * w.derived().middleRows(c0, len).transpose();
+    if (slot.z.size() < nt * len)
+      slot.z.resize(nt, len);
+    Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> z(
+        slot.z.data(), nt, len);
+    detail::head_gemm(hr, w.derived(), c0, len, z, slot.wide);
     if (b.size() != 0) {
       for (Index j = 0; j < len; ++j)
-        z.col(j).array() += b.coeff(c0 + j);
+        z.col(j).array() += static_cast<Scalar>(b.coeff(c0 + j));
     }
     if (softcap_ != 0) {
       const Scalar cap = static_cast<Scalar>(softcap_), inv = static_cast<Scalar>(1.0 / softcap_);
       z.array() = cap * (z.array() * inv).tanh();
+    }
+    return z;
+  }
+
+  // fn(hr) with the rows [n0, n0 + nt) of h in the compute type: the rows themselves, or (half,
+  // bfloat16) their copy widened once into slot.hwide.
+  template <class XH, class Scalar, class Fn>
+  static void with_rows(const Eigen::MatrixBase<XH>& h, Index n0, Index nt,
+                        LinearHeadWorkspace::Slot<Scalar>& slot, const Fn& fn) {
+    if constexpr (std::is_same_v<typename XH::Scalar, Scalar>) {
+      fn(h.derived().middleRows(n0, nt));
+    } else {
+      const Index d = h.cols();
+      if (slot.hwide.size() < static_cast<std::size_t>(nt * d))
+        slot.hwide.resize(static_cast<std::size_t>(nt * d));
+      constexpr int order = XH::IsRowMajor ? Eigen::RowMajor : Eigen::ColMajor;
+      Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, order>> hw(slot.hwide.data(),
+                                                                                  nt, d);
+      detail::lce_widen<Scalar>(h.derived().middleRows(n0, nt), hw);
+      fn(hw);
     }
   }
 
@@ -426,126 +476,12 @@ class LinearHeadSampler {
   void gumbel_tile(const XH& hr, const Eigen::MatrixBase<XW>& w, const Eigen::MatrixBase<XB>& b,
                    std::uint64_t stream0, const std::uint64_t* seed,
                    LinearHeadWorkspace::Slot<Scalar>& slot, State<Scalar>* st, bool lse,
-                   bool draw) const {
-    const Scalar inf = std::numeric_limits<Scalar>::infinity();
-    constexpr int kWords = detail::kWordsPerUniform<Scalar>;
-    const auto bl = static_cast<std::size_t>(std::min(block_, std::max<Index>(w.rows(), 1)));
-    if (draw && slot.noise.size() < bl) {
-      slot.noise.resize(bl);
-      slot.zeros.assign(bl, Scalar(0));
-      slot.words.resize(kWords * bl);
-    }
-    const Scalar s = static_cast<Scalar>(inv_t_);
-    for_each_block(hr, w, b, slot, [&](Index c0, Index len) {
-      for (Index r = 0; r < hr.rows(); ++r) {
-        State<Scalar>& t = st[r];
-        Scalar* z = slot.z.data() + r * len;
-        if (t.nan)
-          continue;
-        const Scalar m = detail::max_propagate_nan(z, len);
-        if (m != m) {
-          t.nan = true;
-          continue;
-        }
-        if (greedy_) {
-          if (m > t.best) {
-            t.best = m;
-            t.index = c0 + static_cast<Index>(std::find(z, z + len, m) - z);
-          }
-          continue;
-        }
-        if (m == -inf || (t.inf_mode && m != inf))
-          continue;  // nothing here can win (or enter the +inf mass)
-        Philox4x32 gen(draw ? *seed : 0, stream0 + static_cast<std::uint64_t>(r));
-        if (m == inf) {
-          if (!t.inf_mode) {  // the +inf entries take all the mass: restart among them
-            t = State<Scalar>();
-            t.inf_mode = true;
-          }
-          Scalar* g = slot.noise.data();
-          if (draw) {
-            gen.discard(static_cast<unsigned long long>(kWords) * c0);
-            // x = 0: the noise itself (the [1, 2) scratch may be the output: same index).
-            detail::add_gumbel_noise(slot.zeros.data(), g, len, gen, slot.words.data(), g);
-          }
-          for (Index j = 0; j < len; ++j) {
-            if (z[j] != inf)
-              continue;
-            ++t.inf_count;
-            if (draw && (t.index < 0 || g[j] > t.best)) {
-              t.best = g[j];
-              t.index = c0 + j;
-            }
-          }
-          continue;
-        }
-        if (s != Scalar(1)) {
-          for (Index j = 0; j < len; ++j)
-            z[j] *= s;
-        }
-        if (lse) {
-          const auto part =
-              detail::LogNormalizer<Scalar>::of(detail::Span<const Scalar>{z, len, 1}, Scalar(1));
-          const Scalar mm = std::max(t.lse_m, part.m);
-          t.lse_s = t.lse_s * std::exp(static_cast<long double>(t.lse_m) - mm)
-                    + part.sum * std::exp(static_cast<long double>(part.m) - mm);
-          t.lse_m = mm;
-        }
-        if (!draw)
-          continue;
-        gen.discard(static_cast<unsigned long long>(kWords) * c0);
-        Scalar* y = slot.noise.data();
-        const Scalar ymax = detail::add_gumbel_noise(z, y, len, gen, slot.words.data(), y);
-        if (ymax > t.best) {
-          const Index j = static_cast<Index>(std::find(y, y + len, ymax) - y);
-          t.best = ymax;
-          t.best_z = z[j];
-          t.index = c0 + j;
-        }
-      }
-    });
-  }
+                   bool draw) const;
 
   // The TopK path's candidates of the rows of hr into slot.cand[r]; nan[r] for a NaN row.
   template <class XH, class XW, class XB, class Scalar>
   void topk_tile(const XH& hr, const Eigen::MatrixBase<XW>& w, const Eigen::MatrixBase<XB>& b,
-                 LinearHeadWorkspace::Slot<Scalar>& slot, bool* nan) const {
-    const Scalar inf = std::numeric_limits<Scalar>::infinity();
-    const auto k = static_cast<std::size_t>(k_);
-    const std::size_t cap0 = std::max(2 * k, k + 1024);
-    auto& tau = slot.tau;
-    auto& cap = slot.cap;
-    tau.assign(static_cast<std::size_t>(hr.rows()), -inf);
-    cap.assign(static_cast<std::size_t>(hr.rows()), cap0);
-    for (Index r = 0; r < hr.rows(); ++r)
-      slot.cand[static_cast<std::size_t>(r)].clear();
-    for_each_block(hr, w, b, slot, [&](Index c0, Index len) {
-      for (Index r = 0; r < hr.rows(); ++r) {
-        const auto ur = static_cast<std::size_t>(r);
-        if (nan[r])
-          continue;
-        const Scalar* z = slot.z.data() + r * len;
-        const Scalar m = detail::max_propagate_nan(z, len);
-        if (m != m) {
-          nan[r] = true;
-          continue;
-        }
-        if (m < tau[ur] || m == -inf)
-          continue;
-        auto& c = slot.cand[ur];
-        for (Index j = 0; j < len; ++j) {
-          if (z[j] >= tau[ur] && z[j] > -inf)
-            c.emplace_back(z[j], c0 + j);
-        }
-        if (c.size() > cap[ur]) {
-          tau[ur] = compact(c, k);
-          cap[ur] = std::max(cap[ur], 2 * c.size());  // many ties at the k-th value
-        }
-      }
-    });
-    for (Index r = 0; r < hr.rows(); ++r)
-      compact(slot.cand[static_cast<std::size_t>(r)], k);
-  }
+                 LinearHeadWorkspace::Slot<Scalar>& slot, bool* nan) const;
 
   // Keeps the entries >= the k-th largest value (ties kept); returns that value (-inf when
   // there are k or fewer).
@@ -577,22 +513,11 @@ class LinearHeadSampler {
     return Eigen::Map<const Eigen::Matrix<Scalar, Eigen::Dynamic, 1>>(slot.row.data(), c);
   }
 
-  // slot.z = the full logit rows of hr (rows x V).
+  // The full logit rows of hr (rows x V, in slot.z's storage).
   template <class XH, class XW, class XB, class Scalar>
-  void materialize(const XH& hr, const Eigen::MatrixBase<XW>& w, const Eigen::MatrixBase<XB>& b,
+  auto materialize(const XH& hr, const Eigen::MatrixBase<XW>& w, const Eigen::MatrixBase<XB>& b,
                    LinearHeadWorkspace::Slot<Scalar>& slot) const {
-    const Index v = w.rows();
-    if (slot.z.rows() != hr.rows() || slot.z.cols() != v)
-      slot.z.resize(hr.rows(), v);
-    slot.z.noalias() = hr * w.transpose();
-    if (b.size() != 0) {
-      for (Index j = 0; j < v; ++j)
-        slot.z.col(j).array() += b.coeff(j);
-    }
-    if (softcap_ != 0) {
-      const Scalar cap = static_cast<Scalar>(softcap_), inv = static_cast<Scalar>(1.0 / softcap_);
-      slot.z.array() = cap * (slot.z.array() * inv).tanh();
-    }
+    return logits_block(hr, w, b, 0, w.rows(), slot);
   }
 
   // One tile of tokens [n0, n0 + nt).
@@ -600,91 +525,47 @@ class LinearHeadSampler {
   void tile(const Eigen::MatrixBase<XH>& h, const Eigen::MatrixBase<XW>& w,
             const Eigen::MatrixBase<XB>& b, std::uint64_t seed, T& tokens, L* lp, Index n0,
             Index nt, std::uint64_t first_stream, LinearHeadWorkspace::Slot<Scalar>& slot) const {
-    using TS = typename T::Scalar;
-    const auto hr = h.derived().middleRows(n0, nt);
-    const std::uint64_t stream0 = first_stream + static_cast<std::uint64_t>(n0);
-    const double nan = std::numeric_limits<double>::quiet_NaN();
-    if (path_ == Path::GumbelMax) {
-      State<Scalar> st[64];
-      for (Index r0 = 0; r0 < nt; r0 += 64) {  // a tile larger than 64: sub-tiles
-        const Index rows = std::min<Index>(64, nt - r0);
-        for (Index r = 0; r < rows; ++r)
-          st[r] = State<Scalar>();
-        gumbel_tile(hr.middleRows(r0, rows), w, b, stream0 + static_cast<std::uint64_t>(r0), &seed,
-                    slot, st, lp != nullptr, true);
-        for (Index r = 0; r < rows; ++r) {
-          const State<Scalar>& t = st[r];
-          const Index token = t.nan ? -1 : t.index;
-          tokens.coeffRef(n0 + r0 + r) = static_cast<TS>(token);
-          if (lp != nullptr) {
-            double v = nan;
-            if (token >= 0)
-              v = greedy_      ? 0.0
-                  : t.inf_mode ? -std::log(double(t.inf_count))
-                               : static_cast<double>(static_cast<long double>(t.best_z) - t.lse_m
-                                                     - std::log(t.lse_s));
-            lp->coeffRef(n0 + r0 + r) = v;
-          }
-        }
-      }
-      return;
-    }
-    const auto draw_row = [&](Index r, const auto& row) {
-      Philox4x32 gen(seed, stream0 + static_cast<std::uint64_t>(r));
-      const Index t = sampler_.sample(row, gen, slot.sampler);
-      return t;
-    };
-    const auto log_p = [&](Index t, const auto& row) {
-      if (t < 0)
-        return nan;
-      slot.probs.resize(static_cast<std::size_t>(row.size()));
-      Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, 1>> p(slot.probs.data(), row.size());
-      sampler_.probabilities(row, p, slot.sampler);
-      return std::log(static_cast<double>(p(t)));
-    };
-    if (path_ == Path::TopK) {
-      slot.cand.resize(static_cast<std::size_t>(std::max<Index>(nt, 1)));
-      bool nan_rows[64];
-      for (Index r0 = 0; r0 < nt; r0 += 64) {
-        const Index rows = std::min<Index>(64, nt - r0);
-        std::fill(nan_rows, nan_rows + rows, false);
-        topk_tile(hr.middleRows(r0, rows), w, b, slot, nan_rows);
-        for (Index r = 0; r < rows; ++r) {
-          Index token = -1;
-          double v = nan;
-          if (!nan_rows[r]) {
-            auto& c = slot.cand[static_cast<std::size_t>(r)];
-            const Index count = candidate_row(c, slot);
-            const auto row = row_map(slot, count);
-            const Index j = draw_row(r0 + r, row);
-            if (j >= 0) {
-              token = c[static_cast<std::size_t>(j)].second;
-              if (lp != nullptr)
-                v = log_p(j, row);
-            }
-          }
-          tokens.coeffRef(n0 + r0 + r) = static_cast<TS>(token);
-          if (lp != nullptr)
-            lp->coeffRef(n0 + r0 + r) = v;
-        }
-      }
-      return;
-    }
-    materialize(hr, w, b, slot);
-    for (Index r = 0; r < nt; ++r) {
-      const auto row = slot.z.row(r).transpose();
-      const Index t = draw_row(r, row);
-      tokens.coeffRef(n0 + r) = static_cast<TS>(t);
-      if (lp != nullptr)
-        lp->coeffRef(n0 + r) = log_p(t, row);
-    }
+    with_rows(h, n0, nt, slot, [&](const auto& hr) {
+      tile_rows(hr, w, b, seed, tokens, lp, n0, first_stream, slot);
+    });
+  }
+
+  // tile() on the tile's rows hr in the compute type.
+  template <class XH, class XW, class XB, class T, class L, class Scalar>
+  void tile_rows(const XH& hr, const Eigen::MatrixBase<XW>& w, const Eigen::MatrixBase<XB>& b,
+                 std::uint64_t seed, T& tokens, L* lp, Index n0, std::uint64_t first_stream,
+                 LinearHeadWorkspace::Slot<Scalar>& slot) const;
+
+  // The TopPMinP path's candidates of the rows of hr into slot.cand[r] (sorted by class), the
+  // per-row state into slot.cut[r] (see detail/head_candidates.hpp for the drop rule).
+  template <class XH, class XW, class XB, class Scalar>
+  void cut_tile(const XH& hr, const Eigen::MatrixBase<XW>& w, const Eigen::MatrixBase<XB>& b,
+                LinearHeadWorkspace::Slot<Scalar>& slot) const;
+
+  // The chain's weights on the candidates c of a row of state st (slot.weight); their sum.
+  template <class Scalar>
+  long double chain_weights(const std::vector<std::pair<Scalar, Index>>& c,
+                            const detail::HeadCutState& st,
+                            LinearHeadWorkspace::Slot<Scalar>& slot) const {
+    // Scratch sized by the buffer's capacity, not the row's count: bytes() then does not depend
+    // on the data.
+    slot.y.reserve(c.capacity());
+    slot.weight.reserve(c.capacity());
+    slot.order.reserve(c.capacity());
+    return detail::head_chain_weights(chain_, c, st.lse(), slot.y, slot.weight, slot.order);
+  }
+
+  // The TopPMinP path's cap on a row's candidates (after a compaction) for V classes: beyond it
+  // the row falls back to RowTiles.
+  static std::size_t candidate_cap(Index v) {
+    return std::max<std::size_t>(4096, static_cast<std::size_t>(v) / 16);
   }
 
   template <class XH, class XW, class XB, class Out, class L>
   void run(const Eigen::MatrixBase<XH>& h, const Eigen::MatrixBase<XW>& w,
            const Eigen::MatrixBase<XB>& b, std::uint64_t seed, Out&& tokens_out, L* lp,
            Workspace& ws, std::uint64_t first_stream) const {
-    using Scalar = typename XH::Scalar;
+    using Scalar = detail::compute_scalar_t<typename XH::Scalar>;
     auto& tokens = detail::writable_output(std::forward<Out>(tokens_out));
     check_shapes(h, w, b);
     detail::require_vector("LinearHeadSampler: tokens", tokens.rows(), tokens.cols());
@@ -722,3 +603,5 @@ class LinearHeadSampler {
 };
 
 }  // namespace softmaxlab
+
+#include "linear_head_paths.hpp"

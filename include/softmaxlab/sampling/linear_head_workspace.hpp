@@ -1,6 +1,7 @@
 // softmaxlab: LinearHeadWorkspace, the scratch memory of LinearHeadSampler
 // (sampling/linear_head.hpp, whose doc block states its size): per thread a logit block, the
-// Gumbel noise scratch, the top-k candidate buffers and a SamplingWorkspace. Reusable across
+// Gumbel noise scratch, the top-k and top-p / min-p candidate buffers, the widened rows of 16-bit
+// H and W, and a SamplingWorkspace. Reusable across
 // calls, shapes and scalar types; not to be shared by concurrent calls. bytes() reports what it
 // holds (the SamplingWorkspace excluded); nothing here throws.
 #pragma once
@@ -13,6 +14,7 @@
 
 #include <Eigen/Core>
 
+#include "../detail/head_candidates.hpp"
 #include "../sampler_options.hpp"
 
 namespace softmaxlab {
@@ -30,6 +32,10 @@ class LinearHeadWorkspace {
     std::vector<Scalar> row, probs;  // candidate logits; probabilities for log p
     std::vector<Scalar> tau;         // per token: the running k-th largest candidate
     std::vector<std::size_t> cap;    // per token: the candidate count that triggers compaction
+    std::vector<detail::HeadCutState> cut;              // per token (TopPMinP)
+    std::vector<double> y, weight;                      // the chain on the candidates
+    std::vector<std::pair<double, std::size_t>> order;  // its sort and draw order
+    std::vector<Scalar> hwide, wide;  // 16-bit inputs: the widened tile of H and chunk of W
     SamplingWorkspace sampler;
   };
   // The slots of one scalar type, grown to `threads`.
@@ -60,7 +66,11 @@ class LinearHeadWorkspace {
     for (const auto& s : slots) {
       b += sizeof(Scalar) * static_cast<std::size_t>(s.z.size());
       b += sizeof(Scalar)
-           * (s.noise.capacity() + s.zeros.capacity() + s.row.capacity() + s.probs.capacity());
+           * (s.noise.capacity() + s.zeros.capacity() + s.row.capacity() + s.probs.capacity()
+              + s.hwide.capacity() + s.wide.capacity());
+      b += sizeof(detail::HeadCutState) * s.cut.capacity()
+           + sizeof(double) * (s.y.capacity() + s.weight.capacity())
+           + sizeof(std::pair<double, std::size_t>) * s.order.capacity();
       b += sizeof(std::uint32_t) * s.words.capacity();
       for (const auto& c : s.cand)
         b += sizeof(std::pair<Scalar, Index>) * c.capacity();
