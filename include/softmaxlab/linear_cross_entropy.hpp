@@ -218,6 +218,31 @@ class LinearCrossEntropy {
     return c;
   }
 
+  // The bytes a Workspace holds after a call on n_tokens x d inputs of type Scalar (float, double,
+  // Eigen::half or Eigen::bfloat16) and V = vocab classes with this object's options, on `threads`
+  // threads (OpenMP; at most kGroups are used; 1 without OpenMP), with gradients or the loss only:
+  // the formula the kernel sizes its buffers by, so Workspace::bytes() equals it. Independent of
+  // N beyond one token block; grows with V only by O(token_block x V / vocab_block) doubles when
+  // gradient filtering is on. Throws std::invalid_argument for a negative size or threads < 1.
+  template <class Scalar>
+  std::size_t workspace_bytes(Index n_tokens, Index d, Index vocab, int threads,
+                              bool gradients) const {
+    detail::static_check_storage_scalars<Scalar, Scalar>();
+    using C = detail::compute_scalar_t<Scalar>;
+    if (n_tokens < 0 || d < 0 || vocab < 0)
+      detail::fail(name, ": workspace_bytes needs sizes >= 0, but got N = ", n_tokens, ", d = ", d,
+                   ", V = ", vocab);
+    if (threads < 1)
+      detail::fail(name, ": workspace_bytes needs threads >= 1, but got ", threads);
+    if (n_tokens == 0)
+      return 0;
+    const bool filtering = gradients && filter_ > 0 && label_smoothing() == 0;
+    return detail::lce_layout<C, !std::is_same_v<Scalar, C>>(std::min(token_block_, n_tokens), d,
+                                                             vocab, vocab_block_, threads,
+                                                             gradients, filtering, true)
+        .template bytes<C>();
+  }
+
   // The loss only.
   template <class XH, class XW, class Labels,
             class = std::enable_if_t<detail::is_label_type_v<Labels>>>
@@ -411,7 +436,7 @@ class LinearCrossEntropy {
   double softcap_ = 0;
   double temperature_ = 1;
   Index token_block_ = 128;
-  Index vocab_block_ = 2048;
+  Index vocab_block_ = 1024;
   double filter_ = 0;
 };
 
