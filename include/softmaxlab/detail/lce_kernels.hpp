@@ -8,9 +8,10 @@
 // are merged in order, Combine merges the shards, then each token's loss and gradient
 // coefficients follow; pass 2 (gradients only) recomputes each block, turns it into dL/dr in place
 // and adds its products to dH (a per-group partial, merged in group order, then summed over the
-// shards by Combine) and dW. Half and bfloat16 H and W: the token block of H is widened once to
-// float per token block, and W is widened per chunk of rows (at most 512 KB of float) inside the
-// block loops, so no copy of W or of H is ever made; the GEMMs and every sum run in float or
+// shards by Combine; in one process the first group adds into dH's rows itself) and dW. Half and
+// bfloat16 H and W: the token block of H is widened once to float per token block, and W per
+// chunk of rows (at most 512 KB of float, a vocabulary block being one chunk) inside the block
+// loops, so no copy of W or of H is ever made; the GEMMs and every sum run in float or
 // double. Tested by tests/test_linear_cross_entropy.cpp, tests/test_linear_cross_entropy_16bit.cpp
 // and tests/mpi/test_mpi_linear_cross_entropy.cpp.
 #pragma once
