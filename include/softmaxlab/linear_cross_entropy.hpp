@@ -34,7 +34,7 @@
 // accumulation, and dW accumulates over the token blocks, which 16-bit storage could not do
 // without rounding at every step); b has H's scalar type or C. 16-bit inputs are widened inside
 // the kernel: each token block of H once (token_block x d floats), W in chunks of at most 512 KB
-// of float per thread (F16C / AVX-512 conversions of detail/scalar_types.hpp); no copy of W or H
+// of float per thread, a vocabulary block being one chunk (F16C / AVX-512 conversions of detail/scalar_types.hpp); no copy of W or H
 // is made. Any storage order; dH, dW, db must be writable storage of H's, W's and b's shapes.
 // labels: an Eigen integer vector with storage or a std::vector of integers. The
 // vocabulary-parallel form over MPI (W sharded by rows) is mpi::VocabParallelLinearCrossEntropy
@@ -49,20 +49,27 @@
 // with H, W or b.
 //
 // Algorithm. Tokens go in blocks of `token_block` rows (default 128) and the vocabulary in blocks
-// of `vocab_block` classes (default 2048): Z = H_blk W_blk^T is one GEMM into a block buffer.
+// of `vocab_block` classes (default 1024): Z = H_blk W_blk^T is one GEMM into a block buffer.
 // Pass 1 keeps, per token, an online normalizer [max, sum] (single_pass.hpp's exact merge) and
 // the label's logit; pass 2 (only when gradients are requested) recomputes each block, turns it
 // into dL/dr in place and adds G W_blk to dH and G^T H_blk to dW: four GEMM-sized products in all
 // against the materialized path's three, and no N x V array.
-// Workspace (the only memory besides the outputs; Workspace::bytes() reports it): per thread one
-// token_block x vocab_block buffer, per vocabulary group a token_block x d partial of dH, and
-// O(token_block x (groups + V / vocab_block)) scalars of per-token state. At the defaults, d =
-// 1024, float: 3.2 MB on one thread, 4.2 MB on two (measured), whatever N and V. 16-bit inputs
-// add the widened H block and a W chunk per thread (0.5 MB each at the defaults, d = 1024).
+// Workspace (the only memory besides the outputs; Workspace::bytes() reports it and equals
+// workspace_bytes(N, d, V, threads, gradients), the formula the buffers are sized by): per thread
+// one token_block x vocab_block buffer, per vocabulary group after the first a token_block x d
+// partial of dH (the first group adds into dH itself), and O(token_block x (groups + V /
+// vocab_block)) scalars of per-token state. 16-bit inputs add the widened H block (token_block x
+// d floats) and per thread a W chunk (at most 512 KB of float), and their vocabulary blocks are
+// one chunk wide. At the defaults, d = 1024: float 1.07 MB on one thread, 1.59 MB on two; half and
+// bfloat16 1.66 MB and 2.25 MB, whatever N and V (0.2% to 0.43% of the N x V float logits at
+// N = 4096, V = 32,000; tested). Eigen's GEMM packing buffers (about 0.9 MB per thread, allocated
+// by Eigen inside each product) come on top in the resident set: docs/output_layer.md has the
+// measured peaks.
 // Threads: with OpenMP opted in (SOFTMAXLAB_USE_OPENMP and -fopenmp, as the rest of the library),
-// the vocabulary blocks of each token block are split into kGroups (4) fixed contiguous groups
-// run on threads; each group's normalizer and dH partial are merged in group order and dW's rows
-// belong to one group, so results are bit-for-bit the same for any thread count (tested in
+// the vocabulary blocks of each token block are split into kGroups (2) fixed contiguous groups
+// run on threads (so at most 2 threads work on a call: each more group would cost a dH partial);
+// each group's normalizer and dH partial are merged in group order and dW's rows belong to one
+// group, so results are bit-for-bit the same for any thread count (tested in
 // tests/test_parallel.cpp). Caveat: built with -fopenmp, Eigen may split a GEMM over threads by
 // itself when it runs outside our parallel region (a single group: V <= vocab_block), which can
 // change last bits across thread counts; EIGEN_DONT_PARALLELIZE removes that.
@@ -216,6 +223,31 @@ class LinearCrossEntropy {
     c.filter_ = detail::require_in_range("LinearCrossEntropy: gradient filter threshold", threshold,
                                          0.0, std::nextafter(1.0, 0.0), "in [0, 1)");
     return c;
+  }
+
+  // The bytes a Workspace holds after a call on n_tokens x d inputs of type Scalar (float, double,
+  // Eigen::half or Eigen::bfloat16) and V = vocab classes with this object's options, on `threads`
+  // threads (OpenMP; at most kGroups are used; 1 without OpenMP), with gradients or the loss only:
+  // the formula the kernel sizes its buffers by, so Workspace::bytes() equals it. Independent of
+  // N beyond one token block; grows with V only by O(token_block x V / vocab_block) doubles when
+  // gradient filtering is on. Throws std::invalid_argument for a negative size or threads < 1.
+  template <class Scalar>
+  std::size_t workspace_bytes(Index n_tokens, Index d, Index vocab, int threads,
+                              bool gradients) const {
+    detail::static_check_storage_scalars<Scalar, Scalar>();
+    using C = detail::compute_scalar_t<Scalar>;
+    if (n_tokens < 0 || d < 0 || vocab < 0)
+      detail::fail(name, ": workspace_bytes needs sizes >= 0, but got N = ", n_tokens, ", d = ", d,
+                   ", V = ", vocab);
+    if (threads < 1)
+      detail::fail(name, ": workspace_bytes needs threads >= 1, but got ", threads);
+    if (n_tokens == 0)
+      return 0;
+    const bool filtering = gradients && filter_ > 0 && label_smoothing() == 0;
+    return detail::lce_layout<C, !std::is_same_v<Scalar, C>>(std::min(token_block_, n_tokens), d,
+                                                             vocab, vocab_block_, threads,
+                                                             gradients, filtering, true)
+        .template bytes<C>();
   }
 
   // The loss only.
@@ -411,7 +443,7 @@ class LinearCrossEntropy {
   double softcap_ = 0;
   double temperature_ = 1;
   Index token_block_ = 128;
-  Index vocab_block_ = 2048;
+  Index vocab_block_ = 1024;
   double filter_ = 0;
 };
 

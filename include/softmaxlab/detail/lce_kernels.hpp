@@ -8,9 +8,10 @@
 // are merged in order, Combine merges the shards, then each token's loss and gradient
 // coefficients follow; pass 2 (gradients only) recomputes each block, turns it into dL/dr in place
 // and adds its products to dH (a per-group partial, merged in group order, then summed over the
-// shards by Combine) and dW. Half and bfloat16 H and W: the token block of H is widened once to
-// float per token block, and W is widened per chunk of rows (at most 512 KB of float) inside the
-// block loops, so no copy of W or of H is ever made; the GEMMs and every sum run in float or
+// shards by Combine; in one process the first group adds into dH's rows itself) and dW. Half and
+// bfloat16 H and W: the token block of H is widened once to float per token block, and W per
+// chunk of rows (at most 512 KB of float, a vocabulary block being one chunk) inside the block
+// loops, so no copy of W or of H is ever made; the GEMMs and every sum run in float or
 // double. Tested by tests/test_linear_cross_entropy.cpp, tests/test_linear_cross_entropy_16bit.cpp
 // and tests/mpi/test_mpi_linear_cross_entropy.cpp.
 #pragma once
@@ -61,7 +62,7 @@ struct LceSetup {
   long ignore = -100;
   bool none = false;
   const std::vector<double>* weight = nullptr;  // the whole vocabulary's class weights, or empty
-  Index token_block = 128, vocab_block = 2048;
+  Index token_block = 128, vocab_block = 1024;
   Index class_begin = 0;  // the global class of W's first row (a shard's begin; 0 otherwise)
   Span<double> lse{nullptr, 0, 1}, losses{nullptr, 0, 1};
   Span<const double> upstream{nullptr, 0, 1};
@@ -77,7 +78,85 @@ struct LceOneShard {
   void gradient(C*, Index) const {}
 };
 
-inline constexpr Index kLceGroups = 4;  // fixed vocabulary groups: the unit of thread parallelism
+// Fixed vocabulary groups: the unit of thread parallelism (so at most this many threads work on a
+// call) and the number of dH partials a token block needs; fixed so that the results do not depend
+// on the thread count. Two: the 1% memory target holds on one and two threads.
+inline constexpr Index kLceGroups = 2;
+
+// The workspace of one token block of nb rows: the one formula the kernel sizes its buffers by
+// and LinearCrossEntropy::workspace_bytes reports (counts in scalars).
+struct LceLayout {
+  Index ld = 0, ldd = 0, dpad = 0;  // leading dimensions (64-byte multiples), d padded
+  Index vb = 0, wc = 0;             // vocabulary block, 16-bit W chunk (rows)
+  Index blocks = 0, groups = 0, slots = 0, threads = 1;
+  Index per_thread = 0, hsize = 0;  // per thread: block, block max, W chunk; widened H block
+  Index partials = 0;               // dH partials of ld x d
+  std::size_t scalars = 0, stats = 0, sums = 0;  // compute type, double, long double
+  // The bytes of the three buffers.
+  template <class C>
+  std::size_t bytes() const {
+    return sizeof(C) * scalars + sizeof(double) * stats + sizeof(long double) * sums;
+  }
+};
+
+// The layout for nb tokens, d features, a shard of `vocab` classes in blocks of vocab_block, on at
+// most max_threads threads; widen: 16-bit inputs; direct: group 0 adds into dH itself.
+template <class C, bool widen>
+LceLayout lce_layout(Index nb, Index d, Index vocab, Index vocab_block, int max_threads,
+                     bool has_grad, bool filtering, bool direct) {
+  // Every buffer starts on a 64-byte boundary and every column of a block on one too (leading
+  // dimension ld): Eigen peels unaligned heads with scalar code, whose exp differs from the
+  // vector exp, so the alignment must not depend on where the allocator put the workspace.
+  constexpr Index kAlign = 64 / static_cast<Index>(sizeof(C));
+  const auto round_up = [](Index x) {
+    return (x + kAlign - 1) / kAlign * kAlign;
+  };
+  LceLayout l;
+  l.ld = round_up(nb);
+  l.ldd = (nb + 7) / 8 * 8;
+  l.dpad = round_up(d);
+  l.vb = std::max<Index>(1, std::min(vocab_block, vocab));
+  if (widen) {
+    // 16-bit W is widened in chunks of wc rows (at most 512 KB of float), and a vocabulary block
+    // is one chunk: the float block then holds nb x wc logits, not nb x vocab_block.
+    l.wc = std::min(round_up(l.vb),
+                    std::max(kAlign, Index(131072) / std::max<Index>(d, 1) / kAlign * kAlign));
+    l.vb = std::min(l.vb, l.wc);
+  }
+  l.blocks = vocab > 0 ? (vocab + l.vb - 1) / l.vb : 0;
+  l.groups = std::min(kLceGroups, l.blocks);
+  l.slots = std::max<Index>(l.groups, 1);
+  l.threads = std::max<Index>(1, std::min<Index>(max_threads, l.groups));
+  l.per_thread = l.ld * l.vb + l.ld + l.wc * l.dpad;
+  l.hsize = widen ? l.ld * l.dpad : 0;
+  l.partials = has_grad ? l.slots - (direct ? 1 : 0) : 0;
+  l.scalars =
+      static_cast<std::size_t>(l.per_thread * l.threads + l.hsize
+                               + (has_grad ? l.partials * l.ld * d + 3 * l.ld : 0) + kAlign);
+  // Doubles: per group slot the weighted logit sums (ldd) and maxima, per thread the block's sums
+  // (ldd), per token the label logit, lse, m, 1/S, u, A, per token and vocabulary block the block
+  // max (filtering only).
+  l.stats = static_cast<std::size_t>(l.ldd * (l.slots + l.threads) + nb * (l.slots + 6)
+                                     + (filtering ? nb * l.blocks : 0) + 8);
+  l.sums = static_cast<std::size_t>(nb * l.slots);
+  return l;
+}
+
+// Grows v to at least n elements with capacity exactly n (no growth factor), so that
+// Workspace::bytes() is the layout's formula.
+template <class T>
+void lce_grow(std::vector<T>& v, std::size_t n) {
+  if (v.size() >= n)
+    return;
+  if (v.capacity() < n) {
+    std::vector<T> fresh;
+    fresh.reserve(n);
+    fresh.resize(n);
+    v.swap(fresh);
+  } else {
+    v.resize(n);
+  }
+}
 
 // The first 64-byte boundary at or after p (the buffers carry that much slack).
 template <class T>
@@ -134,30 +213,21 @@ double lce_token_block(const XH& h, const XW& w, const XB* b, const Labels& labe
   using In = typename XH::Scalar;
   constexpr bool widen = !std::is_same_v<In, C>;
   constexpr bool has_grad = !std::is_same_v<PH, std::nullptr_t>;
+  // One process: group 0 adds its dH terms straight into dH's rows (no partial for it).
+  constexpr bool direct = std::is_same_v<Combine, LceOneShard>;
   const Index d = h.cols(), vocab = w.rows();
-  const Index vb = std::max<Index>(1, std::min(st.vocab_block, vocab));
-  const Index blocks = vocab > 0 ? (vocab + vb - 1) / vb : 0;
-  const Index groups = std::min(kLceGroups, blocks), slots = std::max<Index>(groups, 1);
-  int threads = 1;
+  int max_threads = 1;
 #if SOFTMAXLAB_PARALLEL_SLICES
   if (!omp_in_parallel())
-    threads = static_cast<int>(std::min<Index>(omp_get_max_threads(), groups));
+    max_threads = omp_get_max_threads();
 #endif
-  threads = std::max(threads, 1);
   const bool filtering = has_grad && st.filter > 0 && st.eps == 0;
-  // Every buffer starts on a 64-byte boundary and every column of a block on one too (leading
-  // dimension ld): Eigen peels unaligned heads with scalar code, whose exp differs from the
-  // vector exp, so the alignment must not depend on where the allocator put the workspace.
-  constexpr Index kAlign = 64 / static_cast<Index>(sizeof(C));
-  const auto round_up = [](Index x) {
-    return (x + kAlign - 1) / kAlign * kAlign;
-  };
-  const Index ld = round_up(nb), ldd = (nb + 7) / 8 * 8, dpad = round_up(d);
-  // 16-bit inputs: W is widened in chunks of wc rows (at most 512 KB of float), H's block once.
-  const Index wc =
-      widen ? std::min(round_up(vb),
-                       std::max(kAlign, Index(131072) / std::max<Index>(d, 1) / kAlign * kAlign))
-            : 0;
+  const LceLayout lay =
+      lce_layout<C, widen>(nb, d, vocab, st.vocab_block, max_threads, has_grad, filtering, direct);
+  const Index vb = lay.vb, blocks = lay.blocks, groups = lay.groups, slots = lay.slots;
+  const Index ld = lay.ld, ldd = lay.ldd, dpad = lay.dpad, wc = lay.wc;
+  const Index per_thread = lay.per_thread, hsize = lay.hsize;
+  const int threads = static_cast<int>(lay.threads);
   constexpr int kWOrder = XW::IsRowMajor ? Eigen::RowMajor : Eigen::ColMajor;
   constexpr int kHOrder = XH::IsRowMajor ? Eigen::RowMajor : Eigen::ColMajor;
   using MapW = Eigen::Map<Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic, kWOrder>, 0,
@@ -165,24 +235,12 @@ double lce_token_block(const XH& h, const XW& w, const XB* b, const Labels& labe
   using MapH = Eigen::Map<Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic, kHOrder>, 0,
                           Eigen::OuterStride<>>;
   // Scalars: [threads x (ld x vb block, ld block max, wc x dpad W chunk)][ld x dpad H block]
-  //          [slots x ld x d dH partials][3 x ld coefficients]
+  //          [partials x ld x d dH partials][3 x ld coefficients]
   std::vector<C>& sbuf = ws.scalars<C>();
-  const Index per_thread = ld * vb + ld + wc * dpad;
-  const Index hsize = widen ? ld * dpad : 0;
-  const std::size_t need = static_cast<std::size_t>(
-      per_thread * threads + hsize + (has_grad ? slots * ld * d + 3 * ld : 0) + kAlign);
-  if (sbuf.size() < need)
-    sbuf.resize(need);
+  lce_grow(sbuf, lay.scalars);
   C* base = lce_aligned(sbuf.data());
-  // Doubles: per group slot the weighted logit sums (ldd) and maxima, per thread the block's sums
-  // (ldd), per token the label logit, lse, m, 1/S, u, A, per token and vocabulary block the block
-  // max (filtering only).
-  const std::size_t nstats = static_cast<std::size_t>(ldd * (slots + threads) + nb * (slots + 6)
-                                                      + (filtering ? nb * blocks : 0) + 8);
-  if (ws.stats.size() < nstats)
-    ws.stats.resize(nstats);
-  if (ws.sums.size() < static_cast<std::size_t>(nb * slots))
-    ws.sums.resize(static_cast<std::size_t>(nb * slots));
+  lce_grow(ws.stats, lay.stats);
+  lce_grow(ws.sums, lay.sums);
   double* gzw = lce_aligned(ws.stats.data());
   double* thread_sums = gzw + ldd * slots;
   double* gmax = thread_sums + ldd * threads;
@@ -364,7 +422,7 @@ double lce_token_block(const XH& h, const XW& w, const XB* b, const Labels& labe
     const double inv_t = 1.0 / st.temperature;
     C* dh_part = base + per_thread * threads + hsize;
     // Per-token coefficients in the compute type, shared by the groups.
-    C* coef = dh_part + slots * ld * d;
+    C* coef = dh_part + lay.partials * ld * d;
     MapC a(coef, nb), u(coef + ld, nb), mr(coef + 2 * ld, nb);
     for (Index n = 0; n < nb; ++n) {
       a(n) = static_cast<C>(urow[n] * arow[n] * invs[n] * inv_t);
@@ -388,7 +446,10 @@ double lce_token_block(const XH& h, const XW& w, const XB* b, const Labels& labe
     const C cap_t = static_cast<C>(st.temperature / (st.softcap != 0 ? st.softcap : 1));
     const auto pass2 = [&](Index g, int thread) {
       MapM zfull(base + per_thread * thread, nb, vb, Eigen::OuterStride<>(ld));
-      MapM dhg(dh_part + g * ld * d, nb, d, Eigen::OuterStride<>(ld));
+      // Group g's dH terms: into dH's rows (group 0, one process) or the group's partial.
+      const bool own = direct && g == 0;
+      MapM dhg(own ? dh_part : dh_part + (g - (direct ? 1 : 0)) * ld * d, own ? 0 : nb, d,
+               Eigen::OuterStride<>(ld));
       dhg.setZero();
       const auto [first, last] = group_range(g);
       for (Index blk = first; blk < last; ++blk) {
@@ -419,7 +480,10 @@ double lce_token_block(const XH& h, const XW& w, const XB* b, const Labels& labe
                                              * (1.0 - st.eps) * sc * inv_t);
             }
           }
-          dhg.noalias() += z * wk;
+          if (own)
+            dh->middleRows(n0, nb).noalias() += z * wk;
+          else
+            dhg.noalias() += z * wk;
           dw->middleRows(c0, cols).noalias() += z.transpose() * hb;
           if constexpr (!std::is_same_v<PB, std::nullptr_t>) {
             for (Index k = 0; k < cols; ++k)
@@ -428,14 +492,20 @@ double lce_token_block(const XH& h, const XW& w, const XB* b, const Labels& labe
         });
       }
     };
-    if (groups == 0)
-      MapM(dh_part, nb, d, Eigen::OuterStride<>(ld)).setZero();
     lce_for_groups(groups, threads, pass2);
-    MapM dh0(dh_part, nb, d, Eigen::OuterStride<>(ld));
-    for (Index g = 1; g < groups; ++g)
-      dh0 += MapM(dh_part + g * ld * d, nb, d, Eigen::OuterStride<>(ld));
-    combine.gradient(dh_part, ld * d);
-    dh->middleRows(n0, nb) += dh0;
+    // The groups' partials added in group order.
+    if constexpr (direct) {
+      for (Index g = 1; g < groups; ++g)
+        dh->middleRows(n0, nb) += MapM(dh_part + (g - 1) * ld * d, nb, d, Eigen::OuterStride<>(ld));
+    } else {
+      if (groups == 0)
+        MapM(dh_part, nb, d, Eigen::OuterStride<>(ld)).setZero();
+      MapM dh0(dh_part, nb, d, Eigen::OuterStride<>(ld));
+      for (Index g = 1; g < groups; ++g)
+        dh0 += MapM(dh_part + g * ld * d, nb, d, Eigen::OuterStride<>(ld));
+      combine.gradient(dh_part, ld * d);
+      dh->middleRows(n0, nb) += dh0;
+    }
     return total;
   }
 }
