@@ -442,7 +442,9 @@ TEMPLATE_TEST_CASE("PowerSoftmax rowwise batches equal apply() row by row, bit f
       for (Index i = 0; i < rows; ++i) {
         for (Index k = 0; k < n; ++k) {
           const S e = expected(i, k);
-          const auto same = [&](S v) { return v == e || (v != v && e != e); };
+          const auto same = [&](S v) {
+            return v == e || (v != v && e != e);
+          };
           wrong += !same(y(i, k)) + !same(in_place(i, k)) + !same(yt(k, i));
         }
       }
